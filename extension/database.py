@@ -1,0 +1,297 @@
+"""The database layer: engines for the three vendors and streaming reads.
+
+CairnCMS keeps everything in one schema: its ``directus_*`` system tables and
+the user's collections side by side.  This module knows which is which, how to
+count rows, how to read a table without loading it, and how to recognise the
+platform (CairnCMS or Directus, and which version) from the migration ledger
+and the shape of the tables.  Library errors are translated here, once, into
+errors that name the setting to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
+
+from .errors import ConfigError, InstanceUnreachable
+from .instance import DatabaseConfig, Instance
+
+log = logging.getLogger(__name__)
+
+#: The 20 tables a CairnCMS 1.0.0-beta.4 bootstrap creates (reference §1.1).
+CAIRNCMS_SYSTEM_TABLES = (
+    "directus_activity",
+    "directus_collections",
+    "directus_dashboards",
+    "directus_fields",
+    "directus_files",
+    "directus_flows",
+    "directus_folders",
+    "directus_migrations",
+    "directus_notifications",
+    "directus_operations",
+    "directus_panels",
+    "directus_permissions",
+    "directus_presets",
+    "directus_relations",
+    "directus_revisions",
+    "directus_roles",
+    "directus_sessions",
+    "directus_settings",
+    "directus_shares",
+    "directus_users",
+)
+
+#: Migrations only CairnCMS has (Appendix A); their presence tells it from Directus.
+CAIRNCMS_MIGRATIONS = ("20260417A", "20260418A", "20260515A")
+
+#: Latest built-in migration → CairnCMS release that ships it as its last one.
+CAIRNCMS_RELEASES = {"20260515A": "1.0.0-beta.4"}
+
+#: The last migration of Directus 9 (the v10 line starts with 20230401A).
+DIRECTUS_10_FIRST_MIGRATION = "20230401A"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What wrote this database.
+
+    :ivar product: ``cairncms``, ``directus`` or ``unknown`` (no system tables).
+    :ivar version: the release (``1.0.0-beta.4``), a major line (``9``/``10+``) or ``None``.
+    :ivar latest_migration: the highest recorded ``directus_migrations.version``.
+    :ivar migrations: how many rows ``directus_migrations`` holds.
+    """
+
+    product: str
+    version: str | None
+    latest_migration: str | None
+    migrations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product": self.product,
+            "version": self.version,
+            "latest_migration": self.latest_migration,
+            "migrations": self.migrations,
+        }
+
+
+def _translate(exc: Exception, config: DatabaseConfig) -> Exception:
+    """Turn a driver error into one line that names the setting to fix."""
+    text = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    where = config.display_url
+    lowered = text.lower()
+    if config.vendor == "sqlite":
+        return ConfigError(
+            f"The SQLite database {config.url.database} cannot be opened: {text}",
+            hint="check DB_FILENAME and the file's permissions",
+        )
+    if "password authentication failed" in lowered or "access denied" in lowered:
+        return ConfigError(
+            f"The database at {where} rejected the credentials: {text}",
+            hint="check DB_USER and DB_PASSWORD",
+        )
+    if ("database" in lowered and "does not exist" in lowered) or "unknown database" in lowered:
+        return ConfigError(
+            f"The database named by DB_DATABASE does not exist on {where}",
+            hint="create it, or fix DB_DATABASE",
+        )
+    if "role" in lowered and "does not exist" in lowered:
+        return ConfigError(f"The database user does not exist on {where}", hint="check DB_USER")
+    return InstanceUnreachable(
+        f"The database at {where} does not answer: {text}",
+        hint="is the server running? check DB_HOST and DB_PORT",
+    )
+
+
+def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True) -> Engine:
+    """Create an engine for an instance's database and (by default) prove it answers.
+
+    A SQLite file that does not exist is an error, never silently created:
+    a typo in ``DB_FILENAME`` must not produce an empty "instance".
+
+    :raises ConfigError: wrong file, credentials or database name.
+    :raises InstanceUnreachable: the server does not answer.
+    """
+    config = instance.database if isinstance(instance, Instance) else instance
+    kwargs: dict[str, Any] = {"future": True}
+    if config.vendor == "sqlite":
+        import os
+
+        path = config.url.database or ""
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"DB_FILENAME points at {path}, which does not exist",
+                hint="fix DB_FILENAME in the instance's .env (relative paths resolve against its folder)",
+            )
+    else:
+        kwargs["pool_pre_ping"] = True
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        engine = sa.create_engine(config.url, **kwargs)
+    except NoSuchModuleError as exc:  # pragma: no cover - drivers are dependencies
+        raise ConfigError(f"No SQLAlchemy driver for {config.url.drivername}", hint="reinstall cairn-migrate") from exc
+    if config.vendor == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # CairnCMS turns foreign keys on per connection; so do we, so that
+            # writes behave the same as the instance's own.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+
+    if check:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            engine.dispose()
+            raise _translate(exc, config) from exc
+    return engine
+
+
+class Database:
+    """One instance's database: its tables, their sizes and their rows.
+
+    :param engine: from :func:`open_engine`.
+    :param config: the instance's :class:`DatabaseConfig` (vendor, excluded tables).
+    """
+
+    def __init__(self, engine: Engine, config: DatabaseConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self._metadata = sa.MetaData()
+
+    @classmethod
+    def open(cls, instance: Instance) -> Database:
+        """Open and check the database of ``instance``."""
+        return cls(open_engine(instance), instance.database)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def vendor(self) -> str:
+        """``postgres``, ``mysql`` or ``sqlite``; on MySQL-compatible servers see :meth:`server_version`."""
+        return self.config.vendor
+
+    def server_version(self) -> str:
+        """The server's own version string (``15.19``, ``10.11.19-MariaDB`` …)."""
+        with self.engine.connect() as conn:
+            if self.vendor == "sqlite":
+                return str(conn.execute(sa.text("select sqlite_version()")).scalar())
+            if self.vendor == "postgres":
+                return str(conn.execute(sa.text("show server_version")).scalar())
+            return str(conn.execute(sa.text("select version()")).scalar())
+
+    # Tables -----------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        """Every table CairnCMS sees, sorted (``DB_EXCLUDE_TABLES`` left out)."""
+        names = sa.inspect(self.engine).get_table_names()
+        excluded = set(self.config.exclude_tables)
+        return sorted(name for name in names if name not in excluded and not name.startswith("sqlite_"))
+
+    def system_tables(self) -> list[str]:
+        return [name for name in self.table_names() if name.startswith("directus_")]
+
+    def user_tables(self) -> list[str]:
+        return [name for name in self.table_names() if not name.startswith("directus_")]
+
+    def table(self, name: str) -> sa.Table:
+        """The reflected table (cached per :class:`Database`)."""
+        if name not in self._metadata.tables:
+            try:
+                return sa.Table(name, self._metadata, autoload_with=self.engine)
+            except sa.exc.NoSuchTableError as exc:
+                raise ConfigError(f"Table {name!r} does not exist in {self.config.display_url}") from exc
+        return self._metadata.tables[name]
+
+    def columns(self, name: str) -> list[str]:
+        return [column.name for column in self.table(name).columns]
+
+    def row_count(self, name: str) -> int:
+        table = self.table(name)
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+    def row_counts(self, names: Sequence[str]) -> dict[str, int]:
+        """Exact row counts of ``names``, in one connection."""
+        counts = {}
+        with self.engine.connect() as conn:
+            for name in names:
+                table = self.table(name)
+                counts[name] = int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+        return counts
+
+    def stream_rows(
+        self,
+        name: str,
+        *,
+        columns: Sequence[str] | None = None,
+        where: sa.ColumnElement[bool] | None = None,
+        order_by: Sequence[str] | None = None,
+        batch_size: int = 1000,
+        connection: sa.Connection | None = None,
+    ) -> Iterator[Mapping[str, Any]]:
+        """Yield the rows of ``name`` as mappings, ``batch_size`` at a time.
+
+        Values are what the driver returns (no type conversion).  Uses a server-side cursor (``stream_results``) on PostgreSQL and MySQL,
+        so memory stays flat whatever the table's size.  Pass ``connection``
+        to read inside a caller's transaction (e.g. one consistent snapshot).
+        """
+        table = self.table(name)
+        wanted = list(columns) if columns else [column.name for column in table.columns]
+        # Raw driver values, no SQLAlchemy result processing: CairnCMS's SQLite
+        # datetime columns mix epoch-ms integers and text, which the DATETIME
+        # processor cannot parse; callers normalise values themselves.
+        selected = [sa.type_coerce(table.c[c], sa.types.NullType()).label(c) for c in wanted]
+        query = sa.select(*selected)
+        if where is not None:
+            query = query.where(where)
+        if order_by:
+            query = query.order_by(*(table.c[c] for c in order_by))
+        if connection is not None:
+            yield from self._stream(connection, query, batch_size)
+            return
+        with self.engine.connect() as conn:
+            yield from self._stream(conn, query, batch_size)
+
+    @staticmethod
+    def _stream(conn: sa.Connection, query: sa.Select[Any], batch_size: int) -> Iterator[Mapping[str, Any]]:
+        result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+        for partition in result.mappings().partitions(batch_size):
+            yield from partition
+
+    # Platform ---------------------------------------------------------------
+    def platform(self) -> Platform:
+        """Recognise CairnCMS (and its release) or Directus 9/10 from the ledger and table shape."""
+        names = set(self.table_names())
+        if "directus_collections" not in names or "directus_migrations" not in names:
+            return Platform("unknown", None, None, 0)
+        migrations = self.table("directus_migrations")
+        try:
+            with self.engine.connect() as conn:
+                versions = [str(v) for v in conn.execute(sa.select(migrations.c.version)).scalars()]
+        except ProgrammingError:  # pragma: no cover - a damaged ledger
+            versions = []
+        latest = max(versions) if versions else None
+        roles_have_key = "directus_roles" in names and "key" in self.columns("directus_roles")
+        if roles_have_key or any(v in versions for v in CAIRNCMS_MIGRATIONS):
+            cairn_latest = max((v for v in versions if v in CAIRNCMS_MIGRATIONS), default=None)
+            version = CAIRNCMS_RELEASES.get(cairn_latest or "")
+            return Platform("cairncms", version, latest, len(versions))
+        major = "10+" if latest and latest >= DIRECTUS_10_FIRST_MIGRATION else "9"
+        return Platform("directus", major, latest, len(versions))

@@ -1,0 +1,98 @@
+"""One error hierarchy for every layer.
+
+Core code raises :class:`MigrateError` subclasses; each shell translates them
+once: the CLI into a one-line message and ``exit_code``, the HTTP layer into
+the canonical JSON error body and ``http_status``.  Messages name the problem
+and the fix, and never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MigrateError(Exception):
+    """Base class of every error cairn-migrate reports to a user.
+
+    :param message: what went wrong, in one line.
+    :param hint: how to fix it, in one line (optional).
+    :param details: JSON-safe data for machine readers (optional).
+    """
+
+    exit_code = 3
+    http_status = 500
+    code = "failed"
+
+    def __init__(self, message: str, *, hint: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe form used by the HTTP error body and ``--format json``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            body["hint"] = self.hint
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class ConfigError(MigrateError):
+    """An instance's ``.env`` or our own settings are missing, unreadable or invalid."""
+
+    exit_code = 2
+    http_status = 422
+    code = "config_error"
+
+
+class UnsupportedDriver(ConfigError):
+    """A storage driver or database client we cannot (yet) work with."""
+
+    code = "unsupported_driver"
+
+
+class InstanceUnreachable(MigrateError):
+    """The database, a storage backend or the instance's HTTP API did not answer as configured."""
+
+    exit_code = 3
+    http_status = 502
+    code = "unreachable"
+
+
+class NotFound(MigrateError):
+    """A job, bundle or other resource does not exist."""
+
+    exit_code = 3
+    http_status = 404
+    code = "not_found"
+
+
+class Unauthorized(MigrateError):
+    """No credentials, or credentials the instance does not accept."""
+
+    exit_code = 3
+    http_status = 401
+    code = "unauthorized"
+
+
+class Forbidden(MigrateError):
+    """Valid credentials of a user who is not an admin of the instance."""
+
+    exit_code = 3
+    http_status = 403
+    code = "forbidden"
+
+
+class InvalidInput(MigrateError):
+    """A request body or option that does not validate."""
+
+    exit_code = 2
+    http_status = 422
+    code = "invalid_input"

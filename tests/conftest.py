@@ -1,0 +1,92 @@
+"""Real CairnCMS instances on SQLite, PostgreSQL and MariaDB, built per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import MARIADB_ADMIN_URL, MARIADB_USER, PG_ADMIN_URL, ensure_mariadb_user, probe, server_missing
+
+from cairn_migrate.testing import (
+    build_sqlite_instance,
+    copy_uploads,
+    create_mariadb_database,
+    create_postgres_database,
+    drop_mariadb_database,
+    drop_postgres_database,
+    instance_env,
+    server_env,
+    write_env,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VENDORS = ("sqlite", "postgres", "mariadb")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    reason = probe(PG_ADMIN_URL, "postgresql+psycopg")
+    if reason:
+        server_missing("PostgreSQL", reason)
+    return PG_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def mariadb_admin_url() -> str:
+    reason = probe(MARIADB_ADMIN_URL, "mysql+pymysql")
+    if reason:
+        server_missing("MariaDB", reason)
+    ensure_mariadb_user(MARIADB_ADMIN_URL)
+    return MARIADB_ADMIN_URL
+
+
+def make_instance(vendor: str, dest: Path, request: pytest.FixtureRequest, *, sql: str = "seeded.sql",
+                  extra_env: dict[str, object] | None = None) -> Path:
+    """Build the recorded ``vendor`` instance under ``dest`` and return its ``.env`` path."""
+    fixture = FIXTURES / vendor
+    if vendor == "sqlite":
+        return build_sqlite_instance(fixture, dest, sql=sql, extra_env=extra_env)
+    dest.mkdir(parents=True, exist_ok=True)
+    if vendor == "postgres":
+        admin = request.getfixturevalue("pg_admin_url")
+        name = create_postgres_database(admin, fixture / sql)
+        request.addfinalizer(lambda: drop_postgres_database(admin, name))
+        database = server_env(admin, name, "pg")
+    else:
+        admin = request.getfixturevalue("mariadb_admin_url")
+        name = create_mariadb_database(admin, fixture / sql)
+        request.addfinalizer(lambda: drop_mariadb_database(admin, name))
+        database = server_env(admin, name, "mysql")
+        database["DB_USER"], database["DB_PASSWORD"] = MARIADB_USER
+    copy_uploads(fixture, dest)
+    return write_env(dest / ".env", instance_env(fixture, database, extra_env))
+
+
+@pytest.fixture
+def sqlite_instance(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    return make_instance("sqlite", tmp_path / "sqlite", request)
+
+
+@pytest.fixture
+def postgres_instance(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    return make_instance("postgres", tmp_path / "postgres", request)
+
+
+@pytest.fixture
+def mariadb_instance(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    return make_instance("mariadb", tmp_path / "mariadb", request)
+
+
+@pytest.fixture(params=VENDORS)
+def vendor_instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``(vendor, env_path)`` for each of the three recorded instances."""
+    vendor = request.param
+    if vendor != "sqlite":
+        request.applymarker(getattr(pytest.mark, vendor if vendor != "postgres" else "postgres"))
+    yield vendor, make_instance(vendor, tmp_path / vendor, request)
