@@ -20,6 +20,8 @@ from cairn_migrate.testing import (
     write_env,
 )
 
+pytest_plugins = ["instance_fixtures"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 VENDORS = ("sqlite", "postgres", "mariadb")
 

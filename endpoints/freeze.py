@@ -1,0 +1,76 @@
+"""``/migrate/freeze``: the write hold the instance's hook asks about during a capture."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import request
+from flask.typing import ResponseReturnValue
+
+from ..app import get_state
+from ..freeze import clear_freeze, freeze_state, set_freeze
+from . import bp
+from .auth import admin_required
+from .schemas import FreezeRequestSchema, FreezeSchema
+
+
+def _state_url() -> str:
+    return str(get_state().config["CAIRN_MIGRATE_STATE_URL"])
+
+
+@bp.get("/freeze")
+@admin_required
+def get_freeze() -> ResponseReturnValue:
+    """Whether writes are held right now.
+    ---
+    get:
+      summary: Freeze state
+      responses:
+        "200":
+          description: The freeze state.
+          content:
+            application/json:
+              schema: FreezeSchema
+    """
+    return FreezeSchema().dump(freeze_state(_state_url()))
+
+
+@bp.post("/freeze")
+@admin_required
+def start_freeze() -> ResponseReturnValue:
+    """Hold the instance's writes until released or the TTL passes.
+    ---
+    post:
+      summary: Start a freeze
+      requestBody:
+        content:
+          application/json:
+            schema: FreezeRequestSchema
+      responses:
+        "200":
+          description: The freeze state.
+          content:
+            application/json:
+              schema: FreezeSchema
+    """
+    body = FreezeRequestSchema().load(request.get_json(silent=True) or {})
+    set_freeze(_state_url(), body["reason"], dt.timedelta(seconds=body["ttl_seconds"]))
+    return FreezeSchema().dump(freeze_state(_state_url()))
+
+
+@bp.delete("/freeze")
+@admin_required
+def end_freeze() -> ResponseReturnValue:
+    """Release the freeze.
+    ---
+    delete:
+      summary: End a freeze
+      responses:
+        "200":
+          description: The freeze state.
+          content:
+            application/json:
+              schema: FreezeSchema
+    """
+    clear_freeze(_state_url())
+    return FreezeSchema().dump(freeze_state(_state_url()))

@@ -1,0 +1,100 @@
+"""Marshmallow schemas of what the sidecar answers: jobs, errors, health, reports.
+
+The HTTP API, ``--format json`` and the admin UI render the same records with
+these schemas, and :mod:`cairn_migrate.openapi` publishes them as components.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, fields, post_dump, validate
+
+from .jobs import JOB_STATES
+
+#: The largest page ``GET /migrate/jobs`` returns.
+MAX_JOB_LIST_LIMIT = 500
+
+
+class ErrorDetailSchema(Schema):
+    """One error: ``MigrateError.to_dict()``."""
+
+    code = fields.String(required=True, metadata={"description": "machine-readable error code"})
+    message = fields.String(required=True)
+    hint = fields.String(metadata={"description": "how to fix it"})
+    details = fields.Raw(metadata={"description": "JSON data for machine readers"})
+
+
+class ErrorSchema(Schema):
+    """The canonical error body of every ``/migrate`` route."""
+
+    ok = fields.Boolean(required=True, dump_default=False)
+    error = fields.Nested(ErrorDetailSchema, required=True)
+    status = fields.Integer(required=True, metadata={"description": "the HTTP status, repeated"})
+
+
+class ProgressSchema(Schema):
+    """Counters of a running job (totals are ``null`` until known)."""
+
+    items_done = fields.Integer(required=True)
+    items_total = fields.Integer(allow_none=True)
+    bytes_done = fields.Integer(required=True)
+    bytes_total = fields.Integer(allow_none=True)
+    rate_items_per_s = fields.Float(allow_none=True)
+    rate_bytes_per_s = fields.Float(allow_none=True)
+
+
+class LogLineSchema(Schema):
+    at = fields.String(required=True, metadata={"description": "UTC ISO 8601"})
+    message = fields.String(required=True)
+
+
+class JobSchema(Schema):
+    """A job record: state, progress, timings, log and the report or error."""
+
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    params = fields.Dict(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
+    progress = fields.Nested(ProgressSchema, required=True)
+    created_at = fields.String(required=True, metadata={"description": "UTC ISO 8601"})
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    cancel_requested = fields.Boolean()
+    result = fields.Dict(allow_none=True, metadata={"description": "the job's report, once succeeded"})
+    error = fields.Nested(ErrorDetailSchema, allow_none=True)
+    log = fields.List(fields.Nested(LogLineSchema), metadata={"description": "the last log lines"})
+
+
+class JobListSchema(Schema):
+    """A page of jobs, newest first (without their logs)."""
+
+    jobs = fields.List(fields.Nested(JobSchema(exclude=("log",))), required=True)
+    count = fields.Integer(required=True)
+
+
+class JobQuerySchema(Schema):
+    """The query string of ``GET /migrate/jobs``."""
+
+    state = fields.String(validate=validate.OneOf(JOB_STATES))
+    kind = fields.String(validate=validate.Length(min=1, max=100))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_JOB_LIST_LIMIT))
+
+
+class HealthSchema(Schema):
+    """``GET /migrate/health``: open, and never anything secret."""
+
+    status = fields.String(required=True)
+    service = fields.String(required=True)
+    version = fields.String(required=True)
+
+
+class InspectSchema(Schema):
+    """Placeholder for the inspect report: any JSON object passes through unchanged."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    @post_dump(pass_original=True)
+    def _pass_through(self, data: dict[str, Any], original: Any, **kwargs: Any) -> dict[str, Any]:
+        return dict(original)
