@@ -10,6 +10,7 @@ errors that name the setting to fix.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,12 @@ def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True) -> E
     else:
         kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 10}
+        # Sessions in UTC: MariaDB converts TIMESTAMP values to and from the
+        # session zone, and PostgreSQL renders timestamptz in it.
+        if config.vendor == "postgres":
+            kwargs["connect_args"]["options"] = "-c timezone=UTC"
+        else:
+            kwargs["connect_args"]["init_command"] = "SET time_zone = '+00:00'"
     try:
         engine = sa.create_engine(config.url, **kwargs)
     except NoSuchModuleError as exc:  # pragma: no cover - drivers are dependencies
@@ -295,3 +302,35 @@ class Database:
             return Platform("cairncms", version, latest, len(versions))
         major = "10+" if latest and latest >= DIRECTUS_10_FIRST_MIGRATION else "9"
         return Platform("directus", major, latest, len(versions))
+
+
+@contextlib.contextmanager
+def consistent_snapshot(db: Database) -> Iterator[sa.Connection]:
+    """One read transaction that sees the whole database at a single moment.
+
+    PostgreSQL: ``REPEATABLE READ`` (a snapshot taken at the first query);
+    MariaDB/MySQL: ``START TRANSACTION WITH CONSISTENT SNAPSHOT``; SQLite: a
+    read transaction, which holds its shared lock (or WAL snapshot) until it
+    ends.  Every table and the file list read through the connection yielded
+    here describe the same point in time.
+    """
+    if db.vendor == "postgres":
+        with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+            with conn.begin():
+                conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+                yield conn
+    elif db.vendor == "mysql":
+        with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            try:
+                yield conn
+            finally:
+                conn.exec_driver_sql("COMMIT")
+    else:
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            try:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")  # take the read lock now
+                yield conn
+            finally:
+                conn.exec_driver_sql("COMMIT")

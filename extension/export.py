@@ -1,0 +1,375 @@
+"""``export --full``: one coordinated, verifiable bundle of database + file bytes + config.
+
+Everything is read through one consistent snapshot (see
+:func:`~cairn_migrate.database.consistent_snapshot`): every table, the
+``directus_files`` rows, and so the list of objects to copy.  Rows are written
+as neutral JSON lines (:mod:`cairn_migrate.values`), bytes verbatim under
+``files/<location>/<filename_disk>``; the manifest records counts, sizes and
+SHA-256 sums of it all, so an import can prove it restored exactly this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import __version__
+from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, pack
+from .database import Database, consistent_snapshot
+from .errors import ConfigError, MigrateError
+from .freeze import frozen
+from .instance import Instance
+from .progress import NullProgress, Progress
+from .storage import Location, open_location
+from .table_schema import TableDef, load_order, reflect_tables
+from .values import decoder
+
+log = logging.getLogger(__name__)
+
+#: Archive suffixes: anything else is written as a directory bundle.
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".enc")
+
+#: Env keys a target must set to serve the cloned data, and whether we may copy the value.
+_IDENTITY_KEYS = {"KEY": True, "SECRET": False, "PUBLIC_URL": True, "STORAGE_LOCATIONS": True}
+_SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN", "CREDENTIALS")
+
+
+def is_archive(path: Path) -> bool:
+    return any(str(path).endswith(suffix) for suffix in ARCHIVE_SUFFIXES)
+
+
+class RowHash:
+    """An order-independent hash of a table's rows (sum of row digests mod 2²⁵⁶).
+
+    Vendors sort text keys by different collations, so a hash that depended
+    on row order would differ between a correct source and a correct target.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.rows = 0
+
+    def add_line(self, line: bytes) -> None:
+        self.total = (self.total + int.from_bytes(hashlib.sha256(line).digest(), "big")) % (1 << 256)
+        self.rows += 1
+
+    def hexdigest(self) -> str:
+        return f"{self.total:064x}"
+
+
+def row_line(values: Any) -> bytes:
+    """The canonical JSON line of a neutral row (also what :class:`RowHash` hashes)."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress) -> dict[str, Any]:
+    decoders = [decoder(column.type) for column in table.columns]
+    names = [column.name for column in table.columns]
+    digest = RowHash()
+    member = f"tables/{table.name}.jsonl"
+    with writer.open(member) as out:
+        for row in db.stream_rows(table.name, columns=names, connection=conn, batch_size=2000):
+            line = row_line([decode(row[name]) for decode, name in zip(decoders, names)])
+            digest.add_line(line)
+            out.write(line + b"\n")
+            if digest.rows % 2000 == 0:
+                progress.check_cancelled()
+    progress.advance(items=digest.rows)
+    return {"rows": digest.rows, "member": member, "content_hash": digest.hexdigest()}
+
+
+def _file_rows(conn: sa.Connection, db: Database) -> Iterator[Mapping[str, Any]]:
+    if "directus_files" not in db.table_names():
+        return iter(())
+    return db.stream_rows(
+        "directus_files", columns=["id", "storage", "filename_disk", "filesize"], connection=conn, order_by=["id"]
+    )
+
+
+def _spool_file_rows(conn: sa.Connection, db: Database, spool: Path) -> tuple[int, int, set[str]]:
+    """Write the snapshot's file rows to a temporary file: the copy runs after the transaction ends."""
+    count, total, used = 0, 0, set()
+    with spool.open("wb") as out:
+        for row in _file_rows(conn, db):
+            entry = {
+                "id": str(row["id"]).lower(),
+                "storage": row["storage"],
+                "filename_disk": row["filename_disk"],
+                "filesize": None if row["filesize"] is None else int(row["filesize"]),
+            }
+            out.write(row_line(entry) + b"\n")
+            count += 1
+            total += entry["filesize"] or 0
+            used.add(str(row["storage"]))
+    return count, total, used
+
+
+def _copy_object(location: Location, name: str, writer: BundleDirWriter, member: str) -> tuple[int, str]:
+    with location.open_read(name) as source:
+        entry = writer.add_file(member, source)
+    return int(entry["size"]), str(entry["sha256"])
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _export_files(
+    spool: Path,
+    locations: Mapping[str, Location],
+    writer: BundleDirWriter,
+    progress: Progress,
+    workers: int,
+) -> dict[str, Any]:
+    """Copy the bytes of every spooled file row, ``workers`` at a time.
+
+    Missing objects and objects whose size no longer matches ``filesize`` are
+    reported in the manifest, not fatal: the bundle says exactly what it holds.
+    Memory stays flat: rows stream from the spool in small batches.
+    """
+    summary: dict[str, Any] = {"count": 0, "bytes": 0, "missing": [], "changed": [], "unknown_location": []}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        with spool.open("rb") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    def copy(row: Mapping[str, Any]) -> tuple[Mapping[str, Any], int | None, str | None, str | None]:
+        member = f"files/{row['storage']}/{row['filename_disk']}"
+        try:
+            size, sha = _copy_object(locations[row["storage"]], row["filename_disk"], writer, member)
+        except FileNotFoundError:
+            return row, None, None, "missing at capture"
+        except MigrateError as exc:
+            if "not found" in exc.message.lower() or "does not exist" in exc.message.lower():
+                return row, None, None, "missing at capture"
+            raise
+        return row, size, sha, None
+
+    with writer.open("files/index.jsonl") as index, ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in _batches(rows(), workers * 8):
+            progress.check_cancelled()
+            todo = []
+            for row in batch:
+                entry = {"id": row["id"], "storage": row["storage"]}
+                if not row["filename_disk"]:
+                    summary["missing"].append({**entry, "reason": "no filename_disk"})
+                elif row["storage"] not in locations:
+                    summary["unknown_location"].append(entry)
+                else:
+                    todo.append(row)
+            for row, size, sha, problem in pool.map(copy, todo):
+                entry = {"id": row["id"], "storage": row["storage"], "filename_disk": row["filename_disk"]}
+                if problem:
+                    summary["missing"].append({**entry, "reason": problem})
+                    progress.advance(items=1)
+                    continue
+                if row["filesize"] is not None and int(row["filesize"]) != size:
+                    summary["changed"].append({**entry, "filesize": int(row["filesize"]), "size": size})
+                index.write(row_line([row["id"], row["storage"], row["filename_disk"], size, sha]) + b"\n")
+                summary["count"] += 1
+                summary["bytes"] += size or 0
+                progress.advance(items=1, bytes=size or 0)
+            progress.advance(items=len(batch) - len(todo))
+    summary["member"] = "files/index.jsonl"
+    summary["index_columns"] = ["id", "storage", "filename_disk", "size", "sha256"]
+    return summary
+
+
+def required_env(instance: Instance, used_locations: list[str]) -> dict[str, Any]:
+    """What the target's ``.env`` must set: values for identity, names only for secrets."""
+    values: dict[str, Any] = {}
+    names: list[str] = []
+    for key, copy_value in _IDENTITY_KEYS.items():
+        if copy_value and instance.env.get(key) is not None:
+            values[key] = instance.env.get(key)
+        else:
+            names.append(key)
+    for location in instance.locations:
+        if location.name not in used_locations:
+            continue
+        prefix = f"STORAGE_{location.name.upper()}_"
+        values[f"{prefix}DRIVER"] = location.driver
+        for env_key in sorted(k for k in instance.env if k.startswith(prefix) and not k.endswith("_DRIVER")):
+            if any(word in env_key[len(prefix):] for word in _SECRET_WORDS):
+                names.append(env_key)
+            elif location.driver != "local" or not env_key.endswith("_ROOT"):
+                values[env_key] = instance.env[env_key]
+            else:
+                names.append(env_key)  # a local root is a path on the source machine
+    return {"values": values, "secret_names": sorted(set(names))}
+
+
+def _snapshots(db: Database, writer: BundleDirWriter, platform_version: str | None, workdir: Path) -> dict[str, Any]:
+    """The schema snapshot and roles/permissions in CairnCMS's own formats."""
+    result: dict[str, Any] = {}
+    try:
+        from .config_snapshot import config_snapshot, write_config_directory
+        from .schema_snapshot import schema_snapshot, write_schema_snapshot
+    except ImportError:  # pragma: no cover - both modules ship with the package
+        return result
+    scratch = Path(tempfile.mkdtemp(dir=workdir))
+    try:
+        snapshot = schema_snapshot(db, version=platform_version or "unknown")
+        write_schema_snapshot(snapshot, scratch / "schema-snapshot.yaml")
+        config = config_snapshot(db)
+        write_config_directory(config, scratch / "config")
+        for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+            relative = path.relative_to(scratch).as_posix()
+            member = f"snapshot/{relative}"
+            with path.open("rb") as fh:
+                writer.add_file(member, fh)
+        result = {"schema": "snapshot/schema-snapshot.yaml", "config": "snapshot/config"}
+    except MigrateError as exc:
+        log.warning("snapshots not written: %s", exc)
+        result = {"error": exc.to_dict()}
+    except Exception as exc:  # noqa: BLE001 - the snapshots are a convenience; the data is the bundle
+        log.exception("snapshots not written")
+        result = {"error": {"code": "internal", "message": f"schema/config snapshot failed: {exc}"}}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def export_bundle(
+    instance: Instance,
+    output: Path,
+    *,
+    passphrase: str | None = None,
+    key_file: Path | None = None,
+    freeze: bool = False,
+    state_url: str | None = None,
+    overwrite: bool = False,
+    workers: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write a full bundle of ``instance`` to ``output`` (a directory, or an archive by suffix).
+
+    :param passphrase: encrypt the archive (``output`` must then be an archive).
+    :param freeze: hold the instance's writes while capturing (its hook asks the sidecar).
+    :returns: the manifest.
+    :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
+    """
+    progress = progress or NullProgress()
+    output = Path(output)
+    archive = is_archive(output)
+    if (passphrase or key_file) and not archive:
+        raise ConfigError(
+            "Encryption needs an archive bundle",
+            hint="name the output like clone.tar.gz.enc (or .tar/.tar.gz), or drop --encrypt",
+        )
+    if output.exists():
+        if not overwrite:
+            raise ConfigError(f"{output} already exists", hint="choose another path, or remove it first")
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    bundle_dir = Path(tempfile.mkdtemp(prefix=".cairn-bundle-", dir=output.parent)) if archive else output
+    try:
+        with frozen(state_url, enabled=freeze, reason=f"export to {output.name}"):
+            manifest = _capture(instance, bundle_dir, workers=workers, progress=progress)
+        if archive:
+            progress.log(f"packing {output.name}")
+            pack(bundle_dir, output, passphrase=passphrase, key_file=key_file)
+    except BaseException:
+        if output.exists() and not archive:
+            shutil.rmtree(output, ignore_errors=True)
+        if archive and output.exists():
+            output.unlink()
+        raise
+    finally:
+        if archive:
+            shutil.rmtree(bundle_dir, ignore_errors=True)
+    return manifest
+
+
+def _capture(instance: Instance, bundle_dir: Path, *, workers: int, progress: Progress) -> dict[str, Any]:
+    writer = BundleDirWriter(bundle_dir)
+    with Database.open(instance) as db:
+        platform = db.platform()
+        if platform.product == "unknown":
+            raise ConfigError(
+                f"{instance.database.display_url} holds no CairnCMS instance (no directus_collections table)",
+                hint="point --env at the instance's .env, or run `cairncms bootstrap` first",
+            )
+        tables = reflect_tables(db.engine, db.table_names(), db.vendor)
+        order = load_order(tables)
+        by_name = {t.name: t for t in tables}
+        with writer.open("schema/tables.json") as out:
+            out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
+        counts = db.row_counts(order)
+        progress.progress(items_done=0, items_total=sum(counts.values()))
+        table_entries: dict[str, Any] = {}
+        with consistent_snapshot(db) as conn:
+            progress.log("capturing tables in one snapshot")
+            for name in order:
+                table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)
+            spool = bundle_dir.parent / f".{bundle_dir.name}.files-spool"
+            file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)
+        used = sorted(used_set)
+        locations = {}
+        for location_config in instance.locations:
+            if location_config.name in used:
+                location = open_location(location_config)
+                location.check()
+                locations[location_config.name] = location
+        progress.progress(items_done=0, items_total=file_count, bytes_done=0, bytes_total=file_bytes)
+        progress.log(f"copying the bytes of {file_count} files")
+        try:
+            files = _export_files(spool, locations, writer, progress, workers)
+        finally:
+            spool.unlink(missing_ok=True)
+        snapshots = _snapshots(db, writer, platform.version, bundle_dir.parent)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "cairn-migrate", "version": __version__},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "full",
+        "data": "neutral",
+        "source": {
+            "key": instance.key,
+            "vendor": instance.database.vendor,
+            "client": instance.database.client,
+            "platform": platform.to_dict(),
+            "public_url": instance.public_url,
+            "locations": [{"name": loc.name, "driver": loc.driver} for loc in instance.locations],
+        },
+        "storage_locations_used": used,
+        "capture": {
+            "consistent": True,
+            "isolation": {"postgres": "repeatable read", "mysql": "consistent snapshot", "sqlite": "read transaction"}[
+                instance.database.vendor
+            ],
+        },
+        "load_order": order,
+        "tables": table_entries,
+        "files": files,
+        "snapshots": snapshots,
+        "env": required_env(instance, used),
+        "contains_secrets": {
+            "password_hashes": True,
+            "static_tokens": True,
+            "note": "directus_users holds argon2 password hashes, static API tokens and 2FA secrets; "
+            "encrypt the bundle (--encrypt) or keep it as private as the database itself",
+        },
+    }
+    writer.write_manifest(manifest)
+    return manifest

@@ -1,0 +1,591 @@
+"""``import``: restore a full bundle into a target instance, on any vendor.
+
+Order of work, and why:
+
+1. Validate the whole bundle (checksums, layout) and the target (database
+   reachable and empty unless ``--replace``/``--resume``; every storage
+   location the bundle's files name configured there, after
+   ``--storage-map``) *before any write*.
+2. ``--replace``: write a safety bundle of the target, then drop its tables.
+3. Create each table with the target vendor's native types and load its rows
+   in foreign-key order, one transaction per table (PostgreSQL via ``COPY``;
+   MySQL/SQLite via batched inserts with FK checks off, then checked).
+4. Write the file bytes verbatim to the target's locations, checking sizes and
+   SHA-256 against the manifest.
+5. Add PostgreSQL foreign keys, reset sequences, check foreign keys.
+
+A table is committed whole or not at all, so an interrupted import is resumed
+(``--resume``) by skipping tables whose row count is already right and files
+already present with the right size.  A failed import into a target that was
+empty is rolled back by dropping what it created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .bundle import open_bundle
+from .database import Database
+from .errors import ConfigError, MigrateError
+from .instance import Instance
+from .progress import NullProgress, Progress
+from .storage import Location, open_location
+from .table_schema import TableDef, build_tables, foreign_key_constraints
+from .values import encoder
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000
+
+
+class ImportFailed(MigrateError):
+    """The import stopped; the message says what was left and how to continue."""
+
+    exit_code = 3
+    http_status = 500
+    code = "import_failed"
+
+
+@dataclass
+class ImportPlan:
+    """What an import will do, computed without writing anything."""
+
+    target: str
+    vendor: str
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, Any] = field(default_factory=dict)
+    storage_map: dict[str, str] = field(default_factory=dict)
+    replace: bool = False
+    resume: bool = False
+    existing_tables: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not any(t["action"] != "skip" for t in self.tables) and not self.files.get("to_copy")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "vendor": self.vendor,
+            "replace": self.replace,
+            "resume": self.resume,
+            "existing_tables": self.existing_tables,
+            "storage_map": self.storage_map,
+            "tables": self.tables,
+            "files": self.files,
+            "warnings": self.warnings,
+            "changes": not self.empty,
+        }
+
+
+def parse_storage_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``["local=s3"]`` → ``{"local": "s3"}``.
+
+    :raises ConfigError: on an entry without ``=``.
+    """
+    mapping = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ConfigError(f"--storage-map {pair!r} is not OLD=NEW", hint="e.g. --storage-map local=s3")
+        mapping[old.strip()] = new.strip()
+    return mapping
+
+
+def _read_lines(path: Path) -> Iterator[list[Any]]:
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _check_locations(
+    instance: Instance, used: Sequence[str], storage_map: Mapping[str, str], *, create_local: bool = False
+) -> dict[str, Location]:
+    """Every location the bundle's file rows name must exist on the target (after the map).
+
+    A missing local root folder is created (``create_local``) or, for a plan,
+    accepted: a new instance's upload folder often does not exist yet.
+    """
+    configured = {loc.name for loc in instance.locations}
+    unknown = [m for m in storage_map if m not in used]
+    if unknown:
+        raise ConfigError(
+            f"--storage-map names {', '.join(unknown)}, which no file row of the bundle uses "
+            f"(used: {', '.join(used) or 'none'})",
+            hint="map a location the bundle uses",
+        )
+    missing = sorted({storage_map.get(name, name) for name in used} - configured)
+    if missing:
+        raise ConfigError(
+            f"The bundle's files are in location(s) {', '.join(missing)}, which the target does not configure "
+            f"(STORAGE_LOCATIONS={','.join(sorted(configured))})",
+            hint="configure them on the target, or remap with --storage-map OLD=NEW",
+        )
+    locations = {}
+    for name in sorted({storage_map.get(n, n) for n in used}):
+        config = instance.location(name)
+        location = open_location(config)
+        if config.driver == "local" and not Path(str(config.options["root"])).exists():
+            if not create_local:
+                locations[name] = location
+                continue
+            Path(str(config.options["root"])).mkdir(parents=True)
+        location.check()
+        locations[name] = location
+    return locations
+
+
+def _existing_counts(db: Database, names: Sequence[str]) -> dict[str, int]:
+    present = set(db.table_names())
+    return db.row_counts([n for n in names if n in present])
+
+
+def plan_import(
+    instance: Instance,
+    bundle_dir: Path,
+    manifest: Mapping[str, Any],
+    *,
+    replace: bool = False,
+    resume: bool = False,
+    storage_map: Mapping[str, str] | None = None,
+) -> ImportPlan:
+    """Decide what an import of ``bundle_dir`` into ``instance`` would do; writes nothing.
+
+    :raises ConfigError: the target is not empty (without ``replace``/``resume``),
+        or a location the bundle's files need is not configured.
+    """
+    storage_map = dict(storage_map or {})
+    if replace and resume:
+        raise ConfigError("--replace and --resume cannot be combined", hint="use one of them")
+    _check_locations(instance, manifest.get("storage_locations_used", []), storage_map)
+    with Database.open(instance) as db:
+        existing = db.table_names()
+        plan = ImportPlan(
+            target=instance.label,
+            vendor=db.vendor,
+            storage_map=storage_map,
+            replace=replace,
+            resume=resume,
+            existing_tables=existing,
+        )
+        if existing and not (replace or resume):
+            raise ConfigError(
+                f"The target database {instance.database.display_url} is not empty ({len(existing)} tables)",
+                hint="import into an empty database, or pass --replace (a safety bundle of the target is "
+                "written first), or --resume to finish an interrupted import of this bundle",
+            )
+        counts = _existing_counts(db, manifest["load_order"]) if resume else {}
+    source_vendor = manifest["source"]["vendor"]
+    if source_vendor != plan.vendor:
+        plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
+    for name in manifest["load_order"]:
+        expected = manifest["tables"][name]["rows"]
+        if resume and counts.get(name) == expected:
+            action = "skip"
+        elif resume and name in counts:
+            action = "reload"
+        else:
+            action = "create"
+        plan.tables.append({"table": name, "rows": expected, "action": action})
+    files = manifest["files"]
+    plan.files = {"count": files["count"], "bytes": files["bytes"], "to_copy": files["count"], "missing_in_bundle": len(files["missing"])}
+    return plan
+
+
+# ---------------------------------------------------------------------------
+# Loading rows
+# ---------------------------------------------------------------------------
+
+
+def _quote(engine: Engine, name: str) -> str:
+    return engine.dialect.identifier_preparer.quote(name)
+
+
+def _row_transform(table: TableDef, storage_map: Mapping[str, str]) -> Callable[[list[Any]], list[Any]] | None:
+    if table.name != "directus_files" or not storage_map:
+        return None
+    index = [c.name for c in table.columns].index("storage")
+
+    def remap(row: list[Any]) -> list[Any]:
+        row[index] = storage_map.get(row[index], row[index])
+        return row
+
+    return remap
+
+
+def _encoded_rows(path: Path, table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None) -> Iterator[tuple[Any, ...]]:
+    encoders = [encoder(column.type, vendor) for column in table.columns]
+    for row in _read_lines(path):
+        if transform:
+            row = transform(row)
+        yield tuple(encode(value) for encode, value in zip(encoders, row))
+
+
+def _batched(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    batch: list[tuple[Any, ...]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Loader:
+    """Creates tables and loads rows on one raw DB-API connection of the target."""
+
+    def __init__(self, engine: Engine, vendor: str, tables: Sequence[TableDef]) -> None:
+        self.engine = engine
+        self.vendor = vendor
+        self.tables = {t.name: t for t in tables}
+        self.metadata = sa.MetaData()
+        # PostgreSQL enforces FKs immediately and cannot defer them: add them after loading.
+        self.built = build_tables(tables, vendor, self.metadata, with_foreign_keys=vendor != "postgres")
+        self.raw = engine.raw_connection()
+        cursor = self.raw.cursor()
+        if vendor == "sqlite":
+            self.raw.commit()
+            cursor.execute("PRAGMA foreign_keys = OFF")
+        elif vendor == "mysql":
+            cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+            cursor.execute("SET UNIQUE_CHECKS = 0")
+        cursor.close()
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def _ddl(self, element: Any) -> str:
+        return str(element.compile(dialect=self.engine.dialect)).strip()
+
+    def drop(self, name: str) -> None:
+        cursor = self.raw.cursor()
+        cascade = " CASCADE" if self.vendor == "postgres" else ""
+        cursor.execute(f"DROP TABLE IF EXISTS {_quote(self.engine, name)}{cascade}")
+        self.raw.commit()
+        cursor.close()
+
+    def load(self, name: str, rows_file: Path, storage_map: Mapping[str, str], progress: Progress, exists: bool) -> int:
+        """Create (or empty) ``name`` and load its rows, all in one transaction where the vendor allows."""
+        table = self.tables[name]
+        built = self.built[name]
+        cursor = self.raw.cursor()
+        quoted = _quote(self.engine, name)
+        try:
+            if exists:
+                cursor.execute(f"DELETE FROM {quoted}")
+            else:
+                cursor.execute(self._ddl(sa.schema.CreateTable(built)))
+            rows = _encoded_rows(rows_file, table, self.vendor, _row_transform(table, storage_map))
+            columns = ", ".join(_quote(self.engine, c.name) for c in table.columns)
+            count = 0
+            if self.vendor == "postgres":
+                with cursor.copy(f"COPY {quoted} ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                        count += 1
+                        if count % BATCH == 0:
+                            progress.advance(items=BATCH)
+                            progress.check_cancelled()
+                progress.advance(items=count % BATCH)
+            else:
+                marker = "?" if self.vendor == "sqlite" else "%s"
+                sql = f"INSERT INTO {quoted} ({columns}) VALUES ({', '.join([marker] * len(table.columns))})"
+                for batch in _batched(rows, BATCH):
+                    cursor.executemany(sql, batch)
+                    count += len(batch)
+                    progress.advance(items=len(batch))
+                    progress.check_cancelled()
+            if not exists:
+                for index in built.indexes:
+                    cursor.execute(self._ddl(sa.schema.CreateIndex(index)))
+            self.raw.commit()
+            return count
+        except BaseException:
+            self.raw.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def finish(self) -> list[str]:
+        """Foreign keys (PostgreSQL), sequences, and a check of every foreign key; returns problems."""
+        problems: list[str] = []
+        cursor = self.raw.cursor()
+        try:
+            if self.vendor == "postgres":
+                existing = _pg_constraints(cursor)
+                for name, table in self.tables.items():
+                    for constraint in foreign_key_constraints(table, self.built[name]):
+                        if constraint.name in existing:
+                            continue
+                        cols = ", ".join(_quote(self.engine, c) for c in constraint.column_keys)
+                        ref = constraint.elements[0].target_fullname.split(".")[0]
+                        ref_cols = ", ".join(_quote(self.engine, e.target_fullname.split(".")[1]) for e in constraint.elements)
+                        sql = (
+                            f"ALTER TABLE {_quote(self.engine, name)} ADD CONSTRAINT {_quote(self.engine, constraint.name)} "
+                            f"FOREIGN KEY ({cols}) REFERENCES {_quote(self.engine, ref)} ({ref_cols})"
+                        )
+                        if constraint.ondelete:
+                            sql += f" ON DELETE {constraint.ondelete}"
+                        if constraint.onupdate:
+                            sql += f" ON UPDATE {constraint.onupdate}"
+                        cursor.execute(sql)
+                for name, table in self.tables.items():
+                    for column in table.columns:
+                        if column.autoincrement:
+                            q = _quote(self.engine, name)
+                            c = _quote(self.engine, column.name)
+                            cursor.execute(
+                                f"SELECT setval(pg_get_serial_sequence(%s, %s), COALESCE((SELECT MAX({c}) FROM {q}), 1), "
+                                f"(SELECT MAX({c}) FROM {q}) IS NOT NULL)",
+                                (q, column.name),
+                            )
+                self.raw.commit()
+            else:
+                problems = self._check_foreign_keys(cursor)
+                if self.vendor == "mysql":
+                    cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
+                    cursor.execute("SET UNIQUE_CHECKS = 1")
+                self.raw.commit()
+        finally:
+            cursor.close()
+        return problems
+
+    def _check_foreign_keys(self, cursor: Any) -> list[str]:
+        problems = []
+        for name, table in self.tables.items():
+            for fk in table.foreign_keys:
+                if fk.ref_table not in self.tables:
+                    continue
+                q = lambda n: _quote(self.engine, n)  # noqa: E731
+                child = " AND ".join(f"c.{q(col)} IS NOT NULL" for col in fk.columns)
+                match = " AND ".join(f"p.{q(r)} = c.{q(col)}" for col, r in zip(fk.columns, fk.ref_columns))
+                cursor.execute(
+                    f"SELECT COUNT(*) FROM {q(name)} c WHERE {child} AND NOT EXISTS "
+                    f"(SELECT 1 FROM {q(fk.ref_table)} p WHERE {match})"
+                )
+                broken = cursor.fetchone()[0]
+                if broken:
+                    problems.append(f"{broken} rows of {name}.{','.join(fk.columns)} reference missing {fk.ref_table} rows")
+        return problems
+
+
+def _pg_constraints(cursor: Any) -> set[str]:
+    cursor.execute("SELECT conname FROM pg_constraint WHERE contype = 'f'")
+    return {row[0] for row in cursor.fetchall()}
+
+
+# ---------------------------------------------------------------------------
+# File bytes
+# ---------------------------------------------------------------------------
+
+
+def _restore_files(
+    bundle_dir: Path,
+    manifest: Mapping[str, Any],
+    locations: Mapping[str, Location],
+    storage_map: Mapping[str, str],
+    *,
+    resume: bool,
+    workers: int,
+    progress: Progress,
+    written: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """Copy every file of the bundle to its (mapped) location; verify size and SHA-256 while writing."""
+    import hashlib
+
+    summary = {"copied": 0, "skipped": 0, "bytes": 0}
+    index = bundle_dir / manifest["files"]["member"]
+
+    def copy(entry: list[Any]) -> tuple[str, int]:
+        _id, storage, filename_disk, size, sha = entry
+        location = locations[storage_map.get(storage, storage)]
+        if resume and location.size(filename_disk) == size and location.sha256(filename_disk) == sha:
+            return "skipped", 0
+        source = bundle_dir / "files" / storage / filename_disk
+        digest = hashlib.sha256()
+        existed = location.exists(filename_disk)
+        with source.open("rb") as src, location.open_write(filename_disk) as dst:
+            while block := src.read(1024 * 1024):
+                digest.update(block)
+                dst.write(block)
+        if not existed:
+            written.append((location.name, filename_disk))
+        if digest.hexdigest() != sha:
+            raise ImportFailed(f"{filename_disk}: bytes in the bundle do not match the manifest's sha256")
+        return "copied", size
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        batch: list[list[Any]] = []
+        for entry in _read_lines(index):
+            batch.append(entry)
+            if len(batch) >= workers * 8:
+                _account(pool.map(copy, batch), summary, progress)
+                batch = []
+        if batch:
+            _account(pool.map(copy, batch), summary, progress)
+    return summary
+
+
+def _account(results: Iterator[tuple[str, int]], summary: dict[str, Any], progress: Progress) -> None:
+    for outcome, size in results:
+        summary[outcome] += 1
+        summary["bytes"] += size
+        progress.advance(items=1, bytes=size)
+    progress.check_cancelled()
+
+
+# ---------------------------------------------------------------------------
+# The operation
+# ---------------------------------------------------------------------------
+
+
+def import_bundle(
+    instance: Instance,
+    bundle: Path,
+    *,
+    dry_run: bool = False,
+    replace: bool = False,
+    resume: bool = False,
+    storage_map: Mapping[str, str] | None = None,
+    passphrase: str | None = None,
+    key_file: Path | None = None,
+    safety_dir: Path | None = None,
+    workers: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Restore ``bundle`` into ``instance`` (see the module docstring for the order of work).
+
+    :returns: ``{"plan": ..., "applied": bool, ...}``; with ``dry_run`` only the plan.
+    :raises ConfigError: bad bundle, non-empty target, unconfigured location (nothing written).
+    :raises ImportFailed: a write failed (what was created is dropped, unless ``resume`` applies).
+    """
+    progress = progress or NullProgress()
+    storage_map = dict(storage_map or {})
+    started = time.monotonic()
+    with open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file) as bundle_dir:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("kind") != "full":
+            raise ConfigError(f"{bundle} is not a full-instance bundle (kind {manifest.get('kind')!r})")
+        plan = plan_import(instance, bundle_dir, manifest, replace=replace, resume=resume, storage_map=storage_map)
+        if dry_run:
+            return {"plan": plan.to_dict(), "applied": False, "dry_run": True}
+        safety = None
+        if replace and plan.existing_tables:
+            safety = _safety_bundle(instance, safety_dir, progress)
+        locations = _check_locations(instance, manifest.get("storage_locations_used", []), storage_map, create_local=True)
+        tables = [TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())]
+        by_name = {t.name: t for t in tables}
+        ordered = [by_name[name] for name in manifest["load_order"]]
+        created: list[str] = []
+        written: list[tuple[str, str]] = []
+        target_was_empty = not plan.existing_tables
+        with Database.open(instance) as db:
+            loader = _Loader(db.engine, db.vendor, ordered)
+            try:
+                if replace:
+                    for name in reversed(_drop_order(db, plan.existing_tables)):
+                        loader.drop(name)
+                total = sum(t["rows"] for t in plan.tables if t["action"] != "skip")
+                progress.progress(items_done=0, items_total=total)
+                loaded = 0
+                for step in plan.tables:
+                    if step["action"] == "skip":
+                        continue
+                    name = step["table"]
+                    progress.log(f"loading {name} ({step['rows']} rows)")
+                    if step["action"] == "create":
+                        created.append(name)
+                    count = loader.load(name, bundle_dir / manifest["tables"][name]["member"], storage_map, progress, step["action"] == "reload")
+                    if count != step["rows"]:
+                        raise ImportFailed(f"{name}: loaded {count} rows, the manifest says {step['rows']}")
+                    loaded += count
+                progress.progress(items_done=0, items_total=manifest["files"]["count"], bytes_done=0, bytes_total=manifest["files"]["bytes"])
+                progress.log(f"writing {manifest['files']['count']} files")
+                files = _restore_files(
+                    bundle_dir, manifest, locations, storage_map, resume=resume, workers=workers,
+                    progress=progress, written=written,
+                )
+                problems = loader.finish()
+                if problems:
+                    raise ImportFailed("foreign keys broken after loading: " + "; ".join(problems[:5]))
+            except BaseException as exc:
+                if target_was_empty and not resume and not isinstance(exc, KeyboardInterrupt):
+                    _roll_back(loader, created, locations, written)
+                loader.close()
+                if isinstance(exc, MigrateError):
+                    raise
+                if isinstance(exc, Exception):
+                    raise ImportFailed(
+                        f"Import failed: {exc}",
+                        hint="the target was left as it was" if target_was_empty and not resume else
+                        "run the same import again with --resume to finish it",
+                    ) from exc
+                raise
+            loader.close()
+    elapsed = time.monotonic() - started
+    return {
+        "plan": plan.to_dict(),
+        "applied": True,
+        "rows": loaded,
+        "tables": len([t for t in plan.tables if t["action"] != "skip"]),
+        "files": files,
+        "safety_bundle": str(safety) if safety else None,
+        "seconds": round(elapsed, 3),
+        "rows_per_second": round(loaded / elapsed, 1) if elapsed else None,
+    }
+
+
+def _drop_order(db: Database, names: Sequence[str]) -> list[str]:
+    from .table_schema import load_order, reflect_tables
+
+    return load_order(reflect_tables(db.engine, names, db.vendor))
+
+
+def _roll_back(loader: _Loader, created: Sequence[str], locations: Mapping[str, Location], written: Sequence[tuple[str, str]]) -> None:
+    """Leave an empty target empty again: drop created tables, delete written objects."""
+    log.warning("import failed: dropping %d created tables and %d written objects", len(created), len(written))
+    try:
+        loader.raw.rollback()
+    except Exception:  # noqa: BLE001 - best effort on a broken connection
+        pass
+    for name in reversed(created):
+        try:
+            loader.drop(name)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not drop %s: %s", name, exc)
+    for location_name, filename in written:
+        try:
+            locations[location_name].delete(filename)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not delete %s from %s: %s", filename, location_name, exc)
+
+
+def _safety_bundle(instance: Instance, safety_dir: Path | None, progress: Progress) -> Path:
+    """Export the target before ``--replace`` overwrites it."""
+    import datetime as dt
+
+    from .export import export_bundle
+    from .state import default_state_url
+
+    if safety_dir is None:
+        state = default_state_url()
+        base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
+        safety_dir = base / "safety-bundles"
+    safety_dir.mkdir(parents=True, exist_ok=True)
+    path = safety_dir / f"before-replace-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    progress.log(f"writing a safety bundle of the target to {path}")
+    export_bundle(instance, path)
+    return path

@@ -1,0 +1,231 @@
+"""``verify``: prove that a target holds exactly what a bundle holds.
+
+Per table, the row count and an order-independent content hash are computed
+on both sides *after* reducing every value to what the target vendor can
+store (:func:`~cairn_migrate.values.comparable`): MariaDB keeps whole seconds,
+SQLite milliseconds, so a correct cross-vendor clone compares equal and a
+real difference does not.  Every file's bytes are hashed in place.  With a URL,
+the running instance is asked too: ``/server/ping``, a login or token check,
+one asset and one item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .bundle import open_bundle
+from .database import Database
+from .errors import ConfigError, MigrateError
+from .export import RowHash, row_line
+from .instance import Instance
+from .progress import NullProgress, Progress
+from .storage import Location, open_location
+from .table_schema import TableDef
+from .values import comparable, decoder
+
+log = logging.getLogger(__name__)
+
+#: How many mismatching files a report names (the counts are always exact).
+LISTED = 50
+
+
+class VerifyFailed(MigrateError):
+    """The target differs from the bundle; ``details`` holds the report."""
+
+    exit_code = 1
+    http_status = 409
+    code = "verify_failed"
+
+
+def _reducers(table: TableDef, vendor: str) -> list[Callable[[Any], Any]]:
+    return [lambda v, t=column.type: comparable(v, t, vendor) for column in table.columns]
+
+
+def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[str, str]) -> RowHash:
+    reduce = _reducers(table, vendor)
+    storage_index = [c.name for c in table.columns].index("storage") if table.name == "directus_files" else None
+    digest = RowHash()
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if storage_index is not None:
+                row[storage_index] = storage_map.get(row[storage_index], row[storage_index])
+            digest.add_line(row_line([r(v) for r, v in zip(reduce, row)]))
+    return digest
+
+
+def _target_hash(db: Database, table: TableDef) -> RowHash:
+    reduce = _reducers(table, db.vendor)
+    decoders = [decoder(column.type) for column in table.columns]
+    names = [column.name for column in table.columns]
+    digest = RowHash()
+    for row in db.stream_rows(table.name, columns=names, batch_size=2000):
+        digest.add_line(row_line([r(d(row[n])) for r, d, n in zip(reduce, decoders, names)]))
+    return digest
+
+
+def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
+    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())}
+    present = set(db.table_names())
+    results = []
+    for name in manifest["load_order"]:
+        expected = manifest["tables"][name]["rows"]
+        entry: dict[str, Any] = {"table": name, "expected_rows": expected}
+        if name not in present:
+            entry.update(rows=None, ok=False, problem="table missing on the target")
+        else:
+            table = definitions[name]
+            missing_columns = sorted(set(c.name for c in table.columns) - set(db.columns(name)))
+            if missing_columns:
+                entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing_columns)}")
+            else:
+                want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map)
+                have = _target_hash(db, table)
+                entry.update(rows=have.rows, expected_hash=want.hexdigest(), hash=have.hexdigest())
+                entry["ok"] = have.rows == expected and have.total == want.total
+                if not entry["ok"]:
+                    entry["problem"] = "row count differs" if have.rows != expected else "content differs"
+        results.append(entry)
+        progress.advance(items=1)
+    return results
+
+
+def _index(bundle_dir: Path, manifest: Mapping[str, Any]) -> Iterator[list[Any]]:
+    with (bundle_dir / manifest["files"]["member"]).open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], workers: int, progress: Progress) -> dict[str, Any]:
+    locations: dict[str, Location] = {}
+    for name in manifest.get("storage_locations_used", []):
+        target = storage_map.get(name, name)
+        locations[name] = open_location(instance.location(target))
+    summary: dict[str, Any] = {"checked": 0, "ok": 0, "missing": [], "mismatched": []}
+
+    def check(entry: list[Any]) -> tuple[list[Any], str | None]:
+        _id, storage, filename, size, sha = entry
+        location = locations[storage]
+        actual = location.size(filename)
+        if actual is None:
+            return entry, "missing"
+        if actual != size or location.sha256(filename) != sha:
+            return entry, "mismatched"
+        return entry, None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        batch: list[list[Any]] = []
+
+        def drain(items: list[list[Any]]) -> None:
+            for entry, problem in pool.map(check, items):
+                summary["checked"] += 1
+                progress.advance(items=1, bytes=int(entry[3] or 0))
+                if problem is None:
+                    summary["ok"] += 1
+                elif len(summary[problem]) < LISTED:
+                    summary[problem].append({"id": entry[0], "storage": entry[1], "filename_disk": entry[2]})
+                else:
+                    summary.setdefault(f"{problem}_unlisted", 0)
+                    summary[f"{problem}_unlisted"] += 1
+
+        for entry in _index(bundle_dir, manifest):
+            batch.append(entry)
+            if len(batch) >= workers * 8:
+                drain(batch)
+                batch = []
+        drain(batch)
+    return summary
+
+
+def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Ask the running target: ping, auth, one asset (bytes compared), one item."""
+    import requests
+
+    base = url.rstrip("/")
+    checks: list[dict[str, Any]] = []
+
+    def record(name: str, ok: bool, detail: str) -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail})
+
+    try:
+        response = requests.get(f"{base}/server/ping", timeout=timeout)
+        record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
+    except requests.RequestException as exc:
+        record("ping", False, f"no answer: {exc.__class__.__name__}")
+        return checks
+    headers: dict[str, str] = {}
+    if login:
+        response = requests.post(f"{base}/auth/login", json={"email": login[0], "password": login[1]}, timeout=timeout)
+        ok = response.status_code == 200
+        record("login", ok, f"{login[0]}: HTTP {response.status_code}")
+        if ok:
+            headers["Authorization"] = f"Bearer {response.json()['data']['access_token']}"
+    elif token:
+        headers["Authorization"] = f"Bearer {token}"
+    if headers:
+        response = requests.get(f"{base}/users/me", headers=headers, timeout=timeout)
+        record("users/me", response.status_code == 200, f"HTTP {response.status_code}")
+    if bundle_dir is not None:
+        first = next(_index(bundle_dir, manifest), None)
+        if first is not None:
+            response = requests.get(f"{base}/assets/{first[0]}", headers=headers, timeout=timeout)
+            same = response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == first[4]
+            record("asset", same, f"{first[0]}: HTTP {response.status_code}")
+    user_tables = [t for t in manifest["load_order"] if not t.startswith("directus_") and manifest["tables"][t]["rows"]]
+    if user_tables:
+        table = user_tables[0]
+        response = requests.get(f"{base}/items/{table}", params={"limit": 1}, headers=headers, timeout=timeout)
+        data = response.json().get("data") if response.headers.get("content-type", "").startswith("application/json") else None
+        record("item", response.status_code == 200 and bool(data), f"{table}: HTTP {response.status_code}")
+    return checks
+
+
+def verify_bundle(
+    instance: Instance,
+    bundle: Path,
+    *,
+    storage_map: Mapping[str, str] | None = None,
+    passphrase: str | None = None,
+    key_file: Path | None = None,
+    url: str | None = None,
+    token: str | None = None,
+    login: tuple[str, str] | None = None,
+    workers: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Compare ``instance`` with ``bundle``; returns the report (``ok`` true or false)."""
+    progress = progress or NullProgress()
+    storage_map = dict(storage_map or {})
+    with open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file) as bundle_dir:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("kind") != "full":
+            raise ConfigError(f"{bundle} is not a full-instance bundle")
+        progress.progress(items_done=0, items_total=len(manifest["load_order"]))
+        with Database.open(instance) as db:
+            tables = _verify_tables(db, bundle_dir, manifest, storage_map, progress)
+        progress.progress(items_done=0, items_total=manifest["files"]["count"], bytes_done=0, bytes_total=manifest["files"]["bytes"])
+        files = _verify_files(instance, bundle_dir, manifest, storage_map, workers, progress)
+        live = live_checks(url, manifest, token=token, login=login, bundle_dir=bundle_dir) if url else []
+    ok = (
+        all(t["ok"] for t in tables)
+        and files["ok"] == files["checked"] == manifest["files"]["count"]
+        and all(check["ok"] for check in live)
+    )
+    return {
+        "ok": ok,
+        "tables": tables,
+        "tables_ok": sum(1 for t in tables if t["ok"]),
+        "tables_failed": [t["table"] for t in tables if not t["ok"]],
+        "files": files,
+        "live": live,
+        "source": manifest["source"],
+    }
