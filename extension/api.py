@@ -9,9 +9,13 @@ below this layer knows which shell it runs under.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+from .export import export_bundle
 from .inspection import inspect_instance
+from .restore import import_bundle, parse_storage_map
+from .verify import verify_bundle
 from .instance import Instance
 from .progress import Progress
 
@@ -43,3 +47,42 @@ def inspect_job(ctx: Any) -> dict[str, Any]:
     """Job kind ``inspect``: :func:`inspect` on the sidecar's instance (``ctx.params["env"]``)."""
     instance = load_instance(ctx.params.get("env"))
     return inspect(instance, check_objects=bool(ctx.params.get("check_objects", True)), progress=ctx)
+
+
+def export(instance: Instance, output: Path, *, passphrase: str | None = None, key_file: Path | None = None,
+           freeze: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``."""
+    return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze,
+                         overwrite=overwrite, progress=progress)
+
+
+def import_(instance: Instance, bundle: Path, *, dry_run: bool = False, replace: bool = False, resume: bool = False,
+            storage_map: Mapping[str, str] | None = None, passphrase: str | None = None, key_file: Path | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Restore a full bundle into ``instance``; with ``dry_run`` only plan."""
+    return import_bundle(instance, bundle, dry_run=dry_run, replace=replace, resume=resume, storage_map=storage_map,
+                         passphrase=passphrase, key_file=key_file, progress=progress)
+
+
+def verify(instance: Instance, bundle: Path, *, storage_map: Mapping[str, str] | None = None, url: str | None = None,
+           token: str | None = None, login: tuple[str, str] | None = None, passphrase: str | None = None,
+           key_file: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Compare ``instance`` with ``bundle`` (rows, file bytes, optionally the live API)."""
+    return verify_bundle(instance, bundle, storage_map=storage_map, url=url, token=token, login=login,
+                         passphrase=passphrase, key_file=key_file, progress=progress)
+
+
+def summarize_manifest(manifest: Mapping[str, Any], output: str | Path) -> dict[str, Any]:
+    """The short form of a manifest a shell prints after an export."""
+    files = manifest["files"]
+    return {
+        "bundle": str(output),
+        "source": manifest["source"],
+        "tables": len(manifest["tables"]),
+        "rows": sum(t["rows"] for t in manifest["tables"].values()),
+        "files": files["count"],
+        "bytes": files["bytes"],
+        "missing_files": files["missing"],
+        "changed_files": files["changed"],
+        "snapshots": manifest.get("snapshots", {}),
+    }

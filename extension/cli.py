@@ -20,7 +20,7 @@ import click
 from . import api
 from .errors import MigrateError
 from .progress_bar import RichProgress
-from .render import render_inspect
+from .render import render_export, render_import, render_inspect, render_verify
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,6 +105,119 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
             click.echo(f"  fix: {error['hint']}", err=True)
     if failed:
         sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
+
+
+def _secret_options(func: F) -> F:
+    """``--passphrase-file``/``--key-file`` (and ``CAIRN_MIGRATE_PASSPHRASE``) for encrypted bundles."""
+    func = click.option(
+        "--key-file", type=click.Path(dir_okay=False, exists=True), help="Encrypt/decrypt with this key file."
+    )(func)
+    func = click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, exists=True),
+        help="Read the passphrase from this file (or set CAIRN_MIGRATE_PASSPHRASE).",
+    )(func)
+    return func
+
+
+def _passphrase(passphrase_file: str | None) -> str | None:
+    import os
+
+    if passphrase_file:
+        with open(passphrase_file, encoding="utf-8") as fh:
+            return fh.read().strip("\r\n")
+    return os.environ.get("CAIRN_MIGRATE_PASSPHRASE") or None
+
+
+def _emit(report: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else text(report))
+
+
+@cli.command("export")
+@click.option("--full", is_flag=True, required=True, help="Database, file bytes and config (the only kind yet).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="A directory, or an archive: .tar, .tar.gz, .tar.gz.enc.")
+@click.option("--encrypt", is_flag=True, help="Encrypt the archive (needs --passphrase-file, CAIRN_MIGRATE_PASSPHRASE or --key-file).")
+@click.option("--freeze", is_flag=True, help="Hold the instance's writes while capturing.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@_secret_options
+@click.pass_obj
+@handle_errors
+def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, overwrite: bool, as_json: bool,
+                   passphrase_file: str | None, key_file: str | None) -> None:
+    """Write one verifiable bundle of the instance: database, file bytes and config."""
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    passphrase = _passphrase(passphrase_file) if encrypt else None
+    if encrypt and not (passphrase or key_file):
+        raise ConfigError("--encrypt needs a secret", hint="pass --passphrase-file FILE, --key-file FILE or set CAIRN_MIGRATE_PASSPHRASE")
+    instance = obj.instance()
+    with RichProgress("exporting", enabled=not as_json) as progress:
+        manifest = api.export(instance, Path(output), passphrase=passphrase, key_file=Path(key_file) if encrypt and key_file else None,
+                              freeze=freeze, overwrite=overwrite, progress=progress)
+    _emit(api.summarize_manifest(manifest, output), as_json, render_export)
+
+
+@cli.command("import")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing.")
+@click.option("--replace", is_flag=True, help="Overwrite a non-empty target (a safety bundle of it is written first).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted import of this bundle.")
+@click.option("--storage-map", multiple=True, metavar="OLD=NEW", help="Put files of location OLD into the target's NEW (rows updated).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_secret_options
+@click.pass_obj
+@handle_errors
+def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, resume: bool, storage_map: tuple[str, ...],
+                   as_json: bool, passphrase_file: str | None, key_file: str | None) -> None:
+    """Restore a bundle into the instance (empty unless --replace/--resume), on any vendor.
+
+    With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
+    """
+    from pathlib import Path
+
+    instance = obj.instance()
+    with RichProgress("importing", enabled=not as_json) as progress:
+        report = api.import_(instance, Path(bundle), dry_run=dry_run, replace=replace, resume=resume,
+                             storage_map=api.parse_storage_map(storage_map), passphrase=_passphrase(passphrase_file),
+                             key_file=Path(key_file) if key_file else None, progress=progress)
+    _emit(report, as_json, render_import)
+    if dry_run:
+        sys.exit(EXIT_DIFFERENCES if report["plan"]["changes"] else EXIT_OK)
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--storage-map", multiple=True, metavar="OLD=NEW", help="As given to import.")
+@click.option("--url", help="Also check the running target at this URL.")
+@click.option("--token", envvar="CAIRN_MIGRATE_TOKEN", help="An admin token for the live checks (or CAIRN_MIGRATE_TOKEN).")
+@click.option("--login", metavar="EMAIL:PASSWORD", help="Log in as this known user in the live checks.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_secret_options
+@click.pass_obj
+@handle_errors
+def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url: str | None, token: str | None,
+                   login: str | None, as_json: bool, passphrase_file: str | None, key_file: str | None) -> None:
+    """Check that the instance holds exactly the bundle's rows and file bytes (exit 1 if not)."""
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    credentials = None
+    if login:
+        email, sep, password = login.partition(":")
+        if not sep:
+            raise ConfigError("--login must be EMAIL:PASSWORD")
+        credentials = (email, password)
+    instance = obj.instance()
+    with RichProgress("verifying", enabled=not as_json) as progress:
+        report = api.verify(instance, Path(bundle), storage_map=api.parse_storage_map(storage_map), url=url, token=token,
+                            login=credentials, passphrase=_passphrase(passphrase_file),
+                            key_file=Path(key_file) if key_file else None, progress=progress)
+    _emit(report, as_json, render_verify)
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
 
 

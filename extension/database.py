@@ -111,11 +111,11 @@ def _translate(exc: Exception, config: DatabaseConfig) -> Exception:
     )
 
 
-def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True) -> Engine:
+def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True, create: bool = False) -> Engine:
     """Create an engine for an instance's database and (by default) prove it answers.
 
-    A SQLite file that does not exist is an error, never silently created:
-    a typo in ``DB_FILENAME`` must not produce an empty "instance".
+    A SQLite file that does not exist is an error unless ``create`` (an import
+    target): a typo in ``DB_FILENAME`` must not produce an empty "instance".
 
     :raises ConfigError: wrong file, credentials or database name.
     :raises InstanceUnreachable: the server does not answer.
@@ -126,7 +126,9 @@ def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True) -> E
         import os
 
         path = config.url.database or ""
-        if not os.path.isfile(path):
+        if create and not os.path.exists(path):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        elif not os.path.isfile(path):
             raise ConfigError(
                 f"DB_FILENAME points at {path}, which does not exist",
                 hint="fix DB_FILENAME in the instance's .env (relative paths resolve against its folder)",
@@ -177,9 +179,9 @@ class Database:
         self._metadata = sa.MetaData()
 
     @classmethod
-    def open(cls, instance: Instance) -> Database:
-        """Open and check the database of ``instance``."""
-        return cls(open_engine(instance), instance.database)
+    def open(cls, instance: Instance, *, create: bool = False) -> Database:
+        """Open and check the database of ``instance`` (``create``: a new SQLite file is fine)."""
+        return cls(open_engine(instance, create=create), instance.database)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -53,3 +53,56 @@ def render_inspect(report: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append("OK" if report["ok"] else "PROBLEMS FOUND")
     return "\n".join(lines)
+
+
+def render_export(summary: Mapping[str, Any]) -> str:
+    source = summary["source"]
+    lines = [
+        f"Exported {source['platform']['product']} {source['platform']['version'] or ''} ({source['vendor']}, KEY {source['key']})",
+        f"  {summary['tables']} tables, {summary['rows']:,} rows, {summary['files']} files ({summary['bytes']:,} bytes)",
+        f"  bundle: {summary['bundle']}",
+    ]
+    for entry in summary["missing_files"]:
+        lines.append(f"  missing at capture: {entry.get('filename_disk') or entry['id']} ({entry['reason']})")
+    for entry in summary["changed_files"]:
+        lines.append(f"  changed during capture: {entry['filename_disk']} (filesize {entry['filesize']}, copied {entry['size']})")
+    return "\n".join(lines)
+
+
+def render_import(report: Mapping[str, Any]) -> str:
+    plan = report["plan"]
+    verb = "Would" if not report["applied"] else "Did"
+    lines = [f"Import into {plan['target']} ({plan['vendor']})"]
+    lines += [f"  warning: {w}" for w in plan["warnings"]]
+    actions: dict[str, int] = {}
+    for table in plan["tables"]:
+        actions[table["action"]] = actions.get(table["action"], 0) + 1
+    lines.append(f"  {verb.lower()} " + ", ".join(f"{action} {count} tables" for action, count in actions.items()))
+    lines.append(f"  files: {plan['files']['count']} ({plan['files']['bytes']:,} bytes)")
+    if plan["storage_map"]:
+        lines.append("  storage map: " + ", ".join(f"{a} -> {b}" for a, b in plan["storage_map"].items()))
+    if report["applied"]:
+        lines.append(f"  loaded {report['rows']:,} rows in {report['seconds']} s; files copied {report['files']['copied']}, skipped {report['files']['skipped']}")
+        if report.get("safety_bundle"):
+            lines.append(f"  safety bundle of the old target: {report['safety_bundle']}")
+    else:
+        lines.append("  (dry run: nothing was changed)")
+    return "\n".join(lines)
+
+
+def render_verify(report: Mapping[str, Any]) -> str:
+    lines = []
+    for table in report["tables"]:
+        mark = "=" if table["ok"] else "*"
+        detail = "" if table["ok"] else f"  {table.get('problem')} (rows {table.get('rows')} / {table['expected_rows']})"
+        lines.append(f"{mark} {table['table']}{detail}")
+    files = report["files"]
+    lines.append(f"files: {files['ok']}/{files['checked']} identical")
+    for entry in files["missing"]:
+        lines.append(f"- {entry['storage']}/{entry['filename_disk']} (missing)")
+    for entry in files["mismatched"]:
+        lines.append(f"* {entry['storage']}/{entry['filename_disk']} (bytes differ)")
+    for check in report["live"]:
+        lines.append(f"{'=' if check['ok'] else '!'} live {check['check']}: {check['detail']}")
+    lines.append("VERIFIED" if report["ok"] else "DIFFERENCES FOUND")
+    return "\n".join(lines)

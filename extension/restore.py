@@ -170,7 +170,8 @@ def plan_import(
     if replace and resume:
         raise ConfigError("--replace and --resume cannot be combined", hint="use one of them")
     _check_locations(instance, manifest.get("storage_locations_used", []), storage_map)
-    with Database.open(instance) as db:
+    new_sqlite_file = instance.database.vendor == "sqlite" and not Path(instance.database.url.database or "").exists()
+    with Database.open(instance, create=new_sqlite_file) as db:
         existing = db.table_names()
         plan = ImportPlan(
             target=instance.label,
@@ -187,6 +188,8 @@ def plan_import(
                 "written first), or --resume to finish an interrupted import of this bundle",
             )
         counts = _existing_counts(db, manifest["load_order"]) if resume else {}
+    if new_sqlite_file:  # planning writes nothing: not even an empty database file
+        Path(instance.database.url.database or "").unlink(missing_ok=True)
     source_vendor = manifest["source"]["vendor"]
     if source_vendor != plan.vendor:
         plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
@@ -492,7 +495,7 @@ def import_bundle(
         created: list[str] = []
         written: list[tuple[str, str]] = []
         target_was_empty = not plan.existing_tables
-        with Database.open(instance) as db:
+        with Database.open(instance, create=True) as db:
             loader = _Loader(db.engine, db.vendor, ordered)
             try:
                 if replace:

@@ -186,11 +186,24 @@ def _sqlite_details(engine: Engine, table: str) -> tuple[bool, list[dict[str, An
     return bool(sql and re.search(r"autoincrement", sql, re.I)), [dict(r) for r in rows]
 
 
-def _mysql_json_columns(inspector: sa.Inspector, table: str) -> set[str]:
-    """MariaDB stores ``json`` as longtext with a ``json_valid(col)`` check."""
+def _mysql_json_columns(engine: Engine, table: str) -> set[str]:
+    """MariaDB stores ``json`` as longtext with a column-level ``json_valid(col)`` check.
+
+    SQLAlchemy's inspector does not report column-level checks on MariaDB,
+    so the catalog is asked directly (MySQL 8 has a real JSON type instead).
+    """
+    query = sa.text(
+        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+        "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+    )
+    try:
+        with engine.connect() as conn:
+            clauses = list(conn.execute(query, {"t": table}).scalars())
+    except sa.exc.DBAPIError:  # MySQL: no TABLE_NAME column; its JSON type reflects as JSON
+        return set()
     columns = set()
-    for check in inspector.get_check_constraints(table):
-        match = re.search(r"json_valid\(`?(\w+)`?\)", check.get("sqltext", ""), re.I)
+    for clause in clauses:
+        match = re.search(r"json_valid\(`?(\w+)`?\)", clause or "", re.I)
         if match:
             columns.add(match.group(1))
     return columns
@@ -198,7 +211,7 @@ def _mysql_json_columns(inspector: sa.Inspector, table: str) -> set[str]:
 
 def reflect_table(engine: Engine, inspector: sa.Inspector, table: str, vendor: str) -> TableDef:
     """Describe ``table`` in neutral terms."""
-    json_columns = _mysql_json_columns(inspector, table) if vendor == "mysql" else set()
+    json_columns = _mysql_json_columns(engine, table) if vendor == "mysql" else set()
     pk = inspector.get_pk_constraint(table).get("constrained_columns") or []
     sqlite_autoinc, sqlite_fks = _sqlite_details(engine, table) if vendor == "sqlite" else (False, [])
     columns = []

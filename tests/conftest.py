@@ -92,3 +92,24 @@ def vendor_instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     if vendor != "sqlite":
         request.applymarker(getattr(pytest.mark, vendor if vendor != "postgres" else "postgres"))
     yield vendor, make_instance(vendor, tmp_path / vendor, request)
+
+
+def make_empty_instance(vendor: str, dest: Path, request: pytest.FixtureRequest,
+                        extra_env: dict[str, object] | None = None) -> Path:
+    """An instance with an empty database on ``vendor`` (an import target); its uploads folder does not exist yet."""
+    fixture = FIXTURES / vendor
+    dest.mkdir(parents=True, exist_ok=True)
+    if vendor == "sqlite":
+        database: dict[str, object] = {"DB_CLIENT": "sqlite3", "DB_FILENAME": "./data.db"}
+    elif vendor == "postgres":
+        admin = request.getfixturevalue("pg_admin_url")
+        name = create_postgres_database(admin)
+        request.addfinalizer(lambda: drop_postgres_database(admin, name))
+        database = server_env(admin, name, "pg")
+    else:
+        admin = request.getfixturevalue("mariadb_admin_url")
+        name = create_mariadb_database(admin)
+        request.addfinalizer(lambda: drop_mariadb_database(admin, name))
+        database = server_env(admin, name, "mysql")
+        database["DB_USER"], database["DB_PASSWORD"] = MARIADB_USER
+    return write_env(dest / ".env", instance_env(fixture, database, extra_env))
