@@ -31,6 +31,4 @@ def start_inspect() -> ResponseReturnValue:
               schema: JobSchema
     """
     params = InspectRequestSchema().load(request.get_json(silent=True) or {})
-    state = get_state()
-    params["env"] = str(state.instance().env_path) if state.instance().env_path else None
-    return job_accepted(state.runner.submit("inspect", params))
+    return job_accepted(get_state().runner.submit("inspect", params))

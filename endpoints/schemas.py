@@ -26,3 +26,59 @@ class FreezeSchema(Schema):
     since = fields.String()
     until = fields.String()
     stale = fields.Boolean()
+
+
+class ExportRequestSchema(Schema):
+    """``POST /migrate/export``: a full bundle, written server-side as ``<job id>.tar.gz[.enc]``."""
+
+    full = fields.Boolean(load_default=True, validate=validate.Equal(True))
+    freeze = fields.Boolean(load_default=False, metadata={"description": "Hold the instance's writes while capturing."})
+    passphrase = fields.String(
+        load_default=None, load_only=True, validate=validate.Length(min=8),
+        metadata={"description": "Encrypt the bundle with this passphrase (never stored)."},
+    )
+
+
+class _BundleRefSchema(Schema):
+    bundle = fields.String(load_default=None, metadata={"description": "A bundle id from GET /migrate/bundles."})
+    path = fields.String(load_default=None, metadata={"description": "A bundle path on the sidecar's machine."})
+    passphrase = fields.String(load_default=None, load_only=True)
+    storage_map = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+
+
+class ImportRequestSchema(_BundleRefSchema):
+    """``POST /migrate/import`` (JSON, or multipart with the bundle as the ``bundle`` file part)."""
+
+    dry_run = fields.Boolean(load_default=False)
+    replace = fields.Boolean(load_default=False)
+    resume = fields.Boolean(load_default=False)
+
+
+class VerifyRequestSchema(_BundleRefSchema):
+    """``POST /migrate/verify``."""
+
+    url = fields.Url(load_default=None, require_tld=False)
+    token = fields.String(load_default=None, load_only=True)
+
+
+class BundleSchema(Schema):
+    """A server-side bundle."""
+
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    size = fields.Integer(required=True)
+    created_at = fields.String(required=True)
+    encrypted = fields.Boolean(required=True)
+    download = fields.String(required=True)
+
+
+class BundleListSchema(Schema):
+    bundles = fields.List(fields.Nested(BundleSchema), required=True)
+
+
+class PlanSchema(Schema):
+    """The dry-run answer of ``POST /migrate/import``: the plan, nothing applied."""
+
+    plan = fields.Dict(required=True)
+    applied = fields.Boolean(required=True)
+    dry_run = fields.Boolean(required=True)

@@ -43,12 +43,6 @@ def inspect(instance: Instance, *, check_objects: bool = True, progress: Progres
     return inspect_instance(instance, check_objects=check_objects, progress=progress)
 
 
-def inspect_job(ctx: Any) -> dict[str, Any]:
-    """Job kind ``inspect``: :func:`inspect` on the sidecar's instance (``ctx.params["env"]``)."""
-    instance = load_instance(ctx.params.get("env"))
-    return inspect(instance, check_objects=bool(ctx.params.get("check_objects", True)), progress=ctx)
-
-
 def export(instance: Instance, output: Path, *, passphrase: str | None = None, key_file: Path | None = None,
            freeze: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``."""

@@ -34,9 +34,7 @@ ENV_PREFIX = "CAIRN_MIGRATE_"
 #: The built-in job kinds: kind → ``"module:function"`` taking a ``JobContext``
 #: and returning the JSON report.  ``init_app`` registers them on the app's
 #: runner; the functions are imported on first use.
-JOB_KINDS: dict[str, str] = {
-    "inspect": "cairn_migrate.api:inspect_job",
-}
+JOB_KINDS: dict[str, str] = {}
 
 
 def _defaults() -> dict[str, Any]:
@@ -45,6 +43,7 @@ def _defaults() -> dict[str, Any]:
         "CAIRN_MIGRATE_STATE_URL": default_state_url(),
         "CAIRN_MIGRATE_SCHEDULER": False,
         "CAIRN_MIGRATE_WORKERS": 2,
+        "CAIRN_MIGRATE_BUNDLE_DIR": None,
     }
 
 
@@ -95,6 +94,21 @@ class MigrateState:
         self._store = JobStore(str(self.config["CAIRN_MIGRATE_STATE_URL"]))
         self._runner = JobRunner(self._store, int(self.config.get("CAIRN_MIGRATE_WORKERS") or 2))
         self.scheduler: BackgroundScheduler | None = None
+
+    @property
+    def bundle_dir(self) -> Path:
+        """Where server-side bundles live (``CAIRN_MIGRATE_BUNDLE_DIR``, default beside the state store)."""
+        configured = self.config.get("CAIRN_MIGRATE_BUNDLE_DIR")
+        if configured:
+            path = Path(str(configured)).expanduser()
+        else:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(str(self.config["CAIRN_MIGRATE_STATE_URL"]))
+            base = Path(url.database).expanduser().parent if url.get_backend_name() == "sqlite" and url.database else None
+            path = (base or Path(default_state_url().removeprefix("sqlite:///")).parent) / "bundles"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def scheduler_enabled(self) -> bool:
@@ -165,6 +179,12 @@ class CairnMigrate:
         app.extensions[EXTENSION_KEY] = state
         for kind, ref in JOB_KINDS.items():
             state.runner.register(kind, ref)
+        from functools import partial
+
+        from .service_jobs import KINDS
+
+        for kind, fn in KINDS.items():
+            state.runner.register(kind, partial(fn, state=state))
 
         from .endpoints import bp
         from .endpoints.errors import register_error_handlers

@@ -491,6 +491,8 @@ class JobRunner:
         self._futures: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._recovered = False
+        #: job id → in-memory secrets, taken (popped) by the job function.
+        self.secrets: dict[str, dict[str, Any]] = {}
 
     def register(self, kind: str, fn: JobFunction | str, *, replace: bool = False) -> None:
         """Make ``kind`` runnable; ``fn(ctx)`` returns the JSON result dict.
@@ -535,11 +537,17 @@ class JobRunner:
                 self._recovered = True
             self.store.recover_interrupted()
 
-    def submit(self, kind: str, params: Mapping[str, Any] | None = None) -> str:
-        """Queue a job on the thread pool and return its id at once."""
+    def submit(self, kind: str, params: Mapping[str, Any] | None = None, *, secrets: Mapping[str, Any] | None = None) -> str:
+        """Queue a job on the thread pool and return its id at once.
+
+        :param secrets: values the job needs but the store must never hold
+            (passphrases, tokens); handed over in memory via :attr:`secrets`.
+        """
         fn = self._function(kind)
         self.ensure_recovered()
         job_id = self.store.create(kind, params)
+        if secrets:
+            self.secrets[job_id] = {k: v for k, v in secrets.items() if v is not None}
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cairn-migrate-job")

@@ -1,0 +1,79 @@
+"""The job kinds the ``serve`` process runs: thin wrappers from a job's params to one ``api`` call.
+
+Each function takes the :class:`~cairn_migrate.jobs.JobContext` (progress,
+log, cancellation) and the app's :class:`~cairn_migrate.app.MigrateState`
+(the instance, the bundle folder, the job secrets).  Passphrases never enter
+the persisted job params: the route hands them to ``runner.submit(secrets=...)``
+and the job takes them out of ``runner.secrets``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import api
+from .errors import NotFound
+
+if TYPE_CHECKING:
+    from .app import MigrateState
+    from .jobs import JobContext
+
+
+def bundle_path(state: MigrateState, bundle_id: str) -> Path:
+    """The archive of bundle ``bundle_id`` in the bundle folder.
+
+    :raises NotFound: no such bundle.
+    """
+    if not bundle_id or "/" in bundle_id or bundle_id.startswith("."):
+        raise NotFound(f"There is no bundle {bundle_id!r}")
+    for candidate in sorted(state.bundle_dir.glob(f"{bundle_id}.*")):
+        if candidate.is_file() and not candidate.name.endswith(".part"):
+            return candidate
+    raise NotFound(f"There is no bundle {bundle_id!r}", hint="GET /migrate/bundles lists them")
+
+
+def _secrets(state: MigrateState, ctx: JobContext) -> dict[str, Any]:
+    return state.runner.secrets.pop(ctx.job_id, {})
+
+
+def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
+    secrets = _secrets(state, ctx)
+    suffix = ".tar.gz.enc" if secrets.get("passphrase") else ".tar.gz"
+    output = state.bundle_dir / f"{ctx.job_id}{suffix}"
+    manifest = api.export(
+        state.instance(), output, passphrase=secrets.get("passphrase"), freeze=bool(ctx.params.get("freeze")),
+        progress=ctx,
+    )
+    summary = api.summarize_manifest(manifest, output)
+    summary.update(bundle_id=ctx.job_id, download=f"/migrate/bundles/{ctx.job_id}", size=output.stat().st_size)
+    return summary
+
+
+def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
+    return bundle_path(state, params["bundle"]) if params.get("bundle") else Path(params["path"])
+
+
+def import_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
+    secrets = _secrets(state, ctx)
+    return api.import_(
+        state.instance(), _bundle_of(state, ctx.params), replace=bool(ctx.params.get("replace")),
+        resume=bool(ctx.params.get("resume")), storage_map=ctx.params.get("storage_map") or {},
+        passphrase=secrets.get("passphrase"), progress=ctx,
+    )
+
+
+def verify_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
+    secrets = _secrets(state, ctx)
+    return api.verify(
+        state.instance(), _bundle_of(state, ctx.params), storage_map=ctx.params.get("storage_map") or {},
+        url=ctx.params.get("url"), token=secrets.get("token"), passphrase=secrets.get("passphrase"), progress=ctx,
+    )
+
+
+def inspect_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
+    return api.inspect(state.instance(), check_objects=bool(ctx.params.get("check_objects", True)), progress=ctx)
+
+
+#: kind → function(ctx, state), registered by ``CairnMigrate.init_app``.
+KINDS = {"export": export_job, "import": import_job, "verify": verify_job, "inspect": inspect_job}
