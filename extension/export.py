@@ -11,7 +11,6 @@ SHA-256 sums of it all, so an import can prove it restored exactly this.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -33,7 +32,7 @@ from .instance import Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
-from .values import decoder
+from .values import fast_decoder
 
 log = logging.getLogger(__name__)
 
@@ -49,44 +48,35 @@ def is_archive(path: Path) -> bool:
     return any(str(path).endswith(suffix) for suffix in ARCHIVE_SUFFIXES)
 
 
-class RowHash:
-    """An order-independent hash of a table's rows (sum of row digests mod 2²⁵⁶).
-
-    Vendors sort text keys by different collations, so a hash that depended
-    on row order would differ between a correct source and a correct target.
-    """
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.rows = 0
-
-    def add_line(self, line: bytes) -> None:
-        self.total = (self.total + int.from_bytes(hashlib.sha256(line).digest(), "big")) % (1 << 256)
-        self.rows += 1
-
-    def hexdigest(self) -> str:
-        return f"{self.total:064x}"
-
-
 def row_line(values: Any) -> bytes:
-    """The canonical JSON line of a neutral row (also what :class:`RowHash` hashes)."""
+    """One JSON line of the bundle (a row as an array, in the table definition's column order)."""
     return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
 def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress) -> dict[str, Any]:
-    decoders = [decoder(column.type) for column in table.columns]
     names = [column.name for column in table.columns]
-    digest = RowHash()
+    converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := fast_decoder(column.type, db.vendor))]
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
     member = f"tables/{table.name}.jsonl"
+    rows = 0
     with writer.open(member) as out:
-        for row in db.stream_rows(table.name, columns=names, connection=conn, batch_size=2000):
-            line = row_line([decode(row[name]) for decode, name in zip(decoders, names)])
-            digest.add_line(line)
-            out.write(line + b"\n")
-            if digest.rows % 2000 == 0:
+        buffer: list[str] = []
+        for row in db.stream_tuples(table.name, names, connection=conn):
+            values = list(row)  # an SQLAlchemy Row is not a JSON array
+            for i, codec in converting:
+                values[i] = codec(values[i])
+            buffer.append(dumps(values))
+            if len(buffer) == 5000:
+                out.write(("\n".join(buffer) + "\n").encode("utf-8"))
+                rows += len(buffer)
+                buffer.clear()
+                progress.advance(items=5000)
                 progress.check_cancelled()
-    progress.advance(items=digest.rows)
-    return {"rows": digest.rows, "member": member, "content_hash": digest.hexdigest()}
+        if buffer:
+            out.write(("\n".join(buffer) + "\n").encode("utf-8"))
+            rows += len(buffer)
+            progress.advance(items=len(buffer))
+    return {"rows": rows, "member": member}
 
 
 def _file_rows(conn: sa.Connection, db: Database) -> Iterator[Mapping[str, Any]]:

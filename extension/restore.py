@@ -228,16 +228,22 @@ def _row_transform(table: TableDef, storage_map: Mapping[str, str]) -> Callable[
     return remap
 
 
-def _encoded_rows(path: Path, table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None) -> Iterator[tuple[Any, ...]]:
-    encoders = [encoder(column.type, vendor) for column in table.columns]
-    for row in _read_lines(path):
-        if transform:
-            row = transform(row)
-        yield tuple(encode(value) for encode, value in zip(encoders, row))
+def _encoded_rows(path: Path, table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None) -> Iterator[list[Any]]:
+    """Rows of a table member, each value converted only where the target needs it."""
+    converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := encoder(column.type, vendor))]
+    loads = json.JSONDecoder().decode
+    with path.open("rb") as fh:
+        for line in fh:
+            row = loads(line.decode("utf-8"))
+            if transform:
+                row = transform(row)
+            for i, codec in converting:
+                row[i] = codec(row[i])
+            yield row
 
 
-def _batched(rows: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    batch: list[tuple[Any, ...]] = []
+def _batched(rows: Iterator[list[Any]], size: int) -> Iterator[list[list[Any]]]:
+    batch: list[list[Any]] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= size:

@@ -8,6 +8,14 @@ one form (ISO-8601 UTC strings, ``true``/``false``, parsed JSON, decimal
 strings, base64 bytes) so that any vendor can read what any vendor wrote, and
 so that verification compares like with like.
 
+The neutral forms: instants are ISO-8601 strings *with an offset* (as the
+source printed them: ``2024-01-05 09:30:00+00`` from PostgreSQL,
+``2024-01-05T09:30:00.000000+00:00`` from elsewhere); JSON columns travel as
+JSON *text*; decimals as strings; bytes as base64.  Keeping the source's text
+where it is already neutral (PostgreSQL's ``COPY``-style output, JSON text)
+is what makes export and import cheap: most values pass through untouched.
+:func:`comparable` canonicalises for verification.
+
 Codecs are built once per column (:func:`decoder`/:func:`encoder`) and
 applied per row: the hot path of export and import.
 """
@@ -84,18 +92,36 @@ def _nullable(codec: Codec) -> Codec:
     return lambda value: None if value is None else codec(value)
 
 
+def _timestamp_text(value: Any) -> str:
+    """Any stored instant → neutral text; strings that already carry an offset pass through."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return (value if value.utcoffset() == dt.timedelta(0) else value.astimezone(UTC)).isoformat()
+    if isinstance(value, str) and (value.endswith("Z") or value[-3:-2] in "+-" or value[-6:-5] in "+-") and value[10:11] in (" ", "T"):
+        return value  # PostgreSQL's text output (session in UTC) or an ISO string with its offset
+    return _parse_timestamp(value).isoformat()
+
+
+def _json_text(value: Any) -> str:
+    """JSON column → JSON text (drivers hand out text, bytes or already parsed values)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8")
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 _DECODERS: dict[str, Codec] = {
-    "uuid": lambda v: str(v).lower(),
-    "string": str,
-    "text": lambda v: v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v),
-    "json": _json_value,
+    "uuid": lambda v: v if isinstance(v, str) and v.islower() else str(v).lower(),
+    "string": lambda v: v if isinstance(v, str) else str(v),
+    "text": lambda v: v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else (v if isinstance(v, str) else str(v)),
+    "json": _json_text,
     "boolean": _bool,
-    "timestamp": lambda v: format_timestamp(_parse_timestamp(v)),
-    "datetime": lambda v: _naive(v).isoformat(timespec="microseconds"),
+    "timestamp": _timestamp_text,
+    "datetime": lambda v: v if isinstance(v, str) else _naive(v).isoformat(),
     "date": lambda v: v.isoformat() if isinstance(v, dt.date) else str(v)[:10],
     "time": lambda v: v.isoformat() if isinstance(v, dt.time) else str(v),
-    "integer": int,
-    "bigint": int,
+    "integer": lambda v: v if type(v) is int else int(v),
+    "bigint": lambda v: v if type(v) is int else int(v),
     "float": float,
     "double": float,
     "decimal": _decimal,
@@ -103,34 +129,47 @@ _DECODERS: dict[str, Codec] = {
 }
 
 
-def decoder(column_type: str) -> Codec:
-    """Native value (any vendor) → neutral JSON value, for one column type."""
+#: Types whose driver values are already neutral, per source vendor (with
+#: :func:`cairn_migrate.database.Database.stream_tuples`' text loaders on PostgreSQL).
+_ALREADY_NEUTRAL = {
+    "postgres": {"uuid", "string", "text", "json", "boolean", "timestamp", "datetime", "date", "time",
+                 "integer", "bigint", "float", "double", "decimal"},
+    "mysql": {"string", "text", "json", "integer", "bigint", "float", "double"},
+    "sqlite": {"string", "text", "json", "integer", "bigint", "float", "double"},
+}
+
+
+def decoder(column_type: str, vendor: str | None = None) -> Codec:
+    """Native value → neutral JSON value, for one column type (any vendor unless ``vendor`` is given)."""
     return _nullable(_DECODERS[column_type])
+
+
+def fast_decoder(column_type: str, vendor: str) -> Codec | None:
+    """Like :func:`decoder` for rows from :meth:`~cairn_migrate.database.Database.stream_tuples` of
+    ``vendor``, but ``None`` where the driver's value is already neutral: the export skips those."""
+    if column_type in _ALREADY_NEUTRAL.get(vendor, set()):
+        return None
+    return decoder(column_type)
 
 
 def _epoch_ms(value: str) -> int:
     return int((_parse_timestamp(value) - _EPOCH) / dt.timedelta(milliseconds=1))
 
 
+def _json_in(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _encoders(vendor: str) -> dict[str, Codec]:
-    json_text: Codec = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
     if vendor == "postgres":
-        # Values go through COPY's text input, which parses ISO timestamps,
-        # uuids and JSON text itself.
-        return {
-            "json": json_text,
-            "boolean": bool,
-            "timestamp": lambda v: v,
-            "datetime": lambda v: v,
-            "decimal": decimal.Decimal,
-            "binary": base64.b64decode,
-            "uuid": lambda v: uuid.UUID(v),
-        }
+        # Values go through COPY's text input, which parses timestamps with
+        # offsets, uuids, numerics and JSON text itself: most pass through.
+        return {"json": _json_in, "binary": base64.b64decode}
     if vendor == "mysql":
         return {
-            "json": json_text,
+            "json": _json_in,
             "boolean": lambda v: 1 if v else 0,
-            # MariaDB TIMESTAMP takes the session time zone (set to UTC by the loader).
+            # MariaDB TIMESTAMP takes the session time zone (UTC, see database.open_engine).
             "timestamp": lambda v: _parse_timestamp(v).replace(tzinfo=None),
             "datetime": _naive,
             "decimal": decimal.Decimal,
@@ -138,19 +177,18 @@ def _encoders(vendor: str) -> dict[str, Codec]:
         }
     # SQLite: write what CairnCMS's own app writes (epoch ms for instants).
     return {
-        "json": json_text,
+        "json": _json_in,
         "boolean": lambda v: 1 if v else 0,
         "timestamp": _epoch_ms,
-        "datetime": lambda v: v,
         "decimal": lambda v: float(v),
         "binary": base64.b64decode,
     }
 
 
-def encoder(column_type: str, vendor: str) -> Codec:
-    """Neutral JSON value → the value to hand ``vendor``'s driver, for one column type."""
+def encoder(column_type: str, vendor: str) -> Codec | None:
+    """Neutral JSON value → the value to hand ``vendor``'s driver; ``None`` when it passes as is."""
     codec = _encoders(vendor).get(column_type)
-    return _nullable(codec) if codec else (lambda v: v)
+    return _nullable(codec) if codec else None
 
 
 def comparable(value: Any, column_type: str, vendor: str) -> Any:
@@ -162,6 +200,9 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
     """
     if value is None:
         return None
+    if column_type == "json":
+        parsed = _json_value(value)
+        return json.dumps(parsed, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     if column_type == "timestamp":
         instant = _parse_timestamp(value)
         if vendor == "mysql":

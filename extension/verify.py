@@ -22,7 +22,7 @@ from typing import Any
 from .bundle import open_bundle
 from .database import Database
 from .errors import ConfigError, MigrateError
-from .export import RowHash, row_line
+from .export import row_line
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
@@ -41,6 +41,25 @@ class VerifyFailed(MigrateError):
     exit_code = 1
     http_status = 409
     code = "verify_failed"
+
+
+class RowHash:
+    """An order-independent hash of a table's rows (sum of row digests mod 2²⁵⁶).
+
+    Vendors sort text keys by different collations, so a hash that depended
+    on row order would differ between a correct source and a correct target.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.rows = 0
+
+    def add_line(self, line: bytes) -> None:
+        self.total = (self.total + int.from_bytes(hashlib.blake2b(line, digest_size=32).digest(), "big")) % (1 << 256)
+        self.rows += 1
+
+    def hexdigest(self) -> str:
+        return f"{self.total:064x}"
 
 
 def _reducers(table: TableDef, vendor: str) -> list[Callable[[Any], Any]]:
@@ -67,8 +86,9 @@ def _target_hash(db: Database, table: TableDef) -> RowHash:
     decoders = [decoder(column.type) for column in table.columns]
     names = [column.name for column in table.columns]
     digest = RowHash()
-    for row in db.stream_rows(table.name, columns=names, batch_size=2000):
-        digest.add_line(row_line([r(d(row[n])) for r, d, n in zip(reduce, decoders, names)]))
+    with db.engine.connect() as conn:
+        for row in db.stream_tuples(table.name, names, connection=conn):
+            digest.add_line(row_line([r(d(v)) for r, d, v in zip(reduce, decoders, row)]))
     return digest
 
 
