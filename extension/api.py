@@ -44,9 +44,10 @@ def inspect(instance: Instance, *, check_objects: bool = True, progress: Progres
 
 
 def export(instance: Instance, output: Path, *, passphrase: str | None = None, key_file: Path | None = None,
-           freeze: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+           freeze: bool = False, native: bool = False, overwrite: bool = False,
+           progress: Progress | None = None) -> dict[str, Any]:
     """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``."""
-    return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze,
+    return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze, native=native,
                          overwrite=overwrite, progress=progress)
 
 

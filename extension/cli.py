@@ -139,12 +139,13 @@ def _emit(report: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="A directory, or an archive: .tar, .tar.gz, .tar.gz.enc.")
 @click.option("--encrypt", is_flag=True, help="Encrypt the archive (needs --passphrase-file, CAIRN_MIGRATE_PASSPHRASE or --key-file).")
 @click.option("--freeze", is_flag=True, help="Hold the instance's writes while capturing.")
+@click.option("--native", is_flag=True, help="Fast path: the vendor's own dump (restores only on the same vendor; SQLite anywhere).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @_secret_options
 @click.pass_obj
 @handle_errors
-def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, overwrite: bool, as_json: bool,
+def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, native: bool, overwrite: bool, as_json: bool,
                    passphrase_file: str | None, key_file: str | None) -> None:
     """Write one verifiable bundle of the instance: database, file bytes and config."""
     from pathlib import Path
@@ -157,7 +158,7 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
     instance = obj.instance()
     with RichProgress("exporting", enabled=not as_json) as progress:
         manifest = api.export(instance, Path(output), passphrase=passphrase, key_file=Path(key_file) if encrypt and key_file else None,
-                              freeze=freeze, overwrite=overwrite, progress=progress)
+                              freeze=freeze, native=native, overwrite=overwrite, progress=progress)
     _emit(api.summarize_manifest(manifest, output), as_json, render_export)
 
 
@@ -242,3 +243,9 @@ def serve_command(obj: Context, host: str, port: int, scheduler: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="cairn-migrate")
+from .cli_install import register as _register_install  # noqa: E402
+_register_install(cli)
+
+
+from .cli_files import register as _register_files  # noqa: E402
+_register_files(cli)

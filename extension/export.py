@@ -10,8 +10,10 @@ SHA-256 sums of it all, so an import can prove it restored exactly this.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sqlite3
 import logging
 import shutil
 import tempfile
@@ -25,10 +27,12 @@ import sqlalchemy as sa
 
 from . import __version__
 from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, pack
-from .database import Database, consistent_snapshot
+from .database import Database, consistent_snapshot, open_engine
 from .errors import ConfigError, MigrateError
 from .freeze import frozen
-from .instance import Instance
+from .instance import DatabaseConfig, Instance
+from .native import MEMBERS, available, checksums, sqlite_backup
+from .native import dump as native_dump
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
@@ -208,6 +212,19 @@ def required_env(instance: Instance, used_locations: list[str]) -> dict[str, Any
     return {"values": values, "secret_names": sorted(set(names))}
 
 
+def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, writer: BundleDirWriter) -> dict[str, Any]:
+    """The fast path's table data: the vendor's own dump, plus vendor checksums from the same snapshot."""
+    member = MEMBERS[db.vendor]
+    if sqlite_copy is not None:
+        with sqlite_copy.open("rb") as fh:
+            writer.add_file(member, fh)
+        tool = f"sqlite {sqlite3.sqlite_version} backup API"
+    else:
+        with writer.open(member) as out:
+            tool = native_dump(db, conn, out)
+    return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": checksums(db, conn, db.table_names())}
+
+
 def _snapshots(db: Database, writer: BundleDirWriter, platform_version: str | None, workdir: Path) -> dict[str, Any]:
     """The schema snapshot and roles/permissions in CairnCMS's own formats."""
     result: dict[str, Any] = {}
@@ -246,6 +263,7 @@ def export_bundle(
     passphrase: str | None = None,
     key_file: Path | None = None,
     freeze: bool = False,
+    native: bool = False,
     state_url: str | None = None,
     overwrite: bool = False,
     workers: int = 8,
@@ -255,6 +273,7 @@ def export_bundle(
 
     :param passphrase: encrypt the archive (``output`` must then be an archive).
     :param freeze: hold the instance's writes while capturing (its hook asks the sidecar).
+    :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
     :returns: the manifest.
     :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
     """
@@ -274,7 +293,7 @@ def export_bundle(
     bundle_dir = Path(tempfile.mkdtemp(prefix=".cairn-bundle-", dir=output.parent)) if archive else output
     try:
         with frozen(state_url, enabled=freeze, reason=f"export to {output.name}"):
-            manifest = _capture(instance, bundle_dir, workers=workers, progress=progress)
+            manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
         if archive:
             progress.log(f"packing {output.name}")
             pack(bundle_dir, output, passphrase=passphrase, key_file=key_file)
@@ -290,29 +309,49 @@ def export_bundle(
     return manifest
 
 
-def _capture(instance: Instance, bundle_dir: Path, *, workers: int, progress: Progress) -> dict[str, Any]:
+def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress) -> dict[str, Any]:
     writer = BundleDirWriter(bundle_dir)
-    with Database.open(instance) as db:
-        platform = db.platform()
+    with Database.open(instance) as live:
+        platform = live.platform()
         if platform.product == "unknown":
             raise ConfigError(
                 f"{instance.database.display_url} holds no CairnCMS instance (no directus_collections table)",
                 hint="point --env at the instance's .env, or run `cairncms bootstrap` first",
             )
-        tables = reflect_tables(db.engine, db.table_names(), db.vendor)
-        order = load_order(tables)
-        by_name = {t.name: t for t in tables}
-        with writer.open("schema/tables.json") as out:
-            out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
-        counts = db.row_counts(order)
-        progress.progress(items_done=0, items_total=sum(counts.values()))
-        table_entries: dict[str, Any] = {}
-        with consistent_snapshot(db) as conn:
-            progress.log("capturing tables in one snapshot")
-            for name in order:
-                table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)
+        if native and not available(live.vendor):
+            raise ConfigError(
+                f"--native needs the {live.vendor} dump and restore tools on PATH",
+                hint="install the database client tools, or export without --native",
+            )
+        with contextlib.ExitStack() as stack:
+            db = live
+            if native and live.vendor == "sqlite":
+                # The online backup is itself the consistent snapshot: read everything from it.
+                copy = stack.enter_context(sqlite_backup(str(live.config.url.database), bundle_dir.parent))
+                config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(copy)),
+                                        live.config.exclude_tables)
+                db = stack.enter_context(Database(open_engine(config), config))
+            tables = reflect_tables(db.engine, db.table_names(), db.vendor)
+            order = load_order(tables)
+            by_name = {t.name: t for t in tables}
+            with writer.open("schema/tables.json") as out:
+                out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
+            counts = db.row_counts(order)
+            progress.progress(items_done=0, items_total=sum(counts.values()))
+            table_entries: dict[str, Any] = {}
+            native_entry: dict[str, Any] | None = None
             spool = bundle_dir.parent / f".{bundle_dir.name}.files-spool"
-            file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)
+            with consistent_snapshot(db) as conn:
+                progress.log("capturing tables in one snapshot")
+                if native:
+                    native_entry = _native_tables(db, conn, copy if db is not live else None, writer)
+                    table_entries = {name: {"rows": native_entry["checksums"][name]["rows"]} for name in order}
+                    progress.advance(items=sum(counts.values()))
+                else:
+                    for name in order:
+                        table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)
+                file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)
+            snapshots = _snapshots(db, writer, platform.version, bundle_dir.parent)
         used = sorted(used_set)
         locations = {}
         for location_config in instance.locations:
@@ -326,14 +365,13 @@ def _capture(instance: Instance, bundle_dir: Path, *, workers: int, progress: Pr
             files = _export_files(spool, locations, writer, progress, workers)
         finally:
             spool.unlink(missing_ok=True)
-        snapshots = _snapshots(db, writer, platform.version, bundle_dir.parent)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tool": {"name": "cairn-migrate", "version": __version__},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": "full",
-        "data": "neutral",
+        "data": "native" if native else "neutral",
         "source": {
             "key": instance.key,
             "vendor": instance.database.vendor,
@@ -350,6 +388,7 @@ def _capture(instance: Instance, bundle_dir: Path, *, workers: int, progress: Pr
             ],
         },
         "load_order": order,
+        **({"native": native_entry} if native_entry else {}),
         "tables": table_entries,
         "files": files,
         "snapshots": snapshots,

@@ -22,10 +22,11 @@ empty is rolled back by dropping what it created.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +36,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .bundle import open_bundle
-from .database import Database
+from .database import Database, open_engine
 from .errors import ConfigError, MigrateError
-from .instance import Instance
+from .instance import DatabaseConfig, Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef, build_tables, foreign_key_constraints
-from .values import encoder
+from . import native as native_tools
+from .values import decoder, encoder
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +192,19 @@ def plan_import(
         counts = _existing_counts(db, manifest["load_order"]) if resume else {}
     if new_sqlite_file:  # planning writes nothing: not even an empty database file
         Path(instance.database.url.database or "").unlink(missing_ok=True)
+    native = manifest.get("data") == "native"
+    if native:
+        native_tools.require_same_vendor(manifest, plan.vendor)
     source_vendor = manifest["source"]["vendor"]
+    if native and manifest["native"]["vendor"] == plan.vendor:
+        plan.warnings.append(f"fast path: restoring the native {plan.vendor} dump with the vendor's own tool")
     if source_vendor != plan.vendor:
         plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
     for name in manifest["load_order"]:
         expected = manifest["tables"][name]["rows"]
-        if resume and counts.get(name) == expected:
+        if native and manifest["native"]["vendor"] == plan.vendor:
+            action = "restore"
+        elif resume and counts.get(name) == expected:
             action = "skip"
         elif resume and name in counts:
             action = "reload"
@@ -228,18 +237,31 @@ def _row_transform(table: TableDef, storage_map: Mapping[str, str]) -> Callable[
     return remap
 
 
-def _encoded_rows(path: Path, table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None) -> Iterator[list[Any]]:
-    """Rows of a table member, each value converted only where the target needs it."""
-    converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := encoder(column.type, vendor))]
+def jsonl_rows(path: Path) -> Iterator[list[Any]]:
+    """The neutral rows of a table member."""
     loads = json.JSONDecoder().decode
     with path.open("rb") as fh:
         for line in fh:
-            row = loads(line.decode("utf-8"))
-            if transform:
-                row = transform(row)
-            for i, codec in converting:
-                row[i] = codec(row[i])
-            yield row
+            yield loads(line.decode("utf-8"))
+
+
+def database_rows(db: Database, table: TableDef) -> Iterator[list[Any]]:
+    """The neutral rows of a table read from another database (a native SQLite bundle)."""
+    decoders = [decoder(column.type) for column in table.columns]
+    with db.engine.connect() as conn:
+        for row in db.stream_tuples(table.name, [c.name for c in table.columns], connection=conn):
+            yield [decode(value) for decode, value in zip(decoders, row)]
+
+
+def _encoded_rows(rows: Iterable[list[Any]], table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None) -> Iterator[list[Any]]:
+    """Neutral rows converted only where the target needs it (most values pass as they are)."""
+    converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := encoder(column.type, vendor))]
+    for row in rows:
+        if transform:
+            row = transform(row)
+        for i, codec in converting:
+            row[i] = codec(row[i])
+        yield row
 
 
 def _batched(rows: Iterator[list[Any]], size: int) -> Iterator[list[list[Any]]]:
@@ -286,7 +308,7 @@ class _Loader:
         self.raw.commit()
         cursor.close()
 
-    def load(self, name: str, rows_file: Path, storage_map: Mapping[str, str], progress: Progress, exists: bool) -> int:
+    def load(self, name: str, source: Iterable[list[Any]], storage_map: Mapping[str, str], progress: Progress, exists: bool) -> int:
         """Create (or empty) ``name`` and load its rows, all in one transaction where the vendor allows."""
         table = self.tables[name]
         built = self.built[name]
@@ -297,7 +319,7 @@ class _Loader:
                 cursor.execute(f"DELETE FROM {quoted}")
             else:
                 cursor.execute(self._ddl(sa.schema.CreateTable(built)))
-            rows = _encoded_rows(rows_file, table, self.vendor, _row_transform(table, storage_map))
+            rows = _encoded_rows(source, table, self.vendor, _row_transform(table, storage_map))
             columns = ", ".join(_quote(self.engine, c.name) for c in table.columns)
             count = 0
             if self.vendor == "postgres":
@@ -501,23 +523,40 @@ def import_bundle(
         created: list[str] = []
         written: list[tuple[str, str]] = []
         target_was_empty = not plan.existing_tables
-        with Database.open(instance, create=True) as db:
+        with Database.open(instance, create=True) as db, contextlib.ExitStack() as stack:
+            fast = manifest.get("data") == "native" and manifest["native"]["vendor"] == db.vendor
+            source_db = None
+            if manifest.get("data") == "native" and not fast:  # a native SQLite bundle into another vendor
+                member = bundle_dir / manifest["native"]["member"]
+                config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
+                source_db = stack.enter_context(Database(open_engine(config), config))
             loader = _Loader(db.engine, db.vendor, ordered)
             try:
-                if replace:
-                    for name in reversed(_drop_order(db, plan.existing_tables)):
+                if replace or (resume and fast):
+                    for name in reversed(_drop_order(db, db.table_names() if resume else plan.existing_tables)):
                         loader.drop(name)
                 total = sum(t["rows"] for t in plan.tables if t["action"] != "skip")
                 progress.progress(items_done=0, items_total=total)
                 loaded = 0
-                for step in plan.tables:
+                if fast:
+                    progress.log(f"restoring the native {db.vendor} dump")
+                    created.extend(manifest["load_order"])
+                    loader.close()
+                    native_tools.restore(instance.database, bundle_dir / manifest["native"]["member"])
+                    loader = _Loader(db.engine, db.vendor, ordered)
+                    _remap_storage(db, storage_map)
+                    loaded = total
+                    progress.advance(items=total)
+                for step in plan.tables if not fast else []:
                     if step["action"] == "skip":
                         continue
                     name = step["table"]
                     progress.log(f"loading {name} ({step['rows']} rows)")
                     if step["action"] == "create":
                         created.append(name)
-                    count = loader.load(name, bundle_dir / manifest["tables"][name]["member"], storage_map, progress, step["action"] == "reload")
+                    rows = (database_rows(source_db, by_name[name]) if source_db is not None
+                            else jsonl_rows(bundle_dir / manifest["tables"][name]["member"]))
+                    count = loader.load(name, rows, storage_map, progress, step["action"] == "reload")
                     if count != step["rows"]:
                         raise ImportFailed(f"{name}: loaded {count} rows, the manifest says {step['rows']}")
                     loaded += count
@@ -527,7 +566,7 @@ def import_bundle(
                     bundle_dir, manifest, locations, storage_map, resume=resume, workers=workers,
                     progress=progress, written=written,
                 )
-                problems = loader.finish()
+                problems = [] if fast else loader.finish()
                 if problems:
                     raise ImportFailed("foreign keys broken after loading: " + "; ".join(problems[:5]))
             except BaseException as exc:
@@ -555,6 +594,16 @@ def import_bundle(
         "seconds": round(elapsed, 3),
         "rows_per_second": round(loaded / elapsed, 1) if elapsed else None,
     }
+
+
+def _remap_storage(db: Database, storage_map: Mapping[str, str]) -> None:
+    """After a native restore: point file rows at their mapped locations."""
+    if not storage_map:
+        return
+    files = db.table("directus_files")
+    with db.engine.begin() as conn:
+        for old, new in storage_map.items():
+            conn.execute(sa.update(files).where(files.c.storage == old).values(storage=new))
 
 
 def _drop_order(db: Database, names: Sequence[str]) -> list[str]:

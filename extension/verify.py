@@ -81,8 +81,9 @@ def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[
     return digest
 
 
-def _target_hash(db: Database, table: TableDef) -> RowHash:
-    reduce = _reducers(table, db.vendor)
+def _target_hash(db: Database, table: TableDef, vendor: str | None = None) -> RowHash:
+    """Hash of ``table`` in ``db``, values reduced to ``vendor``'s precision (default: ``db``'s own)."""
+    reduce = _reducers(table, vendor or db.vendor)
     decoders = [decoder(column.type) for column in table.columns]
     names = [column.name for column in table.columns]
     digest = RowHash()
@@ -95,26 +96,54 @@ def _target_hash(db: Database, table: TableDef) -> RowHash:
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
     definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())}
     present = set(db.table_names())
+    native = manifest.get("native") if manifest.get("data") == "native" else None
+    same_vendor_native = native is not None and native["vendor"] == db.vendor and native["vendor"] != "sqlite"
+    target_checksums: dict[str, dict[str, Any]] = {}
+    if same_vendor_native:
+        from .native import checksums
+
+        with db.engine.connect() as conn:
+            target_checksums = checksums(db, conn, [n for n in manifest["load_order"] if n in present])
+    reference_db = None
+    if native is not None and not same_vendor_native:  # a native SQLite bundle: read the member itself
+        from .database import open_engine
+        from .instance import DatabaseConfig
+        import sqlalchemy as sa
+
+        config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(bundle_dir / native["member"])))
+        reference_db = Database(open_engine(config), config)
     results = []
-    for name in manifest["load_order"]:
-        expected = manifest["tables"][name]["rows"]
-        entry: dict[str, Any] = {"table": name, "expected_rows": expected}
-        if name not in present:
-            entry.update(rows=None, ok=False, problem="table missing on the target")
-        else:
+    try:
+        for name in manifest["load_order"]:
+            expected = manifest["tables"][name]["rows"]
+            entry: dict[str, Any] = {"table": name, "expected_rows": expected}
             table = definitions[name]
-            missing_columns = sorted(set(c.name for c in table.columns) - set(db.columns(name)))
-            if missing_columns:
-                entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing_columns)}")
+            if name not in present:
+                entry.update(rows=None, ok=False, problem="table missing on the target")
+            elif same_vendor_native:
+                want, have = native["checksums"][name], target_checksums[name]
+                entry.update(rows=have["rows"], expected_hash=want["checksum"], hash=have["checksum"])
+                remapped = name == "directus_files" and storage_map
+                entry["ok"] = have["rows"] == expected and (remapped or have["checksum"] == want["checksum"])
+                if not entry["ok"]:
+                    entry["problem"] = "row count differs" if have["rows"] != expected else "content differs"
+            elif missing := sorted(set(c.name for c in table.columns) - set(db.columns(name))):
+                entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing)}")
             else:
-                want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map)
+                if reference_db is not None:
+                    want = _target_hash(reference_db, table, db.vendor) if not (name == "directus_files" and storage_map) else None
+                else:
+                    want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map)
                 have = _target_hash(db, table)
-                entry.update(rows=have.rows, expected_hash=want.hexdigest(), hash=have.hexdigest())
-                entry["ok"] = have.rows == expected and have.total == want.total
+                entry.update(rows=have.rows, hash=have.hexdigest(), expected_hash=want.hexdigest() if want else None)
+                entry["ok"] = have.rows == expected and (want is None or have.total == want.total)
                 if not entry["ok"]:
                     entry["problem"] = "row count differs" if have.rows != expected else "content differs"
-        results.append(entry)
-        progress.advance(items=1)
+            results.append(entry)
+            progress.advance(items=1)
+    finally:
+        if reference_db is not None:
+            reference_db.close()
     return results
 
 

@@ -268,3 +268,38 @@ def test_import_killed_midway_resumes_to_the_same_result(vendor: str, tmp_path: 
     reference = make_empty_instance(vendor, tmp_path / "reference", request)
     import_bundle(instance(reference), tmp_path / "bundle")
     assert normalized_rows(dst, vendor) == normalized_rows(reference, vendor)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [("postgres", "postgres"), ("mariadb", "mariadb"), ("sqlite", "sqlite"), ("sqlite", "postgres")],
+)
+def test_fast_path_with_native_tools(source: str, target: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """``--native``: the vendor's own dump inside the same manifest, restored and verified."""
+    src = make_instance(source, tmp_path / "src", request)
+    dst = make_empty_instance(target, tmp_path / "dst", request)
+    manifest = export_bundle(instance(src), tmp_path / "bundle", native=True)
+    assert manifest["data"] == "native" and manifest["native"]["member"].startswith("database/")
+    assert not (tmp_path / "bundle" / "tables").exists()
+    report = import_bundle(instance(dst), tmp_path / "bundle")
+    if source == target:
+        assert "fast path" in " ".join(report["plan"]["warnings"])
+    verified = verify_bundle(instance(dst), tmp_path / "bundle")
+    assert verified["ok"], verified["tables_failed"]
+    precision = "sqlite" if "sqlite" in (source, target) else ("mysql" if source == "mariadb" else "postgres")
+    assert normalized_rows(dst, precision) == normalized_rows(src, precision)
+    # verify notices a changed row on the fast path too
+    with Database.open(instance(dst)) as db, db.engine.begin() as conn:
+        import sqlalchemy as sa
+
+        conn.execute(sa.text("UPDATE tags SET name = 'changed' WHERE id = (SELECT max(id) FROM (SELECT id FROM tags) t)"))
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["tables_failed"] == ["tags"]
+
+
+def test_native_postgres_bundle_refuses_another_vendor(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("postgres", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle", native=True)
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    with pytest.raises(ConfigError, match="native postgres dump; it cannot be restored on sqlite"):
+        import_bundle(instance(dst), tmp_path / "bundle")
+    assert not (tmp_path / "dst" / "data.db").exists()
