@@ -229,20 +229,19 @@ class Database:
         return self._metadata.tables[name]
 
     def columns(self, name: str) -> list[str]:
-        return [column.name for column in self.table(name).columns]
+        if name in self._metadata.tables:
+            return [column.name for column in self._metadata.tables[name].columns]
+        return [column["name"] for column in sa.inspect(self.engine).get_columns(name)]
 
     def row_count(self, name: str) -> int:
-        table = self.table(name)
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+        return self.row_counts([name])[name]
 
     def row_counts(self, names: Sequence[str]) -> dict[str, int]:
-        """Exact row counts of ``names``, in one connection."""
+        """Exact row counts of ``names``, in one connection (no reflection needed)."""
         counts = {}
         with self.engine.connect() as conn:
             for name in names:
-                table = self.table(name)
-                counts[name] = int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+                counts[name] = int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(name))).scalar_one())
         return counts
 
     def stream_rows(
@@ -295,8 +294,7 @@ class Database:
         """
         if self.vendor == "postgres":
             _pg_text_loaders(connection)
-        table = self.table(name)
-        query = sa.select(*[sa.type_coerce(table.c[c], sa.types.NullType()).label(c) for c in columns])
+        query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name))
         result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
         for partition in result.partitions(batch_size):
             yield from partition

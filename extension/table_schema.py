@@ -186,36 +186,53 @@ def _sqlite_details(engine: Engine, table: str) -> tuple[bool, list[dict[str, An
     return bool(sql and re.search(r"autoincrement", sql, re.I)), [dict(r) for r in rows]
 
 
-def _mysql_json_columns(engine: Engine, table: str) -> set[str]:
+def _mysql_json_columns(engine: Engine, tables: Sequence[str]) -> dict[str, set[str]]:
     """MariaDB stores ``json`` as longtext with a column-level ``json_valid(col)`` check.
 
     SQLAlchemy's inspector does not report column-level checks on MariaDB,
     so the catalog is asked directly (MySQL 8 has a real JSON type instead).
     """
     query = sa.text(
-        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
-        "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+        "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE()"
     )
+    columns: dict[str, set[str]] = {name: set() for name in tables}
     try:
         with engine.connect() as conn:
-            clauses = list(conn.execute(query, {"t": table}).scalars())
+            rows = list(conn.execute(query))
     except sa.exc.DBAPIError:  # MySQL: no TABLE_NAME column; its JSON type reflects as JSON
-        return set()
-    columns = set()
-    for clause in clauses:
+        return columns
+    for table, clause in rows:
         match = re.search(r"json_valid\(`?(\w+)`?\)", clause or "", re.I)
-        if match:
-            columns.add(match.group(1))
+        if match and table in columns:
+            columns[table].add(match.group(1))
     return columns
 
 
-def reflect_table(engine: Engine, inspector: sa.Inspector, table: str, vendor: str) -> TableDef:
+class _Catalog:
+    """Everything reflection needs, fetched once for all tables (one query per kind on PG/MySQL)."""
+
+    def __init__(self, engine: Engine, tables: Sequence[str], vendor: str) -> None:
+        inspector = sa.inspect(engine)
+        names = list(tables)
+
+        def multi(method: Any) -> dict[str, Any]:
+            return {key[1]: value for key, value in method(filter_names=names).items()}
+
+        self.columns = multi(inspector.get_multi_columns)
+        self.pks = multi(inspector.get_multi_pk_constraint)
+        self.fks = multi(inspector.get_multi_foreign_keys) if vendor != "sqlite" else {}
+        self.uniques = multi(inspector.get_multi_unique_constraints)
+        self.indexes = multi(inspector.get_multi_indexes)
+        self.json = _mysql_json_columns(engine, names) if vendor == "mysql" else {}
+
+
+def reflect_table(engine: Engine, catalog: _Catalog, table: str, vendor: str) -> TableDef:
     """Describe ``table`` in neutral terms."""
-    json_columns = _mysql_json_columns(engine, table) if vendor == "mysql" else set()
-    pk = inspector.get_pk_constraint(table).get("constrained_columns") or []
+    json_columns = catalog.json.get(table, set())
+    pk = catalog.pks.get(table, {}).get("constrained_columns") or []
     sqlite_autoinc, sqlite_fks = _sqlite_details(engine, table) if vendor == "sqlite" else (False, [])
     columns = []
-    for info in inspector.get_columns(table):
+    for info in catalog.columns.get(table, []):
         column = _neutral_type(info["type"], vendor, json_columns, info["name"])
         column.nullable = bool(info.get("nullable", True))
         is_serial_default = "nextval(" in str(info.get("default") or "")
@@ -239,7 +256,7 @@ def reflect_table(engine: Engine, inspector: sa.Inspector, table: str, vendor: s
             fk.ref_columns.append(row["to"])
         foreign_keys = list(grouped.values())
     else:
-        for info in inspector.get_foreign_keys(table):
+        for info in catalog.fks.get(table, []):
             options = info.get("options") or {}
             foreign_keys.append(
                 ForeignKey(
@@ -254,7 +271,7 @@ def reflect_table(engine: Engine, inspector: sa.Inspector, table: str, vendor: s
     fk_names = {fk.name for fk in foreign_keys if fk.name}
     indexes = []
     seen: set[tuple[str, ...]] = set()
-    for info in list(inspector.get_unique_constraints(table)) + list(inspector.get_indexes(table)):
+    for info in list(catalog.uniques.get(table, [])) + list(catalog.indexes.get(table, [])):
         cols = [c for c in info.get("column_names", []) if c]
         unique = bool(info.get("unique", True) if "unique" in info else True)
         key = tuple(cols)
@@ -274,8 +291,12 @@ def _rule(value: Any) -> str | None:
 
 
 def reflect_tables(engine: Engine, tables: Iterable[str], vendor: str) -> list[TableDef]:
-    inspector = sa.inspect(engine)
-    return [reflect_table(engine, inspector, name, vendor) for name in tables]
+    """Neutral definitions of ``tables`` (the catalog is read once for all of them)."""
+    names = list(tables)
+    if not names:
+        return []
+    catalog = _Catalog(engine, names, vendor)
+    return [reflect_table(engine, catalog, name, vendor) for name in names]
 
 
 def load_order(tables: Sequence[TableDef]) -> list[str]:
