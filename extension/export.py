@@ -31,8 +31,7 @@ from .database import Database, consistent_snapshot, open_engine
 from .errors import ConfigError, MigrateError
 from .freeze import frozen
 from .instance import DatabaseConfig, Instance
-from .native import MEMBERS, available, checksums, sqlite_backup
-from .native import dump as native_dump
+from .native import MEMBERS, available, checksums, dump_mysql, dump_postgres, sqlite_backup
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
@@ -215,14 +214,25 @@ def required_env(instance: Instance, used_locations: list[str]) -> dict[str, Any
 def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, writer: BundleDirWriter) -> dict[str, Any]:
     """The fast path's table data: the vendor's own dump, plus vendor checksums from the same snapshot."""
     member = MEMBERS[db.vendor]
+    tables = db.table_names()
     if sqlite_copy is not None:
         with sqlite_copy.open("rb") as fh:
             writer.add_file(member, fh)
-        tool = f"sqlite {sqlite3.sqlite_version} backup API"
+        tool, sums = f"sqlite {sqlite3.sqlite_version} backup API", checksums(db, conn, tables)
+    elif db.vendor == "postgres":
+        scratch = Path(tempfile.mkdtemp(dir=writer.dir.parent))
+        try:
+            tool, sums = dump_postgres(db, conn, scratch / "dump", tables)
+            for path in sorted((scratch / "dump").iterdir()):
+                with path.open("rb") as fh:
+                    writer.add_file(f"{member}/{path.name}", fh)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     else:
         with writer.open(member) as out:
-            tool = native_dump(db, conn, out)
-    return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": checksums(db, conn, db.table_names())}
+            tool = dump_mysql(db, out)
+        sums = checksums(db, conn, tables)
+    return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": sums}
 
 
 def _snapshots(db: Database, writer: BundleDirWriter, platform_version: str | None, workdir: Path) -> dict[str, Any]:
@@ -336,8 +346,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             by_name = {t.name: t for t in tables}
             with writer.open("schema/tables.json") as out:
                 out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
-            counts = db.row_counts(order)
-            progress.progress(items_done=0, items_total=sum(counts.values()))
+            counts = {} if native else db.row_counts(order)  # the native checksums count rows themselves
+            progress.progress(items_done=0, items_total=sum(counts.values()) or None)
             table_entries: dict[str, Any] = {}
             native_entry: dict[str, Any] | None = None
             spool = bundle_dir.parent / f".{bundle_dir.name}.files-spool"
@@ -346,7 +356,6 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
                 if native:
                     native_entry = _native_tables(db, conn, copy if db is not live else None, writer)
                     table_entries = {name: {"rows": native_entry["checksums"][name]["rows"]} for name in order}
-                    progress.advance(items=sum(counts.values()))
                 else:
                     for name in order:
                         table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)

@@ -34,7 +34,11 @@ TOOLS = {
     "mysql": (("mariadb-dump", "mysqldump"), ("mariadb", "mysql")),
     "sqlite": ((), ()),
 }
-MEMBERS = {"postgres": "database/postgres.dump", "mysql": "database/mysql.sql", "sqlite": "database/sqlite.db"}
+#: Where the dump lives in a bundle; PostgreSQL's is a ``pg_dump -Fd`` directory (parallel dump and restore).
+MEMBERS = {"postgres": "database/postgres", "mysql": "database/mysql.sql", "sqlite": "database/sqlite.db"}
+
+#: Parallel jobs for pg_dump/pg_restore: one per core, at least two.
+JOBS = max(2, os.cpu_count() or 2)
 
 
 class NativeToolFailed(MigrateError):
@@ -82,21 +86,43 @@ def _run(command: list[str], env: dict[str, str], *, stdin: IO[bytes] | None = N
             raise NativeToolFailed(f"{Path(command[0]).name} failed (exit {code}): {' | '.join(tail)}")
 
 
-def dump(db: Database, conn: sa.Connection, out: IO[bytes]) -> str:
-    """Write the native dump of ``db`` to ``out``; returns the tool's version line."""
-    vendor = db.vendor
-    tool = _which(TOOLS[vendor][0])
+def _version(tool: str) -> str:
+    return subprocess.run([tool, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def dump_postgres(db: Database, conn: sa.Connection, folder: Path, tables: Sequence[str]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``pg_dump -Fd -j N`` of our snapshot into ``folder``, with the checksums computed meanwhile.
+
+    The dump runs in our repeatable-read snapshot (``--snapshot``), so it
+    and the checksums and the file list describe one moment; the checksum
+    queries run on our connection while pg_dump's workers run on theirs.
+    """
+    tool = _which(TOOLS["postgres"][0]) or "pg_dump"
     args, env = _conn_args(db.config)
-    database = str(db.config.url.database)
-    if vendor == "postgres":
-        snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
-        command = [tool or "pg_dump", *args, "-Fc", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", database]
-    else:
-        command = [tool or "mariadb-dump", *args, "--single-transaction", "--quick", "--skip-lock-tables",
-                   "--no-tablespaces", "--hex-blob", "--default-character-set=utf8mb4", "--skip-triggers",
-                   "--tz-utc", database]
+    snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
+    command = [tool, *args, "-Fd", "-j", str(JOBS), "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
+               "-f", str(folder), str(db.config.url.database)]
+    with tempfile.TemporaryFile() as stderr:
+        with subprocess.Popen(command, env=env, stderr=stderr) as process:
+            try:
+                sums = checksums(db, conn, tables)
+            finally:
+                code = process.wait()
+        if code != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise NativeToolFailed(f"pg_dump failed (exit {code}): {' | '.join(tail)}")
+    return _version(tool), sums
+
+
+def dump_mysql(db: Database, out: IO[bytes]) -> str:
+    """``mariadb-dump --single-transaction`` of the database to ``out``."""
+    tool = _which(TOOLS["mysql"][0]) or "mariadb-dump"
+    args, env = _conn_args(db.config)
+    command = [tool, *args, "--single-transaction", "--quick", "--skip-lock-tables", "--no-tablespaces", "--hex-blob",
+               "--default-character-set=utf8mb4", "--skip-triggers", "--tz-utc", str(db.config.url.database)]
     _run(command, env, stdout=out)
-    return subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout.strip()
+    return _version(tool)
 
 
 @contextmanager
@@ -142,7 +168,9 @@ def restore(config: DatabaseConfig, member: Path) -> None:
     database = str(config.url.database)
     if config.vendor == "postgres":
         tool = _which(TOOLS["postgres"][1]) or "pg_restore"
-        _run([tool, *args, "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error", "-d", database,
+        # Parallel, so not one transaction: a failed restore is rolled back by
+        # the importer (it drops what was created), like the neutral path.
+        _run([tool, *args, "--no-owner", "--no-privileges", "--exit-on-error", "-j", str(JOBS), "-Fd", "-d", database,
               str(member)], env)
     elif config.vendor == "mysql":
         tool = _which(TOOLS["mysql"][1]) or "mariadb"
