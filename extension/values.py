@@ -191,6 +191,17 @@ def encoder(column_type: str, vendor: str) -> Codec | None:
     return _nullable(codec) if codec else None
 
 
+#: Types whose neutral values compare as they are (no reduction needed).
+_EXACT = {"uuid", "string", "text", "boolean", "integer", "bigint", "date", "time", "binary"}
+
+
+def comparer(column_type: str, vendor: str) -> Codec | None:
+    """:func:`comparable` for one column, or ``None`` where neutral values already compare exactly."""
+    if column_type in _EXACT:
+        return None
+    return lambda value: comparable(value, column_type, vendor)
+
+
 def comparable(value: Any, column_type: str, vendor: str) -> Any:
     """A neutral value reduced to what ``vendor`` can store, for verification.
 
@@ -209,7 +220,7 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
             instant = instant.replace(microsecond=0)
         elif vendor == "sqlite":
             instant = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
-        return format_timestamp(instant)
+        return instant.isoformat()
     if column_type == "datetime":
         moment = _naive(value)
         if vendor == "mysql":

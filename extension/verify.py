@@ -22,12 +22,11 @@ from typing import Any
 from .bundle import open_bundle
 from .database import Database
 from .errors import ConfigError, MigrateError
-from .export import row_line
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef
-from .values import comparable, decoder
+from .values import comparer, fast_decoder
 
 log = logging.getLogger(__name__)
 
@@ -62,35 +61,47 @@ class RowHash:
         return f"{self.total:064x}"
 
 
-def _reducers(table: TableDef, vendor: str) -> list[Callable[[Any], Any]]:
-    return [lambda v, t=column.type: comparable(v, t, vendor) for column in table.columns]
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], digest: RowHash) -> RowHash:
+    for row in rows:
+        for i, reduce in reducers:
+            row[i] = reduce(row[i])
+        digest.add_line(_encode(row).encode("utf-8"))
+    return digest
 
 
 def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[str, str]) -> RowHash:
-    reduce = _reducers(table, vendor)
-    storage_index = [c.name for c in table.columns].index("storage") if table.name == "directus_files" else None
-    digest = RowHash()
-    with path.open("rb") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if storage_index is not None:
-                row[storage_index] = storage_map.get(row[storage_index], row[storage_index])
-            digest.add_line(row_line([r(v) for r, v in zip(reduce, row)]))
-    return digest
+    """The bundle's rows of ``table``, reduced to what ``vendor`` stores."""
+    reducers = [(i, r) for i, c in enumerate(table.columns) if (r := comparer(c.type, vendor))]
+    if table.name == "directus_files" and storage_map:
+        index = [c.name for c in table.columns].index("storage")
+        reducers.append((index, lambda value: storage_map.get(value, value)))
+    loads = json.JSONDecoder().decode
+
+    def rows() -> Iterator[list[Any]]:
+        with path.open("rb") as fh:
+            for line in fh:
+                if line.strip():
+                    yield loads(line.decode("utf-8"))
+
+    return _hash_rows(rows(), reducers, RowHash())
 
 
 def _target_hash(db: Database, table: TableDef, vendor: str | None = None) -> RowHash:
     """Hash of ``table`` in ``db``, values reduced to ``vendor``'s precision (default: ``db``'s own)."""
-    reduce = _reducers(table, vendor or db.vendor)
-    decoders = [decoder(column.type) for column in table.columns]
+    reducers = []
+    for i, column in enumerate(table.columns):
+        decode, reduce = fast_decoder(column.type, db.vendor), comparer(column.type, vendor or db.vendor)
+        if decode and reduce:
+            reducers.append((i, lambda v, d=decode, r=reduce: r(d(v))))
+        elif decode or reduce:
+            reducers.append((i, decode or reduce))
     names = [column.name for column in table.columns]
-    digest = RowHash()
     with db.engine.connect() as conn:
-        for row in db.stream_tuples(table.name, names, connection=conn):
-            digest.add_line(row_line([r(d(v)) for r, d, v in zip(reduce, decoders, row)]))
-    return digest
+        rows = (list(row) for row in db.stream_tuples(table.name, names, connection=conn))
+        return _hash_rows(rows, reducers, RowHash())
 
 
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
