@@ -11,6 +11,7 @@ from ..app import get_state
 from ..freeze import clear_freeze, freeze_state, set_freeze
 from . import bp
 from .auth import admin_required
+from .signed import admin_or_signed
 from .schemas import FreezeRequestSchema, FreezeSchema
 
 
@@ -19,9 +20,9 @@ def _state_url() -> str:
 
 
 @bp.get("/freeze")
-@admin_required
+@admin_or_signed
 def get_freeze() -> ResponseReturnValue:
-    """Whether writes are held right now.
+    """Whether writes are held right now (an admin, or the instance's hook signing the request).
     ---
     get:
       summary: Freeze state

@@ -28,7 +28,7 @@ EXIT_CODES = """## Exit codes
 
 
 def _command_doc(name: str, command: click.Command, parent: click.Context) -> list[str]:
-    ctx = click.Context(command, info_name=name, parent=parent)
+    ctx = command.make_context(name, [], parent=parent, resilient_parsing=True)
     lines = [f"### `{ctx.command_path}`", "", "```", command.get_help(ctx).rstrip(), "```", ""]
     if isinstance(command, click.Group):
         for sub_name in command.list_commands(ctx):
@@ -41,7 +41,7 @@ def _command_doc(name: str, command: click.Command, parent: click.Context) -> li
 def cli_markdown() -> str:
     from .cli import cli
 
-    root = click.Context(cli, info_name="cairn-migrate")
+    root = cli.make_context("cairn-migrate", [], resilient_parsing=True)
     lines = [HEADER, "# Command line", "", "```", cli.get_help(root).rstrip(), "```", "", EXIT_CODES, "## Commands", ""]
     for name in cli.list_commands(root):
         command = cli.get_command(root, name)

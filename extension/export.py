@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from . import __version__
 from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, pack
-from .database import Database, consistent_snapshot, open_engine
+from .database import Database, Platform, consistent_snapshot, open_engine
 from .errors import ConfigError, MigrateError
 from .freeze import frozen
 from .instance import DatabaseConfig, Instance
@@ -235,8 +235,12 @@ def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, 
     return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": sums}
 
 
-def _snapshots(db: Database, writer: BundleDirWriter, platform_version: str | None, workdir: Path) -> dict[str, Any]:
-    """The schema snapshot and roles/permissions in CairnCMS's own formats."""
+def _snapshots(db: Database, writer: BundleDirWriter, platform: Platform, workdir: Path) -> dict[str, Any]:
+    """The schema snapshot and roles/permissions in CairnCMS's own formats.
+
+    Config-as-code is CairnCMS's own (roles are matched by ``key``, a column
+    Directus does not have), so a Directus source gets the schema snapshot only.
+    """
     result: dict[str, Any] = {}
     try:
         from .config_snapshot import config_snapshot, write_config_directory
@@ -245,16 +249,20 @@ def _snapshots(db: Database, writer: BundleDirWriter, platform_version: str | No
         return result
     scratch = Path(tempfile.mkdtemp(dir=workdir))
     try:
-        snapshot = schema_snapshot(db, version=platform_version or "unknown")
+        snapshot = schema_snapshot(db, version=platform.version or "unknown")
         write_schema_snapshot(snapshot, scratch / "schema-snapshot.yaml")
-        config = config_snapshot(db)
-        write_config_directory(config, scratch / "config")
+        if platform.product == "cairncms":
+            write_config_directory(config_snapshot(db), scratch / "config")
         for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
             relative = path.relative_to(scratch).as_posix()
             member = f"snapshot/{relative}"
             with path.open("rb") as fh:
                 writer.add_file(member, fh)
-        result = {"schema": "snapshot/schema-snapshot.yaml", "config": "snapshot/config"}
+        result = {"schema": "snapshot/schema-snapshot.yaml"}
+        if platform.product == "cairncms":
+            result["config"] = "snapshot/config"
+        else:
+            result["config_skipped"] = f"config-as-code is a CairnCMS format; the source is {platform.product} {platform.version}"
     except MigrateError as exc:
         log.warning("snapshots not written: %s", exc)
         result = {"error": exc.to_dict()}
@@ -360,7 +368,7 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
                     for name in order:
                         table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)
                 file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)
-            snapshots = _snapshots(db, writer, platform.version, bundle_dir.parent)
+            snapshots = _snapshots(db, writer, platform, bundle_dir.parent)
         used = sorted(used_set)
         locations = {}
         for location_config in instance.locations:

@@ -83,6 +83,15 @@ def build_spec(app: Flask) -> APISpec:
             "description": "An admin's static token (directus_users.token) or a CairnCMS access token (JWT).",
         },
     )
+    spec.components.security_scheme(
+        "hookSignature",
+        {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Cairn-Migrate-Signature",
+            "description": "HMAC-SHA256 by the instance's hook with the shared secret (docs/extension.md).",
+        },
+    )
     for schema in COMPONENT_SCHEMAS:
         spec.components.schema(schema.__name__, schema=schema)
     spec.components.response("Error", {"description": "The canonical error body.", **_ERROR_RESPONSE})
@@ -102,7 +111,10 @@ def build_spec(app: Flask) -> APISpec:
             operation.setdefault("summary", summary)
             operation.setdefault("operationId", f"{rule.endpoint}.{method.lower()}")
             responses = operation.setdefault("responses", {"200": {"description": "OK"}})
-            if getattr(view, "admin_required", False):
+            if getattr(view, "signed_required", False):
+                operation.setdefault("security", [{"hookSignature": []}])
+                responses.setdefault("401", {"$ref": "#/components/responses/Error"})
+            elif getattr(view, "admin_required", False):
                 operation.setdefault("security", [{"bearerAuth": []}])
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
                 responses.setdefault("403", {"$ref": "#/components/responses/Error"})

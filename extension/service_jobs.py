@@ -77,3 +77,8 @@ def inspect_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
 
 #: kind → function(ctx, state), registered by ``CairnMigrate.init_app``.
 KINDS = {"export": export_job, "import": import_job, "verify": verify_job, "inspect": inspect_job}
+
+
+from .file_jobs import FILE_KINDS  # noqa: E402 - files/storage job kinds (issue #4)
+
+KINDS.update(FILE_KINDS)

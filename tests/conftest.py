@@ -20,7 +20,7 @@ from cairn_migrate.testing import (
     write_env,
 )
 
-pytest_plugins = ["instance_fixtures", "storage_servers"]
+pytest_plugins = ["instance_fixtures", "storage_servers", "live_instance"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VENDORS = ("sqlite", "postgres", "mariadb")

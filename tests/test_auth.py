@@ -199,6 +199,10 @@ def migrate_routes(app: Any) -> list[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/migrate") or rule.rule == HEALTH:
             continue
+        # Routes only the instance's hook calls (HMAC-signed, no token accepted, e.g. POST /migrate/events)
+        # answer 401 to every token; tests/test_events.py checks them.
+        if getattr(app.view_functions[rule.endpoint], "signed_required", False):
+            continue
         values = {
             name: DUMMY.get(type(conv).__name__.replace("Converter", "").lower(), "dummy-id")
             for name, conv in rule._converters.items()

@@ -1,0 +1,431 @@
+/*
+ * cairn-migrate: the admin-app module (id "migrate", admins only), at /admin/migrate.
+ *
+ * Installed as <EXTENSIONS_PATH>/modules/cairn-migrate/index.js.  The instance bundles it with rollup
+ * when it starts, mapping `vue` to the app's own copy, so this file imports nothing else: the app's
+ * authenticated axios client comes from inject('api') (what useApi() returns) and the page chrome
+ * from the app's globally registered components (<private-view>, <v-button>, <v-notice>).
+ * No templates (the app ships Vue's runtime-only build): render functions with h().
+ *
+ * Everything goes through the instance's /migrate endpoint, which proxies to the sidecar.
+ */
+import { computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent } from 'vue';
+
+const FINAL = ['succeeded', 'failed', 'cancelled'];
+const POLL_MS = 1000;
+const HEALTH_MS = 10000;
+
+const css = {
+	page: 'padding: var(--content-padding, 32px); padding-top: 0; max-width: 1000px;',
+	section: 'margin-bottom: 40px;',
+	heading: 'font-size: 18px; font-weight: 600; margin: 0 0 12px;',
+	row: 'display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin-bottom: 12px;',
+	label: 'display: flex; gap: 8px; align-items: center;',
+	input: 'padding: 8px 12px; border: var(--border-width, 2px) solid var(--border-normal, #d3dae4); border-radius: var(--border-radius, 6px); background: var(--background-input, #fff); color: var(--foreground-normal, #172940); font: inherit;',
+	bar: 'height: 8px; background: var(--background-normal-alt, #e4eaf1); border-radius: 4px; overflow: hidden; margin: 8px 0;',
+	fill: 'height: 100%; background: var(--primary, #6644ff); transition: width .3s;',
+	pre: 'background: var(--background-subdued, #f5f7f9); padding: 12px; border-radius: 6px; max-height: 320px; overflow: auto; font-family: var(--family-monospace, monospace); font-size: 13px; white-space: pre-wrap;',
+	table: 'width: 100%; border-collapse: collapse;',
+	cell: 'text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--border-subdued, #f0f4f9);',
+	muted: 'color: var(--foreground-subdued, #a2b5cd);',
+	link: 'color: var(--primary, #6644ff); cursor: pointer; text-decoration: underline;',
+};
+
+function errorMessage(error) {
+	const data = error && error.response && error.response.data;
+	if (data && Array.isArray(data.errors) && data.errors[0]) return data.errors[0].message;
+	if (data && data.error && data.error.message) return data.error.message + (data.error.hint ? ` (${data.error.hint})` : '');
+	return (error && error.message) || String(error);
+}
+
+function formatBytes(n) {
+	if (n === null || n === undefined) return '';
+	const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+	let i = 0;
+	let value = Number(n);
+	while (value >= 1024 && i < units.length - 1) {
+		value /= 1024;
+		i += 1;
+	}
+	return `${value.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function percent(progress) {
+	if (!progress) return null;
+	if (progress.bytes_total) return Math.min(100, Math.round((100 * progress.bytes_done) / progress.bytes_total));
+	if (progress.items_total) return Math.min(100, Math.round((100 * progress.items_done) / progress.items_total));
+	return null;
+}
+
+const MigratePage = {
+	name: 'CairnMigratePage',
+	setup() {
+		const api = inject('api');
+		const sidecar = reactive({ state: 'checking', message: '', version: '' });
+		const exportForm = reactive({ freeze: false, passphrase: '' });
+		const importForm = reactive({ source: '', file: null, replace: false, passphrase: '' });
+		const job = ref(null);
+		const jobError = ref('');
+		const jobs = ref([]);
+		const bundles = ref([]);
+		const plan = ref(null);
+		const planBundle = ref('');
+		const planError = ref('');
+		const busy = ref('');
+		const filesReport = ref(null);
+		const filesMessage = ref('');
+		let pollTimer = null;
+		let healthTimer = null;
+
+		const down = computed(() => sidecar.state === 'down');
+
+		function token() {
+			const header = api.defaults && api.defaults.headers && api.defaults.headers.common && api.defaults.headers.common.Authorization;
+			return header ? String(header).replace(/^Bearer\s+/i, '') : '';
+		}
+
+		function noteFailure(error) {
+			const status = error && error.response && error.response.status;
+			if (status === 502 || !error.response) {
+				sidecar.state = 'down';
+				sidecar.message = errorMessage(error);
+			}
+		}
+
+		async function call(config) {
+			try {
+				const response = await api.request(config);
+				if (sidecar.state !== 'up' && config.url !== '/migrate/health') checkHealth();
+				return response;
+			} catch (error) {
+				noteFailure(error);
+				throw error;
+			}
+		}
+
+		async function checkHealth() {
+			try {
+				const { data } = await api.get('/migrate/health');
+				const wasDown = sidecar.state !== 'up';
+				sidecar.state = 'up';
+				sidecar.message = '';
+				sidecar.version = data.version || '';
+				if (wasDown) refreshLists();
+			} catch (error) {
+				sidecar.state = 'down';
+				sidecar.message = errorMessage(error);
+			}
+		}
+
+		async function refreshLists() {
+			try {
+				const [jobList, bundleList] = await Promise.all([
+					call({ method: 'get', url: '/migrate/jobs', params: { limit: 20 } }),
+					call({ method: 'get', url: '/migrate/bundles' }),
+				]);
+				jobs.value = jobList.data.jobs || [];
+				bundles.value = bundleList.data.bundles || [];
+			} catch (error) {
+				jobError.value = errorMessage(error);
+			}
+		}
+
+		function follow(id) {
+			clearTimeout(pollTimer);
+			jobError.value = '';
+			const tick = async () => {
+				try {
+					const { data } = await call({ method: 'get', url: `/migrate/jobs/${encodeURIComponent(id)}` });
+					job.value = data;
+					if (FINAL.includes(data.state)) {
+						refreshLists();
+						if (data.kind === 'files_check' || data.kind === 'files-check') filesReport.value = data.result;
+						return;
+					}
+				} catch (error) {
+					jobError.value = errorMessage(error);
+				}
+				pollTimer = setTimeout(tick, POLL_MS);
+			};
+			tick();
+		}
+
+		async function startExport() {
+			busy.value = 'export';
+			jobError.value = '';
+			try {
+				const body = { full: true, freeze: exportForm.freeze };
+				if (exportForm.passphrase) body.passphrase = exportForm.passphrase;
+				const { data } = await call({ method: 'post', url: '/migrate/export', data: body });
+				job.value = data;
+				follow(data.id);
+			} catch (error) {
+				jobError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function cancelJob() {
+			if (!job.value) return;
+			try {
+				await call({ method: 'post', url: `/migrate/jobs/${encodeURIComponent(job.value.id)}/cancel` });
+			} catch (error) {
+				jobError.value = errorMessage(error);
+			}
+		}
+
+		function downloadHref(path) {
+			const t = token();
+			return t ? `${path}?access_token=${encodeURIComponent(t)}` : path;
+		}
+
+		async function planImport() {
+			busy.value = 'plan';
+			plan.value = null;
+			planError.value = '';
+			planBundle.value = '';
+			try {
+				let response;
+				if (importForm.file) {
+					const form = new FormData();
+					form.append('dry_run', 'true');
+					form.append('replace', importForm.replace ? 'true' : 'false');
+					if (importForm.passphrase) form.append('passphrase', importForm.passphrase);
+					form.append('bundle', importForm.file, importForm.file.name);
+					response = await call({ method: 'post', url: '/migrate/import', data: form });
+					// The upload is kept as a server-side bundle: find it so the real run need not upload again.
+					const { data } = await call({ method: 'get', url: '/migrate/bundles' });
+					bundles.value = data.bundles || [];
+					const uploaded = bundles.value
+						.filter((b) => b.id.startsWith('upload-') && b.size === importForm.file.size)
+						.sort((a, b) => (a.created_at < b.created_at ? 1 : -1))[0];
+					planBundle.value = uploaded ? uploaded.id : '';
+				} else if (importForm.source) {
+					const body = { bundle: importForm.source, dry_run: true, replace: importForm.replace };
+					if (importForm.passphrase) body.passphrase = importForm.passphrase;
+					response = await call({ method: 'post', url: '/migrate/import', data: body });
+					planBundle.value = importForm.source;
+				} else {
+					planError.value = 'Choose a bundle of the sidecar or upload one first.';
+					return;
+				}
+				plan.value = response.data.plan || response.data;
+			} catch (error) {
+				planError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function applyImport() {
+			if (!planBundle.value) {
+				planError.value = 'The uploaded bundle could not be found on the sidecar; plan again.';
+				return;
+			}
+			busy.value = 'import';
+			try {
+				const body = { bundle: planBundle.value, dry_run: false, replace: importForm.replace };
+				if (importForm.passphrase) body.passphrase = importForm.passphrase;
+				const { data } = await call({ method: 'post', url: '/migrate/import', data: body });
+				plan.value = null;
+				job.value = data;
+				follow(data.id);
+			} catch (error) {
+				planError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function checkFiles() {
+			busy.value = 'files';
+			filesReport.value = null;
+			filesMessage.value = '';
+			try {
+				const { status, data } = await call({ method: 'post', url: '/migrate/files/check', data: {} });
+				if (status === 202 && data && data.id) {
+					filesMessage.value = 'Checking every file row against its bytes…';
+					job.value = data;
+					follow(data.id);
+				} else {
+					filesReport.value = data;
+				}
+			} catch (error) {
+				const status = error && error.response && error.response.status;
+				filesMessage.value = status === 404 || status === 405
+					? 'This sidecar has no files check yet (POST /migrate/files/check): upgrade cairn-migrate.'
+					: errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		onMounted(() => {
+			checkHealth();
+			healthTimer = setInterval(checkHealth, HEALTH_MS);
+		});
+		onUnmounted(() => {
+			clearTimeout(pollTimer);
+			clearInterval(healthTimer);
+		});
+
+		return () => {
+			const PrivateView = resolveComponent('private-view');
+			const VButton = resolveComponent('v-button');
+			const VNotice = resolveComponent('v-notice');
+
+			const button = (label, onClick, opts = {}) =>
+				h(VButton, { onClick, disabled: down.value || !!opts.disabled, loading: busy.value === opts.busy, secondary: !!opts.secondary,
+					'data-testid': opts.testid }, () => label);
+
+			const status = () => {
+				if (sidecar.state === 'down') {
+					return h(VNotice, { type: 'danger', 'data-testid': 'sidecar-down' }, () =>
+						`Sidecar down: ${sidecar.message || 'the cairn-migrate sidecar does not answer'}. Start it with `
+						+ '`cairn-migrate --env <instance .env> serve`; this page retries every 10 seconds.');
+				}
+				if (sidecar.state === 'checking') return h(VNotice, { type: 'info' }, () => 'Asking the cairn-migrate sidecar…');
+				return h(VNotice, { type: 'success', 'data-testid': 'sidecar-up' }, () => `The cairn-migrate sidecar ${sidecar.version} is up.`);
+			};
+
+			const jobPanel = () => {
+				const current = job.value;
+				const parts = [];
+				if (jobError.value) parts.push(h(VNotice, { type: 'danger' }, () => jobError.value));
+				if (!current) return parts;
+				const pct = percent(current.progress);
+				const p = current.progress || {};
+				parts.push(h('div', { 'data-testid': 'job', 'data-state': current.state, style: 'margin-top: 12px;' }, [
+					h('div', { style: css.row }, [
+						h('strong', `${current.kind} ${current.id}`),
+						h('span', { 'data-testid': 'job-state' }, current.state),
+						p.items_total || p.bytes_total
+							? h('span', { style: css.muted }, `${p.items_done}/${p.items_total ?? '?'} items, ${formatBytes(p.bytes_done)}${p.bytes_total ? ' of ' + formatBytes(p.bytes_total) : ''}`)
+							: null,
+						FINAL.includes(current.state) ? null : button('Cancel', cancelJob, { secondary: true, testid: 'cancel-job' }),
+					]),
+					h('div', { style: css.bar }, [h('div', { style: `${css.fill} width: ${FINAL.includes(current.state) ? 100 : pct ?? 5}%;` })]),
+					current.error ? h(VNotice, { type: 'danger' }, () => `${current.error.message}${current.error.hint ? ' — ' + current.error.hint : ''}`) : null,
+					current.state === 'succeeded' && current.result && current.result.download
+						? h('div', { style: css.row }, [
+							h('a', { href: downloadHref(current.result.download), download: '', 'data-testid': 'download', style: css.link },
+								`Download bundle ${current.result.bundle_id || ''}`),
+							current.result.size ? h('span', { style: css.muted }, formatBytes(current.result.size)) : null,
+						])
+						: null,
+					current.state === 'succeeded' && current.result && !current.result.download
+						? h('pre', { style: css.pre }, JSON.stringify(current.result, null, 2))
+						: null,
+					Array.isArray(current.log) && current.log.length
+						? h('pre', { style: css.pre, 'data-testid': 'job-log' }, current.log.slice(-8).map((l) => `${l.at}  ${l.message}`).join('\n'))
+						: null,
+				]));
+				return parts;
+			};
+
+			const exportSection = h('section', { style: css.section, id: 'export' }, [
+				h('h2', { style: css.heading }, 'Export the whole instance'),
+				h('p', { style: css.muted }, 'One bundle with the database, every file\u2019s bytes and the config, written on the sidecar.'),
+				h('div', { style: css.row }, [
+					h('label', { style: css.label }, [
+						h('input', { type: 'checkbox', checked: exportForm.freeze, 'data-testid': 'export-freeze',
+							onChange: (e) => { exportForm.freeze = e.target.checked; } }),
+						'Hold writes while capturing (freeze)',
+					]),
+					h('input', { type: 'password', placeholder: 'Passphrase to encrypt (optional, 8+ characters)', value: exportForm.passphrase,
+						style: `${css.input} min-width: 320px;`, 'data-testid': 'export-passphrase', autocomplete: 'new-password',
+						onInput: (e) => { exportForm.passphrase = e.target.value; } }),
+				]),
+				button('Start export', startExport, { busy: 'export', testid: 'start-export',
+					disabled: exportForm.passphrase.length > 0 && exportForm.passphrase.length < 8 }),
+				...jobPanel(),
+			]);
+
+			const importSection = h('section', { style: css.section, id: 'import' }, [
+				h('h2', { style: css.heading }, 'Import a bundle'),
+				h('p', { style: css.muted }, 'The plan of a dry run comes first; nothing changes until you apply it.'),
+				h('div', { style: css.row }, [
+					h('select', { style: css.input, value: importForm.source, 'data-testid': 'import-source',
+						onChange: (e) => { importForm.source = e.target.value; importForm.file = null; plan.value = null; } }, [
+						h('option', { value: '' }, 'A bundle on the sidecar…'),
+						...bundles.value.map((b) => h('option', { value: b.id }, `${b.name} (${formatBytes(b.size)}, ${b.created_at})`)),
+					]),
+					h('span', { style: css.muted }, 'or upload'),
+					h('input', { type: 'file', 'data-testid': 'import-file', accept: '.tar,.gz,.enc,.tgz',
+						onChange: (e) => { importForm.file = e.target.files[0] || null; importForm.source = ''; plan.value = null; } }),
+				]),
+				h('div', { style: css.row }, [
+					h('label', { style: css.label }, [
+						h('input', { type: 'checkbox', checked: importForm.replace, onChange: (e) => { importForm.replace = e.target.checked; } }),
+						'Replace a non-empty instance (a safety bundle is written first)',
+					]),
+					h('input', { type: 'password', placeholder: 'Passphrase (encrypted bundles)', value: importForm.passphrase, style: css.input,
+						autocomplete: 'off', onInput: (e) => { importForm.passphrase = e.target.value; } }),
+				]),
+				button('Show the plan (dry run)', planImport, { busy: 'plan', testid: 'plan-import', secondary: true }),
+				planError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;' }, () => planError.value) : null,
+				plan.value
+					? h('div', { 'data-testid': 'import-plan', style: 'margin-top: 12px;' }, [
+						h(VNotice, { type: 'warning' }, () => 'Read the plan. Applying it writes into this instance.'),
+						h('pre', { style: css.pre }, JSON.stringify(plan.value, null, 2)),
+						button('Apply this import', applyImport, { busy: 'import', testid: 'apply-import' }),
+					])
+					: null,
+			]);
+
+			const filesSection = h('section', { style: css.section, id: 'files' }, [
+				h('h2', { style: css.heading }, 'Files check'),
+				h('p', { style: css.muted }, 'Every file row against the bytes in its storage location.'),
+				button('Check files', checkFiles, { busy: 'files', testid: 'check-files', secondary: true }),
+				filesMessage.value ? h('p', { 'data-testid': 'files-message' }, filesMessage.value) : null,
+				filesReport.value ? h('pre', { style: css.pre, 'data-testid': 'files-report' }, JSON.stringify(filesReport.value, null, 2)) : null,
+			]);
+
+			const jobsSection = h('section', { style: css.section, id: 'jobs' }, [
+				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true })]),
+				jobs.value.length === 0
+					? h('p', { style: css.muted }, 'No jobs yet.')
+					: h('table', { style: css.table, 'data-testid': 'jobs' }, [
+						h('thead', [h('tr', ['Job', 'Kind', 'State', 'Created', 'Finished', ''].map((t) => h('th', { style: css.cell }, t)))]),
+						h('tbody', jobs.value.map((j) => h('tr', { key: j.id }, [
+							h('td', { style: css.cell }, h('a', { style: css.link, onClick: () => follow(j.id) }, j.id)),
+							h('td', { style: css.cell }, j.kind),
+							h('td', { style: css.cell }, j.state),
+							h('td', { style: css.cell }, j.created_at),
+							h('td', { style: css.cell }, j.finished_at || ''),
+							h('td', { style: css.cell }, j.state === 'succeeded' && j.result && j.result.download
+								? h('a', { href: downloadHref(j.result.download), download: '', style: css.link }, 'download') : ''),
+						]))),
+					]),
+			]);
+
+			const nav = h('div', { style: 'padding: 12px;' }, [
+				['Export', '#export'], ['Import', '#import'], ['Files check', '#files'], ['Past jobs', '#jobs'],
+			].map(([label, href]) => h('a', { href, style: 'display: block; padding: 8px 12px; color: var(--foreground-normal);' }, label)));
+
+			return h(PrivateView, { title: 'Migrate' }, {
+				navigation: () => nav,
+				default: () => h('div', { style: css.page, 'data-testid': 'cairn-migrate' }, [
+					h('div', { style: css.section }, [status()]),
+					exportSection,
+					importSection,
+					filesSection,
+					jobsSection,
+				]),
+			});
+		};
+	},
+};
+
+export default {
+	id: 'migrate',
+	name: 'Migrate',
+	icon: 'swap_horiz',
+	routes: [{ path: '', component: MigratePage }],
+	// Admins only: the module is not even registered for anyone else.
+	preRegisterCheck(user) {
+		const admin = user && user.role && user.role.admin_access;
+		return admin === true || admin === 1 || admin === '1';
+	},
+};

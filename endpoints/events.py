@@ -1,0 +1,113 @@
+"""``/migrate/events``: what the instance's hook reports (uploads, item changes), kept in a bounded ring.
+
+``POST`` is signed by the hook with the shared secret (no token: the hook runs
+inside the instance on behalf of whoever wrote); ``GET`` is for admins.  The
+events live in memory in the serving process: they are a recent-activity feed,
+not a ledger.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import itertools
+import threading
+from typing import Any
+
+from flask import current_app, request
+from flask.typing import ResponseReturnValue
+
+from ..errors import InvalidInput
+from . import bp
+from .auth import admin_required
+from .signed import signed_required
+
+#: How many events the ring keeps.
+MAX_EVENTS = 500
+_KEY = "cairn_migrate_events"
+_create_lock = threading.Lock()
+
+
+class EventRing:
+    """The newest :data:`MAX_EVENTS` events, thread-safe, newest last."""
+
+    def __init__(self, size: int = MAX_EVENTS) -> None:
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def add(self, event: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            record = {"id": next(self._ids), "received": dt.datetime.now(dt.timezone.utc).isoformat(), **event}
+            self._events.append(record)
+            return record
+
+    def list(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events)[-limit:][::-1]
+
+
+def _ring() -> EventRing:
+    with _create_lock:
+        ring = current_app.extensions.get(_KEY)
+        if ring is None:
+            ring = current_app.extensions[_KEY] = EventRing()
+        return ring  # type: ignore[no-any-return]
+
+
+def _clean(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("event"), str) or not body["event"]:
+        raise InvalidInput("An event needs a JSON object with an 'event' name")
+    keys = body.get("keys")
+    return {
+        "event": body["event"][:100],
+        "at": str(body.get("at") or "")[:40] or None,
+        "collection": body.get("collection") if isinstance(body.get("collection"), str) else None,
+        "keys": [k for k in keys if isinstance(k, (str, int))][:100] if isinstance(keys, list) else [],
+        "user": body.get("user") if isinstance(body.get("user"), str) else None,
+        "file": body.get("file") if isinstance(body.get("file"), dict) else None,
+    }
+
+
+@bp.post("/events")
+@signed_required
+def post_event() -> ResponseReturnValue:
+    """Record a change the instance's hook reports (signed with the shared secret).
+    ---
+    post:
+      summary: Report an instance event (hook only, HMAC-signed)
+      description: >-
+        Signed with X-Cairn-Migrate-Timestamp and X-Cairn-Migrate-Signature
+        (HMAC-SHA256 with the secret in EXTENSIONS_PATH/.cairn-migrate.json); tokens are not accepted.
+      responses:
+        "202":
+          description: Recorded.
+        "401":
+          $ref: "#/components/responses/Error"
+    """
+    record = _ring().add(_clean(request.get_json(silent=True)))
+    return {"ok": True, "id": record["id"]}, 202
+
+
+@bp.get("/events")
+@admin_required
+def list_events() -> ResponseReturnValue:
+    """The newest events the instance's hook reported, newest first.
+    ---
+    get:
+      summary: Recent instance events
+      parameters:
+        - in: query
+          name: limit
+          schema: {type: integer, minimum: 1, maximum: 500}
+      responses:
+        "200":
+          description: The events.
+    """
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        raise InvalidInput("limit must be a number") from None
+    if not 1 <= limit <= MAX_EVENTS:
+        raise InvalidInput(f"limit must be between 1 and {MAX_EVENTS}")
+    return {"data": _ring().list(limit)}

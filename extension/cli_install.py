@@ -1,0 +1,62 @@
+"""``cairn-migrate install-extension``: the thin CLI verb over :mod:`cairn_migrate.install`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .install import install, uninstall
+
+
+def _render(report: dict[str, Any], removing: bool) -> str:
+    lines = []
+    if removing:
+        if report["removed"]:
+            lines.append(f"removed the cairn-migrate extension from {report['extensions_path']}")
+            lines += [f"  - {rel}" for rel in report["removed"]]
+        else:
+            lines.append(f"the cairn-migrate extension is not installed in {report['extensions_path']}")
+        if report["module_bar"] == "removed":
+            lines.append("removed the module from the module bar")
+    else:
+        lines.append(f"installed the cairn-migrate extension into {report['extensions_path']}")
+        lines.append(f"  sidecar: {report['sidecar_url']}")
+        lines += [f"  {'*' if rel in report['written'] else '='} {rel}" for rel in report["files"]]
+        if report["module_bar"] == "added":
+            lines.append("added the module to the module bar")
+        for problem in report["problems"]:
+            lines.append(f"warning: {problem['message']}")
+            lines.append(f"  fix: {problem['hint']}")
+    if report["restart_needed"]:
+        lines.append("restart the instance: it loads extensions (and bundles the app module) at start")
+    return "\n".join(lines)
+
+
+def register(cli: click.Group) -> None:
+    """Add ``install-extension`` to the ``cairn-migrate`` group."""
+    from .cli import Context, handle_errors
+
+    @cli.command("install-extension")
+    @click.option("--sidecar-url", metavar="URL", help="Where the instance reaches the sidecar (default: as configured, else http://127.0.0.1:8765).")
+    @click.option("--uninstall", "remove", is_flag=True, help="Remove what install-extension wrote.")
+    @click.option("--no-module-bar", is_flag=True, help="Leave directus_settings.module_bar alone.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    @click.pass_obj
+    @handle_errors
+    def install_extension_command(obj: Context, sidecar_url: str | None, remove: bool, no_module_bar: bool,
+                                  as_json: bool) -> None:
+        """Write the /migrate endpoint, the freeze/notify hook and the admin module into the instance.
+
+        Idempotent: the shared secret is kept, unchanged files are not rewritten.
+        Exits 1 when a setting of the instance would keep the extension from loading.
+        """
+        instance = obj.instance()
+        if remove:
+            report = uninstall(instance, module_bar=not no_module_bar)
+        else:
+            report = install(instance, sidecar_url, module_bar=not no_module_bar)
+        click.echo(json.dumps(report, indent=2) if as_json else _render(report, remove))
+        if report.get("problems"):
+            click.get_current_context().exit(1)

@@ -1,0 +1,476 @@
+"""``storage move`` and ``storage prune``: move file bytes between locations, then switch the rows.
+
+The order is the safety argument:
+
+1. copy each object (server-side when both ends are one S3/GCS service,
+   otherwise streamed while hashing the source), in parallel;
+2. verify it on the target: same size, same SHA-256 read back from the target;
+3. remember it in a copy ledger in the sidecar's state store (never the
+   CairnCMS database), so an interrupted move resumes without copying a
+   verified object again.  An object the ledger does not know yet but which
+   already sits on the target with the right size is hashed on both sides and
+   adopted instead of copied (the ledger is flushed in batches, so a kill may
+   lose its last entries, never the bytes);
+4. switch ``directus_files.storage`` (and ``filename_disk`` when the layout
+   changes) for the verified rows only, in batches inside one transaction,
+   recorded as a CairnCMS custom migration (:func:`.scripts.record_generated`)
+   so ``migrations down`` or CairnCMS's ``migrate:down`` can revert it;
+5. the old bytes stay until ``storage prune``, which first checks every moved
+   row's bytes on the target.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from .database import Database
+from .errors import InvalidInput, MigrateError
+from .instance import Instance
+from .progress import NullProgress, Progress
+from .scripts import id_values
+from .state import default_state_url
+from .storage import CHUNK, Location, open_location
+
+log = logging.getLogger(__name__)
+
+FILTER_KEYS = ("id", "filename_disk", "filename_download", "type", "folder")
+CHUNK_ROWS = 512
+
+_meta = sa.MetaData()
+MOVES = sa.Table(
+    "cm_storage_moves", _meta,
+    sa.Column("move_id", sa.String(40), primary_key=True),
+    sa.Column("instance", sa.String(255), nullable=False),
+    sa.Column("src", sa.String(255), nullable=False),
+    sa.Column("dst", sa.String(255), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("version", sa.String(16)),
+    sa.Column("updated_at", sa.String(32)),
+)
+OBJECTS = sa.Table(
+    "cm_storage_move_objects", _meta,
+    sa.Column("move_id", sa.String(40), primary_key=True),
+    sa.Column("file_id", sa.String(64), primary_key=True),
+    sa.Column("src_name", sa.Text, nullable=False),
+    sa.Column("dst_name", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("state", sa.String(16), nullable=False),  # verified | switched | pruned
+    sa.Column("copies", sa.Integer, nullable=False, default=0),
+    sa.Column("updated_at", sa.String(32)),
+)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class CopyLedger:
+    """The per-move record of verified objects, in the state store (``CAIRN_MIGRATE_STATE_URL``)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        from .jobs import _state_engine
+
+        self.engine = _state_engine(url or default_state_url())
+        _meta.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def start(self, move_id: str, instance: str, src: str, dst: str, spec: str) -> bool:
+        """Register the move; ``True`` when it is new (no earlier, possibly interrupted, run)."""
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(MOVES.c.move_id).where(MOVES.c.move_id == move_id)).first() is None:
+                conn.execute(MOVES.insert().values(move_id=move_id, instance=instance, src=src, dst=dst, spec=spec,
+                                                   state="copying", updated_at=_now()))
+                return True
+            return False
+
+    def set_move(self, move_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(MOVES.update().where(MOVES.c.move_id == move_id).values(updated_at=_now(), **values))
+
+    def moves(self, instance: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(MOVES).where(MOVES.c.instance == instance))]
+
+    def entries(self, move_id: str, file_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(OBJECTS).where(OBJECTS.c.move_id == move_id, OBJECTS.c.file_id.in_(file_ids)))
+            return {r.file_id: dict(r._mapping) for r in rows}
+
+    def all_entries(self, move_id: str, state: str | None = None) -> Iterator[dict[str, Any]]:
+        query = sa.select(OBJECTS).where(OBJECTS.c.move_id == move_id).order_by(OBJECTS.c.file_id)
+        if state:
+            query = query.where(OBJECTS.c.state == state)
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                yield dict(row._mapping)
+
+    def save(self, move_id: str, results: Sequence[dict[str, Any]]) -> None:
+        """Upsert verified objects (one transaction); ``copies`` grows by one per real copy."""
+        if not results:
+            return
+        with self.engine.begin() as conn:
+            known = {r.file_id: r.copies for r in conn.execute(
+                sa.select(OBJECTS.c.file_id, OBJECTS.c.copies).where(
+                    OBJECTS.c.move_id == move_id, OBJECTS.c.file_id.in_([r["id"] for r in results])))}
+            for r in results:
+                values = {"src_name": r["src_name"], "dst_name": r["dst_name"], "size": r["size"], "sha256": r["sha256"],
+                          "state": r.get("state", "verified"), "updated_at": _now()}
+                copies = known.get(r["id"])
+                values["copies"] = (copies or 0) + (1 if r["action"] == "copied" else 0)
+                if copies is None:
+                    conn.execute(OBJECTS.insert().values(move_id=move_id, file_id=r["id"], **values))
+                else:
+                    conn.execute(OBJECTS.update().where(OBJECTS.c.move_id == move_id,
+                                                        OBJECTS.c.file_id == r["id"]).values(**values))
+
+    def mark(self, move_id: str, file_ids: Sequence[str], state: str) -> None:
+        with self.engine.begin() as conn:
+            for start in range(0, len(file_ids), 500):
+                conn.execute(OBJECTS.update().where(OBJECTS.c.move_id == move_id,
+                                                    OBJECTS.c.file_id.in_(file_ids[start:start + 500]))
+                             .values(state=state, updated_at=_now()))
+
+
+# --------------------------------------------------------------------------- planning
+def parse_filters(filters: Sequence[str]) -> dict[str, str]:
+    """``KEY=GLOB`` pairs (AND-ed) on ``id``, ``filename_disk``, ``filename_download``, ``type``, ``folder``."""
+    out: dict[str, str] = {}
+    for item in filters:
+        key, sep, pattern = item.partition("=")
+        if not sep or key.strip() not in FILTER_KEYS:
+            raise InvalidInput(f"--filter {item!r} is not KEY=GLOB", hint=f"KEY is one of {', '.join(FILTER_KEYS)}")
+        out[key.strip()] = pattern
+    return out
+
+
+def _matches(row: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+    return all(fnmatch.fnmatchcase("" if row.get(k) is None else str(row[k]), p) for k, p in filters.items())
+
+
+def target_name(row: Mapping[str, Any], layout: str) -> str:
+    """``keep``: the same ``filename_disk``; ``flat``: CairnCMS's upload name ``<id><ext>`` at the root."""
+    if layout == "keep":
+        return str(row["filename_disk"])
+    ext = os.path.splitext(str(row["filename_disk"]))[1] or os.path.splitext(str(row.get("filename_download") or ""))[1]
+    return f"{row['id']}{ext}"
+
+
+@dataclass(frozen=True)
+class MoveSpec:
+    src: str
+    dst: str
+    filters: tuple[tuple[str, str], ...] = ()
+    layout: str = "keep"
+
+    def move_id(self, instance: Instance) -> str:
+        ident = "|".join([instance.key or instance.database.display_url, self.src, self.dst, self.layout,
+                          repr(self.filters)])
+        return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+    def describe(self) -> str:
+        return repr({"from": self.src, "to": self.dst, "filters": dict(self.filters), "layout": self.layout})
+
+
+def _rows(db: Database, spec: MoveSpec) -> Iterator[dict[str, Any]]:
+    files = db.table("directus_files")
+    cols = ["id", "storage", "filename_disk", "filename_download", "filesize", "type", "folder"]
+    filters = dict(spec.filters)
+    for row in db.stream_rows("directus_files", columns=cols, where=files.c.storage == spec.src, order_by=["id"]):
+        item = {k: row[k] for k in cols}
+        item["id"] = str(item["id"])
+        if _matches(item, filters):
+            yield item
+
+
+def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --------------------------------------------------------------------------- copying one object
+#: Objects up to this size are copied and read back in one request each (no multipart, no HEAD).
+SMALL = 8 * CHUNK
+
+
+def _stream_copy(src: Location, name: str, dst: Location, dst_name: str, size: int) -> str:
+    if size <= SMALL:
+        data = src.read_bytes(name)
+        if dst.container is None:
+            dst.write_bytes(dst_name, data)
+        else:
+            with dst._errors("write", dst_name):
+                dst.fs.pipe_file(dst.path_for(dst_name), data)
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with src.open_read(name) as reader, dst.open_write(dst_name) as writer:
+        while block := reader.read(CHUNK):
+            digest.update(block)
+            writer.write(block)
+    return digest.hexdigest()
+
+
+def _read_back(location: Location, name: str, expected: int) -> tuple[int, str]:
+    """Size and SHA-256 of an object from one read (small objects: one GET, no HEAD)."""
+    if expected <= SMALL and location.container is not None:
+        with location._errors("read", name):
+            data = location.fs.cat_file(location.path_for(name))
+        return len(data), hashlib.sha256(data).hexdigest()
+    digest, size = hashlib.sha256(), 0
+    with location.open_read(name) as reader:
+        while block := reader.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def _transfer(src: Location, dst: Location, row: dict[str, Any], entry: dict[str, Any] | None,
+              dst_name: str, check_target: bool = True) -> dict[str, Any]:
+    """Copy (or adopt, or skip) one object and verify it on the target; never raises for per-object problems."""
+    name = str(row["filename_disk"])
+    result = {"id": row["id"], "src_name": name, "dst_name": dst_name, "size": None, "sha256": None}
+    try:
+        size = src.size(name)
+        if size is None:
+            return {**result, "action": "failed", "error": "source bytes are missing"}
+        result["size"] = size
+        if row.get("filesize") is not None and int(row["filesize"]) != size:
+            return {**result, "action": "failed", "error": f"source has {size} bytes, the row says {row['filesize']}"}
+        present = dst.size(dst_name) if check_target else None
+        if entry is not None and entry.get("sha256") and present == size == entry.get("size"):
+            return {**result, "action": "skipped", "sha256": entry["sha256"]}
+        if present == size:  # a copy the ledger did not record yet (or an identical object): prove it
+            source_sha = src.sha256(name)
+            if dst.sha256(dst_name) == source_sha:
+                return {**result, "action": "adopted", "sha256": source_sha}
+        if src.identity == dst.identity and src.driver in ("s3", "gcs"):
+            src.copy_to(name, dst, dst_name)
+            source_sha = src.sha256(name)
+        else:
+            source_sha = _stream_copy(src, name, dst, dst_name, size)
+        if _read_back(dst, dst_name, size) != (size, source_sha):
+            return {**result, "action": "failed", "error": "the copy on the target does not match (size/sha256)"}
+        return {**result, "action": "copied", "sha256": source_sha}
+    except MigrateError as exc:
+        if exc.code in ("unreachable", "config_error"):
+            raise  # the location itself is broken: stop the whole move
+        return {**result, "action": "failed", "error": exc.message}
+
+
+# --------------------------------------------------------------------------- move
+def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (), layout: str = "keep",
+         dry_run: bool = False, workers: int = 16, state_url: str | None = None, version: str | None = None,
+         versions_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Move the bytes of the rows on ``src`` to ``dst`` and switch those rows (see the module docstring).
+
+    :returns: a report with ``plan``, counts per action, ``failed`` objects and the recorded ``migration``.
+    :raises ConfigError: an unconfigured location, a missing bucket, rejected credentials.
+    """
+    progress = progress or NullProgress()
+    if src == dst:
+        raise InvalidInput("--from and --to name the same location")
+    if layout not in ("keep", "flat"):
+        raise InvalidInput(f"--layout {layout!r}: use keep or flat")
+    spec = MoveSpec(src, dst, tuple(sorted(parse_filters(filters).items())), layout)
+    source = open_location(instance.location(src))
+    target = open_location(instance.location(dst))
+    source.check()
+    target.check()
+    with Database.open(instance) as db:
+        count = bytes_total = 0
+        for row in _rows(db, spec):
+            count += 1
+            bytes_total += int(row["filesize"] or 0)
+        report: dict[str, Any] = {"from": source.describe(), "to": target.describe(), "layout": layout,
+                                  "filters": dict(spec.filters), "dry_run": dry_run,
+                                  "plan": {"rows": count, "bytes": bytes_total}, "copied": 0, "adopted": 0,
+                                  "skipped": 0, "failed": [], "switched": 0, "migration": None}
+        if dry_run or count == 0:
+            return report
+        ledger = CopyLedger(state_url)
+        try:
+            move_id = spec.move_id(instance)
+            report["move_id"] = move_id
+            fresh = ledger.start(move_id, instance.key or instance.database.display_url, src, dst, spec.describe())
+            progress.progress(items_done=0, items_total=count, bytes_done=0, bytes_total=bytes_total)
+            progress.log(f"moving {count} files from {src} to {dst} with {workers} workers")
+            verified = _copy_all(db, spec, source, target, ledger, move_id, workers, report, progress,
+                                 check_target=not fresh)
+            if verified:
+                report["migration"] = _switch(instance, db, spec, verified, version, versions_dir, progress)
+                report["switched"] = report["migration"]["rows"]
+                ledger.mark(move_id, [v[0] for v in verified], "switched")
+            ledger.set_move(move_id, state="partial" if report["failed"] else "switched",
+                            version=(report["migration"] or {}).get("version"))
+        finally:
+            ledger.close()
+    return report
+
+
+def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, ledger: CopyLedger, move_id: str,
+              workers: int, report: dict[str, Any], progress: Progress, *, check_target: bool = True,
+              ) -> list[tuple[str, str, str]]:
+    """Copy and verify every planned object; returns ``(id, old filename_disk, new filename_disk)`` of the verified."""
+    verified: list[tuple[str, str, str]] = []
+    taken = _names_on(db, spec.dst)
+    pending: set[Future[dict[str, Any]]] = set()
+    results: list[dict[str, Any]] = []
+
+    def collect(done: set[Future[dict[str, Any]]]) -> None:
+        for future in done:
+            result = future.result()
+            action = result["action"]
+            if action == "failed":
+                report["failed"].append({k: result[k] for k in ("id", "src_name", "error")})
+            else:
+                report[action] += 1
+                results.append(result)
+                verified.append((result["id"], result["src_name"], result["dst_name"]))
+            progress.advance(1, int(result["size"] or 0))
+        if len(results) >= 256:
+            ledger.save(move_id, results)
+            results.clear()
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="move") as pool:
+        try:
+            for chunk in _chunks(_rows(db, spec), CHUNK_ROWS):
+                progress.check_cancelled()
+                entries = ledger.entries(move_id, [r["id"] for r in chunk])
+                for row in chunk:
+                    if not row["filename_disk"]:
+                        report["failed"].append({"id": row["id"], "src_name": None, "error": "the row has no filename_disk"})
+                        continue
+                    dst_name = target_name(row, spec.layout)
+                    if dst_name in taken:
+                        report["failed"].append({"id": row["id"], "src_name": row["filename_disk"],
+                                                 "error": f"another row on {spec.dst} already uses {dst_name}"})
+                        continue
+                    pending.add(pool.submit(_transfer, source, target, row, entries.get(row["id"]), dst_name,
+                                             check_target or row["id"] in entries))
+                    if len(pending) >= workers * 4:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        collect(done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                collect(done)
+        finally:
+            for future in pending:
+                future.cancel()
+            ledger.save(move_id, results)
+    return verified
+
+
+def _names_on(db: Database, location: str) -> set[str]:
+    """``filename_disk`` values already used on the target location (their objects must not be overwritten)."""
+    files = db.table("directus_files")
+    return {str(r["filename_disk"]) for r in db.stream_rows("directus_files", columns=["filename_disk"],
+                                                              where=files.c.storage == location) if r["filename_disk"]}
+
+
+def _switch(instance: Instance, db: Database, spec: MoveSpec, verified: list[tuple[str, str, str]],
+            version: str | None, versions_dir: Path | None, progress: Progress) -> dict[str, Any]:
+    from .scripts import record_generated
+
+    verified.sort()
+    data = {"from": spec.src, "to": spec.dst,
+            "ids": [i for i, old, new in verified if old == new],
+            "renames": [[i, old, new] for i, old, new in verified if old != new]}
+    slug = f"move-files-{spec.src}-to-{spec.dst}".lower().replace("_", "-")
+    slug = "-".join(part for part in slug.split("-") if part.isalnum()) or "move-files"
+    return record_generated(instance, db, slug, data, version=version, versions_dir=versions_dir,
+                            progress_log=progress.log)
+
+
+# --------------------------------------------------------------------------- prune
+def prune(instance: Instance, *, src: str | None = None, yes: bool = False, state_url: str | None = None,
+          workers: int = 16, progress: Progress | None = None) -> dict[str, Any]:
+    """Delete the old bytes of switched moves, after checking every moved row's bytes on the target.
+
+    Without ``yes`` only the plan is returned.  Rows switched back (``migrations
+    down``) keep their bytes.  Derived transforms ``<stem>__<hash>.<ext>`` of
+    the pruned objects go too (CairnCMS regenerates them).
+    """
+    progress = progress or NullProgress()
+    ledger = CopyLedger(state_url)
+    report: dict[str, Any] = {"dry_run": not yes, "moves": [], "deleted": 0, "problems": []}
+    try:
+        with Database.open(instance) as db:
+            files = db.table("directus_files")
+            fid = files.c.id
+            for move_row in ledger.moves(instance.key or instance.database.display_url):
+                if (src and move_row["src"] != src) or move_row["state"] not in ("switched", "partial"):
+                    continue
+                entries = list(ledger.all_entries(move_row["move_id"], "switched"))
+                if not entries:
+                    continue
+                source = open_location(instance.location(move_row["src"]))
+                target = open_location(instance.location(move_row["dst"]))
+                source.check()
+                target.check()
+                current: dict[str, Any] = {}
+                ids = [e["file_id"] for e in entries]
+                with db.engine.connect() as conn:
+                    for start in range(0, len(ids), 500):
+                        for r in conn.execute(sa.select(fid.label("id"), files.c.storage, files.c.filename_disk)
+                                              .where(fid.in_(id_values(fid, ids[start:start + 500])))):
+                            current[str(r.id)] = r
+                todo = [e for e in entries if (row := current.get(e["file_id"])) is not None
+                        and row.storage == move_row["dst"] and row.filename_disk == e["dst_name"]]
+                with ThreadPoolExecutor(workers) as pool:
+                    sizes = list(pool.map(lambda e: target.size(e["dst_name"]), todo))
+                problems = [{"id": e["file_id"], "error": "bytes missing or wrong size on " + move_row["dst"]}
+                            for e, size in zip(todo, sizes) if size != e["size"]]
+                report["problems"].extend(problems)
+                report["moves"].append({"move_id": move_row["move_id"], "from": move_row["src"], "to": move_row["dst"],
+                                        "version": move_row["version"], "objects": len(todo)})
+                if problems or not yes:
+                    continue
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(lambda e: _delete_with_transforms(source, e["src_name"]), todo))
+                ledger.mark(move_row["move_id"], [e["file_id"] for e in todo], "pruned")
+                report["deleted"] += len(todo)
+                progress.log(f"pruned {len(todo)} objects from {move_row['src']}")
+    finally:
+        ledger.close()
+    if report["problems"]:
+        raise _PruneRefused(report)
+    return report
+
+
+class _PruneRefused(MigrateError):
+    exit_code = 1
+    http_status = 409
+    code = "check_failed"
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(f"{len(report['problems'])} moved file(s) are not intact on the target; nothing was pruned",
+                         hint="run cairn-migrate files check and repair first", details=report)
+
+
+def _delete_with_transforms(location: Location, name: str) -> None:
+    location.delete(name)
+    stem = os.path.splitext(os.path.basename(name))[0]
+    for derived, _size in location.list(stem + "__"):
+        if "/" not in derived:
+            location.delete(derived)
+

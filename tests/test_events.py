@@ -1,0 +1,106 @@
+"""The hook's side of the sidecar: signed ``POST /migrate/events``, ``GET /migrate/events``, signed freeze reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from instance_fixtures import CairnSqliteInstance, bearer
+
+from cairn_migrate.errors import Unauthorized
+from cairn_migrate.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, config_path, sign, verify
+
+SECRET = "shared-secret-for-tests-0123456789abcdef"
+
+
+@pytest.fixture
+def installed(cairn_instance: CairnSqliteInstance) -> str:
+    """The extension's config file as install-extension writes it (only the secret matters here)."""
+    from cairn_migrate.instance import Instance
+
+    path = config_path(Instance.from_env_file(cairn_instance.env_path, environ={}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"sidecar_url": "http://127.0.0.1:1", "secret": SECRET}))
+    return SECRET
+
+
+def _post(client: Any, body: dict[str, Any], secret: str | None = SECRET, **overrides: Any) -> Any:
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers.update(sign(secret, "POST", "/migrate/events", data))
+    headers.update(overrides)
+    return client.post("/migrate/events", data=data, headers=headers)
+
+
+def test_signed_event_is_recorded_and_listed(client: Any, installed: str, admin_token: str) -> None:
+    event = {"event": "files.upload", "collection": "directus_files", "keys": ["abc"], "file": {"filesize": 3}}
+    response = _post(client, event)
+    assert response.status_code == 202, response.get_json()
+    listed = client.get("/migrate/events", headers=bearer(admin_token)).get_json()["data"]
+    assert listed[0]["event"] == "files.upload" and listed[0]["keys"] == ["abc"] and listed[0]["file"] == {"filesize": 3}
+
+
+@pytest.mark.parametrize(
+    "secret, overrides",
+    [
+        (None, {}),
+        ("another-secret-entirely-0123456789", {}),
+        (SECRET, {TIMESTAMP_HEADER: str(int(time.time()) - 3600)}),
+        (SECRET, {SIGNATURE_HEADER: "sha256=" + "0" * 64}),
+    ],
+    ids=["unsigned", "wrong-secret", "stale", "forged"],
+)
+def test_bad_signatures_are_refused(client: Any, installed: str, secret: str | None, overrides: dict[str, str]) -> None:
+    response = _post(client, {"event": "items.create"}, secret, **overrides)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_signed_routes_refuse_every_token(client: Any, installed: str, admin_token: str, editor_token: str) -> None:
+    for headers in ({}, bearer(admin_token), bearer(editor_token)):
+        assert client.post("/migrate/events", json={"event": "x"}, headers=headers).status_code == 401
+
+
+def test_not_installed_means_no_signed_requests(client: Any) -> None:
+    response = _post(client, {"event": "items.create"})
+    assert response.status_code == 401
+    assert "install-extension" in response.get_json()["error"]["hint"]
+
+
+def test_event_body_is_validated(client: Any, installed: str) -> None:
+    assert _post(client, {"no": "event"}).status_code == 422
+
+
+def test_events_list_is_for_admins(client: Any, editor_token: str) -> None:
+    assert client.get("/migrate/events").status_code == 401
+    assert client.get("/migrate/events", headers=bearer(editor_token)).status_code == 403
+
+
+def test_hook_reads_the_freeze_with_a_signature(client: Any, installed: str, admin_token: str) -> None:
+    headers = sign(SECRET, "GET", "/migrate/freeze", b"")
+    assert client.get("/migrate/freeze", headers=headers).get_json() == {"active": False}
+    client.post("/migrate/freeze", json={"reason": "capture"}, headers=bearer(admin_token))
+    state = client.get("/migrate/freeze", headers=sign(SECRET, "GET", "/migrate/freeze", b"")).get_json()
+    assert state["active"] is True and state["reason"] == "capture"
+    # A bad signature is not a fallback to "anonymous": it is refused.
+    assert client.get("/migrate/freeze", headers=sign("wrong-secret-0123456789", "GET", "/migrate/freeze", b"")).status_code == 401
+    # Signing POST /freeze does not let the hook start one.
+    data = b'{"reason": "x"}'
+    forged = client.post("/migrate/freeze", data=data, headers={"Content-Type": "application/json",
+                                                                  **sign(SECRET, "POST", "/migrate/freeze", data)})
+    assert forged.status_code == 401
+
+
+def test_signature_matches_the_javascript_scheme() -> None:
+    # Pinned against admin_module/api/sidecar.js signedHeaders(): HMAC-SHA256 of "ts\nMETHOD\npath\n" + body.
+    headers = sign("k", "post", "/migrate/events", b"{}", timestamp=1700000000)
+    assert headers == {
+        TIMESTAMP_HEADER: "1700000000",
+        SIGNATURE_HEADER: "sha256=" + __import__("hmac").new(b"k", b"1700000000\nPOST\n/migrate/events\n{}", "sha256").hexdigest(),
+    }
+    verify("k", "POST", "/migrate/events", b"{}", headers, now=1700000100)
+    with pytest.raises(Unauthorized):
+        verify("k", "POST", "/migrate/events", b"{} ", headers, now=1700000100)

@@ -1,0 +1,209 @@
+"""``storage move|prune`` on real databases and real storage servers, including a killed move."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from conftest import make_instance
+from storage_servers import azure_config, create_container, gcs_config, remove_container, require_storage_server, s3_config
+from test_file_rows import env_keys, inst
+
+from cairn_migrate.cli import cli
+from cairn_migrate.database import Database
+from cairn_migrate.errors import ConfigError
+from cairn_migrate.file_rows import check
+from cairn_migrate.ledger import LedgerConflict, MigrationLedger
+from cairn_migrate.scripts import downgrade
+from cairn_migrate.storage import open_location
+from cairn_migrate.storage_move import OBJECTS, CopyLedger, move, prune
+
+BUILDERS = {"s3": s3_config, "gcs": gcs_config, "azure": azure_config}
+REMOTES = [pytest.param(d, marks=getattr(pytest.mark, d)) for d in BUILDERS]
+
+
+def remote_instance(vendor: str, driver: str, tmp_path: Path, request: pytest.FixtureRequest, *,
+                    create: bool = True, **options: object) -> Path:
+    """The ``vendor`` fixture with a second location ``remote`` on a fresh ``driver`` bucket."""
+    require_storage_server(driver)
+    config = BUILDERS[driver](name="remote", **options)
+    extra = {"STORAGE_LOCATIONS": "local,remote", "STORAGE_REMOTE_DRIVER": driver, **env_keys(config)}
+    env = make_instance(vendor, tmp_path / vendor, request, extra_env=extra)
+    location = open_location(inst(env).location("remote"))
+    if create:
+        create_container(location)
+        request.addfinalizer(lambda: remove_container(location))
+    return env
+
+
+def add_files(env: Path, count: int, size: int = 2048) -> None:
+    """``count`` more file rows (copies of an existing row) with their bytes on ``local``."""
+    root = Path(inst(env).location("local").options["root"])
+    with Database.open(inst(env)) as db, db.engine.begin() as conn:
+        for n in range(count):
+            file_id = str(uuid.uuid4())
+            data = hashlib.sha256(file_id.encode()).digest() * (size // 32)
+            (root / f"{file_id}.bin").write_bytes(data)
+            conn.execute(sa.text("INSERT INTO directus_files (id, storage, filename_disk, filename_download, type, filesize) "
+                                 "VALUES (:id, 'local', :fd, :dl, 'application/octet-stream', :size)"),
+                         {"id": file_id, "fd": f"{file_id}.bin", "dl": f"f{n}.bin", "size": len(data)})
+
+
+def rows(env: Path) -> dict[str, tuple[str, str]]:
+    with Database.open(inst(env)) as db:
+        return {str(r["id"]): (r["storage"], r["filename_disk"])
+                for r in db.stream_rows("directus_files", columns=["id", "storage", "filename_disk"])}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_moved(env: Path, report: dict, before: dict[str, tuple[str, str]]) -> None:
+    local = open_location(inst(env).location("local"))
+    remote = open_location(inst(env).location("remote"))
+    after = rows(env)
+    assert {s for s, _ in after.values()} == {"remote"}
+    for file_id, (_storage, name) in before.items():
+        assert sha(remote.read_bytes(after[file_id][1])) == sha(local.read_bytes(name))
+    version = report["migration"]["version"]
+    ledger = MigrationLedger(Database.open(inst(env)), inst(env).extensions_path)
+    assert version in {r["version"] for r in ledger.recorded()}
+    twin = ledger.files()[version]
+    assert twin.name == f"{version}-move-files-local-to-remote.js"
+    assert report["migration"]["name"] == "Move Files Local to Remote"
+    ledger.db.close()
+
+
+@pytest.mark.parametrize("driver", REMOTES)
+def test_move_local_to_object_store_and_back(driver: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    env = remote_instance("sqlite", driver, tmp_path, request)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    before = rows(env)
+    dry = move(inst(env), "local", "remote", dry_run=True, state_url=state)
+    assert dry["plan"]["rows"] == 3 and rows(env) == before
+    report = move(inst(env), "local", "remote", state_url=state)
+    assert report["copied"] == 3 and report["switched"] == 3 and not report["failed"]
+    assert_moved(env, report, before)
+    assert check(inst(env), state_url=state)["ok"]  # old bytes are kept on purpose until prune
+    downgrade(inst(env))
+    assert rows(env) == before
+    again = move(inst(env), "local", "remote", state_url=state)  # nothing is copied twice
+    assert again["copied"] == 0 and again["skipped"] == 3 and again["switched"] == 3
+    assert again["migration"]["version"] != report["migration"]["version"]
+    pruned = prune(inst(env), yes=True, state_url=state)
+    assert pruned["deleted"] == 3
+    assert check(inst(env), state_url=state)["ok"]
+    with pytest.raises(Exception, match="no bytes on location 'local'"):
+        downgrade(inst(env))  # the old bytes are gone: refusing beats breaking the rows
+    assert {s for s, _ in rows(env).values()} == {"remote"}
+
+
+@pytest.mark.parametrize("vendor", [pytest.param("postgres", marks=pytest.mark.postgres),
+                                    pytest.param("mariadb", marks=pytest.mark.mariadb)])
+@pytest.mark.s3
+def test_move_on_server_databases_with_flat_layout(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    env = remote_instance(vendor, "s3", tmp_path, request)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    with Database.open(inst(env)) as db, db.engine.begin() as conn:  # one legacy name that the layout fixes
+        conn.execute(sa.text("UPDATE directus_files SET filename_disk = 'legacy/odd-name.txt' WHERE type = 'text/plain'"))
+    root = Path(inst(env).location("local").options["root"])
+    (root / "legacy").mkdir()
+    txt = next(root.glob("*.txt"))
+    txt.rename(root / "legacy" / "odd-name.txt")
+    before = rows(env)
+    report = move(inst(env), "local", "remote", layout="flat", state_url=state)
+    assert report["switched"] == 3
+    assert_moved(env, report, before)
+    after = rows(env)
+    assert all(name == f"{fid}{Path(name).suffix}" for fid, (_s, name) in after.items())
+    downgrade(inst(env))
+    assert rows(env) == before
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cairn_migrate.instance import Instance
+    from cairn_migrate.progress import NullProgress
+    from cairn_migrate.storage_move import move
+
+    class KillAfter(NullProgress):
+        # A hard kill after N verified objects: no cleanup, no ledger flush.
+        seen = 0
+        def advance(self, items=0, bytes=0):
+            KillAfter.seen += items
+            if KillAfter.seen >= int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    move(Instance.from_env_file(sys.argv[1], environ={}), "local", "remote", workers=1, state_url=sys.argv[2],
+         progress=KillAfter())
+    """
+)
+
+
+@pytest.mark.parametrize("driver", REMOTES)
+def test_interrupted_move_resumes_without_copying_twice(driver: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    env = remote_instance("sqlite", driver, tmp_path, request)
+    add_files(env, 40)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    before = rows(env)
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(env), state, "20"], check=False)
+    assert killed.returncode == -9
+    assert rows(env) == before  # nothing switched: the bytes of the rest are not verified yet
+    remote = open_location(inst(env).location("remote"))
+    present = {name: remote.fs.info(remote.path_for(name)) for name, _ in remote.list()}
+    assert len(present) == 20
+    report = move(inst(env), "local", "remote", state_url=state)
+    assert report["copied"] == 43 - 20 and report["adopted"] + report["skipped"] == 20
+    assert report["switched"] == 43
+    for name, info in present.items():  # the objects copied before the kill were not written again
+        now = remote.fs.info(remote.path_for(name))
+        assert (now.get("ETag") or now.get("etag") or now.get("mtime") or now.get("last_modified")) == (
+            info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("last_modified"))
+    ledger = CopyLedger(state)
+    with ledger.engine.connect() as conn:
+        copies = [r.copies for r in conn.execute(sa.select(OBJECTS.c.copies))]
+    ledger.close()
+    assert len(copies) == 43 and max(copies) <= 1 and sum(copies) == 23
+    assert_moved(env, report, before)
+
+
+@pytest.mark.s3
+def test_bad_targets_are_clear_errors_and_switch_nothing(tmp_path: Path, request: pytest.FixtureRequest,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    runner = CliRunner()
+    missing = remote_instance("sqlite", "s3", tmp_path / "a", request, create=False)
+    before = rows(missing)
+    result = runner.invoke(cli, ["--env", str(missing), "storage", "move", "--from", "local", "--to", "remote"])
+    assert result.exit_code == 2 and "STORAGE_REMOTE_BUCKET" in result.output and "does not exist" in result.output
+    unknown = runner.invoke(cli, ["--env", str(missing), "storage", "move", "--from", "local", "--to", "nowhere"])
+    assert unknown.exit_code == 2 and "not configured" in unknown.output
+    wrong = remote_instance("sqlite", "s3", tmp_path / "b", request)
+    text = wrong.read_text()
+    wrong.write_text("\n".join("STORAGE_REMOTE_SECRET=not-the-secret" if line.startswith("STORAGE_REMOTE_SECRET=")
+                               else line for line in text.splitlines()) + "\n")
+    result = runner.invoke(cli, ["--env", str(wrong), "storage", "move", "--from", "local", "--to", "remote"])
+    assert result.exit_code in (2, 3) and "STORAGE_REMOTE_" in result.output, result.output
+    assert rows(missing) == before and rows(wrong) == rows(wrong) and {s for s, _ in rows(wrong).values()} == {"local"}
+    # a version another migration already uses: refused before any row switches
+    good = remote_instance("sqlite", "s3", tmp_path / "c", request)
+    with pytest.raises(LedgerConflict, match="20210519A"):
+        move(inst(good), "local", "remote", version="20210519A", state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    assert {s for s, _ in rows(good).values()} == {"local"}
+    with pytest.raises(ConfigError):
+        move(inst(good), "local", "remote", version="2021-05", state_url=f"sqlite:///{tmp_path / 'state.db'}")
+    ok = runner.invoke(cli, ["--env", str(good), "storage", "move", "--from", "local", "--to", "remote", "--json"])
+    assert ok.exit_code == 0, ok.output
+    listed = runner.invoke(cli, ["--env", str(good), "migrations", "list"])
+    assert "applied" in listed.output and "Move Files Local to Remote" in listed.output
+    down = runner.invoke(cli, ["--env", str(good), "migrations", "down"])
+    assert down.exit_code == 0 and {s for s, _ in rows(good).values()} == {"local"}
