@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from servers import server_missing
 import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import make_instance
@@ -131,7 +132,7 @@ def test_script_colliding_with_a_builtin_version_is_refused(sqlite_instance: Pat
 
 def test_generated_twin_is_valid_javascript(tmp_path: Path) -> None:
     if shutil.which("node") is None:
-        pytest.skip("node is not installed")
+        server_missing("node", "not installed")
     data = {"from": "local", "to": "s3", "ids": ["a"], "renames": [["b", "old.txt", "b.txt"]]}
     path = tmp_path / "twin.mjs"
     path.write_text(generated_twin("20300101A", "Move Files Local to S3", data))
@@ -166,7 +167,7 @@ def _knex_config(env: Path) -> dict:
 def test_knex_runs_the_twin_like_python(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """CairnCMS's own migrate:down/up path: real knex runs the generated file and gets Python's rows."""
     if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "knex").is_dir():
-        pytest.skip("knex is not installed: cd .cache/node && npm install knex@3 better-sqlite3@12 pg@8 mysql2@3")
+        server_missing("knex", "not installed in .cache/node; scripts/setup --test installs it")
     env = make_instance(vendor, tmp_path / vendor, request)
 
     def state() -> dict[str, tuple[str, str]]:
