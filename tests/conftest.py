@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
-from servers import MARIADB_ADMIN_URL, MARIADB_USER, PG_ADMIN_URL, ensure_mariadb_user, probe, server_missing
+from servers import USED, MARIADB_ADMIN_URL, MARIADB_USER, PG_ADMIN_URL, ensure_mariadb_user, probe, record, server_missing
 
 from cairn_migrate.testing import (
     build_sqlite_instance,
@@ -24,6 +25,26 @@ pytest_plugins = ["instance_fixtures", "storage_servers", "live_instance"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VENDORS = ("sqlite", "postgres", "mariadb")
+
+
+#: Fixtures whose use means a real server took part in the test.
+SERVER_FIXTURES = {"pg_admin_url": "PostgreSQL", "mariadb_admin_url": "MariaDB", "live_instance": "Directus 9.22.4",
+                   "chromium_path": "Chromium"}
+
+
+@pytest.fixture(autouse=True)
+def _record_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    for fixture, server in SERVER_FIXTURES.items():
+        if fixture in request.fixturenames:
+            record(server)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many tests talked to each real server (for the closing notes)."""
+    if USED:
+        terminalreporter.write_line("tests per real server: " + ", ".join(
+            f"{server} {len(tests)}" for server, tests in sorted(USED.items())))
 
 
 @pytest.fixture(scope="session")

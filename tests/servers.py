@@ -52,3 +52,14 @@ def ensure_mariadb_user(admin_url: str) -> None:
                 conn.execute(sa.text(f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'{host}'"))
     finally:
         engine.dispose()
+
+
+#: server → node ids of the tests that talked to it (printed at the end of the run).
+USED: dict[str, set[str]] = {}
+
+
+def record(server: str) -> None:
+    """Note that the running test uses ``server``."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    if test:
+        USED.setdefault(server, set()).add(test)

@@ -61,6 +61,10 @@ def storage_server_missing(driver: str) -> str | None:
 def require_storage_server(driver: str) -> None:
     """Skip the test (fail under ``CI=true``) when the ``driver`` emulator does not answer."""
     reason = storage_server_missing(driver)
+    if driver != "local" and not reason:
+        from servers import record
+
+        record(_SERVER_NAMES[driver][0])
     if reason:
         message = f"{reason}; start it with: scripts/servers start"
         if os.environ.get("CI", "").lower() == "true":
