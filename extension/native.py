@@ -126,17 +126,22 @@ def dump_mysql(db: Database, out: IO[bytes]) -> str:
     return _version(tool)
 
 
-@contextmanager
-def sqlite_backup(path: str, workdir: Path) -> Iterator[Path]:
-    """A consistent copy of a live SQLite file (the online backup API), removed afterwards."""
-    copy = Path(tempfile.mkdtemp(dir=workdir)) / "sqlite.db"
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    target = sqlite3.connect(copy)
+def _sqlite_copy(source_path: str | Path, target_path: str | Path) -> None:
+    """Copy a SQLite database with the online backup API (consistent even while it is written)."""
+    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    target = sqlite3.connect(target_path)
     try:
         source.backup(target)
     finally:
         target.close()
         source.close()
+
+
+@contextmanager
+def sqlite_backup(path: str, workdir: Path) -> Iterator[Path]:
+    """A consistent copy of a live SQLite file, removed afterwards."""
+    copy = Path(tempfile.mkdtemp(dir=workdir)) / "sqlite.db"
+    _sqlite_copy(path, copy)
     try:
         yield copy
     finally:
@@ -180,13 +185,7 @@ def restore(config: DatabaseConfig, member: Path) -> None:
     else:
         target_path = Path(config.url.database or "")
         target_path.parent.mkdir(parents=True, exist_ok=True)
-        source = sqlite3.connect(f"file:{member}?mode=ro", uri=True)
-        target = sqlite3.connect(target_path)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+        _sqlite_copy(member, target_path)
 
 
 def require_same_vendor(manifest: Mapping[str, Any], target_vendor: str) -> None:
