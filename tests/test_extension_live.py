@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from live_instance import COLLECTION, EDITOR_TOKEN, LiveInstance
+from pathlib import Path
+
+from live_instance import ADMIN_TOKEN, COLLECTION, EDITOR_TOKEN, LiveInstance
 
 #: The hook caches the freeze answer this long (CACHE_MS in admin_module/api/hook.js), plus margin.
 FREEZE_CACHE_S = 1.8
@@ -118,3 +120,25 @@ def test_json_body_and_download_stream_through_the_proxy(live_instance: LiveInst
     direct = live_instance.sidecar_request("GET", job["result"]["download"])
     assert download.status_code == 200 and download.content == direct.content
     assert download.headers["Content-Disposition"].startswith("attachment")
+
+
+def test_verify_runs_live_checks_against_the_running_instance(live_instance: LiveInstance, tmp_path: Path) -> None:
+    """``verify --url``: ping, token, one asset's bytes and one item, on a real running instance."""
+    from cairn_migrate.export import export_bundle
+    from cairn_migrate.instance import Instance
+    from cairn_migrate.verify import verify_bundle
+
+    upload = live_instance.request("POST", "/files", files={"file": ("asset.txt", b"bytes to compare", "text/plain")})
+    assert upload.status_code == 200, upload.text
+    created = live_instance.request("POST", f"/items/{COLLECTION}", json={"title": "sample"})
+    assert created.status_code == 200, created.text
+    instance = Instance.from_env_file(live_instance.folder / ".env")
+    export_bundle(instance, tmp_path / "bundle")
+    report = verify_bundle(instance, tmp_path / "bundle", url=live_instance.url, token=ADMIN_TOKEN)
+    checks = {check["check"]: check["ok"] for check in report["live"]}
+    assert checks == {"ping": True, "users/me": True, "asset": True, "item": True}, report["live"]
+    assert report["ok"], report["tables_failed"]
+    login = verify_bundle(instance, tmp_path / "bundle", url=live_instance.url, login=("admin@example.com", "wrong"))
+    assert {c["check"]: c["ok"] for c in login["live"]}["login"] is False and not login["ok"]
+    down = verify_bundle(instance, tmp_path / "bundle", url="http://127.0.0.1:9", token=ADMIN_TOKEN)
+    assert down["live"] == [{"check": "ping", "ok": False, "detail": "no answer: ConnectionError"}] and not down["ok"]
