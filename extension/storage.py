@@ -605,3 +605,202 @@ def upload_tree(local_dir: Path, location: Location) -> int:
         count += 1
     log.debug("uploaded %d files from %s to %s", count, base, location.name)
     return count
+
+
+# --------------------------------------------------------------------------- async primitives
+# Used by ``storage move`` to drive many copies at once on the event loop of
+# fsspec's async filesystems (s3fs, gcsfs, adlfs share fsspec's IO loop), so
+# that concurrent requests are not serialized behind one sync call each.
+#: Part size of the checksummed multipart uploads (S3 allows 5 MiB .. 5 GiB, at most 10,000 parts).
+PART = 16 * CHUNK
+_PROBE_NAME = ".cairn-migrate-checksum-probe-"
+
+
+def _b64(digest: bytes) -> str:
+    import base64
+
+    return base64.b64encode(digest).decode("ascii")
+
+
+def async_loop(location: Location) -> Any:
+    """The event loop of ``location``'s async filesystem, or ``None`` (local, or a sync filesystem)."""
+    if location.container is None or not getattr(location.fs, "async_impl", False):
+        return None
+    return getattr(location.fs, "loop", None)
+
+
+async def asize(location: Location, name: str) -> int | None:
+    """:meth:`Location.size` as a coroutine (run it on :func:`async_loop`)."""
+    if location.container is None:
+        try:
+            st = os.stat(location.path_for(name))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise MigrateError(f"could not look up {name!r} on storage location {location.name!r}: "
+                               f"{type(exc).__name__}") from exc
+        import stat
+
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+    fs: Any = location.fs
+    with location._errors("look up", name):
+        try:
+            info = await fs._info(location.path_for(name))
+        except FileNotFoundError:
+            return None
+    if info.get("type") == "directory":
+        return None
+    size = info.get("size")
+    return None if size is None else int(size)
+
+
+async def aread(location: Location, name: str, start: int | None = None, end: int | None = None) -> bytes:
+    """Bytes ``[start, end)`` of the object (all of it by default) as a coroutine.
+
+    Local files are read in the default executor when a range is asked (large
+    files), directly otherwise (small files: cheaper than a thread hop).
+    """
+    path = location.path_for(name)
+    if location.container is None:
+        def read() -> bytes:
+            with open(path, "rb") as fh:
+                if start:
+                    fh.seek(start)
+                return fh.read() if end is None else fh.read(end - (start or 0))
+
+        with location._errors("read", name):
+            if start is None and end is None:
+                return read()
+            import asyncio
+
+            return await asyncio.get_running_loop().run_in_executor(None, read)
+    fs: Any = location.fs
+    with location._errors("read", name):
+        return await fs._cat_file(path, start=start, end=end)
+
+
+async def apipe(location: Location, name: str, data: bytes) -> None:
+    """Create/replace an object with ``data`` on an async filesystem (no checksum)."""
+    fs: Any = location.fs
+    with location._errors("write", name):
+        await fs._pipe_file(location.path_for(name), data)
+
+
+def s3_verifies_checksums(location: Location) -> bool:
+    """Whether this S3 service rejects a body whose ``x-amz-checksum-sha256`` does not match.
+
+    One probe PUT with a wrong SHA-256 under the root: a service that checks
+    answers an error and stores nothing; one that accepts it does not verify
+    (the probe object is deleted again), so callers must read bytes back.
+    """
+    if location.driver != "s3" or async_loop(location) is None:
+        return False
+    import uuid
+
+    name = f"{_PROBE_NAME}{uuid.uuid4().hex}"
+    fs: Any = location.fs
+    bucket, key = location.container, object_key(location.root, name)
+    location._reachable()
+    try:
+        fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"probe",
+                   ChecksumSHA256=_b64(hashlib.sha256(b"not the probe").digest()))
+    except Exception as exc:  # the wrong checksum was refused: the service verifies
+        if _is_unreachable(exc):
+            raise location._unreachable(type(exc).__name__) from exc
+        if _is_auth_error(exc):
+            raise location._auth_failed() from exc
+        return True
+    location.delete(name)
+    log.info("storage location %s does not verify SHA-256 checksums; copies are read back", location.name)
+    return False
+
+
+async def s3_put_verified(location: Location, name: str, data: bytes, digest: bytes) -> bool:
+    """PUT ``data`` with its SHA-256 for the service to check; ``True`` when it confirmed that SHA-256.
+
+    Only meaningful where :func:`s3_verifies_checksums` holds: then the
+    service refuses a body whose hash differs, and answers the hash of what it
+    stored.
+    """
+    fs: Any = location.fs
+    expected = _b64(digest)
+    with location._errors("write", name):
+        out = await fs._call_s3("put_object", Bucket=location.container, Key=object_key(location.root, name),
+                                Body=data, ChecksumSHA256=expected)
+    return out.get("ChecksumSHA256") == expected
+
+
+async def s3_upload_verified(location: Location, name: str, size: int,
+                             read: Callable[[int, int], Any], part_slots: Any) -> tuple[str, bool]:
+    """Stream a large object into ``name`` as a multipart upload with a SHA-256 per part.
+
+    ``read(start, end)`` is a coroutine function returning those source bytes;
+    ``part_slots`` an :class:`asyncio.Semaphore` bounding the parts in memory
+    (each at most :data:`PART` bytes).  The service checks every part's
+    SHA-256; the upload is completed with them and the composite checksum it
+    answers is compared with ours.  Returns ``(hex sha256 of all bytes read,
+    verified)``: ``verified`` is ``True`` when the composite checksum matches
+    and the stored object has ``size`` bytes.
+    """
+    import asyncio
+
+    fs: Any = location.fs
+    bucket, key = location.container, object_key(location.root, name)
+    part_size = max(PART, -(-size // 10000))
+    full = hashlib.sha256()
+    loop = asyncio.get_running_loop()
+    with location._errors("write", name):
+        upload = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+    upload_id = upload["UploadId"]
+    tasks: list[asyncio.Task[dict[str, Any]]] = []
+
+    async def send(number: int, data: bytes, digest: bytes) -> dict[str, Any]:
+        with location._errors("write", name):
+            out = await fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
+                                    PartNumber=number, Body=data, ChecksumSHA256=_b64(digest))
+        return {"PartNumber": number, "ETag": out["ETag"], "ChecksumSHA256": out.get("ChecksumSHA256")}
+
+    try:
+        digests: list[bytes] = []
+        for number, start in enumerate(range(0, size, part_size), 1):
+            await part_slots.acquire()
+            try:
+                data = await read(start, min(size, start + part_size))
+                digest = (await loop.run_in_executor(None, _hash_part, full, data)) if data else b""
+            except BaseException:
+                part_slots.release()
+                raise
+            if len(data) != min(size, start + part_size) - start:
+                part_slots.release()
+                raise MigrateError(f"{name!r}: the source changed size while it was copied")
+            digests.append(digest)
+            task = asyncio.ensure_future(send(number, data, digest))
+            task.add_done_callback(lambda _task: part_slots.release())  # also when cancelled before it ran
+            tasks.append(task)
+        parts = await asyncio.gather(*tasks)
+        with location._errors("write", name):
+            done = await fs._call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                                     MultipartUpload={"Parts": parts})
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:  # best effort: an unfinished upload only costs storage until the bucket's lifecycle
+            log.debug("abort of the multipart upload of %s failed", name, exc_info=True)
+        raise
+    composite = f"{_b64(hashlib.sha256(b''.join(digests)).digest())}-{len(digests)}"
+    confirmed = done.get("ChecksumSHA256") == composite and all(
+        p["ChecksumSHA256"] == _b64(d) for p, d in zip(parts, digests))
+    if confirmed:
+        with location._errors("look up", name):
+            head = await fs._call_s3("head_object", Bucket=bucket, Key=key)
+        confirmed = int(head.get("ContentLength", -1)) == size
+    return full.hexdigest(), confirmed
+
+
+def _hash_part(full: Any, data: bytes) -> bytes:
+    """Feed the whole-object hash and return the part's SHA-256 (runs in a thread: hashlib drops the GIL)."""
+    full.update(data)
+    return hashlib.sha256(data).digest()

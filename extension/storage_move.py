@@ -4,7 +4,9 @@ The order is the safety argument:
 
 1. copy each object (server-side when both ends are one S3/GCS service,
    otherwise streamed while hashing the source), in parallel;
-2. verify it on the target: same size, same SHA-256 read back from the target;
+2. verify it on the target: same size, same SHA-256 as the source bytes, either
+   checked by the target service itself (S3 with ``x-amz-checksum-sha256``,
+   probed once per move; see :class:`_AsyncCopier`) or read back from the target;
 3. remember it in a copy ledger in the sidecar's state store (never the
    CairnCMS database), so an interrupted move resumes without copying a
    verified object again.  An object the ledger does not know yet but which
@@ -21,6 +23,7 @@ The order is the safety argument:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fnmatch
 import hashlib
@@ -40,7 +43,8 @@ from .instance import Instance
 from .progress import NullProgress, Progress
 from .scripts import id_values
 from .state import default_state_url
-from .storage import CHUNK, Location, open_location
+from . import storage as _storage
+from .storage import CHUNK, PART, Location, open_location
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +131,20 @@ class CopyLedger:
             known = {r.file_id: r.copies for r in conn.execute(
                 sa.select(OBJECTS.c.file_id, OBJECTS.c.copies).where(
                     OBJECTS.c.move_id == move_id, OBJECTS.c.file_id.in_([r["id"] for r in results])))}
+            inserts: list[dict[str, Any]] = []
+            now = _now()
             for r in results:
                 values = {"src_name": r["src_name"], "dst_name": r["dst_name"], "size": r["size"], "sha256": r["sha256"],
-                          "state": r.get("state", "verified"), "updated_at": _now()}
+                          "state": r.get("state", "verified"), "updated_at": now}
                 copies = known.get(r["id"])
                 values["copies"] = (copies or 0) + (1 if r["action"] == "copied" else 0)
                 if copies is None:
-                    conn.execute(OBJECTS.insert().values(move_id=move_id, file_id=r["id"], **values))
+                    inserts.append({"move_id": move_id, "file_id": r["id"], **values})
                 else:
                     conn.execute(OBJECTS.update().where(OBJECTS.c.move_id == move_id,
                                                         OBJECTS.c.file_id == r["id"]).values(**values))
+            if inserts:  # one executemany: a row-by-row insert costs more than the copy of a small object
+                conn.execute(OBJECTS.insert(), inserts)
 
     def mark(self, move_id: str, file_ids: Sequence[str], state: str) -> None:
         with self.engine.begin() as conn:
@@ -277,6 +285,136 @@ def _transfer(src: Location, dst: Location, row: dict[str, Any], entry: dict[str
         return {**result, "action": "failed", "error": exc.message}
 
 
+# --------------------------------------------------------------------------- copying on the event loop
+#: Bytes of large-object parts in memory at once, over all copies of one move.
+PARTS_IN_FLIGHT = 6 * PART
+
+
+class _AsyncCopier:
+    """Copies and verifies objects as coroutines on the target filesystem's event loop.
+
+    s3fs, gcsfs and adlfs run every request on fsspec's one IO loop; calling
+    their sync methods from many threads serializes on it.  Here every object
+    is one coroutine (at most ``workers`` at a time) submitted from the move's
+    thread, which collects them as :class:`concurrent.futures.Future`.
+
+    Verification, per target:
+
+    * S3 that checks ``x-amz-checksum-sha256`` (probed once, see
+      :func:`.storage.s3_verifies_checksums`): small objects go up in one PUT
+      carrying the SHA-256 of the bytes read from the source; the service
+      refuses a body that does not hash to it and answers the hash it stored.
+      Large objects go up as a multipart upload with a SHA-256 per part,
+      streamed and hashed part by part, then the composite checksum and a HEAD's
+      size are compared.  No read-back.
+    * other async targets: small objects are written and read back as
+      coroutines; large ones take the threaded streaming path.
+
+    Server-side copies and adoptions of objects already on the target take the
+    threaded path (:func:`_transfer`) too.
+    """
+
+    def __init__(self, src: Location, dst: Location, workers: int) -> None:
+        self.src, self.dst, self.workers = src, dst, max(1, workers)
+        self.loop = _storage.async_loop(dst)
+        self.checked_puts = _storage.s3_verifies_checksums(dst)
+        self.threads = ThreadPoolExecutor(self.workers, thread_name_prefix="move")
+        self.slots: asyncio.Semaphore | None = None
+        self.part_slots: asyncio.Semaphore | None = None
+
+    @staticmethod
+    def usable(src: Location, dst: Location) -> bool:
+        loop = _storage.async_loop(dst)
+        return loop is not None and (src.container is None or _storage.async_loop(src) is loop)
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+               check_target: bool) -> Future[dict[str, Any]]:
+        return asyncio.run_coroutine_threadsafe(self._run(row, entry, dst_name, check_target), self.loop)
+
+    async def _run(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+                   check_target: bool) -> dict[str, Any]:
+        if self.slots is None:  # made on the loop they belong to
+            self.slots = asyncio.Semaphore(self.workers)
+            self.part_slots = asyncio.Semaphore(max(2, PARTS_IN_FLIGHT // PART))
+        await self.slots.acquire()  # released by :meth:`done` once the move's thread has the result
+        try:
+            return await self._transfer(row, entry, dst_name, check_target)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def done(self, count: int) -> None:
+        """``count`` results were collected: their slots may take new objects.
+
+        Holding the slot until then bounds the objects written but not yet
+        seen by the move's thread (its progress, its ledger) to ``workers``.
+        """
+        def release() -> None:
+            assert self.slots is not None
+            for _ in range(count):
+                self.slots.release()
+
+        self.loop.call_soon_threadsafe(release)
+
+    async def _threaded(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+                        check_target: bool) -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.threads, _transfer, self.src, self.dst, row, entry, dst_name, check_target)
+
+    async def _transfer(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+                        check_target: bool) -> dict[str, Any]:
+        """:func:`_transfer` as a coroutine: same results, same rules."""
+        src, dst = self.src, self.dst
+        name = str(row["filename_disk"])
+        result = {"id": row["id"], "src_name": name, "dst_name": dst_name, "size": None, "sha256": None}
+        try:
+            size = await _storage.asize(src, name)
+            if size is None:
+                return {**result, "action": "failed", "error": "source bytes are missing"}
+            result["size"] = size
+            if row.get("filesize") is not None and int(row["filesize"]) != size:
+                return {**result, "action": "failed", "error": f"source has {size} bytes, the row says {row['filesize']}"}
+            present = await _storage.asize(dst, dst_name) if check_target else None
+            if entry is not None and entry.get("sha256") and present == size == entry.get("size"):
+                return {**result, "action": "skipped", "sha256": entry["sha256"]}
+            if present == size or (src.identity == dst.identity and src.driver in ("s3", "gcs")):
+                return await self._threaded(row, entry, dst_name, check_target)  # adoption, server-side copy
+            if size > SMALL:
+                if not self.checked_puts:
+                    return await self._threaded(row, entry, dst_name, False)
+                assert self.part_slots is not None
+                source_sha, ok = await _storage.s3_upload_verified(
+                    dst, dst_name, size, lambda start, end: _storage.aread(src, name, start, end), self.part_slots)
+                if not ok and await self._read_back(dst_name, size) != (size, source_sha):
+                    return {**result, "action": "failed", "error": "the copy on the target does not match (size/sha256)"}
+                return {**result, "action": "copied", "sha256": source_sha}
+            data = await _storage.aread(src, name)
+            if len(data) != size:
+                return {**result, "action": "failed", "error": "the source changed while it was copied"}
+            digest = hashlib.sha256(data).digest()
+            source_sha = digest.hex()
+            if self.checked_puts:
+                if await _storage.s3_put_verified(dst, dst_name, data, digest):
+                    return {**result, "action": "copied", "sha256": source_sha}
+            else:
+                await _storage.apipe(dst, dst_name, data)
+            del data
+            back = await _storage.aread(dst, dst_name)
+            if (len(back), hashlib.sha256(back).hexdigest()) != (size, source_sha):
+                return {**result, "action": "failed", "error": "the copy on the target does not match (size/sha256)"}
+            return {**result, "action": "copied", "sha256": source_sha}
+        except MigrateError as exc:
+            if exc.code in ("unreachable", "config_error"):
+                raise  # the location itself is broken: stop the whole move
+            return {**result, "action": "failed", "error": exc.message}
+
+    async def _read_back(self, name: str, size: int) -> tuple[int, str]:
+        return await asyncio.get_running_loop().run_in_executor(self.threads, _read_back, self.dst, name, size)
+
+
 # --------------------------------------------------------------------------- move
 def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (), layout: str = "keep",
          dry_run: bool = False, workers: int = 16, state_url: str | None = None, version: str | None = None,
@@ -347,11 +485,14 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
                 results.append(result)
                 verified.append((result["id"], result["src_name"], result["dst_name"]))
             progress.advance(1, int(result["size"] or 0))
+        if copier is not None:
+            copier.done(len(done))
         if len(results) >= 256:
             ledger.save(move_id, results)
             results.clear()
 
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="move") as pool:
+    copier = _AsyncCopier(source, target, workers) if _AsyncCopier.usable(source, target) else None
+    with ThreadPoolExecutor(1 if copier else max(1, workers), thread_name_prefix="move") as pool:
         try:
             for chunk in _chunks(_rows(db, spec), CHUNK_ROWS):
                 progress.check_cancelled()
@@ -365,8 +506,12 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
                         report["failed"].append({"id": row["id"], "src_name": row["filename_disk"],
                                                  "error": f"another row on {spec.dst} already uses {dst_name}"})
                         continue
-                    pending.add(pool.submit(_transfer, source, target, row, entries.get(row["id"]), dst_name,
-                                             check_target or row["id"] in entries))
+                    if copier is not None:
+                        pending.add(copier.submit(row, entries.get(row["id"]), dst_name,
+                                                  check_target or row["id"] in entries))
+                    else:
+                        pending.add(pool.submit(_transfer, source, target, row, entries.get(row["id"]), dst_name,
+                                                 check_target or row["id"] in entries))
                     if len(pending) >= workers * 4:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         collect(done)
@@ -376,6 +521,8 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
         finally:
             for future in pending:
                 future.cancel()
+            if copier is not None:
+                copier.close()  # cancelled coroutines abort their multipart uploads on the loop
             ledger.save(move_id, results)
     return verified
 

@@ -278,3 +278,52 @@ def test_copy_gcs_to_local_and_back(make_location) -> None:
     upload_tree(UPLOADS, gcs)
     _check_copied(gcs, local)
     _check_copied(local, gcs, "again/")
+
+
+# --------------------------------------------------------------------------- async primitives (storage move)
+@pytest.mark.s3
+def test_s3_checksummed_put_and_multipart(make_location) -> None:
+    import asyncio
+    import os
+
+    from fsspec.asyn import sync
+
+    from cairn_migrate import storage
+    from cairn_migrate.errors import MigrateError
+
+    target = make_location("s3", root="/uploads/")
+    assert storage.s3_verifies_checksums(target)  # SeaweedFS refuses a wrong x-amz-checksum-sha256
+    assert list(target.list()) == []  # and the probe left nothing behind
+    data = b"hello checksums"
+    assert sync(target.fs.loop, storage.s3_put_verified, target, "a.txt", data, hashlib.sha256(data).digest())
+    assert target.read_bytes("a.txt") == data
+    with pytest.raises(MigrateError):
+        sync(target.fs.loop, storage.s3_put_verified, target, "b.txt", data, hashlib.sha256(b"other").digest())
+    assert target.size("b.txt") is None
+    big = os.urandom(storage.PART + 12345)
+
+    async def upload() -> tuple[str, bool]:
+        async def read(start: int, end: int) -> bytes:
+            return big[start:end]
+
+        return await storage.s3_upload_verified(target, "big.bin", len(big), read, asyncio.Semaphore(2))
+
+    digest, verified = sync(target.fs.loop, upload)
+    assert verified and digest == _sha(big)
+    assert target.sha256("big.bin") == _sha(big) and target.size("big.bin") == len(big)
+
+
+@pytest.mark.parametrize("driver", ["local", *CLOUD])
+def test_async_size_and_read(make_location, driver: str) -> None:
+    from fsspec.asyn import get_loop, sync
+
+    from cairn_migrate import storage
+
+    location = make_location(driver)
+    location.write_bytes("d/x.bin", b"0123456789")
+    loop = storage.async_loop(location) or get_loop()
+    assert (storage.async_loop(location) is None) == (driver == "local")
+    assert sync(loop, storage.asize, location, "d/x.bin") == 10
+    assert sync(loop, storage.asize, location, "d/missing.bin") is None
+    assert sync(loop, storage.aread, location, "d/x.bin") == b"0123456789"
+    assert sync(loop, storage.aread, location, "d/x.bin", 2, 5) == b"234"

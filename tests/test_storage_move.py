@@ -207,3 +207,59 @@ def test_bad_targets_are_clear_errors_and_switch_nothing(tmp_path: Path, request
     assert "applied" in listed.output and "Move Files Local to Remote" in listed.output
     down = runner.invoke(cli, ["--env", str(good), "migrations", "down"])
     assert down.exit_code == 0 and {s for s, _ in rows(good).values()} == {"local"}
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("server_checks", [True, False], ids=["checksummed", "read-back"])
+def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tmp_path: Path,
+                                                        request: pytest.FixtureRequest,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cairn_migrate import storage, storage_move
+
+    if not server_checks:  # an S3 service that ignores checksums: every copy is read back
+        monkeypatch.setattr(storage, "s3_verifies_checksums", lambda location: False)
+        monkeypatch.setattr(storage, "s3_put_verified", None)  # never used then
+    monkeypatch.setattr(storage_move, "PARTS_IN_FLIGHT", storage.PART)  # the smallest budget: 2 parts
+    env = remote_instance("sqlite", "s3", tmp_path, request)
+    add_files(env, 5)
+    add_files(env, 2, size=storage.PART + storage_move.SMALL)  # multipart, 2 parts each
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    before = rows(env)
+    report = move(inst(env), "local", "remote", workers=3, state_url=state)
+    assert report["copied"] == 10 and report["switched"] == 10 and not report["failed"]
+    assert_moved(env, report, before)
+    remote = open_location(inst(env).location("remote"))
+    assert not [n for n, _ in remote.list() if "probe" in n]
+    ledger = CopyLedger(state)
+    with ledger.engine.connect() as conn:
+        shas = {r.src_name: r.sha256 for r in conn.execute(sa.select(OBJECTS.c.src_name, OBJECTS.c.sha256))}
+    ledger.close()
+    local = open_location(inst(env).location("local"))
+    assert all(shas[name] == sha(local.read_bytes(name)) for _, name in before.values())
+
+
+@pytest.mark.parametrize("driver", REMOTES)
+def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cairn_migrate import storage
+
+    env = remote_instance("sqlite", driver, tmp_path, request)
+    add_files(env, 4)
+    bad = sorted(n for _, n in rows(env).values())[0]
+    real_put, real_pipe = storage.s3_put_verified, storage.apipe
+
+    async def corrupt_put(location, name, data, digest):  # the bytes change on the way; the service must notice
+        return await real_put(location, name, data[:-1] + b"!" if name == bad else data, digest)
+
+    async def corrupt_pipe(location, name, data):  # a target that stores other bytes than it was sent
+        await real_pipe(location, name, data[:-1] + b"!" if name == bad else data)
+
+    monkeypatch.setattr(storage, "s3_put_verified", corrupt_put)
+    monkeypatch.setattr(storage, "apipe", corrupt_pipe)
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    before = rows(env)
+    report = move(inst(env), "local", "remote", state_url=state)
+    assert [f["src_name"] for f in report["failed"]] == [bad]
+    assert report["switched"] == len(before) - 1
+    after = rows(env)
+    assert [i for i in before if after[i][0] == "local"] == [i for i in before if before[i][1] == bad]
