@@ -235,9 +235,9 @@ def serve_command(obj: Context, host: str, port: int, scheduler: bool) -> None:
     instance = obj.instance()  # fail fast, before binding the port
     app = create_app({"CAIRN_MIGRATE_ENV": str(instance.env_path), "CAIRN_MIGRATE_SCHEDULER": scheduler})
     click.echo(f"cairn-migrate serving {instance.label} on http://{host}:{port}/migrate", err=True)
-    from werkzeug.serving import run_simple
+    import waitress  # a production WSGI server: streams bundles both ways, threads for concurrent requests
 
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    waitress.serve(app, host=host, port=port, threads=8, channel_timeout=600, ident="cairn-migrate")
 
 
 def main() -> None:
