@@ -36,7 +36,7 @@ from storage_servers import S3_ENDPOINT, S3_KEY, S3_REGION, S3_SECRET, create_co
 from cairn_migrate.file_rows import check  # noqa: E402
 from cairn_migrate.instance import Instance  # noqa: E402
 from cairn_migrate.storage import open_location  # noqa: E402
-from cairn_migrate.storage_move import move  # noqa: E402
+from cairn_migrate.storage_move import default_processes, move  # noqa: E402
 from cairn_migrate.testing import build_sqlite_instance  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=20)
     parser.add_argument("--large-mb", type=int, default=50)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=None,
+                        help="copy processes (default: the move's own default, one per CPU, 2 .. 4; 1 = in-process)")
     parser.add_argument("--check-rows", type=int, default=100000)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "storage_move.json"))
     args = parser.parse_args()
@@ -116,7 +118,8 @@ def main() -> None:
         rclone_s = run_rclone(uploads, rclone_bucket, args.workers)
         log.info("cairn-migrate storage move (--workers %d)", args.workers)
         started = time.monotonic()
-        report = move(instance, "local", "s3", workers=args.workers, state_url=f"sqlite:///{work / 'state.db'}")
+        report = move(instance, "local", "s3", workers=args.workers, state_url=f"sqlite:///{work / 'state.db'}",
+                      processes=args.processes)
         ours_s = time.monotonic() - started
         assert report["switched"] == count and not report["failed"], report["failed"][:3]
         log.info("filling to %d rows on s3 for the check", args.check_rows)
@@ -130,6 +133,8 @@ def main() -> None:
         result = {
             "files": count, "bytes": total, "small": args.small, "large": args.large, "large_mb": args.large_mb,
             "workers": args.workers,
+            "processes": args.processes if args.processes is not None else default_processes(),
+            "cpus": os.cpu_count(),
             "ours": {"seconds": round(ours_s, 2), "MB_per_s": round(mb / ours_s, 1), "files_per_s": round(count / ours_s, 1),
                      "verified": "size + sha256: checked by the S3 service (x-amz-checksum-sha256, probed) or read back from the target"},
             "rclone": None if rclone_s is None else {"seconds": round(rclone_s, 2), "MB_per_s": round(mb / rclone_s, 1),

@@ -3,7 +3,10 @@
 The order is the safety argument:
 
 1. copy each object (server-side when both ends are one S3/GCS service,
-   otherwise streamed while hashing the source), in parallel;
+   otherwise streamed while hashing the source), in parallel; large moves to
+   an async target spread the copies over worker processes
+   (:func:`_copy_in_processes`), which only copy and verify: this process alone
+   writes the ledger and the rows;
 2. verify it on the target: same size, same SHA-256 as the source bytes, either
    checked by the target service itself (S3 with ``x-amz-checksum-sha256``,
    probed once per move; see :class:`_AsyncCopier`) or read back from the target;
@@ -314,10 +317,12 @@ class _AsyncCopier:
     threaded path (:func:`_transfer`) too.
     """
 
-    def __init__(self, src: Location, dst: Location, workers: int) -> None:
+    def __init__(self, src: Location, dst: Location, workers: int, *, checked_puts: bool | None = None,
+                 parts_in_flight: int | None = None) -> None:
         self.src, self.dst, self.workers = src, dst, max(1, workers)
         self.loop = _storage.async_loop(dst)
-        self.checked_puts = _storage.s3_verifies_checksums(dst)
+        self.checked_puts = _storage.s3_verifies_checksums(dst) if checked_puts is None else checked_puts
+        self.parts_in_flight = PARTS_IN_FLIGHT if parts_in_flight is None else parts_in_flight
         self.threads = ThreadPoolExecutor(self.workers, thread_name_prefix="move")
         self.slots: asyncio.Semaphore | None = None
         self.part_slots: asyncio.Semaphore | None = None
@@ -338,7 +343,7 @@ class _AsyncCopier:
                    check_target: bool) -> dict[str, Any]:
         if self.slots is None:  # made on the loop they belong to
             self.slots = asyncio.Semaphore(self.workers)
-            self.part_slots = asyncio.Semaphore(max(2, PARTS_IN_FLIGHT // PART))
+            self.part_slots = asyncio.Semaphore(max(2, self.parts_in_flight // PART))
         await self.slots.acquire()  # released by :meth:`done` once the move's thread has the result
         try:
             return await self._transfer(row, entry, dst_name, check_target)
@@ -415,11 +420,88 @@ class _AsyncCopier:
         return await asyncio.get_running_loop().run_in_executor(self.threads, _read_back, self.dst, name, size)
 
 
+# --------------------------------------------------------------------------- copying in worker processes
+#: Moves of at least this many objects spread their copies over worker processes (see :func:`_copy_all`).
+PROCESS_MIN = 500
+#: Small objects per task sent to a worker process.
+PROCESS_BATCH = 256
+#: Overrides the number of copy processes (``1``: copy in the move's own process).
+PROCESSES_ENV = "CAIRN_MIGRATE_MOVE_PROCESSES"
+
+
+def default_processes() -> int:
+    """Copy processes for a large move: ``$CAIRN_MIGRATE_MOVE_PROCESSES``, else one per CPU (2 .. 4)."""
+    value = os.environ.get(PROCESSES_ENV, "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise InvalidInput(f"{PROCESSES_ENV}={value!r} is not a number") from None
+    return max(2, min(4, os.cpu_count() or 1))
+
+
+_worker_copier: _AsyncCopier | None = None
+
+
+def _worker_init(src: Any, dst: Any, workers: int, checked_puts: bool, parts_in_flight: int) -> None:
+    """Runs once in each worker process: its own locations (from the picklable configs) and copier."""
+    global _worker_copier
+    _worker_copier = _AsyncCopier(open_location(src), open_location(dst), workers, checked_puts=checked_puts,
+                                  parts_in_flight=parts_in_flight)
+
+
+def _worker_copy(items: list[tuple[dict[str, Any], dict[str, Any] | None, str, bool]]) -> list[dict[str, Any]]:
+    """Copy and verify ``(row, ledger entry, target name, check target)`` items in a worker process.
+
+    Returns one result per item, exactly as :meth:`_AsyncCopier.submit` gives
+    them; the move's process alone records them (ledger, rows).
+    """
+    copier = _worker_copier
+    assert copier is not None, "worker process without its copier"
+    return asyncio.run_coroutine_threadsafe(_copy_batch(copier, items), copier.loop).result()
+
+
+async def _copy_batch(copier: _AsyncCopier, items: list[tuple[dict[str, Any], dict[str, Any] | None, str, bool]],
+                      ) -> list[dict[str, Any]]:
+    """All of a worker's batch as one coroutine on the loop (``copier.workers`` at a time): no thread hop per object."""
+    if copier.part_slots is None:
+        copier.part_slots = asyncio.Semaphore(max(2, copier.parts_in_flight // PART))
+    slots = asyncio.Semaphore(copier.workers)
+
+    async def one(item: tuple[dict[str, Any], dict[str, Any] | None, str, bool]) -> dict[str, Any]:
+        async with slots:
+            return await copier._transfer(*item)
+
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()  # cancelled coroutines abort their multipart uploads
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _process_pool(processes: int, source: Location, target: Location, workers: int, checked_puts: bool,
+                  parts_in_flight: int) -> Any:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(source.config, target.config, workers, checked_puts, parts_in_flight))
+
+
 # --------------------------------------------------------------------------- move
 def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (), layout: str = "keep",
          dry_run: bool = False, workers: int = 16, state_url: str | None = None, version: str | None = None,
-         versions_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+         versions_dir: Path | None = None, progress: Progress | None = None,
+         processes: int | None = None) -> dict[str, Any]:
     """Move the bytes of the rows on ``src`` to ``dst`` and switch those rows (see the module docstring).
+
+    ``processes``: copy processes for moves of at least :data:`PROCESS_MIN`
+    objects to an async target (default :func:`default_processes`); ``1``
+    copies in this process.  ``workers`` is the number of copies in flight over
+    all of them.
 
     :returns: a report with ``plan``, counts per action, ``failed`` objects and the recorded ``migration``.
     :raises ConfigError: an unconfigured location, a missing bucket, rejected credentials.
@@ -452,8 +534,10 @@ def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (),
             fresh = ledger.start(move_id, instance.key or instance.database.display_url, src, dst, spec.describe())
             progress.progress(items_done=0, items_total=count, bytes_done=0, bytes_total=bytes_total)
             progress.log(f"moving {count} files from {src} to {dst} with {workers} workers")
+            if processes is None:
+                processes = default_processes() if count >= PROCESS_MIN else 1
             verified = _copy_all(db, spec, source, target, ledger, move_id, workers, report, progress,
-                                 check_target=not fresh)
+                                 check_target=not fresh, processes=processes if count >= PROCESS_MIN else 1)
             if verified:
                 report["migration"] = _switch(instance, db, spec, verified, version, versions_dir, progress)
                 report["switched"] = report["migration"]["rows"]
@@ -467,8 +551,16 @@ def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (),
 
 def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, ledger: CopyLedger, move_id: str,
               workers: int, report: dict[str, Any], progress: Progress, *, check_target: bool = True,
-              ) -> list[tuple[str, str, str]]:
-    """Copy and verify every planned object; returns ``(id, old filename_disk, new filename_disk)`` of the verified."""
+              processes: int = 1) -> list[tuple[str, str, str]]:
+    """Copy and verify every planned object; returns ``(id, old filename_disk, new filename_disk)`` of the verified.
+
+    With ``processes`` > 1 and an async target the copies run in worker
+    processes (:func:`_copy_in_processes`); the ledger and the rows are still
+    written here only.
+    """
+    if processes > 1 and _AsyncCopier.usable(source, target):
+        return _copy_in_processes(db, spec, source, target, ledger, move_id, workers, report, progress,
+                                  check_target=check_target, processes=processes)
     verified: list[tuple[str, str, str]] = []
     taken = _names_on(db, spec.dst)
     pending: set[Future[dict[str, Any]]] = set()
@@ -476,15 +568,7 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
 
     def collect(done: set[Future[dict[str, Any]]]) -> None:
         for future in done:
-            result = future.result()
-            action = result["action"]
-            if action == "failed":
-                report["failed"].append({k: result[k] for k in ("id", "src_name", "error")})
-            else:
-                report[action] += 1
-                results.append(result)
-                verified.append((result["id"], result["src_name"], result["dst_name"]))
-            progress.advance(1, int(result["size"] or 0))
+            _record(future.result(), report, results, verified, progress)
         if copier is not None:
             copier.done(len(done))
         if len(results) >= 256:
@@ -524,6 +608,101 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
             if copier is not None:
                 copier.close()  # cancelled coroutines abort their multipart uploads on the loop
             ledger.save(move_id, results)
+    return verified
+
+
+def _record(result: dict[str, Any], report: dict[str, Any], results: list[dict[str, Any]],
+            verified: list[tuple[str, str, str]], progress: Progress) -> None:
+    """Count one object's result; a verified one goes to ``results`` (for the ledger) and ``verified``."""
+    action = result["action"]
+    if action == "failed":
+        report["failed"].append({k: result[k] for k in ("id", "src_name", "error")})
+    else:
+        report[action] += 1
+        results.append(result)
+        verified.append((result["id"], result["src_name"], result["dst_name"]))
+    progress.advance(1, int(result["size"] or 0))
+
+
+def _copy_in_processes(db: Database, spec: MoveSpec, source: Location, target: Location, ledger: CopyLedger,
+                       move_id: str, workers: int, report: dict[str, Any], progress: Progress, *,
+                       check_target: bool, processes: int) -> list[tuple[str, str, str]]:
+    """:func:`_copy_all` over worker processes, for moves whose cost is Python CPU per request.
+
+    Small objects go in batches of :data:`PROCESS_BATCH` to ``processes``
+    workers, each running an :class:`_AsyncCopier` with its share of
+    ``workers``; objects larger than :data:`SMALL` go one per task to one more
+    worker of their own (mostly waiting on IO, with the move's part budget),
+    so they overlap the small ones.  Workers only copy and verify; their
+    results come back here, where the ledger is saved in batches as before.
+    At most two batches per worker wait in line, so rows are read ahead by a
+    bounded amount and a kill loses at most the results in flight.
+    """
+    verified: list[tuple[str, str, str]] = []
+    taken = _names_on(db, spec.dst)
+    results: list[dict[str, Any]] = []
+    checked_puts = _storage.s3_verifies_checksums(target)
+    per_process = max(1, -(-workers // processes))
+    small_pool = _process_pool(processes, source, target, per_process, checked_puts, PART * 2)
+    large_pool: Any = None
+    small: set[Future[list[dict[str, Any]]]] = set()
+    large: set[Future[list[dict[str, Any]]]] = set()
+    batch: list[tuple[dict[str, Any], dict[str, Any] | None, str, bool]] = []
+
+    def collect(block: bool) -> None:
+        nonlocal small, large
+        if not (small or large):
+            return
+        done, _ = wait(small | large, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        small -= done
+        large -= done
+        for future in done:
+            for result in future.result():
+                _record(result, report, results, verified, progress)
+        if len(results) >= 256:
+            ledger.save(move_id, results)
+            results.clear()
+
+    try:
+        for chunk in _chunks(_rows(db, spec), CHUNK_ROWS):
+            progress.check_cancelled()
+            entries = ledger.entries(move_id, [r["id"] for r in chunk])
+            for row in chunk:
+                if not row["filename_disk"]:
+                    report["failed"].append({"id": row["id"], "src_name": None, "error": "the row has no filename_disk"})
+                    continue
+                dst_name = target_name(row, spec.layout)
+                if dst_name in taken:
+                    report["failed"].append({"id": row["id"], "src_name": row["filename_disk"],
+                                             "error": f"another row on {spec.dst} already uses {dst_name}"})
+                    continue
+                item = (row, entries.get(row["id"]), dst_name, check_target or row["id"] in entries)
+                if int(row["filesize"] or 0) > SMALL:
+                    if large_pool is None:
+                        large_pool = _process_pool(1, source, target, max(1, PARTS_IN_FLIGHT // PART), checked_puts,
+                                                   PARTS_IN_FLIGHT)
+                    while len(large) >= 4:
+                        collect(True)
+                    large.add(large_pool.submit(_worker_copy, [item]))
+                    continue
+                batch.append(item)
+                if len(batch) >= PROCESS_BATCH:
+                    while len(small) >= processes * 2:
+                        collect(True)
+                    small.add(small_pool.submit(_worker_copy, batch))
+                    batch = []
+            collect(False)
+        if batch:
+            small.add(small_pool.submit(_worker_copy, batch))
+        while small or large:
+            collect(True)
+    finally:
+        for future in small | large:
+            future.cancel()
+        small_pool.shutdown(wait=True, cancel_futures=True)
+        if large_pool is not None:
+            large_pool.shutdown(wait=True, cancel_futures=True)
+        ledger.save(move_id, results)
     return verified
 
 

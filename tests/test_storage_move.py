@@ -263,3 +263,48 @@ def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: py
     assert report["switched"] == len(before) - 1
     after = rows(env)
     assert [i for i in before if after[i][0] == "local"] == [i for i in before if before[i][1] == bad]
+
+
+@pytest.mark.s3
+def test_move_in_worker_processes_interrupted_then_resumed(tmp_path: Path, request: pytest.FixtureRequest,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies in worker processes, results recorded by the move's process only; a stop mid-move resumes cleanly."""
+    from cairn_migrate import storage, storage_move
+    from cairn_migrate.progress import NullProgress
+
+    monkeypatch.setattr(storage_move, "PROCESS_MIN", 1)  # the process path even for a few objects
+    monkeypatch.setattr(storage_move, "PROCESS_BATCH", 7)
+    env = remote_instance("sqlite", "s3", tmp_path, request)
+    add_files(env, 30)
+    add_files(env, 1, size=storage.PART + storage_move.SMALL)  # goes to the large-object worker
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    before = rows(env)
+    total = len(before)
+
+    class StopAfter(NullProgress):
+        seen = 0
+
+        def advance(self, items: int = 0, bytes: int = 0) -> None:
+            StopAfter.seen += items
+            if StopAfter.seen >= 10:
+                raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        move(inst(env), "local", "remote", workers=4, processes=2, state_url=state, progress=StopAfter())
+    assert rows(env) == before  # nothing switched
+    remote = open_location(inst(env).location("remote"))
+    present = {name: remote.fs.info(remote.path_for(name)) for name, _ in remote.list()}
+    assert 10 <= len(present) <= total
+    report = move(inst(env), "local", "remote", workers=4, processes=2, state_url=state)
+    assert not report["failed"] and report["switched"] == total
+    assert report["copied"] == total - len(present) and report["adopted"] + report["skipped"] == len(present)
+    for name, info in present.items():  # objects copied before the stop were not written again
+        assert remote.fs.info(remote.path_for(name)).get("ETag") == info.get("ETag")
+    ledger = CopyLedger(state)
+    with ledger.engine.connect() as conn:
+        entries = list(conn.execute(sa.select(OBJECTS.c.src_name, OBJECTS.c.sha256, OBJECTS.c.copies)))
+    ledger.close()
+    local = open_location(inst(env).location("local"))
+    assert len(entries) == total and max(e.copies for e in entries) <= 1
+    assert all(e.sha256 == sha(local.read_bytes(e.src_name)) for e in entries)
+    assert_moved(env, report, before)
