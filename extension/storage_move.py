@@ -578,24 +578,12 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
     copier = _AsyncCopier(source, target, workers) if _AsyncCopier.usable(source, target) else None
     with ThreadPoolExecutor(1 if copier else max(1, workers), thread_name_prefix="move") as pool:
         try:
-            for chunk in _chunks(_rows(db, spec), CHUNK_ROWS):
-                progress.check_cancelled()
-                entries = ledger.entries(move_id, [r["id"] for r in chunk])
-                for row in chunk:
-                    if not row["filename_disk"]:
-                        report["failed"].append({"id": row["id"], "src_name": None, "error": "the row has no filename_disk"})
-                        continue
-                    dst_name = target_name(row, spec.layout)
-                    if dst_name in taken:
-                        report["failed"].append({"id": row["id"], "src_name": row["filename_disk"],
-                                                 "error": f"another row on {spec.dst} already uses {dst_name}"})
-                        continue
+            for items in _work_items(db, spec, ledger, move_id, taken, check_target, report, progress):
+                for row, entry, dst_name, check in items:
                     if copier is not None:
-                        pending.add(copier.submit(row, entries.get(row["id"]), dst_name,
-                                                  check_target or row["id"] in entries))
+                        pending.add(copier.submit(row, entry, dst_name, check))
                     else:
-                        pending.add(pool.submit(_transfer, source, target, row, entries.get(row["id"]), dst_name,
-                                                 check_target or row["id"] in entries))
+                        pending.add(pool.submit(_transfer, source, target, row, entry, dst_name, check))
                     if len(pending) >= workers * 4:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         collect(done)
@@ -609,6 +597,30 @@ def _copy_all(db: Database, spec: MoveSpec, source: Location, target: Location, 
                 copier.close()  # cancelled coroutines abort their multipart uploads on the loop
             ledger.save(move_id, results)
     return verified
+
+
+def _work_items(db: Database, spec: MoveSpec, ledger: Any, move_id: Any, taken: Any, check_target: bool,
+                report: dict[str, Any], progress: Progress) -> Iterator[list[tuple[dict[str, Any], Any, str, bool]]]:
+    """The rows to copy, a chunk at a time, as ``(row, ledger entry, target name, check target)``.
+
+    Rows that cannot move (no ``filename_disk``, a target name another row
+    already holds) go to ``report["failed"]`` here, once, for both copy paths.
+    """
+    for chunk in _chunks(_rows(db, spec), CHUNK_ROWS):
+        progress.check_cancelled()
+        entries = ledger.entries(move_id, [r["id"] for r in chunk])
+        items = []
+        for row in chunk:
+            if not row["filename_disk"]:
+                report["failed"].append({"id": row["id"], "src_name": None, "error": "the row has no filename_disk"})
+                continue
+            dst_name = target_name(row, spec.layout)
+            if dst_name in taken:
+                report["failed"].append({"id": row["id"], "src_name": row["filename_disk"],
+                                         "error": f"another row on {spec.dst} already uses {dst_name}"})
+                continue
+            items.append((row, entries.get(row["id"]), dst_name, check_target or row["id"] in entries))
+        yield items
 
 
 def _record(result: dict[str, Any], report: dict[str, Any], results: list[dict[str, Any]],
@@ -664,19 +676,9 @@ def _copy_in_processes(db: Database, spec: MoveSpec, source: Location, target: L
             results.clear()
 
     try:
-        for chunk in _chunks(_rows(db, spec), CHUNK_ROWS):
-            progress.check_cancelled()
-            entries = ledger.entries(move_id, [r["id"] for r in chunk])
-            for row in chunk:
-                if not row["filename_disk"]:
-                    report["failed"].append({"id": row["id"], "src_name": None, "error": "the row has no filename_disk"})
-                    continue
-                dst_name = target_name(row, spec.layout)
-                if dst_name in taken:
-                    report["failed"].append({"id": row["id"], "src_name": row["filename_disk"],
-                                             "error": f"another row on {spec.dst} already uses {dst_name}"})
-                    continue
-                item = (row, entries.get(row["id"]), dst_name, check_target or row["id"] in entries)
+        for items in _work_items(db, spec, ledger, move_id, taken, check_target, report, progress):
+            for item in items:
+                row = item[0]
                 if int(row["filesize"] or 0) > SMALL:
                     if large_pool is None:
                         large_pool = _process_pool(1, source, target, max(1, PARTS_IN_FLIGHT // PART), checked_puts,
