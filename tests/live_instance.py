@@ -1,7 +1,7 @@
 """A real Directus 9.22.4 instance (SQLite) with the extension installed, and the sidecar beside it.
 
 One boot per test session (``live_instance`` is session-scoped).  Directus comes
-from ``scripts/directus install`` (npm, into ``.cache/directus``); CairnCMS is not
+from ``scripts/directus install`` (npm, into the cache outside the repo); CairnCMS is not
 on the registries, and the extension is written to load on both.  Under
 ``CI=true`` a missing Directus or chromium fails the tests; elsewhere they skip.
 """
@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 import requests
-from servers import server_missing
+from servers import CACHE, server_missing
 
 REPO = Path(__file__).resolve().parent.parent
-DIRECTUS_BIN = REPO / ".cache" / "directus" / "node_modules" / ".bin" / "directus"
+DIRECTUS_BIN = CACHE / "directus-9.22.4" / "node_modules" / ".bin" / "directus"
 CHROMIUM = os.environ.get("CAIRN_TEST_CHROMIUM", "/usr/bin/chromium")
 CLI = Path(sys.executable).parent / "cairn-migrate"
 ADMIN_TOKEN = "live-admin-static-token-0123456789"

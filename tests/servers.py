@@ -8,6 +8,7 @@ needs it; elsewhere it skips with a message that says how to start it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,10 @@ from sqlalchemy.engine import make_url
 
 PG_ADMIN_URL = os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MARIADB_ADMIN_URL = os.environ.get("CAIRN_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/")
+
+#: Slow-to-build test dependencies (CairnCMS, Directus, knex, Azurite) live here, outside the repo,
+#: so a fresh clone reuses them; the scripts use the same rule (``scripts/cache-dir``).
+CACHE = Path(os.environ.get("CAIRN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cairn-migrate")
 
 # The MariaDB user instances connect as: CairnCMS insists on a DB_PASSWORD for
 # MySQL, so tests use a user with one (test-only credentials).

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from servers import server_missing
+from servers import CACHE, server_missing
 import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import make_instance
@@ -31,7 +31,7 @@ from cairn_migrate.scripts import (
     upgrade,
 )
 
-NODE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "node"
+NODE_DIR = CACHE / "node"
 
 
 @pytest.mark.parametrize(("filename", "version", "name"), [
@@ -167,7 +167,7 @@ def _knex_config(env: Path) -> dict:
 def test_knex_runs_the_twin_like_python(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """CairnCMS's own migrate:down/up path: real knex runs the generated file and gets Python's rows."""
     if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "knex").is_dir():
-        server_missing("knex", "not installed in .cache/node; scripts/setup --test installs it")
+        server_missing("knex", "not installed in the cache (CAIRN_CACHE/node); scripts/setup --test installs it")
     env = make_instance(vendor, tmp_path / vendor, request)
 
     def state() -> dict[str, tuple[str, str]]:
