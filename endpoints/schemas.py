@@ -22,6 +22,7 @@ class FreezeSchema(Schema):
     """The freeze state the instance's hook asks for before writes."""
 
     active = fields.Boolean(required=True)
+    id = fields.String(metadata={"description": "The freeze's id: the export proves the instance's hook sees it."})
     reason = fields.String()
     since = fields.String()
     until = fields.String()
@@ -32,7 +33,13 @@ class ExportRequestSchema(Schema):
     """``POST /migrate/export``: a full bundle, written server-side as ``<job id>.tar.gz[.enc]``."""
 
     full = fields.Boolean(load_default=True, validate=validate.Equal(True))
-    freeze = fields.Boolean(load_default=False, metadata={"description": "Hold the instance's writes while capturing."})
+    freeze = fields.Boolean(load_default=False, metadata={
+        "description": "Hold the instance's writes while capturing; the job fails (freeze_not_enforced) unless the "
+                       "instance proves its hook holds them."})
+    freeze_guarantee = fields.Boolean(load_default=True, metadata={
+        "description": "false: when the instance cannot prove it holds writes, warn (in the result) and capture anyway."})
+    instance_url = fields.Url(load_default=None, require_tld=False, metadata={
+        "description": "Where the sidecar asks the instance for the freeze proof (default: its PUBLIC_URL)."})
     passphrase = fields.String(
         load_default=None, load_only=True, validate=validate.Length(min=8),
         metadata={"description": "Encrypt the bundle with this passphrase (never stored)."},

@@ -96,3 +96,9 @@ class InvalidInput(MigrateError):
     exit_code = 2
     http_status = 422
     code = "invalid_input"
+
+
+class FreezeNotEnforced(ConfigError):
+    """``--freeze`` could not prove that the instance's hook holds writes (``--no-freeze-guarantee`` proceeds anyway)."""
+
+    code = "freeze_not_enforced"

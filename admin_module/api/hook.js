@@ -5,41 +5,68 @@
  * Freeze: while the sidecar says a freeze is active (GET /migrate/freeze, signed), item and file
  * writes are refused with 503.  Filters cover items.create|update|delete and files.create|update|delete;
  * multipart uploads emit no filter event (only the files.upload action), so a small middleware
- * refuses POST/PATCH/DELETE under /files while frozen.  The answer is cached for CACHE_MS, asked with
- * a short timeout, and a sidecar that does not answer means "not frozen": a dead sidecar must never
- * make the instance read-only.
+ * refuses POST/PATCH/DELETE under /files while frozen.  The answer is cached for CACHE_MS and asked
+ * with a short timeout.  When the sidecar does not answer, the last active freeze it reported still
+ * holds until its expiry (fail closed: an export renews a short expiry while it runs, so a crashed
+ * export or a dead sidecar frees the instance within a minute); with no freeze known, writes go through.
+ *
+ * Freeze proof: GET /migrate/freeze-proof/<freeze id>, signed by the export with the shared secret,
+ * asks the sidecar afresh and answers, signed (method "RESPONSE"), whether this hook now enforces that
+ * freeze, and how long an answer asked before it may still be acted on (wait_ms: the cache plus the
+ * timeout of a request in flight).  The export captures only after a 200 from here and waiting out wait_ms.
  *
  * Notifications: files.upload and items.create|update|delete are posted to POST /migrate/events,
  * signed, fire-and-forget with a 1 s timeout; failures are logged at debug level and never touch
  * the instance's own request.
  */
-const { readConfig, request } = require('./sidecar.js');
+const { readConfig, request, signedHeaders, verifySignature } = require('./sidecar.js');
 
 const CACHE_MS = 1500;
 const FREEZE_TIMEOUT_MS = 800;
 const EVENT_TIMEOUT_MS = 1000;
 const WRITE_METHODS = new Set(['POST', 'PATCH', 'PUT', 'DELETE']);
+const PROOF_PATH = '/migrate/freeze-proof/';
 
 module.exports = function registerHook({ filter, action, init }, context) {
 	const env = (context && context.env) || process.env;
 	const logger = (context && context.logger) || console;
 	const exceptions = (context && context.exceptions) || {};
 
+	// `at` is when the answer was asked for: an answer asked earlier never replaces a newer one.
 	let cached = { at: 0, state: { active: false } };
+	let known = null; // the last active freeze the sidecar reported: {id, reason, until (ms)}
 	let pending = null;
 
+	function apply(askedAt, state) {
+		if (askedAt < cached.at) return state;
+		cached = { at: askedAt, state };
+		if (state.active === true && !state.unreachable) known = { id: state.id, reason: state.reason, until: Date.parse(state.until) };
+		else if (state.active !== true) known = null;
+		return state;
+	}
+
+	// The sidecar did not answer (or not with a freeze state): a freeze it reported holds until its expiry.
+	function unreachable(why) {
+		if (known && Date.now() < known.until) {
+			return { active: true, id: known.id, reason: known.reason, until: new Date(known.until).toISOString(), unreachable: why };
+		}
+		return { active: false, unreachable: why };
+	}
+
+	function askSidecar() {
+		const askedAt = Date.now();
+		return request(readConfig(env), 'GET', '/migrate/freeze', undefined, FREEZE_TIMEOUT_MS)
+			.then(({ status, json }) => (status === 200 && json && typeof json === 'object' ? json : unreachable(`the sidecar answered ${status}`)))
+			.catch((error) => unreachable(error.message))
+			.then((state) => apply(askedAt, state));
+	}
+
 	async function freezeState() {
-		const now = Date.now();
-		if (now - cached.at < CACHE_MS) return cached.state;
+		if (Date.now() - cached.at < CACHE_MS) return cached.state;
 		if (!pending) {
-			pending = request(readConfig(env), 'GET', '/migrate/freeze', undefined, FREEZE_TIMEOUT_MS)
-				.then(({ status, json }) => (status === 200 && json && typeof json === 'object' ? json : { active: false }))
-				.catch(() => ({ active: false })) // fail open
-				.then((state) => {
-					cached = { at: Date.now(), state };
-					pending = null;
-					return state;
-				});
+			pending = askSidecar().finally(() => {
+				pending = null;
+			});
 		}
 		return pending;
 	}
@@ -68,8 +95,27 @@ module.exports = function registerHook({ filter, action, init }, context) {
 		filter(event, refuseWhileFrozen);
 	}
 
-	// Uploads skip the filters above (FilesService.uploadOne creates the row with emitEvents: false).
+	async function proveFreeze(req, res) {
+		const config = readConfig(env);
+		const urlPath = PROOF_PATH + req.params.id;
+		if (!verifySignature(config.secret, 'GET', urlPath, null, req.headers)) {
+			res.status(401).json({ errors: [{ message: 'cairn-migrate: the freeze proof request is not signed with this instance\'s secret',
+				extensions: { code: 'INVALID_SIGNATURE', hint: 're-run cairn-migrate install-extension and restart the instance' } }] });
+			return;
+		}
+		const state = await askSidecar();
+		const enforced = state.active === true && state.id === req.params.id && !state.unreachable;
+		const body = Buffer.from(JSON.stringify({
+			freeze_id: req.params.id, enforced, wait_ms: CACHE_MS + FREEZE_TIMEOUT_MS, sidecar_url: config.url,
+			seen: { active: state.active === true, id: state.id || null, unreachable: state.unreachable || null },
+		}));
+		res.status(enforced ? 200 : 409).set({ 'Content-Type': 'application/json', ...signedHeaders(config.secret, 'RESPONSE', urlPath, body) });
+		res.end(body);
+	}
+
 	init('routes.before', ({ app }) => {
+		app.get(PROOF_PATH + ':id', (req, res, next) => proveFreeze(req, res).catch(next));
+		// Uploads skip the filters above (FilesService.uploadOne creates the row with emitEvents: false).
 		app.use('/files', (req, res, next) => {
 			if (!WRITE_METHODS.has(req.method)) return next();
 			freezeState().then(
@@ -77,7 +123,7 @@ module.exports = function registerHook({ filter, action, init }, context) {
 					if (!state || state.active !== true) return next();
 					res.status(503).json({ errors: [{ message: frozenMessage(state), extensions: { code: 'SERVICE_UNAVAILABLE' } }] });
 				},
-				() => next(),
+				next,
 			);
 		});
 	});

@@ -4,7 +4,8 @@
  *
  * - readConfig(): the config install-extension wrote to <EXTENSIONS_PATH>/.cairn-migrate.json
  *   ({sidecar_url, secret}); CAIRN_MIGRATE_SIDECAR_URL in the instance's environment overrides the URL.
- * - signedHeaders(): the HMAC-SHA256 signature the sidecar checks on /migrate/events and /migrate/freeze.
+ * - signedHeaders(): the HMAC-SHA256 signature the sidecar checks on /migrate/events and /migrate/freeze
+ *   (and the hook puts on its freeze proofs); verifySignature(): the hook's check of a signed request.
  * - request(): one small HTTP call with a hard timeout (used by the hook; the proxy streams itself).
  */
 const crypto = require('crypto');
@@ -15,6 +16,8 @@ const path = require('path');
 
 const CONFIG_NAME = '.cairn-migrate.json';
 const DEFAULT_URL = 'http://127.0.0.1:8765';
+/* How far a signed request's timestamp may be from now (MAX_SKEW in extension/signature.py). */
+const MAX_SKEW_S = 300;
 
 /* This file is installed as <EXTENSIONS_PATH>/<endpoints|hooks>/cairn-migrate/sidecar.js. */
 function configPath(env) {
@@ -40,16 +43,30 @@ function readConfig(env) {
  * sent as X-Cairn-Migrate-Timestamp and X-Cairn-Migrate-Signature: sha256=<hex>.
  * The sidecar accepts a timestamp within 300 s of its own clock.
  */
+function mac(secret, timestamp, method, urlPath, body) {
+	const hmac = crypto.createHmac('sha256', secret);
+	hmac.update(`${timestamp}\n${method.toUpperCase()}\n${urlPath}\n`);
+	if (body) hmac.update(body);
+	return `sha256=${hmac.digest('hex')}`;
+}
+
 function signedHeaders(secret, method, urlPath, body) {
 	if (!secret) return {};
 	const timestamp = String(Math.floor(Date.now() / 1000));
-	const mac = crypto.createHmac('sha256', secret);
-	mac.update(`${timestamp}\n${method.toUpperCase()}\n${urlPath}\n`);
-	if (body) mac.update(body);
 	return {
 		'X-Cairn-Migrate-Timestamp': timestamp,
-		'X-Cairn-Migrate-Signature': `sha256=${mac.digest('hex')}`,
+		'X-Cairn-Migrate-Signature': mac(secret, timestamp, method, urlPath, body),
 	};
+}
+
+/* Whether a request (Node's lower-cased headers) carries a valid, fresh signature made with `secret`. */
+function verifySignature(secret, method, urlPath, body, headers) {
+	if (!secret) return false;
+	const timestamp = String(headers['x-cairn-migrate-timestamp'] || '');
+	const signature = Buffer.from(String(headers['x-cairn-migrate-signature'] || ''));
+	if (!/^[0-9]+$/.test(timestamp) || Math.abs(Date.now() / 1000 - Number(timestamp)) > MAX_SKEW_S) return false;
+	const expected = Buffer.from(mac(secret, timestamp, method, urlPath, body));
+	return expected.length === signature.length && crypto.timingSafeEqual(expected, signature);
 }
 
 function transportFor(url) {
@@ -93,4 +110,4 @@ function request(config, method, urlPath, body, timeoutMs) {
 	});
 }
 
-module.exports = { CONFIG_NAME, readConfig, signedHeaders, request, transportFor };
+module.exports = { CONFIG_NAME, readConfig, signedHeaders, verifySignature, request, transportFor };
