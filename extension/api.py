@@ -44,10 +44,15 @@ def inspect(instance: Instance, *, check_objects: bool = True, progress: Progres
 
 
 def export(instance: Instance, output: Path, *, passphrase: str | None = None, key_file: Path | None = None,
-           freeze: bool = False, native: bool = False, overwrite: bool = False,
-           progress: Progress | None = None) -> dict[str, Any]:
-    """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``."""
-    return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze, native=native,
+           freeze: bool = False, freeze_guarantee: bool = True, instance_url: str | None = None,
+           native: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``.
+
+    With ``freeze``, writes are held and the instance must prove it holds them (at ``instance_url``,
+    default its ``PUBLIC_URL``) before the capture; ``freeze_guarantee=False`` only warns when it cannot.
+    """
+    return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze,
+                         freeze_guarantee=freeze_guarantee, instance_url=instance_url, native=native,
                          overwrite=overwrite, progress=progress)
 
 
@@ -80,4 +85,5 @@ def summarize_manifest(manifest: Mapping[str, Any], output: str | Path) -> dict[
         "missing_files": files["missing"],
         "changed_files": files["changed"],
         "snapshots": manifest.get("snapshots", {}),
+        **({"freeze": manifest["freeze"]} if manifest.get("freeze") else {}),
     }

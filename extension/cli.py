@@ -138,14 +138,18 @@ def _emit(report: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 @click.option("--full", is_flag=True, required=True, help="Database, file bytes and config (the only kind yet).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="A directory, or an archive: .tar, .tar.gz, .tar.gz.enc.")
 @click.option("--encrypt", is_flag=True, help="Encrypt the archive (needs --passphrase-file, CAIRN_MIGRATE_PASSPHRASE or --key-file).")
-@click.option("--freeze", is_flag=True, help="Hold the instance's writes while capturing.")
+@click.option("--freeze", is_flag=True, help="Hold the instance's writes while capturing; the instance must prove it (exit 2 otherwise).")
+@click.option("--no-freeze-guarantee", "no_freeze_guarantee", is_flag=True,
+              help="With --freeze: when the instance cannot prove it holds writes, warn and capture anyway.")
+@click.option("--instance-url", metavar="URL", help="Where to ask the instance for the freeze proof (default: its PUBLIC_URL).")
 @click.option("--native", is_flag=True, help="Fast path: the vendor's own dump (restores only on the same vendor; SQLite anywhere).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @_secret_options
 @click.pass_obj
 @handle_errors
-def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, native: bool, overwrite: bool, as_json: bool,
+def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, no_freeze_guarantee: bool,
+                   instance_url: str | None, native: bool, overwrite: bool, as_json: bool,
                    passphrase_file: str | None, key_file: str | None) -> None:
     """Write one verifiable bundle of the instance: database, file bytes and config."""
     from pathlib import Path
@@ -158,7 +162,8 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
     instance = obj.instance()
     with RichProgress("exporting", enabled=not as_json) as progress:
         manifest = api.export(instance, Path(output), passphrase=passphrase, key_file=Path(key_file) if encrypt and key_file else None,
-                              freeze=freeze, native=native, overwrite=overwrite, progress=progress)
+                              freeze=freeze, freeze_guarantee=not no_freeze_guarantee, instance_url=instance_url,
+                              native=native, overwrite=overwrite, progress=progress)
     _emit(api.summarize_manifest(manifest, output), as_json, render_export)
 
 

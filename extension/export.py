@@ -30,6 +30,7 @@ from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, pack
 from .database import Database, Platform, consistent_snapshot, open_engine
 from .errors import ConfigError, MigrateError
 from .freeze import frozen
+from .freeze_proof import prove_enforced
 from .instance import DatabaseConfig, Instance
 from .native import MEMBERS, available, checksums, dump_mysql, dump_postgres, sqlite_backup
 from .progress import NullProgress, Progress
@@ -281,6 +282,8 @@ def export_bundle(
     passphrase: str | None = None,
     key_file: Path | None = None,
     freeze: bool = False,
+    freeze_guarantee: bool = True,
+    instance_url: str | None = None,
     native: bool = False,
     state_url: str | None = None,
     overwrite: bool = False,
@@ -290,9 +293,13 @@ def export_bundle(
     """Write a full bundle of ``instance`` to ``output`` (a directory, or an archive by suffix).
 
     :param passphrase: encrypt the archive (``output`` must then be an archive).
-    :param freeze: hold the instance's writes while capturing (its hook asks the sidecar).
+    :param freeze: hold the instance's writes while capturing (its hook asks the sidecar); the
+        capture starts only once the instance proves its hook enforces the freeze.
+    :param freeze_guarantee: refuse (:class:`~cairn_migrate.errors.FreezeNotEnforced`) when that
+        proof fails; false: warn and capture anyway.
+    :param instance_url: where to ask the instance for the proof (default: its ``PUBLIC_URL``).
     :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
-    :returns: the manifest.
+    :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
     :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
     """
     progress = progress or NullProgress()
@@ -309,9 +316,15 @@ def export_bundle(
         shutil.rmtree(output) if output.is_dir() else output.unlink()
     output.parent.mkdir(parents=True, exist_ok=True)
     bundle_dir = Path(tempfile.mkdtemp(prefix=".cairn-bundle-", dir=output.parent)) if archive else output
+    def prove(state: dict[str, Any]) -> dict[str, Any]:
+        progress.log("proving the instance holds writes")
+        return prove_enforced(instance, state, instance_url, guarantee=freeze_guarantee)
+
     try:
-        with frozen(state_url, enabled=freeze, reason=f"export to {output.name}"):
+        with frozen(state_url, enabled=freeze, reason=f"export to {output.name}", prove=prove) as held:
             manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
+        if held is not None:
+            manifest["freeze"] = held
         if archive:
             progress.log(f"packing {output.name}")
             pack(bundle_dir, output, passphrase=passphrase, key_file=key_file)

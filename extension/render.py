@@ -62,6 +62,10 @@ def render_export(summary: Mapping[str, Any]) -> str:
         f"  {summary['tables']} tables, {summary['rows']:,} rows, {summary['files']} files ({summary['bytes']:,} bytes)",
         f"  bundle: {summary['bundle']}",
     ]
+    freeze = summary.get("freeze")
+    if freeze:
+        lines.append(f"  warning: {freeze['warning']}" if freeze.get("warning") else
+                     f"  writes held and proven by the instance at {freeze['instance_url']}")
     for entry in summary["missing_files"]:
         lines.append(f"  missing at capture: {entry.get('filename_disk') or entry['id']} ({entry['reason']})")
     for entry in summary["changed_files"]:

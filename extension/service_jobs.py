@@ -43,6 +43,7 @@ def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
     output = state.bundle_dir / f"{ctx.job_id}{suffix}"
     manifest = api.export(
         state.instance(), output, passphrase=secrets.get("passphrase"), freeze=bool(ctx.params.get("freeze")),
+        freeze_guarantee=bool(ctx.params.get("freeze_guarantee", True)), instance_url=ctx.params.get("instance_url"),
         progress=ctx,
     )
     summary = api.summarize_manifest(manifest, output)
