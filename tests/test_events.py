@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from instance_fixtures import CairnSqliteInstance, bearer
 
-from cairn_migrate.errors import Unauthorized
+from cairn_migrate.errors import ConfigError, FreezeNotEnforced, Unauthorized
 from cairn_migrate.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, config_path, sign, verify
 
 SECRET = "shared-secret-for-tests-0123456789abcdef"
@@ -85,6 +85,7 @@ def test_hook_reads_the_freeze_with_a_signature(client: Any, installed: str, adm
     client.post("/migrate/freeze", json={"reason": "capture"}, headers=bearer(admin_token))
     state = client.get("/migrate/freeze", headers=sign(SECRET, "GET", "/migrate/freeze", b"")).get_json()
     assert state["active"] is True and state["reason"] == "capture"
+    assert len(state["id"]) == 32  # what the hook checks an export's freeze proof against
     # A bad signature is not a fallback to "anonymous": it is refused.
     assert client.get("/migrate/freeze", headers=sign("wrong-secret-0123456789", "GET", "/migrate/freeze", b"")).status_code == 401
     # Signing POST /freeze does not let the hook start one.
@@ -104,3 +105,81 @@ def test_signature_matches_the_javascript_scheme() -> None:
     verify("k", "POST", "/migrate/events", b"{}", headers, now=1700000100)
     with pytest.raises(Unauthorized):
         verify("k", "POST", "/migrate/events", b"{} ", headers, now=1700000100)
+
+
+# --- the freeze record (extension/freeze.py) and the export's refusal without a proof ----------------
+
+
+def test_each_freeze_has_its_own_id_and_is_cleared_only_by_it(state_url: str) -> None:
+    import datetime as dt
+
+    from cairn_migrate.freeze import clear_freeze, freeze_state, renew_freeze, set_freeze
+
+    first = set_freeze(state_url, "one", dt.timedelta(seconds=60))
+    assert freeze_state(state_url)["id"] == first["id"]
+    clear_freeze(state_url, "someone-elses-freeze")
+    assert freeze_state(state_url)["active"] is True
+    assert renew_freeze(state_url, "someone-elses-freeze", dt.timedelta(seconds=60)) is False
+    with pytest.raises(ConfigError, match="Another freeze is active"):
+        set_freeze(state_url, "two", replace=False)
+    clear_freeze(state_url, first["id"])
+    assert freeze_state(state_url) == {"active": False}
+
+
+def test_a_freeze_expires_unless_renewed(state_url: str) -> None:
+    import datetime as dt
+
+    from cairn_migrate.freeze import freeze_state, renew_freeze, set_freeze
+
+    held = set_freeze(state_url, "short", dt.timedelta(seconds=1))
+    assert renew_freeze(state_url, held["id"], dt.timedelta(seconds=2)) is True
+    time.sleep(1.2)
+    assert freeze_state(state_url)["active"] is True
+    time.sleep(1.0)
+    state = freeze_state(state_url)
+    assert state["active"] is False and state["stale"] is True
+
+
+def test_a_state_store_from_before_freeze_ids_is_upgraded(state_url: str) -> None:
+    import sqlalchemy as sa
+
+    from cairn_migrate.freeze import freeze_state, set_freeze
+    from cairn_migrate.jobs import _state_engine
+
+    engine = _state_engine(state_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE cm_freeze (id INTEGER PRIMARY KEY, reason TEXT NOT NULL, since VARCHAR(40) NOT NULL,"
+                             " until VARCHAR(40) NOT NULL, host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL)"))
+    engine.dispose()
+    assert freeze_state(state_url) == {"active": False}
+    assert set_freeze(state_url, "after the upgrade")["id"] == freeze_state(state_url)["id"]
+
+
+def test_frozen_lifts_the_freeze_when_the_proof_or_the_capture_fails(state_url: str) -> None:
+    from cairn_migrate.freeze import freeze_state, frozen
+
+    def no_proof(state: dict[str, Any]) -> dict[str, Any]:
+        assert freeze_state(state_url)["id"] == state["id"]  # set before the proof is asked for
+        raise FreezeNotEnforced("no hook")
+
+    with pytest.raises(FreezeNotEnforced), frozen(state_url, enabled=True, reason="x", prove=no_proof):
+        raise AssertionError("the capture must not start without a proof")
+    assert freeze_state(state_url) == {"active": False}
+    with pytest.raises(RuntimeError), frozen(state_url, enabled=True, reason="x") as held:
+        assert held is not None and freeze_state(state_url)["id"] == held["id"]
+        raise RuntimeError("capture failed")
+    assert freeze_state(state_url) == {"active": False} and "lifted_at" in held
+
+
+def test_freeze_export_without_the_extension_writes_nothing(cairn_instance: CairnSqliteInstance, state_url: str,
+                                                              tmp_path: Any) -> None:
+    from cairn_migrate.export import export_bundle
+    from cairn_migrate.freeze import freeze_state
+    from cairn_migrate.instance import Instance
+
+    instance = Instance.from_env_file(cairn_instance.env_path, environ={})
+    with pytest.raises(FreezeNotEnforced) as refused:
+        export_bundle(instance, tmp_path / "bundle", freeze=True, state_url=state_url, instance_url="http://127.0.0.1:9")
+    assert refused.value.exit_code == 2 and "install-extension" in refused.value.hint
+    assert not (tmp_path / "bundle").exists()
+    assert freeze_state(state_url) == {"active": False}

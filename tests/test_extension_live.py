@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import subprocess
+import threading
 import time
 
 from pathlib import Path
+from typing import Any
 
-from live_instance import ADMIN_TOKEN, COLLECTION, EDITOR_TOKEN, LiveInstance
+import requests
+from live_instance import ADMIN_TOKEN, CLI, COLLECTION, EDITOR_TOKEN, LiveInstance, free_port
 
 #: The hook caches the freeze answer this long (CACHE_MS in admin_module/api/hook.js), plus margin.
 FREEZE_CACHE_S = 1.8
@@ -142,3 +148,163 @@ def test_verify_runs_live_checks_against_the_running_instance(live_instance: Liv
     assert {c["check"]: c["ok"] for c in login["live"]}["login"] is False and not login["ok"]
     down = verify_bundle(instance, tmp_path / "bundle", url="http://127.0.0.1:9", token=ADMIN_TOKEN)
     assert down["live"] == [{"check": "ping", "ok": False, "detail": "no answer: ConnectionError"}] and not down["ok"]
+
+
+# --- export --freeze: the instance proves it holds writes before the capture -------------------------
+
+
+def _export(live: LiveInstance, output: Path, *args: str, env_file: str = ".env",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``cairn-migrate export --full --freeze --json`` as a user runs it, against the live instance's ``.env``."""
+    command = [str(CLI), "--env", str(live.folder / env_file), "export", "--full", "-o", str(output), "--freeze", "--json", *args]
+    return subprocess.run(command, env=env or live.env, capture_output=True, text=True, timeout=300)
+
+
+def _env_file(live: LiveInstance, name: str, extensions: Path) -> str:
+    """A copy of the instance's ``.env`` (beside it, so relative paths still resolve) with another EXTENSIONS_PATH."""
+    lines = [line for line in (live.folder / ".env").read_text().splitlines() if not line.startswith("EXTENSIONS_PATH=")]
+    (live.folder / name).write_text("\n".join([*lines, f"EXTENSIONS_PATH={extensions}"]) + "\n")
+    return name
+
+
+def _bundle_titles(bundle: Path) -> set[str]:
+    tables = {t["name"]: t for t in json.loads((bundle / "schema" / "tables.json").read_text())}
+    at = [c["name"] for c in tables[COLLECTION]["columns"]].index("title")
+    lines = (bundle / "tables" / f"{COLLECTION}.jsonl").read_text().splitlines()
+    return {json.loads(line)[at] for line in lines if line}
+
+
+def _assert_not_frozen(live: LiveInstance) -> None:
+    state = live.request("GET", "/migrate/freeze").json()
+    assert state["active"] is False, state
+
+
+def test_every_write_during_a_freeze_export_is_refused_or_in_the_bundle(live_instance: LiveInstance, tmp_path: Path) -> None:
+    """A writer loop hits the real instance while ``export --freeze`` runs (a CLI process, like a user's)."""
+    writes: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        session = requests.Session()
+        n = 0
+        while not stop.is_set():
+            title = f"loop-{n}"
+            sent = time.time()
+            response = session.post(f"{live_instance.url}/items/{COLLECTION}", json={"title": title},
+                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+            writes.append({"title": title, "status": response.status_code, "sent": sent, "acked": time.time()})
+            n += 1
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1)  # writes before the freeze: acknowledged, so they must be in the bundle
+        result = _export(live_instance, tmp_path / "bundle")
+        time.sleep(FREEZE_CACHE_S)  # writes after the freeze is lifted go through again
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    freeze = json.loads(result.stdout)["freeze"]
+    assert freeze["guaranteed"] is True and freeze["instance_url"] == live_instance.url, freeze
+    lifted = dt.datetime.fromisoformat(freeze["lifted_at"]).timestamp()
+    statuses = {w["status"] for w in writes}
+    assert statuses <= {200, 503}, [w for w in writes if w["status"] not in (200, 503)]
+    bundled = _bundle_titles(tmp_path / "bundle")
+    acknowledged = [w for w in writes if w["status"] == 200 and w["acked"] < lifted]
+    refused = [w for w in writes if w["status"] == 503]
+    assert acknowledged and refused, f"{len(acknowledged)} acknowledged and {len(refused)} refused before the lift"
+    assert [w["title"] for w in acknowledged if w["title"] not in bundled] == []
+    stored = set(_titles(live_instance))
+    assert [w["title"] for w in refused if w["title"] in stored] == []
+    assert any(w["status"] == 200 and w["sent"] > lifted for w in writes), "writes resume after the export"
+    _assert_not_frozen(live_instance)
+
+
+def test_freeze_export_without_the_extension_exits_2_with_the_fix(live_instance: LiveInstance, tmp_path: Path) -> None:
+    empty = tmp_path / "no-extensions"
+    empty.mkdir()
+    result = _export(live_instance, tmp_path / "bundle", env_file=_env_file(live_instance, ".env.no-extension", empty))
+    assert result.returncode == 2, result.stderr
+    assert "has none" in result.stderr and "run install-extension" in result.stderr
+    assert not (tmp_path / "bundle").exists()
+    _assert_not_frozen(live_instance)
+
+
+def test_freeze_export_refuses_what_it_cannot_prove(live_instance: LiveInstance, tmp_path: Path) -> None:
+    """Instance down, a sidecar on another state store, a secret the hook does not share: exit 2 each."""
+    down = _export(live_instance, tmp_path / "a", "--instance-url", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 2 and "did not answer" in down.stderr, down.stderr
+    elsewhere = {**live_instance.env, "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'other-state.db'}"}
+    other_store = _export(live_instance, tmp_path / "b", env=elsewhere)
+    assert other_store.returncode == 2 and "uses another state store" in other_store.stderr, other_store.stderr
+    forged = tmp_path / "forged-extensions"
+    forged.mkdir()
+    (forged / ".cairn-migrate.json").write_text(json.dumps({"sidecar_url": live_instance.sidecar_url, "secret": "not-the-hooks-secret"}))
+    wrong_secret = _export(live_instance, tmp_path / "c", env_file=_env_file(live_instance, ".env.forged", forged))
+    assert wrong_secret.returncode == 2 and "does not accept" in wrong_secret.stderr, wrong_secret.stderr
+    assert not any((tmp_path / name).exists() for name in "abc")
+    _assert_not_frozen(live_instance)
+
+
+def test_no_freeze_guarantee_warns_and_exports(live_instance: LiveInstance, tmp_path: Path) -> None:
+    empty = tmp_path / "no-extensions"
+    empty.mkdir()
+    env_file = _env_file(live_instance, ".env.no-guarantee", empty)
+    result = _export(live_instance, tmp_path / "bundle", "--no-freeze-guarantee", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" in result.stderr and "not proven to hold writes" in result.stderr
+    freeze = json.loads(result.stdout)["freeze"]
+    assert freeze["guaranteed"] is False and "extension in the instance" in freeze["warning"]
+    assert (tmp_path / "bundle" / "manifest.json").is_file()
+    _assert_not_frozen(live_instance)
+
+
+def test_freeze_export_over_http(live_instance: LiveInstance) -> None:
+    """``POST /migrate/export`` with freeze, through the instance: proven, and refused when it cannot be."""
+
+    def run(body: dict[str, Any]) -> dict[str, Any]:
+        started = live_instance.request("POST", "/migrate/export", json=body)
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            job = live_instance.request("GET", f"/migrate/jobs/{started.json()['id']}").json()
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"the export job did not finish: {job}")
+
+    proven = run({"freeze": True})
+    assert proven["state"] == "succeeded", proven
+    assert proven["result"]["freeze"]["guaranteed"] is True
+    refused = run({"freeze": True, "instance_url": f"http://127.0.0.1:{free_port()}"})
+    assert refused["state"] == "failed" and refused["error"]["code"] == "freeze_not_enforced", refused
+    unproven = run({"freeze": True, "freeze_guarantee": False, "instance_url": f"http://127.0.0.1:{free_port()}"})
+    assert unproven["state"] == "succeeded", unproven
+    assert "did not answer" in unproven["result"]["freeze"]["warning"]
+    _assert_not_frozen(live_instance)
+
+
+def test_sidecar_down_mid_freeze_refuses_writes_until_the_freeze_expires(live_instance: LiveInstance) -> None:
+    ttl = 8
+    frozen = live_instance.request("POST", "/migrate/freeze", json={"reason": "fail closed", "ttl_seconds": ttl})
+    assert frozen.status_code == 200 and frozen.json()["active"], frozen.text
+    until = dt.datetime.fromisoformat(frozen.json()["until"]).timestamp()
+    time.sleep(FREEZE_CACHE_S)
+    seen = live_instance.request("POST", f"/items/{COLLECTION}", json={"title": "frozen, sidecar up"})
+    assert seen.status_code == 503, seen.text  # the hook now knows of the freeze
+    with live_instance.sidecar_stopped():
+        time.sleep(FREEZE_CACHE_S)  # the cached answer is gone: the hook must ask, and cannot
+        refused = live_instance.request("POST", f"/items/{COLLECTION}", json={"title": "frozen, sidecar down"})
+        assert time.time() < until, "too slow to test before the expiry"
+        assert refused.status_code == 503, refused.text
+        assert "fail closed" in refused.json()["errors"][0]["message"]
+        upload = live_instance.request("POST", "/files", files={"file": ("down.txt", b"no", "text/plain")})
+        assert upload.status_code == 503, upload.text
+        time.sleep(max(0.0, until - time.time()) + FREEZE_CACHE_S)
+        after = live_instance.request("POST", f"/items/{COLLECTION}", json={"title": "expired, sidecar down"})
+        assert after.status_code == 200, after.text  # an expired freeze never holds the instance
+    titles = _titles(live_instance)
+    assert "frozen, sidecar down" not in titles and "expired, sidecar down" in titles
+    live_instance.request("DELETE", "/migrate/freeze")
