@@ -104,8 +104,16 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
         if error.get("hint"):
             click.echo(f"  fix: {error['hint']}", err=True)
     if failed:
-        sys.exit(EXIT_FAILED)
+        sys.exit(_storage_exit_code(failed))
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
+
+
+def _storage_exit_code(failed: list[dict[str, Any]]) -> int:
+    """2 when every unreadable location is misconfigured (no bucket, rejected keys), as the error's class says; else 3."""
+    from .errors import ConfigError, UnsupportedDriver
+
+    config_codes = {ConfigError.code, UnsupportedDriver.code}
+    return EXIT_USAGE if all(loc["error"]["code"] in config_codes for loc in failed) else EXIT_FAILED
 
 
 def _secret_options(func: F) -> F:
