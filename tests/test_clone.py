@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -116,6 +117,19 @@ def test_verify_detects_changed_rows_and_bytes(tmp_path: Path, request: pytest.F
     result = CliRunner().invoke(cli, ["--env", str(dst), "verify", str(tmp_path / "bundle")])
     assert result.exit_code == 1
     assert "* articles  content differs" in result.output
+
+
+def test_verify_url_that_does_not_answer_is_a_failure(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    clone(src, dst, tmp_path / "bundle")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    result = CliRunner().invoke(cli, ["--env", str(dst), "verify", str(tmp_path / "bundle"), "--url", url])
+    assert result.exit_code == 3, result.output  # the check could not run: not "differences found" (1)
+    assert f"Error: The instance at {url} did not answer GET /server/ping (ConnectionError)" in result.output
+    assert "fix: check --url" in result.output and "DIFFERENCES" not in result.output.upper()
 
 
 def test_cli_encrypted_clone(tmp_path: Path, request: pytest.FixtureRequest) -> None:
