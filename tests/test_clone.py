@@ -132,6 +132,18 @@ def test_verify_url_that_does_not_answer_is_a_failure(tmp_path: Path, request: p
     assert "fix: check --url" in result.output and "DIFFERENCES" not in result.output.upper()
 
 
+@pytest.mark.parametrize("name", ["b.zip", "clone.enc", "b.tar.bz2"])
+def test_export_refuses_an_unknown_bundle_suffix(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(cli, ["--env", str(src), "export", "--full", "-o", str(out / name)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {name!r} is not a bundle name cairn-migrate knows" in result.output
+    assert "fix: name a directory bundle without a suffix, or an archive .tar, .tar.gz or .tar.gz.enc" in result.output
+    assert list(out.iterdir()) == []  # neither a directory nor a file appeared
+
+
 def test_cli_encrypted_clone(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src = make_instance("sqlite", tmp_path / "src", request)
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)
