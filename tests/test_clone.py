@@ -222,6 +222,37 @@ def test_replace_writes_a_safety_bundle_first(tmp_path: Path, request: pytest.Fi
     assert verify_bundle(instance(again), safety)["ok"]
 
 
+def test_replace_writes_the_safety_bundle_where_asked(tmp_path: Path, request: pytest.FixtureRequest,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    target = make_instance("sqlite", tmp_path / "target", request)
+    before = normalized_rows(target, "sqlite")
+    runner = CliRunner()
+    base = ["--env", str(target), "import", str(tmp_path / "bundle")]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    refusals = {
+        ("--safety-bundle", str(tmp_path / "old.tar.gz")): "--safety-bundle applies only with --replace",
+        ("--replace", "--safety-bundle", str(tmp_path / "old.zip")): "'old.zip' is not a bundle name",
+        ("--replace", "--safety-bundle", str(tmp_path / "old.tar.gz.enc")): "would be written unencrypted",
+        ("--replace", "--safety-bundle", str(taken)): f"the safety bundle {taken} already exists",
+    }
+    for options, message in refusals.items():
+        result = runner.invoke(cli, [*base, *options])
+        assert result.exit_code == 2 and message in result.output, (options, result.output)
+    assert normalized_rows(target, "sqlite") == before and not (tmp_path / "state" / "safety-bundles").exists()
+    asked = tmp_path / "keep" / "old-target.tar.gz"
+    result = runner.invoke(cli, [*base, "--replace", "--safety-bundle", str(asked)])
+    assert result.exit_code == 0, result.output
+    assert f"safety bundle of the old target: {asked}" in result.output
+    assert asked.is_file() and not (tmp_path / "state" / "safety-bundles").exists()
+    restored = make_empty_instance("sqlite", tmp_path / "restored", request)
+    import_bundle(instance(restored), asked)
+    assert normalized_rows(restored, "sqlite") == before
+
+
 def test_unconfigured_location_stops_before_any_write(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src = make_instance("sqlite", tmp_path / "src", request)
     export_bundle(instance(src), tmp_path / "bundle")
