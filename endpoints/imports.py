@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from pathlib import Path
 from typing import Any
 
 from flask import request
@@ -76,7 +77,8 @@ def start_import() -> ResponseReturnValue:
     if body["dry_run"]:
         path = bundle_path(state, body["bundle"]) if body.get("bundle") else body["path"]
         report = api.import_(state.instance(), path, dry_run=True, replace=body["replace"], resume=body["resume"],
-                             storage_map=body["storage_map"], passphrase=passphrase)
+                             storage_map=body["storage_map"], passphrase=passphrase,
+                             safety_bundle=Path(body["safety_bundle"]) if body["safety_bundle"] else None)
         return PlanSchema().dump(report)
     return job_accepted(state.runner.submit("import", body, secrets={"passphrase": passphrase}))
 

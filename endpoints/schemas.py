@@ -59,6 +59,9 @@ class ImportRequestSchema(_BundleRefSchema):
     dry_run = fields.Boolean(load_default=False)
     replace = fields.Boolean(load_default=False)
     resume = fields.Boolean(load_default=False)
+    safety_bundle = fields.String(load_default=None, metadata={
+        "description": "With replace: where the sidecar writes the safety bundle of the old target (a new directory "
+                       "or .tar/.tar.gz path on its machine; default: safety-bundles/ beside its state store)."})
 
 
 class VerifyRequestSchema(_BundleRefSchema):

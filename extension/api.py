@@ -58,10 +58,10 @@ def export(instance: Instance, output: Path, *, passphrase: str | None = None, k
 
 def import_(instance: Instance, bundle: Path, *, dry_run: bool = False, replace: bool = False, resume: bool = False,
             storage_map: Mapping[str, str] | None = None, passphrase: str | None = None, key_file: Path | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
+            safety_bundle: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Restore a full bundle into ``instance``; with ``dry_run`` only plan."""
     return import_bundle(instance, bundle, dry_run=dry_run, replace=replace, resume=resume, storage_map=storage_map,
-                         passphrase=passphrase, key_file=key_file, progress=progress)
+                         passphrase=passphrase, key_file=key_file, safety_bundle=safety_bundle, progress=progress)
 
 
 def verify(instance: Instance, bundle: Path, *, storage_map: Mapping[str, str] | None = None, url: str | None = None,

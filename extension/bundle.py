@@ -520,6 +520,20 @@ class _Prefixed:
 
 # -- pack -----------------------------------------------------------------------------------------
 
+def is_archive_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names an archive bundle (by its suffix) or a directory bundle (no suffix).
+
+    :raises InvalidInput: any other suffix: ``-o b.zip`` must not quietly become a directory.
+    """
+    name = Path(path).name
+    if name.removesuffix(".enc").endswith((".tar.gz", ".tgz", ".tar")):
+        return True
+    if not Path(name).suffix:
+        return False
+    raise InvalidInput(f"{name!r} is not a bundle name cairn-migrate knows",
+                       hint="name a directory bundle without a suffix, or an archive .tar, .tar.gz or .tar.gz.enc")
+
+
 def _compression_for(name: str) -> str:
     base = name.removesuffix(".enc")
     if base.endswith((".tar.gz", ".tgz", ".tar")):

@@ -104,8 +104,16 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
         if error.get("hint"):
             click.echo(f"  fix: {error['hint']}", err=True)
     if failed:
-        sys.exit(EXIT_FAILED)
+        sys.exit(_storage_exit_code(failed))
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
+
+
+def _storage_exit_code(failed: list[dict[str, Any]]) -> int:
+    """2 when every unreadable location is misconfigured (no bucket, rejected keys), as the error's class says; else 3."""
+    from .errors import ConfigError, UnsupportedDriver
+
+    config_codes = {ConfigError.code, UnsupportedDriver.code}
+    return EXIT_USAGE if all(loc["error"]["code"] in config_codes for loc in failed) else EXIT_FAILED
 
 
 def _secret_options(func: F) -> F:
@@ -171,14 +179,17 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--replace", is_flag=True, help="Overwrite a non-empty target (a safety bundle of it is written first).")
+@click.option("--safety-bundle", metavar="PATH", type=click.Path(),
+              help="Where --replace writes the safety bundle: a new directory or .tar/.tar.gz "
+                   "(default: safety-bundles/ beside the state store).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted import of this bundle.")
 @click.option("--storage-map", multiple=True, metavar="OLD=NEW", help="Put files of location OLD into the target's NEW (rows updated).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_secret_options
 @click.pass_obj
 @handle_errors
-def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, resume: bool, storage_map: tuple[str, ...],
-                   as_json: bool, passphrase_file: str | None, key_file: str | None) -> None:
+def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safety_bundle: str | None, resume: bool,
+                   storage_map: tuple[str, ...], as_json: bool, passphrase_file: str | None, key_file: str | None) -> None:
     """Restore a bundle into the instance (empty unless --replace/--resume), on any vendor.
 
     With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
@@ -189,7 +200,8 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, resu
     with RichProgress("importing", enabled=not as_json) as progress:
         report = api.import_(instance, Path(bundle), dry_run=dry_run, replace=replace, resume=resume,
                              storage_map=api.parse_storage_map(storage_map), passphrase=_passphrase(passphrase_file),
-                             key_file=Path(key_file) if key_file else None, progress=progress)
+                             key_file=Path(key_file) if key_file else None,
+                             safety_bundle=Path(safety_bundle) if safety_bundle else None, progress=progress)
     _emit(report, as_json, render_import)
     if dry_run:
         sys.exit(EXIT_DIFFERENCES if report["plan"]["changes"] else EXIT_OK)

@@ -26,9 +26,10 @@ def _render(report: dict[str, Any], removing: bool) -> str:
         lines += [f"  {'*' if rel in report['written'] else '='} {rel}" for rel in report["files"]]
         if report["module_bar"] == "added":
             lines.append("added the module to the module bar")
-        for problem in report["problems"]:
-            lines.append(f"warning: {problem['message']}")
-            lines.append(f"  fix: {problem['hint']}")
+        for kind in ("problems", "warnings"):
+            for problem in report[kind]:
+                lines.append(f"{kind[:-1]}: {problem['message']}")
+                lines.append(f"  fix: {problem['hint']}")
     if report["restart_needed"]:
         lines.append("restart the instance: it loads extensions (and bundles the app module) at start")
     return "\n".join(lines)
@@ -50,7 +51,8 @@ def register(cli: click.Group) -> None:
         """Write the /migrate endpoint, the freeze/notify hook and the admin module into the instance.
 
         Idempotent: the shared secret is kept, unchanged files are not rewritten.
-        Exits 1 when a setting of the instance would keep the extension from loading.
+        Exits 1 when a setting of the instance would keep the extension from loading;
+        SERVE_APP=false (only the admin module hidden) is a warning.
         """
         instance = obj.instance()
         if remove:

@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import __version__
-from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, pack
+from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, is_archive_path, pack
 from .database import Database, Platform, consistent_snapshot, open_engine
 from .errors import ConfigError, MigrateError
 from .freeze import frozen
@@ -40,16 +40,9 @@ from .values import fast_decoder
 
 log = logging.getLogger(__name__)
 
-#: Archive suffixes: anything else is written as a directory bundle.
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".enc")
-
 #: Env keys a target must set to serve the cloned data, and whether we may copy the value.
 _IDENTITY_KEYS = {"KEY": True, "SECRET": False, "PUBLIC_URL": True, "STORAGE_LOCATIONS": True}
 _SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN", "CREDENTIALS")
-
-
-def is_archive(path: Path) -> bool:
-    return any(str(path).endswith(suffix) for suffix in ARCHIVE_SUFFIXES)
 
 
 def row_line(values: Any) -> bytes:
@@ -301,10 +294,11 @@ def export_bundle(
     :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
     :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
     :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
+    :raises InvalidInput: ``output`` has a suffix that is no bundle form.
     """
     progress = progress or NullProgress()
     output = Path(output)
-    archive = is_archive(output)
+    archive = is_archive_path(output)
     if (passphrase or key_file) and not archive:
         raise ConfigError(
             "Encryption needs an archive bundle",

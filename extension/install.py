@@ -38,13 +38,15 @@ log = logging.getLogger(__name__)
 EXTENSION_NAME = "cairn-migrate"
 MODULE_ID = "migrate"
 DEFAULT_SIDECAR_URL = "http://127.0.0.1:8765"
-#: The app's own module bar when ``directus_settings.module_bar`` is NULL (Directus 9.22 / CairnCMS).
+#: The app's own module bar when ``directus_settings.module_bar`` is NULL: CairnCMS's
+#: ``MODULE_BAR_DEFAULT`` (app/src/constants.ts), where Documentation is a *link*, not a module.
 MODULE_BAR_DEFAULT: list[dict[str, Any]] = [
     {"type": "module", "id": "content", "enabled": True},
     {"type": "module", "id": "users", "enabled": True},
     {"type": "module", "id": "files", "enabled": True},
     {"type": "module", "id": "insights", "enabled": True},
-    {"type": "module", "id": "docs", "enabled": True},
+    {"type": "link", "id": "docs", "enabled": True, "name": "$t:documentation", "icon": "help",
+     "url": "https://cairncms.dev/docs"},
     {"type": "module", "id": "settings", "enabled": True, "locked": True},
 ]
 _OUR_ENTRY = {"type": "module", "id": MODULE_ID, "enabled": True}
@@ -73,7 +75,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def loading_problems(instance: Instance) -> list[dict[str, str]]:
-    """Settings of the instance that would keep the extension from loading (reference §5.2, §11.27)."""
+    """Settings of the instance that would keep the whole extension from loading (reference §5.2, §11.27)."""
     problems = []
     package_dir = instance.folder / str(instance.env.get("PACKAGE_FILE_LOCATION") or ".")
     if not (package_dir / "package.json").is_file():
@@ -83,13 +85,18 @@ def loading_problems(instance: Instance) -> list[dict[str, str]]:
             "hint": f"create it, e.g. echo '{{\"name\": \"instance\", \"private\": true}}' > {package_dir / 'package.json'}"
                     " (the instance must also start from that folder)",
         })
-    if str(instance.env.get("SERVE_APP", True)).lower() == "false":
-        problems.append({
-            "setting": "SERVE_APP",
-            "message": "SERVE_APP is false: app extensions, the admin module included, are not loaded",
-            "hint": "set SERVE_APP=true to use the admin module (the endpoint and hook work without it)",
-        })
     return problems
+
+
+def loading_warnings(instance: Instance) -> list[dict[str, str]]:
+    """Settings that hide only the admin module: the endpoint and the hook still load, so not a failure."""
+    if str(instance.env.get("SERVE_APP", True)).lower() != "false":
+        return []
+    return [{
+        "setting": "SERVE_APP",
+        "message": "SERVE_APP is false: app extensions, the admin module included, are not loaded",
+        "hint": "set SERVE_APP=true to use the admin module (the endpoint and hook work without it)",
+    }]
 
 
 def _settings_module_bar(engine: sa.Engine) -> tuple[bool, list[dict[str, Any]] | None]:
@@ -115,15 +122,25 @@ def _store_module_bar(engine: sa.Engine, exists: bool, module_bar: list[dict[str
             conn.execute(sa.text("INSERT INTO directus_settings (module_bar) VALUES (:v)"), {"v": value})
 
 
+def _is_ours(part: dict[str, Any]) -> bool:
+    return part.get("type") == "module" and part.get("id") == MODULE_ID
+
+
 def _add_to_module_bar(engine: sa.Engine) -> str:
+    """Show our module: append (or enable) our entry; every other entry stays exactly as it was.
+
+    A NULL module bar means CairnCMS's default, so it is written out as that default plus our entry.
+    """
     exists, module_bar = _settings_module_bar(engine)
     before = "missing-row" if not exists else ("null" if module_bar is None else "list")
-    current = list(MODULE_BAR_DEFAULT if module_bar is None else module_bar)
-    if any(part.get("type") == "module" and part.get("id") == MODULE_ID for part in current):
+    current = [dict(part) for part in (MODULE_BAR_DEFAULT if module_bar is None else module_bar)]
+    ours = next((part for part in current if _is_ours(part)), None)
+    if ours is not None and ours.get("enabled") is True:
         return "present"
-    # Just before the (locked) settings module, as the app's own editor places modules.
-    at = next((i for i, p in enumerate(current) if p.get("id") == "settings"), len(current))
-    current.insert(at, dict(_OUR_ENTRY))
+    if ours is None:
+        current.append(dict(_OUR_ENTRY))
+    else:
+        ours["enabled"] = True
     _store_module_bar(engine, exists, current)
     return before
 
@@ -132,7 +149,7 @@ def _remove_from_module_bar(engine: sa.Engine, before: str | None) -> bool:
     exists, module_bar = _settings_module_bar(engine)
     if not exists or module_bar is None:
         return False
-    kept = [p for p in module_bar if not (p.get("type") == "module" and p.get("id") == MODULE_ID)]
+    kept = [p for p in module_bar if not _is_ours(p)]
     if len(kept) == len(module_bar):
         return False
     # We wrote the default list out only to add ourselves: put NULL back if nobody changed it since.
@@ -152,7 +169,8 @@ def install(instance: Instance, sidecar_url: str | None = None, *, module_bar: b
     :param sidecar_url: where the instance reaches the sidecar; default: the one already
         configured, else :data:`DEFAULT_SIDECAR_URL`.
     :param module_bar: add the module to ``directus_settings.module_bar``.
-    :returns: ``{extensions_path, sidecar_url, files, written, module_bar, problems, restart_needed}``.
+    :returns: ``{extensions_path, sidecar_url, files, written, module_bar, problems, warnings, restart_needed}``;
+        ``problems`` keep the extension from loading, ``warnings`` only hide the admin module.
     :raises ConfigError: ``EXTENSIONS_PATH`` cannot be written.
     """
     root = instance.extensions_path
@@ -193,6 +211,7 @@ def install(instance: Instance, sidecar_url: str | None = None, *, module_bar: b
         "written": written,
         "module_bar": "added" if bar not in ("present", "skipped") else bar,
         "problems": loading_problems(instance),
+        "warnings": loading_warnings(instance),
         "restart_needed": bool(written),
     }
 

@@ -144,12 +144,18 @@ def _resolve(folder: Path, value: str) -> Path:
     return path if path.is_absolute() else (folder / path).resolve()
 
 
-def _require(env: Mapping[str, Any], client: str, names: tuple[str, ...]) -> None:
-    missing = [name for name in names if env.get(name) in (None, "")]
+def _require(env: Mapping[str, Any], client: str, names: tuple[str, ...], *, may_be_empty: tuple[str, ...] = ()) -> None:
+    """Refuse a missing setting; those in ``may_be_empty`` only have to be present.
+
+    CairnCMS checks only that each required key exists (``validateEnv``), so an
+    empty ``DB_PASSWORD`` (MariaDB root without a password) is a valid setting.
+    """
+    missing = [name for name in names if name not in env or (name not in may_be_empty and env[name] in (None, ""))]
     if missing:
         raise ConfigError(
             f"DB_CLIENT={client} needs {', '.join(missing)}, which the instance's env does not set",
-            hint=f"set {' and '.join(missing)} in the .env file",
+            hint=f"set {' and '.join(missing)} in the .env file"
+                 + (" (DB_PASSWORD= with no value for a user without a password)" if "DB_PASSWORD" in missing else ""),
         )
 
 
@@ -190,7 +196,7 @@ def _database_config(env: Mapping[str, Any], folder: Path) -> DatabaseConfig:
         url = url.set(drivername=driver)
         return DatabaseConfig(client, vendor, url, exclude)
     required = ("DB_HOST", "DB_PORT", "DB_DATABASE", "DB_USER")
-    _require(env, client, required + (("DB_PASSWORD",) if vendor == "mysql" else ()))
+    _require(env, client, required + (("DB_PASSWORD",) if vendor == "mysql" else ()), may_be_empty=("DB_PASSWORD",))
     try:
         port = int(env["DB_PORT"])
     except (TypeError, ValueError) as exc:

@@ -35,9 +35,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import native as native_tools
-from .bundle import open_bundle
+from .bundle import is_archive_path, open_bundle
 from .database import Database, open_engine
-from .errors import ConfigError, MigrateError
+from .errors import ConfigError, InvalidInput, MigrateError
 from .instance import DatabaseConfig, Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
@@ -287,12 +287,14 @@ def import_bundle(
     storage_map: Mapping[str, str] | None = None,
     passphrase: str | None = None,
     key_file: Path | None = None,
-    safety_dir: Path | None = None,
+    safety_bundle: Path | None = None,
     workers: int = 8,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Restore ``bundle`` into ``instance`` (see the module docstring for the order of work).
 
+    :param safety_bundle: where ``replace`` writes the bundle of the old target (a directory or a
+        ``.tar``/``.tar.gz`` name); default: a new one under ``safety-bundles/`` beside the state store.
     :returns: ``{"plan": ..., "applied": bool, ...}``; with ``dry_run`` only the plan.
     :raises ConfigError: bad bundle, non-empty target, unconfigured location (nothing written).
     :raises ImportFailed: a write failed (what was created is dropped, unless ``resume`` applies).
@@ -300,6 +302,7 @@ def import_bundle(
     progress = progress or NullProgress()
     storage_map = dict(storage_map or {})
     started = time.monotonic()
+    _check_safety_bundle(safety_bundle, replace)
     with open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file) as bundle_dir:
         manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("kind") != "full":
@@ -309,7 +312,7 @@ def import_bundle(
             return {"plan": plan.to_dict(), "applied": False, "dry_run": True}
         safety = None
         if replace and plan.existing_tables:
-            safety = _safety_bundle(instance, safety_dir, progress)
+            safety = _safety_bundle(instance, safety_bundle, progress)
         locations = _check_locations(instance, manifest.get("storage_locations_used", []), storage_map, create_local=True)
         tables = [TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())]
         by_name = {t.name: t for t in tables}
@@ -425,19 +428,31 @@ def _roll_back(loader: TableLoader, created: Sequence[str], locations: Mapping[s
             log.error("could not delete %s from %s: %s", filename, location_name, exc)
 
 
-def _safety_bundle(instance: Instance, safety_dir: Path | None, progress: Progress) -> Path:
-    """Export the target before ``--replace`` overwrites it."""
+def _check_safety_bundle(path: Path | None, replace: bool) -> None:
+    """Refuse a ``--safety-bundle`` that could not be written, before anything is read or written."""
+    if path is None:
+        return
+    if not replace:
+        raise InvalidInput("--safety-bundle applies only with --replace", hint="add --replace, or drop --safety-bundle")
+    if is_archive_path(path) and path.name.endswith(".enc"):
+        raise InvalidInput(f"the safety bundle {path} would be written unencrypted",
+                           hint="name it as a directory or .tar/.tar.gz, and keep it somewhere safe")
+    if path.exists():
+        raise ConfigError(f"the safety bundle {path} already exists",
+                          hint="choose a new --safety-bundle path: an existing bundle is never overwritten")
+
+
+def _safety_bundle(instance: Instance, path: Path | None, progress: Progress) -> Path:
+    """Export the target before ``--replace`` overwrites it, to ``path`` or a new default one."""
     import datetime as dt
 
     from .export import export_bundle
     from .state import default_state_url
 
-    if safety_dir is None:
+    if path is None:
         state = default_state_url()
         base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
-        safety_dir = base / "safety-bundles"
-    safety_dir.mkdir(parents=True, exist_ok=True)
-    path = safety_dir / f"before-replace-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+        path = base / "safety-bundles" / f"before-replace-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     progress.log(f"writing a safety bundle of the target to {path}")
     export_bundle(instance, path)
     return path

@@ -60,7 +60,8 @@ def import_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
     return api.import_(
         state.instance(), _bundle_of(state, ctx.params), replace=bool(ctx.params.get("replace")),
         resume=bool(ctx.params.get("resume")), storage_map=ctx.params.get("storage_map") or {},
-        passphrase=secrets.get("passphrase"), progress=ctx,
+        passphrase=secrets.get("passphrase"),
+        safety_bundle=Path(ctx.params["safety_bundle"]) if ctx.params.get("safety_bundle") else None, progress=ctx,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .bundle import open_bundle
 from .database import Database
-from .errors import ConfigError, MigrateError
+from .errors import ConfigError, InstanceUnreachable, MigrateError
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
@@ -207,7 +207,11 @@ def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, A
 
 
 def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Ask the running target: ping, auth, one asset (bytes compared), one item."""
+    """Ask the running target: ping, auth, one asset (bytes compared), one item.
+
+    :raises InstanceUnreachable: the URL does not answer: the checks could not run, which is a
+        failure (exit 3), not a difference found.
+    """
     import requests
 
     base = url.rstrip("/")
@@ -216,15 +220,20 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
     def record(name: str, ok: bool, detail: str) -> None:
         checks.append({"check": name, "ok": ok, "detail": detail})
 
-    try:
-        response = requests.get(f"{base}/server/ping", timeout=timeout)
-        record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
-    except requests.RequestException as exc:
-        record("ping", False, f"no answer: {exc.__class__.__name__}")
-        return checks
+    def call(method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return requests.request(method, f"{base}{path}", timeout=timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise InstanceUnreachable(
+                f"The instance at {base} did not answer {method} {path} ({exc.__class__.__name__})",
+                hint="check --url and that the instance is running",
+            ) from exc
+
+    response = call("GET", "/server/ping")
+    record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
     headers: dict[str, str] = {}
     if login:
-        response = requests.post(f"{base}/auth/login", json={"email": login[0], "password": login[1]}, timeout=timeout)
+        response = call("POST", "/auth/login", json={"email": login[0], "password": login[1]})
         ok = response.status_code == 200
         record("login", ok, f"{login[0]}: HTTP {response.status_code}")
         if ok:
@@ -232,18 +241,18 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
     elif token:
         headers["Authorization"] = f"Bearer {token}"
     if headers:
-        response = requests.get(f"{base}/users/me", headers=headers, timeout=timeout)
+        response = call("GET", "/users/me", headers=headers)
         record("users/me", response.status_code == 200, f"HTTP {response.status_code}")
     if bundle_dir is not None:
         first = next(_index(bundle_dir, manifest), None)
         if first is not None:
-            response = requests.get(f"{base}/assets/{first[0]}", headers=headers, timeout=timeout)
+            response = call("GET", f"/assets/{first[0]}", headers=headers)
             same = response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == first[4]
             record("asset", same, f"{first[0]}: HTTP {response.status_code}")
     user_tables = [t for t in manifest["load_order"] if not t.startswith("directus_") and manifest["tables"][t]["rows"]]
     if user_tables:
         table = user_tables[0]
-        response = requests.get(f"{base}/items/{table}", params={"limit": 1}, headers=headers, timeout=timeout)
+        response = call("GET", f"/items/{table}", params={"limit": 1}, headers=headers)
         data = response.json().get("data") if response.headers.get("content-type", "").startswith("application/json") else None
         record("item", response.status_code == 200 and bool(data), f"{table}: HTTP {response.status_code}")
     return checks

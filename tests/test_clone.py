@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -118,6 +119,31 @@ def test_verify_detects_changed_rows_and_bytes(tmp_path: Path, request: pytest.F
     assert "* articles  content differs" in result.output
 
 
+def test_verify_url_that_does_not_answer_is_a_failure(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    clone(src, dst, tmp_path / "bundle")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    result = CliRunner().invoke(cli, ["--env", str(dst), "verify", str(tmp_path / "bundle"), "--url", url])
+    assert result.exit_code == 3, result.output  # the check could not run: not "differences found" (1)
+    assert f"Error: The instance at {url} did not answer GET /server/ping (ConnectionError)" in result.output
+    assert "fix: check --url" in result.output and "DIFFERENCES" not in result.output.upper()
+
+
+@pytest.mark.parametrize("name", ["b.zip", "clone.enc", "b.tar.bz2"])
+def test_export_refuses_an_unknown_bundle_suffix(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(cli, ["--env", str(src), "export", "--full", "-o", str(out / name)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {name!r} is not a bundle name cairn-migrate knows" in result.output
+    assert "fix: name a directory bundle without a suffix, or an archive .tar, .tar.gz or .tar.gz.enc" in result.output
+    assert list(out.iterdir()) == []  # neither a directory nor a file appeared
+
+
 def test_cli_encrypted_clone(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src = make_instance("sqlite", tmp_path / "src", request)
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)
@@ -194,6 +220,37 @@ def test_replace_writes_a_safety_bundle_first(tmp_path: Path, request: pytest.Fi
     again = make_empty_instance("sqlite", tmp_path / "restored", request)
     import_bundle(instance(again), safety)
     assert verify_bundle(instance(again), safety)["ok"]
+
+
+def test_replace_writes_the_safety_bundle_where_asked(tmp_path: Path, request: pytest.FixtureRequest,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    target = make_instance("sqlite", tmp_path / "target", request)
+    before = normalized_rows(target, "sqlite")
+    runner = CliRunner()
+    base = ["--env", str(target), "import", str(tmp_path / "bundle")]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    refusals = {
+        ("--safety-bundle", str(tmp_path / "old.tar.gz")): "--safety-bundle applies only with --replace",
+        ("--replace", "--safety-bundle", str(tmp_path / "old.zip")): "'old.zip' is not a bundle name",
+        ("--replace", "--safety-bundle", str(tmp_path / "old.tar.gz.enc")): "would be written unencrypted",
+        ("--replace", "--safety-bundle", str(taken)): f"the safety bundle {taken} already exists",
+    }
+    for options, message in refusals.items():
+        result = runner.invoke(cli, [*base, *options])
+        assert result.exit_code == 2 and message in result.output, (options, result.output)
+    assert normalized_rows(target, "sqlite") == before and not (tmp_path / "state" / "safety-bundles").exists()
+    asked = tmp_path / "keep" / "old-target.tar.gz"
+    result = runner.invoke(cli, [*base, "--replace", "--safety-bundle", str(asked)])
+    assert result.exit_code == 0, result.output
+    assert f"safety bundle of the old target: {asked}" in result.output
+    assert asked.is_file() and not (tmp_path / "state" / "safety-bundles").exists()
+    restored = make_empty_instance("sqlite", tmp_path / "restored", request)
+    import_bundle(instance(restored), asked)
+    assert normalized_rows(restored, "sqlite") == before
 
 
 def test_unconfigured_location_stops_before_any_write(tmp_path: Path, request: pytest.FixtureRequest) -> None:

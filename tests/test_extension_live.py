@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from live_instance import ADMIN_TOKEN, CLI, COLLECTION, EDITOR_TOKEN, LiveInstance, free_port
+
+from cairn_migrate.errors import InstanceUnreachable
 
 #: The hook caches the freeze answer this long (CACHE_MS in admin_module/api/hook.js), plus margin.
 FREEZE_CACHE_S = 1.8
@@ -146,8 +149,10 @@ def test_verify_runs_live_checks_against_the_running_instance(live_instance: Liv
     assert report["ok"], report["tables_failed"]
     login = verify_bundle(instance, tmp_path / "bundle", url=live_instance.url, login=("admin@example.com", "wrong"))
     assert {c["check"]: c["ok"] for c in login["live"]}["login"] is False and not login["ok"]
-    down = verify_bundle(instance, tmp_path / "bundle", url="http://127.0.0.1:9", token=ADMIN_TOKEN)
-    assert down["live"] == [{"check": "ping", "ok": False, "detail": "no answer: ConnectionError"}] and not down["ok"]
+    with pytest.raises(InstanceUnreachable) as down:  # the checks could not run: a failure, not a difference
+        verify_bundle(instance, tmp_path / "bundle", url="http://127.0.0.1:9", token=ADMIN_TOKEN)
+    assert down.value.message == "The instance at http://127.0.0.1:9 did not answer GET /server/ping (ConnectionError)"
+    assert down.value.exit_code == 3
 
 
 # --- export --freeze: the instance proves it holds writes before the capture -------------------------

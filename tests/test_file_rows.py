@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import make_instance
-from instance_fixtures import bearer
+from instance_fixtures import FIXTURES, bearer
 from storage_servers import azure_config, create_container, gcs_config, remove_container, s3_config
 
 from cairn_migrate.cli import cli
@@ -181,13 +182,24 @@ def test_repair_from_another_location_and_delete_orphans(sqlite_instance: Path, 
 def test_http_check_is_a_job(app, client, admin_token: str, editor_token: str) -> None:  # noqa: ANN001
     from cairn_migrate.app import get_state
 
+    uploads = shutil.copytree(FIXTURES / "uploads", Path(get_state(app).instance().location("local").options["root"]),
+                              dirs_exist_ok=True)
+    gone = next(uploads.glob("*.pdf"))
+    gone.unlink()
     denied = client.post("/migrate/files/check", json={}, headers=bearer(editor_token))
     assert denied.status_code == 403
     started = client.post("/migrate/files/check", json={}, headers=bearer(admin_token))
     assert started.status_code == 202, started.get_json()
     job = get_state(app).runner.wait(started.get_json()["id"], timeout=60)
     assert job["state"] == "succeeded", job
+    result = job["result"]
+    assert result["rows"] == 3 and result["ok"] is False
+    assert {kind: n for kind, n in result["counts"].items() if n} == {"missing": 1}
+    assert [m["filename_disk"] for m in result["problems"]["missing"]] == [gone.name]
     plan = client.post("/migrate/files/repair", json={}, headers=bearer(admin_token))
     assert plan.status_code == 200 and plan.get_json()["dry_run"] is True
+    planned = plan.get_json()  # no bundle and no other location: nothing can bring the bytes back
+    assert planned["planned"] == 0 and set(planned["done"].values()) == {0}
+    assert [(u["filename_disk"], u["reason"]) for u in planned["unresolved"]] == [(gone.name, "no source has these bytes")]
     listed = client.get("/migrate/migrations", headers=bearer(admin_token))
     assert listed.status_code == 200 and listed.get_json()["migrations"] == []

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_empty_instance
+from conftest import make_empty_instance, make_instance
 from instance_fixtures import FIXTURES, bearer
 
 from cairn_migrate.app import create_app, get_state
@@ -96,3 +96,31 @@ def test_import_needs_a_bundle(client: Any, admin_token: str) -> None:
     response = client.post("/migrate/import", json={}, headers=bearer(admin_token))
     assert response.status_code == 422
     assert "Name the bundle" in response.get_json()["error"]["message"]
+
+
+def test_import_with_replace_writes_the_safety_bundle_where_asked(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import jwt
+
+    from cairn_migrate.export import export_bundle
+    from cairn_migrate.instance import Instance
+
+    secret = "a-secret-for-the-replaced-instance-0000000"
+    env = make_instance("sqlite", tmp_path / "target", request, extra_env={"SECRET": secret})
+    export_bundle(Instance.from_env_file(env, environ={}), tmp_path / "bundle")
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(env),
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}"})
+    request.addfinalizer(lambda: get_state(app).close())
+    # A JWT (not a static token): the instance's own users table is replaced while the job runs.
+    token = jwt.encode({"id": "x", "role": "x", "app_access": True, "admin_access": True, "iss": "cairncms",
+                        "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    client, headers = app.test_client(), bearer(token)
+    asked = tmp_path / "keep" / "before-replace"
+    body = {"path": str(tmp_path / "bundle"), "replace": True, "safety_bundle": str(asked)}
+    started = client.post("/migrate/import", json=body, headers=headers)
+    assert started.status_code == 202, started.get_json()
+    job = wait(client, started.headers["Location"], headers)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["safety_bundle"] == str(asked) and (asked / "manifest.json").is_file()
+    assert not (tmp_path / "state" / "safety-bundles").exists()
+    again = client.post("/migrate/import", json={**body, "dry_run": True}, headers=headers)  # never overwritten
+    assert again.status_code == 422 and again.get_json()["error"]["message"] == f"the safety bundle {asked} already exists"
