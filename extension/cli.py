@@ -103,9 +103,18 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
         click.echo(f"Error: storage location {location['name']!r}: {error['message']}", err=True)
         if error.get("hint"):
             click.echo(f"  fix: {error['hint']}", err=True)
+    _warn_incomplete(report)
     if failed:
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
+
+
+def _warn_incomplete(report: dict[str, Any]) -> None:
+    """One error line and its fix on stderr when the target holds an interrupted import."""
+    status = report.get("import")
+    if status:
+        click.echo(f"Error: the target holds an interrupted import (step {status['step']}): it is incomplete", err=True)
+        click.echo(f"  fix: {status['fix']}", err=True)
 
 
 def _secret_options(func: F) -> F:
@@ -219,6 +228,7 @@ def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url:
                             login=credentials, passphrase=_passphrase(passphrase_file),
                             key_file=Path(key_file) if key_file else None, progress=progress)
     _emit(report, as_json, render_verify)
+    _warn_incomplete(report)
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
 
 
