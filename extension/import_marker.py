@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from .database import Database
+from .errors import MigrateError
 
+log = logging.getLogger(__name__)
 TABLE = "cairn_migrate_import"
 STEPS = ("tables", "restore", "files", "constraints")
 #: The fix every report of an incomplete target names.
@@ -97,6 +100,23 @@ def status(db: Database) -> dict[str, Any] | None:
     """:meth:`Marker.status` of ``db``'s marker, ``None`` when no import is unfinished."""
     marker = read(db)
     return marker.status() if marker else None
+
+
+def public_status(open_db: Callable[[], Database]) -> dict[str, Any]:
+    """``complete``/``incomplete``/``unknown`` with the step and the fix only: safe for an open health route.
+
+    ``unknown`` when the database cannot be read; the reason goes to the log,
+    never to the answer (it may name hosts or users).
+    """
+    empty = {"state": "complete", "step": None, "started_at": None, "fix": None}
+    try:
+        marker = read(open_db())
+    except (MigrateError, sa.exc.SQLAlchemyError) as exc:
+        log.warning("cannot read the instance's database for its import state: %s", exc.__class__.__name__)
+        return {**empty, "state": "unknown"}
+    if marker is None:
+        return empty
+    return {key: marker.status()[key] for key in empty}
 
 
 def begin(db: Database, bundle_id: str, *, previous: Marker | None = None) -> Marker:

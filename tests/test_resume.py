@@ -174,7 +174,7 @@ def test_killed_import_is_reported_incomplete_and_resumes_to_an_uninterrupted_re
     execute(dst, f"INSERT INTO tags (name) VALUES ('{ADDED}')")  # sequences are set: no duplicate key
 
 
-@pytest.mark.parametrize("vendor", ["postgres", "sqlite"])
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
 def test_killed_native_restore_resumes(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src = make_instance(vendor, tmp_path / "src", request)
     bundle = tmp_path / "bundle"
@@ -253,6 +253,21 @@ def test_health_reports_an_incomplete_instance_without_secrets(tmp_path: Path, r
             assert secret and secret not in text
         import_bundle(inst, tmp_path / "bundle", resume=True)
         assert app.test_client().get("/migrate/health").get_json()["instance"]["state"] == "complete"
+    finally:
+        get_state(app).close()
+
+
+def test_health_answers_unknown_when_the_database_cannot_be_read(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from cairn_migrate.app import create_app, get_state
+
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)  # its data.db does not exist
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(dst), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"})
+    try:
+        response = app.test_client().get("/migrate/health")
+        assert response.status_code == 200
+        assert response.get_json()["instance"] == {"state": "unknown", "step": None, "started_at": None, "fix": None}
+        assert "data.db" not in response.get_data(as_text=True)
     finally:
         get_state(app).close()
 
