@@ -350,3 +350,22 @@ def test_import_killed_before_its_marker_row_resumes(tmp_path: Path, request: py
     assert json.loads(inspected.stdout)["import"]["step"] == "tables" and "--resume" in inspected.stderr
     import_bundle(instance(dst), tmp_path / "bundle", resume=True)
     assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+
+
+def test_replace_over_an_interrupted_import_keeps_a_restorable_safety_bundle(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    kill_import(dst, tmp_path / "bundle", "before_constraints")
+
+    report = import_bundle(instance(dst), tmp_path / "bundle", replace=True)
+
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+    safety = Path(report["safety_bundle"])
+    assert import_marker.TABLE not in json.loads((safety / "manifest.json").read_text())["load_order"]
+    again = make_empty_instance("postgres", tmp_path / "again", request)
+    import_bundle(instance(again), safety)
+    assert verify_bundle(instance(again), safety)["ok"]
