@@ -6,6 +6,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from flask.typing import ResponseReturnValue
 
+from .. import api
+from ..app import get_state
 from ..schemas import HealthSchema
 from . import bp
 
@@ -19,16 +21,18 @@ def _version() -> str:
 
 @bp.get("/health")
 def health() -> ResponseReturnValue:
-    """Liveness of the sidecar (no instance, database or secret involved).
+    """Liveness of the sidecar, and whether the instance's database holds an interrupted import (nothing secret).
     ---
     get:
-      summary: Is the sidecar up?
+      summary: Is the sidecar up, and is the instance's database complete?
       security: []
       responses:
         "200":
-          description: The sidecar answers.
+          description: The sidecar answers; `instance.state` is `incomplete` while an import is unfinished.
           content:
             application/json:
               schema: HealthSchema
     """
-    return HealthSchema().dump({"status": "ok", "service": "cairn-migrate", "version": _version()})
+    state = get_state()  # an interrupted import leaves rows without foreign keys or sequences: say so
+    return HealthSchema().dump({"status": "ok", "service": "cairn-migrate", "version": _version(),
+                                "instance": api.import_state(state.engine, state.instance)})

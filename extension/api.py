@@ -9,8 +9,8 @@ below this layer knows which shell it runs under.
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .export import export_bundle
 from .inspection import inspect_instance
@@ -18,6 +18,9 @@ from .restore import import_bundle, parse_storage_map
 from .verify import verify_bundle
 from .instance import Instance
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 def load_instance(env_path: str | Path | None) -> Instance:
@@ -70,6 +73,14 @@ def verify(instance: Instance, bundle: Path, *, storage_map: Mapping[str, str] |
     """Compare ``instance`` with ``bundle`` (rows, file bytes, optionally the live API)."""
     return verify_bundle(instance, bundle, storage_map=storage_map, url=url, token=token, login=login,
                          passphrase=passphrase, key_file=key_file, progress=progress)
+
+
+def import_state(engine: Callable[[], Engine], instance: Callable[[], Instance]) -> dict[str, Any]:
+    """Does the instance's database hold an unfinished import? State, step and fix only (for open health)."""
+    from .database import Database
+    from .import_marker import public_status
+
+    return public_status(lambda: Database(engine(), instance().database))
 
 
 def summarize_manifest(manifest: Mapping[str, Any], output: str | Path) -> dict[str, Any]:

@@ -103,6 +103,7 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
         click.echo(f"Error: storage location {location['name']!r}: {error['message']}", err=True)
         if error.get("hint"):
             click.echo(f"  fix: {error['hint']}", err=True)
+    _warn_incomplete(report)
     if failed:
         sys.exit(_storage_exit_code(failed))
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
@@ -114,6 +115,14 @@ def _storage_exit_code(failed: list[dict[str, Any]]) -> int:
 
     config_codes = {ConfigError.code, UnsupportedDriver.code}
     return EXIT_USAGE if all(loc["error"]["code"] in config_codes for loc in failed) else EXIT_FAILED
+
+
+def _warn_incomplete(report: dict[str, Any]) -> None:
+    """One error line and its fix on stderr when the target holds an interrupted import."""
+    status = report.get("import")
+    if status:
+        click.echo(f"Error: the target holds an interrupted import (step {status['step']}): it is incomplete", err=True)
+        click.echo(f"  fix: {status['fix']}", err=True)
 
 
 def _secret_options(func: F) -> F:
@@ -236,6 +245,7 @@ def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url:
                             login=credentials, passphrase=_passphrase(passphrase_file),
                             key_file=Path(key_file) if key_file else None, progress=progress)
     _emit(report, as_json, render_verify)
+    _warn_incomplete(report)
     sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
 
 

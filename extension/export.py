@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import __version__
+from . import __version__, import_marker
 from .bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, is_archive_path, pack
 from .database import Database, Platform, consistent_snapshot, open_engine
 from .errors import ConfigError, MigrateError
@@ -356,7 +356,9 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(copy)),
                                         live.config.exclude_tables)
                 db = stack.enter_context(Database(open_engine(config), config))
-            tables = reflect_tables(db.engine, db.table_names(), db.vendor)
+            # The marker of an unfinished import is ours, not the instance's (a --replace safety bundle of it).
+            names = [name for name in db.table_names() if name != import_marker.TABLE]
+            tables = reflect_tables(db.engine, names, db.vendor)
             order = load_order(tables)
             by_name = {t.name: t for t in tables}
             with writer.open("schema/tables.json") as out:

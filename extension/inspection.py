@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 
+from . import import_marker
 from .database import CAIRNCMS_SYSTEM_TABLES, Database
 from .errors import MigrateError
 from .instance import Instance
@@ -72,6 +73,7 @@ def inspect_instance(
     with Database.open(instance) as db:
         progress.log(f"reading {db.config.display_url}")
         platform = db.platform()
+        incomplete = import_marker.status(db)
         system = db.system_tables()
         user = db.user_tables()
         counts = db.row_counts(system + user)
@@ -97,6 +99,7 @@ def inspect_instance(
                 "missing_system_tables": sorted(set(CAIRNCMS_SYSTEM_TABLES) - set(system)),
                 "extra_system_tables": sorted(set(system) - set(CAIRNCMS_SYSTEM_TABLES)),
             },
+            "import": incomplete,
         }
         locations, storage = _open_locations(instance)
         files = _inspect_files(db, counts.get("directus_files", 0), locations, storage, check_objects, concurrency, progress)
@@ -158,7 +161,8 @@ def _is_ok(report: Mapping[str, Any]) -> bool:
     storage_ok = all(loc["reachable"] and not loc.get("missing") for loc in report["storage"])
     files = report["files"]
     return bool(
-        storage_ok
+        report["import"] is None  # an interrupted import: the rows may be there, FKs and sequences not
+        and storage_ok
         and not files["unknown_locations"]
         and not files["without_filename_disk"]
         and not report["tables"]["missing_system_tables"]

@@ -50,9 +50,19 @@ def render_inspect(report: Mapping[str, Any]) -> str:
         lines.append(f"  {name}: {count} file rows name this location, which is not configured")
     if files["without_filename_disk"]:
         lines.append(f"  {files['without_filename_disk']} file rows have no filename_disk")
+    lines += _incomplete_import(report.get("import"))
     lines.append("")
     lines.append("OK" if report["ok"] else "PROBLEMS FOUND")
     return "\n".join(lines)
+
+
+def _incomplete_import(status: Mapping[str, Any] | None) -> list[str]:
+    """The lines saying the target holds an interrupted import (none when it does not)."""
+    if not status:
+        return []
+    where = f" (table {status['current_table']})" if status.get("current_table") else ""
+    return [f"INCOMPLETE IMPORT: interrupted at step {status['step']}{where}, started {status['started_at']}; "
+            f"fix: {status['fix']}"]
 
 
 def render_export(summary: Mapping[str, Any]) -> str:
@@ -108,5 +118,6 @@ def render_verify(report: Mapping[str, Any]) -> str:
         lines.append(f"* {entry['storage']}/{entry['filename_disk']} (bytes differ)")
     for check in report["live"]:
         lines.append(f"{'=' if check['ok'] else '!'} live {check['check']}: {check['detail']}")
+    lines += _incomplete_import(report.get("import"))
     lines.append("VERIFIED" if report["ok"] else "DIFFERENCES FOUND")
     return "\n".join(lines)

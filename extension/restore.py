@@ -14,10 +14,15 @@ Order of work, and why:
    SHA-256 against the manifest.
 5. Add PostgreSQL foreign keys, reset sequences, check foreign keys.
 
-A table is committed whole or not at all, so an interrupted import is resumed
-(``--resume``) by skipping tables whose row count is already right and files
-already present with the right size.  A failed import into a target that was
-empty is rolled back by dropping what it created.
+From its first write to its last step the target holds the marker table
+``cairn_migrate_import`` (:mod:`cairn_migrate.import_marker`): the import, its
+bundle, the step reached and a fingerprint of every table already committed.
+``--resume`` continues only the import that marker records, of the same
+bundle, while every fingerprinted table is unchanged; it reloads only the table
+that was being written and re-checks the files.  Anything else is refused
+before any write, so a resume never deletes a row it did not write.  A failed
+import into a target that was empty is rolled back by dropping what it
+created, the marker, a new SQLite file and the upload folders it made included.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +40,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import import_marker
 from . import native as native_tools
-from .bundle import is_archive_path, open_bundle
+from .bundle import is_archive_path, open_bundle, sha256_file
 from .database import Database, open_engine
 from .errors import ConfigError, InvalidInput, MigrateError
 from .instance import DatabaseConfig, Instance
@@ -43,6 +50,7 @@ from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_loader import TableLoader, database_rows, jsonl_rows
 from .table_schema import TableDef
+from .workdir import scratch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ class ImportPlan:
     resume: bool = False
     existing_tables: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    bundle_id: str = ""
+    marker: import_marker.Marker | None = None
 
     @property
     def empty(self) -> bool:
@@ -79,6 +89,8 @@ class ImportPlan:
             "replace": self.replace,
             "resume": self.resume,
             "existing_tables": self.existing_tables,
+            "bundle_id": self.bundle_id,
+            "resuming": self.marker.status() if self.marker else None,
             "storage_map": self.storage_map,
             "tables": self.tables,
             "files": self.files,
@@ -109,12 +121,14 @@ def _read_lines(path: Path) -> Iterator[list[Any]]:
 
 
 def _check_locations(
-    instance: Instance, used: Sequence[str], storage_map: Mapping[str, str], *, create_local: bool = False
+    instance: Instance, used: Sequence[str], storage_map: Mapping[str, str], *, create_local: bool = False,
+    created: list[Path] | None = None,
 ) -> dict[str, Location]:
     """Every location the bundle's file rows name must exist on the target (after the map).
 
-    A missing local root folder is created (``create_local``) or, for a plan,
-    accepted: a new instance's upload folder often does not exist yet.
+    A missing local root folder is created (``create_local``; the topmost
+    folder made is appended to ``created``, so a rollback can remove it) or,
+    for a plan, accepted: a new instance's upload folder often does not exist yet.
     """
     configured = {loc.name for loc in instance.locations}
     unknown = [m for m in storage_map if m not in used]
@@ -139,15 +153,72 @@ def _check_locations(
             if not create_local:
                 locations[name] = location
                 continue
-            Path(str(config.options["root"])).mkdir(parents=True)
+            root = Path(str(config.options["root"]))
+            topmost = next(p for p in reversed([root, *root.parents]) if not p.exists())
+            root.mkdir(parents=True)
+            if created is not None:
+                created.append(topmost)
         location.check()
         locations[name] = location
     return locations
 
 
-def _existing_counts(db: Database, names: Sequence[str]) -> dict[str, int]:
-    present = set(db.table_names())
-    return db.row_counts([n for n in names if n in present])
+def _check_resumable(db: Database, marker: import_marker.Marker | None, bundle_id: str, existing: Sequence[str],
+                     load_order: Sequence[str]) -> None:
+    """``--resume`` continues only the import the target's marker records, into a target unchanged since.
+
+    :raises ConfigError: no marker, another bundle, a fingerprinted table
+        changed, or a table the import did not write; nothing is touched.
+    """
+    where = db.config.display_url
+    if marker is None:
+        raise ConfigError(
+            f"--resume: the target {where} holds no interrupted import (no {import_marker.TABLE} table)",
+            hint="import into an empty database without --resume, or pass --replace to overwrite the target "
+            "(a safety bundle of it is written first)",
+        )
+    if marker.bundle_id and marker.bundle_id != bundle_id:
+        raise ConfigError(
+            f"--resume: the interrupted import in {where} is of another bundle "
+            f"({marker.bundle_id[:12]}, this one is {bundle_id[:12]})",
+            hint="resume with the bundle of the interrupted import",
+        )
+    changed = import_marker.changed_tables(db, marker)
+    if changed:
+        raise ConfigError(
+            f"--resume: the target changed since the import was interrupted: {import_marker.describe(changed)}",
+            hint="nothing was changed; import into an empty database, or pass --replace (a safety bundle of the "
+            "target is written first)",
+        )
+    ours = set(marker.tables) | {import_marker.TABLE}
+    if marker.step == "restore" or not marker.bundle_id:
+        ours |= set(load_order)  # a native restore (or an import killed at its first write) made them all
+    elif marker.current_table:
+        ours.add(marker.current_table)
+    foreign = sorted(set(existing) - ours)
+    if foreign:
+        raise ConfigError(
+            f"--resume: the target has tables the interrupted import did not write: {', '.join(foreign[:5])}",
+            hint="nothing was changed; import into an empty database, or pass --replace (a safety bundle of the "
+            "target is written first)",
+        )
+
+
+def _new_sqlite_file(instance: Instance) -> bool:
+    """Is the target a SQLite file that does not exist yet (the import creates it)?"""
+    return instance.database.vendor == "sqlite" and not Path(instance.database.url.database or "").exists()
+
+
+@contextlib.contextmanager
+def _planning_database(instance: Instance) -> Iterator[Database]:
+    """The target's database for planning: planning writes nothing, not even an empty SQLite file (also on refusal)."""
+    new_sqlite_file = _new_sqlite_file(instance)
+    try:
+        with Database.open(instance, create=new_sqlite_file) as db:
+            yield db
+    finally:
+        if new_sqlite_file:
+            Path(instance.database.url.database or "").unlink(missing_ok=True)
 
 
 def plan_import(
@@ -168,9 +239,9 @@ def plan_import(
     if replace and resume:
         raise ConfigError("--replace and --resume cannot be combined", hint="use one of them")
     _check_locations(instance, manifest.get("storage_locations_used", []), storage_map)
-    new_sqlite_file = instance.database.vendor == "sqlite" and not Path(instance.database.url.database or "").exists()
-    with Database.open(instance, create=new_sqlite_file) as db:
+    with _planning_database(instance) as db:
         existing = db.table_names()
+        marker = import_marker.read(db) if import_marker.TABLE in existing else None
         plan = ImportPlan(
             target=instance.label,
             vendor=db.vendor,
@@ -178,16 +249,18 @@ def plan_import(
             replace=replace,
             resume=resume,
             existing_tables=existing,
+            bundle_id=sha256_file(bundle_dir / "manifest.json"),
         )
-        if existing and not (replace or resume):
+        if resume:
+            _check_resumable(db, marker, plan.bundle_id, existing, manifest["load_order"])
+            plan.marker = marker
+        elif existing and not replace:
+            interrupted = f"; it holds an interrupted import (step {marker.step})" if marker else ""
             raise ConfigError(
-                f"The target database {instance.database.display_url} is not empty ({len(existing)} tables)",
+                f"The target database {instance.database.display_url} is not empty ({len(existing)} tables{interrupted})",
                 hint="import into an empty database, or pass --replace (a safety bundle of the target is "
                 "written first), or --resume to finish an interrupted import of this bundle",
             )
-        counts = _existing_counts(db, manifest["load_order"]) if resume else {}
-    if new_sqlite_file:  # planning writes nothing: not even an empty database file
-        Path(instance.database.url.database or "").unlink(missing_ok=True)
     native = manifest.get("data") == "native"
     if native:
         native_tools.require_same_vendor(manifest, plan.vendor)
@@ -196,17 +269,20 @@ def plan_import(
         plan.warnings.append(f"fast path: restoring the native {plan.vendor} dump with the vendor's own tool")
     if source_vendor != plan.vendor:
         plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
+    done = plan.marker.tables if plan.marker else {}
     for name in manifest["load_order"]:
         expected = manifest["tables"][name]["rows"]
-        if native and manifest["native"]["vendor"] == plan.vendor:
+        if name in done:
+            action = "skip"  # committed by the interrupted import and unchanged since
+        elif resume and name in existing:
+            action = "reload"  # the table the interrupted import was writing (or its native restore)
+        elif native and manifest["native"]["vendor"] == plan.vendor:
             action = "restore"
-        elif resume and counts.get(name) == expected:
-            action = "skip"
-        elif resume and name in counts:
-            action = "reload"
         else:
             action = "create"
         plan.tables.append({"table": name, "rows": expected, "action": action})
+    if plan.marker and plan.marker.step == "restore":
+        plan.warnings.append("the interrupted native restore is run again: the tables it made are dropped first")
     files = manifest["files"]
     plan.files = {"count": files["count"], "bytes": files["bytes"], "to_copy": files["count"], "missing_in_bundle": len(files["missing"])}
     return plan
@@ -303,7 +379,8 @@ def import_bundle(
     storage_map = dict(storage_map or {})
     started = time.monotonic()
     _check_safety_bundle(safety_bundle, replace)
-    with open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file) as bundle_dir:
+    with scratch() as workdir, open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file,
+                                          workdir=workdir) as bundle_dir:
         manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("kind") != "full":
             raise ConfigError(f"{bundle} is not a full-instance bundle (kind {manifest.get('kind')!r})")
@@ -313,7 +390,10 @@ def import_bundle(
         safety = None
         if replace and plan.existing_tables:
             safety = _safety_bundle(instance, safety_bundle, progress)
-        locations = _check_locations(instance, manifest.get("storage_locations_used", []), storage_map, create_local=True)
+        new_sqlite_file = _new_sqlite_file(instance)
+        created_dirs: list[Path] = []
+        locations = _check_locations(instance, manifest.get("storage_locations_used", []), storage_map, create_local=True,
+                                     created=created_dirs)
         tables = [TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())]
         by_name = {t.name: t for t in tables}
         ordered = [by_name[name] for name in manifest["load_order"]]
@@ -329,47 +409,71 @@ def import_bundle(
                 source_db = stack.enter_context(Database(open_engine(config), config))
             loader = TableLoader(db.engine, db.vendor, ordered)
             try:
-                if replace or (resume and fast):
-                    for name in reversed(_drop_order(db, db.table_names() if resume else plan.existing_tables)):
+                if replace:
+                    for name in reversed(_drop_order(db, plan.existing_tables)):
                         loader.drop(name)
+                if plan.marker is None:
+                    created.append(import_marker.TABLE)
+                marker = plan.marker
+                if marker is None or not marker.bundle_id:  # a new import, or one killed before its marker row
+                    marker = import_marker.begin(db, plan.bundle_id)
                 total = sum(t["rows"] for t in plan.tables if t["action"] != "skip")
                 progress.progress(items_done=0, items_total=total)
                 loaded = 0
-                if fast:
+                if fast and marker.step in ("tables", "restore"):
+                    import_marker.set_step(db, marker, "restore")
                     progress.log(f"restoring the native {db.vendor} dump")
+                    for name in reversed(_drop_order(db, [t["table"] for t in plan.tables if t["action"] == "reload"])):
+                        loader.drop(name)
                     created.extend(manifest["load_order"])
                     loader.close()
                     native_tools.restore(instance.database, bundle_dir / manifest["native"]["member"])
+                    if db.vendor == "sqlite":  # the backup replaced the whole file, the marker with it
+                        import_marker.begin(db, plan.bundle_id, previous=marker)
                     loader = TableLoader(db.engine, db.vendor, ordered)
                     _remap_storage(db, storage_map)
+                    import_marker.tables_done(db, marker, manifest["load_order"])
                     loaded = total
                     progress.advance(items=total)
                 for step in plan.tables if not fast else []:
                     if step["action"] == "skip":
                         continue
                     name = step["table"]
+                    import_marker.start_table(db, marker, name)
                     progress.log(f"loading {name} ({step['rows']} rows)")
-                    if step["action"] == "create":
-                        created.append(name)
+                    if step["action"] == "reload":  # half-written by the interrupted import: ours to redo
+                        loader.drop(name)
+                    created.append(name)
                     rows = (database_rows(source_db, by_name[name]) if source_db is not None
                             else jsonl_rows(bundle_dir / manifest["tables"][name]["member"]))
-                    count = loader.load(name, rows, storage_map, progress, step["action"] == "reload")
+                    count = loader.load(name, rows, storage_map, progress, False)
                     if count != step["rows"]:
                         raise ImportFailed(f"{name}: loaded {count} rows, the manifest says {step['rows']}")
+                    import_marker.table_done(db, marker, name)
                     loaded += count
-                progress.progress(items_done=0, items_total=manifest["files"]["count"], bytes_done=0, bytes_total=manifest["files"]["bytes"])
-                progress.log(f"writing {manifest['files']['count']} files")
-                files = _restore_files(
-                    bundle_dir, manifest, locations, storage_map, resume=resume, workers=workers,
-                    progress=progress, written=written,
-                )
+                files = {"copied": 0, "skipped": manifest["files"]["count"], "bytes": 0}
+                if marker.step != "constraints":
+                    import_marker.set_step(db, marker, "files")
+                    progress.progress(items_done=0, items_total=manifest["files"]["count"], bytes_done=0, bytes_total=manifest["files"]["bytes"])
+                    progress.log(f"writing {manifest['files']['count']} files")
+                    files = _restore_files(
+                        bundle_dir, manifest, locations, storage_map, resume=resume, workers=workers,
+                        progress=progress, written=written,
+                    )
+                    import_marker.set_step(db, marker, "constraints")
+                progress.log("adding foreign keys and sequences, checking foreign keys")
                 problems = [] if fast else loader.finish()
                 if problems:
                     raise ImportFailed("foreign keys broken after loading: " + "; ".join(problems[:5]))
+                import_marker.finish(db)
             except BaseException as exc:
-                if target_was_empty and not resume and not isinstance(exc, KeyboardInterrupt):
+                rolled_back = target_was_empty and not resume and not isinstance(exc, KeyboardInterrupt)
+                if rolled_back:
                     _roll_back(loader, created, locations, written)
                 loader.close()
+                if rolled_back:
+                    db.close()
+                    _remove_created_paths(instance if new_sqlite_file else None, created_dirs)
                 if isinstance(exc, MigrateError):
                     raise
                 if isinstance(exc, Exception):
@@ -426,6 +530,18 @@ def _roll_back(loader: TableLoader, created: Sequence[str], locations: Mapping[s
             locations[location_name].delete(filename)
         except Exception as exc:  # noqa: BLE001
             log.error("could not delete %s from %s: %s", filename, location_name, exc)
+
+
+def _remove_created_paths(new_sqlite: Instance | None, created_dirs: Sequence[Path]) -> None:
+    """After a rollback: remove the SQLite file and the upload folders the import made (if still empty)."""
+    if new_sqlite is not None:
+        database = Path(new_sqlite.database.url.database or "")
+        for path in (database, *(database.with_name(database.name + s) for s in ("-journal", "-wal", "-shm"))):
+            path.unlink(missing_ok=True)
+    for folder in created_dirs:
+        for root, _dirs, _files in os.walk(folder, topdown=False):
+            with contextlib.suppress(OSError):  # not empty: someone else's bytes, kept
+                Path(root).rmdir()
 
 
 def _check_safety_bundle(path: Path | None, replace: bool) -> None:

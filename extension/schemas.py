@@ -81,12 +81,23 @@ class JobQuerySchema(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_JOB_LIST_LIMIT))
 
 
+class HealthInstanceSchema(Schema):
+    """Whether the instance's database is complete: an interrupted import leaves it incomplete."""
+
+    state = fields.String(required=True, validate=validate.OneOf(["complete", "incomplete", "unknown"]),
+                          metadata={"description": "unknown: the database could not be read"})
+    step = fields.String(allow_none=True, metadata={"description": "the step the interrupted import reached"})
+    started_at = fields.String(allow_none=True)
+    fix = fields.String(allow_none=True, metadata={"description": "how to finish the import"})
+
+
 class HealthSchema(Schema):
     """``GET /migrate/health``: open, and never anything secret."""
 
     status = fields.String(required=True)
     service = fields.String(required=True)
     version = fields.String(required=True)
+    instance = fields.Nested(HealthInstanceSchema, required=True)
 
 
 class InspectSchema(Schema):

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from . import import_marker
 from .bundle import open_bundle
 from .database import Database
 from .errors import ConfigError, InstanceUnreachable, MigrateError
@@ -27,6 +28,7 @@ from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef
 from .values import comparer, fast_decoder
+from .workdir import scratch
 
 log = logging.getLogger(__name__)
 
@@ -274,18 +276,21 @@ def verify_bundle(
     """Compare ``instance`` with ``bundle``; returns the report (``ok`` true or false)."""
     progress = progress or NullProgress()
     storage_map = dict(storage_map or {})
-    with open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file) as bundle_dir:
+    with scratch() as workdir, open_bundle(Path(bundle), passphrase=passphrase, key_file=key_file,
+                                          workdir=workdir) as bundle_dir:
         manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("kind") != "full":
             raise ConfigError(f"{bundle} is not a full-instance bundle")
         progress.progress(items_done=0, items_total=len(manifest["load_order"]))
         with Database.open(instance) as db:
+            incomplete = import_marker.status(db)  # an interrupted import: rows may all be there, FKs not
             tables = _verify_tables(db, bundle_dir, manifest, storage_map, progress)
         progress.progress(items_done=0, items_total=manifest["files"]["count"], bytes_done=0, bytes_total=manifest["files"]["bytes"])
         files = _verify_files(instance, bundle_dir, manifest, storage_map, workers, progress)
         live = live_checks(url, manifest, token=token, login=login, bundle_dir=bundle_dir) if url else []
     ok = (
-        all(t["ok"] for t in tables)
+        incomplete is None
+        and all(t["ok"] for t in tables)
         and files["ok"] == files["checked"] == manifest["files"]["count"]
         and all(check["ok"] for check in live)
     )
@@ -297,4 +302,5 @@ def verify_bundle(
         "files": files,
         "live": live,
         "source": manifest["source"],
+        "import": incomplete,
     }

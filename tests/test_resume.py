@@ -1,0 +1,371 @@
+"""Imports that cannot lose data: ``--resume`` continues only a recorded, unchanged, interrupted import,
+and a target holding an interrupted import says so (``inspect``, ``verify``, ``/migrate/health``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from conftest import make_empty_instance, make_instance
+from test_clone import normalized_rows
+
+from cairn_migrate import import_marker
+from cairn_migrate.cli import cli
+from cairn_migrate.database import Database
+from cairn_migrate.errors import ConfigError, MigrateError
+from cairn_migrate.export import export_bundle
+from cairn_migrate.instance import Instance
+from cairn_migrate.restore import import_bundle
+from cairn_migrate.verify import verify_bundle
+
+ADDED = "added through the instance after the import"
+
+#: Runs an import in a child process and SIGKILLs it at one step: no cleanup of any kind runs.
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from cairn_migrate.instance import Instance
+    from cairn_migrate.progress import NullProgress
+    from cairn_migrate.restore import import_bundle
+
+    WHEN = sys.argv[3]
+
+    class KillAt(NullProgress):
+        armed = False
+
+        def log(self, message):
+            if WHEN == "mid_table" and message.startswith("loading articles "):
+                self.armed = True  # rows of articles are sent, not yet committed, at the next advance
+            if WHEN == "before_constraints" and message.startswith("adding foreign keys"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if WHEN == "native_restore" and message.startswith("restoring the native"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def advance(self, items=0, bytes=0):
+            if (self.armed and items) or (WHEN == "mid_files" and bytes):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    import_bundle(Instance.from_env_file(sys.argv[1], environ={}), Path(sys.argv[2]), progress=KillAt())
+    """
+)
+
+
+def instance(env: Path) -> Instance:
+    return Instance.from_env_file(env, environ={})
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def kill_import(dst: Path, bundle: Path, when: str, env: dict[str, str] | None = None) -> None:
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(dst), str(bundle), when], check=False,
+                            env={**os.environ, **(env or {})})
+    assert killed.returncode == -9, f"the import was not killed at {when}"
+
+
+def execute(env: Path, sql: str) -> None:
+    with Database.open(instance(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text(sql))
+
+
+def tag_names(env: Path) -> list[str]:
+    with Database.open(instance(env)) as db, db.engine.connect() as conn:
+        return sorted(conn.execute(sa.text("SELECT name FROM tags")).scalars())
+
+
+def structure(env: Path) -> dict[str, Any]:
+    """What an import builds besides rows: foreign keys, indexes and (PostgreSQL) sequence positions."""
+    with Database.open(instance(env)) as db:
+        inspector = sa.inspect(db.engine)
+        shape: dict[str, Any] = {}
+        for name in db.table_names():
+            foreign = sorted((tuple(fk["constrained_columns"]), fk["referred_table"]) for fk in inspector.get_foreign_keys(name))
+            indexes = sorted((tuple(ix["column_names"]), bool(ix["unique"])) for ix in inspector.get_indexes(name))
+            shape[name] = {"foreign_keys": foreign, "indexes": indexes}
+        if db.vendor == "postgres":
+            with db.engine.connect() as conn:
+                shape["sequences"] = sorted(
+                    (row[0], row[1]) for row in conn.execute(sa.text("SELECT sequencename, last_value FROM pg_sequences")))
+    return shape
+
+
+# -- a completed import: --resume refuses and keeps every row ---------------------------------
+
+@pytest.mark.parametrize(("vendor", "native"), [
+    ("postgres", False), ("postgres", True), ("mariadb", False), ("mariadb", True), ("sqlite", False), ("sqlite", True),
+])
+def test_resume_of_a_completed_import_is_refused_and_keeps_new_rows(
+    vendor: str, native: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    src = make_instance(vendor, tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle, native=native)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    import_bundle(instance(dst), bundle)
+    execute(dst, f"INSERT INTO tags (name) VALUES ('{ADDED}')")
+    before = normalized_rows(dst, vendor)
+
+    resumed = run("--env", dst, "import", bundle, "--resume")
+
+    assert resumed.exit_code == 2, resumed.output
+    assert "holds no interrupted import" in resumed.output and "fix:" in resumed.output
+    again = run("--env", dst, "import", bundle)
+    assert again.exit_code == 2 and "is not empty" in again.output
+    assert ADDED in tag_names(dst)
+    assert normalized_rows(dst, vendor) == before
+    assert not list(tmp_path.glob("**/safety-bundles"))
+
+
+# -- an interrupted import: reported incomplete, then resumed to the uninterrupted result -----
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+@pytest.mark.parametrize("when", ["mid_table", "mid_files", "before_constraints"])
+def test_killed_import_is_reported_incomplete_and_resumes_to_an_uninterrupted_result(
+    vendor: str, when: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+
+    kill_import(dst, bundle, when)
+
+    inspected = run("--env", dst, "inspect", "--json", "--no-objects")
+    assert inspected.exit_code == 1, inspected.output
+    status = json.loads(inspected.stdout)["import"]
+    assert status["state"] == "incomplete"
+    assert status["step"] == {"mid_table": "tables", "mid_files": "files", "before_constraints": "constraints"}[when]
+    assert "import BUNDLE --resume" in inspected.stderr
+    verified = run("--env", dst, "verify", bundle)
+    assert verified.exit_code == 1
+    assert "INCOMPLETE IMPORT" in verified.stdout and "--resume" in verified.stderr
+    plain = run("--env", dst, "import", bundle)
+    assert plain.exit_code == 2 and "interrupted import" in plain.output
+
+    report = import_bundle(instance(dst), bundle, resume=True)
+
+    actions = {t["table"]: t["action"] for t in report["plan"]["tables"]}
+    if when == "mid_table":
+        # PostgreSQL rolled the uncommitted CREATE TABLE back; MariaDB and SQLite committed it (DDL), half-loaded.
+        assert actions["directus_users"] == "skip"
+        assert actions["articles"] == ("create" if vendor == "postgres" else "reload")
+        assert actions["article_comments"] == "create"
+    else:
+        assert set(actions.values()) == {"skip"}
+    assert verify_bundle(instance(dst), bundle)["ok"]
+    assert run("--env", dst, "inspect", "--json").exit_code == 0
+    with Database.open(instance(dst)) as db:
+        assert import_marker.TABLE not in db.table_names()
+    reference = make_empty_instance(vendor, tmp_path / "reference", request)
+    import_bundle(instance(reference), bundle)
+    assert normalized_rows(dst, vendor) == normalized_rows(reference, vendor)
+    assert structure(dst) == structure(reference)
+    execute(dst, f"INSERT INTO tags (name) VALUES ('{ADDED}')")  # sequences are set: no duplicate key
+
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+def test_killed_native_restore_resumes(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance(vendor, tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle, native=True)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, bundle, "native_restore")
+    assert run("--env", dst, "verify", bundle).exit_code == 1
+
+    import_bundle(instance(dst), bundle, resume=True)
+
+    assert verify_bundle(instance(dst), bundle)["ok"]
+    assert normalized_rows(dst, vendor) == normalized_rows(src, vendor)
+
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+def test_resume_refuses_a_target_changed_since_the_interruption(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, bundle, "before_constraints")
+    execute(dst, f"INSERT INTO tags (id, name) VALUES (9999, '{ADDED}')")
+    before = normalized_rows(dst, vendor)
+
+    resumed = run("--env", dst, "import", bundle, "--resume")
+
+    assert resumed.exit_code == 2, resumed.output
+    assert "the target changed since the import was interrupted: tags (" in resumed.output
+    assert normalized_rows(dst, vendor) == before
+    with Database.open(instance(dst)) as db:
+        assert import_marker.read(db).step == "constraints"  # still recorded as incomplete
+
+
+def test_resume_refuses_another_bundle(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "one")
+    execute(src, "UPDATE tags SET name = 'changed'")
+    export_bundle(instance(src), tmp_path / "two")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    kill_import(dst, tmp_path / "one", "mid_table")
+    with pytest.raises(ConfigError, match="is of another bundle"):
+        import_bundle(instance(dst), tmp_path / "two", resume=True)
+    import_bundle(instance(dst), tmp_path / "one", resume=True)
+    assert verify_bundle(instance(dst), tmp_path / "one")["ok"]
+
+
+def test_resume_of_an_empty_target_is_refused_and_writes_nothing(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    result = run("--env", dst, "import", tmp_path / "bundle", "--resume")
+    assert result.exit_code == 2
+    assert "holds no interrupted import" in result.output
+    assert not (tmp_path / "dst" / "data.db").exists()
+    assert not (tmp_path / "dst" / "uploads").exists()
+
+
+def test_health_reports_an_incomplete_instance_without_secrets(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from cairn_migrate.app import create_app, get_state
+
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("postgres", tmp_path / "dst", request)
+    kill_import(dst, tmp_path / "bundle", "before_constraints")
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(dst), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"})
+    try:
+        response = app.test_client().get("/migrate/health")
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["instance"]["state"] == "incomplete" and body["instance"]["step"] == "constraints"
+        assert "--resume" in body["instance"]["fix"]
+        text = response.get_data(as_text=True)
+        inst = instance(dst)
+        for secret in (inst.key, inst.secret, str(inst.database.url.database), "postgresql"):
+            assert secret and secret not in text
+        import_bundle(inst, tmp_path / "bundle", resume=True)
+        assert app.test_client().get("/migrate/health").get_json()["instance"]["state"] == "complete"
+    finally:
+        get_state(app).close()
+
+
+def test_health_answers_unknown_when_the_database_cannot_be_read(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from cairn_migrate.app import create_app, get_state
+
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)  # its data.db does not exist
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(dst), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"})
+    try:
+        response = app.test_client().get("/migrate/health")
+        assert response.status_code == 200
+        assert response.get_json()["instance"] == {"state": "unknown", "step": None, "started_at": None, "fix": None}
+        assert "data.db" not in response.get_data(as_text=True)
+    finally:
+        get_state(app).close()
+
+
+# -- cleaning up: scratch folders of dead processes, and a failed import into an empty SQLite target --
+
+def _dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_stale_extractions_of_killed_imports_are_removed_by_the_next_run(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    archive = tmp_path / "bundle.tar"
+    export_bundle(instance(src), archive)
+    scratch_base = tmp_path / "tmp"
+    scratch_base.mkdir()
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    kill_import(dst, archive, "mid_table", env={"TMPDIR": str(scratch_base)})
+    left = list(scratch_base.iterdir())
+    assert len(left) == 1 and list(left[0].glob("*/bundle/manifest.json"))  # what a SIGKILL leaves
+    alive = scratch_base / f"cairn-migrate-{os.getpid()}-running"
+    alive.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_base))
+
+    import_bundle(instance(dst), archive, resume=True)
+
+    assert sorted(scratch_base.iterdir()) == [alive]  # the dead run's extraction is gone, a live one's kept
+    assert verify_bundle(instance(dst), archive)["ok"]
+    assert sorted(scratch_base.iterdir()) == [alive]
+
+
+def _bundle_with_duplicate_row(bundle: Path) -> None:
+    """Re-sign a bundle whose tags table holds one row twice: the load fails on the primary key."""
+    from cairn_migrate.bundle import sha256_file
+
+    member = bundle / "tables" / "tags.jsonl"
+    lines = member.read_bytes().splitlines(keepends=True)
+    member.write_bytes(b"".join(lines + lines[:1]))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["members"]["tables/tags.jsonl"] = {"size": member.stat().st_size, "sha256": sha256_file(member)}
+    manifest["tables"]["tags"]["rows"] += 1
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_failed_import_into_a_new_sqlite_target_leaves_nothing_behind(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    _bundle_with_duplicate_row(tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+
+    result = run("--env", dst, "import", tmp_path / "bundle")
+
+    assert result.exit_code == 3, result.output
+    assert "the target was left as it was" in result.output
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [".env"]
+
+
+def test_failed_import_into_an_existing_empty_database_drops_the_marker(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    _bundle_with_duplicate_row(tmp_path / "bundle")
+    dst = make_empty_instance("mariadb", tmp_path / "dst", request)
+    with pytest.raises(MigrateError):
+        import_bundle(instance(dst), tmp_path / "bundle")
+    with Database.open(instance(dst)) as db:
+        assert db.table_names() == []
+
+
+def test_import_killed_before_its_marker_row_resumes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The marker table is created, then its row written: a kill in between leaves a marker without a row."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("postgres", tmp_path / "dst", request)
+    with Database.open(instance(dst)) as db:
+        import_marker._marker.create(db.engine)
+    inspected = run("--env", dst, "inspect", "--json", "--no-objects")  # exit 3: no uploads folder yet, either
+    assert json.loads(inspected.stdout)["import"]["step"] == "tables" and "--resume" in inspected.stderr
+    import_bundle(instance(dst), tmp_path / "bundle", resume=True)
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+
+
+def test_replace_over_an_interrupted_import_keeps_a_restorable_safety_bundle(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    kill_import(dst, tmp_path / "bundle", "before_constraints")
+
+    report = import_bundle(instance(dst), tmp_path / "bundle", replace=True)
+
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+    safety = Path(report["safety_bundle"])
+    assert import_marker.TABLE not in json.loads((safety / "manifest.json").read_text())["load_order"]
+    again = make_empty_instance("postgres", tmp_path / "again", request)
+    import_bundle(instance(again), safety)
+    assert verify_bundle(instance(again), safety)["ok"]
