@@ -33,6 +33,7 @@ from .freeze import frozen
 from .instance import DatabaseConfig, Instance
 from .native import MEMBERS, available, checksums, dump_mysql, dump_postgres, sqlite_backup
 from .progress import NullProgress, Progress
+from .state import instance_scope
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
 from .values import fast_decoder
@@ -310,7 +311,7 @@ def export_bundle(
     output.parent.mkdir(parents=True, exist_ok=True)
     bundle_dir = Path(tempfile.mkdtemp(prefix=".cairn-bundle-", dir=output.parent)) if archive else output
     try:
-        with frozen(state_url, enabled=freeze, reason=f"export to {output.name}"):
+        with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}"):
             manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
         if archive:
             progress.log(f"packing {output.name}")

@@ -171,11 +171,12 @@ class Scan:
 
 def _load_retained(scan: Scan, instance: Instance, state_url: str | None) -> None:
     """Source objects of switched, not yet pruned moves: kept on purpose (rollback), not orphans."""
+    from .state import instance_scope
     from .storage_move import CopyLedger
 
     ledger = CopyLedger(state_url)
     try:
-        for move in ledger.moves(instance.key or instance.database.display_url):
+        for move in ledger.moves(instance_scope(instance)):
             batch = [(move["src"], normalized(e["src_name"]), stem_of(e["src_name"]))
                      for e in ledger.all_entries(move["move_id"], "switched")]
             scan.conn.executemany("INSERT INTO retained VALUES (?,?,?)", batch)

@@ -6,7 +6,9 @@ and file writes and refuses them with 503 while a freeze is active.  The flag
 lives in the state store, not in memory, so a CLI export and a running
 ``serve`` process agree on it.  A freeze whose owner process died (same
 host, pid gone) or whose deadline passed is ignored: a crashed export must
-never leave an instance read-only.
+never leave an instance read-only.  Each instance has its own freeze (one row
+per :func:`~cairn_migrate.state.instance_scope`), so sidecars sharing a state
+store never hold or release each other's writes.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import sqlalchemy as sa
 from .jobs import _pid_alive, _state_engine
 
 _metadata = sa.MetaData()
+#: One row per instance.  (``cm_freeze``, the single unscoped row of earlier
+#: versions, is left alone and read by no one.)
 freeze_table = sa.Table(
-    "cm_freeze",
+    "cm_instance_freeze",
     _metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("instance", sa.String(64), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("since", sa.String(40), nullable=False),
     sa.Column("until", sa.String(40), nullable=False),
@@ -48,15 +52,15 @@ def _engine(state_url: str) -> sa.Engine:
     return engine
 
 
-def set_freeze(state_url: str, reason: str, ttl: dt.timedelta = DEFAULT_TTL) -> None:
-    """Start holding writes (replaces any earlier freeze)."""
+def set_freeze(state_url: str, reason: str, ttl: dt.timedelta = DEFAULT_TTL, *, scope: str) -> None:
+    """Start holding the writes of instance ``scope`` (replaces its earlier freeze)."""
     engine = _engine(state_url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.delete(freeze_table))
+            conn.execute(sa.delete(freeze_table).where(freeze_table.c.instance == scope))
             conn.execute(
                 sa.insert(freeze_table).values(
-                    id=1,
+                    instance=scope,
                     reason=reason,
                     since=_now().isoformat(),
                     until=(_now() + ttl).isoformat(),
@@ -68,22 +72,22 @@ def set_freeze(state_url: str, reason: str, ttl: dt.timedelta = DEFAULT_TTL) -> 
         engine.dispose()
 
 
-def clear_freeze(state_url: str) -> None:
-    """Stop holding writes."""
+def clear_freeze(state_url: str, *, scope: str) -> None:
+    """Stop holding the writes of instance ``scope``."""
     engine = _engine(state_url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.delete(freeze_table))
+            conn.execute(sa.delete(freeze_table).where(freeze_table.c.instance == scope))
     finally:
         engine.dispose()
 
 
-def freeze_state(state_url: str) -> dict[str, Any]:
-    """``{"active": bool, "reason", "since", "until"}``, with stale freezes reported inactive."""
+def freeze_state(state_url: str, *, scope: str) -> dict[str, Any]:
+    """The freeze of instance ``scope``: ``{"active": bool, "reason", "since", "until"}``, stale ones inactive."""
     engine = _engine(state_url)
     try:
         with engine.connect() as conn:
-            row = conn.execute(sa.select(freeze_table)).mappings().first()
+            row = conn.execute(sa.select(freeze_table).where(freeze_table.c.instance == scope)).mappings().first()
     finally:
         engine.dispose()
     if row is None:
@@ -95,8 +99,8 @@ def freeze_state(state_url: str) -> dict[str, Any]:
 
 
 @contextmanager
-def frozen(state_url: str | None, *, enabled: bool, reason: str) -> Iterator[None]:
-    """Hold writes for the duration of the block (a no-op unless ``enabled``)."""
+def frozen(state_url: str | None, *, scope: str, enabled: bool, reason: str) -> Iterator[None]:
+    """Hold the writes of instance ``scope`` for the duration of the block (a no-op unless ``enabled``)."""
     if not enabled:
         yield
         return
@@ -104,8 +108,8 @@ def frozen(state_url: str | None, *, enabled: bool, reason: str) -> Iterator[Non
         from .state import default_state_url
 
         state_url = default_state_url()
-    set_freeze(state_url, reason)
+    set_freeze(state_url, reason, scope=scope)
     try:
         yield
     finally:
-        clear_freeze(state_url)
+        clear_freeze(state_url, scope=scope)

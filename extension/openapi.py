@@ -115,7 +115,8 @@ def build_spec(app: Flask) -> APISpec:
                 operation.setdefault("security", [{"hookSignature": []}])
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
             elif getattr(view, "admin_required", False):
-                operation.setdefault("security", [{"bearerAuth": []}])
+                schemes = [{"bearerAuth": []}] + ([{"hookSignature": []}] if getattr(view, "signed_allowed", False) else [])
+                operation.setdefault("security", schemes)
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
                 responses.setdefault("403", {"$ref": "#/components/responses/Error"})
             else:
