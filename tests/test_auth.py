@@ -239,8 +239,8 @@ def test_flags_and_extraction() -> None:
 # -- every /migrate route, over HTTP ------------------------------------------------------
 
 
-def migrate_routes(app: Any) -> list[tuple[str, str]]:
-    """(method, url) of every /migrate route but health, with dummy path values."""
+def migrate_routes(app: Any, records: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(method, url) of every /migrate route but health, with dummy path values (or ``records[name]``)."""
     routes = []
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/migrate") or rule.rule == HEALTH:
@@ -254,6 +254,10 @@ def migrate_routes(app: Any) -> list[tuple[str, str]]:
             for name, conv in rule._converters.items()
         }
         url = rule.rule
+        if records is not None:
+            missing = set(values) - set(records)
+            assert not missing, f"{rule.rule}: name the record that {sorted(missing)} should be"
+            values = {name: records[name] for name in values}
         for name, value in values.items():
             url = re.sub(rf"<(?:[^>:]+:)?{name}>", value, url)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
