@@ -220,3 +220,31 @@ def test_records_carry_the_instance_in_the_shared_store(sidecars: tuple[Sidecar,
     assert owner == a.scope == instance_scope(Instance.from_env_file(a.instance.env_path, environ={}))
     assert get_state(a.app).bundle_dir.name == a.scope and get_state(b.app).bundle_dir.name == b.scope
     assert get_state(a.app).bundle_dir.parent == get_state(b.app).bundle_dir.parent
+
+
+def test_a_clone_sharing_the_key_is_another_instance(tmp_path: Path) -> None:
+    """A clone carries its source's KEY; the database tells them apart (records and copy-ledger moves)."""
+    from cairn_migrate.storage_move import MoveSpec
+
+    source = restore_sqlite_instance(tmp_path / "source")
+    clone = restore_sqlite_instance(tmp_path / "clone")
+    a, b = (Instance.from_env_file(i.env_path, environ={}) for i in (source, clone))
+    assert a.key == b.key
+    assert instance_scope(a) != instance_scope(b)
+    spec = MoveSpec("local", "remote")
+    assert spec.move_id(a) != spec.move_id(b)
+    # the same instance, read again (or through a relative DB_FILENAME), is the same identity
+    source.env_path.write_text(re.sub(r"^DB_FILENAME=.*$", "DB_FILENAME=./data.db", source.env_path.read_text(),
+                                      flags=re.MULTILINE))
+    assert instance_scope(Instance.from_env_file(source.env_path, environ={})) == instance_scope(a)
+
+
+def test_server_database_identity_ignores_credentials() -> None:
+    def scope(**env: str) -> str:
+        base = {"DB_CLIENT": "pg", "DB_HOST": "db.example", "DB_PORT": "5432", "DB_DATABASE": "cms", "DB_USER": "u",
+                "DB_PASSWORD": "p", "KEY": "k"}
+        return instance_scope(Instance.from_env_file(None, environ={**base, **env}))
+
+    assert scope() == scope(DB_USER="other", DB_PASSWORD="rotated")
+    assert len({scope(), scope(DB_DATABASE="cms2"), scope(DB_HOST="db2.example"), scope(DB_PORT="5433"),
+                scope(KEY="k2")}) == 5
