@@ -130,6 +130,20 @@ class MigrateState:
         return path
 
     @property
+    def shared_dirs(self) -> list[Path]:
+        """Folders holding records of every instance: the bundle root and the folders of the SQLite state
+        files (configured and default, where ``--replace`` safety bundles go).  A request's ``path`` never
+        reaches into them."""
+        from sqlalchemy.engine import make_url
+
+        folders = [self.bundle_root]
+        for url in {str(self.config["CAIRN_MIGRATE_STATE_URL"]), default_state_url()}:
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database and not parsed.database.startswith("file:"):
+                folders.append(Path(parsed.database).expanduser().parent)
+        return folders
+
+    @property
     def scheduler_enabled(self) -> bool:
         return _as_bool(self.config.get("CAIRN_MIGRATE_SCHEDULER"))
 

@@ -64,14 +64,16 @@ def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
 def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
     """The bundle a request names: a server-side ``bundle`` id, or a ``path`` on the sidecar's machine.
 
-    :raises InvalidInput: a ``path`` inside the server-side bundle folders (of any
-        instance: they are reached by id only, so one instance cannot name another's).
+    :raises InvalidInput: a ``path`` inside the sidecar's folders shared by every
+        instance (server-side bundles are reached by id only, so one instance
+        cannot name another's bundle or safety bundle).
     """
     if params.get("bundle"):
         return bundle_path(state, params["bundle"])
     path = Path(params["path"])
-    if path.expanduser().resolve().is_relative_to(state.bundle_root.resolve()):
-        raise InvalidInput("'path' points into the sidecar's server-side bundle folders",
+    resolved = path.expanduser().resolve()
+    if any(resolved.is_relative_to(folder.resolve()) for folder in state.shared_dirs):
+        raise InvalidInput("'path' points into the sidecar's own state folders, which hold every instance's bundles",
                            hint="name a server-side bundle by its id: 'bundle' (GET /migrate/bundles lists them)")
     return path
 

@@ -58,6 +58,15 @@ def instance_scope(instance: Instance) -> str:
     return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:32]
 
 
+def legacy_instance_label(instance: Instance) -> str:
+    """What copy ledgers of earlier versions recorded as the instance: ``KEY``, else the database URL.
+
+    Shared by a clone and its source, so it never grants access to records; it
+    only keeps their moved-away objects from being taken for orphans.
+    """
+    return instance.key or instance.database.display_url
+
+
 def add_missing_column(engine: Engine, table: sa.Table, name: str) -> None:
     """Add column ``name`` of ``table`` to a state store created before the column existed.
 

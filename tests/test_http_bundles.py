@@ -141,7 +141,9 @@ def test_path_into_the_bundle_folders_is_refused(app: Any, client: Any, admin_to
     state = get_state(app)
     own = state.bundle_dir / "0123.tar.gz"
     own.write_bytes(b"x")
-    for path in (own, state.bundle_root / ("f" * 32) / "0123.tar.gz", state.bundle_root / "old.tar.gz"):
+    safety = Path(state.config["CAIRN_MIGRATE_STATE_URL"].removeprefix("sqlite:///")).parent / "safety-bundles"
+    for path in (own, state.bundle_root / ("f" * 32) / "0123.tar.gz", state.bundle_root / "old.tar.gz",
+                 safety / "before-replace-20260101T000000Z", state.bundle_root / ".." / "bundles" / "x.tar.gz"):
         for route in ("/migrate/import", "/migrate/verify"):
             response = client.post(route, json={"path": str(path)}, headers=bearer(admin_token))
             assert response.status_code == 422, (route, path, response.get_json())

@@ -248,3 +248,29 @@ def test_server_database_identity_ignores_credentials() -> None:
     assert scope() == scope(DB_USER="other", DB_PASSWORD="rotated")
     assert len({scope(), scope(DB_DATABASE="cms2"), scope(DB_HOST="db2.example"), scope(DB_PORT="5433"),
                 scope(KEY="k2")}) == 5
+
+
+def test_copy_ledger_rows_from_before_scoping(sqlite_instance: Path, tmp_path: Path) -> None:
+    """A switched move recorded by an earlier version (instance = KEY): its old bytes are still kept as
+    retained (never taken for orphans), but no instance prunes or resumes it."""
+    from cairn_migrate.file_rows import check
+    from cairn_migrate.state import legacy_instance_label
+    from cairn_migrate.storage import open_location
+    from cairn_migrate.storage_move import prune
+
+    instance = Instance.from_env_file(sqlite_instance, environ={})
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    local = open_location(instance.location("local"))
+    local.write_bytes("moved-away.bin", b"old bytes kept for a rollback")
+    ledger = CopyLedger(state_url)
+    try:
+        ledger.start("legacy-move", legacy_instance_label(instance), "local", "remote", "{}")
+        ledger.set_move("legacy-move", state="switched")
+        ledger.save("legacy-move", [{"id": "f1", "src_name": "moved-away.bin", "dst_name": "moved-away.bin", "size": 29,
+                                     "sha256": "0" * 64, "action": "copied", "state": "switched"}])
+    finally:
+        ledger.close()
+    report = check(instance, state_url=state_url)
+    assert report["counts"]["orphan"] == 0, report["problems"]
+    assert prune(instance, yes=True, state_url=state_url) == {"dry_run": False, "moves": [], "deleted": 0, "problems": []}
+    assert local.read_bytes("moved-away.bin") == b"old bytes kept for a rollback"
