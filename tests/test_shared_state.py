@@ -274,3 +274,15 @@ def test_copy_ledger_rows_from_before_scoping(sqlite_instance: Path, tmp_path: P
     assert report["counts"]["orphan"] == 0, report["problems"]
     assert prune(instance, yes=True, state_url=state_url) == {"dry_run": False, "moves": [], "deleted": 0, "problems": []}
     assert local.read_bytes("moved-away.bin") == b"old bytes kept for a rollback"
+
+
+def test_a_freeze_holds_only_its_instance(tmp_path: Path) -> None:
+    from cairn_migrate.freeze import clear_freeze, freeze_state, frozen
+
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    with frozen(state_url, scope="a" * 32, enabled=True, reason="export of A"):
+        assert freeze_state(state_url, scope="a" * 32)["active"]
+        assert freeze_state(state_url, scope="b" * 32) == {"active": False}
+        clear_freeze(state_url, scope="b" * 32)  # B releasing its (absent) freeze leaves A's alone
+        assert freeze_state(state_url, scope="a" * 32)["reason"] == "export of A"
+    assert freeze_state(state_url, scope="a" * 32) == {"active": False}
