@@ -75,8 +75,8 @@ def start_import() -> ResponseReturnValue:
     state = get_state()
     passphrase = body.pop("passphrase")
     if body["dry_run"]:
-        report = api.import_(state.instance(), _bundle_of(state, body), dry_run=True, replace=body["replace"], resume=body["resume"],
-                             storage_map=body["storage_map"], passphrase=passphrase)
+        report = api.import_(state.instance(), _bundle_of(state, body), dry_run=True, replace=body["replace"],
+                             resume=body["resume"], storage_map=body["storage_map"], passphrase=passphrase)
         return PlanSchema().dump(report)
     return job_accepted(state.runner.submit("import", body, secrets={"passphrase": passphrase}))
 

@@ -116,7 +116,10 @@ class MigrateState:
 
     @property
     def bundle_root(self) -> Path:
-        """The folder of every instance's bundle folder (``CAIRN_MIGRATE_BUNDLE_DIR``, default beside the state store)."""
+        """The folder holding each instance's bundle folder.
+
+        ``CAIRN_MIGRATE_BUNDLE_DIR``, default ``bundles`` beside the state store.
+        """
         configured = self.config.get("CAIRN_MIGRATE_BUNDLE_DIR")
         if configured:
             path = Path(str(configured)).expanduser()

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .jobs import _pid_alive, _state_engine
+from .state import create_tables
 
 _metadata = sa.MetaData()
 #: One row per instance.  (``cm_freeze``, the single unscoped row of earlier
@@ -48,7 +49,7 @@ def _now() -> dt.datetime:
 
 def _engine(state_url: str) -> sa.Engine:
     engine = _state_engine(state_url)
-    _metadata.create_all(engine)
+    create_tables(engine, _metadata)
     return engine
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .errors import InvalidInput, MigrateError, NotFound
-from .state import add_missing_column
+from .state import add_missing_column, create_tables
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class JobStore:
         with self._lock:
             if self._engine is None:
                 engine = _state_engine(self.url)
-                metadata.create_all(engine)
+                create_tables(engine, metadata)
                 add_missing_column(engine, jobs_table, "instance")
                 self._engine = engine
             return self._engine

@@ -115,7 +115,9 @@ def build_spec(app: Flask) -> APISpec:
                 operation.setdefault("security", [{"hookSignature": []}])
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
             elif getattr(view, "admin_required", False):
-                schemes = [{"bearerAuth": []}] + ([{"hookSignature": []}] if getattr(view, "signed_allowed", False) else [])
+                schemes: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+                if getattr(view, "signed_allowed", False):  # GET /migrate/freeze: the hook may sign instead
+                    schemes.append({"hookSignature": []})
                 operation.setdefault("security", schemes)
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
                 responses.setdefault("403", {"$ref": "#/components/responses/Error"})

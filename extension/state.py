@@ -67,6 +67,19 @@ def legacy_instance_label(instance: Instance) -> str:
     return instance.key or instance.database.display_url
 
 
+def create_tables(engine: Engine, metadata: sa.MetaData) -> None:
+    """Create the tables of ``metadata`` that do not exist yet.
+
+    Two threads or sidecars creating them at once is fine: the loser's
+    ``CREATE TABLE`` fails on a table that now exists, and a second pass finds
+    everything there.
+    """
+    try:
+        metadata.create_all(engine)
+    except DBAPIError:
+        metadata.create_all(engine)
+
+
 def add_missing_column(engine: Engine, table: sa.Table, name: str) -> None:
     """Add column ``name`` of ``table`` to a state store created before the column existed.
 

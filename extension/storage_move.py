@@ -45,7 +45,7 @@ from .errors import InvalidInput, MigrateError
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .scripts import id_values
-from .state import default_state_url, instance_scope
+from .state import create_tables, default_state_url, instance_scope
 from . import storage as _storage
 from .storage import CHUNK, PART, Location, open_location
 
@@ -93,7 +93,7 @@ class CopyLedger:
         from .jobs import _state_engine
 
         self.engine = _state_engine(url or default_state_url())
-        _meta.create_all(self.engine)
+        create_tables(self.engine, _meta)
 
     def close(self) -> None:
         self.engine.dispose()

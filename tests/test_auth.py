@@ -163,7 +163,9 @@ def test_jwt_of_an_admin_demoted_since_is_forbidden(
         authenticate(instance, engine, f"Bearer {token}")
 
 
-def test_jwt_without_admin_access_stays_without(instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance) -> None:
+def test_jwt_without_admin_access_stays_without(
+    instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance
+) -> None:
     """The token's own claim still counts: an admin's token issued without admin access gets none."""
     with pytest.raises(Forbidden):
         authenticate(instance, engine, f"Bearer {cairn_instance.make_jwt(admin_access=0)}")

@@ -219,7 +219,8 @@ def test_cancel_queued_finished_and_unknown(store: JobStore) -> None:
 
 
 def test_a_store_sees_only_its_instance(state_url: str) -> None:
-    a, b, unscoped = JobStore(state_url, scope="a" * 32), JobStore(state_url, scope=lambda: "b" * 32), JobStore(state_url)
+    a, b = JobStore(state_url, scope="a" * 32), JobStore(state_url, scope=lambda: "b" * 32)
+    unscoped = JobStore(state_url)
     try:
         job = a.create("k", {"n": 1})
         assert [j["id"] for j in a.list()] == [job] and a.get(job)["params"] == {"n": 1}

@@ -272,7 +272,8 @@ def test_copy_ledger_rows_from_before_scoping(sqlite_instance: Path, tmp_path: P
         ledger.close()
     report = check(instance, state_url=state_url)
     assert report["counts"]["orphan"] == 0, report["problems"]
-    assert prune(instance, yes=True, state_url=state_url) == {"dry_run": False, "moves": [], "deleted": 0, "problems": []}
+    pruned = prune(instance, yes=True, state_url=state_url)
+    assert pruned == {"dry_run": False, "moves": [], "deleted": 0, "problems": []}
     assert local.read_bytes("moved-away.bin") == b"old bytes kept for a rollback"
 
 
