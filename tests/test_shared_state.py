@@ -287,3 +287,26 @@ def test_a_freeze_holds_only_its_instance(tmp_path: Path) -> None:
         clear_freeze(state_url, scope="b" * 32)  # B releasing its (absent) freeze leaves A's alone
         assert freeze_state(state_url, scope="a" * 32)["reason"] == "export of A"
     assert freeze_state(state_url, scope="a" * 32) == {"active": False}
+
+
+def scheduled_target(**kwargs: Any) -> None:
+    """A scheduled call that is never due in the test."""
+
+
+def test_schedules_are_per_instance(tmp_path: Path) -> None:
+    from cairn_migrate.hooks.schedule import schedule_job
+
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    apps = []
+    for name in ("a", "b"):
+        instance = restore_sqlite_instance(tmp_path / name)
+        _own_identity(instance, name)
+        apps.append(create_app({"CAIRN_MIGRATE_ENV": str(instance.env_path), "CAIRN_MIGRATE_STATE_URL": state_url,
+                                "CAIRN_MIGRATE_SCHEDULER": True}))
+    try:
+        schedule_job(apps[0], "test_shared_state:scheduled_target", "interval", job_id="nightly-a", hours=24)
+        assert [job.id for job in get_state(apps[0]).scheduler.get_jobs()] == ["nightly-a"]
+        assert get_state(apps[1]).scheduler.get_jobs() == []
+    finally:
+        for app in apps:
+            get_state(app).close()
