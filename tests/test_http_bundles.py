@@ -136,6 +136,13 @@ def test_bundle_id_is_not_a_pattern(app: Any, client: Any, admin_token: str, pat
     response.close()
 
 
+def test_bundles_from_before_scoping_are_nobodys(app: Any, client: Any, admin_token: str) -> None:
+    """A bundle written straight into the bundle folder (as earlier versions did) is in no instance's list."""
+    (get_state(app).bundle_root / "0123456789abcdef.tar.gz").write_bytes(b"an old bundle")
+    assert client.get("/migrate/bundles", headers=bearer(admin_token)).get_json() == {"bundles": []}
+    assert client.get("/migrate/bundles/0123456789abcdef", headers=bearer(admin_token)).status_code == 404
+
+
 def test_path_into_the_bundle_folders_is_refused(app: Any, client: Any, admin_token: str) -> None:
     """Server-side bundles are named by id only, so no instance can name another's by its path."""
     state = get_state(app)
