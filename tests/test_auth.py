@@ -363,6 +363,31 @@ def test_health_is_open_and_says_nothing_secret(
             assert secret not in text
 
 
+def test_real_access_token_of_a_suspended_admin_is_refused(live_instance: Any) -> None:
+    """A real login's access token, on the running instance: let in, then refused once the user is suspended.
+
+    A second admin is created for this (the session's admin is shared with other tests) and deleted after.
+    """
+    import uuid
+
+    role = live_instance.request("GET", "/users/me").json()["data"]["role"]
+    email, password = f"second-admin-{uuid.uuid4().hex[:8]}@example.com", "a-long-password-0123"
+    created = live_instance.request("POST", "/users", json={"email": email, "password": password, "role": role})
+    assert created.status_code == 200, created.text
+    user_id = created.json()["data"]["id"]
+    try:
+        login = live_instance.request("POST", "/auth/login", token=None, json={"email": email, "password": password})
+        assert login.status_code == 200, login.text
+        auth = bearer(login.json()["data"]["access_token"])
+        assert live_instance.sidecar_request("GET", "/migrate/jobs", headers=auth).status_code == 200
+        suspended = live_instance.request("PATCH", f"/users/{user_id}", json={"status": "suspended"})
+        assert suspended.status_code == 200, suspended.text
+        refused = live_instance.sidecar_request("GET", "/migrate/jobs", headers=auth)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    finally:
+        live_instance.request("DELETE", f"/users/{user_id}")
+
+
 # -- the error body --------------------------------------------------------------------------
 
 
