@@ -119,17 +119,13 @@ def _records_of(a: Sidecar, ids: dict[str, str], ledger: CopyLedger) -> dict[str
     headers = bearer(a.token)
     client = a.client
     bundle = get_state(a.app).bundle_dir
-    moves = [m for m in ledger.moves(a.scope) if m["move_id"] == ids["move"]]
-    for move in moves:
-        move.pop("updated_at")
     return {
-        "running": {k: v for k, v in client.get(f"/migrate/jobs/{ids['running']}", headers=headers).get_json().items()
-                    if k not in ("progress",)},
+        "running": client.get(f"/migrate/jobs/{ids['running']}", headers=headers).get_json(),
         "export": client.get(f"/migrate/jobs/{ids['export']}", headers=headers).get_json(),
         "bundles": sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in bundle.iterdir()),
         "listed": client.get("/migrate/bundles", headers=headers).get_json(),
         "freeze": client.get("/migrate/freeze", headers=headers).get_json(),
-        "moves": moves,
+        "moves": ledger.moves(a.scope),
         "entries": list(ledger.all_entries(ids["move"])),
     }
 
