@@ -73,7 +73,8 @@ def build_spec(app: Flask) -> APISpec:
         version=release,
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name_resolver)],
-        info={"description": "Migration sidecar for CairnCMS. Every route except /migrate/health needs an admin."},
+        info={"description": "Migration sidecar for CairnCMS. Every route except /migrate/health needs an admin "
+                             "(the instance hook's routes take its signature instead)."},
     )
     spec.components.security_scheme(
         "bearerAuth",
