@@ -36,5 +36,5 @@ def current_caller() -> Caller:
     instance = state.instance()
     header = request.headers.get("Authorization")
     query = request.args.get("access_token")
-    # state.engine is passed uncalled: only a static token opens the database.
+    # state.engine is passed uncalled: only a well-formed token whose user must be looked up opens the database.
     return authenticate(instance, state.engine, header, query)

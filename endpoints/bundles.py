@@ -8,7 +8,7 @@ from flask import request, send_file
 from flask.typing import ResponseReturnValue
 
 from ..app import get_state
-from ..service_jobs import bundle_path
+from ..service_jobs import bundle_files, bundle_id_of, bundle_path
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
@@ -41,7 +41,7 @@ def start_export() -> ResponseReturnValue:
 
 
 def _describe(path) -> dict:  # type: ignore[no-untyped-def]
-    bundle_id = path.name.split(".", 1)[0]
+    bundle_id = bundle_id_of(path)
     return {
         "id": bundle_id,
         "name": path.name,
@@ -66,7 +66,7 @@ def list_bundles() -> ResponseReturnValue:
             application/json:
               schema: BundleListSchema
     """
-    paths = [p for p in get_state().bundle_dir.iterdir() if p.is_file() and not p.name.endswith(".part")]
+    paths = bundle_files(get_state())
     paths.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return BundleListSchema().dump({"bundles": [_describe(p) for p in paths]})
 

@@ -117,8 +117,8 @@ def start_files_repair() -> ResponseReturnValue:
     body = _body(FilesRepairRequestSchema())
     state = get_state()
     passphrase = body.pop("passphrase")
+    bundle = _bundle_of(state, body) if body.get("bundle") or body.get("path") else None
     if body.pop("dry_run"):
-        bundle = _bundle_of(state, body) if body.get("bundle") or body.get("path") else None
         return repair(state.instance(), yes=False, bundle=bundle, passphrase=passphrase,
                       from_locations=body["from_locations"], orphans=body["orphans"],
                       clear_references=body["clear_references"], state_url=_state_url())

@@ -19,6 +19,11 @@ def _state_url() -> str:
     return str(get_state().config["CAIRN_MIGRATE_STATE_URL"])
 
 
+def _scope() -> str:
+    """This sidecar's instance: the only freeze its routes read or change."""
+    return get_state().scope
+
+
 @bp.get("/freeze")
 @admin_or_signed
 def get_freeze() -> ResponseReturnValue:
@@ -33,7 +38,7 @@ def get_freeze() -> ResponseReturnValue:
             application/json:
               schema: FreezeSchema
     """
-    return FreezeSchema().dump(freeze_state(_state_url()))
+    return FreezeSchema().dump(freeze_state(_state_url(), scope=_scope()))
 
 
 @bp.post("/freeze")
@@ -55,8 +60,8 @@ def start_freeze() -> ResponseReturnValue:
               schema: FreezeSchema
     """
     body = FreezeRequestSchema().load(request.get_json(silent=True) or {})
-    set_freeze(_state_url(), body["reason"], dt.timedelta(seconds=body["ttl_seconds"]))
-    return FreezeSchema().dump(freeze_state(_state_url()))
+    set_freeze(_state_url(), body["reason"], dt.timedelta(seconds=body["ttl_seconds"]), scope=_scope())
+    return FreezeSchema().dump(freeze_state(_state_url(), scope=_scope()))
 
 
 @bp.delete("/freeze")
@@ -73,5 +78,5 @@ def end_freeze() -> ResponseReturnValue:
             application/json:
               schema: FreezeSchema
     """
-    clear_freeze(_state_url())
-    return FreezeSchema().dump(freeze_state(_state_url()))
+    clear_freeze(_state_url(), scope=_scope())
+    return FreezeSchema().dump(freeze_state(_state_url(), scope=_scope()))

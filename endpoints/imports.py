@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from .. import api
 from ..app import get_state
 from ..errors import InvalidInput
-from ..service_jobs import bundle_path
+from ..service_jobs import _bundle_of
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
@@ -43,6 +43,7 @@ def _load(schema: Any) -> dict[str, Any]:
     body = schema.load(request.get_json(silent=True) or {})
     if not body.get("bundle") and not body.get("path"):
         raise InvalidInput("Name the bundle to use", hint="pass 'bundle' (an id from GET /migrate/bundles) or 'path'")
+    _bundle_of(get_state(), body)  # an unknown id or a path into the bundle folders fails now, not in the job
     return body
 
 
@@ -75,9 +76,8 @@ def start_import() -> ResponseReturnValue:
     state = get_state()
     passphrase = body.pop("passphrase")
     if body["dry_run"]:
-        path = bundle_path(state, body["bundle"]) if body.get("bundle") else body["path"]
-        report = api.import_(state.instance(), path, dry_run=True, replace=body["replace"], resume=body["resume"],
-                             storage_map=body["storage_map"], passphrase=passphrase,
+        report = api.import_(state.instance(), _bundle_of(state, body), dry_run=True, replace=body["replace"],
+                             resume=body["resume"], storage_map=body["storage_map"], passphrase=passphrase,
                              safety_bundle=Path(body["safety_bundle"]) if body["safety_bundle"] else None)
         return PlanSchema().dump(report)
     return job_accepted(state.runner.submit("import", body, secrets={"passphrase": passphrase}))

@@ -34,7 +34,8 @@ def list_jobs() -> ResponseReturnValue:
             application/json:
               schema: JobListSchema
     """
-    query = JobQuerySchema().load(request.args.to_dict())
+    # access_token is the credential (read by admin_required), not a filter.
+    query = JobQuerySchema().load({k: v for k, v in request.args.items() if k != "access_token"})
     jobs = get_state().store.list(**query)
     return JobListSchema().dump({"jobs": jobs, "count": len(jobs)})
 

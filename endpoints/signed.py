@@ -46,4 +46,5 @@ def admin_or_signed(view: F) -> F:
         return view(*args, **kwargs)
 
     wrapped.admin_required = True  # type: ignore[attr-defined]
+    wrapped.signed_allowed = True  # type: ignore[attr-defined]  # read by the OpenAPI builder
     return wrapped  # type: ignore[return-value]

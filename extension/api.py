@@ -48,15 +48,18 @@ def inspect(instance: Instance, *, check_objects: bool = True, progress: Progres
 
 def export(instance: Instance, output: Path, *, passphrase: str | None = None, key_file: Path | None = None,
            freeze: bool = False, freeze_guarantee: bool = True, instance_url: str | None = None,
-           native: bool = False, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+           native: bool = False, overwrite: bool = False, state_url: str | None = None,
+           progress: Progress | None = None) -> dict[str, Any]:
     """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``.
 
     With ``freeze``, writes are held and the instance must prove it holds them (at ``instance_url``,
     default its ``PUBLIC_URL``) before the capture; ``freeze_guarantee=False`` only warns when it cannot.
+    The freeze is written to ``state_url`` (default the process's state store): a ``serve`` passes its
+    own, so the hook that asks that sidecar sees the freeze.
     """
     return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze,
                          freeze_guarantee=freeze_guarantee, instance_url=instance_url, native=native,
-                         overwrite=overwrite, progress=progress)
+                         overwrite=overwrite, state_url=state_url, progress=progress)
 
 
 def import_(instance: Instance, bundle: Path, *, dry_run: bool = False, replace: bool = False, resume: bool = False,

@@ -21,7 +21,7 @@ from flask import Flask, current_app
 
 from .instance import Instance
 from .jobs import JobRunner, JobStore
-from .state import default_state_url
+from .state import default_state_url, instance_scope
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -91,13 +91,35 @@ class MigrateState:
         self._lock = threading.RLock()
         self._instance: Instance | None = None
         self._engine: Engine | None = None
-        self._store = JobStore(str(self.config["CAIRN_MIGRATE_STATE_URL"]))
+        self._scope: str | None = None
+        self._store = JobStore(str(self.config["CAIRN_MIGRATE_STATE_URL"]), scope=lambda: self.scope)
         self._runner = JobRunner(self._store, int(self.config.get("CAIRN_MIGRATE_WORKERS") or 2))
         self.scheduler: BackgroundScheduler | None = None
 
     @property
+    def scope(self) -> str:
+        """The identity of this app's instance in the state store (:func:`~cairn_migrate.state.instance_scope`)."""
+        with self._lock:
+            if self._scope is None:
+                self._scope = instance_scope(self.instance())
+            return self._scope
+
+    @property
     def bundle_dir(self) -> Path:
-        """Where server-side bundles live (``CAIRN_MIGRATE_BUNDLE_DIR``, default beside the state store)."""
+        """This instance's server-side bundles: its own folder ``<bundle root>/<scope>``.
+
+        Sidecars of several instances may share one bundle root; each sees only its folder.
+        """
+        path = self.bundle_root / self.scope
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def bundle_root(self) -> Path:
+        """The folder holding each instance's bundle folder.
+
+        ``CAIRN_MIGRATE_BUNDLE_DIR``, default ``bundles`` beside the state store.
+        """
         configured = self.config.get("CAIRN_MIGRATE_BUNDLE_DIR")
         if configured:
             path = Path(str(configured)).expanduser()
@@ -109,6 +131,20 @@ class MigrateState:
             path = (base or Path(default_state_url().removeprefix("sqlite:///")).parent) / "bundles"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def shared_dirs(self) -> list[Path]:
+        """Folders holding records of every instance: the bundle root and the folders of the SQLite state
+        files (configured and default, where ``--replace`` safety bundles go).  A request's ``path`` never
+        reaches into them."""
+        from sqlalchemy.engine import make_url
+
+        folders = [self.bundle_root]
+        for url in {str(self.config["CAIRN_MIGRATE_STATE_URL"]), default_state_url()}:
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database and not parsed.database.startswith("file:"):
+                folders.append(Path(parsed.database).expanduser().parent)
+        return folders
 
     @property
     def scheduler_enabled(self) -> bool:

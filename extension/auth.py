@@ -3,12 +3,16 @@
 The sidecar has no users of its own.  It accepts the credentials the instance
 accepts (reference §7): a static token looked up in ``directus_users.token``, or
 an HS256 access token signed with the instance's ``SECRET``.  Only admins of
-the instance may use ``/migrate/*``.  Tokens are never logged or echoed.
+the instance may use ``/migrate/*``.  Both kinds are checked against the user's
+row now, not only when they were issued: an access token of a user who was
+suspended, deleted or lost admin access since is refused like their static
+token.  Tokens are never logged or echoed.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +32,15 @@ JWT_ISSUERS = ("cairncms", "directus")
 #: Claims ``verifyJWT`` requires besides ``exp``.
 REQUIRED_CLAIMS = ("role", "app_access", "admin_access")
 
-_STATIC_TOKEN_QUERY = sa.text(
+_ACTIVE_USER = (
     "SELECT u.id, u.role, r.admin_access FROM directus_users u "
     "LEFT JOIN directus_roles r ON r.id = u.role "
-    "WHERE u.token = :t AND u.status = 'active'"
+    "WHERE u.status = 'active' AND "
 )
+_STATIC_TOKEN_QUERY = sa.text(_ACTIVE_USER + "u.token = :t")
+_USER_ID_QUERY = sa.text(_ACTIVE_USER + "u.id = :id")
 
-#: An engine, or a function returning one (so a JWT check never opens the database).
+#: An engine, or a function returning one (so a malformed or badly signed token never opens the database).
 EngineSource = Engine | Callable[[], Engine]
 
 _HINT = "send Authorization: Bearer <token> with an admin's static token or access token"
@@ -88,7 +94,8 @@ def _jwt_issuer(token: str) -> Any:
     return claims.get("iss") if isinstance(claims, Mapping) else None
 
 
-def _verify_jwt(instance: Instance, token: str) -> Caller:
+def _verify_jwt(instance: Instance, engine: EngineSource, token: str) -> Caller:
+    """A valid access token of a user who is active now; admin only if both the token and the role say so."""
     secret = instance.secret
     if not secret:
         raise Unauthorized(
@@ -110,23 +117,33 @@ def _verify_jwt(instance: Instance, token: str) -> Caller:
     missing = [name for name in REQUIRED_CLAIMS if name not in claims]
     if missing:
         raise Unauthorized("The access token is missing required claims", hint=_HINT)
-    user_id = claims.get("id")
-    role_id = claims.get("role")
-    return Caller(
-        user_id=None if user_id is None else str(user_id),
-        role_id=None if role_id is None else str(role_id),
-        admin=is_flag_set(claims.get("admin_access")),
-        method="jwt",
-    )
+    try:  # CairnCMS user ids are UUIDs; share sessions carry none
+        user_id = str(uuid.UUID(str(claims.get("id"))))
+    except ValueError:
+        raise Unauthorized("Invalid user credentials", hint=_HINT) from None
+    caller = _lookup_user(engine, _USER_ID_QUERY, {"id": user_id}, "jwt")
+    if not is_flag_set(claims.get("admin_access")):  # a token issued without admin access stays without
+        return Caller(caller.user_id, caller.role_id, False, "jwt")
+    return caller
 
 
-def _lookup_static_token(engine: EngineSource, token: str) -> Caller:
-    if callable(engine):  # opened only when a static token needs it
+def _lookup_user(engine: EngineSource, query: sa.TextClause, params: dict[str, str], method: str) -> Caller:
+    """The active user ``query`` finds, with their role's admin flag.
+
+    :raises Unauthorized: no such active user, or an instance without users yet.
+    :raises InstanceUnreachable: the database did not answer.
+    """
+    if callable(engine):  # opened only once a token is worth looking up
         engine = engine()
     try:
         with engine.connect() as conn:
-            row = conn.execute(_STATIC_TOKEN_QUERY, {"t": token}).first()
+            row = conn.execute(query, params).first()
     except DBAPIError as exc:
+        if not _has_users_table(engine):
+            raise Unauthorized(
+                "The instance's database has no users yet (no directus_users table), so no one can sign in",
+                hint="import into an empty database with the CLI (cairn-migrate import), or bootstrap the instance",
+            ) from exc
         raise InstanceUnreachable(
             "The instance's database did not answer the token lookup",
             hint="check that the instance's database is reachable",
@@ -137,8 +154,16 @@ def _lookup_static_token(engine: EngineSource, token: str) -> Caller:
         user_id=None if row.id is None else str(row.id),
         role_id=None if row.role is None else str(row.role),
         admin=is_flag_set(row.admin_access),
-        method="static",
+        method=method,
     )
+
+
+def _has_users_table(engine: Engine) -> bool:
+    """Whether ``directus_users`` exists (``True`` when even that cannot be asked: then the database is the problem)."""
+    try:
+        return sa.inspect(engine).has_table("directus_users")
+    except DBAPIError:
+        return True
 
 
 def identify(
@@ -155,8 +180,8 @@ def identify(
     if token is None:
         raise Unauthorized("Authentication required", hint=_HINT)
     if _jwt_issuer(token) in JWT_ISSUERS:
-        return _verify_jwt(instance, token)
-    return _lookup_static_token(engine, token)
+        return _verify_jwt(instance, engine, token)
+    return _lookup_user(engine, _STATIC_TOKEN_QUERY, {"t": token}, "static")
 
 
 def authenticate(
@@ -168,9 +193,10 @@ def authenticate(
     """The admin calling, or an error.
 
     :param instance: the instance whose users and ``SECRET`` decide.
-    :param engine: an engine on the instance's database (for static tokens), or a
-        function returning one, called only when a static token must be looked up.
-    :raises Unauthorized: no, unknown or invalid token (HTTP 401).
+    :param engine: an engine on the instance's database, or a function returning
+        one, called only when a token's user must be looked up (never for a
+        missing, expired or badly signed token).
+    :raises Unauthorized: no, unknown or invalid token, or its user is not active (HTTP 401).
     :raises Forbidden: a valid token of a user who is not an admin (HTTP 403).
     """
     caller = identify(instance, engine, authorization_header, access_token_query)

@@ -50,6 +50,10 @@ def cli_markdown() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+#: What each OpenAPI security scheme is called in the route table.
+AUTH_LABELS = {"bearerAuth": "admin", "hookSignature": "signed by the instance's hook"}
+
+
 def http_markdown() -> str:
     from .app import create_app, get_state
     from .openapi import build_spec
@@ -61,18 +65,23 @@ def http_markdown() -> str:
         get_state(app).close()
     lines = [
         HEADER, "# HTTP API", "",
-        "Every route but `GET /migrate/health` needs an admin of the instance: `Authorization: Bearer <token>` with a",
-        "static token (`directus_users.token` of an active user whose role has `admin_access`) or a CairnCMS/Directus",
-        "access token (JWT, HS256 with the instance's `SECRET`). Errors are `{\"ok\": false, \"error\": {\"code\",",
+        "Every route but `GET /migrate/health` and the hook's signed routes needs an admin of the instance:",
+        "`Authorization: Bearer <token>` (or `?access_token=<token>`) with a static token (`directus_users.token`) or",
+        "a CairnCMS/Directus access token (JWT, HS256 with the instance's `SECRET`); either way the user is looked up:",
+        "active, and a role with `admin_access`. Routes \"signed by the instance's hook\" take an HMAC signature with",
+        "the shared secret instead (docs/extension.md). Errors are `{\"ok\": false, \"error\": {\"code\",",
         "\"message\", \"hint\"}, \"status\"}`. Long work answers `202 Accepted` with `Location: /migrate/jobs/<id>`.",
         "The machine-readable document is `GET /migrate/openapi.json`.", "",
+        "Jobs, server-side bundles, copy ledgers and the freeze belong to the sidecar's instance (`KEY` plus where",
+        "its database is): sidecars of several instances can share one state store, and each sees and acts on its",
+        "own records only (another instance's job or bundle id answers 404).", "",
         "| method | path | summary | auth |", "|---|---|---|---|",
     ]
     for path, operations in sorted(spec["paths"].items()):
         for method, operation in sorted(operations.items()):
             if method == "parameters":
                 continue
-            auth = "admin" if operation.get("security") else "open"
+            auth = " or ".join(AUTH_LABELS[name] for scheme in operation["security"] for name in scheme) or "open"
             lines.append(f"| {method.upper()} | `{path}` | {operation.get('summary', '')} | {auth} |")
     return "\n".join(lines) + "\n"
 

@@ -34,6 +34,7 @@ from .freeze_proof import prove_enforced
 from .instance import DatabaseConfig, Instance
 from .native import MEMBERS, available, checksums, dump_mysql, dump_postgres, sqlite_backup
 from .progress import NullProgress, Progress
+from .state import instance_scope
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
 from .values import fast_decoder
@@ -315,7 +316,8 @@ def export_bundle(
         return prove_enforced(instance, state, instance_url, guarantee=freeze_guarantee)
 
     try:
-        with frozen(state_url, enabled=freeze, reason=f"export to {output.name}", prove=prove) as held:
+        with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
+                    prove=prove) as held:
             manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
         if held is not None:
             manifest["freeze"] = held

@@ -170,12 +170,19 @@ class Scan:
 
 
 def _load_retained(scan: Scan, instance: Instance, state_url: str | None) -> None:
-    """Source objects of switched, not yet pruned moves: kept on purpose (rollback), not orphans."""
+    """Source objects of switched, not yet pruned moves: kept on purpose (rollback), not orphans.
+
+    Moves recorded before state was scoped by instance count too (by the label
+    they carry): a wrongly retained object is only not reported, while a
+    forgotten one would be quarantined or deleted as an orphan.
+    """
+    from .state import instance_scope, legacy_instance_label
     from .storage_move import CopyLedger
 
     ledger = CopyLedger(state_url)
     try:
-        for move in ledger.moves(instance.key or instance.database.display_url):
+        moves = ledger.moves(instance_scope(instance)) + ledger.moves(legacy_instance_label(instance))
+        for move in moves:
             batch = [(move["src"], normalized(e["src_name"]), stem_of(e["src_name"]))
                      for e in ledger.all_entries(move["move_id"], "switched")]
             scan.conn.executemany("INSERT INTO retained VALUES (?,?,?)", batch)

@@ -12,7 +12,9 @@ HTTP, that the hook sees *this* freeze before it captures
 holds a short one and renews it while it runs, so a crashed export frees the
 instance within :data:`EXPORT_TTL`, even when the hook, unable to reach the
 sidecar, keeps refusing writes until the expiry it last saw.  A freeze whose
-owner process died (same host, pid gone) is ignored at once.
+owner process died (same host, pid gone) is ignored at once.  Each instance has
+its own freeze (one row per :func:`~cairn_migrate.state.instance_scope`), so
+sidecars sharing a state store never hold or release each other's writes.
 
 All access to the freeze record goes through the functions of this module.
 """
@@ -33,14 +35,17 @@ import sqlalchemy as sa
 
 from .errors import ConfigError
 from .jobs import _pid_alive, _state_engine
+from .state import create_tables
 
 log = logging.getLogger(__name__)
 
 _metadata = sa.MetaData()
+#: One row per instance.  (``cm_freeze``, the single unscoped row of earlier
+#: versions, is left alone and read by no one.)
 freeze_table = sa.Table(
-    "cm_freeze",
+    "cm_instance_freeze",
     _metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("instance", sa.String(64), primary_key=True),
     sa.Column("freeze_id", sa.String(64), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("since", sa.String(40), nullable=False),
@@ -62,11 +67,7 @@ def _now() -> dt.datetime:
 
 def _engine(state_url: str) -> sa.Engine:
     engine = _state_engine(state_url)
-    inspector = sa.inspect(engine)
-    if inspector.has_table("cm_freeze") and "freeze_id" not in {c["name"] for c in inspector.get_columns("cm_freeze")}:
-        # A state store from before freeze ids: the record is a transient hold, so recreate the table.
-        freeze_table.drop(engine)
-    _metadata.create_all(engine)
+    create_tables(engine, _metadata)
     return engine
 
 
@@ -82,8 +83,9 @@ def _describe(row: Any) -> dict[str, Any]:
             "until": row["until"], "stale": stale}
 
 
-def set_freeze(state_url: str, reason: str, ttl: dt.timedelta = DEFAULT_TTL, *, replace: bool = True) -> dict[str, Any]:
-    """Start holding writes; returns the new freeze's state (with its ``id``).
+def set_freeze(state_url: str, reason: str, ttl: dt.timedelta = DEFAULT_TTL, *, scope: str,
+               replace: bool = True) -> dict[str, Any]:
+    """Start holding the writes of instance ``scope``; returns the new freeze's state (with its ``id``).
 
     :param replace: replace an active freeze; otherwise an active one is an error.
     :raises ConfigError: another freeze is active and ``replace`` is false.
@@ -91,14 +93,14 @@ def set_freeze(state_url: str, reason: str, ttl: dt.timedelta = DEFAULT_TTL, *, 
     engine = _engine(state_url)
     try:
         with engine.begin() as conn:
-            current = conn.execute(sa.select(freeze_table)).mappings().first()
+            current = conn.execute(sa.select(freeze_table).where(freeze_table.c.instance == scope)).mappings().first()
             if current is not None and not replace and not _is_stale(current):
                 raise ConfigError(
                     f"Another freeze is active until {current['until']} ({current['reason']})",
                     hint="wait for that export to finish, or end the freeze with DELETE /migrate/freeze",
                 )
-            conn.execute(sa.delete(freeze_table))
-            values = {"id": 1, "freeze_id": secrets.token_hex(16), "reason": reason, "since": _now().isoformat(),
+            conn.execute(sa.delete(freeze_table).where(freeze_table.c.instance == scope))
+            values = {"instance": scope, "freeze_id": secrets.token_hex(16), "reason": reason, "since": _now().isoformat(),
                       "until": (_now() + ttl).isoformat(), "host": socket.gethostname(), "pid": os.getpid()}
             conn.execute(sa.insert(freeze_table).values(**values))
     finally:
@@ -118,12 +120,12 @@ def renew_freeze(state_url: str, freeze_id: str, ttl: dt.timedelta) -> bool:
     return bool(result.rowcount)
 
 
-def clear_freeze(state_url: str, freeze_id: str | None = None) -> None:
-    """Stop holding writes: freeze ``freeze_id`` only (never another's), or whatever freeze there is."""
+def clear_freeze(state_url: str, freeze_id: str | None = None, *, scope: str) -> None:
+    """Stop holding the writes of instance ``scope``: freeze ``freeze_id`` only (never another's), or whatever it has."""
     engine = _engine(state_url)
     try:
         with engine.begin() as conn:
-            statement = sa.delete(freeze_table)
+            statement = sa.delete(freeze_table).where(freeze_table.c.instance == scope)
             if freeze_id is not None:
                 statement = statement.where(freeze_table.c.freeze_id == freeze_id)
             conn.execute(statement)
@@ -131,12 +133,12 @@ def clear_freeze(state_url: str, freeze_id: str | None = None) -> None:
         engine.dispose()
 
 
-def freeze_state(state_url: str) -> dict[str, Any]:
-    """``{"active": bool, "id", "reason", "since", "until", "stale"}``, with stale freezes reported inactive."""
+def freeze_state(state_url: str, *, scope: str) -> dict[str, Any]:
+    """The freeze of instance ``scope``: ``{"active": bool, "id", "reason", "since", "until", "stale"}``, stale ones inactive."""
     engine = _engine(state_url)
     try:
         with engine.connect() as conn:
-            row = conn.execute(sa.select(freeze_table)).mappings().first()
+            row = conn.execute(sa.select(freeze_table).where(freeze_table.c.instance == scope)).mappings().first()
     finally:
         engine.dispose()
     return {"active": False} if row is None else _describe(row)
@@ -166,10 +168,10 @@ def _renewing(state_url: str, freeze_id: str, ttl: dt.timedelta, every: dt.timed
 
 
 @contextmanager
-def frozen(state_url: str | None, *, enabled: bool, reason: str,
+def frozen(state_url: str | None, *, scope: str, enabled: bool, reason: str,
            prove: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
            ttl: dt.timedelta = EXPORT_TTL) -> Iterator[dict[str, Any] | None]:
-    """Hold writes for the duration of the block (a no-op unless ``enabled``); yields the freeze's state.
+    """Hold the writes of instance ``scope`` for the block (a no-op unless ``enabled``); yields the freeze's state.
 
     :param prove: called with the new freeze's state before the block runs (the proof that the
         instance enforces it, which may wait out the hook's cache); when it raises, the freeze is
@@ -183,12 +185,12 @@ def frozen(state_url: str | None, *, enabled: bool, reason: str,
         from .state import default_state_url
 
         state_url = default_state_url()
-    state = set_freeze(state_url, reason, ttl, replace=False)
+    state = set_freeze(state_url, reason, ttl, scope=scope, replace=False)
     try:
         with _renewing(state_url, state["id"], ttl, min(RENEW_EVERY, ttl / 4)):
             if prove is not None:
                 state.update(prove(state) or {})
             yield state
     finally:
-        clear_freeze(state_url, state["id"])
+        clear_freeze(state_url, state["id"], scope=scope)
         state["lifted_at"] = _now().isoformat()

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .errors import InvalidInput, MigrateError, NotFound
+from .state import add_missing_column, create_tables
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ jobs_table = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("owner", sa.String(255), nullable=True),
     sa.Column("seq", sa.BigInteger, nullable=False, default=0),
+    # The instance the job belongs to (state.instance_scope); NULL for jobs written before scoping.
+    sa.Column("instance", sa.String(64), nullable=True, index=True),
 )
 
 job_logs_table = sa.Table(
@@ -140,14 +143,21 @@ def _loads(value: str | None) -> Any:
 
 
 class JobStore:
-    """Job records in the sidecar's state store.
+    """Job records of one instance in the sidecar's state store.
 
     :param url: a SQLAlchemy URL (``sqlite:////path/state.db``, ``postgresql+psycopg://…``).
         The tables ``cm_jobs`` and ``cm_job_logs`` are created on first use.
+    :param scope: the instance the records belong to (:func:`~cairn_migrate.state.instance_scope`),
+        or a function returning it, called on first use (so an app reads its
+        instance only when a job is touched).  New jobs carry it; ``get``,
+        ``list``, ``request_cancel`` and recovery see only the jobs carrying it, so
+        sidecars of several instances can share one store.  ``None`` is the
+        bucket of jobs without an instance (those written before scoping).
     """
 
-    def __init__(self, url: str | sa.URL) -> None:
+    def __init__(self, url: str | sa.URL, scope: str | Callable[[], str] | None = None) -> None:
         self.url = url
+        self._scope = scope
         self._engine: Engine | None = None
         self._lock = threading.RLock()
         self._last_progress_write: dict[str, float] = {}
@@ -157,9 +167,22 @@ class JobStore:
         with self._lock:
             if self._engine is None:
                 engine = _state_engine(self.url)
-                metadata.create_all(engine)
+                create_tables(engine, metadata)
+                add_missing_column(engine, jobs_table, "instance")
                 self._engine = engine
             return self._engine
+
+    @property
+    def scope(self) -> str | None:
+        """The instance whose jobs this store sees (resolved once)."""
+        with self._lock:
+            if callable(self._scope):
+                self._scope = self._scope()
+            return self._scope
+
+    def _mine(self) -> sa.ColumnElement[bool]:
+        """The condition "belongs to this store's instance" (``IS NULL`` for the unscoped bucket)."""
+        return jobs_table.c.instance == self.scope
 
     def close(self) -> None:
         """Dispose of the engine (the store reopens on next use)."""
@@ -192,6 +215,7 @@ class JobStore:
                     cancel_requested=False,
                     owner=_owner(),
                     seq=0,
+                    instance=self.scope,
                 )
             )
         return job_id
@@ -202,7 +226,7 @@ class JobStore:
         :raises NotFound: if there is no such job.
         """
         with self._lock, self.engine.connect() as conn:
-            row = conn.execute(sa.select(jobs_table).where(jobs_table.c.id == job_id)).mappings().first()
+            row = conn.execute(sa.select(jobs_table).where(jobs_table.c.id == job_id, self._mine())).mappings().first()
             if row is None:
                 raise NotFound(f"There is no job {job_id!r}", hint="list the jobs with GET /migrate/jobs")
             lines = None
@@ -219,7 +243,12 @@ class JobStore:
 
     def list(self, *, state: str | None = None, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Jobs newest first, optionally only one ``state`` and/or ``kind`` (logs left out)."""
-        query = sa.select(jobs_table).order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc()).limit(limit)
+        query = (
+            sa.select(jobs_table)
+            .where(self._mine())
+            .order_by(jobs_table.c.created_at.desc(), jobs_table.c.id.desc())
+            .limit(limit)
+        )
         if state:
             query = query.where(jobs_table.c.state == state)
         if kind:
@@ -338,11 +367,11 @@ class JobStore:
     def request_cancel(self, job_id: str) -> dict[str, Any]:
         """Ask a job to stop; a queued job is cancelled at once.
 
-        :raises NotFound: no such job.
+        :raises NotFound: no such job (of this instance).
         :raises JobConflict: the job has already finished.
         """
         with self._lock, self.engine.begin() as conn:
-            row = conn.execute(sa.select(jobs_table.c.state).where(jobs_table.c.id == job_id)).first()
+            row = conn.execute(sa.select(jobs_table.c.state).where(jobs_table.c.id == job_id, self._mine())).first()
             if row is None:
                 raise NotFound(f"There is no job {job_id!r}", hint="list the jobs with GET /migrate/jobs")
             if row.state in FINAL_STATES:
@@ -366,9 +395,10 @@ class JobStore:
         """Mark jobs left ``queued``/``running`` by a process that is gone as failed.
 
         A job belongs to the process (``host:pid``) that last touched it.  Only
-        jobs of this host whose process is dead are recovered, so a CLI run does
-        not fail the jobs of a server that shares the store; ``everything=True``
-        recovers every unfinished job (e.g. a single-process deployment).
+        jobs of this store's instance and of this host whose process is dead are
+        recovered, so a CLI run does not fail the jobs of a server that shares
+        the store; ``everything=True`` recovers every unfinished job of the
+        instance (e.g. a single-process deployment).
 
         :returns: the ids of the jobs marked failed.
         """
@@ -377,7 +407,9 @@ class JobStore:
         recovered = []
         with self._lock, self.engine.begin() as conn:
             rows = conn.execute(
-                sa.select(jobs_table.c.id, jobs_table.c.owner).where(jobs_table.c.state.in_(("queued", "running")))
+                sa.select(jobs_table.c.id, jobs_table.c.owner).where(
+                    jobs_table.c.state.in_(("queued", "running")), self._mine()
+                )
             ).all()
             for row in rows:
                 owner_host, _, pid = (row.owner or "").rpartition(":")

@@ -73,7 +73,8 @@ def build_spec(app: Flask) -> APISpec:
         version=release,
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name_resolver)],
-        info={"description": "Migration sidecar for CairnCMS. Every route except /migrate/health needs an admin."},
+        info={"description": "Migration sidecar for CairnCMS. Every route except /migrate/health needs an admin "
+                             "(the instance hook's routes take its signature instead)."},
     )
     spec.components.security_scheme(
         "bearerAuth",
@@ -115,7 +116,10 @@ def build_spec(app: Flask) -> APISpec:
                 operation.setdefault("security", [{"hookSignature": []}])
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
             elif getattr(view, "admin_required", False):
-                operation.setdefault("security", [{"bearerAuth": []}])
+                schemes: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+                if getattr(view, "signed_allowed", False):  # GET /migrate/freeze: the hook may sign instead
+                    schemes.append({"hookSignature": []})
+                operation.setdefault("security", schemes)
                 responses.setdefault("401", {"$ref": "#/components/responses/Error"})
                 responses.setdefault("403", {"$ref": "#/components/responses/Error"})
             else:

@@ -13,22 +13,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import api
-from .errors import NotFound
+from .errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from .app import MigrateState
     from .jobs import JobContext
 
 
-def bundle_path(state: MigrateState, bundle_id: str) -> Path:
-    """The archive of bundle ``bundle_id`` in the bundle folder.
+def bundle_id_of(path: Path) -> str:
+    """The id of a server-side bundle file: its name up to the first dot (``<id>.tar.gz[.enc]``)."""
+    return path.name.split(".", 1)[0]
 
-    :raises NotFound: no such bundle.
+
+def bundle_files(state: MigrateState) -> list[Path]:
+    """The finished bundles of this app's instance (its own folder; uploads still being written left out)."""
+    return [p for p in state.bundle_dir.iterdir() if p.is_file() and not p.name.endswith(".part")]
+
+
+def bundle_path(state: MigrateState, bundle_id: str) -> Path:
+    """The archive of bundle ``bundle_id`` in this instance's bundle folder.
+
+    The id is compared as a plain string with each file's id (never used as a
+    pattern or a path), so ``*`` or another instance's id finds nothing.
+
+    :raises NotFound: no such bundle of this instance.
     """
-    if not bundle_id or "/" in bundle_id or bundle_id.startswith("."):
-        raise NotFound(f"There is no bundle {bundle_id!r}")
-    for candidate in sorted(state.bundle_dir.glob(f"{bundle_id}.*")):
-        if candidate.is_file() and not candidate.name.endswith(".part"):
+    for candidate in sorted(bundle_files(state)):
+        if bundle_id_of(candidate) == bundle_id:
             return candidate
     raise NotFound(f"There is no bundle {bundle_id!r}", hint="GET /migrate/bundles lists them")
 
@@ -44,7 +55,7 @@ def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
     manifest = api.export(
         state.instance(), output, passphrase=secrets.get("passphrase"), freeze=bool(ctx.params.get("freeze")),
         freeze_guarantee=bool(ctx.params.get("freeze_guarantee", True)), instance_url=ctx.params.get("instance_url"),
-        progress=ctx,
+        state_url=str(state.config["CAIRN_MIGRATE_STATE_URL"]), progress=ctx,
     )
     summary = api.summarize_manifest(manifest, output)
     summary.update(bundle_id=ctx.job_id, download=f"/migrate/bundles/{ctx.job_id}", size=output.stat().st_size)
@@ -52,7 +63,20 @@ def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
 
 
 def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
-    return bundle_path(state, params["bundle"]) if params.get("bundle") else Path(params["path"])
+    """The bundle a request names: a server-side ``bundle`` id, or a ``path`` on the sidecar's machine.
+
+    :raises InvalidInput: a ``path`` inside the sidecar's folders shared by every
+        instance (server-side bundles are reached by id only, so one instance
+        cannot name another's bundle or safety bundle).
+    """
+    if params.get("bundle"):
+        return bundle_path(state, params["bundle"])
+    path = Path(params["path"])
+    resolved = path.expanduser().resolve()
+    if any(resolved.is_relative_to(folder.resolve()) for folder in state.shared_dirs):
+        raise InvalidInput("'path' points into the sidecar's own state folders, which hold every instance's bundles",
+                           hint="name a server-side bundle by its id: 'bundle' (GET /migrate/bundles lists them)")
+    return path
 
 
 def import_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from .errors import InvalidInput, MigrateError
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .scripts import id_values
-from .state import default_state_url
+from .state import create_tables, default_state_url, instance_scope
 from . import storage as _storage
 from .storage import CHUNK, PART, Location, open_location
 
@@ -58,6 +58,8 @@ _meta = sa.MetaData()
 MOVES = sa.Table(
     "cm_storage_moves", _meta,
     sa.Column("move_id", sa.String(40), primary_key=True),
+    # state.instance_scope of the moving instance; rows of earlier versions hold KEY or the
+    # database URL instead, which no scope matches, so they are invisible (a clone shares KEY).
     sa.Column("instance", sa.String(255), nullable=False),
     sa.Column("src", sa.String(255), nullable=False),
     sa.Column("dst", sa.String(255), nullable=False),
@@ -91,7 +93,7 @@ class CopyLedger:
         from .jobs import _state_engine
 
         self.engine = _state_engine(url or default_state_url())
-        _meta.create_all(self.engine)
+        create_tables(self.engine, _meta)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -189,8 +191,7 @@ class MoveSpec:
     layout: str = "keep"
 
     def move_id(self, instance: Instance) -> str:
-        ident = "|".join([instance.key or instance.database.display_url, self.src, self.dst, self.layout,
-                          repr(self.filters)])
+        ident = "|".join([instance_scope(instance), self.src, self.dst, self.layout, repr(self.filters)])
         return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
     def describe(self) -> str:
@@ -531,7 +532,7 @@ def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (),
         try:
             move_id = spec.move_id(instance)
             report["move_id"] = move_id
-            fresh = ledger.start(move_id, instance.key or instance.database.display_url, src, dst, spec.describe())
+            fresh = ledger.start(move_id, instance_scope(instance), src, dst, spec.describe())
             progress.progress(items_done=0, items_total=count, bytes_done=0, bytes_total=bytes_total)
             progress.log(f"moving {count} files from {src} to {dst} with {workers} workers")
             if processes is None:
@@ -745,7 +746,7 @@ def prune(instance: Instance, *, src: str | None = None, yes: bool = False, stat
         with Database.open(instance) as db:
             files = db.table("directus_files")
             fid = files.c.id
-            for move_row in ledger.moves(instance.key or instance.database.display_url):
+            for move_row in ledger.moves(instance_scope(instance)):
                 if (src and move_row["src"] != src) or move_row["state"] not in ("switched", "partial"):
                     continue
                 entries = list(ledger.all_entries(move_row["move_id"], "switched"))

@@ -2,7 +2,9 @@
 
 A scheduled job is a stored call: a function named by import string
 (``"cairn_migrate.api:sync"``) with JSON-safe kwargs, kept in the state store
-by ``SQLAlchemyJobStore`` so it survives restarts.  It never holds an engine
+by ``SQLAlchemyJobStore`` so it survives restarts, in a table of the sidecar's
+instance (``cm_schedules_<instance scope>``), so sidecars sharing the store
+never run each other's schedules.  It never holds an engine
 or a filesystem object.  The scheduler only starts when
 ``CAIRN_MIGRATE_SCHEDULER`` is true (never in the CLI, never in tests unless a
 test turns it on).
@@ -41,13 +43,16 @@ def init_scheduler(app: Flask) -> Any:
 
     state = get_state(app)
     url = str(state.config["CAIRN_MIGRATE_STATE_URL"])
+    enabled = _as_bool(state.config.get("CAIRN_MIGRATE_SCHEDULER"))
+    # The instance is read only when the scheduler runs: an app with it off needs no instance to start.
+    jobstores = {"default": SQLAlchemyJobStore(url=url, tablename=f"cm_schedules_{state.scope}")} if enabled else {}
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=url, tablename="cm_schedules")},
+        jobstores=jobstores,
         job_defaults={"max_instances": 1, "coalesce": True},
         timezone="UTC",
     )
     state.scheduler = scheduler
-    if _as_bool(state.config.get("CAIRN_MIGRATE_SCHEDULER")):
+    if enabled:
         _prepare_sqlite_folder(url)
         scheduler.start()
         atexit.register(_shutdown, scheduler)

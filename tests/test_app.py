@@ -174,6 +174,8 @@ def test_openapi_lists_every_migrate_rule(app: Any) -> None:
                 assert operation["security"] == []
             elif getattr(app.view_functions[rule.endpoint], "signed_required", False):
                 assert operation["security"] == [{"hookSignature": []}]  # the hook's HMAC, not a token
+            elif getattr(app.view_functions[rule.endpoint], "signed_allowed", False):
+                assert operation["security"] == [{"bearerAuth": []}, {"hookSignature": []}]  # token or HMAC
             else:
                 assert operation["security"] == [{"bearerAuth": []}]
     assert set(document["paths"]) == {openapi_path(r.rule) for r in rules}
@@ -199,3 +201,15 @@ def test_openapi_route_needs_an_admin(client: Any, admin_token: str) -> None:
     assert response.status_code == 200
     assert response.get_json()["openapi"].startswith("3.")
     assert "/migrate/jobs/{job_id}" in response.get_json()["paths"]
+
+
+def test_http_reference_says_who_may_call_each_route() -> None:
+    from cairn_migrate.docgen import http_markdown
+
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.rsplit("|", 2)[1].strip()
+            for line in http_markdown().splitlines() if line.startswith("| ") and "`/migrate" in line}
+    assert rows[("POST", "`/migrate/events`")] == "signed by the instance's hook"
+    assert rows[("GET", "`/migrate/events`")] == "admin"
+    assert rows[("GET", "`/migrate/freeze`")] == "admin or signed by the instance's hook"
+    assert rows[("GET", "`/migrate/health`")] == "open"
+    assert rows[("GET", "`/migrate/jobs`")] == "admin"

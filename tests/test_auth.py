@@ -62,7 +62,7 @@ def test_header_wins_over_query(instance: Instance, engine: Any, admin_token: st
     assert authenticate(instance, engine, f"Bearer {admin_token}", editor_token).admin
 
 
-def test_engine_may_be_a_factory_called_only_for_static_tokens(
+def test_engine_may_be_a_factory_called_only_for_a_user_lookup(
     instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance, admin_token: str
 ) -> None:
     calls = []
@@ -71,10 +71,13 @@ def test_engine_may_be_a_factory_called_only_for_static_tokens(
         calls.append(1)
         return engine
 
-    assert authenticate(instance, factory, f"Bearer {cairn_instance.make_jwt()}").method == "jwt"
+    with pytest.raises(Unauthorized):  # a badly signed token never opens the database
+        authenticate(instance, factory, f"Bearer {cairn_instance.make_jwt(expires_in=-60)}")
     assert calls == []
-    assert authenticate(instance, factory, f"Bearer {admin_token}").method == "static"
+    assert authenticate(instance, factory, f"Bearer {cairn_instance.make_jwt()}").method == "jwt"
     assert calls == [1]
+    assert authenticate(instance, factory, f"Bearer {admin_token}").method == "static"
+    assert calls == [1, 1]
 
 
 def test_editor_is_forbidden(instance: Instance, engine: Any, editor_token: str) -> None:
@@ -121,6 +124,51 @@ def test_jwt_admin(
 ) -> None:
     token = cairn_instance.make_jwt(admin_access=admin_access)
     assert authenticate(instance, engine, f"Bearer {token}") == Caller(ADMIN_ID, ADMIN_ROLE, True, "jwt")
+
+
+@pytest.mark.parametrize("status", ["suspended", "archived", "invited"])
+def test_jwt_of_an_inactive_admin_is_refused(
+    instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance, status: str
+) -> None:
+    token = cairn_instance.make_jwt()
+    cairn_instance.set_status(ADMIN_EMAIL, status)
+    with pytest.raises(Unauthorized) as info:
+        authenticate(instance, engine, f"Bearer {token}")
+    assert info.value.http_status == 401 and token not in str(info.value)
+
+
+def test_jwt_of_a_deleted_user_is_refused(instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance) -> None:
+    token = cairn_instance.make_jwt()
+    cairn_instance.execute("DELETE FROM directus_users WHERE email = ?", (ADMIN_EMAIL,))
+    with pytest.raises(Unauthorized):
+        authenticate(instance, engine, f"Bearer {token}")
+
+
+@pytest.mark.parametrize("user_id", [None, "not-a-uuid", "00000000-0000-0000-0000-000000000000"])
+def test_jwt_of_an_unknown_user_is_refused(
+    instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance, user_id: str | None
+) -> None:
+    with pytest.raises(Unauthorized):
+        authenticate(instance, engine, f"Bearer {cairn_instance.make_jwt(user_id=user_id)}")
+
+
+def test_jwt_of_an_admin_demoted_since_is_forbidden(
+    instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance
+) -> None:
+    token = cairn_instance.make_jwt()  # issued while the user was an admin
+    cairn_instance.execute("UPDATE directus_users SET role = ? WHERE email = ?", (EDITOR_ROLE, ADMIN_EMAIL))
+    caller = identify(instance, engine, f"Bearer {token}")
+    assert caller == Caller(ADMIN_ID, EDITOR_ROLE, False, "jwt")
+    with pytest.raises(Forbidden):
+        authenticate(instance, engine, f"Bearer {token}")
+
+
+def test_jwt_without_admin_access_stays_without(
+    instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance
+) -> None:
+    """The token's own claim still counts: an admin's token issued without admin access gets none."""
+    with pytest.raises(Forbidden):
+        authenticate(instance, engine, f"Bearer {cairn_instance.make_jwt(admin_access=0)}")
 
 
 def test_jwt_directus_issuer_is_accepted(instance: Instance, engine: Any, cairn_instance: CairnSqliteInstance) -> None:
@@ -193,8 +241,8 @@ def test_flags_and_extraction() -> None:
 # -- every /migrate route, over HTTP ------------------------------------------------------
 
 
-def migrate_routes(app: Any) -> list[tuple[str, str]]:
-    """(method, url) of every /migrate route but health, with dummy path values."""
+def migrate_routes(app: Any, records: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(method, url) of every /migrate route but health, with dummy path values (or ``records[name]``)."""
     routes = []
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/migrate") or rule.rule == HEALTH:
@@ -208,6 +256,10 @@ def migrate_routes(app: Any) -> list[tuple[str, str]]:
             for name, conv in rule._converters.items()
         }
         url = rule.rule
+        if records is not None:
+            missing = set(values) - set(records)
+            assert not missing, f"{rule.rule}: name the record that {sorted(missing)} should be"
+            values = {name: records[name] for name in values}
         for name, value in values.items():
             url = re.sub(rf"<(?:[^>:]+:)?{name}>", value, url)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
@@ -291,6 +343,20 @@ def test_admin_jwt_is_let_in_everywhere(
     assert not {401, 403} & set(statuses.values()), statuses
 
 
+def test_suspended_admin_jwt_gets_401_everywhere(app: Any, client: Any, cairn_instance: CairnSqliteInstance) -> None:
+    token = cairn_instance.make_jwt()
+    cairn_instance.set_status(ADMIN_EMAIL, "suspended")
+    statuses = _statuses(client, migrate_routes(app), headers=bearer(token))
+    assert set(statuses.values()) == {401}, statuses
+
+
+def test_deleted_admin_jwt_gets_401_everywhere(app: Any, client: Any, cairn_instance: CairnSqliteInstance) -> None:
+    token = cairn_instance.make_jwt()
+    cairn_instance.execute("DELETE FROM directus_users WHERE email = ?", (ADMIN_EMAIL,))
+    statuses = _statuses(client, migrate_routes(app), headers=bearer(token))
+    assert set(statuses.values()) == {401}, statuses
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"expires_in": -60}, {"secret": "another-secret-that-is-long-enough-0123456789"}, {"issuer": "someone-else"}],
@@ -315,6 +381,31 @@ def test_health_is_open_and_says_nothing_secret(
         text = response.get_data(as_text=True)
         for secret in (cairn_instance.key, cairn_instance.secret, str(cairn_instance.db_path), "sqlite:", "data.db"):
             assert secret not in text
+
+
+def test_real_access_token_of_a_suspended_admin_is_refused(live_instance: Any) -> None:
+    """A real login's access token, on the running instance: let in, then refused once the user is suspended.
+
+    A second admin is created for this (the session's admin is shared with other tests) and deleted after.
+    """
+    import uuid
+
+    role = live_instance.request("GET", "/users/me").json()["data"]["role"]
+    email, password = f"second-admin-{uuid.uuid4().hex[:8]}@example.com", "a-long-password-0123"
+    created = live_instance.request("POST", "/users", json={"email": email, "password": password, "role": role})
+    assert created.status_code == 200, created.text
+    user_id = created.json()["data"]["id"]
+    try:
+        login = live_instance.request("POST", "/auth/login", token=None, json={"email": email, "password": password})
+        assert login.status_code == 200, login.text
+        auth = bearer(login.json()["data"]["access_token"])
+        assert live_instance.sidecar_request("GET", "/migrate/jobs", headers=auth).status_code == 200
+        suspended = live_instance.request("PATCH", f"/users/{user_id}", json={"status": "suspended"})
+        assert suspended.status_code == 200, suspended.text
+        refused = live_instance.sidecar_request("GET", "/migrate/jobs", headers=auth)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+    finally:
+        live_instance.request("DELETE", f"/users/{user_id}")
 
 
 # -- the error body --------------------------------------------------------------------------
@@ -359,6 +450,15 @@ def test_error_body_404_and_405_in_migrate(client: Any) -> None:
 def test_404_outside_migrate_is_left_alone(client: Any) -> None:
     response = client.get("/elsewhere")
     assert response.status_code == 404 and response.mimetype == "text/html"
+
+
+def test_access_token_in_the_query_is_not_a_job_filter(app: Any, client: Any, admin_token: str) -> None:
+    response = client.get("/migrate/jobs", query_string={"access_token": admin_token, "limit": 5})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"jobs": [], "count": 0}
+    # other unknown parameters are still refused
+    response = client.get("/migrate/jobs", query_string={"access_token": admin_token, "bogus": 1})
+    assert response.status_code == 422
 
 
 def test_error_body_422(client: Any, admin_token: str) -> None:

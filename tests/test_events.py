@@ -109,21 +109,24 @@ def test_signature_matches_the_javascript_scheme() -> None:
 
 # --- the freeze record (extension/freeze.py) and the export's refusal without a proof ----------------
 
+#: The instance these freeze records belong to (any 32-hex scope will do here).
+SCOPE = "f" * 32
+
 
 def test_each_freeze_has_its_own_id_and_is_cleared_only_by_it(state_url: str) -> None:
     import datetime as dt
 
     from cairn_migrate.freeze import clear_freeze, freeze_state, renew_freeze, set_freeze
 
-    first = set_freeze(state_url, "one", dt.timedelta(seconds=60))
-    assert freeze_state(state_url)["id"] == first["id"]
-    clear_freeze(state_url, "someone-elses-freeze")
-    assert freeze_state(state_url)["active"] is True
+    first = set_freeze(state_url, "one", dt.timedelta(seconds=60), scope=SCOPE)
+    assert freeze_state(state_url, scope=SCOPE)["id"] == first["id"]
+    clear_freeze(state_url, "someone-elses-freeze", scope=SCOPE)
+    assert freeze_state(state_url, scope=SCOPE)["active"] is True
     assert renew_freeze(state_url, "someone-elses-freeze", dt.timedelta(seconds=60)) is False
     with pytest.raises(ConfigError, match="Another freeze is active"):
-        set_freeze(state_url, "two", replace=False)
-    clear_freeze(state_url, first["id"])
-    assert freeze_state(state_url) == {"active": False}
+        set_freeze(state_url, "two", scope=SCOPE, replace=False)
+    clear_freeze(state_url, first["id"], scope=SCOPE)
+    assert freeze_state(state_url, scope=SCOPE) == {"active": False}
 
 
 def test_a_freeze_expires_unless_renewed(state_url: str) -> None:
@@ -131,16 +134,16 @@ def test_a_freeze_expires_unless_renewed(state_url: str) -> None:
 
     from cairn_migrate.freeze import freeze_state, renew_freeze, set_freeze
 
-    held = set_freeze(state_url, "short", dt.timedelta(seconds=1))
+    held = set_freeze(state_url, "short", dt.timedelta(seconds=1), scope=SCOPE)
     assert renew_freeze(state_url, held["id"], dt.timedelta(seconds=2)) is True
     time.sleep(1.2)
-    assert freeze_state(state_url)["active"] is True
+    assert freeze_state(state_url, scope=SCOPE)["active"] is True
     time.sleep(1.0)
-    state = freeze_state(state_url)
+    state = freeze_state(state_url, scope=SCOPE)
     assert state["active"] is False and state["stale"] is True
 
 
-def test_a_state_store_from_before_freeze_ids_is_upgraded(state_url: str) -> None:
+def test_a_state_store_from_before_scoped_freezes_still_works(state_url: str) -> None:
     import sqlalchemy as sa
 
     from cairn_migrate.freeze import freeze_state, set_freeze
@@ -151,24 +154,28 @@ def test_a_state_store_from_before_freeze_ids_is_upgraded(state_url: str) -> Non
         conn.execute(sa.text("CREATE TABLE cm_freeze (id INTEGER PRIMARY KEY, reason TEXT NOT NULL, since VARCHAR(40) NOT NULL,"
                              " until VARCHAR(40) NOT NULL, host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL)"))
     engine.dispose()
-    assert freeze_state(state_url) == {"active": False}
-    assert set_freeze(state_url, "after the upgrade")["id"] == freeze_state(state_url)["id"]
+    assert freeze_state(state_url, scope=SCOPE) == {"active": False}
+    assert set_freeze(state_url, "after the upgrade", scope=SCOPE)["id"] == freeze_state(state_url, scope=SCOPE)["id"]
+    engine = _state_engine(state_url)
+    with engine.connect() as conn:  # the old unscoped table is left alone, read by no one
+        assert conn.execute(sa.text("SELECT count(*) FROM cm_freeze")).scalar() == 0
+    engine.dispose()
 
 
 def test_frozen_lifts_the_freeze_when_the_proof_or_the_capture_fails(state_url: str) -> None:
     from cairn_migrate.freeze import freeze_state, frozen
 
     def no_proof(state: dict[str, Any]) -> dict[str, Any]:
-        assert freeze_state(state_url)["id"] == state["id"]  # set before the proof is asked for
+        assert freeze_state(state_url, scope=SCOPE)["id"] == state["id"]  # set before the proof is asked for
         raise FreezeNotEnforced("no hook")
 
-    with pytest.raises(FreezeNotEnforced), frozen(state_url, enabled=True, reason="x", prove=no_proof):
+    with pytest.raises(FreezeNotEnforced), frozen(state_url, scope=SCOPE, enabled=True, reason="x", prove=no_proof):
         raise AssertionError("the capture must not start without a proof")
-    assert freeze_state(state_url) == {"active": False}
-    with pytest.raises(RuntimeError), frozen(state_url, enabled=True, reason="x") as held:
-        assert held is not None and freeze_state(state_url)["id"] == held["id"]
+    assert freeze_state(state_url, scope=SCOPE) == {"active": False}
+    with pytest.raises(RuntimeError), frozen(state_url, scope=SCOPE, enabled=True, reason="x") as held:
+        assert held is not None and freeze_state(state_url, scope=SCOPE)["id"] == held["id"]
         raise RuntimeError("capture failed")
-    assert freeze_state(state_url) == {"active": False} and "lifted_at" in held
+    assert freeze_state(state_url, scope=SCOPE) == {"active": False} and "lifted_at" in held
 
 
 def test_freeze_export_without_the_extension_writes_nothing(cairn_instance: CairnSqliteInstance, state_url: str,
@@ -182,4 +189,4 @@ def test_freeze_export_without_the_extension_writes_nothing(cairn_instance: Cair
         export_bundle(instance, tmp_path / "bundle", freeze=True, state_url=state_url, instance_url="http://127.0.0.1:9")
     assert refused.value.exit_code == 2 and "install-extension" in refused.value.hint
     assert not (tmp_path / "bundle").exists()
-    assert freeze_state(state_url) == {"active": False}
+    assert freeze_state(state_url, scope=SCOPE) == {"active": False}

@@ -8,11 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from conftest import make_empty_instance, make_instance
 from instance_fixtures import FIXTURES, bearer
 
 from cairn_migrate.app import create_app, get_state
+
+TARGET_SECRET = "another-secret-for-the-target-instance-000"
+#: The admin of the recorded PostgreSQL instance (tests/fixtures/postgres/seeded.sql).
+TARGET_ADMIN_ID = "03956213-5a10-45ed-abac-310d0d76844f"
 
 
 def wait(client: Any, location: str, headers: dict[str, str], timeout: float = 60) -> dict[str, Any]:
@@ -25,15 +30,24 @@ def wait(client: Any, location: str, headers: dict[str, str], timeout: float = 6
     raise AssertionError(f"job at {location} did not finish")
 
 
+def access_token(user_id: str, secret: str = TARGET_SECRET) -> str:
+    """An access token as CairnCMS signs it for ``user_id``."""
+    return jwt.encode({"id": user_id, "role": "x", "app_access": True, "admin_access": True, "iss": "cairncms",
+                       "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+
+
+def sidecar(env: Path, tmp_path: Path) -> Any:
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(env),
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'target-state' / 'state.db'}"})
+    return app
+
+
 @pytest.fixture
-def target_app(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
-    env = make_empty_instance("postgres", tmp_path / "target", request)
-    env.write_text(env.read_text() + "SECRET=another-secret-for-the-target-instance-000\n")
-    app = create_app({
-        "TESTING": True,
-        "CAIRN_MIGRATE_ENV": str(env),
-        "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'target-state' / 'state.db'}",
-    })
+def target_app(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A sidecar on a running instance (its own admins, another SECRET) that the clone replaces."""
+    monkeypatch.delenv("CAIRN_MIGRATE_STATE_URL", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # where --replace writes its safety bundle
+    app = sidecar(make_instance("postgres", tmp_path / "target", request, extra_env={"SECRET": TARGET_SECRET}), tmp_path)
     yield app
     get_state(app).close()
 
@@ -59,37 +73,91 @@ def test_export_download_upload_import_verify(client: Any, cairn_instance: Any, 
     download.close()
     assert len(archive) == result["size"]
 
-    # The target sidecar authenticates against *its* instance: the source's admin token
-    # works there only after the clone copies directus_users. Use a JWT signed with the target's SECRET.
-    import jwt
-
-    token = jwt.encode({"id": "x", "role": "x", "app_access": True, "admin_access": True, "iss": "cairncms",
-                        "exp": int(time.time()) + 600}, "another-secret-for-the-target-instance-000", algorithm="HS256")
+    # The target sidecar authenticates against *its* instance: one of its admins, by an access token
+    # signed with its SECRET; the source's admin token means nothing there (yet).
     target = target_app.test_client()
-    auth = bearer(token)
-    upload = {"bundle": (io.BytesIO(archive), "clone.tar.gz.enc"), "dry_run": "true", "passphrase": "a long passphrase"}
+    assert target.get("/migrate/bundles", headers=headers).status_code == 401
+    auth = bearer(access_token(TARGET_ADMIN_ID))
+    upload = {"bundle": (io.BytesIO(archive), "clone.tar.gz.enc"), "dry_run": "true", "replace": "true",
+              "passphrase": "a long passphrase"}
     plan = target.post("/migrate/import", data=upload, headers=auth, content_type="multipart/form-data")
     assert plan.status_code == 200, plan.get_json()
     assert plan.get_json()["plan"]["changes"] is True and plan.get_json()["applied"] is False
     bundles = target.get("/migrate/bundles", headers=auth).get_json()["bundles"]
     assert len(bundles) == 1
-    wrong = target.post("/migrate/import", json={"bundle": bundles[0]["id"], "passphrase": "wrong passphrase!"}, headers=auth)
+    wrong = target.post("/migrate/import", json={"bundle": bundles[0]["id"], "replace": True,
+                                                 "passphrase": "wrong passphrase!"}, headers=auth)
     failed = wait(target, wrong.headers["Location"], auth)
     assert failed["state"] == "failed" and "decrypt" in failed["error"]["message"]
-    started = target.post("/migrate/import", json={"bundle": bundles[0]["id"], "passphrase": "a long passphrase"}, headers=auth)
+    started = target.post("/migrate/import", json={"bundle": bundles[0]["id"], "replace": True,
+                                                   "passphrase": "a long passphrase"}, headers=auth)
     assert started.status_code == 202
-    job = wait(target, started.headers["Location"], auth)
+    # Polled from the runner: the import replaces the target's users (and so the poller's token) as it goes.
+    job = get_state(target_app).runner.wait(started.get_json()["id"], timeout=120)
     assert job["state"] == "succeeded", job
     assert job["result"]["files"]["copied"] == 3
+    # The target's users are now the source's: its former admin's access token is refused,
+    # the source admin's static token (carried in directus_users) is let in.
+    assert target.get("/migrate/bundles", headers=auth).status_code == 401
+    auth = headers
     started = target.post("/migrate/verify", json={"bundle": bundles[0]["id"], "passphrase": "a long passphrase"}, headers=auth)
     job = wait(target, started.headers["Location"], auth)
     assert job["state"] == "succeeded" and job["result"]["ok"] is True
+
+
+def test_sidecar_of_an_empty_database_lets_no_one_in(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """No users, no admins: an access token signed with SECRET alone is not enough."""
+    env = make_empty_instance("postgres", tmp_path / "empty", request, extra_env={"SECRET": TARGET_SECRET})
+    app = sidecar(env, tmp_path)
+    try:
+        response = app.test_client().get("/migrate/jobs", headers=bearer(access_token(TARGET_ADMIN_ID)))
+        assert response.status_code == 401
+        error = response.get_json()["error"]
+        assert "no users yet" in error["message"] and "cairn-migrate import" in error["hint"]
+    finally:
+        get_state(app).close()
 
 
 def test_unknown_bundle_is_404(client: Any, admin_token: str) -> None:
     response = client.get("/migrate/bundles/nope", headers=bearer(admin_token))
     assert response.status_code == 404
     assert response.get_json()["error"]["message"] == "There is no bundle 'nope'"
+
+
+@pytest.mark.parametrize("pattern", ["*", "%3F" * 32, "[0-9a-f]*", "up*"])  # %3F: a "?" in the path
+def test_bundle_id_is_not_a_pattern(app: Any, client: Any, admin_token: str, pattern: str) -> None:
+    bundle = get_state(app).bundle_dir / f"{'a' * 32}.tar.gz"
+    bundle.write_bytes(b"not really a bundle")
+    (get_state(app).bundle_dir / "upload-0123456789ab.tar.gz").write_bytes(b"nor this")
+    response = client.get(f"/migrate/bundles/{pattern}", headers=bearer(admin_token))
+    assert response.status_code == 404, response.data[:100]
+    response = client.get(f"/migrate/bundles/{'a' * 32}", headers=bearer(admin_token))
+    assert response.data == b"not really a bundle"
+    response.close()
+
+
+def test_bundles_from_before_scoping_are_nobodys(app: Any, client: Any, admin_token: str) -> None:
+    """A bundle written straight into the bundle folder (as earlier versions did) is in no instance's list."""
+    (get_state(app).bundle_root / "0123456789abcdef.tar.gz").write_bytes(b"an old bundle")
+    assert client.get("/migrate/bundles", headers=bearer(admin_token)).get_json() == {"bundles": []}
+    assert client.get("/migrate/bundles/0123456789abcdef", headers=bearer(admin_token)).status_code == 404
+
+
+def test_path_into_the_bundle_folders_is_refused(app: Any, client: Any, admin_token: str) -> None:
+    """Server-side bundles are named by id only, so no instance can name another's by its path."""
+    state = get_state(app)
+    own = state.bundle_dir / "0123.tar.gz"
+    own.write_bytes(b"x")
+    safety = Path(state.config["CAIRN_MIGRATE_STATE_URL"].removeprefix("sqlite:///")).parent / "safety-bundles"
+    for path in (own, state.bundle_root / ("f" * 32) / "0123.tar.gz", state.bundle_root / "old.tar.gz",
+                 safety / "before-replace-20260101T000000Z", state.bundle_root / ".." / "bundles" / "x.tar.gz"):
+        for route in ("/migrate/import", "/migrate/verify"):
+            response = client.post(route, json={"path": str(path)}, headers=bearer(admin_token))
+            assert response.status_code == 422, (route, path, response.get_json())
+            assert "'bundle'" in response.get_json()["error"]["hint"]
+        response = client.post("/migrate/files/repair", json={"path": str(path)}, headers=bearer(admin_token))
+        assert response.status_code == 422
+    assert get_state(app).store.list() == []
 
 
 def test_import_needs_a_bundle(client: Any, admin_token: str) -> None:

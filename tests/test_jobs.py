@@ -215,6 +215,66 @@ def test_cancel_queued_finished_and_unknown(store: JobStore) -> None:
         store.request_cancel("nope")
 
 
+# -- one store, several instances ------------------------------------------------------------------
+
+
+def test_a_store_sees_only_its_instance(state_url: str) -> None:
+    a, b = JobStore(state_url, scope="a" * 32), JobStore(state_url, scope=lambda: "b" * 32)
+    unscoped = JobStore(state_url)
+    try:
+        job = a.create("k", {"n": 1})
+        assert [j["id"] for j in a.list()] == [job] and a.get(job)["params"] == {"n": 1}
+        assert b.list() == [] and unscoped.list() == []
+        for other in (b, unscoped):
+            with pytest.raises(NotFound):
+                other.get(job)
+            with pytest.raises(NotFound):
+                other.request_cancel(job)
+        assert a.get(job)["state"] == "queued" and not a.get(job)["cancel_requested"]
+        assert b.scope == "b" * 32  # the function was called once, on first use
+    finally:
+        for store in (a, b, unscoped):
+            store.close()
+
+
+def test_recovery_leaves_other_instances_alone(state_url: str) -> None:
+    a, b = JobStore(state_url, scope="a" * 32), JobStore(state_url, scope="b" * 32)
+    try:
+        orphan = _orphan(a, "running", f"{socket.gethostname()}:{dead_pid()}")
+        assert JobRunner(b).recover(everything=True) == []
+        assert a.get(orphan)["state"] == "running"
+        assert JobRunner(a).recover() == [orphan]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_state_store_from_before_scoping_gets_the_column(state_url: str) -> None:
+    """Jobs written before scoping keep ``instance`` NULL: no instance's store sees them."""
+    old = sa.MetaData()
+    sa.Table("cm_jobs", old, *(sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                               for c in jobs_table.columns if c.name != "instance"))
+    engine = jobs_module._state_engine(state_url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO cm_jobs (id, kind, params, state, items_done, bytes_done, created_at, cancel_requested, seq) "
+            "VALUES ('legacy', 'export', '{}', 'succeeded', 0, 0, '2026-01-01T00:00:00.000+00:00', 0, 0)"))
+    engine.dispose()
+    scoped, unscoped = JobStore(state_url, scope="a" * 32), JobStore(state_url)
+    try:
+        assert scoped.list() == []
+        with pytest.raises(NotFound):
+            scoped.get("legacy")
+        assert "instance" in {c["name"] for c in sa.inspect(scoped.engine).get_columns("cm_jobs")}
+        assert [j["id"] for j in unscoped.list()] == ["legacy"]
+        new = scoped.create("k")
+        assert [j["id"] for j in scoped.list()] == [new]
+    finally:
+        scoped.close()
+        unscoped.close()
+
+
 # -- the runner ---------------------------------------------------------------------------------
 
 
@@ -414,7 +474,7 @@ def test_http_get_unknown_job(client: Any, admin_token: str) -> None:
 def test_http_shows_interrupted_jobs_after_a_restart(
     app: Any, client: Any, admin_token: str, state_url: str
 ) -> None:
-    earlier = JobStore(state_url)
+    earlier = JobStore(state_url, scope=get_state(app).scope)
     try:
         orphan = _orphan(earlier, "running", f"{socket.gethostname()}:{dead_pid()}")
     finally:
