@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -178,15 +179,20 @@ def test_import_with_replace_writes_the_safety_bundle_where_asked(tmp_path: Path
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(env),
                       "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}"})
     request.addfinalizer(lambda: get_state(app).close())
-    # A JWT (not a static token): the instance's own users table is replaced while the job runs.
-    token = jwt.encode({"id": "x", "role": "x", "app_access": True, "admin_access": True, "iss": "cairncms",
+    # A JWT (not a static token) of the instance's real admin, who is looked up: the instance's own users
+    # table is replaced while the job runs, by a bundle of the same instance.
+    with sqlite3.connect(env.parent / "data.db") as db:
+        user, role = db.execute("SELECT u.id, u.role FROM directus_users u JOIN directus_roles r ON r.id = u.role"
+                                " WHERE r.admin_access = 1 AND u.status = 'active' LIMIT 1").fetchone()
+    token = jwt.encode({"id": user, "role": role, "app_access": True, "admin_access": True, "iss": "cairncms",
                         "exp": int(time.time()) + 600}, secret, algorithm="HS256")
     client, headers = app.test_client(), bearer(token)
     asked = tmp_path / "keep" / "before-replace"
     body = {"path": str(tmp_path / "bundle"), "replace": True, "safety_bundle": str(asked)}
     started = client.post("/migrate/import", json=body, headers=headers)
     assert started.status_code == 202, started.get_json()
-    job = wait(client, started.headers["Location"], headers)
+    # Polled from the runner: while the users table is replaced, no token can be looked up.
+    job = get_state(app).runner.wait(started.get_json()["id"], timeout=120)
     assert job["state"] == "succeeded", job
     assert job["result"]["safety_bundle"] == str(asked) and (asked / "manifest.json").is_file()
     assert not (tmp_path / "state" / "safety-bundles").exists()
