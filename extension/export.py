@@ -405,6 +405,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             ],
         },
         "load_order": order,
+        # A SQLite source's timestamps travel as stored (epoch-ms numbers or TEXT): values.SQLITE_STORED.
+        **({"sqlite_stored_timestamps": True} if not native and instance.database.vendor == "sqlite" else {}),
         **({"native": native_entry} if native_entry else {}),
         "tables": table_entries,
         "files": files,

@@ -67,6 +67,8 @@ class ImportPlan:
     resume: bool = False
     existing_tables: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Per column, what the target vendor changes or refuses (:func:`cairn_migrate.drift.plan_drift`).
+    drift: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -83,6 +85,7 @@ class ImportPlan:
             "tables": self.tables,
             "files": self.files,
             "warnings": self.warnings,
+            "drift": self.drift,
             "changes": not self.empty,
         }
 
@@ -186,6 +189,7 @@ def plan_import(
                 "written first), or --resume to finish an interrupted import of this bundle",
             )
         counts = _existing_counts(db, manifest["load_order"]) if resume else {}
+        json_normalised = db.vendor == "mysql" and not getattr(db.engine.dialect, "is_mariadb", False)
     if new_sqlite_file:  # planning writes nothing: not even an empty database file
         Path(instance.database.url.database or "").unlink(missing_ok=True)
     native = manifest.get("data") == "native"
@@ -209,7 +213,17 @@ def plan_import(
         plan.tables.append({"table": name, "rows": expected, "action": action})
     files = manifest["files"]
     plan.files = {"count": files["count"], "bytes": files["bytes"], "to_copy": files["count"], "missing_in_bundle": len(files["missing"])}
+    plan.drift = _type_drift(bundle_dir, manifest, plan.vendor, json_normalised)
     return plan
+
+
+def _type_drift(bundle_dir: Path, manifest: Mapping[str, Any], vendor: str, json_normalised: bool) -> list[dict[str, Any]]:
+    """The plan's type-drift report; a warning names values the target would refuse."""
+    from .drift import plan_drift
+
+    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())}
+    return plan_drift(bundle_dir, manifest, [definitions[name] for name in manifest["load_order"]], vendor,
+                      json_normalised=json_normalised)
 
 
 # ---------------------------------------------------------------------------
@@ -307,6 +321,7 @@ def import_bundle(
         plan = plan_import(instance, bundle_dir, manifest, replace=replace, resume=resume, storage_map=storage_map)
         if dry_run:
             return {"plan": plan.to_dict(), "applied": False, "dry_run": True}
+        _refuse_refused(plan)
         safety = None
         if replace and plan.existing_tables:
             safety = _safety_bundle(instance, safety_dir, progress)
@@ -324,7 +339,7 @@ def import_bundle(
                 member = bundle_dir / manifest["native"]["member"]
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
-            loader = TableLoader(db.engine, db.vendor, ordered)
+            loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=bool(manifest.get("sqlite_stored_timestamps")))
             try:
                 if replace or (resume and fast):
                     for name in reversed(_drop_order(db, db.table_names() if resume else plan.existing_tables)):
@@ -388,6 +403,17 @@ def import_bundle(
         "seconds": round(elapsed, 3),
         "rows_per_second": round(loaded / elapsed, 1) if elapsed else None,
     }
+
+
+def _refuse_refused(plan: ImportPlan) -> None:
+    """Stop before any write when the target would refuse some values (the import would fail midway)."""
+    refused = [d for d in plan.drift if d["effect"] == "refused"]
+    if refused:
+        where = ", ".join(f"{d['table']}.{d['column']} ({d['values']} {d['kind']})" for d in refused[:5])
+        raise ConfigError(
+            f"{sum(d['values'] for d in refused)} values of the bundle would be refused by {plan.vendor}: {where}",
+            hint="correct them on the source and export again; `import --dry-run` lists them all",
+        )
 
 
 def _remap_storage(db: Database, storage_map: Mapping[str, str]) -> None:

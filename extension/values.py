@@ -139,6 +139,13 @@ _ALREADY_NEUTRAL = {
 }
 
 
+#: Types whose SQLite values travel as SQLite stored them (bundle format 2, manifest
+#: ``sqlite_stored_timestamps``): a timestamp is an INTEGER epoch-ms JSON number or the TEXT
+#: exactly as stored, because CairnCMS's SQLite mixes both in one column and a SQLite target
+#: must get back the same value *and* storage class.  Every encoder still reads both forms.
+SQLITE_STORED = {"timestamp"}
+
+
 def decoder(column_type: str, vendor: str | None = None) -> Codec:
     """Native value → neutral JSON value, for one column type (any vendor unless ``vendor`` is given)."""
     return _nullable(_DECODERS[column_type])
@@ -148,6 +155,8 @@ def fast_decoder(column_type: str, vendor: str) -> Codec | None:
     """Like :func:`decoder` for rows from :meth:`~cairn_migrate.database.Database.stream_tuples` of
     ``vendor``, but ``None`` where the driver's value is already neutral: the export skips those."""
     if column_type in _ALREADY_NEUTRAL.get(vendor, set()):
+        return None
+    if vendor == "sqlite" and column_type in SQLITE_STORED:
         return None
     return decoder(column_type)
 
@@ -160,10 +169,13 @@ def _json_in(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _encoders(vendor: str) -> dict[str, Codec]:
+def _encoders(vendor: str, sqlite_stored: bool = False) -> dict[str, Codec]:
     if vendor == "postgres":
         # Values go through COPY's text input, which parses timestamps with
         # offsets, uuids, numerics and JSON text itself: most pass through.
+        # SQLite's stored forms (epoch ms, text without offset) are made neutral first.
+        if sqlite_stored:
+            return {"json": _json_in, "binary": base64.b64decode, "timestamp": _timestamp_text}
         return {"json": _json_in, "binary": base64.b64decode}
     if vendor == "mysql":
         return {
@@ -175,19 +187,26 @@ def _encoders(vendor: str) -> dict[str, Codec]:
             "decimal": decimal.Decimal,
             "binary": base64.b64decode,
         }
-    # SQLite: write what CairnCMS's own app writes (epoch ms for instants).
-    return {
+    # SQLite: write what CairnCMS's own app writes (epoch ms for instants), or
+    # a SQLite source's values exactly as it stored them (storage class included).
+    codecs: dict[str, Codec] = {
         "json": _json_in,
         "boolean": lambda v: 1 if v else 0,
         "timestamp": _epoch_ms,
         "decimal": lambda v: float(v),
         "binary": base64.b64decode,
     }
+    if sqlite_stored:
+        del codecs["timestamp"]
+    return codecs
 
 
-def encoder(column_type: str, vendor: str) -> Codec | None:
-    """Neutral JSON value → the value to hand ``vendor``'s driver; ``None`` when it passes as is."""
-    codec = _encoders(vendor).get(column_type)
+def encoder(column_type: str, vendor: str, *, sqlite_stored: bool = False) -> Codec | None:
+    """Neutral JSON value → the value to hand ``vendor``'s driver; ``None`` when it passes as is.
+
+    :param sqlite_stored: the bundle carries SQLite's stored timestamps (:data:`SQLITE_STORED`).
+    """
+    codec = _encoders(vendor, sqlite_stored).get(column_type)
     return _nullable(codec) if codec else None
 
 
@@ -228,6 +247,30 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
         return moment.isoformat(timespec="microseconds")
     if column_type == "decimal":
         return format(decimal.Decimal(str(value)).normalize(), "f")
+    if column_type == "float" and vendor == "mysql":
+        return float(f"{float(value):.6g}")  # MariaDB FLOAT is single precision: 6 significant digits back
     if column_type in ("float", "double"):
         return round(float(value), 6)
+    return value
+
+
+#: Types whose values a target may store at lower precision or in another form: verification
+#: hashes these columns exactly too, to tell expected drift from equality.
+LOSSY = {"timestamp", "datetime", "float", "double"}
+
+
+def exact_form(value: Any, column_type: str, *, stored: bool = False) -> Any:
+    """A neutral value in a lossless canonical form (no reduction to any vendor's precision).
+
+    ``stored``: compare SQLite's stored timestamps as they are (an epoch-ms number is not
+    the same as the text of the same instant), for a SQLite bundle checked on SQLite.
+    """
+    if value is None:
+        return None
+    if column_type == "timestamp":
+        return value if stored else _parse_timestamp(value).isoformat(timespec="microseconds")
+    if column_type == "datetime":
+        return _naive(value).isoformat(timespec="microseconds")
+    if column_type in ("float", "double"):
+        return float(value)
     return value
