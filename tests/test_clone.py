@@ -472,3 +472,23 @@ def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, reque
 def _exported(env: Path, bundle: Path) -> Path:
     export_bundle(instance(env), bundle)
     return bundle
+
+
+def test_values_the_target_refuses_stop_the_import_before_any_write(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """SQLite does not enforce varchar(n); PostgreSQL does: the plan says so and nothing is written."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE tags SET name = printf('%.300c', 'x') WHERE id IN (SELECT id FROM tags ORDER BY id LIMIT 2)")
+    conn.commit()
+    conn.close()
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("postgres", tmp_path / "dst", request)
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle"), "--dry-run", "--json"])
+    refused = [d for d in json.loads(dry.output)["plan"]["drift"] if d["effect"] == "refused"]
+    assert [(d["table"], d["column"], d["kind"], d["values"]) for d in refused] == [("tags", "name", "string_length", 2)]
+    result = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle")])
+    assert result.exit_code == 2, result.output
+    assert "2 values of the bundle would be refused by postgres: tags.name (2 string_length)" in result.output
+    with Database.open(instance(dst)) as db:
+        assert db.table_names() == []
