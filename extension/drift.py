@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .table_schema import Column, TableDef
-from .values import UTC, _naive, _parse_timestamp
+from .values import UTC, _naive, _parse_timestamp, stored_types
 
 #: MariaDB/MySQL ``TIMESTAMP`` holds 1970-01-01 00:00:01 … 2038-01-19 03:14:07 UTC.
 _MYSQL_TIMESTAMP_RANGE = (dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), dt.datetime(2038, 1, 19, 3, 14, 7, tzinfo=UTC))
@@ -96,13 +96,16 @@ def column_checks(column: Column, target: str, *, source: str, sqlite_stored: bo
                   json_normalised: bool = False) -> list[Check]:
     """What ``target`` does to the values of ``column`` from a bundle of a ``source`` instance.
 
-    :param sqlite_stored: the bundle carries SQLite's stored timestamps (manifest ``sqlite_stored_timestamps``).
+    :param sqlite_stored: the column's values are in SQLite's stored form (:func:`~cairn_migrate.values.stored_types`).
     :param json_normalised: the target is MySQL proper, whose JSON type re-serialises the text (MariaDB keeps it).
     """
     t, name = column.type, _VENDOR_NAMES.get(target, target)
     if t in ("timestamp", "datetime"):
         return _timestamp_checks(column, target, source=source, sqlite_stored=sqlite_stored)
     checks = []
+    if t == "boolean" and sqlite_stored and target != "sqlite":
+        checks.append(Check("boolean_value", "changed", f"SQLite values other than 0/1 become {name}'s true/1",
+                            lambda v: v not in (0, 1), visible=False))
     if t == "float" and target == "mysql":
         checks.append(Check("float_precision", "changed", "MariaDB/MySQL FLOAT is single precision: 6 significant digits",
                             lambda v: float(f"{float(v):.6g}") != float(v)))
@@ -131,12 +134,16 @@ def column_checks(column: Column, target: str, *, source: str, sqlite_stored: bo
     return checks
 
 
-def table_checks(table: TableDef, target: str, *, source: str, sqlite_stored: bool = False,
+def table_checks(table: TableDef, target: str, *, source: str, sqlite_stored: Collection[str] = (),
                  json_normalised: bool = False) -> list[tuple[int, list[Check]]]:
-    """``(column index, checks)`` for the columns of ``table`` that ``target`` may change or refuse."""
+    """``(column index, checks)`` for the columns of ``table`` that ``target`` may change or refuse.
+
+    :param sqlite_stored: the types the bundle carries in SQLite's stored form.
+    """
     result = []
     for index, column in enumerate(table.columns):
-        checks = column_checks(column, target, source=source, sqlite_stored=sqlite_stored, json_normalised=json_normalised)
+        checks = column_checks(column, target, source=source, sqlite_stored=column.type in sqlite_stored,
+                               json_normalised=json_normalised)
         if checks:
             result.append((index, checks))
     return result
@@ -193,7 +200,7 @@ def plan_drift(bundle_dir: Path, manifest: Mapping[str, Any], tables: Sequence[T
     if native is not None and native["vendor"] == target:
         return []
     source = manifest["source"]["vendor"]
-    stored = bool(manifest.get("sqlite_stored_timestamps"))
+    stored = stored_types(manifest)
     entries: list[dict[str, Any]] = []
     with _row_source(bundle_dir, manifest) as rows_of:
         for table in tables:

@@ -43,6 +43,7 @@ from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_loader import TableLoader, database_rows, jsonl_rows
 from .table_schema import TableDef
+from .values import stored_types
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ def import_bundle(
                 member = bundle_dir / manifest["native"]["member"]
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
-            loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=bool(manifest.get("sqlite_stored_timestamps")))
+            loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest))
             try:
                 if replace or (resume and fast):
                     for name in reversed(_drop_order(db, db.table_names() if resume else plan.existing_tables)):

@@ -6,7 +6,10 @@ and a naive UTC ``datetime`` from MariaDB; a boolean is ``0``/``1`` or
 ``True``; JSON is text or already parsed.  Rows travel through the bundle in
 one form (ISO-8601 UTC strings, ``true``/``false``, parsed JSON, decimal
 strings, base64 bytes) so that any vendor can read what any vendor wrote, and
-so that verification compares like with like.
+so that verification compares like with like.  One exception: a SQLite
+source's timestamps and booleans travel as SQLite stored them
+(:data:`SQLITE_STORED`), so that SQLite → SQLite keeps values and storage
+classes exactly; every encoder reads that form too.
 
 The neutral forms: instants are ISO-8601 strings *with an offset* (as the
 source printed them: ``2024-01-05 09:30:00+00`` from PostgreSQL,
@@ -140,10 +143,16 @@ _ALREADY_NEUTRAL = {
 
 
 #: Types whose SQLite values travel as SQLite stored them (bundle format 2, manifest
-#: ``sqlite_stored_timestamps``): a timestamp is an INTEGER epoch-ms JSON number or the TEXT
-#: exactly as stored, because CairnCMS's SQLite mixes both in one column and a SQLite target
-#: must get back the same value *and* storage class.  Every encoder still reads both forms.
-SQLITE_STORED = {"timestamp"}
+#: ``sqlite_stored``), so that a SQLite target gets back the same value *and* storage class:
+#: a timestamp is an INTEGER epoch-ms JSON number or the TEXT exactly as stored (CairnCMS's
+#: SQLite mixes both in one column), a boolean the stored 0/1 (or whatever else SQLite holds).
+#: The other vendors' encoders read these forms too.
+SQLITE_STORED = frozenset({"boolean", "timestamp"})
+
+
+def stored_types(manifest: Any) -> frozenset[str]:
+    """The types a bundle carries as its SQLite source stored them (none before format 2)."""
+    return frozenset(manifest.get("sqlite_stored", ()))
 
 
 def decoder(column_type: str, vendor: str | None = None) -> Codec:
@@ -169,49 +178,53 @@ def _json_in(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _encoders(vendor: str, sqlite_stored: bool = False) -> dict[str, Codec]:
+def _encoders(vendor: str) -> dict[str, Codec]:
     if vendor == "postgres":
         # Values go through COPY's text input, which parses timestamps with
         # offsets, uuids, numerics and JSON text itself: most pass through.
-        # SQLite's stored forms (epoch ms, text without offset) are made neutral first.
-        if sqlite_stored:
-            return {"json": _json_in, "binary": base64.b64decode, "timestamp": _timestamp_text}
         return {"json": _json_in, "binary": base64.b64decode}
     if vendor == "mysql":
         return {
             "json": _json_in,
-            "boolean": lambda v: 1 if v else 0,
+            "boolean": lambda v: 1 if _bool(v) else 0,
             # MariaDB TIMESTAMP takes the session time zone (UTC, see database.open_engine).
             "timestamp": lambda v: _parse_timestamp(v).replace(tzinfo=None),
             "datetime": _naive,
             "decimal": decimal.Decimal,
             "binary": base64.b64decode,
         }
-    # SQLite: write what CairnCMS's own app writes (epoch ms for instants), or
-    # a SQLite source's values exactly as it stored them (storage class included).
-    codecs: dict[str, Codec] = {
+    # SQLite: write what CairnCMS's own app writes (epoch ms for instants).
+    return {
         "json": _json_in,
-        "boolean": lambda v: 1 if v else 0,
+        "boolean": lambda v: 1 if _bool(v) else 0,
         "timestamp": _epoch_ms,
         "decimal": lambda v: float(v),
         "binary": base64.b64decode,
     }
-    if sqlite_stored:
-        del codecs["timestamp"]
-    return codecs
+
+
+#: Encoders that replace :func:`_encoders`' for values in SQLite's stored form (``None``: pass as
+#: stored). PostgreSQL's COPY needs an offset and ``t``/``f``; MariaDB's already read both forms.
+_FROM_SQLITE_STORED: dict[str, dict[str, Codec | None]] = {
+    "postgres": {"timestamp": _timestamp_text, "boolean": _bool},
+    "sqlite": {"timestamp": None, "boolean": None},
+}
 
 
 def encoder(column_type: str, vendor: str, *, sqlite_stored: bool = False) -> Codec | None:
     """Neutral JSON value → the value to hand ``vendor``'s driver; ``None`` when it passes as is.
 
-    :param sqlite_stored: the bundle carries SQLite's stored timestamps (:data:`SQLITE_STORED`).
+    :param sqlite_stored: the column's values are in SQLite's stored form (:data:`SQLITE_STORED`).
     """
-    codec = _encoders(vendor, sqlite_stored).get(column_type)
+    codecs = _encoders(vendor)
+    if sqlite_stored and column_type in SQLITE_STORED:
+        codecs = {**codecs, **_FROM_SQLITE_STORED.get(vendor, {})}
+    codec = codecs.get(column_type)
     return _nullable(codec) if codec else None
 
 
 #: Types whose neutral values compare as they are (no reduction needed).
-_EXACT = {"uuid", "string", "text", "boolean", "integer", "bigint", "date", "time", "binary"}
+_EXACT = {"uuid", "string", "text", "integer", "bigint", "date", "time", "binary"}
 
 
 def comparer(column_type: str, vendor: str) -> Codec | None:
@@ -230,6 +243,8 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
     """
     if value is None:
         return None
+    if column_type == "boolean":
+        return _bool(value)  # SQLite's stored 0/1 and true/false are the same value
     if column_type == "json":
         parsed = _json_value(value)
         return json.dumps(parsed, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -262,13 +277,17 @@ LOSSY = {"timestamp", "datetime", "float", "double"}
 def exact_form(value: Any, column_type: str, *, stored: bool = False) -> Any:
     """A neutral value in a lossless canonical form (no reduction to any vendor's precision).
 
-    ``stored``: compare SQLite's stored timestamps as they are (an epoch-ms number is not
-    the same as the text of the same instant), for a SQLite bundle checked on SQLite.
+    ``stored``: compare SQLite's stored values as they are (an epoch-ms number is not the
+    same as the text of the same instant, nor 2 the same as 1), for a SQLite bundle on SQLite.
     """
     if value is None:
         return None
+    if stored and column_type in SQLITE_STORED:
+        return value
+    if column_type == "boolean":
+        return _bool(value)
     if column_type == "timestamp":
-        return value if stored else _parse_timestamp(value).isoformat(timespec="microseconds")
+        return _parse_timestamp(value).isoformat(timespec="microseconds")
     if column_type == "datetime":
         return _naive(value).isoformat(timespec="microseconds")
     if column_type in ("float", "double"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .drift import Check, table_checks
 from .table_schema import TableDef
-from .values import LOSSY, comparer, exact_form, fast_decoder
+from .values import LOSSY, comparer, exact_form, fast_decoder, stored_types
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ class ColumnHashes:
     predicted, a real difference when not.
     """
 
-    def __init__(self, table: TableDef, *, stored: bool, checks: list[tuple[int, list[Check]]] | None = None) -> None:
-        self.columns = [(i, c.type) for i, c in enumerate(table.columns) if c.type in LOSSY]
+    def __init__(self, table: TableDef, *, stored: Collection[str], checks: list[tuple[int, list[Check]]] | None = None) -> None:
+        """``stored``: the types compared in SQLite's stored form (a SQLite bundle checked on SQLite)."""
+        self.columns = [(i, c.type) for i, c in enumerate(table.columns) if c.type in LOSSY or c.type in stored]
         self.names = {i: c.name for i, c in enumerate(table.columns)}
         self.stored = stored
         self.hashes = {i: RowHash() for i, _ in self.columns}
@@ -88,7 +89,7 @@ class ColumnHashes:
         self.kinds = {i: sorted({c.kind for c in cs}) for i, cs in self.checks.items()}
 
     def exact(self, row: list[Any]) -> list[tuple[int, Any]]:
-        return [(i, exact_form(row[i], t, stored=self.stored)) for i, t in self.columns]
+        return [(i, exact_form(row[i], t, stored=t in self.stored)) for i, t in self.columns]
 
     def predict(self, row: list[Any]) -> None:
         for i, checks in self.checks.items():
@@ -156,9 +157,9 @@ def _target_hash(db: Database, table: TableDef, vendor: str | None = None, colum
 
 def _column_hashes(table: TableDef, manifest: Mapping[str, Any], vendor: str) -> tuple[ColumnHashes, ColumnHashes]:
     """Exact column hashes for the bundle's side (with the drift checks for ``vendor``) and the target's."""
-    sqlite_stored = bool(manifest.get("sqlite_stored_timestamps"))
+    sqlite_stored = stored_types(manifest)
     checks = table_checks(table, vendor, source=manifest["source"]["vendor"], sqlite_stored=sqlite_stored)
-    stored = sqlite_stored and vendor == "sqlite"  # then storage classes must match too
+    stored = sqlite_stored if vendor == "sqlite" else frozenset()  # then storage classes must match too
     return ColumnHashes(table, stored=stored, checks=checks), ColumnHashes(table, stored=stored)
 
 

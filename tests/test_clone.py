@@ -346,9 +346,15 @@ def sqlite_instant_columns(db_file: Path) -> dict[tuple[str, str], tuple[int, in
 
 def test_sqlite_to_sqlite_keeps_values_and_storage_classes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src = make_instance("sqlite", tmp_path / "src", request)
+    # SQLite keeps what it is given: booleans other than 0/1 must come back as they were too.
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE article_comments SET approved = 2 WHERE id = (SELECT min(id) FROM article_comments)")
+    conn.execute("UPDATE article_comments SET approved = 'yes' WHERE id = (SELECT max(id) FROM article_comments)")
+    conn.commit()
+    conn.close()
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)
     manifest = export_bundle(instance(src), tmp_path / "bundle")
-    assert manifest["format_version"] == 2 and manifest["sqlite_stored_timestamps"] is True
+    assert manifest["format_version"] == 2 and manifest["sqlite_stored"] == ["boolean", "timestamp"]
     report = import_bundle(instance(dst), tmp_path / "bundle")
     assert report["plan"]["drift"] == []
     before, after = stored_values(tmp_path / "src" / "data.db"), stored_values(tmp_path / "dst" / "data.db")
@@ -357,6 +363,7 @@ def test_sqlite_to_sqlite_keeps_values_and_storage_classes(tmp_path: Path, reque
     conn = sqlite3.connect(tmp_path / "dst" / "data.db")
     assert set(conn.execute("SELECT typeof(uploaded_on) || typeof(modified_on) FROM directus_files").fetchall()) == {("textinteger",)}
     assert {t for (t,) in conn.execute("SELECT typeof(timestamp) FROM directus_migrations")} == {"text"}
+    assert sorted(conn.execute("SELECT quote(approved) FROM article_comments WHERE approved NOT IN (0, 1)")) == [("'yes'",), ("2",)]
     conn.close()
     verified = verify_bundle(instance(dst), tmp_path / "bundle")
     assert verified["ok"] and verified["drift"] == {"values": 0, "columns": []}
@@ -382,17 +389,17 @@ def as_format_1(bundle: Path) -> None:
     tables = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle / "schema" / "tables.json").read_text())}
     for name, entry in manifest["tables"].items():
         path = bundle / entry["member"]
-        stamps = [i for i, c in enumerate(tables[name].columns) if c.type == "timestamp"]
+        stamps = [i for i, c in enumerate(tables[name].columns) if c.type in ("timestamp", "boolean")]
         lines = []
         for line in path.read_text().splitlines():
             row = json.loads(line)
             for i in stamps:
-                row[i] = decoder("timestamp")(row[i])
+                row[i] = decoder(tables[name].columns[i].type)(row[i])
             lines.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
         path.write_text("".join(f"{line}\n" for line in lines))
         data = path.read_bytes()
         manifest["members"][entry["member"]] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    del manifest["sqlite_stored_timestamps"]
+    del manifest["sqlite_stored"]
     manifest["format_version"] = 1
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -492,3 +499,24 @@ def test_values_the_target_refuses_stop_the_import_before_any_write(tmp_path: Pa
     assert "2 values of the bundle would be refused by postgres: tags.name (2 string_length)" in result.output
     with Database.open(instance(dst)) as db:
         assert db.table_names() == []
+
+
+def test_sqlite_booleans_other_than_0_1_are_reported_on_postgres(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE article_comments SET approved = 2 WHERE id = (SELECT min(id) FROM article_comments)")
+    conn.execute("UPDATE article_comments SET approved = 'yes' WHERE id = (SELECT max(id) FROM article_comments)")
+    conn.commit()
+    conn.close()
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("postgres", tmp_path / "dst", request)
+    report = import_bundle(instance(dst), tmp_path / "bundle")
+    drift = {(d["table"], d["column"], d["kind"]): d["values"] for d in report["plan"]["drift"]}
+    assert drift[("article_comments", "approved", "boolean_value")] == 2
+    with Database.open(instance(dst)) as db, db.engine.connect() as conn:
+        import sqlalchemy as sa
+
+        approved = conn.execute(sa.text("SELECT approved FROM article_comments WHERE id IN "
+                                        "((SELECT min(id) FROM article_comments), (SELECT max(id) FROM article_comments))")).scalars()
+        assert list(approved) == [True, True]
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
