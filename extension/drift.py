@@ -102,6 +102,8 @@ def column_checks(column: Column, target: str, *, source: str, sqlite_stored: bo
     t, name = column.type, _VENDOR_NAMES.get(target, target)
     if t in ("timestamp", "datetime"):
         return _timestamp_checks(column, target, source=source, sqlite_stored=sqlite_stored)
+    if source == target:
+        return []  # the same types enforce the same limits (instants aside: a source may keep more digits)
     checks = []
     if t == "boolean" and sqlite_stored and target != "sqlite":
         checks.append(Check("boolean_value", "changed", f"SQLite values other than 0/1 become {name}'s true/1",

@@ -21,11 +21,11 @@ from typing import Any
 
 from .bundle import open_bundle
 from .database import Database
+from .drift import Check, table_checks
 from .errors import ConfigError, MigrateError
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
-from .drift import Check, table_checks
 from .table_schema import TableDef
 from .values import LOSSY, comparer, exact_form, fast_decoder, stored_types
 
