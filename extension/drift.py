@@ -151,6 +151,10 @@ def table_checks(table: TableDef, target: str, *, source: str, sqlite_stored: Co
     return result
 
 
+#: The kind counted for a value no check can read (text in an integer column, a date that is not one).
+UNREADABLE = "unreadable"
+
+
 def count_drift(rows: Iterable[Sequence[Any]], checks: Sequence[tuple[int, list[Check]]]) -> dict[tuple[int, str], int]:
     """How many values each check affects, per ``(column index, kind)``: one pass, flat memory."""
     counts: dict[tuple[int, str], int] = {}
@@ -160,9 +164,14 @@ def count_drift(rows: Iterable[Sequence[Any]], checks: Sequence[tuple[int, list[
             if value is None:
                 continue
             for check in column_checks_:
-                if check.test(value):
-                    key = (index, check.kind)
-                    counts[key] = counts.get(key, 0) + 1
+                try:
+                    kind = check.kind if check.test(value) else None
+                except (TypeError, ValueError, OverflowError):
+                    kind = UNREADABLE
+                if kind:
+                    counts[(index, kind)] = counts.get((index, kind), 0) + 1
+                if kind == UNREADABLE:
+                    break
     return counts
 
 
@@ -212,10 +221,12 @@ def plan_drift(bundle_dir: Path, manifest: Mapping[str, Any], tables: Sequence[T
             counts = count_drift(rows_of(table), checks)
             for index, column_checks_ in checks:
                 column = table.columns[index]
-                for check in column_checks_:
-                    if counts.get((index, check.kind)):
+                found = [(c.kind, c.effect, c.note) for c in column_checks_]
+                found.append((UNREADABLE, "refused", f"not a {column.type} value the target can read"))
+                for kind, effect, note in found:
+                    if counts.get((index, kind)):
                         entries.append({
-                            "table": table.name, "column": column.name, "type": column.type, "kind": check.kind,
-                            "effect": check.effect, "values": counts[(index, check.kind)], "note": check.note,
+                            "table": table.name, "column": column.name, "type": column.type, "kind": kind,
+                            "effect": effect, "values": counts[(index, kind)], "note": note,
                         })
     return entries

@@ -108,6 +108,8 @@ def render_verify(report: Mapping[str, Any]) -> str:
     for table in report["tables"]:
         mark = "=" if table["ok"] else "*"
         detail = "" if table["ok"] else f"  {table.get('problem')} (rows {table.get('rows')} / {table['expected_rows']})"
+        if table.get("columns"):
+            detail += f" in columns {', '.join(table['columns'])}"
         lines.append(f"{mark} {table['table']}{detail}")
         for drift in table.get("drift", []):
             lines.append(f"~ {table['table']}.{drift['column']}  expected drift: {drift['values']} values ({', '.join(drift['kinds'])})")

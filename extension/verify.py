@@ -77,9 +77,15 @@ class ColumnHashes:
     predicted, a real difference when not.
     """
 
-    def __init__(self, table: TableDef, *, stored: Collection[str], checks: list[tuple[int, list[Check]]] | None = None) -> None:
-        """``stored``: the types compared in SQLite's stored form (a SQLite bundle checked on SQLite)."""
+    def __init__(self, table: TableDef, *, stored: Collection[str], checks: list[tuple[int, list[Check]]] | None = None,
+                 every_column: bool = False) -> None:
+        """``stored``: the types compared in SQLite's stored form (a SQLite bundle checked on SQLite).
+
+        ``every_column``: also hash every column's reduced values on their own, to name the
+        columns of a table whose rows differ (a second pass, for failed tables only).
+        """
         self.columns = [(i, c.type) for i, c in enumerate(table.columns) if c.type in LOSSY or c.type in stored]
+        self.sums = [RowHash() for _ in table.columns] if every_column else []
         self.names = {i: c.name for i, c in enumerate(table.columns)}
         self.stored = stored
         self.hashes = {i: RowHash() for i, _ in self.columns}
@@ -97,9 +103,11 @@ class ColumnHashes:
             if value is not None and any(check.test(value) for check in checks):
                 self.predicted[i] += 1
 
-    def add(self, line: bytes, exact: list[tuple[int, Any]]) -> None:
+    def add(self, row: list[Any], line: bytes, exact: list[tuple[int, Any]]) -> None:
         for i, value in exact:
             self.hashes[i].add_line(line + b"\x00" + _encode(value).encode("utf-8"))
+        for digest, value in zip(self.sums, row):
+            digest.add_line(_encode(value).encode("utf-8"))
 
 
 def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], digest: RowHash,
@@ -112,8 +120,8 @@ def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], diges
             row[i] = reduce(row[i])
         line = _encode(row).encode("utf-8")
         digest.add_line(line)
-        if columns and exact:
-            columns.add(line, exact)
+        if columns:
+            columns.add(row, line, exact or [])
     return digest
 
 
@@ -174,8 +182,18 @@ def _column_drift(entry: dict[str, Any], want: ColumnHashes, have: ColumnHashes)
         else:
             unexpected.append(want.names[i])
     if unexpected:
-        entry.update(ok=False, problem=f"content differs in {', '.join(unexpected)} (not a drift this target explains)",
-                     columns=unexpected)
+        entry.update(ok=False, problem="content differs", columns=unexpected)
+
+
+def _differing_columns(path: Path, table: TableDef, db: Database, manifest: Mapping[str, Any],
+                       storage_map: Mapping[str, str]) -> list[str]:
+    """The columns whose values differ between the bundle and the target (a second pass over both)."""
+    stored = stored_types(manifest) if db.vendor == "sqlite" else frozenset()
+    want = ColumnHashes(table, stored=stored, every_column=True)
+    have = ColumnHashes(table, stored=stored, every_column=True)
+    _bundle_hash(path, table, db.vendor, storage_map, want)
+    _target_hash(db, table, columns=have)
+    return [c.name for c, a, b in zip(table.columns, want.sums, have.sums) if a.total != b.total]
 
 
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
@@ -226,6 +244,9 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                 entry["ok"] = have.rows == expected and (want is None or have.total == want.total)
                 if not entry["ok"]:
                     entry["problem"] = "row count differs" if have.rows != expected else "content differs"
+                    if have.rows == expected and want_columns is not None:
+                        member = bundle_dir / manifest["tables"][name]["member"]
+                        entry["columns"] = _differing_columns(member, table, db, manifest, storage_map)
                 elif want_columns is not None and have_columns is not None:
                     _column_drift(entry, want_columns, have_columns)
             results.append(entry)

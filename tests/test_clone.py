@@ -112,6 +112,7 @@ def test_verify_detects_changed_rows_and_bytes(tmp_path: Path, request: pytest.F
     assert not report["ok"]
     problems = {t["table"]: t["problem"] for t in report["tables"] if not t["ok"]}
     assert problems == {"articles": "content differs", "tags": "row count differs"}
+    assert next(t for t in report["tables"] if t["table"] == "articles")["columns"] == ["title"]
     assert [m["filename_disk"] for m in report["files"]["mismatched"]] == [victim.name]
     result = CliRunner().invoke(cli, ["--env", str(dst), "verify", str(tmp_path / "bundle")])
     assert result.exit_code == 1
@@ -474,6 +475,8 @@ def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, reque
     assert set(report["tables_failed"]) == lost
     migrations = next(t for t in report["tables"] if t["table"] == "directus_migrations")
     assert migrations["columns"] == ["timestamp"]  # same instants, TEXT became INTEGER
+    articles = next(t for t in report["tables"] if t["table"] == "articles")
+    assert articles["problem"] == "content differs" and articles["columns"] == ["date_created"]  # milliseconds lost
 
 
 def _exported(env: Path, bundle: Path) -> Path:
