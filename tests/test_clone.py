@@ -489,6 +489,7 @@ def test_values_the_target_refuses_stop_the_import_before_any_write(tmp_path: Pa
     src = make_instance("sqlite", tmp_path / "src", request)
     conn = sqlite3.connect(tmp_path / "src" / "data.db")
     conn.execute("UPDATE tags SET name = printf('%.300c', 'x') WHERE id IN (SELECT id FROM tags ORDER BY id LIMIT 2)")
+    conn.execute("UPDATE articles SET word_count = 'many' WHERE rowid = (SELECT min(rowid) FROM articles)")
     conn.commit()
     conn.close()
     export_bundle(instance(src), tmp_path / "bundle")
@@ -496,10 +497,12 @@ def test_values_the_target_refuses_stop_the_import_before_any_write(tmp_path: Pa
     runner = CliRunner()
     dry = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle"), "--dry-run", "--json"])
     refused = [d for d in json.loads(dry.output)["plan"]["drift"] if d["effect"] == "refused"]
-    assert [(d["table"], d["column"], d["kind"], d["values"]) for d in refused] == [("tags", "name", "string_length", 2)]
+    assert sorted((d["table"], d["column"], d["kind"], d["values"]) for d in refused) == [
+        ("articles", "word_count", "unreadable", 1), ("tags", "name", "string_length", 2)]
     result = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle")])
     assert result.exit_code == 2, result.output
-    assert "2 values of the bundle would be refused by postgres: tags.name (2 string_length)" in result.output
+    assert "3 values of the bundle would be refused by postgres: " in result.output
+    assert "tags.name (2 string_length)" in result.output and "articles.word_count (1 unreadable)" in result.output
     with Database.open(instance(dst)) as db:
         assert db.table_names() == []
 
