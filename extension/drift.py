@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .table_schema import Column, TableDef
-from .values import UTC, _naive, _parse_timestamp, stored_types
+from .values import UTC, moment, stored_types
 
 #: MariaDB/MySQL ``TIMESTAMP`` holds 1970-01-01 00:00:01 … 2038-01-19 03:14:07 UTC.
 _MYSQL_TIMESTAMP_RANGE = (dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), dt.datetime(2038, 1, 19, 3, 14, 7, tzinfo=UTC))
@@ -59,16 +59,11 @@ def _is_json(text: Any) -> bool:
     return True
 
 
-def _fraction(column_type: str) -> Callable[[Any], int]:
-    """Microseconds of an instant (``timestamp``) or a naive date-time (``datetime``)."""
-    if column_type == "timestamp":
-        return lambda v: _parse_timestamp(v).microsecond
-    return lambda v: _naive(v).microsecond
-
-
 def _timestamp_checks(column: Column, target: str, *, source: str, sqlite_stored: bool) -> list[Check]:
     checks = []
-    fraction = _fraction(column.type)
+
+    def fraction(value: Any) -> int:
+        return moment(value, column.type).microsecond
     if target == "mysql":
         checks.append(Check("timestamp_precision", "changed", "MariaDB/MySQL keep whole seconds: the fraction is cut",
                             lambda v: fraction(v) != 0))
@@ -81,7 +76,7 @@ def _timestamp_checks(column: Column, target: str, *, source: str, sqlite_stored
         low, high = _MYSQL_TIMESTAMP_RANGE
         checks.append(Check("timestamp_range", "refused", "outside TIMESTAMP's 1970-01-01 00:00:01 to "
                             "2038-01-19 03:14:07 UTC: MariaDB/MySQL refuse it",
-                            lambda v: not low <= _parse_timestamp(v) <= high))
+                            lambda v: not low <= moment(v, "timestamp") <= high))
     if sqlite_stored and target != "sqlite":
         checks.append(Check("storage_class", "changed", "SQLite TEXT values become native timestamps "
                             "(a copy back to SQLite stores them as INTEGER epoch ms)",

@@ -30,7 +30,7 @@ import datetime as dt
 import decimal
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 UTC = dt.timezone.utc
@@ -53,6 +53,11 @@ def _parse_timestamp(value: Any) -> dt.datetime:
         text = text[:-1] + "+00:00"
     parsed = dt.datetime.fromisoformat(text)
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def moment(value: Any, column_type: str) -> dt.datetime:
+    """Any stored form of a ``timestamp`` as an aware UTC datetime, of a ``datetime`` as a naive one."""
+    return _parse_timestamp(value) if column_type == "timestamp" else _naive(value)
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -150,7 +155,7 @@ _ALREADY_NEUTRAL = {
 SQLITE_STORED = frozenset({"boolean", "timestamp"})
 
 
-def stored_types(manifest: Any) -> frozenset[str]:
+def stored_types(manifest: Mapping[str, Any]) -> frozenset[str]:
     """The types a bundle carries as its SQLite source stored them (none before format 2)."""
     return frozenset(manifest.get("sqlite_stored", ()))
 
