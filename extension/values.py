@@ -274,9 +274,10 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
     return value
 
 
-#: Types whose values a target may store at lower precision or in another form: verification
-#: hashes these columns exactly too, to tell expected drift from equality.
-LOSSY = {"timestamp", "datetime", "float", "double"}
+#: Per target vendor, the types it stores at lower precision than the neutral form (MariaDB:
+#: whole seconds, single-precision FLOAT; SQLite: epoch ms): verification hashes these columns
+#: exactly too, to tell expected drift from equality.
+LOSSY = {"mysql": frozenset({"timestamp", "datetime", "float"}), "sqlite": frozenset({"timestamp"})}
 
 
 def exact_form(value: Any, column_type: str, *, stored: bool = False) -> Any:

@@ -66,7 +66,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=st
 
 
 class ColumnHashes:
-    """Exact hashes of the columns a target may store at lower precision (:data:`~cairn_migrate.values.LOSSY`).
+    """Exact hashes of the columns a target stores at lower precision (:data:`~cairn_migrate.values.LOSSY`).
 
     The row hash compares values reduced to the target's precision, so it
     cannot tell a MariaDB copy that lost milliseconds from an exact one.  Per
@@ -77,14 +77,15 @@ class ColumnHashes:
     predicted, a real difference when not.
     """
 
-    def __init__(self, table: TableDef, *, stored: Collection[str], checks: list[tuple[int, list[Check]]] | None = None,
-                 every_column: bool = False) -> None:
-        """``stored``: the types compared in SQLite's stored form (a SQLite bundle checked on SQLite).
+    def __init__(self, table: TableDef, vendor: str, *, stored: Collection[str],
+                 checks: list[tuple[int, list[Check]]] | None = None, every_column: bool = False) -> None:
+        """``vendor``: the target's; ``stored``: the types compared in SQLite's stored form (a SQLite bundle on SQLite).
 
         ``every_column``: also hash every column's reduced values on their own, to name the
         columns of a table whose rows differ (a second pass, for failed tables only).
         """
-        self.columns = [(i, c.type) for i, c in enumerate(table.columns) if c.type in LOSSY or c.type in stored]
+        lossy = LOSSY.get(vendor, frozenset()) | frozenset(stored)
+        self.columns = [(i, c.type) for i, c in enumerate(table.columns) if c.type in lossy]
         self.sums = [RowHash() for _ in table.columns] if every_column else []
         self.names = {i: c.name for i, c in enumerate(table.columns)}
         self.stored = stored
@@ -168,7 +169,7 @@ def _column_hashes(table: TableDef, manifest: Mapping[str, Any], vendor: str) ->
     sqlite_stored = stored_types(manifest)
     checks = table_checks(table, vendor, source=manifest["source"]["vendor"], sqlite_stored=sqlite_stored)
     stored = sqlite_stored if vendor == "sqlite" else frozenset()  # then storage classes must match too
-    return ColumnHashes(table, stored=stored, checks=checks), ColumnHashes(table, stored=stored)
+    return ColumnHashes(table, vendor, stored=stored, checks=checks), ColumnHashes(table, vendor, stored=stored)
 
 
 def _column_drift(entry: dict[str, Any], want: ColumnHashes, have: ColumnHashes) -> None:
@@ -189,8 +190,8 @@ def _differing_columns(path: Path, table: TableDef, db: Database, manifest: Mapp
                        storage_map: Mapping[str, str]) -> list[str]:
     """The columns whose values differ between the bundle and the target (a second pass over both)."""
     stored = stored_types(manifest) if db.vendor == "sqlite" else frozenset()
-    want = ColumnHashes(table, stored=stored, every_column=True)
-    have = ColumnHashes(table, stored=stored, every_column=True)
+    want = ColumnHashes(table, db.vendor, stored=stored, every_column=True)
+    have = ColumnHashes(table, db.vendor, stored=stored, every_column=True)
     _bundle_hash(path, table, db.vendor, storage_map, want)
     _target_hash(db, table, columns=have)
     return [c.name for c, a, b in zip(table.columns, want.sums, have.sums) if a.total != b.total]
