@@ -45,8 +45,8 @@ from .errors import InvalidInput, MigrateError, NotFound
 log = logging.getLogger(__name__)
 
 FORMAT = "cairn-migrate-bundle"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = {1}
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = {1, 2}
 MANIFEST = "manifest.json"
 BUF = 1 << 20
 MAX_MANIFEST_BYTES = 256 << 20

@@ -201,6 +201,9 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safe
                    storage_map: tuple[str, ...], as_json: bool, passphrase_file: str | None, key_file: str | None) -> None:
     """Restore a bundle into the instance (empty unless --replace/--resume), on any vendor.
 
+    The plan lists the type drift: per column, the values the target vendor will store
+    differently (timestamp precision, SQLite storage classes, ...) or refuse; refused
+    values stop the import before any write (exit 2).
     With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
     """
     from pathlib import Path
@@ -228,7 +231,11 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safe
 @handle_errors
 def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url: str | None, token: str | None,
                    login: str | None, as_json: bool, passphrase_file: str | None, key_file: str | None) -> None:
-    """Check that the instance holds exactly the bundle's rows and file bytes (exit 1 if not)."""
+    """Check that the instance holds exactly the bundle's rows and file bytes (exit 1 if not).
+
+    Values the target stores differently as the import's type-drift report predicted
+    pass, and are reported as expected drift; any other difference fails.
+    """
     from pathlib import Path
 
     from .errors import ConfigError

@@ -37,7 +37,7 @@ from .progress import NullProgress, Progress
 from .state import instance_scope
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
-from .values import fast_decoder
+from .values import SQLITE_STORED, fast_decoder
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +416,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             ],
         },
         "load_order": order,
+        # A SQLite source's timestamps and booleans travel as stored (values.SQLITE_STORED).
+        **({"sqlite_stored": sorted(SQLITE_STORED)} if not native and instance.database.vendor == "sqlite" else {}),
         **({"native": native_entry} if native_entry else {}),
         "tables": table_entries,
         "files": files,

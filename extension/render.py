@@ -95,6 +95,7 @@ def render_import(report: Mapping[str, Any]) -> str:
     lines.append(f"  files: {plan['files']['count']} ({plan['files']['bytes']:,} bytes)")
     if plan["storage_map"]:
         lines.append("  storage map: " + ", ".join(f"{a} -> {b}" for a, b in plan["storage_map"].items()))
+    lines += _render_drift(plan.get("drift", []), plan["vendor"])
     if report["applied"]:
         lines.append(f"  loaded {report['rows']:,} rows in {report['seconds']} s; files copied {report['files']['copied']}, skipped {report['files']['skipped']}")
         if report.get("safety_bundle"):
@@ -104,12 +105,28 @@ def render_import(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _render_drift(drift: list[Mapping[str, Any]], vendor: str) -> list[str]:
+    """The plan's type-drift report: one line per column and kind, values the target refuses first."""
+    if not drift:
+        return [f"  type drift on {vendor}: none (every value is stored as it is)"]
+    changed = sum(d["values"] for d in drift if d["effect"] == "changed")
+    refused = sum(d["values"] for d in drift if d["effect"] == "refused")
+    lines = [f"  type drift on {vendor}: {changed:,} values changed, {refused:,} refused"]
+    ordered = sorted(drift, key=lambda d: (d["effect"] != "refused", d["table"], d["column"], d["kind"]))
+    rows = [(f"{d['effect']} {d['table']}.{d['column']}", f"{d['values']:>7,}  {d['kind']}: {d['note']}") for d in ordered]
+    return lines + _table(rows, indent="    ")
+
+
 def render_verify(report: Mapping[str, Any]) -> str:
     lines = []
     for table in report["tables"]:
         mark = "=" if table["ok"] else "*"
         detail = "" if table["ok"] else f"  {table.get('problem')} (rows {table.get('rows')} / {table['expected_rows']})"
+        if table.get("columns"):
+            detail += f" in columns {', '.join(table['columns'])}"
         lines.append(f"{mark} {table['table']}{detail}")
+        for drift in table.get("drift", []):
+            lines.append(f"~ {table['table']}.{drift['column']}  expected drift: {drift['values']} values ({', '.join(drift['kinds'])})")
     files = report["files"]
     lines.append(f"files: {files['ok']}/{files['checked']} identical")
     for entry in files["missing"]:
@@ -119,5 +136,9 @@ def render_verify(report: Mapping[str, Any]) -> str:
     for check in report["live"]:
         lines.append(f"{'=' if check['ok'] else '!'} live {check['check']}: {check['detail']}")
     lines += _incomplete_import(report.get("import"))
-    lines.append("VERIFIED" if report["ok"] else "DIFFERENCES FOUND")
+    drift = report.get("drift") or {}
+    if report["ok"] and drift.get("values"):
+        lines.append(f"VERIFIED with expected drift: {drift['values']} values in columns {', '.join(drift['columns'])}")
+    else:
+        lines.append("VERIFIED" if report["ok"] else "DIFFERENCES FOUND")
     return "\n".join(lines)

@@ -51,6 +51,7 @@ from .storage import Location, open_location
 from .table_loader import TableLoader, database_rows, jsonl_rows
 from .table_schema import TableDef
 from .workdir import scratch
+from .values import stored_types
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class ImportPlan:
     warnings: list[str] = field(default_factory=list)
     bundle_id: str = ""
     marker: import_marker.Marker | None = None
+    #: Per column, what the target vendor changes or refuses (:func:`cairn_migrate.drift.plan_drift`).
+    drift: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -95,6 +98,7 @@ class ImportPlan:
             "tables": self.tables,
             "files": self.files,
             "warnings": self.warnings,
+            "drift": self.drift,
             "changes": not self.empty,
         }
 
@@ -261,6 +265,7 @@ def plan_import(
                 hint="import into an empty database, or pass --replace (a safety bundle of the target is "
                 "written first), or --resume to finish an interrupted import of this bundle",
             )
+        json_normalised = db.vendor == "mysql" and not getattr(db.engine.dialect, "is_mariadb", False)
     native = manifest.get("data") == "native"
     if native:
         native_tools.require_same_vendor(manifest, plan.vendor)
@@ -285,7 +290,17 @@ def plan_import(
         plan.warnings.append("the interrupted native restore is run again: the tables it made are dropped first")
     files = manifest["files"]
     plan.files = {"count": files["count"], "bytes": files["bytes"], "to_copy": files["count"], "missing_in_bundle": len(files["missing"])}
+    plan.drift = _type_drift(bundle_dir, manifest, plan.vendor, json_normalised)
     return plan
+
+
+def _type_drift(bundle_dir: Path, manifest: Mapping[str, Any], vendor: str, json_normalised: bool) -> list[dict[str, Any]]:
+    """The plan's type-drift report; a warning names values the target would refuse."""
+    from .drift import plan_drift
+
+    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())}
+    return plan_drift(bundle_dir, manifest, [definitions[name] for name in manifest["load_order"]], vendor,
+                      json_normalised=json_normalised)
 
 
 # ---------------------------------------------------------------------------
@@ -387,6 +402,7 @@ def import_bundle(
         plan = plan_import(instance, bundle_dir, manifest, replace=replace, resume=resume, storage_map=storage_map)
         if dry_run:
             return {"plan": plan.to_dict(), "applied": False, "dry_run": True}
+        _refuse_refused(plan)
         safety = None
         if replace and plan.existing_tables:
             safety = _safety_bundle(instance, safety_bundle, progress)
@@ -407,7 +423,7 @@ def import_bundle(
                 member = bundle_dir / manifest["native"]["member"]
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
-            loader = TableLoader(db.engine, db.vendor, ordered)
+            loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest))
             try:
                 if replace:
                     for name in reversed(_drop_order(db, plan.existing_tables)):
@@ -495,6 +511,17 @@ def import_bundle(
         "seconds": round(elapsed, 3),
         "rows_per_second": round(loaded / elapsed, 1) if elapsed else None,
     }
+
+
+def _refuse_refused(plan: ImportPlan) -> None:
+    """Stop before any write when the target would refuse some values (the import would fail midway)."""
+    refused = [d for d in plan.drift if d["effect"] == "refused"]
+    if refused:
+        where = ", ".join(f"{d['table']}.{d['column']} ({d['values']} {d['kind']})" for d in refused[:5])
+        raise ConfigError(
+            f"{sum(d['values'] for d in refused)} values of the bundle would be refused by {plan.vendor}: {where}",
+            hint="correct them on the source and export again; `import --dry-run` lists them all",
+        )
 
 
 def _remap_storage(db: Database, storage_map: Mapping[str, str]) -> None:

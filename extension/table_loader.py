@@ -10,7 +10,7 @@ end.  Values are converted only where the target needs it
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,11 @@ def database_rows(db: Database, table: TableDef) -> Iterator[list[Any]]:
             yield [decode(value) for decode, value in zip(decoders, row)]
 
 
-def _encoded_rows(rows: Iterable[list[Any]], table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None) -> Iterator[list[Any]]:
+def _encoded_rows(rows: Iterable[list[Any]], table: TableDef, vendor: str, transform: Callable[[list[Any]], list[Any]] | None,
+                  sqlite_stored: Collection[str] = ()) -> Iterator[list[Any]]:
     """Neutral rows converted only where the target needs it (most values pass as they are)."""
-    converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := encoder(column.type, vendor))]
+    converting = [(i, codec) for i, column in enumerate(table.columns)
+                  if (codec := encoder(column.type, vendor, sqlite_stored=column.type in sqlite_stored))]
     for row in rows:
         if transform:
             row = transform(row)
@@ -84,9 +86,11 @@ def _batched(rows: Iterator[list[Any]], size: int) -> Iterator[list[list[Any]]]:
 class TableLoader:
     """Creates tables and loads rows on one raw DB-API connection of the target."""
 
-    def __init__(self, engine: Engine, vendor: str, tables: Sequence[TableDef]) -> None:
+    def __init__(self, engine: Engine, vendor: str, tables: Sequence[TableDef], *, sqlite_stored: Collection[str] = ()) -> None:
+        """``sqlite_stored``: the types whose values the rows carry as SQLite stored them (:func:`~cairn_migrate.values.stored_types`)."""
         self.engine = engine
         self.vendor = vendor
+        self.sqlite_stored = sqlite_stored
         self.tables = {t.name: t for t in tables}
         self.metadata = sa.MetaData()
         # PostgreSQL enforces FKs immediately and cannot defer them: add them after loading.
@@ -125,7 +129,7 @@ class TableLoader:
                 cursor.execute(f"DELETE FROM {quoted}")
             else:
                 cursor.execute(self._ddl(sa.schema.CreateTable(built)))
-            rows = _encoded_rows(source, table, self.vendor, _row_transform(table, storage_map))
+            rows = _encoded_rows(source, table, self.vendor, _row_transform(table, storage_map), self.sqlite_stored)
             columns = ", ".join(_quote(self.engine, c.name) for c in table.columns)
             count = 0
             if self.vendor == "postgres":

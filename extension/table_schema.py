@@ -269,6 +269,8 @@ def reflect_table(engine: Engine, catalog: _Catalog, table: str, vendor: str) ->
                 )
             )
     fk_names = {fk.name for fk in foreign_keys if fk.name}
+    # MySQL names the index it makes for an unnamed foreign key after its first column.
+    fk_implicit = {(fk.columns[0], tuple(fk.columns)) for fk in foreign_keys}
     indexes = []
     seen: set[tuple[str, ...]] = set()
     for info in list(catalog.uniques.get(table, [])) + list(catalog.indexes.get(table, [])):
@@ -278,7 +280,7 @@ def reflect_table(engine: Engine, catalog: _Catalog, table: str, vendor: str) ->
         if not cols or key in seen or key == tuple(pk):
             continue
         # MySQL creates an index per foreign key; the FK recreates it.
-        if vendor == "mysql" and not unique and info.get("name") in fk_names:
+        if vendor == "mysql" and not unique and (info.get("name") in fk_names or (info.get("name"), key) in fk_implicit):
             continue
         seen.add(key)
         indexes.append(Index(info.get("name") or f"{table}_{'_'.join(cols)}_{'unique' if unique else 'index'}", cols, unique))

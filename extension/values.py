@@ -6,7 +6,10 @@ and a naive UTC ``datetime`` from MariaDB; a boolean is ``0``/``1`` or
 ``True``; JSON is text or already parsed.  Rows travel through the bundle in
 one form (ISO-8601 UTC strings, ``true``/``false``, parsed JSON, decimal
 strings, base64 bytes) so that any vendor can read what any vendor wrote, and
-so that verification compares like with like.
+so that verification compares like with like.  One exception: a SQLite
+source's timestamps and booleans travel as SQLite stored them
+(:data:`SQLITE_STORED`), so that SQLite → SQLite keeps values and storage
+classes exactly; every encoder reads that form too.
 
 The neutral forms: instants are ISO-8601 strings *with an offset* (as the
 source printed them: ``2024-01-05 09:30:00+00`` from PostgreSQL,
@@ -27,7 +30,7 @@ import datetime as dt
 import decimal
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 UTC = dt.timezone.utc
@@ -50,6 +53,11 @@ def _parse_timestamp(value: Any) -> dt.datetime:
         text = text[:-1] + "+00:00"
     parsed = dt.datetime.fromisoformat(text)
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def moment(value: Any, column_type: str) -> dt.datetime:
+    """Any stored form of a ``timestamp`` as an aware UTC datetime, of a ``datetime`` as a naive one."""
+    return _parse_timestamp(value) if column_type == "timestamp" else _naive(value)
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -139,6 +147,19 @@ _ALREADY_NEUTRAL = {
 }
 
 
+#: Types whose SQLite values travel as SQLite stored them (bundle format 2, manifest
+#: ``sqlite_stored``), so that a SQLite target gets back the same value *and* storage class:
+#: a timestamp is an INTEGER epoch-ms JSON number or the TEXT exactly as stored (CairnCMS's
+#: SQLite mixes both in one column), a boolean the stored 0/1 (or whatever else SQLite holds).
+#: The other vendors' encoders read these forms too.
+SQLITE_STORED = frozenset({"boolean", "timestamp"})
+
+
+def stored_types(manifest: Mapping[str, Any]) -> frozenset[str]:
+    """The types a bundle carries as its SQLite source stored them (none before format 2)."""
+    return frozenset(manifest.get("sqlite_stored", ()))
+
+
 def decoder(column_type: str, vendor: str | None = None) -> Codec:
     """Native value → neutral JSON value, for one column type (any vendor unless ``vendor`` is given)."""
     return _nullable(_DECODERS[column_type])
@@ -148,6 +169,8 @@ def fast_decoder(column_type: str, vendor: str) -> Codec | None:
     """Like :func:`decoder` for rows from :meth:`~cairn_migrate.database.Database.stream_tuples` of
     ``vendor``, but ``None`` where the driver's value is already neutral: the export skips those."""
     if column_type in _ALREADY_NEUTRAL.get(vendor, set()):
+        return None
+    if vendor == "sqlite" and column_type in SQLITE_STORED:
         return None
     return decoder(column_type)
 
@@ -168,7 +191,7 @@ def _encoders(vendor: str) -> dict[str, Codec]:
     if vendor == "mysql":
         return {
             "json": _json_in,
-            "boolean": lambda v: 1 if v else 0,
+            "boolean": lambda v: 1 if _bool(v) else 0,
             # MariaDB TIMESTAMP takes the session time zone (UTC, see database.open_engine).
             "timestamp": lambda v: _parse_timestamp(v).replace(tzinfo=None),
             "datetime": _naive,
@@ -178,21 +201,35 @@ def _encoders(vendor: str) -> dict[str, Codec]:
     # SQLite: write what CairnCMS's own app writes (epoch ms for instants).
     return {
         "json": _json_in,
-        "boolean": lambda v: 1 if v else 0,
+        "boolean": lambda v: 1 if _bool(v) else 0,
         "timestamp": _epoch_ms,
         "decimal": lambda v: float(v),
         "binary": base64.b64decode,
     }
 
 
-def encoder(column_type: str, vendor: str) -> Codec | None:
-    """Neutral JSON value → the value to hand ``vendor``'s driver; ``None`` when it passes as is."""
-    codec = _encoders(vendor).get(column_type)
+#: Encoders that replace :func:`_encoders`' for values in SQLite's stored form (``None``: pass as
+#: stored). PostgreSQL's COPY needs an offset and ``t``/``f``; MariaDB's already read both forms.
+_FROM_SQLITE_STORED: dict[str, dict[str, Codec | None]] = {
+    "postgres": {"timestamp": _timestamp_text, "boolean": _bool},
+    "sqlite": {"timestamp": None, "boolean": None},
+}
+
+
+def encoder(column_type: str, vendor: str, *, sqlite_stored: bool = False) -> Codec | None:
+    """Neutral JSON value → the value to hand ``vendor``'s driver; ``None`` when it passes as is.
+
+    :param sqlite_stored: the column's values are in SQLite's stored form (:data:`SQLITE_STORED`).
+    """
+    codecs = _encoders(vendor)
+    if sqlite_stored and column_type in SQLITE_STORED:
+        codecs = {**codecs, **_FROM_SQLITE_STORED.get(vendor, {})}
+    codec = codecs.get(column_type)
     return _nullable(codec) if codec else None
 
 
 #: Types whose neutral values compare as they are (no reduction needed).
-_EXACT = {"uuid", "string", "text", "boolean", "integer", "bigint", "date", "time", "binary"}
+_EXACT = {"uuid", "string", "text", "integer", "bigint", "date", "time", "binary"}
 
 
 def comparer(column_type: str, vendor: str) -> Codec | None:
@@ -211,6 +248,8 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
     """
     if value is None:
         return None
+    if column_type == "boolean":
+        return _bool(value)  # SQLite's stored 0/1 and true/false are the same value
     if column_type == "json":
         parsed = _json_value(value)
         return json.dumps(parsed, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -228,6 +267,35 @@ def comparable(value: Any, column_type: str, vendor: str) -> Any:
         return moment.isoformat(timespec="microseconds")
     if column_type == "decimal":
         return format(decimal.Decimal(str(value)).normalize(), "f")
+    if column_type == "float" and vendor == "mysql":
+        return float(f"{float(value):.6g}")  # MariaDB FLOAT is single precision: 6 significant digits back
     if column_type in ("float", "double"):
         return round(float(value), 6)
+    return value
+
+
+#: Per target vendor, the types it stores at lower precision than the neutral form (MariaDB:
+#: whole seconds, single-precision FLOAT; SQLite: epoch ms): verification hashes these columns
+#: exactly too, to tell expected drift from equality.
+LOSSY = {"mysql": frozenset({"timestamp", "datetime", "float"}), "sqlite": frozenset({"timestamp"})}
+
+
+def exact_form(value: Any, column_type: str, *, stored: bool = False) -> Any:
+    """A neutral value in a lossless canonical form (no reduction to any vendor's precision).
+
+    ``stored``: compare SQLite's stored values as they are (an epoch-ms number is not the
+    same as the text of the same instant, nor 2 the same as 1), for a SQLite bundle on SQLite.
+    """
+    if value is None:
+        return None
+    if stored and column_type in SQLITE_STORED:
+        return value
+    if column_type == "boolean":
+        return _bool(value)
+    if column_type == "timestamp":
+        return _parse_timestamp(value).isoformat(timespec="microseconds")
+    if column_type == "datetime":
+        return _naive(value).isoformat(timespec="microseconds")
+    if column_type in ("float", "double"):
+        return float(value)
     return value

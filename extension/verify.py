@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ from typing import Any
 from . import import_marker
 from .bundle import open_bundle
 from .database import Database
+from .drift import Check, table_checks
 from .errors import ConfigError, InstanceUnreachable, MigrateError
 from .instance import Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
 from .table_schema import TableDef
-from .values import comparer, fast_decoder
+from .values import LOSSY, comparer, exact_form, fast_decoder, stored_types
 from .workdir import scratch
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,69 @@ class RowHash:
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
-def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], digest: RowHash) -> RowHash:
+class ColumnHashes:
+    """Exact hashes of the columns a target stores at lower precision (:data:`~cairn_migrate.values.LOSSY`).
+
+    The row hash compares values reduced to the target's precision, so it
+    cannot tell a MariaDB copy that lost milliseconds from an exact one.  Per
+    such column, this hashes each value's exact form next to its reduced row
+    (order-independent, like :class:`RowHash`); on the bundle's side it also
+    counts the values the drift checks predict the target changes.  A column
+    whose exact hashes differ while the rows agree drifted: expected when
+    predicted, a real difference when not.
+    """
+
+    def __init__(self, table: TableDef, vendor: str, *, stored: Collection[str],
+                 checks: list[tuple[int, list[Check]]] | None = None, every_column: bool = False) -> None:
+        """``vendor``: the target's; ``stored``: the types compared in SQLite's stored form (a SQLite bundle on SQLite).
+
+        ``every_column``: also hash every column's reduced values on their own, to name the
+        columns of a table whose rows differ (a second pass, for failed tables only).
+        """
+        lossy = LOSSY.get(vendor, frozenset()) | frozenset(stored)
+        self.columns = [(i, c.type) for i, c in enumerate(table.columns) if c.type in lossy]
+        self.sums = [RowHash() for _ in table.columns] if every_column else []
+        self.names = {i: c.name for i, c in enumerate(table.columns)}
+        self.stored = stored
+        self.hashes = {i: RowHash() for i, _ in self.columns}
+        self.predicted = {i: 0 for i, _ in self.columns}
+        visible = {i: [c for c in cs if c.effect == "changed" and c.visible] for i, cs in (checks or [])}
+        self.checks = {i: visible[i] for i, _ in self.columns if visible.get(i)}
+        self.kinds = {i: sorted({c.kind for c in cs}) for i, cs in self.checks.items()}
+
+    def exact(self, row: list[Any]) -> list[tuple[int, Any]]:
+        return [(i, exact_form(row[i], t, stored=t in self.stored)) for i, t in self.columns]
+
+    def predict(self, row: list[Any]) -> None:
+        for i, checks in self.checks.items():
+            value = row[i]
+            if value is not None and any(check.test(value) for check in checks):
+                self.predicted[i] += 1
+
+    def add(self, row: list[Any], line: bytes, exact: list[tuple[int, Any]]) -> None:
+        for i, value in exact:
+            self.hashes[i].add_line(line + b"\x00" + _encode(value).encode("utf-8"))
+        for digest, value in zip(self.sums, row):
+            digest.add_line(_encode(value).encode("utf-8"))
+
+
+def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], digest: RowHash,
+               columns: ColumnHashes | None = None) -> RowHash:
     for row in rows:
+        exact = columns.exact(row) if columns else None
+        if columns and columns.checks:
+            columns.predict(row)
         for i, reduce in reducers:
             row[i] = reduce(row[i])
-        digest.add_line(_encode(row).encode("utf-8"))
+        line = _encode(row).encode("utf-8")
+        digest.add_line(line)
+        if columns:
+            columns.add(row, line, exact or [])
     return digest
 
 
-def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[str, str]) -> RowHash:
+def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[str, str],
+                 columns: ColumnHashes | None = None) -> RowHash:
     """The bundle's rows of ``table``, reduced to what ``vendor`` stores."""
     reducers = [(i, r) for i, c in enumerate(table.columns) if (r := comparer(c.type, vendor))]
     if table.name == "directus_files" and storage_map:
@@ -88,22 +143,60 @@ def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[
                 if line.strip():
                     yield loads(line.decode("utf-8"))
 
-    return _hash_rows(rows(), reducers, RowHash())
+    return _hash_rows(rows(), reducers, RowHash(), columns)
 
 
-def _target_hash(db: Database, table: TableDef, vendor: str | None = None) -> RowHash:
-    """Hash of ``table`` in ``db``, values reduced to ``vendor``'s precision (default: ``db``'s own)."""
-    reducers = []
-    for i, column in enumerate(table.columns):
-        decode, reduce = fast_decoder(column.type, db.vendor), comparer(column.type, vendor or db.vendor)
-        if decode and reduce:
-            reducers.append((i, lambda v, d=decode, r=reduce: r(d(v))))
-        elif decode or reduce:
-            reducers.append((i, decode or reduce))
+def _target_hash(db: Database, table: TableDef, vendor: str | None = None, columns: ColumnHashes | None = None) -> RowHash:
+    """Hash of ``table`` in ``db``, values reduced to ``vendor``'s precision (default: ``db``'s own).
+
+    Values are made neutral first, then reduced: ``columns`` needs the neutral values' exact form.
+    """
+    decoders = [(i, d) for i, c in enumerate(table.columns) if (d := fast_decoder(c.type, db.vendor))]
+    reducers = [(i, r) for i, c in enumerate(table.columns) if (r := comparer(c.type, vendor or db.vendor))]
     names = [column.name for column in table.columns]
+
+    def decoded(rows: Iterator[list[Any]]) -> Iterator[list[Any]]:
+        for row in rows:
+            for i, decode in decoders:
+                row[i] = decode(row[i])
+            yield row
+
     with db.engine.connect() as conn:
         rows = (list(row) for row in db.stream_tuples(table.name, names, connection=conn))
-        return _hash_rows(rows, reducers, RowHash())
+        return _hash_rows(decoded(rows), reducers, RowHash(), columns)
+
+
+def _column_hashes(table: TableDef, manifest: Mapping[str, Any], vendor: str) -> tuple[ColumnHashes, ColumnHashes]:
+    """Exact column hashes for the bundle's side (with the drift checks for ``vendor``) and the target's."""
+    sqlite_stored = stored_types(manifest)
+    checks = table_checks(table, vendor, source=manifest["source"]["vendor"], sqlite_stored=sqlite_stored)
+    stored = sqlite_stored if vendor == "sqlite" else frozenset()  # then storage classes must match too
+    return ColumnHashes(table, vendor, stored=stored, checks=checks), ColumnHashes(table, vendor, stored=stored)
+
+
+def _column_drift(entry: dict[str, Any], want: ColumnHashes, have: ColumnHashes) -> None:
+    """Rows agree at the target's precision: name the columns that drifted, expected or not."""
+    unexpected = []
+    for i, _ in want.columns:
+        if want.hashes[i].total == have.hashes[i].total:
+            continue
+        if want.predicted[i]:
+            entry.setdefault("drift", []).append({"column": want.names[i], "values": want.predicted[i], "kinds": want.kinds[i]})
+        else:
+            unexpected.append(want.names[i])
+    if unexpected:
+        entry.update(ok=False, problem="content differs", columns=unexpected)
+
+
+def _differing_columns(path: Path, table: TableDef, db: Database, manifest: Mapping[str, Any],
+                       storage_map: Mapping[str, str]) -> list[str]:
+    """The columns whose values differ between the bundle and the target (a second pass over both)."""
+    stored = stored_types(manifest) if db.vendor == "sqlite" else frozenset()
+    want = ColumnHashes(table, db.vendor, stored=stored, every_column=True)
+    have = ColumnHashes(table, db.vendor, stored=stored, every_column=True)
+    _bundle_hash(path, table, db.vendor, storage_map, want)
+    _target_hash(db, table, columns=have)
+    return [c.name for c, a, b in zip(table.columns, want.sums, have.sums) if a.total != b.total]
 
 
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
@@ -143,15 +236,22 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
             elif missing := sorted(set(c.name for c in table.columns) - set(db.columns(name))):
                 entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing)}")
             else:
+                want_columns = have_columns = None
                 if reference_db is not None:
                     want = _target_hash(reference_db, table, db.vendor) if not (name == "directus_files" and storage_map) else None
                 else:
-                    want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map)
-                have = _target_hash(db, table)
+                    want_columns, have_columns = _column_hashes(table, manifest, db.vendor)
+                    want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map, want_columns)
+                have = _target_hash(db, table, columns=have_columns)
                 entry.update(rows=have.rows, hash=have.hexdigest(), expected_hash=want.hexdigest() if want else None)
                 entry["ok"] = have.rows == expected and (want is None or have.total == want.total)
                 if not entry["ok"]:
                     entry["problem"] = "row count differs" if have.rows != expected else "content differs"
+                    if have.rows == expected and want_columns is not None:
+                        member = bundle_dir / manifest["tables"][name]["member"]
+                        entry["columns"] = _differing_columns(member, table, db, manifest, storage_map)
+                elif want_columns is not None and have_columns is not None:
+                    _column_drift(entry, want_columns, have_columns)
             results.append(entry)
             progress.advance(items=1)
     finally:
@@ -294,8 +394,11 @@ def verify_bundle(
         and files["ok"] == files["checked"] == manifest["files"]["count"]
         and all(check["ok"] for check in live)
     )
+    drifted = [(t["table"], d) for t in tables if t["ok"] for d in t.get("drift", [])]
     return {
         "ok": ok,
+        # Values the target stores differently, as the import's type-drift report predicted.
+        "drift": {"values": sum(d["values"] for _, d in drifted), "columns": [f"{t}.{d['column']}" for t, d in drifted]},
         "tables": tables,
         "tables_ok": sum(1 for t in tables if t["ok"]),
         "tables_failed": [t["table"] for t in tables if not t["ok"]],

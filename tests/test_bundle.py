@@ -284,7 +284,7 @@ CORPUS = {
     "manifest_not_json": ([reg("manifest.json", b"{not json")] + good_entries()[1:], "not valid UTF-8 JSON"),
     "manifest_lists_traversal": ([reg("manifest.json", manifest_bytes({"../x": b"e"}))], "path traversal"),
     "unknown_format": (good_entries(format="tarball-of-something"), "unknown bundle format"),
-    "future_version": (good_entries(format_version=2), "format_version 2 was made by a newer cairn-migrate; upgrade"),
+    "future_version": (good_entries(format_version=3), "format_version 3 was made by a newer cairn-migrate; upgrade"),
     "checksum": ([reg("manifest.json", manifest_bytes(GOOD))] + [reg("tables/a.jsonl", b"Z" * 1000),
                                                                  reg("files/local/x.bin", GOOD["files/local/x.bin"])],
                  "checksum mismatch for 'tables/a.jsonl'"),

@@ -113,6 +113,7 @@ def test_verify_detects_changed_rows_and_bytes(tmp_path: Path, request: pytest.F
     assert not report["ok"]
     problems = {t["table"]: t["problem"] for t in report["tables"] if not t["ok"]}
     assert problems == {"articles": "content differs", "tags": "row count differs"}
+    assert next(t for t in report["tables"] if t["table"] == "articles")["columns"] == ["title"]
     assert [m["filename_disk"] for m in report["files"]["mismatched"]] == [victim.name]
     result = CliRunner().invoke(cli, ["--env", str(dst), "verify", str(tmp_path / "bundle")])
     assert result.exit_code == 1
@@ -360,3 +361,225 @@ def test_native_postgres_bundle_refuses_another_vendor(tmp_path: Path, request: 
     with pytest.raises(ConfigError, match="native postgres dump; it cannot be restored on sqlite"):
         import_bundle(instance(dst), tmp_path / "bundle")
     assert not (tmp_path / "dst" / "data.db").exists()
+
+
+# ---------------------------------------------------------------------------
+# Type drift: SQLite → SQLite is exact; other targets say what they change
+# ---------------------------------------------------------------------------
+
+
+def stored_values(db_file: Path) -> dict[str, list[tuple[str, ...]]]:
+    """Every table's rows as SQLite stores them: ``typeof()`` and ``quote()`` of every value, sorted."""
+    conn = sqlite3.connect(db_file)
+    try:
+        result = {}
+        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        for name in names:
+            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{name}")')]
+            select = ", ".join(f'typeof("{c}"), quote("{c}")' for c in columns)
+            result[name] = sorted(conn.execute(f'SELECT {select} FROM "{name}"').fetchall())
+        return result
+    finally:
+        conn.close()
+
+
+def sqlite_instant_columns(db_file: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per ``datetime`` column of a CairnCMS SQLite file: (values with milliseconds, TEXT values), counted by SQLite."""
+    conn = sqlite3.connect(db_file)
+    try:
+        result = {}
+        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        for name in names:
+            for row in conn.execute(f'PRAGMA table_info("{name}")').fetchall():
+                if row[2].lower() == "datetime":
+                    column = row[1]
+                    result[(name, column)] = conn.execute(
+                        f'SELECT COALESCE(SUM(typeof("{column}") = \'integer\' AND "{column}" % 1000 != 0), 0), '
+                        f'COALESCE(SUM(typeof("{column}") = \'text\'), 0) FROM "{name}"'
+                    ).fetchone()
+        return result
+    finally:
+        conn.close()
+
+
+def test_sqlite_to_sqlite_keeps_values_and_storage_classes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    # SQLite keeps what it is given: booleans other than 0/1 must come back as they were too.
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE article_comments SET approved = 2 WHERE id = (SELECT min(id) FROM article_comments)")
+    conn.execute("UPDATE article_comments SET approved = 'yes' WHERE id = (SELECT max(id) FROM article_comments)")
+    conn.commit()
+    conn.close()
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    manifest = export_bundle(instance(src), tmp_path / "bundle")
+    assert manifest["format_version"] == 2 and manifest["sqlite_stored"] == ["boolean", "timestamp"]
+    report = import_bundle(instance(dst), tmp_path / "bundle")
+    assert report["plan"]["drift"] == []
+    before, after = stored_values(tmp_path / "src" / "data.db"), stored_values(tmp_path / "dst" / "data.db")
+    assert after == before
+    # The fixture really mixes both storage classes (CairnCMS's defaults write TEXT, its app INTEGER ms).
+    conn = sqlite3.connect(tmp_path / "dst" / "data.db")
+    assert set(conn.execute("SELECT typeof(uploaded_on) || typeof(modified_on) FROM directus_files").fetchall()) == {("textinteger",)}
+    assert {t for (t,) in conn.execute("SELECT typeof(timestamp) FROM directus_migrations")} == {"text"}
+    assert sorted(conn.execute("SELECT quote(approved) FROM article_comments WHERE approved NOT IN (0, 1)")) == [("'yes'",), ("2",)]
+    conn.close()
+    verified = verify_bundle(instance(dst), tmp_path / "bundle")
+    assert verified["ok"] and verified["drift"] == {"values": 0, "columns": []}
+    # A storage class changed behind verify's back is a real difference, not drift.
+    conn = sqlite3.connect(tmp_path / "dst" / "data.db")
+    conn.execute("UPDATE directus_migrations SET timestamp = CAST(strftime('%s', timestamp) AS INTEGER) * 1000 WHERE version = '20260515A'")
+    conn.commit()
+    conn.close()
+    changed = verify_bundle(instance(dst), tmp_path / "bundle")
+    assert changed["tables_failed"] == ["directus_migrations"]
+    failed = next(t for t in changed["tables"] if t["table"] == "directus_migrations")
+    assert failed["columns"] == ["timestamp"]
+
+
+def as_format_1(bundle: Path) -> None:
+    """Rewrite a SQLite bundle the way format 1 wrote it: instants as ISO text, no storage classes."""
+    import hashlib
+
+    from cairn_migrate.table_schema import TableDef
+    from cairn_migrate.values import decoder
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tables = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle / "schema" / "tables.json").read_text())}
+    for name, entry in manifest["tables"].items():
+        path = bundle / entry["member"]
+        stamps = [i for i, c in enumerate(tables[name].columns) if c.type in ("timestamp", "boolean")]
+        lines = []
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            for i in stamps:
+                row[i] = decoder(tables[name].columns[i].type)(row[i])
+            lines.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        path.write_text("".join(f"{line}\n" for line in lines))
+        data = path.read_bytes()
+        manifest["members"][entry["member"]] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    del manifest["sqlite_stored"]
+    manifest["format_version"] = 1
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def test_format_1_bundle_still_imports_and_says_what_it_cannot_keep(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    as_format_1(tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    report = import_bundle(instance(dst), tmp_path / "bundle")
+    drift = {(d["table"], d["column"]): d["values"] for d in report["plan"]["drift"] if d["kind"] == "storage_class"}
+    assert drift[("directus_migrations", "timestamp")] == 66 and drift[("directus_files", "uploaded_on")] == 3
+    conn = sqlite3.connect(tmp_path / "dst" / "data.db")
+    assert {t for (t,) in conn.execute("SELECT typeof(timestamp) FROM directus_migrations")} == {"integer"}
+    conn.close()
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+
+
+def test_sqlite_to_mariadb_reports_drift_and_verify_tells_it_apart(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    dst = make_empty_instance("mariadb", tmp_path / "dst", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    counted = sqlite_instant_columns(tmp_path / "src" / "data.db")
+    expected = {(t, c, "timestamp_precision"): ms for (t, c), (ms, _) in counted.items() if ms}
+    expected |= {(t, c, "storage_class"): text for (t, c), (_, text) in counted.items() if text}
+    assert ("articles", "date_created", "timestamp_precision") in expected  # the fixture has milliseconds to lose
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["--env", str(dst), "import", str(bundle), "--dry-run", "--json"])
+    assert dry.exit_code == 1, dry.output
+    drift = json.loads(dry.output)["plan"]["drift"]
+    assert {(d["table"], d["column"], d["kind"]): d["values"] for d in drift} == expected
+    assert {d["effect"] for d in drift} == {"changed"}
+    human = runner.invoke(cli, ["--env", str(dst), "import", str(bundle), "--dry-run"])
+    precision_total = sum(v for (_, _, kind), v in expected.items() if kind == "timestamp_precision")
+    assert f"type drift on mysql: {sum(expected.values()):,} values changed, 0 refused" in human.output
+    assert "changed articles.date_created" in human.output
+    done = runner.invoke(cli, ["--env", str(dst), "import", str(bundle)])
+    assert done.exit_code == 0, done.output
+    report = verify_bundle(instance(dst), bundle)
+    assert report["ok"], report["tables_failed"]
+    # Only what MariaDB can be seen to have changed: the milliseconds (storage classes no longer exist there).
+    precision_columns = sorted(f"{t}.{c}" for (t, c, kind) in expected if kind == "timestamp_precision")
+    assert sorted(report["drift"]["columns"]) == precision_columns
+    assert report["drift"]["values"] == precision_total
+    verified = runner.invoke(cli, ["--env", str(dst), "verify", str(bundle)])
+    assert verified.exit_code == 0, verified.output
+    assert f"VERIFIED with expected drift: {precision_total} values in columns " in verified.output
+    # A real difference is still one, even in a column that drifts.
+    with Database.open(instance(dst)) as db, db.engine.begin() as conn:
+        import sqlalchemy as sa
+
+        conn.execute(sa.text("UPDATE articles SET date_created = date_created + INTERVAL 1 DAY ORDER BY id LIMIT 1"))
+    assert verify_bundle(instance(dst), bundle)["tables_failed"] == ["articles"]
+
+
+def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    middle = make_empty_instance("mariadb", tmp_path / "middle", request)
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    first = import_bundle(instance(middle), _exported(src, tmp_path / "bundle-1"))
+    assert ("articles", "date_created", "timestamp_precision") in {(d["table"], d["column"], d["kind"]) for d in first["plan"]["drift"]}
+    second = import_bundle(instance(dst), _exported(middle, tmp_path / "bundle-2"))
+    assert second["plan"]["drift"] == []  # whole seconds fit in epoch milliseconds
+    conn = sqlite3.connect(tmp_path / "dst" / "data.db")
+    assert conn.execute("SELECT date_created FROM articles WHERE date_created % 1000 != 0").fetchall() == []
+    conn.close()
+    # Against the original bundle, the SQLite copy is not the SQLite source: verify says where.
+    report = verify_bundle(instance(dst), tmp_path / "bundle-1")
+    counted = sqlite_instant_columns(tmp_path / "src" / "data.db")
+    lost = {t for (t, _), (ms, text) in counted.items() if ms or text}
+    assert set(report["tables_failed"]) == lost
+    migrations = next(t for t in report["tables"] if t["table"] == "directus_migrations")
+    assert migrations["columns"] == ["timestamp"]  # same instants, TEXT became INTEGER
+    articles = next(t for t in report["tables"] if t["table"] == "articles")
+    assert articles["problem"] == "content differs" and articles["columns"] == ["date_created"]  # milliseconds lost
+
+
+def _exported(env: Path, bundle: Path) -> Path:
+    export_bundle(instance(env), bundle)
+    return bundle
+
+
+def test_values_the_target_refuses_stop_the_import_before_any_write(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """SQLite does not enforce varchar(n); PostgreSQL does: the plan says so and nothing is written."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE tags SET name = printf('%.300c', 'x') WHERE id IN (SELECT id FROM tags ORDER BY id LIMIT 2)")
+    conn.execute("UPDATE articles SET word_count = 'many' WHERE rowid = (SELECT min(rowid) FROM articles)")
+    conn.commit()
+    conn.close()
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("postgres", tmp_path / "dst", request)
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle"), "--dry-run", "--json"])
+    refused = [d for d in json.loads(dry.output)["plan"]["drift"] if d["effect"] == "refused"]
+    assert sorted((d["table"], d["column"], d["kind"], d["values"]) for d in refused) == [
+        ("articles", "word_count", "unreadable", 1), ("tags", "name", "string_length", 2)]
+    result = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle")])
+    assert result.exit_code == 2, result.output
+    assert "3 values of the bundle would be refused by postgres: " in result.output
+    assert "tags.name (2 string_length)" in result.output and "articles.word_count (1 unreadable)" in result.output
+    with Database.open(instance(dst)) as db:
+        assert db.table_names() == []
+
+
+def test_sqlite_booleans_other_than_0_1_are_reported_on_postgres(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE article_comments SET approved = 2 WHERE id = (SELECT min(id) FROM article_comments)")
+    conn.execute("UPDATE article_comments SET approved = 'yes' WHERE id = (SELECT max(id) FROM article_comments)")
+    conn.commit()
+    conn.close()
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("postgres", tmp_path / "dst", request)
+    report = import_bundle(instance(dst), tmp_path / "bundle")
+    drift = {(d["table"], d["column"], d["kind"]): d["values"] for d in report["plan"]["drift"]}
+    assert drift[("article_comments", "approved", "boolean_value")] == 2
+    with Database.open(instance(dst)) as db, db.engine.connect() as conn:
+        import sqlalchemy as sa
+
+        approved = conn.execute(sa.text("SELECT approved FROM article_comments WHERE id IN "
+                                        "((SELECT min(id) FROM article_comments), (SELECT max(id) FROM article_comments))")).scalars()
+        assert list(approved) == [True, True]
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]

@@ -84,6 +84,9 @@ def test_export_download_upload_import_verify(client: Any, cairn_instance: Any, 
     plan = target.post("/migrate/import", data=upload, headers=auth, content_type="multipart/form-data")
     assert plan.status_code == 200, plan.get_json()
     assert plan.get_json()["plan"]["changes"] is True and plan.get_json()["applied"] is False
+    # The type-drift report travels with the plan: the SQLite source's TEXT instants lose their storage class.
+    drift = {(d["table"], d["column"], d["kind"]): d["values"] for d in plan.get_json()["plan"]["drift"]}
+    assert drift[("directus_migrations", "timestamp", "storage_class")] == 66
     bundles = target.get("/migrate/bundles", headers=auth).get_json()["bundles"]
     assert len(bundles) == 1
     wrong = target.post("/migrate/import", json={"bundle": bundles[0]["id"], "replace": True,
