@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .bundle import open_bundle
+from . import timeouts
+from .bundle import iter_file_index, member_path, open_bundle
 from .database import Database
 from .errors import ConfigError, MigrateError
 from .instance import Instance
@@ -105,7 +106,8 @@ def _target_hash(db: Database, table: TableDef, vendor: str | None = None) -> Ro
 
 
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
-    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())}
+    schema = member_path(bundle_dir, manifest, "schema/tables.json", field="schema")
+    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads(schema.read_text())}
     present = set(db.table_names())
     native = manifest.get("native") if manifest.get("data") == "native" else None
     same_vendor_native = native is not None and native["vendor"] == db.vendor and native["vendor"] != "sqlite"
@@ -121,7 +123,8 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
         from .instance import DatabaseConfig
         import sqlalchemy as sa
 
-        config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(bundle_dir / native["member"])))
+        member = member_path(bundle_dir, manifest, native["member"], field="native.member")
+        config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
         reference_db = Database(open_engine(config), config)
     results = []
     try:
@@ -144,7 +147,9 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                 if reference_db is not None:
                     want = _target_hash(reference_db, table, db.vendor) if not (name == "directus_files" and storage_map) else None
                 else:
-                    want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map)
+                    member = member_path(bundle_dir, manifest, manifest["tables"][name]["member"],
+                                         field=f"tables.{name}.member")
+                    want = _bundle_hash(member, table, db.vendor, storage_map)
                 have = _target_hash(db, table)
                 entry.update(rows=have.rows, hash=have.hexdigest(), expected_hash=want.hexdigest() if want else None)
                 entry["ok"] = have.rows == expected and (want is None or have.total == want.total)
@@ -156,13 +161,6 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
         if reference_db is not None:
             reference_db.close()
     return results
-
-
-def _index(bundle_dir: Path, manifest: Mapping[str, Any]) -> Iterator[list[Any]]:
-    with (bundle_dir / manifest["files"]["member"]).open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], workers: int, progress: Progress) -> dict[str, Any]:
@@ -197,7 +195,7 @@ def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, A
                     summary.setdefault(f"{problem}_unlisted", 0)
                     summary[f"{problem}_unlisted"] += 1
 
-        for entry in _index(bundle_dir, manifest):
+        for entry in iter_file_index(bundle_dir, manifest):
             batch.append(entry)
             if len(batch) >= workers * 8:
                 drain(batch)
@@ -206,22 +204,43 @@ def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, A
     return summary
 
 
-def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Ask the running target: ping, auth, one asset (bytes compared), one item."""
+def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float | tuple[float, float] | None = None) -> list[dict[str, Any]]:
+    """Ask the running target: ping, auth, one asset (bytes compared), one item.
+
+    ``timeout`` defaults to ``(CAIRN_MIGRATE_CONNECT_TIMEOUT, CAIRN_MIGRATE_READ_TIMEOUT)``;
+    a request that gets no answer in time fails its check, naming the URL and the settings.
+    """
     import requests
 
     base = url.rstrip("/")
+    timeout = timeout or (timeouts.connect_timeout(), timeouts.read_timeout())
     checks: list[dict[str, Any]] = []
 
     def record(name: str, ok: bool, detail: str) -> None:
         checks.append({"check": name, "ok": ok, "detail": detail})
 
     try:
-        response = requests.get(f"{base}/server/ping", timeout=timeout)
-        record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
+        _ask(base, manifest, record, token=token, login=login, bundle_dir=bundle_dir, timeout=timeout)
     except requests.RequestException as exc:
-        record("ping", False, f"no answer: {exc.__class__.__name__}")
-        return checks
+        where = str(exc.request.url) if exc.request is not None else f"{base}/server/ping"
+        name = next((name for part, name in _CHECKS if part in where), "ping")
+        record(name, False, f"no answer from {where.split('?')[0]}: {exc.__class__.__name__}; "
+               f"{timeouts.hint(timeouts.CONNECT_ENV, timeouts.READ_ENV)}")
+    return checks
+
+
+#: URL part → the live check that requests it.
+_CHECKS = (("/server/ping", "ping"), ("/auth/login", "login"), ("/users/me", "users/me"), ("/assets/", "asset"),
+           ("/items/", "item"))
+
+
+def _ask(base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, str], None], *, token: str | None,
+         login: tuple[str, str] | None, bundle_dir: Path | None, timeout: float | tuple[float, float]) -> None:
+    """The requests of :func:`live_checks`, in order; a ping that fails ends them."""
+    import requests
+
+    response = requests.get(f"{base}/server/ping", timeout=timeout)
+    record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
     headers: dict[str, str] = {}
     if login:
         response = requests.post(f"{base}/auth/login", json={"email": login[0], "password": login[1]}, timeout=timeout)
@@ -235,7 +254,7 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
         response = requests.get(f"{base}/users/me", headers=headers, timeout=timeout)
         record("users/me", response.status_code == 200, f"HTTP {response.status_code}")
     if bundle_dir is not None:
-        first = next(_index(bundle_dir, manifest), None)
+        first = next(iter_file_index(bundle_dir, manifest), None)
         if first is not None:
             response = requests.get(f"{base}/assets/{first[0]}", headers=headers, timeout=timeout)
             same = response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == first[4]
@@ -246,7 +265,6 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
         response = requests.get(f"{base}/items/{table}", params={"limit": 1}, headers=headers, timeout=timeout)
         data = response.json().get("data") if response.headers.get("content-type", "").startswith("application/json") else None
         record("item", response.status_code == 200 and bool(data), f"{table}: HTTP {response.status_code}")
-    return checks
 
 
 def verify_bundle(
