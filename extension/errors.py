@@ -96,3 +96,14 @@ class InvalidInput(MigrateError):
     exit_code = 2
     http_status = 422
     code = "invalid_input"
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``: driver errors append SQL and carets that do not fit one line."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def unexpected(exc: BaseException) -> MigrateError:
+    """An error no layer translated (a bug, or input nobody checked yet): exit 3, one line, no traceback."""
+    return MigrateError(f"unexpected {type(exc).__name__}: {first_line(str(exc)) or '(no message)'}",
+                        hint="run again with --traceback and report the traceback")
