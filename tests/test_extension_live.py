@@ -141,4 +141,6 @@ def test_verify_runs_live_checks_against_the_running_instance(live_instance: Liv
     login = verify_bundle(instance, tmp_path / "bundle", url=live_instance.url, login=("admin@example.com", "wrong"))
     assert {c["check"]: c["ok"] for c in login["live"]}["login"] is False and not login["ok"]
     down = verify_bundle(instance, tmp_path / "bundle", url="http://127.0.0.1:9", token=ADMIN_TOKEN)
-    assert down["live"] == [{"check": "ping", "ok": False, "detail": "no answer: ConnectionError"}] and not down["ok"]
+    assert down["live"] == [{"check": "ping", "ok": False, "detail": "no answer from http://127.0.0.1:9/server/ping: "
+                             "ConnectionError; is the server up and answering? a slow one needs a larger "
+                             "CAIRN_MIGRATE_CONNECT_TIMEOUT or CAIRN_MIGRATE_READ_TIMEOUT"}] and not down["ok"]
