@@ -386,7 +386,7 @@ def check_object_name(name: object) -> str:
         return check_relpath(name)
     except BundleError as exc:
         raise _bad("bad_object_name", None, f"file index names the object {name!r}, which is not a CairnCMS "
-                   f"filename_disk ({exc.message.rsplit(': ', 1)[-1]})") from None
+                   f"filename_disk ({exc.message.rsplit(': ', 1)[-1]})", hint=_NOT_OURS) from None
 
 
 def check_location_name(name: object) -> str:
@@ -477,7 +477,7 @@ def _check_tables(bundle_dir: Path, manifest: Mapping[str, Any]) -> None:
                    "object", hint=_NOT_OURS)
     if unknown := [name for name in order if name not in tables]:
         raise _bad("bad_manifest", MANIFEST, f"manifest load_order names table(s) {', '.join(map(repr, unknown[:5]))} "
-                   "that 'tables' does not describe")
+                   "that 'tables' does not describe", hint=_NOT_OURS)
     for name in order:
         entry = tables[name]
         if not isinstance(entry, Mapping) or type(entry.get("rows")) is not int:
@@ -507,7 +507,7 @@ def _check_definitions(bundle_dir: Path, manifest: Mapping[str, Any]) -> None:
                    hint=_NOT_OURS) from None
     if missing := [name for name in manifest["load_order"] if name not in defined]:
         raise _bad("bad_schema", "schema/tables.json", f"schema/tables.json does not define table(s) "
-                   f"{', '.join(map(repr, missing[:5]))} of the manifest's load_order")
+                   f"{', '.join(map(repr, missing[:5]))} of the manifest's load_order", hint=_NOT_OURS)
     for table, columns in defined.items():
         for column in columns:
             value = (column.get("default") or {}).get("value") if isinstance(column, Mapping) else None
