@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import shutil
 import socket
@@ -57,7 +56,7 @@ _UNREACHABLE_NAMES = {
     "EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
     "ServiceRequestError", "ServiceRequestTimeoutError", "ConnectionRefusedError", "ClientOSError",
     "ConnectionError", "ConnectionResetError", "TimeoutError", "NameResolutionError", "gaierror",
-    "ReadTimeoutError", "ServerTimeoutError", "ServiceResponseTimeoutError",
+    "ReadTimeoutError", "ServerTimeoutError", "ServiceResponseTimeoutError", "SocketTimeoutError", "FSTimeoutError",
 }
 
 
@@ -558,8 +557,7 @@ def _open_azure(config: LocationConfig) -> Location:
     account = _require(config, "accountName", "ACCOUNT_NAME")
     account_key = _text(opts, "accountKey")
     endpoint = _text(opts, "endpoint")
-    limits = {"connection_timeout": math.ceil(timeouts.connect_timeout()),
-              "read_timeout": math.ceil(timeouts.read_timeout()), "skip_instance_cache": True}
+    connection_string = None
     if endpoint:
         if "://" not in endpoint:
             endpoint = "https://" + endpoint
@@ -568,12 +566,29 @@ def _open_azure(config: LocationConfig) -> Location:
         if account_key:
             parts.append(f"AccountKey={account_key}")
         parts.append(f"BlobEndpoint={endpoint.rstrip('/')}")
-        fs = adlfs.AzureBlobFileSystem(connection_string=";".join(parts) + ";", **limits)
+        connection_string = ";".join(parts) + ";"
+        fs = adlfs.AzureBlobFileSystem(connection_string=connection_string, skip_instance_cache=True)
     else:
-        fs = adlfs.AzureBlobFileSystem(account_name=account, account_key=account_key, **limits)
+        fs = adlfs.AzureBlobFileSystem(account_name=account, account_key=account_key, skip_instance_cache=True)
+    if connection_string or account_key:
+        fs.service_client = _azure_client(connection_string, account, account_key)
     identity = ("azure", endpoint, account)
     return Location(config, fs, container=container, root=normalize_root(_text(opts, "root")),
                     endpoint=endpoint or f"https://{account}.blob.core.windows.net", identity=identity)
+
+
+def _azure_client(connection_string: str | None, account: str, account_key: str | None) -> Any:
+    """The Azure client adlfs would build, with our timeouts.
+
+    adlfs builds it without any (the SDK then waits 300 s per connect and per
+    read) and applies its own ``read_timeout`` to uploads and downloads only.
+    """
+    from azure.storage.blob.aio import BlobServiceClient
+
+    limits = {"connection_timeout": timeouts.connect_timeout(), "read_timeout": timeouts.read_timeout()}
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string, **limits)
+    return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=account_key, **limits)
 
 
 def _unsupported_cloudinary(config: LocationConfig) -> Location:
