@@ -10,16 +10,21 @@ write nothing, and leave the host file where it was.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES, make_empty_instance
+from instance_fixtures import admin_token, app, bearer, cairn_instance, client, state_url  # noqa: F401 - fixtures
 
+from cairn_migrate.bundle import pack
 from cairn_migrate.cli import cli
 from cairn_migrate.export import export_bundle
 from cairn_migrate.instance import Instance
@@ -172,3 +177,24 @@ def test_verify_refuses_instead_of_verifying(case: str, good_bundle: Path, tmp_p
     result = runner.invoke(cli, ["--env", str(target), "verify", str(bundle)])
     assert result.exit_code == 2, result.output
     one_error_line(result.output, CASES[case][2])
+
+
+def test_http_upload_of_a_bundle_reading_the_host_fails_the_job(client: Any, cairn_instance: Any, admin_token: str,
+                                                                good_bundle: Path, tmp_path: Path) -> None:
+    """Any instance admin can upload a bundle: one naming a host file must fail, even with ``replace``."""
+    bundle, host = tampered(good_bundle, tmp_path, "index_absolute")
+    archive = pack(bundle, tmp_path / "evil.tar.gz").read_bytes()
+    before = files_under(cairn_instance.folder)
+    headers = bearer(admin_token)
+    upload = {"bundle": (io.BytesIO(archive), "evil.tar.gz"), "replace": "true"}
+    started = client.post("/migrate/import", data=upload, headers=headers, content_type="multipart/form-data")
+    assert started.status_code == 202, started.get_json()
+    deadline = time.monotonic() + 60
+    while (job := client.get(started.headers["Location"], headers=headers).get_json())["state"] not in (
+            "succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job["state"] == "failed", job
+    assert job["error"]["code"] == "bad_bundle" and "not a CairnCMS filename_disk" in job["error"]["message"]
+    assert "\n" not in job["error"]["message"]
+    assert files_under(cairn_instance.folder) == before  # no safety bundle, no dropped tables, no host bytes
+    assert host.read_bytes() == HOST_BYTES
