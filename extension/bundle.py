@@ -403,7 +403,7 @@ def check_location_name(name: object) -> str:
 
 def member_path(bundle_dir: str | os.PathLike[str], manifest: Mapping[str, Any], relpath: object, *,
                 field: str, directory: bool = False) -> Path:
-    """The path of the member ``relpath`` (a file, or with ``directory`` a folder of members) inside ``bundle_dir``.
+    """The path of the member ``relpath`` (a file, or with ``directory`` also a folder of members) inside ``bundle_dir``.
 
     Refused (rule ``outside_bundle``) unless ``relpath`` is a safe relative
     path that the manifest lists: an absolute path or ``..`` would read the
@@ -415,8 +415,7 @@ def member_path(bundle_dir: str | os.PathLike[str], manifest: Mapping[str, Any],
         raise _bad("outside_bundle", str(relpath), f"manifest field {field} points outside the bundle: "
                    f"{exc.message.removeprefix('unsafe member path ')}", hint=_NOT_OURS) from None
     members = manifest.get("members") or {}
-    listed = (any(name.startswith(f"{relpath}/") for name in members) if directory
-              else relpath in members)
+    listed = relpath in members or (directory and any(name.startswith(f"{relpath}/") for name in members))
     if not listed:
         raise _bad("outside_bundle", str(relpath), f"manifest field {field} names {relpath!r}, which is not a member "
                    "of the bundle", hint=_NOT_OURS)
@@ -534,9 +533,7 @@ def check_references(bundle_dir: str | os.PathLike[str], manifest: Mapping[str, 
         if not isinstance(native, Mapping):
             raise _bad("bad_manifest", MANIFEST, "a native bundle's manifest.json needs a 'native' object",
                        hint=_NOT_OURS)
-        relpath = native.get("member")
-        listed = isinstance(relpath, str) and relpath in manifest["members"]
-        member_path(bundle_dir, manifest, relpath, field="native.member", directory=not listed)
+        member_path(bundle_dir, manifest, native.get("member"), field="native.member", directory=True)
     snapshots = manifest.get("snapshots") or {}
     for key in ("schema", "config"):
         if isinstance(snapshots, Mapping) and snapshots.get(key) is not None:

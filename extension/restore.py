@@ -316,7 +316,7 @@ def import_bundle(
             fast = manifest.get("data") == "native" and manifest["native"]["vendor"] == db.vendor
             source_db = None
             if manifest.get("data") == "native" and not fast:  # a native SQLite bundle into another vendor
-                member = _native_member(bundle_dir, manifest)
+                member = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member")
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
             loader = TableLoader(db.engine, db.vendor, ordered)
@@ -331,7 +331,9 @@ def import_bundle(
                     progress.log(f"restoring the native {db.vendor} dump")
                     created.extend(manifest["load_order"])
                     loader.close()
-                    native_tools.restore(instance.database, _native_member(bundle_dir, manifest))
+                    dump = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member",
+                                       directory=True)  # PostgreSQL's directory format: a folder of members
+                    native_tools.restore(instance.database, dump)
                     loader = TableLoader(db.engine, db.vendor, ordered)
                     _remap_storage(db, storage_map)
                     loaded = total
@@ -384,12 +386,6 @@ def import_bundle(
         "seconds": round(elapsed, 3),
         "rows_per_second": round(loaded / elapsed, 1) if elapsed else None,
     }
-
-
-def _native_member(bundle_dir: Path, manifest: Mapping[str, Any]) -> Path:
-    """The native dump: one member, or (PostgreSQL's directory format) a folder of members."""
-    relpath = manifest["native"]["member"]
-    return member_path(bundle_dir, manifest, relpath, field="native.member", directory=relpath not in manifest["members"])
 
 
 def _remap_storage(db: Database, storage_map: Mapping[str, str]) -> None:
