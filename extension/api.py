@@ -100,4 +100,23 @@ def summarize_manifest(manifest: Mapping[str, Any], output: str | Path) -> dict[
         "changed_files": files["changed"],
         "snapshots": manifest.get("snapshots", {}),
         **({"freeze": manifest["freeze"]} if manifest.get("freeze") else {}),
+        "warnings": export_warnings(manifest),
     }
+
+
+def export_warnings(manifest: Mapping[str, Any]) -> list[str]:
+    """What a finished export could not capture and a person must know: no ``KEY``, bytes left out.
+
+    Exporting still succeeds (the rows are all there); the shells report these
+    as problems found (CLI exit 1).
+    """
+    warnings = []
+    if not manifest["source"].get("key"):
+        warnings.append("the source .env sets no KEY (CairnCMS does not start without it): set KEY in the "
+                        "source's and the target's .env")
+    skipped = manifest["files"].get("unknown_location") or []
+    if skipped:
+        names = ", ".join(sorted({entry["storage"] for entry in skipped}))
+        warnings.append(f"{len(skipped)} file row(s) name storage location(s) {names}, which STORAGE_LOCATIONS does "
+                        "not configure: their bytes are not in the bundle (configure the location(s) and export again)")
+    return warnings

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import unicodedata
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import IO, Any
@@ -87,8 +87,13 @@ class BundleError(MigrateError):
         self.member = member
 
 
-def _bad(rule: str, member: str | None, message: str, cls: type[BundleError] = BundleError) -> BundleError:
-    return cls(message, rule=rule, member=member)
+def _bad(rule: str, member: str | None, message: str, cls: type[BundleError] = BundleError, *,
+         hint: str | None = None) -> BundleError:
+    return cls(message, rule=rule, member=member, hint=hint)
+
+
+#: The fix for a manifest or file index that names what no export writes.
+_NOT_OURS = "cairn-migrate never writes such a bundle: export it again from the source instance"
 
 
 class BundlePassphraseRequired(BundleError):
@@ -350,6 +355,194 @@ def validate_directory(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if sha256_file(bundle_dir / name) != entry["sha256"]:
             raise _bad("checksum", name, f"checksum mismatch for {name!r} (sha256 differs from the manifest)")
     return manifest
+
+
+# -- what the manifest points at ------------------------------------------------------------------
+#
+# The container rules above make every *member* safe.  A full bundle's manifest and file index also
+# *name* members (``tables.<t>.member``, ``native.member``, ``files.member``, ``snapshots.*``) and
+# build member paths from file rows (``files/<storage>/<filename_disk>``).  Those names are checked
+# here, once, for every reader: a name must be a listed member (so it passed every rule and its
+# bytes were hashed), never a path that leaves the bundle.
+
+#: ``directus_files.filename_disk`` is varchar(255) (reference §1.3).
+OBJECT_NAME_MAX = 255
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def check_object_name(name: object) -> str:
+    """Return ``name`` if it is a ``filename_disk`` CairnCMS can produce, else raise BundleError (``bad_object_name``).
+
+    CairnCMS writes ``<id><ext>`` at the location root and transforms as
+    ``<id>__<sha1>.<ext>`` next to it; storage moves and older layouts add
+    sub-folders (``legacy/a.txt``).  All are relative POSIX paths of at most
+    255 characters, which the member-path rules already describe; an absolute
+    name, a ``..`` component or a backslash is never one of them (reference §6.6).
+    """
+    if not isinstance(name, str) or len(name) > OBJECT_NAME_MAX:
+        raise _bad("bad_object_name", None, f"file index names the object {str(name)[:80]!r}: not a string of at most "
+                   f"{OBJECT_NAME_MAX} characters, so not a CairnCMS filename_disk", hint=_NOT_OURS)
+    try:
+        return check_relpath(name)
+    except BundleError as exc:
+        raise _bad("bad_object_name", None, f"file index names the object {name!r}, which is not a CairnCMS "
+                   f"filename_disk ({exc.message.rsplit(': ', 1)[-1]})", hint=_NOT_OURS) from None
+
+
+def check_location_name(name: object) -> str:
+    """Return ``name`` if it can be a storage location name (one path component), else raise BundleError."""
+    if not isinstance(name, str) or "/" in name or "," in name:
+        raise _bad("bad_object_name", None, f"file index names the storage location {name!r}, which is not a "
+                   "STORAGE_LOCATIONS entry", hint=_NOT_OURS)
+    try:
+        return check_relpath(name)
+    except BundleError:
+        raise _bad("bad_object_name", None, f"file index names the storage location {name!r}, which is not a "
+                   "STORAGE_LOCATIONS entry", hint=_NOT_OURS) from None
+
+
+def member_path(bundle_dir: str | os.PathLike[str], manifest: Mapping[str, Any], relpath: object, *,
+                field: str, directory: bool = False) -> Path:
+    """The path of the member ``relpath`` (a file, or with ``directory`` also a folder of members) inside ``bundle_dir``.
+
+    Refused (rule ``outside_bundle``) unless ``relpath`` is a safe relative
+    path that the manifest lists: an absolute path or ``..`` would read the
+    sidecar host's own files.  ``field`` names the manifest field in the error.
+    """
+    try:
+        check_relpath(relpath)
+    except BundleError as exc:
+        raise _bad("outside_bundle", str(relpath), f"manifest field {field} points outside the bundle: "
+                   f"{exc.message.removeprefix('unsafe member path ')}", hint=_NOT_OURS) from None
+    members = manifest.get("members") or {}
+    listed = relpath in members or (directory and any(name.startswith(f"{relpath}/") for name in members))
+    if not listed:
+        raise _bad("outside_bundle", str(relpath), f"manifest field {field} names {relpath!r}, which is not a member "
+                   "of the bundle", hint=_NOT_OURS)
+    root = Path(bundle_dir)
+    path = root / str(relpath)
+    if not path.resolve().is_relative_to(root.resolve()):  # a symlinked folder: validation refuses it too
+        raise _bad("outside_bundle", str(relpath), f"manifest field {field}: {relpath!r} resolves outside the bundle",
+                   hint=_NOT_OURS)
+    return path
+
+
+def file_member(storage: object, filename_disk: object) -> str:
+    """The member holding the bytes of ``(storage, filename_disk)``: ``files/<storage>/<filename_disk>``, both names checked."""
+    return f"files/{check_location_name(storage)}/{check_object_name(filename_disk)}"
+
+
+def _index_entry(line: bytes, number: int, members: Mapping[str, Any]) -> list[Any]:
+    where = f"files index line {number}"
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        raise _bad("bad_file_index", None, f"{where} is not JSON", hint=_NOT_OURS) from None
+    if not (isinstance(entry, list) and len(entry) == 5):
+        raise _bad("bad_file_index", None, f"{where} is not [id, storage, filename_disk, size, sha256]", hint=_NOT_OURS)
+    file_id, storage, filename_disk, size, sha = entry
+    if not isinstance(file_id, str) or not _UUID.fullmatch(file_id):
+        raise _bad("bad_file_index", None, f"{where}: id {str(file_id)[:80]!r} is not a UUID", hint=_NOT_OURS)
+    member = file_member(storage, filename_disk)
+    listed = members.get(member)
+    if listed is None or listed["size"] != size or listed["sha256"] != sha:
+        raise _bad("bad_file_index", member, f"{where}: {member!r} is not a member of the bundle with the size and "
+                   "sha256 the index gives", hint=_NOT_OURS)
+    return entry
+
+
+def iter_file_index(bundle_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Iterator[list[Any]]:
+    """Yield ``[id, storage, filename_disk, size, sha256]`` per file of the bundle, each entry checked.
+
+    Every entry must name a listed member ``files/<storage>/<filename_disk>``
+    whose size and sha256 are the entry's, so the bytes a reader copies are
+    the bytes the manifest vouches for, and never a file outside the bundle.
+    """
+    files = manifest.get("files")
+    if not isinstance(files, Mapping):
+        raise _bad("bad_manifest", MANIFEST, "manifest.json has no 'files' object", hint=_NOT_OURS)
+    path = member_path(bundle_dir, manifest, files.get("member"), field="files.member")
+    members = manifest["members"]
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                yield _index_entry(line, number, members)
+
+
+def _check_tables(bundle_dir: Path, manifest: Mapping[str, Any]) -> None:
+    order, tables = manifest.get("load_order"), manifest.get("tables")
+    if not isinstance(order, list) or not isinstance(tables, Mapping) or not all(isinstance(n, str) for n in order):
+        raise _bad("bad_manifest", MANIFEST, "manifest.json needs a 'load_order' list of table names and a 'tables' "
+                   "object", hint=_NOT_OURS)
+    if unknown := [name for name in order if name not in tables]:
+        raise _bad("bad_manifest", MANIFEST, f"manifest load_order names table(s) {', '.join(map(repr, unknown[:5]))} "
+                   "that 'tables' does not describe", hint=_NOT_OURS)
+    for name in order:
+        entry = tables[name]
+        if not isinstance(entry, Mapping) or type(entry.get("rows")) is not int:
+            raise _bad("bad_manifest", MANIFEST, f"manifest tables.{name} needs an integer 'rows'", hint=_NOT_OURS)
+        if manifest.get("data") != "native":
+            member_path(bundle_dir, manifest, entry.get("member"), field=f"tables.{name}.member")
+
+
+#: Neutral column type → the JSON types its literal default may have (docs/bundle-format.md, the row form).
+_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {"integer": (int,), "bigint": (int,), "float": (int, float),
+                                               "double": (int, float), "decimal": (int, float), "boolean": (bool,)}
+
+
+def _check_definitions(bundle_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """``schema/tables.json`` must define every table of ``load_order``, with defaults its column types can hold.
+
+    A string default on a numeric column would otherwise fail half-way
+    through creating the target's tables (PostgreSQL, MariaDB) or be stored
+    as text (SQLite).
+    """
+    path = member_path(bundle_dir, manifest, "schema/tables.json", field="schema")
+    try:
+        tables = json.loads(path.read_bytes())
+        defined = {table["name"]: table["columns"] for table in tables}
+    except (ValueError, TypeError, KeyError):
+        raise _bad("bad_schema", "schema/tables.json", "schema/tables.json is not a list of table definitions",
+                   hint=_NOT_OURS) from None
+    if missing := [name for name in manifest["load_order"] if name not in defined]:
+        raise _bad("bad_schema", "schema/tables.json", f"schema/tables.json does not define table(s) "
+                   f"{', '.join(map(repr, missing[:5]))} of the manifest's load_order", hint=_NOT_OURS)
+    for table, columns in defined.items():
+        for column in columns:
+            value = (column.get("default") or {}).get("value") if isinstance(column, Mapping) else None
+            allowed = _DEFAULT_TYPES.get(column.get("type")) if isinstance(column, Mapping) else None
+            if value is None or allowed is None:
+                continue
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise _bad("bad_schema", "schema/tables.json", f"schema/tables.json: {table}.{column.get('name')} is "
+                           f"{column['type']} but its default is {value!r}", hint=_NOT_OURS)
+
+
+def check_references(bundle_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Check every member a full bundle's manifest and file index name, before anyone reads or writes.
+
+    Other bundle kinds name no members beyond ``members``, so they pass.
+    """
+    if manifest.get("kind") != "full":
+        return
+    bundle_dir = Path(bundle_dir)
+    _check_tables(bundle_dir, manifest)
+    _check_definitions(bundle_dir, manifest)
+    if manifest.get("data") == "native":
+        native = manifest.get("native")
+        if not isinstance(native, Mapping):
+            raise _bad("bad_manifest", MANIFEST, "a native bundle's manifest.json needs a 'native' object",
+                       hint=_NOT_OURS)
+        member_path(bundle_dir, manifest, native.get("member"), field="native.member", directory=True)
+    snapshots = manifest.get("snapshots") or {}
+    for key in ("schema", "config"):
+        if isinstance(snapshots, Mapping) and snapshots.get(key) is not None:
+            member_path(bundle_dir, manifest, snapshots[key], field=f"snapshots.{key}", directory=key == "config")
+    used = set(manifest.get("storage_locations_used") or [])
+    for _id, storage, *_rest in iter_file_index(bundle_dir, manifest):
+        if storage not in used:
+            raise _bad("bad_file_index", None, f"files index names location {storage!r}, which "
+                       "storage_locations_used does not list", hint=_NOT_OURS)
 
 
 # -- encryption -----------------------------------------------------------------------------------
@@ -741,16 +934,22 @@ def _extract_members(tar: tarfile.TarFile, dest: Path, at: dict[str, str]) -> No
 def open_bundle(path: str | os.PathLike[str], *, passphrase: str | bytes | None = None,
                 key_file: str | os.PathLike[str] | None = None,
                 workdir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-    """Yield a validated bundle directory: a directory in place, an archive unpacked into a temp dir removed on exit."""
+    """Yield a validated bundle directory: a directory in place, an archive unpacked into a temp dir removed on exit.
+
+    Validated means the container rules and :func:`check_references`: every
+    member the manifest or file index names lies inside the bundle.
+    """
     path = Path(path)
     if path.is_dir():
-        validate_directory(path)
+        check_references(path, validate_directory(path))
         yield path
         return
     if not path.exists():
         raise NotFound(f"bundle {path} does not exist")
     tmp = Path(tempfile.mkdtemp(prefix="cairn-bundle-", dir=workdir))
     try:
-        yield unpack(path, tmp / "bundle", passphrase=passphrase, key_file=key_file)
+        bundle_dir = unpack(path, tmp / "bundle", passphrase=passphrase, key_file=key_file)
+        check_references(bundle_dir, read_manifest(bundle_dir))
+        yield bundle_dir
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

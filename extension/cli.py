@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from . import api
-from .errors import MigrateError
+from .errors import MigrateError, first_line, unexpected
 from .progress_bar import RichProgress
 from .render import render_export, render_import, render_inspect, render_verify
 
@@ -40,7 +40,11 @@ class Context:
 
 
 def handle_errors(func: F) -> F:
-    """Turn a :class:`MigrateError` into one line on stderr and its exit code."""
+    """Turn any error into one line on stderr and its exit code: a :class:`MigrateError`'s own, else 3.
+
+    An uncaught exception must never exit 1 (which means "differences found")
+    nor print a traceback unless ``--traceback`` asks for it.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,13 +52,16 @@ def handle_errors(func: F) -> F:
         obj: Context | None = ctx.find_object(Context)
         try:
             return func(*args, **kwargs)
-        except MigrateError as exc:
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own exits and usage errors
+        except Exception as exc:  # noqa: BLE001 - the one place every error becomes one line
             if obj is not None and obj.traceback:
                 raise
-            click.echo(f"Error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"  fix: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
+            error = exc if isinstance(exc, MigrateError) else unexpected(exc)
+            click.echo(f"Error: {first_line(error.message)}", err=True)
+            if error.hint:
+                click.echo(f"  fix: {error.hint}", err=True)
+            ctx.exit(error.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -168,7 +175,11 @@ def _emit(report: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, no_freeze_guarantee: bool,
                    instance_url: str | None, native: bool, overwrite: bool, as_json: bool,
                    passphrase_file: str | None, key_file: str | None) -> None:
-    """Write one verifiable bundle of the instance: database, file bytes and config."""
+    """Write one verifiable bundle of the instance: database, file bytes and config.
+
+    Exits 1 (after writing the bundle) when something could not be captured: the
+    .env sets no KEY, or file rows name a location STORAGE_LOCATIONS does not configure.
+    """
     from pathlib import Path
 
     from .errors import ConfigError
@@ -181,7 +192,9 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
         manifest = api.export(instance, Path(output), passphrase=passphrase, key_file=Path(key_file) if encrypt and key_file else None,
                               freeze=freeze, freeze_guarantee=not no_freeze_guarantee, instance_url=instance_url,
                               native=native, overwrite=overwrite, progress=progress)
-    _emit(api.summarize_manifest(manifest, output), as_json, render_export)
+    summary = api.summarize_manifest(manifest, output)
+    _emit(summary, as_json, render_export)
+    sys.exit(EXIT_DIFFERENCES if summary["warnings"] else EXIT_OK)
 
 
 @cli.command("import")

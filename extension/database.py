@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from . import timeouts
 from .errors import ConfigError, InstanceUnreachable
 from .instance import DatabaseConfig, Instance
 
@@ -105,10 +107,42 @@ def _translate(exc: Exception, config: DatabaseConfig) -> Exception:
         )
     if "role" in lowered and "does not exist" in lowered:
         return ConfigError(f"The database user does not exist on {where}", hint="check DB_USER")
+    if "timed out" in lowered or "timeout" in lowered:
+        return InstanceUnreachable(
+            f"The database at {where} did not answer in time: {text}",
+            hint=f"check DB_HOST and DB_PORT; {timeouts.hint(timeouts.CONNECT_ENV, timeouts.READ_ENV)}",
+        )
     return InstanceUnreachable(
         f"The database at {where} does not answer: {text}",
         hint="is the server running? check DB_HOST and DB_PORT",
     )
+
+
+def _server_connect_args(vendor: str) -> dict[str, Any]:
+    """Driver arguments for PostgreSQL/MariaDB: the timeouts of :mod:`.timeouts`, and sessions in UTC.
+
+    UTC because MariaDB converts TIMESTAMP values to and from the session zone
+    and PostgreSQL renders timestamptz in it.  libpq's ``connect_timeout``
+    covers the whole login; PyMySQL's covers only the TCP connect, so the
+    handshake reads get it as their read timeout (see :func:`_mysql_read_timeout`).
+    """
+    connect, read = timeouts.connect_timeout(), timeouts.read_timeout()
+    if vendor == "postgres":
+        return {"connect_timeout": max(2, math.ceil(connect)), "options": "-c timezone=UTC",
+                "keepalives": 1, "keepalives_idle": min(60, math.ceil(read)), "keepalives_interval": 10,
+                "keepalives_count": 3, "tcp_user_timeout": math.ceil(read * 1000)}
+    return {"connect_timeout": connect, "read_timeout": connect, "write_timeout": read,
+            "init_command": "SET time_zone = '+00:00'"}
+
+
+def _mysql_read_timeout(dbapi_connection: Any, _record: Any) -> None:
+    """After the handshake, reads may take ``CAIRN_MIGRATE_READ_TIMEOUT`` (a long aggregate is no hang).
+
+    PyMySQL has no public setter; it applies ``_read_timeout`` to the socket
+    before every read.
+    """
+    if hasattr(dbapi_connection, "_read_timeout"):
+        dbapi_connection._read_timeout = timeouts.read_timeout()
 
 
 def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True, create: bool = False) -> Engine:
@@ -133,19 +167,16 @@ def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True, crea
                 f"DB_FILENAME points at {path}, which does not exist",
                 hint="fix DB_FILENAME in the instance's .env (relative paths resolve against its folder)",
             )
+        kwargs["connect_args"] = {"timeout": timeouts.sqlite_busy_timeout()}
     else:
         kwargs["pool_pre_ping"] = True
-        kwargs["connect_args"] = {"connect_timeout": 10}
-        # Sessions in UTC: MariaDB converts TIMESTAMP values to and from the
-        # session zone, and PostgreSQL renders timestamptz in it.
-        if config.vendor == "postgres":
-            kwargs["connect_args"]["options"] = "-c timezone=UTC"
-        else:
-            kwargs["connect_args"]["init_command"] = "SET time_zone = '+00:00'"
+        kwargs["connect_args"] = _server_connect_args(config.vendor)
     try:
         engine = sa.create_engine(config.url, **kwargs)
     except NoSuchModuleError as exc:  # pragma: no cover - drivers are dependencies
         raise ConfigError(f"No SQLAlchemy driver for {config.url.drivername}", hint="reinstall cairn-migrate") from exc
+    if config.vendor == "mysql":
+        sa.event.listen(engine, "connect", _mysql_read_timeout)
     if config.vendor == "sqlite":
 
         @sa.event.listens_for(engine, "connect")

@@ -20,10 +20,22 @@ EXIT_CODES = """## Exit codes
 | code | meaning |
 |---|---|
 | 0 | OK, nothing to do |
-| 1 | differences or problems found (`verify`, `inspect`, `files check`, or `--dry-run` with a non-empty plan) |
+| 1 | differences or problems found (`verify`, `inspect`, `files check`, `export` that could not capture everything, or `--dry-run` with a non-empty plan) |
 | 2 | bad input or configuration: the message names the setting or option to fix |
-| 3 | failed |
+| 3 | failed; also any unexpected error (one line; `--traceback` shows the Python traceback) |
 | 4 | partial: some items still failed after retries |
+
+## Timeouts
+
+Every database, storage and HTTP call has a timeout, read from the process environment:
+
+| setting | default | bounds |
+|---|---|---|
+| `CAIRN_MIGRATE_CONNECT_TIMEOUT` | 10 s | connecting and the first answer: database login (PostgreSQL, MariaDB), storage and HTTP connections |
+| `CAIRN_MIGRATE_READ_TIMEOUT` | 600 s | a server that goes silent mid-work: MariaDB reads, S3/GCS/Azure reads, `verify --url` answers; PostgreSQL: TCP keepalives and `tcp_user_timeout` (a dead server is noticed, a slow query is not cut) |
+| `CAIRN_MIGRATE_SQLITE_BUSY_TIMEOUT` | 30 s | waiting for another process's lock on a SQLite database |
+
+A server that does not answer in time is exit 3 with one line naming the host and the setting.
 """
 
 

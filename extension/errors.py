@@ -102,3 +102,13 @@ class FreezeNotEnforced(ConfigError):
     """``--freeze`` could not prove that the instance's hook holds writes (``--no-freeze-guarantee`` proceeds anyway)."""
 
     code = "freeze_not_enforced"
+
+def first_line(text: str) -> str:
+    """The first non-empty line of ``text``: driver errors append SQL and carets that do not fit one line."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def unexpected(exc: BaseException) -> MigrateError:
+    """An error no layer translated (a bug, or input nobody checked yet): exit 3, one line, no traceback."""
+    return MigrateError(f"unexpected {type(exc).__name__}: {first_line(str(exc)) or '(no message)'}",
+                        hint="run again with --traceback and report the traceback")

@@ -41,6 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .bundle import file_member, iter_file_index, member_path, read_manifest
 from .database import Database
 from .errors import MigrateError
 from .instance import Instance
@@ -362,14 +363,12 @@ class _Sources:
         self.locations = [open_location(instance.location(name)) for name in locations]
         self.bundle = bundle_dir
         self.index: dict[str, tuple[str, str, int, str]] = {}
-        if bundle_dir is not None and (bundle_dir / "files" / "index.jsonl").exists():
-            import json
-
-            with (bundle_dir / "files" / "index.jsonl").open(encoding="utf-8") as fh:
-                for line in fh:
-                    entry = json.loads(line)
-                    if entry[0] in wanted:  # keep only what we need: memory stays bounded by the problems
-                        self.index[entry[0]] = (entry[1], entry[2], entry[3], entry[4])
+        self.manifest: dict[str, Any] = {}
+        if bundle_dir is not None:
+            self.manifest = read_manifest(bundle_dir)
+            for entry in iter_file_index(bundle_dir, self.manifest) if "files" in self.manifest else ():
+                if entry[0] in wanted:  # keep only what we need: memory stays bounded by the problems
+                    self.index[entry[0]] = (entry[1], entry[2], entry[3], entry[4])
         self.other: dict[str, tuple[Location, str]] = {}
         if other is not None:
             with Database.open(other) as odb:
@@ -388,7 +387,7 @@ class _Sources:
         size = item["filesize"]
         entry = self.index.get(item["id"])
         if entry is not None and self.bundle is not None:
-            path = self.bundle / "files" / entry[0] / entry[1]
+            path = member_path(self.bundle, self.manifest, file_member(entry[0], entry[1]), field="files index")
             if path.is_file() and (size is None or path.stat().st_size == size):
                 return f"bundle:{entry[0]}/{entry[1]}", lambda: path.open("rb")
         for location in self.locations:

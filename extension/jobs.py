@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .errors import InvalidInput, MigrateError, NotFound
+from .errors import InvalidInput, MigrateError, NotFound, first_line, unexpected
 from .state import add_missing_column, create_tables
 
 log = logging.getLogger(__name__)
@@ -658,12 +658,11 @@ class JobRunner:
             raised = exc
         except MigrateError as exc:
             log.info("job %s failed: %s", job_id, exc)
-            self._final(ctx, "failed", error=exc.to_dict())
+            self._final(ctx, "failed", error=exc.to_dict() | {"message": first_line(exc.message)})
             raised = exc
         except Exception as exc:
             log.exception("job %s (%s) raised an unexpected error", job_id, fn)
-            message = f"{type(exc).__name__}: {exc}"
-            self._final(ctx, "failed", error={"code": "internal", "message": message})
+            self._final(ctx, "failed", error={"code": "internal", "message": unexpected(exc).message})
             raised = exc
         else:
             self._final(ctx, "succeeded", result=result)

@@ -12,6 +12,7 @@ fast path stays fast end to end.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sqlite3
@@ -24,6 +25,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
+from . import timeouts
 from .database import Database
 from .errors import ConfigError, MigrateError
 from .instance import DatabaseConfig
@@ -67,6 +69,7 @@ def _conn_args(config: DatabaseConfig) -> tuple[list[str], dict[str, str]]:
     if config.vendor == "postgres":
         if url.password:
             env["PGPASSWORD"] = str(url.password)
+        env["PGCONNECT_TIMEOUT"] = str(max(2, math.ceil(timeouts.connect_timeout())))  # libpq, like our engines
         args = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
         return args, env
     if url.password:

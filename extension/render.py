@@ -80,6 +80,7 @@ def render_export(summary: Mapping[str, Any]) -> str:
         lines.append(f"  missing at capture: {entry.get('filename_disk') or entry['id']} ({entry['reason']})")
     for entry in summary["changed_files"]:
         lines.append(f"  changed during capture: {entry['filename_disk']} (filesize {entry['filesize']}, copied {entry['size']})")
+    lines += [f"  warning: {warning}" for warning in summary.get("warnings", [])]
     return "\n".join(lines)
 
 

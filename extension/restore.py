@@ -42,7 +42,7 @@ import sqlalchemy as sa
 
 from . import import_marker
 from . import native as native_tools
-from .bundle import is_archive_path, open_bundle, sha256_file
+from .bundle import file_member, is_archive_path, iter_file_index, member_path, open_bundle, sha256_file
 from .database import Database, open_engine
 from .errors import ConfigError, InvalidInput, MigrateError
 from .instance import DatabaseConfig, Instance
@@ -115,13 +115,6 @@ def parse_storage_map(pairs: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"--storage-map {pair!r} is not OLD=NEW", hint="e.g. --storage-map local=s3")
         mapping[old.strip()] = new.strip()
     return mapping
-
-
-def _read_lines(path: Path) -> Iterator[list[Any]]:
-    with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _check_locations(
@@ -323,14 +316,13 @@ def _restore_files(
     import hashlib
 
     summary = {"copied": 0, "skipped": 0, "bytes": 0}
-    index = bundle_dir / manifest["files"]["member"]
 
     def copy(entry: list[Any]) -> tuple[str, int]:
         _id, storage, filename_disk, size, sha = entry
         location = locations[storage_map.get(storage, storage)]
         if resume and location.size(filename_disk) == size and location.sha256(filename_disk) == sha:
             return "skipped", 0
-        source = bundle_dir / "files" / storage / filename_disk
+        source = member_path(bundle_dir, manifest, file_member(storage, filename_disk), field="files index")
         digest = hashlib.sha256()
         existed = location.exists(filename_disk)
         with source.open("rb") as src, location.open_write(filename_disk) as dst:
@@ -340,12 +332,14 @@ def _restore_files(
         if not existed:
             written.append((location.name, filename_disk))
         if digest.hexdigest() != sha:
+            if not existed:  # not ours to keep, even under --resume (which skips the roll-back)
+                location.delete(filename_disk)
             raise ImportFailed(f"{filename_disk}: bytes in the bundle do not match the manifest's sha256")
         return "copied", size
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         batch: list[list[Any]] = []
-        for entry in _read_lines(index):
+        for entry in iter_file_index(bundle_dir, manifest):
             batch.append(entry)
             if len(batch) >= workers * 8:
                 _account(pool.map(copy, batch), summary, progress)
@@ -410,7 +404,8 @@ def import_bundle(
         created_dirs: list[Path] = []
         locations = _check_locations(instance, manifest.get("storage_locations_used", []), storage_map, create_local=True,
                                      created=created_dirs)
-        tables = [TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())]
+        schema = member_path(bundle_dir, manifest, "schema/tables.json", field="schema")
+        tables = [TableDef.from_dict(t) for t in json.loads(schema.read_text())]
         by_name = {t.name: t for t in tables}
         ordered = [by_name[name] for name in manifest["load_order"]]
         created: list[str] = []
@@ -420,7 +415,7 @@ def import_bundle(
             fast = manifest.get("data") == "native" and manifest["native"]["vendor"] == db.vendor
             source_db = None
             if manifest.get("data") == "native" and not fast:  # a native SQLite bundle into another vendor
-                member = bundle_dir / manifest["native"]["member"]
+                member = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member")
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
             loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest))
@@ -443,7 +438,9 @@ def import_bundle(
                         loader.drop(name)
                     created.extend(manifest["load_order"])
                     loader.close()
-                    native_tools.restore(instance.database, bundle_dir / manifest["native"]["member"])
+                    dump = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member",
+                                       directory=True)  # PostgreSQL's directory format: a folder of members
+                    native_tools.restore(instance.database, dump)
                     if db.vendor == "sqlite":  # the backup replaced the whole file, the marker with it
                         import_marker.begin(db, plan.bundle_id, previous=marker)
                     loader = TableLoader(db.engine, db.vendor, ordered)
@@ -461,7 +458,8 @@ def import_bundle(
                         loader.drop(name)
                     created.append(name)
                     rows = (database_rows(source_db, by_name[name]) if source_db is not None
-                            else jsonl_rows(bundle_dir / manifest["tables"][name]["member"]))
+                            else jsonl_rows(member_path(bundle_dir, manifest, manifest["tables"][name]["member"],
+                                                        field=f"tables.{name}.member")))
                     count = loader.load(name, rows, storage_map, progress, False)
                     if count != step["rows"]:
                         raise ImportFailed(f"{name}: loaded {count} rows, the manifest says {step['rows']}")

@@ -38,6 +38,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import fsspec  # noqa: E402
 
+from . import timeouts  # noqa: E402
 from .errors import ConfigError, InstanceUnreachable, MigrateError, NotFound, UnsupportedDriver  # noqa: E402
 from .instance import LocationConfig  # noqa: E402
 
@@ -55,6 +56,7 @@ _UNREACHABLE_NAMES = {
     "EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
     "ServiceRequestError", "ServiceRequestTimeoutError", "ConnectionRefusedError", "ClientOSError",
     "ConnectionError", "ConnectionResetError", "TimeoutError", "NameResolutionError", "gaierror",
+    "ReadTimeoutError", "ServerTimeoutError", "ServiceResponseTimeoutError", "SocketTimeoutError", "FSTimeoutError",
 }
 
 
@@ -233,6 +235,8 @@ class Location:
     def _unreachable(self, reason: str) -> InstanceUnreachable:
         where = self.endpoint or f"the {self.driver} service"
         hint = f"check {self.setting('ENDPOINT' if self.driver != 'gcs' else 'API_ENDPOINT')} and that the server runs"
+        if "timeout" in reason.lower() or "timed out" in reason.lower():
+            hint += f"; {timeouts.hint(timeouts.CONNECT_ENV, timeouts.READ_ENV)}"
         return InstanceUnreachable(f"storage location {self.name!r}: {where} is not reachable ({reason})", hint=hint)
 
     def _missing_container(self) -> ConfigError:
@@ -450,10 +454,10 @@ def _tcp_probe(endpoint: str, error: Callable[[str], InstanceUnreachable]) -> No
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, port), timeout=5):
+        with socket.create_connection((host, port), timeout=timeouts.connect_timeout()):
             pass
     except OSError as exc:
-        raise error(exc.strerror or type(exc).__name__) from exc
+        raise error(type(exc).__name__ if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__) from exc
 
 
 def _truthy(value: Any) -> bool:
@@ -496,7 +500,8 @@ def _open_s3(config: LocationConfig) -> Location:
         client_kwargs["endpoint_url"] = endpoint
     if _text(opts, "region"):
         client_kwargs["region_name"] = _text(opts, "region")
-    config_kwargs: dict[str, Any] = {"connect_timeout": 10, "retries": {"max_attempts": 2}}
+    config_kwargs: dict[str, Any] = {"connect_timeout": timeouts.connect_timeout(),
+                                     "read_timeout": timeouts.read_timeout(), "retries": {"max_attempts": 2}}
     if _truthy(opts.get("forcePathStyle")):
         config_kwargs["s3"] = {"addressing_style": "path"}
     extra: dict[str, Any] = {}
@@ -514,6 +519,7 @@ def _open_s3(config: LocationConfig) -> Location:
 
 
 def _open_gcs(config: LocationConfig) -> Location:
+    import aiohttp
     import gcsfs
 
     opts = config.options
@@ -534,6 +540,9 @@ def _open_gcs(config: LocationConfig) -> Location:
         fs = gcsfs.GCSFileSystem(
             project=_text(opts, "projectId"), token=token, endpoint_url=endpoint,
             skip_instance_cache=True, use_listings_cache=False,
+            # passed to every aiohttp request as is (a bare number would be a total time, cutting big reads)
+            requests_timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect_timeout(),
+                                                   sock_read=timeouts.read_timeout()),
         )
     identity = ("gcs", endpoint, _text(opts, "projectId"), token if isinstance(token, str) else id(token))
     return Location(config, fs, container=bucket, root=normalize_root(_text(opts, "root")), endpoint=endpoint,
@@ -548,6 +557,7 @@ def _open_azure(config: LocationConfig) -> Location:
     account = _require(config, "accountName", "ACCOUNT_NAME")
     account_key = _text(opts, "accountKey")
     endpoint = _text(opts, "endpoint")
+    connection_string = None
     if endpoint:
         if "://" not in endpoint:
             endpoint = "https://" + endpoint
@@ -556,12 +566,29 @@ def _open_azure(config: LocationConfig) -> Location:
         if account_key:
             parts.append(f"AccountKey={account_key}")
         parts.append(f"BlobEndpoint={endpoint.rstrip('/')}")
-        fs = adlfs.AzureBlobFileSystem(connection_string=";".join(parts) + ";", skip_instance_cache=True)
+        connection_string = ";".join(parts) + ";"
+        fs = adlfs.AzureBlobFileSystem(connection_string=connection_string, skip_instance_cache=True)
     else:
         fs = adlfs.AzureBlobFileSystem(account_name=account, account_key=account_key, skip_instance_cache=True)
+    if connection_string or account_key:
+        fs.service_client = _azure_client(connection_string, account, account_key)
     identity = ("azure", endpoint, account)
     return Location(config, fs, container=container, root=normalize_root(_text(opts, "root")),
                     endpoint=endpoint or f"https://{account}.blob.core.windows.net", identity=identity)
+
+
+def _azure_client(connection_string: str | None, account: str, account_key: str | None) -> Any:
+    """The Azure client adlfs would build, with our timeouts.
+
+    adlfs builds it without any (the SDK then waits 300 s per connect and per
+    read) and applies its own ``read_timeout`` to uploads and downloads only.
+    """
+    from azure.storage.blob.aio import BlobServiceClient
+
+    limits = {"connection_timeout": timeouts.connect_timeout(), "read_timeout": timeouts.read_timeout()}
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string, **limits)
+    return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=account_key, **limits)
 
 
 def _unsupported_cloudinary(config: LocationConfig) -> Location:

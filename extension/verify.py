@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import import_marker
-from .bundle import open_bundle
+from . import import_marker, timeouts
+from .bundle import iter_file_index, member_path, open_bundle
 from .database import Database
 from .drift import Check, table_checks
 from .errors import ConfigError, InstanceUnreachable, MigrateError
@@ -200,7 +200,8 @@ def _differing_columns(path: Path, table: TableDef, db: Database, manifest: Mapp
 
 
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
-    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle_dir / "schema" / "tables.json").read_text())}
+    schema = member_path(bundle_dir, manifest, "schema/tables.json", field="schema")
+    definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads(schema.read_text())}
     present = set(db.table_names())
     native = manifest.get("native") if manifest.get("data") == "native" else None
     same_vendor_native = native is not None and native["vendor"] == db.vendor and native["vendor"] != "sqlite"
@@ -216,7 +217,8 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
         from .instance import DatabaseConfig
         import sqlalchemy as sa
 
-        config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(bundle_dir / native["member"])))
+        member = member_path(bundle_dir, manifest, native["member"], field="native.member")
+        config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
         reference_db = Database(open_engine(config), config)
     results = []
     try:
@@ -241,7 +243,9 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                     want = _target_hash(reference_db, table, db.vendor) if not (name == "directus_files" and storage_map) else None
                 else:
                     want_columns, have_columns = _column_hashes(table, manifest, db.vendor)
-                    want = _bundle_hash(bundle_dir / manifest["tables"][name]["member"], table, db.vendor, storage_map, want_columns)
+                    member = member_path(bundle_dir, manifest, manifest["tables"][name]["member"],
+                                         field=f"tables.{name}.member")
+                    want = _bundle_hash(member, table, db.vendor, storage_map, want_columns)
                 have = _target_hash(db, table, columns=have_columns)
                 entry.update(rows=have.rows, hash=have.hexdigest(), expected_hash=want.hexdigest() if want else None)
                 entry["ok"] = have.rows == expected and (want is None or have.total == want.total)
@@ -258,13 +262,6 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
         if reference_db is not None:
             reference_db.close()
     return results
-
-
-def _index(bundle_dir: Path, manifest: Mapping[str, Any]) -> Iterator[list[Any]]:
-    with (bundle_dir / manifest["files"]["member"]).open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], workers: int, progress: Progress) -> dict[str, Any]:
@@ -299,7 +296,7 @@ def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, A
                     summary.setdefault(f"{problem}_unlisted", 0)
                     summary[f"{problem}_unlisted"] += 1
 
-        for entry in _index(bundle_dir, manifest):
+        for entry in iter_file_index(bundle_dir, manifest):
             batch.append(entry)
             if len(batch) >= workers * 8:
                 drain(batch)
@@ -308,30 +305,41 @@ def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, A
     return summary
 
 
-def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float = 15.0) -> list[dict[str, Any]]:
+def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float | tuple[float, float] | None = None) -> list[dict[str, Any]]:
     """Ask the running target: ping, auth, one asset (bytes compared), one item.
 
-    :raises InstanceUnreachable: the URL does not answer: the checks could not run, which is a
-        failure (exit 3), not a difference found.
+    ``timeout`` defaults to ``(CAIRN_MIGRATE_CONNECT_TIMEOUT, CAIRN_MIGRATE_READ_TIMEOUT)``;
+    a request that gets no answer (in time) means the checks could not run: that is a failure
+    (:class:`InstanceUnreachable`, exit 3) naming the URL and the settings, not a difference found.
     """
     import requests
 
     base = url.rstrip("/")
+    timeout = timeout or (timeouts.connect_timeout(), timeouts.read_timeout())
     checks: list[dict[str, Any]] = []
 
     def record(name: str, ok: bool, detail: str) -> None:
         checks.append({"check": name, "ok": ok, "detail": detail})
 
-    def call(method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return requests.request(method, f"{base}{path}", timeout=timeout, **kwargs)
-        except requests.RequestException as exc:
-            raise InstanceUnreachable(
-                f"The instance at {base} did not answer {method} {path} ({exc.__class__.__name__})",
-                hint="check --url and that the instance is running",
-            ) from exc
+    try:
+        _ask(base, manifest, record, token=token, login=login, bundle_dir=bundle_dir, timeout=timeout)
+    except requests.RequestException as exc:
+        where = str(exc.request.url) if exc.request is not None else f"{base}/server/ping"
+        method = exc.request.method if exc.request is not None else "GET"
+        raise InstanceUnreachable(
+            f"The instance at {base} did not answer {method} {where.split('?')[0].removeprefix(base)} "
+            f"({exc.__class__.__name__})",
+            hint=f"check --url and that the instance is running; {timeouts.hint(timeouts.CONNECT_ENV, timeouts.READ_ENV)}",
+        ) from exc
+    return checks
 
-    response = call("GET", "/server/ping")
+
+def _ask(base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, str], None], *, token: str | None,
+         login: tuple[str, str] | None, bundle_dir: Path | None, timeout: float | tuple[float, float]) -> None:
+    """The requests of :func:`live_checks`, in order; a ping that fails ends them."""
+    import requests
+
+    response = requests.get(f"{base}/server/ping", timeout=timeout)
     record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
     headers: dict[str, str] = {}
     if login:
@@ -346,7 +354,7 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
         response = call("GET", "/users/me", headers=headers)
         record("users/me", response.status_code == 200, f"HTTP {response.status_code}")
     if bundle_dir is not None:
-        first = next(_index(bundle_dir, manifest), None)
+        first = next(iter_file_index(bundle_dir, manifest), None)
         if first is not None:
             response = call("GET", f"/assets/{first[0]}", headers=headers)
             same = response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == first[4]
@@ -357,7 +365,6 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
         response = call("GET", f"/items/{table}", params={"limit": 1}, headers=headers)
         data = response.json().get("data") if response.headers.get("content-type", "").startswith("application/json") else None
         record("item", response.status_code == 200 and bool(data), f"{table}: HTTP {response.status_code}")
-    return checks
 
 
 def verify_bundle(

@@ -463,3 +463,111 @@ def test_corrupt_directory(damage, words: str, tmp_path: Path) -> None:
 def test_encrypted_data_appended(encrypted: bytes, tmp_path: Path, work: Path) -> None:
     for junk in (b"x", os.urandom(bundle.CHUNK_SIZE + bundle.TAG)):
         assert_rejected(write(tmp_path, encrypted + junk), work, "cannot decrypt", passphrase=PASS)
+
+
+# -- manifests and file indexes that point outside the bundle -----------------------------------------
+# The container rules above make every member safe; a full bundle's manifest and file index also *name*
+# members.  Each case below was imported (rows and bytes read from the host's disk) before these rules.
+
+FILE_ID = "11111111-2222-4333-8444-555555555555"
+PNG = b"\x89PNG" + b"p" * 300
+HOST = b'[1, "read from the host"]\n'
+
+
+def full_bundle(root: Path, override: dict | None = None, *, index: list[list[object]] | None = None,
+                definitions: list[dict] | None = None) -> Path:
+    """A small full bundle: one table, one file (plus what ``index``/``tables`` replace), manifest ``override``."""
+    writer = BundleDirWriter(root)
+    columns = [{"name": "id", "type": "integer", "nullable": False}, {"name": "title", "type": "string"}]
+    writer.add_bytes("schema/tables.json", json.dumps(definitions or [{"name": "things", "columns": columns}]).encode())
+    writer.add_bytes("tables/things.jsonl", b'[1, "one"]\n')
+    writer.add_bytes(f"files/local/{FILE_ID}.png", PNG)
+    writer.add_bytes(f"files/local/{FILE_ID}__7e91c5e2d2.webp", b"webp")
+    if index is None:
+        index = [[FILE_ID, "local", f"{FILE_ID}.png", len(PNG), hashlib.sha256(PNG).hexdigest()]]
+    writer.add_bytes("files/index.jsonl", b"".join(json.dumps(entry).encode() + b"\n" for entry in index))
+    writer.add_bytes("snapshot/schema-snapshot.yaml", b"version: 1\n")
+    manifest = {"kind": "full", "data": "neutral", "source": {"vendor": "sqlite"}, "load_order": ["things"],
+                "tables": {"things": {"rows": 1, "member": "tables/things.jsonl"}}, "storage_locations_used": ["local"],
+                "files": {"count": len(index), "bytes": len(PNG), "member": "files/index.jsonl", "missing": []},
+                "snapshots": {"schema": "snapshot/schema-snapshot.yaml"}}
+    writer.write_manifest(manifest | (override or {}))
+    return root
+
+
+def _entry(filename_disk: object, data: bytes = PNG, storage: object = "local") -> list[list[object]]:
+    return [[FILE_ID, storage, filename_disk, len(data), hashlib.sha256(data).hexdigest()]]
+
+
+REFERENCE_CORPUS = {
+    "table_member_absolute": ({"tables": {"things": {"rows": 1, "member": "{host}"}}}, "points outside the bundle"),
+    "table_member_traversal": ({"tables": {"things": {"rows": 1, "member": "../host.jsonl"}}},
+                               "points outside the bundle"),
+    "table_member_unlisted": ({"tables": {"things": {"rows": 1, "member": "tables/other.jsonl"}}},
+                              "which is not a member of the bundle"),
+    "table_member_missing": ({"tables": {"things": {"rows": 1}}}, "tables.things.member points outside"),
+    "files_member_absolute": ({"files": {"count": 1, "bytes": 1, "member": "{host}", "missing": []}},
+                              "files.member points outside the bundle"),
+    "native_member_absolute": ({"data": "native", "native": {"vendor": "sqlite", "member": "{host}"}},
+                               "native.member points outside the bundle"),
+    "snapshot_absolute": ({"snapshots": {"schema": "{host}"}}, "snapshots.schema points outside the bundle"),
+    "load_order_unknown_table": ({"load_order": ["things", "ghosts"]}, "load_order names table(s) 'ghosts'"),
+    "schema_lacks_table": ({"load_order": ["things", "ghosts"], "tables": {
+        "things": {"rows": 1, "member": "tables/things.jsonl"}, "ghosts": {"rows": 1, "member": "tables/things.jsonl"}}},
+        "does not define table(s) 'ghosts'"),
+    "index_traversal": ({"index": _entry("../../../host.bin", HOST)}, "not a CairnCMS filename_disk"),
+    "index_absolute": ({"index": _entry("{host}", HOST)}, "not a CairnCMS filename_disk"),
+    "index_backslash": ({"index": _entry("..\\host.bin", HOST)}, "not a CairnCMS filename_disk"),
+    "index_dot_inside": ({"index": _entry(f"a/../{FILE_ID}.png")}, "not a CairnCMS filename_disk"),
+    "index_too_long": ({"index": _entry("a" * 256)}, "at most 255 characters"),
+    "index_storage_traversal": ({"index": _entry(f"{FILE_ID}.png", storage="..")}, "not a STORAGE_LOCATIONS entry"),
+    "index_storage_nested": ({"index": _entry(f"{FILE_ID}.png", storage="local/..")}, "not a STORAGE_LOCATIONS entry"),
+    "index_not_listed": ({"index": _entry(f"{FILE_ID}.gif")}, "is not a member of the bundle with the size and sha256"),
+    "index_wrong_sha256": ({"index": _entry(f"{FILE_ID}.png", PNG + b"x")}, "with the size and sha256 the index gives"),
+    "index_bad_id": ({"index": [["../x", "local", f"{FILE_ID}.png", len(PNG), hashlib.sha256(PNG).hexdigest()]]},
+                     "is not a UUID"),
+    "index_unused_location": ({"storage_locations_used": ["s3"]}, "which storage_locations_used does not list"),
+    "string_default_on_integer": ({"tables_json": [{"name": "things", "columns": [
+        {"name": "id", "type": "integer", "default": {"value": "abc"}}, {"name": "title", "type": "string"}]}]},
+        "things.id is integer but its default is 'abc'"),
+}
+
+
+def _with_host(value: object, host: str) -> object:
+    """``value`` with every ``{host}`` replaced by the host file's absolute path."""
+    return json.loads(json.dumps(value).replace("{host}", host))
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE_CORPUS))
+@pytest.mark.parametrize("form", ["directory", "tar"])
+def test_manifest_pointing_outside(case: str, form: str, tmp_path: Path) -> None:
+    host = tmp_path / "host.bin"
+    host.write_bytes(HOST)
+    override, words = REFERENCE_CORPUS[case]
+    override = _with_host(override, str(host))
+    index, definitions = override.pop("index", None), override.pop("tables_json", None)
+    root = full_bundle(tmp_path / "b", override, index=index, definitions=definitions)
+    source = root if form == "directory" else pack(root, tmp_path / "b.tar")
+    (tmp_path / "wd").mkdir()
+    with pytest.raises(BundleError) as info, open_bundle(source, workdir=tmp_path / "wd"):
+        pass
+    assert words in str(info.value), str(info.value)
+    assert info.value.hint and "export it again" in info.value.hint
+    assert list((tmp_path / "wd").iterdir()) == []  # the unpacked copy is gone too
+    assert host.read_bytes() == HOST
+
+
+@pytest.mark.parametrize("name", [f"{FILE_ID}.png", f"{FILE_ID}__7e91c5e2d2.webp", FILE_ID, "legacy/odd name.txt",
+                                  f"{FILE_ID}.tar.gz", "caf\u00e9.png"])
+def test_cairncms_object_names_accepted(name: str) -> None:
+    """What CairnCMS writes (``<id><ext>``, transforms ``<id>__<hash>.<ext>``) and older sub-folder layouts."""
+    assert bundle.check_object_name(name) == name
+    assert bundle.file_member("local", name) == f"files/local/{name}"
+
+
+def test_good_full_bundle_opens(tmp_path: Path) -> None:
+    root = full_bundle(tmp_path / "b")
+    with open_bundle(pack(root, tmp_path / "b.tar.gz")) as path:
+        manifest = json.loads((path / "manifest.json").read_bytes())
+        assert list(bundle.iter_file_index(path, manifest)) == _entry(f"{FILE_ID}.png")
+        assert bundle.member_path(path, manifest, "tables/things.jsonl", field="t").read_bytes() == b'[1, "one"]\n'

@@ -322,6 +322,18 @@ def test_unexpected_error_fails_as_internal(runner: JobRunner, caplog: pytest.Lo
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
 
 
+def test_unexpected_multi_line_error_fails_with_one_line(runner: JobRunner, caplog: pytest.LogCaptureFixture) -> None:
+    def explode_in_lines(ctx: JobContext) -> dict[str, Any]:
+        raise ValueError("invalid input syntax for type integer\nLINE 10: auth_login_attempts INTEGER DEFAULT 'abc'")
+
+    runner.register("test.explode_in_lines", explode_in_lines)
+    with caplog.at_level(logging.CRITICAL, logger="cairn_migrate.jobs"):
+        record = runner.run_inline("test.explode_in_lines")
+    assert record["state"] == "failed"
+    assert record["error"] == {"code": "internal",
+                               "message": "unexpected ValueError: invalid input syntax for type integer"}
+
+
 @pytest.mark.parametrize("kind", ["test.garbage", "test.unserialisable"])
 def test_bad_result_is_never_success(runner: JobRunner, kind: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.CRITICAL, logger="cairn_migrate.jobs"):

@@ -1,0 +1,108 @@
+"""Every server call has a timeout (issue 9, item 4): a port that accepts and never answers is an error, not a hang.
+
+The "server" is a real socket on 127.0.0.1 that accepts connections and never sends a byte: what a
+wedged database, a firewall that drops after the handshake, or a load balancer with no backend does.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from cairn_migrate.cli import cli
+from cairn_migrate.database import open_engine
+from cairn_migrate.errors import ConfigError, InstanceUnreachable
+from cairn_migrate.instance import DatabaseConfig, LocationConfig
+from cairn_migrate.storage import open_location
+from cairn_migrate.timeouts import connect_timeout
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts every connection and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("client", ["mysql", "pg"])
+def test_database_connect_to_a_silent_server_fails_within_the_timeout(
+        client: str, silent_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", "2")
+    env = tmp_path / ".env"
+    env.write_text(f"DB_CLIENT={client}\nDB_HOST=127.0.0.1\nDB_PORT={silent_port}\nDB_DATABASE=cms\n"
+                   "DB_USER=cms\nDB_PASSWORD=pw\nKEY=k\n")
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["--env", str(env), "inspect"])
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 3, result.output
+    assert 1.5 < elapsed < 6, elapsed  # the timeout, not a hang (nor an instant refusal)
+    error, fix = result.output.strip().splitlines()
+    assert error.startswith("Error: The database at ") and f"127.0.0.1:{silent_port}" in error
+    assert "did not answer in time" in error
+    assert fix.startswith("  fix: ") and "CAIRN_MIGRATE_CONNECT_TIMEOUT" in fix
+
+
+def test_s3_silent_endpoint_fails_naming_endpoint_and_setting(silent_port: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto's connect and read timeouts (its and s3fs's retries multiply them, so the bound is loose)."""
+    monkeypatch.setenv("CAIRN_MIGRATE_READ_TIMEOUT", "0.5")
+    location = open_location(LocationConfig("media", "s3", {
+        "bucket": "b", "key": "k", "secret": "s", "region": "us-east-1", "forcePathStyle": True,
+        "endpoint": f"http://127.0.0.1:{silent_port}"}))
+    started = time.monotonic()
+    with pytest.raises(InstanceUnreachable) as info:
+        location.check()
+    assert time.monotonic() - started < 30
+    assert f"http://127.0.0.1:{silent_port} is not reachable (ReadTimeoutError)" in info.value.message
+    assert "STORAGE_MEDIA_ENDPOINT" in info.value.hint and "CAIRN_MIGRATE_READ_TIMEOUT" in info.value.hint
+
+
+def test_sqlite_busy_timeout_is_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write waits CAIRN_MIGRATE_SQLITE_BUSY_TIMEOUT for another process's lock, then fails."""
+    path = tmp_path / "data.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x integer)")
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setenv("CAIRN_MIGRATE_SQLITE_BUSY_TIMEOUT", "1")
+    config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(path)))
+    engine = open_engine(config, check=False)
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError, match="database is locked"), engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+    assert 0.9 < time.monotonic() - started < 5
+    holder.execute("ROLLBACK")
+    holder.close()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_bad_timeout_setting_is_a_config_error(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", value)
+    with pytest.raises(ConfigError, match="CAIRN_MIGRATE_CONNECT_TIMEOUT=.* is not a positive number of seconds"):
+        connect_timeout()
