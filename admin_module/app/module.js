@@ -303,7 +303,7 @@ const MigratePage = {
 				if (!current) return parts;
 				const pct = percent(current.progress);
 				const p = current.progress || {};
-				parts.push(h('div', { 'data-testid': 'job', 'data-state': current.state, style: 'margin-top: 12px;' }, [
+				parts.push(h('div', { 'data-testid': 'job', 'data-job-id': current.id, 'data-state': current.state, style: 'margin-top: 12px;' }, [
 					h('div', { style: css.row }, [
 						h('strong', `${current.kind} ${current.id}`),
 						h('span', { 'data-testid': 'job-state' }, current.state),
@@ -364,17 +364,19 @@ const MigratePage = {
 				]),
 				h('div', { style: css.row }, [
 					h('label', { style: css.label }, [
-						h('input', { type: 'checkbox', checked: importForm.replace, onChange: (e) => { importForm.replace = e.target.checked; } }),
+						h('input', { type: 'checkbox', checked: importForm.replace, 'data-testid': 'import-replace',
+							onChange: (e) => { importForm.replace = e.target.checked; } }),
 						'Replace a non-empty instance (a safety bundle is written first)',
 					]),
 					h('input', { type: 'password', placeholder: 'Passphrase (encrypted bundles)', value: importForm.passphrase, style: css.input,
-						autocomplete: 'off', onInput: (e) => { importForm.passphrase = e.target.value; } }),
+						autocomplete: 'off', 'data-testid': 'import-passphrase', onInput: (e) => { importForm.passphrase = e.target.value; } }),
 				]),
 				button('Show the plan (dry run)', planImport, { busy: 'plan', testid: 'plan-import', secondary: true }),
-				planError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;' }, () => planError.value) : null,
+				planError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;', 'data-testid': 'plan-error' }, () => planError.value) : null,
 				plan.value
 					? h('div', { 'data-testid': 'import-plan', style: 'margin-top: 12px;' }, [
-						h(VNotice, { type: 'warning' }, () => 'Read the plan. Applying it writes into this instance.'),
+						h(VNotice, { type: 'warning' }, () => 'Read the plan. Applying it writes into this instance'
+							+ (importForm.replace ? ', its sessions too: you may have to log in again.' : '.')),
 						h('pre', { style: css.pre }, JSON.stringify(plan.value, null, 2)),
 						button('Apply this import', applyImport, { busy: 'import', testid: 'apply-import' }),
 					])
@@ -390,12 +392,12 @@ const MigratePage = {
 			]);
 
 			const jobsSection = h('section', { style: css.section, id: 'jobs' }, [
-				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true })]),
+				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true, testid: 'refresh-jobs' })]),
 				jobs.value.length === 0
 					? h('p', { style: css.muted }, 'No jobs yet.')
 					: h('table', { style: css.table, 'data-testid': 'jobs' }, [
 						h('thead', [h('tr', ['Job', 'Kind', 'State', 'Created', 'Finished', ''].map((t) => h('th', { style: css.cell }, t)))]),
-						h('tbody', jobs.value.map((j) => h('tr', { key: j.id }, [
+						h('tbody', jobs.value.map((j) => h('tr', { key: j.id, 'data-testid': 'job-row', 'data-job-id': j.id }, [
 							h('td', { style: css.cell }, h('a', { style: css.link, onClick: () => follow(j.id) }, j.id)),
 							h('td', { style: css.cell }, j.kind),
 							h('td', { style: css.cell }, j.state),
