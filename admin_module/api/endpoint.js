@@ -11,7 +11,12 @@
  * - Bodies stream both ways (bundles are large).  The instance has already parsed JSON bodies
  *   (express.json runs app-wide), so those are re-serialized; anything else is piped as it comes.
  * - When the sidecar does not answer: 502 {"errors":[{"message":"cairn-migrate sidecar is not reachable at <url>"}]}.
+ * - GET /migrate/app/vue is answered here, never proxied: the file name of the admin app's own `vue`
+ *   chunk, which the admin module import()s (it cannot import 'vue' itself; see docs/extension.md).
  */
+const fs = require('fs');
+const path = require('path');
+const { createRequire } = require('module');
 const { readConfig, transportFor } = require('./sidecar.js');
 
 const CONNECT_TIMEOUT_MS = 5000;
@@ -39,6 +44,82 @@ function refuse(req, res) {
 		res.status(403).json(errorBody("You don't have permission to access this: cairn-migrate needs an admin of the instance", 'FORBIDDEN'));
 	}
 	return true;
+}
+
+/*
+ * The app's `vue` entry chunk: <app package>/dist/assets/vue.<hash>.entry.js, the file the platform itself
+ * would map `vue` to for app extensions.  CairnCMS 1.0.0-beta.4 looks for it with an 8-hex-digit hash
+ * while its build writes base64url hashes, so it never finds it; any hash is accepted here.
+ */
+const APP_PACKAGES = ['@cairncms/app', '@directus/app'];
+const API_PACKAGES = ['@cairncms/api', '@directus/api'];
+const VUE_CHUNK = /^vue\.[A-Za-z0-9_-]+\.entry\.js$/;
+let vueChunk = null;
+
+function resolveFrom(start, id) {
+	try {
+		return createRequire(start).resolve(id);
+	} catch (error) {
+		return null;
+	}
+}
+
+/*
+ * Where the running instance has its app package: resolved from the script Node started (the CLI of
+ * `cairncms`/`directus`), directly (npm's flat node_modules) or through the API package (pnpm's nested
+ * ones), then from the working directory.  The extension's own folder is outside that tree.
+ */
+function appPackageDirs() {
+	const starts = [process.argv[1], path.join(process.cwd(), 'package.json')].filter(Boolean).map((start) => {
+		try {
+			return fs.realpathSync(start);
+		} catch (error) {
+			return start;
+		}
+	});
+	const dirs = [];
+	for (const start of starts) {
+		const apis = API_PACKAGES.map((api) => resolveFrom(start, `${api}/package.json`)).filter(Boolean);
+		for (const from of [start, ...apis]) {
+			for (const app of APP_PACKAGES) {
+				const found = resolveFrom(from, `${app}/package.json`);
+				if (found) dirs.push(path.dirname(found));
+			}
+		}
+	}
+	return dirs;
+}
+
+function findVueChunk() {
+	if (vueChunk) return vueChunk;
+	for (const dir of appPackageDirs()) {
+		let files = [];
+		try {
+			files = fs.readdirSync(path.join(dir, 'dist', 'assets'));
+		} catch (error) {
+			continue;
+		}
+		const file = files.find((name) => VUE_CHUNK.test(name));
+		if (file) {
+			vueChunk = file;
+			return file;
+		}
+	}
+	return null;
+}
+
+/* Open like health: it names a static file the app serves to anyone at /admin/assets/. */
+function sendVueChunk(req, res) {
+	const file = findVueChunk();
+	res.setHeader('Cache-Control', 'no-store');
+	if (!file) {
+		res.status(500).json(errorBody("cairn-migrate found no vue chunk of the admin app (dist/assets/vue.<hash>.entry.js of "
+			+ `${APP_PACKAGES.join(' or ')}) from ${process.argv[1] || process.cwd()}`, 'APP_VUE_NOT_FOUND', {
+			hint: 'start the instance with its own CLI (cairncms start / directus start) so its app package can be resolved',
+		}));
+		return;
+	}
+	res.json({ vue: file });
 }
 
 function requestBody(req) {
@@ -122,6 +203,7 @@ module.exports = {
 	id: 'migrate',
 	handler: (router, context) => {
 		const env = (context && context.env) || process.env;
+		router.get('/app/vue', sendVueChunk);
 		router.use((req, res) => {
 			if (refuse(req, res)) return;
 			proxy(req, res, readConfig(env));

@@ -2,18 +2,25 @@
  * cairn-migrate: the admin-app module (id "migrate", admins only), at /admin/migrate.
  *
  * Installed as <EXTENSIONS_PATH>/modules/cairn-migrate/index.js.  The instance bundles it with rollup
- * when it starts, mapping `vue` to the app's own copy, so this file imports nothing else: the app's
- * authenticated axios client comes from inject('api') (what useApi() returns) and the page chrome
+ * when it starts.  It imports nothing: CairnCMS 1.0.0-beta.4 cannot map `vue` (or any shared package)
+ * for app extensions, and an extension that imports one fails to load at all (docs/extension.md).
+ * So the route component is an async loader: it asks the instance's /migrate endpoint for the file
+ * name of the app's own `vue` chunk (/admin/assets/vue.<hash>.entry.js) and import()s it.  That chunk
+ * re-exports the runtime the app already runs, so h(), resolveComponent() and inject() are the app's:
+ * the authenticated axios client comes from inject('api') (what useApi() returns) and the page chrome
  * from the app's globally registered components (<private-view>, <v-button>, <v-notice>).
  * No templates (the app ships Vue's runtime-only build): render functions with h().
  *
- * Everything goes through the instance's /migrate endpoint, which proxies to the sidecar.
+ * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar.
  */
-import { computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent } from 'vue';
+
+/* The app's Vue, bound by loadPage() before the page's setup() first runs. */
+let computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent;
 
 const FINAL = ['succeeded', 'failed', 'cancelled'];
 const POLL_MS = 1000;
 const HEALTH_MS = 10000;
+const LOAD_TIMEOUT_MS = 15000;
 
 const css = {
 	page: 'padding: var(--content-padding, 32px); padding-top: 0; max-width: 1000px;',
@@ -296,7 +303,7 @@ const MigratePage = {
 				if (!current) return parts;
 				const pct = percent(current.progress);
 				const p = current.progress || {};
-				parts.push(h('div', { 'data-testid': 'job', 'data-state': current.state, style: 'margin-top: 12px;' }, [
+				parts.push(h('div', { 'data-testid': 'job', 'data-job-id': current.id, 'data-state': current.state, style: 'margin-top: 12px;' }, [
 					h('div', { style: css.row }, [
 						h('strong', `${current.kind} ${current.id}`),
 						h('span', { 'data-testid': 'job-state' }, current.state),
@@ -357,17 +364,19 @@ const MigratePage = {
 				]),
 				h('div', { style: css.row }, [
 					h('label', { style: css.label }, [
-						h('input', { type: 'checkbox', checked: importForm.replace, onChange: (e) => { importForm.replace = e.target.checked; } }),
+						h('input', { type: 'checkbox', checked: importForm.replace, 'data-testid': 'import-replace',
+							onChange: (e) => { importForm.replace = e.target.checked; } }),
 						'Replace a non-empty instance (a safety bundle is written first)',
 					]),
 					h('input', { type: 'password', placeholder: 'Passphrase (encrypted bundles)', value: importForm.passphrase, style: css.input,
-						autocomplete: 'off', onInput: (e) => { importForm.passphrase = e.target.value; } }),
+						autocomplete: 'off', 'data-testid': 'import-passphrase', onInput: (e) => { importForm.passphrase = e.target.value; } }),
 				]),
 				button('Show the plan (dry run)', planImport, { busy: 'plan', testid: 'plan-import', secondary: true }),
-				planError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;' }, () => planError.value) : null,
+				planError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;', 'data-testid': 'plan-error' }, () => planError.value) : null,
 				plan.value
 					? h('div', { 'data-testid': 'import-plan', style: 'margin-top: 12px;' }, [
-						h(VNotice, { type: 'warning' }, () => 'Read the plan. Applying it writes into this instance.'),
+						h(VNotice, { type: 'warning' }, () => 'Read the plan. Applying it writes into this instance'
+							+ (importForm.replace ? ', its sessions too: you may have to log in again.' : '.')),
 						h('pre', { style: css.pre }, JSON.stringify(plan.value, null, 2)),
 						button('Apply this import', applyImport, { busy: 'import', testid: 'apply-import' }),
 					])
@@ -383,12 +392,12 @@ const MigratePage = {
 			]);
 
 			const jobsSection = h('section', { style: css.section, id: 'jobs' }, [
-				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true })]),
+				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true, testid: 'refresh-jobs' })]),
 				jobs.value.length === 0
 					? h('p', { style: css.muted }, 'No jobs yet.')
 					: h('table', { style: css.table, 'data-testid': 'jobs' }, [
 						h('thead', [h('tr', ['Job', 'Kind', 'State', 'Created', 'Finished', ''].map((t) => h('th', { style: css.cell }, t)))]),
-						h('tbody', jobs.value.map((j) => h('tr', { key: j.id }, [
+						h('tbody', jobs.value.map((j) => h('tr', { key: j.id, 'data-testid': 'job-row', 'data-job-id': j.id }, [
 							h('td', { style: css.cell }, h('a', { style: css.link, onClick: () => follow(j.id) }, j.id)),
 							h('td', { style: css.cell }, j.kind),
 							h('td', { style: css.cell }, j.state),
@@ -418,11 +427,56 @@ const MigratePage = {
 	},
 };
 
+/* Rejects when `promise` has not settled within `ms`: no request of this page waits forever. */
+function withTimeout(promise, ms, what) {
+	let timer;
+	const timeout = new Promise((resolve, reject) => {
+		timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms / 1000} s`)), ms);
+	});
+	return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/*
+ * The app's `vue` module.  The app serves itself under <base href="<PUBLIC_URL path>/admin/">, so its
+ * assets are at ./assets/ and the API (our endpoint) one level up.
+ */
+async function appVue() {
+	const endpoint = new URL('../migrate/app/vue', document.baseURI);
+	const response = await withTimeout(fetch(endpoint, { cache: 'no-store' }), LOAD_TIMEOUT_MS, `GET ${endpoint.pathname}`);
+	const body = await response.json().catch(() => ({}));
+	if (!response.ok || !body.vue) {
+		const message = (body.errors && body.errors[0] && body.errors[0].message) || `${response.status} ${response.statusText}`;
+		throw new Error(`GET ${endpoint.pathname}: ${message}`);
+	}
+	const chunk = new URL(`assets/${body.vue}`, document.baseURI).href;
+	return withTimeout(import(chunk), LOAD_TIMEOUT_MS, chunk);
+}
+
+/* A page that needs no Vue import: a render function may return plain text. */
+function loadFailedPage(error) {
+	return {
+		name: 'CairnMigrateLoadFailed',
+		render: () => `cairn-migrate could not load the admin app's Vue: ${error && error.message ? error.message : error}. `
+			+ 'Reinstall the extension (cairn-migrate install-extension) and restart the instance.',
+	};
+}
+
+/* The route component, as vue-router's lazy loader: the app's Vue first, then the page. */
+async function loadPage() {
+	try {
+		({ computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent } = await appVue());
+		return MigratePage;
+	} catch (error) {
+		console.error('cairn-migrate:', error); // eslint-disable-line no-console
+		return loadFailedPage(error);
+	}
+}
+
 export default {
 	id: 'migrate',
 	name: 'Migrate',
 	icon: 'swap_horiz',
-	routes: [{ path: '', component: MigratePage }],
+	routes: [{ path: '', component: loadPage }],
 	// Admins only: the module is not even registered for anyone else.
 	preRegisterCheck(user) {
 		const admin = user && user.role && user.role.admin_access;
