@@ -83,7 +83,7 @@ def _wait(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) ->
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)  # the process group this fixture started, nothing else
@@ -103,7 +103,7 @@ def start_server(platform: Platform, folder: Path, url: str, env: dict[str, str]
     try:
         _wait(url + "/server/ping", 120, proc, log)
     except BaseException:
-        _stop(proc)
+        stop_process(proc)
         raise
     return proc
 
@@ -152,7 +152,7 @@ class LiveInstance:
         _wait(self.sidecar_url + "/migrate/health", 30, self.sidecar, log)
 
     def stop_sidecar(self) -> None:
-        _stop(self.sidecar)
+        stop_process(self.sidecar)
         self.sidecar = None
 
     @contextlib.contextmanager
@@ -167,7 +167,7 @@ class LiveInstance:
         self.server = start_server(self.platform, self.folder, self.url, self.env, self.logs / f"{self.platform.script}.log")
 
     def close(self) -> None:
-        _stop(self.server)
+        stop_process(self.server)
         self.stop_sidecar()
 
 
