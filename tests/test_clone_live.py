@@ -2,8 +2,9 @@
 
 For each vendor pair of ``test_clone.py``: ``export --full`` the recorded fixture instance, ``import``
 it into an empty target, start CairnCMS on the target's ``.env`` and check, over HTTP, that it answers,
-that the source's admin logs in with the source's password, that every user collection serves the
-source's rows and that every file serves the source's bytes.  One CairnCMS boot per pair.
+that the source's users log in with the source's passwords, that every user collection serves the
+source's rows, that every file serves the source's bytes and that CairnCMS reads every field with the
+type a native instance has.  One CairnCMS boot per pair (``running_clone`` is module-scoped).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
+import yaml
 from click.testing import CliRunner
-from conftest import make_empty_instance, make_instance
+from conftest import FIXTURES, make_empty_instance, make_instance
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from cairn_migrate.cli import cli
@@ -47,6 +49,7 @@ ROWS = {"articles": 21, "authors": 4, "tags": 5, "languages": 3, "article_commen
         "articles_translations": 40}
 PAIRS = [("sqlite", "postgres"), ("sqlite", "mariadb"), ("sqlite", "sqlite"),
          ("postgres", "sqlite"), ("mariadb", "postgres"), ("postgres", "mariadb")]
+PAIR_IDS = [f"{s}-to-{t}" for s, t in PAIRS]
 
 
 def source_rows(env: Path, collection: str) -> dict[str, dict[str, Any]]:
@@ -91,36 +94,39 @@ def api_rows(session: requests.Session, url: str, collection: str) -> dict[str, 
 
 @dataclass
 class RunningClone:
+    source_vendor: str
     source_env: Path
     target_env: Path
     target_vendor: str
     url: str
 
 
-@pytest.fixture
-def running_clone(cairncms: Platform, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningClone]:
-    """The source exported (``export --full``) and imported into an empty target, CairnCMS running on the target."""
+@pytest.fixture(scope="module")
+def running_clone(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningClone]:
+    """The source exported (``export --full``) and imported into an empty target, CairnCMS running on
+    the target; module-scoped, so the tests of one vendor pair share one boot."""
     source, target = request.param
+    base = tmp_path_factory.mktemp(f"{source}-to-{target}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    src = make_instance(source, tmp_path / "src", request)
-    dst = make_empty_instance(target, tmp_path / "dst", request,
+    src = make_instance(source, base / "src", request)
+    dst = make_empty_instance(target, base / "dst", request,
                               extra_env={"HOST": "127.0.0.1", "PORT": port, "PUBLIC_URL": url, "LOG_STYLE": "raw"})
     runner = CliRunner()
-    exported = runner.invoke(cli, ["--env", str(src), "export", "--full", "-o", str(tmp_path / "bundle")])
+    exported = runner.invoke(cli, ["--env", str(src), "export", "--full", "-o", str(base / "bundle")])
     assert exported.exit_code == 0, exported.output
-    imported = runner.invoke(cli, ["--env", str(dst), "import", str(tmp_path / "bundle")])
+    imported = runner.invoke(cli, ["--env", str(dst), "import", str(base / "bundle")])
     assert imported.exit_code == 0, imported.output
     # CairnCMS reads .env from its working directory and wants package.json beside it.
     (dst.parent / "package.json").write_text('{"name": "clone", "private": true}\n')
-    server = start_server(cairncms, dst.parent, url, server_env(), tmp_path / "cairncms.log")
+    server = start_server(cairncms, dst.parent, url, server_env(), base / "cairncms.log")
     try:
-        yield RunningClone(source_env=src, target_env=dst, target_vendor=target, url=url)
+        yield RunningClone(source_vendor=source, source_env=src, target_env=dst, target_vendor=target, url=url)
     finally:
         stop_process(server)
 
 
-@pytest.mark.parametrize("running_clone", PAIRS, ids=[f"{s}-to-{t}" for s, t in PAIRS], indirect=True)
+@pytest.mark.parametrize("running_clone", PAIRS, ids=PAIR_IDS, indirect=True, scope="module")
 def test_clone_boots_in_cairncms_and_serves_the_source(running_clone: RunningClone) -> None:
     url, src = running_clone.url, running_clone.source_env
     session = requests.Session()
@@ -141,3 +147,39 @@ def test_clone_boots_in_cairncms_and_serves_the_source(running_clone: RunningClo
         assert asset.content == (src.parent / "uploads" / file["filename_disk"]).read_bytes(), file
     if running_clone.target_vendor == "mariadb":
         assert tables_off_the_database_collation(running_clone.target_env) == []
+
+
+def vendor_independent_field_types() -> dict[str, str]:
+    """``collection.field`` → type, for the user fields that CairnCMS reads with the same type on every
+    vendor (``cairncms schema snapshot`` of the three recorded fixtures, the same seeded content).
+
+    The rest are the vendor's own: uuid foreign keys are ``uuid`` on PostgreSQL but ``string`` (char(36))
+    elsewhere, and a decimal is a ``float`` on SQLite.
+    """
+    per_vendor = []
+    for vendor in ("sqlite", "postgres", "mariadb"):
+        snapshot = yaml.safe_load((FIXTURES / vendor / "schema-snapshot.yaml").read_text(encoding="utf-8"))
+        per_vendor.append({f"{f['collection']}.{f['field']}": f["type"] for f in snapshot["fields"] if f["collection"] in COLLECTIONS})
+    first = per_vendor[0]
+    return {name: kind for name, kind in first.items() if all(types.get(name) == kind for types in per_vendor)}
+
+
+#: PostgreSQL/MariaDB → SQLite loses the timestamp type (a known bug, see the reason).
+TIMESTAMPS_TO_SQLITE = pytest.mark.xfail(strict=True, reason=(
+    "timestamp columns arrive on SQLite as `datetime` without the `cast-timestamp` special that CairnCMS's "
+    "SQLite adds to timestamp fields, so CairnCMS reads them as dateTime and serves them without the zone"))
+
+
+@pytest.mark.parametrize("running_clone", [
+    pytest.param(pair, id=pair_id, marks=[TIMESTAMPS_TO_SQLITE] if pair[1] == "sqlite" and pair[0] != "sqlite" else [])
+    for pair, pair_id in zip(PAIRS, PAIR_IDS)
+], indirect=True, scope="module")
+def test_clone_fields_keep_their_types(running_clone: RunningClone) -> None:
+    """The clone's CairnCMS reads every user field with the type a native instance on any vendor has."""
+    token = login(running_clone.url, *SOURCE_ADMIN)
+    response = requests.get(f"{running_clone.url}/fields", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    expected = vendor_independent_field_types()
+    assert len(expected) == 44  # of 49 user fields
+    served = {f"{f['collection']}.{f['field']}": f["type"] for f in response.json()["data"]}
+    assert {name: served.get(name) for name in expected} == expected
