@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from .database import Database
 from .progress import Progress
-from .table_schema import TableDef, build_tables, foreign_key_constraints
+from .table_schema import TableDef, build_tables, foreign_key_constraints, mysql_database_collation
 from .values import decoder, encoder
 
 BATCH = 5000
@@ -94,7 +94,8 @@ class TableLoader:
         self.tables = {t.name: t for t in tables}
         self.metadata = sa.MetaData()
         # PostgreSQL enforces FKs immediately and cannot defer them: add them after loading.
-        self.built = build_tables(tables, vendor, self.metadata, with_foreign_keys=vendor != "postgres")
+        collation = mysql_database_collation(engine) if vendor == "mysql" else None
+        self.built = build_tables(tables, vendor, self.metadata, with_foreign_keys=vendor != "postgres", mysql_collation=collation)
         self.raw = engine.raw_connection()
         cursor = self.raw.cursor()
         if vendor == "sqlite":

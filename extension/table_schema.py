@@ -413,8 +413,14 @@ def _server_default(column: Column, vendor: str) -> Any:
     return str(value)
 
 
-def build_tables(tables: Sequence[TableDef], vendor: str, metadata: sa.MetaData, *, with_foreign_keys: bool = True) -> dict[str, sa.Table]:
-    """SQLAlchemy tables for ``vendor`` from neutral definitions (nothing is executed)."""
+def build_tables(tables: Sequence[TableDef], vendor: str, metadata: sa.MetaData, *, with_foreign_keys: bool = True,
+                 mysql_collation: str | None = None) -> dict[str, sa.Table]:
+    """SQLAlchemy tables for ``vendor`` from neutral definitions (nothing is executed).
+
+    MySQL tables are utf8mb4 with ``mysql_collation`` (the target database's default, see
+    :func:`mysql_database_collation`): a charset without a collation would get the charset's own
+    default (``utf8mb4_general_ci``) instead, which CairnCMS warns about at boot.
+    """
     by_name = {t.name: t for t in tables}
     # On MySQL, integer FKs must match an unsigned auto-increment parent.
     unsigned_refs: set[tuple[str, str]] = set()
@@ -457,12 +463,27 @@ def build_tables(tables: Sequence[TableDef], vendor: str, metadata: sa.MetaData,
             kwargs["sqlite_autoincrement"] = True
         if vendor == "mysql":
             kwargs.update(mysql_charset="utf8mb4", mysql_engine="InnoDB")
+            if mysql_collation:
+                kwargs["mysql_collate"] = mysql_collation
         built_table = sa.Table(table.name, metadata, *columns, *constraints, **kwargs)
         for index in table.indexes:
             if not index.unique:
                 sa.Index(index.name, *(built_table.c[c] for c in index.columns))
         built[table.name] = built_table
     return built
+
+
+def mysql_database_collation(engine: Engine) -> str | None:
+    """The database's default collation when it is a utf8mb4 one, else ``None``.
+
+    CairnCMS (knex) creates tables without a charset, so they take the database's default; an
+    imported table must match it or CairnCMS warns, and comparisons with tables it creates later can
+    fail with "Illegal mix of collations".  A database whose default is not utf8mb4 keeps utf8mb4's
+    own default: the source's text must survive.
+    """
+    with engine.connect() as conn:
+        collation = conn.execute(sa.text("SELECT @@collation_database")).scalar()
+    return collation if isinstance(collation, str) and collation.startswith("utf8mb4_") else None
 
 
 def _fk_constraint(fk: ForeignKey) -> sa.ForeignKeyConstraint:

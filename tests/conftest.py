@@ -28,8 +28,8 @@ VENDORS = ("sqlite", "postgres", "mariadb")
 
 
 #: Fixtures whose use means a real server took part in the test.
-SERVER_FIXTURES = {"pg_admin_url": "PostgreSQL", "mariadb_admin_url": "MariaDB", "live_instance": "Directus 9.22.4",
-                   "chromium_path": "Chromium"}
+SERVER_FIXTURES = {"pg_admin_url": "PostgreSQL", "mariadb_admin_url": "MariaDB", "live_instance": "CairnCMS 1.0.0-beta.4",
+                   "cairncms": "CairnCMS 1.0.0-beta.4", "directus_instance": "Directus 9.22.4", "chromium_path": "Chromium"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,10 @@
-"""A real Directus 9.22.4 instance (SQLite) with the extension installed, and the sidecar beside it.
+"""Real running instances with the extension installed, and the sidecar beside each.
 
-One boot per test session (``live_instance`` is session-scoped).  Directus comes
-from ``scripts/directus install`` (npm, into the cache outside the repo); CairnCMS is not
-on the registries, and the extension is written to load on both.  Under
-``CI=true`` a missing Directus or chromium fails the tests; elsewhere they skip.
+``live_instance`` is real CairnCMS 1.0.0-beta.4 (SQLite), the product we serve, built from its source
+by ``scripts/cairncms build`` into the cache outside the repo.  ``directus_instance`` is Directus
+9.22.4 from npm (``scripts/directus install``), the extension's second target; ``cms_instance`` runs a
+test once on each.  One boot per platform per test session (the fixtures are session-scoped).  Under
+``CI=true`` a missing build, Directus or chromium fails the tests; elsewhere they skip.
 """
 
 from __future__ import annotations
@@ -36,6 +37,34 @@ ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.com", "admin-password"
 COLLECTION = "articles"
 
 
+@dataclass(frozen=True)
+class Platform:
+    """A CMS the extension runs on: its name in the test summary and its ``scripts/<script>``
+    (both scripts take ``bootstrap DIR PORT`` and ``start DIR``)."""
+
+    name: str
+    script: str
+
+    def command(self, *args: object) -> list[str]:
+        return [str(REPO / "scripts" / self.script), *(str(a) for a in args)]
+
+    def missing(self) -> str | None:
+        """Why this platform cannot run here, or ``None``."""
+        if self.script == "directus":
+            return None if DIRECTUS_BIN.exists() else f"{DIRECTUS_BIN} is missing; install it with: scripts/directus install"
+        return None if cairncms_build_path() else "it is not built; build it with: scripts/cairncms build"
+
+
+CAIRNCMS = Platform("CairnCMS 1.0.0-beta.4", "cairncms")
+DIRECTUS = Platform("Directus 9.22.4", "directus")
+
+
+def cairncms_build_path() -> Path | None:
+    """The folder of the real CairnCMS build in the cache, or ``None`` when it is not built."""
+    result = subprocess.run(CAIRNCMS.command("path"), capture_output=True, text=True, timeout=60)
+    return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,7 +83,7 @@ def _wait(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) ->
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)  # the process group this fixture started, nothing else
@@ -65,9 +94,31 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
+def start_server(platform: Platform, folder: Path, url: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``<platform> start`` in ``folder`` (it reads ``folder/.env``), in its own process group;
+    returns once ``url/server/ping`` answers (stopped again if it never does)."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(platform.command("start", folder), cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    try:
+        _wait(url + "/server/ping", 120, proc, log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def server_env() -> dict[str, str]:
+    """The environment for a CMS or sidecar process: ours without settings that would override the
+    instance's ``.env`` (``DB_*``, ``STORAGE_*``) or point the sidecar elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_MIGRATE_", "DB_", "STORAGE_"))}
+    env["NODE_ENV"] = "production"
+    return env
+
+
 @dataclass
 class LiveInstance:
-    """The running pair: Directus at ``url``, the sidecar at ``sidecar_url``."""
+    """The running pair: the CMS (``platform``) at ``url``, the sidecar at ``sidecar_url``."""
 
     folder: Path
     url: str
@@ -75,7 +126,8 @@ class LiveInstance:
     sidecar_port: int
     env: dict[str, str]
     logs: Path
-    directus: subprocess.Popen[bytes] | None = None
+    platform: Platform = CAIRNCMS
+    server: subprocess.Popen[bytes] | None = None
     sidecar: subprocess.Popen[bytes] | None = None
     _session: requests.Session = field(default_factory=requests.Session)
 
@@ -100,7 +152,7 @@ class LiveInstance:
         _wait(self.sidecar_url + "/migrate/health", 30, self.sidecar, log)
 
     def stop_sidecar(self) -> None:
-        _stop(self.sidecar)
+        stop_process(self.sidecar)
         self.sidecar = None
 
     @contextlib.contextmanager
@@ -111,27 +163,28 @@ class LiveInstance:
         finally:
             self.start_sidecar()
 
-    def start_directus(self) -> None:
-        log = self.logs / "directus.log"
-        with log.open("ab") as out:
-            self.directus = subprocess.Popen(
-                [str(DIRECTUS_BIN), "start"], cwd=self.folder, stdout=out, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True,
-            )
-        _wait(self.url + "/server/ping", 90, self.directus, log)
+    def start_server(self) -> None:
+        self.server = start_server(self.platform, self.folder, self.url, self.env, self.logs / f"{self.platform.script}.log")
 
     def close(self) -> None:
-        _stop(self.directus)
+        stop_process(self.server)
         self.stop_sidecar()
 
 
 def _seed_users(db: Path) -> None:
-    """A static token for the admin, and a non-admin editor with its own token."""
+    """A static token for the admin, and a non-admin editor with its own token.
+
+    CairnCMS roles need a unique ``key`` (reference §1.3 directus_roles); Directus 9 has no such column.
+    """
     role = str(uuid.uuid4())
     conn = sqlite3.connect(db)
     try:
+        role_columns = {row[1] for row in conn.execute("PRAGMA table_info(directus_roles)")}
         conn.execute("UPDATE directus_users SET token = ? WHERE email = ?", (ADMIN_TOKEN, ADMIN_EMAIL))
-        conn.execute("INSERT INTO directus_roles (id, name, admin_access, app_access) VALUES (?, 'Editor', 0, 1)", (role,))
+        if "key" in role_columns:
+            conn.execute("INSERT INTO directus_roles (id, name, key, admin_access, app_access) VALUES (?, 'Editor', 'editor', 0, 1)", (role,))
+        else:
+            conn.execute("INSERT INTO directus_roles (id, name, admin_access, app_access) VALUES (?, 'Editor', 0, 1)", (role,))
         conn.execute(
             "INSERT INTO directus_users (id, email, status, role, token) VALUES (?, 'editor@example.com', 'active', ?, ?)",
             (str(uuid.uuid4()), role, EDITOR_TOKEN),
@@ -148,26 +201,26 @@ def _run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subpr
     return result
 
 
-@pytest.fixture(scope="session")
-def live_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveInstance]:
-    """Directus 9.22.4 on SQLite with ``install-extension`` applied, and ``cairn-migrate serve`` running."""
-    if not DIRECTUS_BIN.exists():
-        server_missing("Directus 9.22.4", f"{DIRECTUS_BIN} is missing; install it with: scripts/directus install")
-    base = tmp_path_factory.mktemp("live")
+def _live(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveInstance]:
+    """``platform`` on SQLite with ``install-extension`` applied, ``cairn-migrate serve`` running,
+    the seeded users and the ``articles`` collection."""
+    reason = platform.missing()
+    if reason:
+        server_missing(platform.name, reason)
+    base = tmp_path_factory.mktemp(f"live-{platform.script}")
     folder, logs = base / "instance", base / "logs"
     logs.mkdir()
     port, sidecar_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_MIGRATE_", "DB_", "STORAGE_"))}
+    env = server_env()
     env["CAIRN_MIGRATE_STATE_URL"] = f"sqlite:///{base / 'state' / 'state.db'}"
-    env["NODE_ENV"] = "production"
-    _run([str(REPO / "scripts" / "directus"), "bootstrap", str(folder), str(port)], env)
+    _run(platform.command("bootstrap", folder, port), env)
     _seed_users(folder / "data.db")
     _run([str(CLI), "--env", str(folder / ".env"), "install-extension", "--sidecar-url", f"http://127.0.0.1:{sidecar_port}"], env)
     live = LiveInstance(folder=folder, url=f"http://127.0.0.1:{port}", sidecar_url=f"http://127.0.0.1:{sidecar_port}",
-                        sidecar_port=sidecar_port, env=env, logs=logs)
+                        sidecar_port=sidecar_port, env=env, logs=logs, platform=platform)
     try:
         live.start_sidecar()
-        live.start_directus()
+        live.start_server()
         created = live.request("POST", "/collections", json={
             "collection": COLLECTION, "meta": {}, "schema": {},
             "fields": [
@@ -179,6 +232,37 @@ def live_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveInst
         yield live
     finally:
         live.close()
+
+
+@pytest.fixture(scope="session")
+def live_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveInstance]:
+    """Real CairnCMS 1.0.0-beta.4 on SQLite with ``install-extension`` applied, and ``cairn-migrate serve`` running."""
+    yield from _live(CAIRNCMS, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def directus_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveInstance]:
+    """Directus 9.22.4 on SQLite, set up exactly like ``live_instance`` (the extension's second target)."""
+    yield from _live(DIRECTUS, tmp_path_factory)
+
+
+#: ``cms_instance`` parameter → the session fixture it stands for.
+PLATFORM_FIXTURES = {"cairncms": "live_instance", "directus": "directus_instance"}
+
+
+@pytest.fixture(params=list(PLATFORM_FIXTURES))
+def cms_instance(request: pytest.FixtureRequest) -> LiveInstance:
+    """``live_instance`` (CairnCMS) and ``directus_instance``: a test using it runs once on each."""
+    return request.getfixturevalue(PLATFORM_FIXTURES[request.param])
+
+
+@pytest.fixture(scope="session")
+def cairncms() -> Platform:
+    """Real CairnCMS, for tests that start it on instances of their own (``start_server``)."""
+    reason = CAIRNCMS.missing()
+    if reason:
+        server_missing(CAIRNCMS.name, reason)
+    return CAIRNCMS
 
 
 @pytest.fixture(scope="session")
