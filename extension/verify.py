@@ -339,8 +339,14 @@ def _ask(base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, st
     """The requests of :func:`live_checks`, in order; a ping that fails ends them."""
     import requests
 
-    response = requests.get(f"{base}/server/ping", timeout=timeout)
-    record("ping", response.status_code == 200 and response.text.strip() == "pong", f"HTTP {response.status_code}")
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, f"{base}{path}", timeout=timeout, **kwargs)
+
+    response = call("GET", "/server/ping")
+    pong = response.status_code == 200 and response.text.strip() == "pong"
+    record("ping", pong, f"HTTP {response.status_code}")
+    if not pong:
+        return
     headers: dict[str, str] = {}
     if login:
         response = call("POST", "/auth/login", json={"email": login[0], "password": login[1]})
