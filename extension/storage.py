@@ -585,7 +585,10 @@ def _azure_client(connection_string: str | None, account: str, account_key: str 
     """
     from azure.storage.blob.aio import BlobServiceClient
 
-    limits = {"connection_timeout": timeouts.connect_timeout(), "read_timeout": timeouts.read_timeout()}
+    # The SDK's default retry policy (10 tries with back-off) turns a 1 s timeout into a 90 s wait:
+    # two retries, like our S3 client, keep the bound close to what the settings say.
+    limits = {"connection_timeout": timeouts.connect_timeout(), "read_timeout": timeouts.read_timeout(),
+              "retry_total": 2}
     if connection_string:
         return BlobServiceClient.from_connection_string(connection_string, **limits)
     return BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=account_key, **limits)
