@@ -11,6 +11,11 @@ target does to a value: ``changed`` (stored, but not as it was) or
 ``refused`` (the import would fail).  The import plan counts the affected
 values by streaming the bundle's rows (:func:`plan_drift`), and ``verify``
 runs the same checks to tell the drift it predicted from real differences.
+
+One change is CairnCMS's metadata rather than a vendor's type: a cross-vendor
+import rewrites the ``cast-timestamp`` flag of timestamp fields in
+``directus_fields.special`` (:func:`field_flags`), reported here and in
+``verify`` like any other expected change.
 """
 
 from __future__ import annotations
@@ -146,6 +151,73 @@ def table_checks(table: TableDef, target: str, *, source: str, sqlite_stored: Co
     return result
 
 
+#: CairnCMS on SQLite declares ``timestamp`` and ``dateTime`` fields alike (``datetime``) and tells a
+#: timestamp by this flag in ``directus_fields.special``, which its own field creation adds on SQLite
+#: only (``fieldFlagForField`` in ``api/src/database/helpers/date/dialects/sqlite.ts``; reference §8.5).
+TIMESTAMP_FLAG = "cast-timestamp"
+#: The drift kind of the rewritten flag (:class:`FieldFlags`).
+TIMESTAMP_FLAG_KIND = "timestamp_flag"
+
+
+@dataclass(frozen=True)
+class FieldFlags:
+    """The ``directus_fields.special`` rewrite of a cross-vendor import, so that CairnCMS on the target
+    reads every timestamp field of a user collection as a timestamp, like a field it created there.
+
+    Into SQLite the flag is added (without it CairnCMS reads the ``datetime`` column as a zone-less
+    ``dateTime``); into PostgreSQL/MariaDB it is removed (the column type says timestamp, and CairnCMS
+    there never writes it).  SQLite → SQLite has none: the source's flags are already CairnCMS's own.
+    """
+
+    add: bool
+    fields: frozenset[tuple[str, str]]
+    collection: int
+    field: int
+    special: int
+    note: str
+
+    def rewritten(self, special: str | None) -> str | None:
+        """``special`` (a CSV of flags, or ``None``) with the flag added or removed, as CairnCMS keeps it."""
+        flags = [flag for flag in (special or "").split(",") if flag]
+        if self.add == (TIMESTAMP_FLAG in flags):
+            return special  # already as CairnCMS on the target keeps it
+        if self.add:
+            return ",".join([*flags, TIMESTAMP_FLAG])  # appended, as CairnCMS's addFieldFlag does
+        return ",".join(flag for flag in flags if flag != TIMESTAMP_FLAG) or None
+
+    def rewrite(self, row: list[Any]) -> bool:
+        """Rewrite one ``directus_fields`` row in place; says whether it changed."""
+        if (row[self.collection], row[self.field]) not in self.fields:
+            return False
+        special = self.rewritten(row[self.special])
+        if special == row[self.special]:
+            return False
+        row[self.special] = special
+        return True
+
+
+def field_flags(tables: Sequence[TableDef], source: str, target: str) -> FieldFlags | None:
+    """The ``directus_fields.special`` rewrite importing ``tables`` from ``source`` into ``target`` needs, if any."""
+    fields_table = next((table for table in tables if table.name == "directus_fields"), None)
+    if source == target or fields_table is None:
+        return None
+    timestamps = frozenset((table.name, column.name) for table in tables if not table.name.startswith("directus_")
+                           for column in table.columns if column.type == "timestamp")
+    if not timestamps:
+        return None
+    names = [column.name for column in fields_table.columns]
+    add = target == "sqlite"
+    note = (f"CairnCMS on SQLite reads a timestamp field as one only with `{TIMESTAMP_FLAG}` in special: added" if add
+            else f"CairnCMS on {_VENDOR_NAMES.get(target, target)} has no `{TIMESTAMP_FLAG}` (the column type says "
+            "timestamp): removed")
+    return FieldFlags(add, timestamps, names.index("collection"), names.index("field"), names.index("special"), note)
+
+
+def count_flag_drift(rows: Iterable[Sequence[Any]], flags: FieldFlags) -> int:
+    """How many ``directus_fields`` rows ``flags`` rewrites (on copies: ``rows`` stay as they are)."""
+    return sum(flags.rewrite(list(row)) for row in rows)
+
+
 #: The kind counted for a value no check can read (text in an integer column, a date that is not one).
 UNREADABLE = "unreadable"
 
@@ -224,4 +296,19 @@ def plan_drift(bundle_dir: Path, manifest: Mapping[str, Any], tables: Sequence[T
                             "table": table.name, "column": column.name, "type": column.type, "kind": kind,
                             "effect": effect, "values": counts[(index, kind)], "note": note,
                         })
+        entries.extend(_flag_drift(tables, source, target, manifest, rows_of))
     return entries
+
+
+def _flag_drift(tables: Sequence[TableDef], source: str, target: str, manifest: Mapping[str, Any],
+                rows_of: Callable[[TableDef], Iterable[list[Any]]]) -> list[dict[str, Any]]:
+    """The plan's entry for the ``directus_fields.special`` rows the import rewrites (:class:`FieldFlags`)."""
+    flags = field_flags(tables, source, target)
+    if flags is None or not manifest["tables"]["directus_fields"]["rows"]:
+        return []
+    table = next(t for t in tables if t.name == "directus_fields")
+    rewritten = count_flag_drift(rows_of(table), flags)
+    if not rewritten:
+        return []
+    return [{"table": "directus_fields", "column": "special", "type": table.columns[flags.special].type,
+             "kind": TIMESTAMP_FLAG_KIND, "effect": "changed", "values": rewritten, "note": flags.note}]

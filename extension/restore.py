@@ -44,6 +44,7 @@ from . import import_marker
 from . import native as native_tools
 from .bundle import file_member, is_archive_path, iter_file_index, member_path, open_bundle, sha256_file
 from .database import Database, open_engine
+from .drift import field_flags
 from .errors import ConfigError, InvalidInput, MigrateError
 from .instance import DatabaseConfig, Instance
 from .progress import NullProgress, Progress
@@ -418,7 +419,8 @@ def import_bundle(
                 member = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member")
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
-            loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest))
+            loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest),
+                                 field_flags=field_flags(ordered, manifest["source"]["vendor"], db.vendor))
             try:
                 if replace:
                     for name in reversed(_drop_order(db, plan.existing_tables)):

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .database import Database
+from .drift import FieldFlags
 from .progress import Progress
 from .table_schema import TableDef, build_tables, foreign_key_constraints, mysql_database_collation
 from .values import decoder, encoder
@@ -31,7 +32,14 @@ def _quote(engine: Engine, name: str) -> str:
     return engine.dialect.identifier_preparer.quote(name)
 
 
-def _row_transform(table: TableDef, storage_map: Mapping[str, str]) -> Callable[[list[Any]], list[Any]] | None:
+def _row_transform(table: TableDef, storage_map: Mapping[str, str],
+                   field_flags: FieldFlags | None = None) -> Callable[[list[Any]], list[Any]] | None:
+    if table.name == "directus_fields" and field_flags is not None:
+        def reflag(row: list[Any]) -> list[Any]:
+            field_flags.rewrite(row)
+            return row
+
+        return reflag
     if table.name != "directus_files" or not storage_map:
         return None
     index = [c.name for c in table.columns].index("storage")
@@ -86,11 +94,14 @@ def _batched(rows: Iterator[list[Any]], size: int) -> Iterator[list[list[Any]]]:
 class TableLoader:
     """Creates tables and loads rows on one raw DB-API connection of the target."""
 
-    def __init__(self, engine: Engine, vendor: str, tables: Sequence[TableDef], *, sqlite_stored: Collection[str] = ()) -> None:
-        """``sqlite_stored``: the types whose values the rows carry as SQLite stored them (:func:`~cairn_migrate.values.stored_types`)."""
+    def __init__(self, engine: Engine, vendor: str, tables: Sequence[TableDef], *, sqlite_stored: Collection[str] = (),
+                 field_flags: FieldFlags | None = None) -> None:
+        """``sqlite_stored``: the types whose values the rows carry as SQLite stored them (:func:`~cairn_migrate.values.stored_types`);
+        ``field_flags``: the ``directus_fields.special`` rewrite of a cross-vendor import (:func:`~cairn_migrate.drift.field_flags`)."""
         self.engine = engine
         self.vendor = vendor
         self.sqlite_stored = sqlite_stored
+        self.field_flags = field_flags
         self.tables = {t.name: t for t in tables}
         self.metadata = sa.MetaData()
         # PostgreSQL enforces FKs immediately and cannot defer them: add them after loading.
@@ -130,7 +141,8 @@ class TableLoader:
                 cursor.execute(f"DELETE FROM {quoted}")
             else:
                 cursor.execute(self._ddl(sa.schema.CreateTable(built)))
-            rows = _encoded_rows(source, table, self.vendor, _row_transform(table, storage_map), self.sqlite_stored)
+            rows = _encoded_rows(source, table, self.vendor, _row_transform(table, storage_map, self.field_flags),
+                                 self.sqlite_stored)
             columns = ", ".join(_quote(self.engine, c.name) for c in table.columns)
             count = 0
             if self.vendor == "postgres":

@@ -4,7 +4,9 @@ Per table, the row count and an order-independent content hash are computed
 on both sides *after* reducing every value to what the target vendor can
 store (:func:`~cairn_migrate.values.comparable`): MariaDB keeps whole seconds,
 SQLite milliseconds, so a correct cross-vendor clone compares equal and a
-real difference does not.  Every file's bytes are hashed in place.  With a URL,
+real difference does not.  A cross-vendor import's rewrite of ``directus_fields.special``
+(:func:`~cairn_migrate.drift.field_flags`) is applied to the bundle's rows too,
+and reported as expected drift.  Every file's bytes are hashed in place.  With a URL,
 the running instance is asked too: ``/server/ping``, a login or token check,
 one asset and one item.
 """
@@ -22,7 +24,7 @@ from typing import Any
 from . import import_marker, timeouts
 from .bundle import iter_file_index, member_path, open_bundle
 from .database import Database
-from .drift import Check, table_checks
+from .drift import TIMESTAMP_FLAG_KIND, Check, FieldFlags, field_flags, table_checks
 from .errors import ConfigError, InstanceUnreachable, MigrateError
 from .instance import Instance
 from .progress import NullProgress, Progress
@@ -113,6 +115,18 @@ class ColumnHashes:
             digest.add_line(_encode(value).encode("utf-8"))
 
 
+class _Reflagged:
+    """The import's ``directus_fields.special`` rewrite (:class:`~cairn_migrate.drift.FieldFlags`) applied to
+    the bundle's rows before hashing, counting the rows it changes: an expected change, reported as drift."""
+
+    def __init__(self, flags: FieldFlags) -> None:
+        self.flags = flags
+        self.rows = 0
+
+    def __call__(self, row: list[Any]) -> None:
+        self.rows += self.flags.rewrite(row)
+
+
 def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], digest: RowHash,
                columns: ColumnHashes | None = None) -> RowHash:
     for row in rows:
@@ -129,8 +143,8 @@ def _hash_rows(rows: Iterator[list[Any]], reducers: list[tuple[int, Any]], diges
 
 
 def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[str, str],
-                 columns: ColumnHashes | None = None) -> RowHash:
-    """The bundle's rows of ``table``, reduced to what ``vendor`` stores."""
+                 columns: ColumnHashes | None = None, reflag: _Reflagged | None = None) -> RowHash:
+    """The bundle's rows of ``table``, reduced to what ``vendor`` stores (``reflag``: rewritten as the import did)."""
     reducers = [(i, r) for i, c in enumerate(table.columns) if (r := comparer(c.type, vendor))]
     if table.name == "directus_files" and storage_map:
         index = [c.name for c in table.columns].index("storage")
@@ -141,15 +155,20 @@ def _bundle_hash(path: Path, table: TableDef, vendor: str, storage_map: Mapping[
         with path.open("rb") as fh:
             for line in fh:
                 if line.strip():
-                    yield loads(line.decode("utf-8"))
+                    row = loads(line.decode("utf-8"))
+                    if reflag:
+                        reflag(row)
+                    yield row
 
     return _hash_rows(rows(), reducers, RowHash(), columns)
 
 
-def _target_hash(db: Database, table: TableDef, vendor: str | None = None, columns: ColumnHashes | None = None) -> RowHash:
+def _target_hash(db: Database, table: TableDef, vendor: str | None = None, columns: ColumnHashes | None = None,
+                 reflag: _Reflagged | None = None) -> RowHash:
     """Hash of ``table`` in ``db``, values reduced to ``vendor``'s precision (default: ``db``'s own).
 
     Values are made neutral first, then reduced: ``columns`` needs the neutral values' exact form.
+    ``reflag``: rows rewritten as the import did (``db`` is a native SQLite bundle's member).
     """
     decoders = [(i, d) for i, c in enumerate(table.columns) if (d := fast_decoder(c.type, db.vendor))]
     reducers = [(i, r) for i, c in enumerate(table.columns) if (r := comparer(c.type, vendor or db.vendor))]
@@ -159,6 +178,8 @@ def _target_hash(db: Database, table: TableDef, vendor: str | None = None, colum
         for row in rows:
             for i, decode in decoders:
                 row[i] = decode(row[i])
+            if reflag:
+                reflag(row)
             yield row
 
     with db.engine.connect() as conn:
@@ -189,12 +210,12 @@ def _column_drift(entry: dict[str, Any], want: ColumnHashes, have: ColumnHashes)
 
 
 def _differing_columns(path: Path, table: TableDef, db: Database, manifest: Mapping[str, Any],
-                       storage_map: Mapping[str, str]) -> list[str]:
+                       storage_map: Mapping[str, str], reflag: _Reflagged | None = None) -> list[str]:
     """The columns whose values differ between the bundle and the target (a second pass over both)."""
     stored = stored_types(manifest) if db.vendor == "sqlite" else frozenset()
     want = ColumnHashes(table, db.vendor, stored=stored, every_column=True)
     have = ColumnHashes(table, db.vendor, stored=stored, every_column=True)
-    _bundle_hash(path, table, db.vendor, storage_map, want)
+    _bundle_hash(path, table, db.vendor, storage_map, want, reflag)
     _target_hash(db, table, columns=have)
     return [c.name for c, a, b in zip(table.columns, want.sums, have.sums) if a.total != b.total]
 
@@ -202,6 +223,7 @@ def _differing_columns(path: Path, table: TableDef, db: Database, manifest: Mapp
 def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], storage_map: Mapping[str, str], progress: Progress) -> list[dict[str, Any]]:
     schema = member_path(bundle_dir, manifest, "schema/tables.json", field="schema")
     definitions = {t["name"]: TableDef.from_dict(t) for t in json.loads(schema.read_text())}
+    flags = field_flags([definitions[n] for n in manifest["load_order"]], manifest["source"]["vendor"], db.vendor)
     present = set(db.table_names())
     native = manifest.get("native") if manifest.get("data") == "native" else None
     same_vendor_native = native is not None and native["vendor"] == db.vendor and native["vendor"] != "sqlite"
@@ -239,13 +261,15 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                 entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing)}")
             else:
                 want_columns = have_columns = None
+                reflag = _Reflagged(flags) if flags is not None and name == "directus_fields" else None
                 if reference_db is not None:
-                    want = _target_hash(reference_db, table, db.vendor) if not (name == "directus_files" and storage_map) else None
+                    want = (_target_hash(reference_db, table, db.vendor, reflag=reflag)
+                            if not (name == "directus_files" and storage_map) else None)
                 else:
                     want_columns, have_columns = _column_hashes(table, manifest, db.vendor)
                     member = member_path(bundle_dir, manifest, manifest["tables"][name]["member"],
                                          field=f"tables.{name}.member")
-                    want = _bundle_hash(member, table, db.vendor, storage_map, want_columns)
+                    want = _bundle_hash(member, table, db.vendor, storage_map, want_columns, reflag)
                 have = _target_hash(db, table, columns=have_columns)
                 entry.update(rows=have.rows, hash=have.hexdigest(), expected_hash=want.hexdigest() if want else None)
                 entry["ok"] = have.rows == expected and (want is None or have.total == want.total)
@@ -253,9 +277,15 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                     entry["problem"] = "row count differs" if have.rows != expected else "content differs"
                     if have.rows == expected and want_columns is not None:
                         member = bundle_dir / manifest["tables"][name]["member"]
-                        entry["columns"] = _differing_columns(member, table, db, manifest, storage_map)
-                elif want_columns is not None and have_columns is not None:
-                    _column_drift(entry, want_columns, have_columns)
+                        entry["columns"] = _differing_columns(member, table, db, manifest, storage_map,
+                                                              _Reflagged(reflag.flags) if reflag else None)
+                else:
+                    if want_columns is not None and have_columns is not None:
+                        _column_drift(entry, want_columns, have_columns)
+                    if reflag and reflag.rows:
+                        special = table.columns[reflag.flags.special].name
+                        entry.setdefault("drift", []).append({"column": special, "values": reflag.rows,
+                                                              "kinds": [TIMESTAMP_FLAG_KIND]})
             results.append(entry)
             progress.advance(items=1)
     finally:

@@ -8,11 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
-from conftest import make_empty_instance, make_instance
+from conftest import FIXTURES, make_empty_instance, make_instance
 
 from cairn_migrate.cli import cli
 from cairn_migrate.database import Database
@@ -29,8 +31,8 @@ def instance(env: Path) -> Instance:
     return Instance.from_env_file(env, environ={})
 
 
-def normalized_rows(env: Path, precision_vendor: str) -> dict[str, list[str]]:
-    """Every table's rows, neutral and reduced to ``precision_vendor``'s precision, sorted."""
+def normalized_rows(env: Path, precision_vendor: str, *, skip: Collection[tuple[str, str]] = ()) -> dict[str, list[str]]:
+    """Every table's rows, neutral and reduced to ``precision_vendor``'s precision, sorted (``skip``: ``(table, column)``s left out)."""
     inst = instance(env)
     with Database.open(inst) as db:
         tables = reflect_tables(db.engine, db.table_names(), db.vendor)
@@ -39,10 +41,28 @@ def normalized_rows(env: Path, precision_vendor: str) -> dict[str, list[str]]:
             names = [c.name for c in table.columns]
             rows = []
             for row in db.stream_rows(table.name, columns=names):
-                values = {c.name: comparable(decoder(c.type)(row[c.name]), c.type, precision_vendor) for c in table.columns}
+                values = {c.name: comparable(decoder(c.type)(row[c.name]), c.type, precision_vendor) for c in table.columns
+                          if (table.name, c.name) not in skip}
                 rows.append(json.dumps(values, sort_keys=True, default=str))
             result[table.name] = sorted(rows)
     return result
+
+
+#: The one value a cross-vendor clone rewrites: CairnCMS marks timestamp fields ``cast-timestamp`` on SQLite only.
+FIELD_FLAGS = ("directus_fields", "special")
+
+
+def field_specials(env: Path) -> dict[str, set[str]]:
+    """``collection.field`` → the flags in its ``directus_fields.special``."""
+    with Database.open(instance(env)) as db:
+        rows = db.stream_rows("directus_fields", columns=["collection", "field", "special"])
+        return {f"{r['collection']}.{r['field']}": set(filter(None, (r["special"] or "").split(","))) for r in rows}
+
+
+def native_specials(vendor: str) -> dict[str, set[str]]:
+    """The same from ``cairncms schema snapshot`` of the recorded fixture: what CairnCMS itself wrote on ``vendor``."""
+    snapshot = yaml.safe_load((FIXTURES / vendor / "schema-snapshot.yaml").read_text(encoding="utf-8"))
+    return {f"{f['collection']}.{f['field']}": set(f["meta"].get("special") or []) for f in snapshot["fields"] if f.get("meta")}
 
 
 def clone(src_env: Path, dst_env: Path, bundle: Path) -> dict:
@@ -61,6 +81,7 @@ def clone(src_env: Path, dst_env: Path, bundle: Path) -> dict:
         ("sqlite", "mariadb"),
         ("sqlite", "sqlite"),
         ("postgres", "sqlite"),
+        ("mariadb", "sqlite"),
         ("mariadb", "postgres"),
         ("postgres", "mariadb"),
     ],
@@ -76,7 +97,11 @@ def test_clone_across_vendors(source: str, target: str, tmp_path: Path, request:
         assert db.platform().version == "1.0.0-beta.4"
         assert len(db.system_tables()) == 20
     precision = "mysql" if "mariadb" in (source, target) else ("sqlite" if "sqlite" in (source, target) else "postgres")
-    assert normalized_rows(dst, precision) == normalized_rows(src, precision)
+    skip = [FIELD_FLAGS] if source != target else []
+    assert normalized_rows(dst, precision, skip=skip) == normalized_rows(src, precision, skip=skip)
+    # Every field carries the flags CairnCMS itself gives it on the target (timestamps: cast-timestamp on SQLite only).
+    assert field_specials(dst) == native_specials(target)
+    assert field_specials(src) == native_specials(source)
     # The bytes sit where CairnCMS will look for them: <root>/<filename_disk>.
     uploads = tmp_path / "dst" / "uploads"
     assert sorted(p.name for p in uploads.iterdir()) == sorted(
@@ -345,7 +370,9 @@ def test_fast_path_with_native_tools(source: str, target: str, tmp_path: Path, r
     verified = verify_bundle(instance(dst), tmp_path / "bundle")
     assert verified["ok"], verified["tables_failed"]
     precision = "sqlite" if "sqlite" in (source, target) else ("mysql" if source == "mariadb" else "postgres")
-    assert normalized_rows(dst, precision) == normalized_rows(src, precision)
+    skip = [FIELD_FLAGS] if source != target else []
+    assert normalized_rows(dst, precision, skip=skip) == normalized_rows(src, precision, skip=skip)
+    assert field_specials(dst) == native_specials(target)
     # verify notices a changed row on the fast path too
     with Database.open(instance(dst)) as db, db.engine.begin() as conn:
         import sqlalchemy as sa
@@ -485,6 +512,10 @@ def test_sqlite_to_mariadb_reports_drift_and_verify_tells_it_apart(tmp_path: Pat
     expected = {(t, c, "timestamp_precision"): ms for (t, c), (ms, _) in counted.items() if ms}
     expected |= {(t, c, "storage_class"): text for (t, c), (_, text) in counted.items() if text}
     assert ("articles", "date_created", "timestamp_precision") in expected  # the fixture has milliseconds to lose
+    # The fields whose cast-timestamp CairnCMS on MariaDB does not have: the import removes it.
+    flagged = sum("cast-timestamp" in flags for flags in field_specials(src).values())
+    assert flagged == 5
+    expected[("directus_fields", "special", "timestamp_flag")] = flagged
     runner = CliRunner()
     dry = runner.invoke(cli, ["--env", str(dst), "import", str(bundle), "--dry-run", "--json"])
     assert dry.exit_code == 1, dry.output
@@ -495,23 +526,40 @@ def test_sqlite_to_mariadb_reports_drift_and_verify_tells_it_apart(tmp_path: Pat
     precision_total = sum(v for (_, _, kind), v in expected.items() if kind == "timestamp_precision")
     assert f"type drift on mysql: {sum(expected.values()):,} values changed, 0 refused" in human.output
     assert "changed articles.date_created" in human.output
+    assert "changed directus_fields.special" in human.output
     done = runner.invoke(cli, ["--env", str(dst), "import", str(bundle)])
     assert done.exit_code == 0, done.output
     report = verify_bundle(instance(dst), bundle)
     assert report["ok"], report["tables_failed"]
     # Only what MariaDB can be seen to have changed: the milliseconds (storage classes no longer exist there).
     precision_columns = sorted(f"{t}.{c}" for (t, c, kind) in expected if kind == "timestamp_precision")
-    assert sorted(report["drift"]["columns"]) == precision_columns
-    assert report["drift"]["values"] == precision_total
+    assert sorted(report["drift"]["columns"]) == sorted([*precision_columns, "directus_fields.special"])
+    assert report["drift"]["values"] == precision_total + flagged
+    fields = next(t for t in report["tables"] if t["table"] == "directus_fields")
+    assert fields["drift"] == [{"column": "special", "values": flagged, "kinds": ["timestamp_flag"]}]
+    assert field_specials(dst) == native_specials("mariadb")
+    with Database.open(instance(dst)) as db, db.engine.connect() as conn:
+        import sqlalchemy as sa
+
+        only_flag = "SELECT special FROM directus_fields WHERE collection = 'articles' AND field = 'published_at'"
+        assert conn.execute(sa.text(only_flag)).scalar() is None  # NULL, as CairnCMS keeps a field without flags
     verified = runner.invoke(cli, ["--env", str(dst), "verify", str(bundle)])
     assert verified.exit_code == 0, verified.output
-    assert f"VERIFIED with expected drift: {precision_total} values in columns " in verified.output
+    assert f"VERIFIED with expected drift: {precision_total + flagged} values in columns " in verified.output
+    assert "~ directus_fields.special  expected drift: 5 values (timestamp_flag)" in verified.output
     # A real difference is still one, even in a column that drifts.
     with Database.open(instance(dst)) as db, db.engine.begin() as conn:
         import sqlalchemy as sa
 
         conn.execute(sa.text("UPDATE articles SET date_created = date_created + INTERVAL 1 DAY ORDER BY id LIMIT 1"))
     assert verify_bundle(instance(dst), bundle)["tables_failed"] == ["articles"]
+    # The rewritten flags are checked, not ignored: the source's flag back on MariaDB is a difference.
+    with Database.open(instance(dst)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE directus_fields SET special = 'cast-timestamp'"
+                             " WHERE collection = 'articles' AND field = 'published_at'"))
+    changed = verify_bundle(instance(dst), bundle)
+    assert sorted(changed["tables_failed"]) == ["articles", "directus_fields"]
+    assert next(t for t in changed["tables"] if t["table"] == "directus_fields")["columns"] == ["special"]
 
 
 def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -521,7 +569,10 @@ def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, reque
     first = import_bundle(instance(middle), _exported(src, tmp_path / "bundle-1"))
     assert ("articles", "date_created", "timestamp_precision") in {(d["table"], d["column"], d["kind"]) for d in first["plan"]["drift"]}
     second = import_bundle(instance(dst), _exported(middle, tmp_path / "bundle-2"))
-    assert second["plan"]["drift"] == []  # whole seconds fit in epoch milliseconds
+    # Whole seconds fit in epoch milliseconds; the fields get back the cast-timestamp CairnCMS on SQLite gives them.
+    assert [(d["table"], d["column"], d["kind"], d["values"]) for d in second["plan"]["drift"]] == [
+        ("directus_fields", "special", "timestamp_flag", 5)]
+    assert field_specials(dst) == field_specials(src)
     conn = sqlite3.connect(tmp_path / "dst" / "data.db")
     assert conn.execute("SELECT date_created FROM articles WHERE date_created % 1000 != 0").fetchall() == []
     conn.close()

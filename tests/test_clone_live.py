@@ -3,13 +3,14 @@
 For each vendor pair of ``test_clone.py``: ``export --full`` the recorded fixture instance, ``import``
 it into an empty target, start CairnCMS on the target's ``.env`` and check, over HTTP, that it answers,
 that the source's users log in with the source's passwords, that every user collection serves the
-source's rows, that every file serves the source's bytes and that CairnCMS reads every field with the
-type a native instance has.  One CairnCMS boot per pair (``running_clone`` is module-scoped).
+source's rows and instants (with their zone), that every file serves the source's bytes and that
+CairnCMS reads every field with the type a native instance has.  One CairnCMS boot per pair (``running_clone`` is module-scoped).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +28,14 @@ from cairn_migrate.cli import cli
 from cairn_migrate.database import Database
 from cairn_migrate.instance import Instance
 from cairn_migrate.table_schema import reflect_tables
-from cairn_migrate.values import decoder
+from cairn_migrate.values import comparable, decoder
 
 #: The fixtures' users and passwords (tests/fixtures/README-cairncms.md, seed.mjs): the target must
 #: accept the source's password hashes.
 SOURCE_ADMIN = ("admin@example.com", "Admin-Pass-123")
 SOURCE_EDITOR = ("editor@example.com", "Editor-Pass-123")
 #: User collection → fields compared with the source: keys, text, integers, booleans, JSON, foreign keys.
-#: (Decimals and instants are left out: the API prints them per vendor, reference §7.)
+#: (Decimals and instants are left out: the API prints them per vendor, reference §7; instants: INSTANTS.)
 COLLECTIONS = {
     "articles": ("id", "status", "title", "slug", "word_count", "featured", "seo", "author", "cover_image", "attachment"),
     "authors": ("id", "name", "email"),
@@ -44,20 +45,25 @@ COLLECTIONS = {
     "articles_tags": ("id", "articles_id", "tags_id"),
     "articles_translations": ("id", "articles_id", "languages_code", "title", "summary"),
 }
+#: User collection → its timestamp fields (every one in the fixtures), compared as instants.
+INSTANTS = {"articles": ("id", "published_at", "date_created", "date_updated"), "authors": ("id", "date_created"),
+            "article_comments": ("id", "date_created")}
+#: The test's vendor names → the project's (``comparable`` reduces an instant to what the vendor stores).
+VENDORS = {"sqlite": "sqlite", "postgres": "postgres", "mariadb": "mysql"}
 #: Rows per user collection in the seeded fixtures (tests/fixtures/README-cairncms.md).
 ROWS = {"articles": 21, "authors": 4, "tags": 5, "languages": 3, "article_comments": 15, "articles_tags": 40,
         "articles_translations": 40}
 PAIRS = [("sqlite", "postgres"), ("sqlite", "mariadb"), ("sqlite", "sqlite"),
-         ("postgres", "sqlite"), ("mariadb", "postgres"), ("postgres", "mariadb")]
+         ("postgres", "sqlite"), ("mariadb", "sqlite"), ("mariadb", "postgres"), ("postgres", "mariadb")]
 PAIR_IDS = [f"{s}-to-{t}" for s, t in PAIRS]
 
 
-def source_rows(env: Path, collection: str) -> dict[str, dict[str, Any]]:
+def source_rows(env: Path, collection: str, fields: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
     """The source's rows of ``collection`` as the API shows them (primary key → compared fields)."""
     with Database.open(Instance.from_env_file(env, environ={})) as db:
         (table,) = reflect_tables(db.engine, [collection], db.vendor)
         types = {c.name: c.type for c in table.columns}
-        fields = COLLECTIONS[collection]
+        fields = fields or COLLECTIONS[collection]
         rows = {}
         for row in db.stream_rows(collection, columns=list(fields)):
             values = {name: decoder(types[name])(row[name]) for name in fields}
@@ -85,10 +91,11 @@ def login(url: str, email: str, password: str) -> str:
     return str(response.json()["data"]["access_token"])
 
 
-def api_rows(session: requests.Session, url: str, collection: str) -> dict[str, dict[str, Any]]:
-    response = session.get(f"{url}/items/{collection}", params={"limit": -1, "fields": ",".join(COLLECTIONS[collection])}, timeout=30)
+def api_rows(session: requests.Session, url: str, collection: str, fields: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+    fields = fields or COLLECTIONS[collection]
+    response = session.get(f"{url}/items/{collection}", params={"limit": -1, "fields": ",".join(fields)}, timeout=30)
     assert response.status_code == 200, response.text
-    key = COLLECTIONS[collection][0]
+    key = fields[0]
     return {str(row[key]): row for row in response.json()["data"]}
 
 
@@ -164,16 +171,7 @@ def vendor_independent_field_types() -> dict[str, str]:
     return {name: kind for name, kind in first.items() if all(types.get(name) == kind for types in per_vendor)}
 
 
-#: PostgreSQL/MariaDB → SQLite loses the timestamp type (a known bug, see the reason).
-TIMESTAMPS_TO_SQLITE = pytest.mark.xfail(strict=True, reason=(
-    "timestamp columns arrive on SQLite as `datetime` without the `cast-timestamp` special that CairnCMS's "
-    "SQLite adds to timestamp fields, so CairnCMS reads them as dateTime and serves them without the zone"))
-
-
-@pytest.mark.parametrize("running_clone", [
-    pytest.param(pair, id=pair_id, marks=[TIMESTAMPS_TO_SQLITE] if pair[1] == "sqlite" and pair[0] != "sqlite" else [])
-    for pair, pair_id in zip(PAIRS, PAIR_IDS)
-], indirect=True, scope="module")
+@pytest.mark.parametrize("running_clone", PAIRS, ids=PAIR_IDS, indirect=True, scope="module")
 def test_clone_fields_keep_their_types(running_clone: RunningClone) -> None:
     """The clone's CairnCMS reads every user field with the type a native instance on any vendor has."""
     token = login(running_clone.url, *SOURCE_ADMIN)
@@ -183,3 +181,24 @@ def test_clone_fields_keep_their_types(running_clone: RunningClone) -> None:
     assert len(expected) == 44  # of 49 user fields
     served = {f"{f['collection']}.{f['field']}": f["type"] for f in response.json()["data"]}
     assert {name: served.get(name) for name in expected} == expected
+
+
+@pytest.mark.parametrize("running_clone", PAIRS, ids=PAIR_IDS, indirect=True, scope="module")
+def test_clone_serves_the_source_instants(running_clone: RunningClone) -> None:
+    """Every timestamp field is served with its zone and as the source's instant (at the precision the
+    target stores: MariaDB keeps whole seconds, SQLite milliseconds)."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {login(running_clone.url, *SOURCE_ADMIN)}"
+    vendor = VENDORS[running_clone.target_vendor]
+    for collection, fields in INSTANTS.items():
+        served = api_rows(session, running_clone.url, collection, fields)
+        source = source_rows(running_clone.source_env, collection, fields)
+        assert served.keys() == source.keys(), collection
+        for key, row in served.items():
+            for name in fields[1:]:
+                value, expected = row[name], source[key][name]
+                if expected is None:
+                    assert value is None, (collection, key, name)
+                    continue
+                assert re.search(r"(Z|[+-]\d\d:\d\d)$", value), (collection, key, name, value)
+                assert comparable(value, "timestamp", vendor) == comparable(expected, "timestamp", vendor), (collection, key, name)
