@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
+from .errors import ConfigError, InvalidInput
 from .instance import Instance
 from .jobs import JobRunner, JobStore
 from .state import default_state_url, instance_scope
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 EXTENSION_KEY = "cairn_migrate"
 ENV_PREFIX = "CAIRN_MIGRATE_"
+#: The folders (colon-separated) an HTTP caller may name by path; none by default.
+HTTP_PATHS = "CAIRN_MIGRATE_HTTP_PATHS"
 
 
 #: The built-in job kinds: kind → ``"module:function"`` taking a ``JobContext``
@@ -44,6 +47,7 @@ def _defaults() -> dict[str, Any]:
         "CAIRN_MIGRATE_SCHEDULER": False,
         "CAIRN_MIGRATE_WORKERS": 2,
         "CAIRN_MIGRATE_BUNDLE_DIR": None,
+        HTTP_PATHS: "",
     }
 
 
@@ -95,6 +99,7 @@ class MigrateState:
         self._store = JobStore(str(self.config["CAIRN_MIGRATE_STATE_URL"]), scope=lambda: self.scope)
         self._runner = JobRunner(self._store, int(self.config.get("CAIRN_MIGRATE_WORKERS") or 2))
         self.scheduler: BackgroundScheduler | None = None
+        self.http_paths  # noqa: B018 - a bad CAIRN_MIGRATE_HTTP_PATHS fails at start, not in a request
 
     @property
     def scope(self) -> str:
@@ -145,6 +150,51 @@ class MigrateState:
             if parsed.get_backend_name() == "sqlite" and parsed.database and not parsed.database.startswith("file:"):
                 folders.append(Path(parsed.database).expanduser().parent)
         return folders
+
+    @property
+    def http_paths(self) -> list[Path]:
+        """The folders (symlinks resolved) in which an HTTP caller may name a path: ``CAIRN_MIGRATE_HTTP_PATHS``.
+
+        An instance's admin is trusted for that instance only, never for the
+        sidecar's host: only the host's operator can allow a folder.  Empty by
+        default (HTTP callers use bundle ids and uploads).
+
+        :raises ConfigError: an entry is not an absolute path.
+        """
+        raw = self.config.get(HTTP_PATHS) or ""
+        entries = raw if isinstance(raw, (list, tuple)) else str(raw).split(os.pathsep)
+        folders = []
+        for entry in (str(e).strip() for e in entries):
+            if not entry:
+                continue
+            if not Path(entry).expanduser().is_absolute():
+                raise ConfigError(f"{HTTP_PATHS} names {entry!r}, which is not an absolute folder",
+                                  hint=f"set {HTTP_PATHS} to absolute folders separated by '{os.pathsep}'")
+            folders.append(Path(entry).expanduser().resolve())
+        return folders
+
+    def http_path(self, field: str, value: str) -> Path:
+        """The path an HTTP caller named in ``field``, resolved, if the sidecar's operator allows it.
+
+        The symlinks are resolved before the check and the resolved path is what
+        the caller's work uses.  The shared state folders are refused even inside
+        an allowed folder: they hold every instance's bundles.
+
+        :raises InvalidInput: (422) the path is in the shared state folders, or
+            outside every folder of ``CAIRN_MIGRATE_HTTP_PATHS``.
+        """
+        resolved = Path(value).expanduser().resolve()
+        if any(resolved.is_relative_to(folder.resolve()) for folder in self.shared_dirs):
+            raise InvalidInput(f"'{field}' points into the sidecar's own state folders, which hold every instance's "
+                               "bundles", hint="name a server-side bundle by its id: 'bundle' (GET /migrate/bundles "
+                               "lists them)", details={"field": field, "path": value})
+        if not any(resolved.is_relative_to(folder) for folder in self.http_paths):
+            raise InvalidInput(f"'{field}' {value} is outside the folders the sidecar's operator allows HTTP callers "
+                               f"to name ({HTTP_PATHS})",
+                               hint=f"upload the bundle or name a server-side one by 'bundle'; to allow a folder, the "
+                               f"sidecar's operator adds it to {HTTP_PATHS} ('{os.pathsep}'-separated)",
+                               details={"field": field, "path": value, "setting": HTTP_PATHS})
+        return resolved
 
     @property
     def scheduler_enabled(self) -> bool:
