@@ -111,6 +111,9 @@ def http_markdown() -> str:
         "the instance, named by `safety_bundle` (default `before-replace-<job id>`), listed and downloaded like the",
         "others. The path fields (`x-server-path` in the OpenAPI document):", "",
         *(f"- {field}" for field in server_path_fields(spec)), "",
+        "`GET /migrate/health` is open, so its answer about the instance's database is cached",
+        "`CAIRN_MIGRATE_HEALTH_CACHE_SECONDS` (default 5) and the check is bounded by `CAIRN_MIGRATE_HEALTH_TIMEOUT`",
+        "(default 2 s): a database that does not answer in time is `unknown` at once, never a held request.", "",
         "| method | path | summary | auth |", "|---|---|---|---|",
     ]
     for path, operations in sorted(spec["paths"].items()):
