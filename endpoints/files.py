@@ -16,6 +16,7 @@ from ..app import get_state
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
+from .schemas import ServerPath
 
 
 class FilesCheckRequestSchema(Schema):
@@ -29,7 +30,7 @@ class FilesRepairRequestSchema(Schema):
 
     dry_run = fields.Boolean(load_default=True)
     bundle = fields.String(load_default=None, metadata={"description": "A bundle id to re-fetch bytes from."})
-    path = fields.String(load_default=None, metadata={"description": "A bundle path on the sidecar's machine."})
+    path = ServerPath(load_default=None, description="A bundle path on the sidecar's machine.")
     passphrase = fields.String(load_default=None, load_only=True)
     from_locations = fields.List(fields.String(), load_default=list)
     orphans = fields.String(load_default="quarantine", validate=validate.OneOf(["quarantine", "delete", "keep"]))

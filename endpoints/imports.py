@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 from flask import request
@@ -13,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from .. import api
 from ..app import get_state
 from ..errors import InvalidInput
-from ..service_jobs import _bundle_of
+from ..service_jobs import _bundle_of, safety_bundle_of
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
@@ -75,10 +74,11 @@ def start_import() -> ResponseReturnValue:
     body = _load(ImportRequestSchema())
     state = get_state()
     passphrase = body.pop("passphrase")
+    safety_bundle = safety_bundle_of(state, body)  # a name already taken fails now, not in the job
     if body["dry_run"]:
         report = api.import_(state.instance(), _bundle_of(state, body), dry_run=True, replace=body["replace"],
                              resume=body["resume"], storage_map=body["storage_map"], passphrase=passphrase,
-                             safety_bundle=Path(body["safety_bundle"]) if body["safety_bundle"] else None)
+                             safety_bundle=safety_bundle)
         return PlanSchema().dump(report)
     return job_accepted(state.runner.submit("import", body, secrets={"passphrase": passphrase}))
 

@@ -2,7 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
+
+from ..app import HTTP_PATHS, get_state
+
+#: What every path field's description adds (OpenAPI, docs/http.md).
+SERVER_PATH_NOTE = ("Refused (422) unless it resolves, symlinks resolved, inside a folder the sidecar's operator "
+                    f"lists in {HTTP_PATHS} (none by default: use bundle ids and uploads).")
+#: A bundle name: what a bundle id is (a file name up to its first dot).
+BUNDLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+
+
+class ServerPath(fields.String):
+    """A path on the sidecar's machine: loaded only if the sidecar's operator allows its folder.
+
+    An instance's admin is trusted for that instance only, never for the
+    sidecar's host, so every request field that names a file or folder there is
+    a ``ServerPath``: loading it resolves it (symlinks too) and refuses it with
+    a 422 naming the field, the path and ``CAIRN_MIGRATE_HTTP_PATHS`` unless it
+    lies in an allowed folder.  The OpenAPI document marks it ``x-server-path``.
+    """
+
+    def __init__(self, *, description: str, **kwargs: Any) -> None:
+        metadata = {"description": f"{description} {SERVER_PATH_NOTE}", "x-server-path": True}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return str(get_state().http_path(self.data_key or self.name, text))
 
 
 class InspectRequestSchema(Schema):
@@ -48,7 +77,7 @@ class ExportRequestSchema(Schema):
 
 class _BundleRefSchema(Schema):
     bundle = fields.String(load_default=None, metadata={"description": "A bundle id from GET /migrate/bundles."})
-    path = fields.String(load_default=None, metadata={"description": "A bundle path on the sidecar's machine."})
+    path = ServerPath(load_default=None, description="A bundle path on the sidecar's machine.")
     passphrase = fields.String(load_default=None, load_only=True)
     storage_map = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
 
@@ -59,9 +88,12 @@ class ImportRequestSchema(_BundleRefSchema):
     dry_run = fields.Boolean(load_default=False)
     replace = fields.Boolean(load_default=False)
     resume = fields.Boolean(load_default=False)
-    safety_bundle = fields.String(load_default=None, metadata={
-        "description": "With replace: where the sidecar writes the safety bundle of the old target (a new directory "
-                       "or .tar/.tar.gz path on its machine; default: safety-bundles/ beside its state store)."})
+    safety_bundle = fields.String(
+        load_default=None, validate=validate.Regexp(BUNDLE_NAME, error="a bundle name (letters, digits, '-', '_'), "
+                                                                       "not a path"),
+        metadata={"description": "With replace: the name of the safety bundle of the old target, a new bundle of this "
+                                 "instance (<name>.tar.gz in its own bundle folder, downloadable as "
+                                 "GET /migrate/bundles/<name>); default before-replace-<job id>. Not a path."})
 
 
 class VerifyRequestSchema(_BundleRefSchema):

@@ -66,6 +66,22 @@ def cli_markdown() -> str:
 AUTH_LABELS = {"bearerAuth": "admin", "hookSignature": "signed by the instance's hook"}
 
 
+def server_path_fields(spec: dict[str, Any]) -> list[str]:
+    """Every request field marked ``x-server-path`` (a path on the sidecar's machine), route by route, as markdown."""
+    schemas = spec["components"]["schemas"]
+    found = []
+    for path, operations in sorted(spec["paths"].items()):
+        for method, operation in sorted(operations.items()):
+            if method == "parameters":
+                continue
+            content = operation.get("requestBody", {}).get("content", {})
+            refs = {media["schema"]["$ref"].rsplit("/", 1)[-1] for media in content.values() if "$ref" in media["schema"]}
+            names = sorted({name for ref in refs for name, prop in schemas[ref]["properties"].items()
+                            if prop.get("x-server-path")})
+            found += [f"`{name}` of `{method.upper()} {path}`" for name in names]
+    return found
+
+
 def http_markdown() -> str:
     from .app import create_app, get_state
     from .openapi import build_spec
@@ -87,6 +103,17 @@ def http_markdown() -> str:
         "Jobs, server-side bundles, copy ledgers and the freeze belong to the sidecar's instance (`KEY` plus where",
         "its database is): sidecars of several instances can share one state store, and each sees and acts on its",
         "own records only (another instance's job or bundle id answers 404).", "",
+        "An instance's admin is trusted for that instance only, never for the sidecar's host: a field naming a path on",
+        "the sidecar's machine is refused with a 422 naming the field, the path and the setting unless it resolves",
+        "(symlinks resolved) inside a folder the sidecar's operator lists in `CAIRN_MIGRATE_HTTP_PATHS` (colon-separated",
+        "absolute folders; empty by default, so HTTP callers use bundle ids and uploads); the command line is not",
+        "limited (its user is the host's operator). The safety bundle of an import with `replace` is a new bundle of",
+        "the instance, named by `safety_bundle` (default `before-replace-<job id>`), listed and downloaded like the",
+        "others. The path fields (`x-server-path` in the OpenAPI document):", "",
+        *(f"- {field}" for field in server_path_fields(spec)), "",
+        "`GET /migrate/health` is open, so its answer about the instance's database is cached",
+        "`CAIRN_MIGRATE_HEALTH_CACHE_SECONDS` (default 5) and the check is bounded by `CAIRN_MIGRATE_HEALTH_TIMEOUT`",
+        "(default 2 s): a database that does not answer in time is `unknown` at once, never a held request.", "",
         "| method | path | summary | auth |", "|---|---|---|---|",
     ]
     for path, operations in sorted(spec["paths"].items()):

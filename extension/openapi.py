@@ -74,7 +74,9 @@ def build_spec(app: Flask) -> APISpec:
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin(schema_name_resolver=_schema_name_resolver)],
         info={"description": "Migration sidecar for CairnCMS. Every route except /migrate/health needs an admin "
-                             "(the instance hook's routes take its signature instead)."},
+                             "(the instance hook's routes take its signature instead). A request field marked "
+                             "x-server-path names a path on the sidecar's machine: it is refused (422) unless it "
+                             "resolves inside a folder the sidecar's operator allows in CAIRN_MIGRATE_HTTP_PATHS."},
     )
     spec.components.security_scheme(
         "bearerAuth",

@@ -65,28 +65,50 @@ def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
 def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
     """The bundle a request names: a server-side ``bundle`` id, or a ``path`` on the sidecar's machine.
 
-    :raises InvalidInput: a ``path`` inside the sidecar's folders shared by every
-        instance (server-side bundles are reached by id only, so one instance
-        cannot name another's bundle or safety bundle).
+    :raises InvalidInput: a ``path`` the sidecar's operator does not allow HTTP
+        callers to name (:meth:`~cairn_migrate.app.MigrateState.http_path`);
+        checked again when the job runs, on the path as it resolves then.
     """
     if params.get("bundle"):
         return bundle_path(state, params["bundle"])
-    path = Path(params["path"])
-    resolved = path.expanduser().resolve()
-    if any(resolved.is_relative_to(folder.resolve()) for folder in state.shared_dirs):
-        raise InvalidInput("'path' points into the sidecar's own state folders, which hold every instance's bundles",
-                           hint="name a server-side bundle by its id: 'bundle' (GET /migrate/bundles lists them)")
-    return path
+    return state.http_path("path", params["path"])
+
+
+def safety_bundle_of(state: MigrateState, params: dict[str, Any], job_id: str | None = None) -> Path | None:
+    """Where an HTTP import writes its safety bundle: ``<name>.tar.gz`` in this instance's own bundle folder.
+
+    The safety bundle belongs to the instance, so it is one of its server-side
+    bundles (listed, downloadable by id), never a file in a shared folder or a
+    path the caller chose.  ``name`` is the request's ``safety_bundle``, by
+    default ``before-replace-<job id>`` when ``replace`` is asked (a dry run
+    has no job and writes nothing).
+
+    :raises InvalidInput: a name without ``replace``, or one the instance already has a bundle of.
+    """
+    if params.get("safety_bundle") and not params.get("replace"):
+        raise InvalidInput("'safety_bundle' applies only with 'replace'",
+                           hint="add \"replace\": true, or drop 'safety_bundle'")
+    name = params.get("safety_bundle") or (f"before-replace-{job_id}" if params.get("replace") and job_id else None)
+    if name is None:
+        return None
+    if any(bundle_id_of(path) == name for path in bundle_files(state)):
+        raise InvalidInput(f"There is already a bundle {name!r}",
+                           hint="choose a new 'safety_bundle' name: an existing bundle is never overwritten")
+    return state.bundle_dir / f"{name}.tar.gz"
 
 
 def import_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
     secrets = _secrets(state, ctx)
-    return api.import_(
+    report = api.import_(
         state.instance(), _bundle_of(state, ctx.params), replace=bool(ctx.params.get("replace")),
         resume=bool(ctx.params.get("resume")), storage_map=ctx.params.get("storage_map") or {},
-        passphrase=secrets.get("passphrase"),
-        safety_bundle=Path(ctx.params["safety_bundle"]) if ctx.params.get("safety_bundle") else None, progress=ctx,
+        passphrase=secrets.get("passphrase"), safety_bundle=safety_bundle_of(state, ctx.params, ctx.job_id),
+        progress=ctx,
     )
+    if report.get("safety_bundle"):
+        safety_id = bundle_id_of(Path(report["safety_bundle"]))
+        report.update(safety_bundle_id=safety_id, safety_bundle_download=f"/migrate/bundles/{safety_id}")
+    return report
 
 
 def verify_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def sidecar(env: Path, tmp_path: Path) -> Any:
 def target_app(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A sidecar on a running instance (its own admins, another SECRET) that the clone replaces."""
     monkeypatch.delenv("CAIRN_MIGRATE_STATE_URL", raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # where --replace writes its safety bundle
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # the default state folder, kept inside the test
     app = sidecar(make_instance("postgres", tmp_path / "target", request, extra_env={"SECRET": TARGET_SECRET}), tmp_path)
     yield app
     get_state(app).close()
@@ -147,9 +147,12 @@ def test_bundles_from_before_scoping_are_nobodys(app: Any, client: Any, admin_to
     assert client.get("/migrate/bundles/0123456789abcdef", headers=bearer(admin_token)).status_code == 404
 
 
-def test_path_into_the_bundle_folders_is_refused(app: Any, client: Any, admin_token: str) -> None:
-    """Server-side bundles are named by id only, so no instance can name another's by its path."""
+def test_path_into_the_bundle_folders_is_refused(app: Any, client: Any, admin_token: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server-side bundles are named by id only, so no instance can name another's by its path: not even when the
+    sidecar's operator allows HTTP paths in a folder holding the state folders."""
     state = get_state(app)
+    monkeypatch.setitem(state.config, "CAIRN_MIGRATE_HTTP_PATHS", str(tmp_path))
     own = state.bundle_dir / "0123.tar.gz"
     own.write_bytes(b"x")
     safety = Path(state.config["CAIRN_MIGRATE_STATE_URL"].removeprefix("sqlite:///")).parent / "safety-bundles"
@@ -170,16 +173,21 @@ def test_import_needs_a_bundle(client: Any, admin_token: str) -> None:
     assert "Name the bundle" in response.get_json()["error"]["message"]
 
 
-def test_import_with_replace_writes_the_safety_bundle_where_asked(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_import_with_replace_writes_the_safety_bundle_as_a_bundle_of_the_instance(
+        tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety bundle of an HTTP import belongs to the instance: a bundle in its own folder, never a path the caller
+    names nor a shared folder (issue 9)."""
     import jwt
 
     from cairn_migrate.export import export_bundle
     from cairn_migrate.instance import Instance
 
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # where the CLI's default safety bundles go
     secret = "a-secret-for-the-replaced-instance-0000000"
     env = make_instance("sqlite", tmp_path / "target", request, extra_env={"SECRET": secret})
-    export_bundle(Instance.from_env_file(env, environ={}), tmp_path / "bundle")
+    export_bundle(Instance.from_env_file(env, environ={}), tmp_path / "allowed" / "bundle")
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(env),
+                      "CAIRN_MIGRATE_HTTP_PATHS": str(tmp_path / "allowed"),
                       "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}"})
     request.addfinalizer(lambda: get_state(app).close())
     # A JWT (not a static token) of the instance's real admin, who is looked up: the instance's own users
@@ -190,14 +198,40 @@ def test_import_with_replace_writes_the_safety_bundle_where_asked(tmp_path: Path
     token = jwt.encode({"id": user, "role": role, "app_access": True, "admin_access": True, "iss": "cairncms",
                         "exp": int(time.time()) + 600}, secret, algorithm="HS256")
     client, headers = app.test_client(), bearer(token)
-    asked = tmp_path / "keep" / "before-replace"
-    body = {"path": str(tmp_path / "bundle"), "replace": True, "safety_bundle": str(asked)}
-    started = client.post("/migrate/import", json=body, headers=headers)
+    bundle_dir = get_state(app).bundle_dir
+    for asked in (str(tmp_path / "allowed" / "before-replace"), "../before-replace", "with.dot"):  # a name, not a path
+        refused = client.post("/migrate/import", json={"path": str(tmp_path / "allowed" / "bundle"), "replace": True,
+                                                       "safety_bundle": asked}, headers=headers)
+        assert refused.status_code == 422, refused.get_json()
+        assert refused.get_json()["error"]["details"]["safety_bundle"] == ["a bundle name (letters, digits, '-', '_'), "
+                                                                          "not a path"]
+    body = {"path": str(tmp_path / "allowed" / "bundle"), "replace": True}
+    alone = client.post("/migrate/import", json={**body, "replace": False, "safety_bundle": "kept"}, headers=headers)
+    assert alone.status_code == 422
+    assert alone.get_json()["error"]["message"] == "'safety_bundle' applies only with 'replace'"
+    started = client.post("/migrate/import", json={**body, "safety_bundle": "before-the-clone"}, headers=headers)
     assert started.status_code == 202, started.get_json()
     # Polled from the runner: while the users table is replaced, no token can be looked up.
     job = get_state(app).runner.wait(started.get_json()["id"], timeout=120)
     assert job["state"] == "succeeded", job
-    assert job["result"]["safety_bundle"] == str(asked) and (asked / "manifest.json").is_file()
-    assert not (tmp_path / "state" / "safety-bundles").exists()
-    again = client.post("/migrate/import", json={**body, "dry_run": True}, headers=headers)  # never overwritten
-    assert again.status_code == 422 and again.get_json()["error"]["message"] == f"the safety bundle {asked} already exists"
+    written = bundle_dir / "before-the-clone.tar.gz"
+    assert job["result"]["safety_bundle"] == str(written)
+    assert job["result"]["safety_bundle_id"] == "before-the-clone"
+    assert job["result"]["safety_bundle_download"] == "/migrate/bundles/before-the-clone"
+    listed = client.get("/migrate/bundles", headers=headers).get_json()["bundles"]
+    assert [(b["id"], b["encrypted"]) for b in listed] == [("before-the-clone", False)]
+    download = client.get("/migrate/bundles/before-the-clone", headers=headers)
+    assert download.status_code == 200 and download.data == written.read_bytes()
+    download.close()
+    again = client.post("/migrate/import", json={**body, "safety_bundle": "before-the-clone", "dry_run": True},
+                        headers=headers)  # never overwritten
+    assert again.status_code == 422
+    assert again.get_json()["error"]["message"] == "There is already a bundle 'before-the-clone'"
+    # Unnamed: before-replace-<job id>, in the instance's folder too; nothing in a shared folder.
+    started = client.post("/migrate/import", json=body, headers=headers)
+    job = get_state(app).runner.wait(started.get_json()["id"], timeout=120)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["safety_bundle_id"] == f"before-replace-{job['id']}"
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["before-replace-" + job["id"] + ".tar.gz",
+                                                            "before-the-clone.tar.gz"]
+    assert not (tmp_path / "state" / "safety-bundles").exists() and not (tmp_path / "xdg").exists()

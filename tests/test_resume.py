@@ -240,7 +240,8 @@ def test_health_reports_an_incomplete_instance_without_secrets(tmp_path: Path, r
     dst = make_empty_instance("postgres", tmp_path / "dst", request)
     kill_import(dst, tmp_path / "bundle", "before_constraints")
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(dst), "CAIRN_MIGRATE_SCHEDULER": False,
-                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"})
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
+                      "CAIRN_MIGRATE_HEALTH_CACHE_SECONDS": 0})  # the resume's effect is seen at once
     try:
         response = app.test_client().get("/migrate/health")
         assert response.status_code == 200
