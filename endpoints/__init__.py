@@ -11,4 +11,4 @@ from flask import Blueprint
 bp = Blueprint("migrate", __name__, url_prefix="/migrate")
 
 # The view modules register their routes on ``bp`` when imported.
-from . import bundles, events, files, freeze, health, imports, inspect, jobs, openapi  # noqa: E402,F401
+from . import bundles, events, files, freeze, health, imports, inspect, jobs, openapi, ops  # noqa: E402,F401

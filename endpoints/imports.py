@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
 
-from .. import api
 from ..app import get_state
 from ..errors import InvalidInput
 from ..service_jobs import _bundle_of
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
+from .ops import run_now
 from .schemas import ImportRequestSchema, PlanSchema, VerifyRequestSchema
 
 
@@ -76,9 +75,7 @@ def start_import() -> ResponseReturnValue:
     state = get_state()
     passphrase = body.pop("passphrase")
     if body["dry_run"]:
-        report = api.import_(state.instance(), _bundle_of(state, body), dry_run=True, replace=body["replace"],
-                             resume=body["resume"], storage_map=body["storage_map"], passphrase=passphrase,
-                             safety_bundle=Path(body["safety_bundle"]) if body["safety_bundle"] else None)
+        report, _ = run_now("import", body, secrets={"passphrase": passphrase}, dry_run=True)
         return PlanSchema().dump(report)
     return job_accepted(state.runner.submit("import", body, secrets={"passphrase": passphrase}))
 
