@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
 from ..app import get_state
-from ..operations import DEFAULT_WORKERS
+from ..limits import DEFAULT_WORKERS
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted

@@ -16,7 +16,7 @@ import click
 
 from . import operations
 from .cli_base import Context, _passphrase, exit_with, handle_errors
-from .operations import DEFAULT_LIMIT, DEFAULT_WORKERS
+from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from .progress_bar import RichProgress
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from .errors import InvalidInput, MigrateError
+from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:
@@ -39,10 +40,6 @@ if TYPE_CHECKING:
 
 Report = dict[str, Any]
 
-#: Concurrent requests of the file operations (HEAD requests, copies), everywhere the same.
-DEFAULT_WORKERS = 16
-#: Problem examples a files check keeps per kind.
-DEFAULT_LIMIT = 1000
 
 
 class Outcome(str, Enum):

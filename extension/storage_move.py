@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from .database import Database
 from .errors import InvalidInput, MigrateError
 from .instance import Instance
-from .operations import DEFAULT_WORKERS
+from .limits import DEFAULT_WORKERS
 from .progress import NullProgress, Progress
 from .scripts import id_values
 from .state import create_tables, default_state_url, instance_scope
