@@ -62,6 +62,10 @@ def list_operations() -> ResponseReturnValue:
     return {"operations": operations.describe()}
 
 
+#: Parameters naming a path on the sidecar's machine that the operation writes (checked like a bundle ``path``).
+WRITTEN_PATHS = ("output", "safety_bundle")
+
+
 class OpRequestSchema(Schema):
     """``POST /migrate/ops``: which operation, with which parameters (``dry_run`` among them where it has one)."""
 
@@ -98,8 +102,9 @@ def run_operation() -> ResponseReturnValue:
     context = operation_context(get_state(), secrets=secrets)
     if op.needs_bundle or params.get("bundle") or params.get("path"):
         context.bundle(params)  # no bundle named, an unknown id or a path into the shared folders fails now
-    if params.get("output"):
-        context.bundle({"path": params["output"]})  # never write into the folders every instance shares
+    for written in WRITTEN_PATHS:  # never write into the folders every instance shares
+        if params.get(written):
+            context.bundle({"path": params[written]})
     if params.get("dry_run"):
         report, outcome = operations.run(name, context, params, validated=True)
         return {"op": name, "outcome": outcome.value, "report": report}, outcome.http_status

@@ -126,6 +126,10 @@ def test_generic_route_plans_at_once_and_runs_jobs(app: Any, client: Any, admin_
     assert unplannable.status_code == 422 and "dry_run" in json.dumps(unplannable.get_json())
     nameless = client.post("/migrate/ops", json={"op": "import", "params": {}}, headers=headers)
     assert nameless.status_code == 422 and nameless.get_json()["error"]["code"] == "invalid_input"
+    shared = get_state(app).bundle_root / "theirs.tar.gz"  # every instance's bundles live under the bundle root
+    confined = client.post("/migrate/ops", json={"op": "export", "params": {"output": str(shared)}}, headers=headers)
+    assert confined.status_code == 422 and "state folders" in confined.get_json()["error"]["message"]
+    assert not shared.exists()
     assert [j["kind"] for j in get_state(app).store.list()] == ["files_check"]
 
 
