@@ -10,5 +10,14 @@ from flask import Blueprint
 
 bp = Blueprint("migrate", __name__, url_prefix="/migrate")
 
-# The view modules register their routes on ``bp`` when imported.
-from . import bundles, events, files, freeze, health, imports, inspect, jobs, openapi  # noqa: E402,F401
+
+
+def blueprint() -> Blueprint:
+    """``bp`` with every view on it: the view modules register their routes when imported.
+
+    Imported here, on first use, rather than at the bottom of this module, so that
+    no view module is half-imported when it imports ``bp`` (no import circle).
+    """
+    from . import bundles, events, files, freeze, health, imports, inspect, jobs, openapi, ops  # noqa: F401
+
+    return bp

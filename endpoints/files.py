@@ -1,7 +1,9 @@
 """``/migrate/files/*``, ``/migrate/storage/*`` and ``/migrate/migrations*``: file-row consistency and moves.
 
-Long work (check, repair, move) runs as a job (202 + ``Location``); dry runs,
-prune plans and the migration list answer at once.
+Aliases of ``POST /migrate/ops`` (``files_check``, ``files_repair``,
+``storage_move``, ``storage_prune``, ``migrations_*``). Long work (check,
+repair, move) runs as a job (202 + ``Location``); dry runs, prune and the
+migrations answer at once.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
 from ..app import get_state
+from ..limits import DEFAULT_WORKERS
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
+from .ops import run_now
 from .schemas import ServerPath
 
 
@@ -44,7 +48,7 @@ class StorageMoveRequestSchema(Schema):
     to = fields.String(required=True)
     filters = fields.List(fields.String(), load_default=list, metadata={"description": "KEY=GLOB, AND-ed"})
     layout = fields.String(load_default="keep", validate=validate.OneOf(["keep", "flat"]))
-    workers = fields.Integer(load_default=16, validate=validate.Range(min=1, max=256))
+    workers = fields.Integer(load_default=DEFAULT_WORKERS, validate=validate.Range(min=1, max=256))
     version = fields.String(load_default=None)
     dry_run = fields.Boolean(load_default=False)
 
@@ -65,10 +69,6 @@ class MigrationStepRequestSchema(Schema):
 
 def _body(schema: Schema) -> dict[str, Any]:
     return schema.load(request.get_json(silent=True) or {})
-
-
-def _state_url() -> str:
-    return str(get_state().config["CAIRN_MIGRATE_STATE_URL"])
 
 
 @bp.post("/files/check")
@@ -112,17 +112,15 @@ def start_files_repair() -> ResponseReturnValue:
             application/json:
               schema: JobSchema
     """
-    from ..file_rows import repair
     from ..service_jobs import _bundle_of
 
     body = _body(FilesRepairRequestSchema())
     state = get_state()
     passphrase = body.pop("passphrase")
-    bundle = _bundle_of(state, body) if body.get("bundle") or body.get("path") else None
+    if body.get("bundle") or body.get("path"):
+        _bundle_of(state, body)  # an unknown id or a path into the bundle folders fails now, not in the job
     if body.pop("dry_run"):
-        return repair(state.instance(), yes=False, bundle=bundle, passphrase=passphrase,
-                      from_locations=body["from_locations"], orphans=body["orphans"],
-                      clear_references=body["clear_references"], state_url=_state_url())
+        return run_now("files_repair", body, secrets={"passphrase": passphrase}, dry_run=True)[0]
     return job_accepted(state.runner.submit("files_repair", body, secrets={"passphrase": passphrase}))
 
 
@@ -146,14 +144,11 @@ def start_storage_move() -> ResponseReturnValue:
             application/json:
               schema: JobSchema
     """
-    from ..storage_move import move
-
     body = _body(StorageMoveRequestSchema())
     params = {"from": body["from_"], "to": body["to"], "filters": body["filters"], "layout": body["layout"],
               "workers": body["workers"], "version": body["version"]}
     if body["dry_run"]:
-        return move(get_state().instance(), params["from"], params["to"], filters=params["filters"],
-                    layout=params["layout"], dry_run=True, state_url=_state_url())
+        return run_now("storage_move", params, dry_run=True)[0]
     return job_accepted(get_state().runner.submit("storage_move", params))
 
 
@@ -172,10 +167,8 @@ def storage_prune() -> ResponseReturnValue:
         "200":
           description: What was (or would be) deleted.
     """
-    from ..storage_move import prune
-
     body = _body(StoragePruneRequestSchema())
-    return prune(get_state().instance(), src=body["from_"], yes=body["yes"], state_url=_state_url())
+    return run_now("storage_prune", {"from": body["from_"], "dry_run": not body["yes"]})[0]
 
 
 @bp.get("/migrations")
@@ -189,9 +182,7 @@ def list_migrations() -> ResponseReturnValue:
         "200":
           description: The migrations.
     """
-    from ..scripts import list_migrations as list_all
-
-    return list_all(get_state().instance())
+    return run_now("migrations_list", {})[0]
 
 
 @bp.post("/migrations/up")
@@ -209,10 +200,7 @@ def migrations_up() -> ResponseReturnValue:
         "200":
           description: What was applied.
     """
-    from ..scripts import upgrade
-
-    body = _body(MigrationStepRequestSchema())
-    return upgrade(get_state().instance(), version=body["version"], dry_run=body["dry_run"])
+    return run_now("migrations_up", _body(MigrationStepRequestSchema()))[0]
 
 
 @bp.post("/migrations/down")
@@ -230,7 +218,4 @@ def migrations_down() -> ResponseReturnValue:
         "200":
           description: What was reverted.
     """
-    from ..scripts import downgrade
-
-    body = _body(MigrationStepRequestSchema())
-    return downgrade(get_state().instance(), version=body["version"], dry_run=body["dry_run"])
+    return run_now("migrations_down", _body(MigrationStepRequestSchema()))[0]

@@ -9,13 +9,13 @@ from typing import Any
 from flask import request
 from flask.typing import ResponseReturnValue
 
-from .. import api
 from ..app import get_state
 from ..errors import InvalidInput
 from ..service_jobs import _bundle_of, safety_bundle_of
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
+from .ops import run_now
 from .schemas import ImportRequestSchema, PlanSchema, VerifyRequestSchema
 
 
@@ -74,11 +74,9 @@ def start_import() -> ResponseReturnValue:
     body = _load(ImportRequestSchema())
     state = get_state()
     passphrase = body.pop("passphrase")
-    safety_bundle = safety_bundle_of(state, body)  # a name already taken fails now, not in the job
+    safety_bundle_of(state, body)  # a path, or a name already taken, fails now, not in the job
     if body["dry_run"]:
-        report = api.import_(state.instance(), _bundle_of(state, body), dry_run=True, replace=body["replace"],
-                             resume=body["resume"], storage_map=body["storage_map"], passphrase=passphrase,
-                             safety_bundle=safety_bundle)
+        report, _ = run_now("import", body, secrets={"passphrase": passphrase}, dry_run=True)
         return PlanSchema().dump(report)
     return job_accepted(state.runner.submit("import", body, secrets={"passphrase": passphrase}))
 

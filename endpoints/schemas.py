@@ -7,12 +7,12 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from ..app import HTTP_PATHS, get_state
+from ..service_jobs import BUNDLE_NAME
 
 #: What every path field's description adds (OpenAPI, docs/http.md).
 SERVER_PATH_NOTE = ("Refused (422) unless it resolves, symlinks resolved, inside a folder the sidecar's operator "
                     f"lists in {HTTP_PATHS} (none by default: use bundle ids and uploads).")
 #: A bundle name: what a bundle id is (a file name up to its first dot).
-BUNDLE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
 
 
 class ServerPath(fields.String):
@@ -89,7 +89,7 @@ class ImportRequestSchema(_BundleRefSchema):
     replace = fields.Boolean(load_default=False)
     resume = fields.Boolean(load_default=False)
     safety_bundle = fields.String(
-        load_default=None, validate=validate.Regexp(BUNDLE_NAME, error="a bundle name (letters, digits, '-', '_'), "
+        load_default=None, validate=validate.Regexp(f"^{BUNDLE_NAME}$", error="a bundle name (letters, digits, '-', '_'), "
                                                                        "not a path"),
         metadata={"description": "With replace: the name of the safety bundle of the old target, a new bundle of this "
                                  "instance (<name>.tar.gz in its own bundle folder, downloadable as "

@@ -1,9 +1,10 @@
-"""One function per operation: the only entry point the shells call.
+"""The Python API of the bundle operations: inspect, export, import, verify.
 
-The CLI (``cli.py``), the ``/migrate/*`` views (``endpoints/``), scheduled
-jobs (``hooks/schedule.py``) and the admin module (through HTTP) all parse
-their input, call one function here, and render what it returns.  Nothing
-below this layer knows which shell it runs under.
+The shells do not call these directly: they run operations by name through
+the registry (:mod:`cairn_migrate.operations`), whose ``inspect``, ``export``,
+``import`` and ``verify`` entries call the functions here.  Python callers (a
+plugin, a notebook) may call them directly.  Nothing below this layer knows
+which shell it runs under.
 """
 
 from __future__ import annotations

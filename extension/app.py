@@ -352,16 +352,17 @@ class CairnMigrate:
             state.runner.register(kind, ref)
         from functools import partial
 
-        from .service_jobs import KINDS
+        from . import operations
+        from .service_jobs import operation_job
 
-        for kind, fn in KINDS.items():
-            state.runner.register(kind, partial(fn, state=state))
+        for operation in operations.all_operations():  # the job runner runs every registered operation
+            state.runner.register(operation.name, partial(operation_job, name=operation.name, state=state))
 
-        from .endpoints import bp
+        from .endpoints import blueprint
         from .endpoints.errors import register_error_handlers
         from .hooks.schedule import init_scheduler
 
-        app.register_blueprint(bp)
+        app.register_blueprint(blueprint())
         register_error_handlers(app)
         init_scheduler(app)
 

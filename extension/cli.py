@@ -1,69 +1,37 @@
-"""The ``cairn-migrate`` command line: thin verbs over :mod:`cairn_migrate.api`.
+"""The ``cairn-migrate`` command line: thin verbs over the operation registry.
 
-Every verb parses its options, calls one ``api`` function and renders the
-result as text or JSON.  Errors become one line on stderr and the exit code
+Every verb parses its options into an operation's parameters, runs it by name
+(:func:`cairn_migrate.operations.run`), renders the report as text or JSON and
+exits with the code of its outcome.  Errors become one line on stderr and the exit code
 of their class (``docs/cli.md`` lists them); ``--traceback`` shows the Python
 traceback instead, for bug reports.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from . import api
-from .errors import MigrateError, first_line, unexpected
+from . import api, operations
+from .cli_base import (  # noqa: F401 - EXIT_* and Context are this module's public names too
+    EXIT_DIFFERENCES,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    Context,
+    _emit,
+    _passphrase,
+    _secret_options,
+    exit_with,
+    handle_errors,
+)
 from .progress_bar import RichProgress
 from .render import render_export, render_import, render_inspect, render_verify
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: Exit codes (rclone-style; see docs/cli.md).
-EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 2, 3, 4
-
-
-class Context:
-    """What the group's global options decided, handed to every verb."""
-
-    def __init__(self, env: str | None, traceback: bool) -> None:
-        self.env = env
-        self.traceback = traceback
-
-    def instance(self) -> Any:
-        return api.load_instance(self.env)
-
-
-def handle_errors(func: F) -> F:
-    """Turn any error into one line on stderr and its exit code: a :class:`MigrateError`'s own, else 3.
-
-    An uncaught exception must never exit 1 (which means "differences found")
-    nor print a traceback unless ``--traceback`` asks for it.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        obj: Context | None = ctx.find_object(Context)
-        try:
-            return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise  # click's own exits and usage errors
-        except Exception as exc:  # noqa: BLE001 - the one place every error becomes one line
-            if obj is not None and obj.traceback:
-                raise
-            error = exc if isinstance(exc, MigrateError) else unexpected(exc)
-            click.echo(f"Error: {first_line(error.message)}", err=True)
-            if error.hint:
-                click.echo(f"  fix: {error.hint}", err=True)
-            ctx.exit(error.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -97,31 +65,23 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
     missing, and 2 or 3 (with one line naming the setting to fix) when the
     instance cannot be read.
     """
-    instance = obj.instance()
+    context = obj.operation()
     with RichProgress("checking file bytes", enabled=not as_json) as progress:
-        report = api.inspect(instance, check_objects=not no_objects, progress=progress)
+        context.progress = progress
+        report, outcome = operations.run("inspect", context, {"check_objects": not no_objects})
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         click.echo(render_inspect(report))
-    failed = [loc for loc in report["storage"] if not loc["reachable"]]
-    for location in failed:
+    for location in report["storage"]:
+        if location["reachable"]:
+            continue
         error = location["error"]
         click.echo(f"Error: storage location {location['name']!r}: {error['message']}", err=True)
         if error.get("hint"):
             click.echo(f"  fix: {error['hint']}", err=True)
     _warn_incomplete(report)
-    if failed:
-        sys.exit(_storage_exit_code(failed))
-    sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
-
-
-def _storage_exit_code(failed: list[dict[str, Any]]) -> int:
-    """2 when every unreadable location is misconfigured (no bucket, rejected keys), as the error's class says; else 3."""
-    from .errors import ConfigError, UnsupportedDriver
-
-    config_codes = {ConfigError.code, UnsupportedDriver.code}
-    return EXIT_USAGE if all(loc["error"]["code"] in config_codes for loc in failed) else EXIT_FAILED
+    exit_with(outcome)
 
 
 def _warn_incomplete(report: dict[str, Any]) -> None:
@@ -130,32 +90,6 @@ def _warn_incomplete(report: dict[str, Any]) -> None:
     if status:
         click.echo(f"Error: the target holds an interrupted import (step {status['step']}): it is incomplete", err=True)
         click.echo(f"  fix: {status['fix']}", err=True)
-
-
-def _secret_options(func: F) -> F:
-    """``--passphrase-file``/``--key-file`` (and ``CAIRN_MIGRATE_PASSPHRASE``) for encrypted bundles."""
-    func = click.option(
-        "--key-file", type=click.Path(dir_okay=False, exists=True), help="Encrypt/decrypt with this key file."
-    )(func)
-    func = click.option(
-        "--passphrase-file",
-        type=click.Path(dir_okay=False, exists=True),
-        help="Read the passphrase from this file (or set CAIRN_MIGRATE_PASSPHRASE).",
-    )(func)
-    return func
-
-
-def _passphrase(passphrase_file: str | None) -> str | None:
-    import os
-
-    if passphrase_file:
-        with open(passphrase_file, encoding="utf-8") as fh:
-            return fh.read().strip("\r\n")
-    return os.environ.get("CAIRN_MIGRATE_PASSPHRASE") or None
-
-
-def _emit(report: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(report, indent=2, default=str) if as_json else text(report))
 
 
 @cli.command("export")
@@ -180,21 +114,16 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
     Exits 1 (after writing the bundle) when something could not be captured: the
     .env sets no KEY, or file rows name a location STORAGE_LOCATIONS does not configure.
     """
-    from pathlib import Path
-
-    from .errors import ConfigError
-
-    passphrase = _passphrase(passphrase_file) if encrypt else None
-    if encrypt and not (passphrase or key_file):
-        raise ConfigError("--encrypt needs a secret", hint="pass --passphrase-file FILE, --key-file FILE or set CAIRN_MIGRATE_PASSPHRASE")
-    instance = obj.instance()
+    params = {"output": output, "encrypt": encrypt, "key_file": key_file, "freeze": freeze,
+              "freeze_guarantee": not no_freeze_guarantee, "instance_url": instance_url, "native": native,
+              "overwrite": overwrite}
+    secrets = {"passphrase": _passphrase(passphrase_file) if encrypt else None}
+    context = obj.operation(secrets=secrets)
     with RichProgress("exporting", enabled=not as_json) as progress:
-        manifest = api.export(instance, Path(output), passphrase=passphrase, key_file=Path(key_file) if encrypt and key_file else None,
-                              freeze=freeze, freeze_guarantee=not no_freeze_guarantee, instance_url=instance_url,
-                              native=native, overwrite=overwrite, progress=progress)
-    summary = api.summarize_manifest(manifest, output)
+        context.progress = progress
+        summary, outcome = operations.run("export", context, params)
     _emit(summary, as_json, render_export)
-    sys.exit(EXIT_DIFFERENCES if summary["warnings"] else EXIT_OK)
+    exit_with(outcome)
 
 
 @cli.command("import")
@@ -219,17 +148,14 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safe
     values stop the import before any write (exit 2).
     With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
     """
-    from pathlib import Path
-
-    instance = obj.instance()
+    params = {"path": bundle, "dry_run": dry_run, "replace": replace, "resume": resume,
+              "storage_map": api.parse_storage_map(storage_map), "key_file": key_file, "safety_bundle": safety_bundle}
+    context = obj.operation(secrets={"passphrase": _passphrase(passphrase_file)})
     with RichProgress("importing", enabled=not as_json) as progress:
-        report = api.import_(instance, Path(bundle), dry_run=dry_run, replace=replace, resume=resume,
-                             storage_map=api.parse_storage_map(storage_map), passphrase=_passphrase(passphrase_file),
-                             key_file=Path(key_file) if key_file else None,
-                             safety_bundle=Path(safety_bundle) if safety_bundle else None, progress=progress)
+        context.progress = progress
+        report, outcome = operations.run("import", context, params)
     _emit(report, as_json, render_import)
-    if dry_run:
-        sys.exit(EXIT_DIFFERENCES if report["plan"]["changes"] else EXIT_OK)
+    exit_with(outcome)
 
 
 @cli.command("verify")
@@ -249,24 +175,18 @@ def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url:
     Values the target stores differently as the import's type-drift report predicted
     pass, and are reported as expected drift; any other difference fails.
     """
-    from pathlib import Path
-
     from .errors import ConfigError
 
-    credentials = None
-    if login:
-        email, sep, password = login.partition(":")
-        if not sep:
-            raise ConfigError("--login must be EMAIL:PASSWORD")
-        credentials = (email, password)
-    instance = obj.instance()
+    if login and ":" not in login:
+        raise ConfigError("--login must be EMAIL:PASSWORD")
+    params = {"path": bundle, "storage_map": api.parse_storage_map(storage_map), "url": url, "key_file": key_file}
+    context = obj.operation(secrets={"token": token, "login": login, "passphrase": _passphrase(passphrase_file)})
     with RichProgress("verifying", enabled=not as_json) as progress:
-        report = api.verify(instance, Path(bundle), storage_map=api.parse_storage_map(storage_map), url=url, token=token,
-                            login=credentials, passphrase=_passphrase(passphrase_file),
-                            key_file=Path(key_file) if key_file else None, progress=progress)
+        context.progress = progress
+        report, outcome = operations.run("verify", context, params)
     _emit(report, as_json, render_verify)
     _warn_incomplete(report)
-    sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
+    exit_with(outcome)
 
 
 @cli.command("serve")
@@ -285,6 +205,28 @@ def serve_command(obj: Context, host: str, port: int, scheduler: bool) -> None:
     import waitress  # a production WSGI server: streams bundles both ways, threads for concurrent requests
 
     waitress.serve(app, host=host, port=port, threads=8, channel_timeout=600, ident="cairn-migrate")
+
+
+@cli.group("ops")
+def ops_group() -> None:
+    """The operations every shell runs by name (the same list as GET /migrate/ops)."""
+
+
+@ops_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@handle_errors
+def ops_list(as_json: bool) -> None:
+    """List every operation with its parameters, its CLI verb and its HTTP route."""
+    described = operations.describe()
+    lines = []
+    for op in described:
+        lines.append(f"{op['name']}: {op['summary']}")
+        lines.append(f"  {op['cli']}  |  POST {op['route']} {{\"op\": \"{op['name']}\"}}" + (f" (alias {op['alias']})" if op["alias"] else "")
+                     + ("  |  dry run" if op["dry_run"] else ""))
+        for param in op["params"]:
+            default = f" = {param['default']!r}" if "default" in param else ""
+            lines.append(f"    {param['name']} ({param['type']}{', secret' if param.get('secret') else ''}){default}")
+    _emit({"operations": described}, as_json, lambda _: "\n".join(lines))
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """CLI verbs ``files check|repair``, ``storage move|prune`` and ``migrations list|up|down``.
 
-Thin shells over :mod:`.file_rows`, :mod:`.storage_move` and :mod:`.scripts`
-with the rclone-style outcomes of ``extension/cli.py``: 0 clean or done,
+Thin verbs over the registered operations ``files_check``, ``files_repair``,
+``storage_move``, ``storage_prune`` and ``migrations_*`` (:mod:`.operations`),
+exiting with the code of the operation's outcome: 0 clean or done,
 1 problems found (or a dry run with a non-empty plan), 2 bad input or
 configuration, 3 failed, 4 partial (some objects still failed).
 """
@@ -9,13 +10,13 @@ configuration, 3 failed, 4 partial (some objects still failed).
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from .cli import EXIT_DIFFERENCES, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Context, _passphrase, handle_errors
+from . import operations
+from .cli_base import Context, _passphrase, exit_with, handle_errors
+from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from .progress_bar import RichProgress
 
 
@@ -57,8 +58,8 @@ def render_check(report: dict[str, Any]) -> str:
 
 @files_group.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--limit", default=1000, show_default=True, help="Examples kept per problem kind.")
-@click.option("--workers", default=16, show_default=True, help="Concurrent HEAD requests.")
+@click.option("--limit", default=DEFAULT_LIMIT, show_default=True, help="Examples kept per problem kind.")
+@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Concurrent HEAD requests.")
 @click.pass_obj
 @handle_errors
 def files_check(obj: Context, as_json: bool, limit: int, workers: int) -> None:
@@ -66,15 +67,12 @@ def files_check(obj: Context, as_json: bool, limit: int, workers: int) -> None:
 
     Exits 0 when clean, 1 when problems are found, 3 when a location cannot be read.
     """
-    from .file_rows import check
-
-    instance = obj.instance()
+    context = obj.operation()
     with RichProgress("checking files", enabled=not as_json) as progress:
-        report = check(instance, limit=limit, workers=workers, progress=progress)
+        context.progress = progress
+        report, outcome = operations.run("files_check", context, {"limit": limit, "workers": workers})
     _echo(report, as_json, render_check(report))
-    if report["errors"]:
-        sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_OK if report["ok"] else EXIT_DIFFERENCES)
+    exit_with(outcome)
 
 
 @files_group.command("repair")
@@ -93,25 +91,19 @@ def files_repair(obj: Context, dry_run: bool, yes: bool, from_bundle: str | None
                  from_env: str | None, orphans: str, keep_references: bool, passphrase_file: str | None,
                  as_json: bool) -> None:
     """Re-fetch missing bytes, quarantine or delete orphans, clear dangling references (dry run unless --yes)."""
-    from . import api
-    from .file_rows import repair
-
-    instance = obj.instance()
-    apply = yes and not dry_run
+    params = {"dry_run": not yes or dry_run, "path": from_bundle, "from_locations": list(from_location),
+              "from_env": from_env, "orphans": orphans, "clear_references": not keep_references}
+    context = obj.operation(secrets={"passphrase": _passphrase(passphrase_file)})
     with RichProgress("repairing files", enabled=not as_json) as progress:
-        report = repair(instance, yes=apply, bundle=Path(from_bundle) if from_bundle else None,
-                        passphrase=_passphrase(passphrase_file), from_locations=list(from_location),
-                        from_instance=api.load_instance(from_env) if from_env else None, orphans=orphans,
-                        clear_references=not keep_references, progress=progress)
+        context.progress = progress
+        report, outcome = operations.run("files_repair", context, params)
     text = [f"{'plan' if report['dry_run'] else 'done'}: {report['planned']} actions"]
     text += [f"  {p['action']}: " + ", ".join(f"{k}={v}" for k, v in p.items() if k != "action") for p in report["plan"][:50]]
     text += [f"  unresolved: {u.get('id') or u.get('name')} ({u['reason']})" for u in report["unresolved"][:50]]
     if not report["dry_run"]:
         text.append("  " + ", ".join(f"{k}: {v}" for k, v in report["done"].items()))
     _echo(report, as_json, "\n".join(text))
-    if report["dry_run"]:
-        sys.exit(EXIT_DIFFERENCES if report["planned"] or report["unresolved_count"] else EXIT_OK)
-    sys.exit(EXIT_PARTIAL if report["unresolved_count"] else EXIT_OK)
+    exit_with(outcome)
 
 
 # --------------------------------------------------------------------------- storage
@@ -127,7 +119,7 @@ def storage_group() -> None:
               help="Only rows whose id/filename_disk/filename_download/type/folder match (repeat: AND).")
 @click.option("--layout", type=click.Choice(["keep", "flat"]), default="keep", show_default=True,
               help="keep filename_disk, or rename to CairnCMS's <id><ext>.")
-@click.option("--workers", default=16, show_default=True, help="Parallel copies.")
+@click.option("--workers", default=DEFAULT_WORKERS, show_default=True, help="Parallel copies.")
 @click.option("--version", "version", help="Record the switch under this migration version (default: allocated).")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would move.")
 @click.option("--json", "as_json", is_flag=True)
@@ -136,12 +128,12 @@ def storage_group() -> None:
 def storage_move(obj: Context, src: str, dst: str, filters: tuple[str, ...], layout: str, workers: int,
                  version: str | None, dry_run: bool, as_json: bool) -> None:
     """Copy bytes (verified by size and sha256, resumable), then switch the rows as a recorded migration."""
-    from .storage_move import move
-
-    instance = obj.instance()
+    params = {"from": src, "to": dst, "filters": list(filters), "layout": layout, "workers": workers,
+              "version": version, "dry_run": dry_run}
+    context = obj.operation()
     with RichProgress(f"moving {src} → {dst}", enabled=not as_json) as progress:
-        report = move(instance, src, dst, filters=filters, layout=layout, dry_run=dry_run, workers=workers,
-                      version=version, progress=progress)
+        context.progress = progress
+        report, outcome = operations.run("storage_move", context, params)
     plan = report["plan"]
     lines = [f"{'plan' if dry_run else 'moved'}: {plan['rows']} rows, {plan['bytes']} bytes, {src} → {dst}"]
     if not dry_run:
@@ -152,9 +144,7 @@ def storage_move(obj: Context, src: str, dst: str, filters: tuple[str, ...], lay
             m = report["migration"]
             lines.append(f"  recorded migration {m['version']} ({m['name']}): {m['file']}")
     _echo(report, as_json, "\n".join(lines))
-    if dry_run:
-        sys.exit(EXIT_DIFFERENCES if plan["rows"] else EXIT_OK)
-    sys.exit(EXIT_PARTIAL if report["failed"] else EXIT_OK)
+    exit_with(outcome)
 
 
 @storage_group.command("prune")
@@ -166,14 +156,12 @@ def storage_move(obj: Context, src: str, dst: str, filters: tuple[str, ...], lay
 @handle_errors
 def storage_prune(obj: Context, src: str | None, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Delete the source bytes of finished moves, once every moved file is intact on its new location."""
-    from .storage_move import prune
-
-    report = prune(obj.instance(), src=src, yes=yes and not dry_run)
+    report, outcome = operations.run("storage_prune", obj.operation(), {"from": src, "dry_run": not yes or dry_run})
     count = sum(m["objects"] for m in report["moves"])
     lines = [f"{'would delete' if report['dry_run'] else 'deleted'} {count if report['dry_run'] else report['deleted']}"
              " old objects"] + [f"  {m['from']} → {m['to']} ({m['version']}): {m['objects']}" for m in report["moves"]]
     _echo(report, as_json, "\n".join(lines))
-    sys.exit(EXIT_DIFFERENCES if report["dry_run"] and count else EXIT_OK)
+    exit_with(outcome)
 
 
 # --------------------------------------------------------------------------- migrations
@@ -193,12 +181,11 @@ _scripts_option = click.option("--scripts", type=click.Path(file_okay=False), en
 @handle_errors
 def migrations_list(obj: Context, scripts: str | None, as_json: bool) -> None:
     """List our migrations and their state (applied, pending, reverted, conflict)."""
-    from .scripts import list_migrations
-
-    report = list_migrations(obj.instance(), Path(scripts) if scripts else None)
+    report, outcome = operations.run("migrations_list", obj.operation(scripts=scripts), {})
     lines = [f"{m['version']}  {m['state']:<9} {m['kind']:<9} {m['name']}" for m in report["migrations"]]
     lines.append(f"({report['other_recorded']} other migrations recorded; twins in {report['extensions_migrations']})")
     _echo(report, as_json, "\n".join(lines))
+    exit_with(outcome)
 
 
 @migrations_group.command("up")
@@ -210,12 +197,11 @@ def migrations_list(obj: Context, scripts: str | None, as_json: bool) -> None:
 @handle_errors
 def migrations_up(obj: Context, version: str | None, scripts: str | None, dry_run: bool, as_json: bool) -> None:
     """Apply pending migrations (up to VERSION; a reverted storage switch only when named)."""
-    from .scripts import upgrade
-
-    report = upgrade(obj.instance(), version=version, versions_dir=Path(scripts) if scripts else None, dry_run=dry_run)
+    report, outcome = operations.run("migrations_up", obj.operation(scripts=scripts),
+                                     {"version": version, "dry_run": dry_run})
     lines = [f"{'would apply' if dry_run else 'applied'} {p['version']} {p['name']}" for p in report["plan"]] or ["nothing to apply"]
     _echo(report, as_json, "\n".join(lines))
-    sys.exit(EXIT_DIFFERENCES if dry_run and report["plan"] else EXIT_OK)
+    exit_with(outcome)
 
 
 @migrations_group.command("down")
@@ -227,13 +213,11 @@ def migrations_up(obj: Context, version: str | None, scripts: str | None, dry_ru
 @handle_errors
 def migrations_down(obj: Context, version: str | None, scripts: str | None, dry_run: bool, as_json: bool) -> None:
     """Revert our latest migration (or VERSION): run its downgrade, delete its row, park its .js twin."""
-    from .scripts import downgrade
-
-    report = downgrade(obj.instance(), version=version, versions_dir=Path(scripts) if scripts else None,
-                       dry_run=dry_run)
+    report, outcome = operations.run("migrations_down", obj.operation(scripts=scripts),
+                                     {"version": version, "dry_run": dry_run})
     lines = [f"{'would revert' if dry_run else 'reverted'} {p['version']} {p['name']}" for p in report["plan"]]
     _echo(report, as_json, "\n".join(lines))
-    sys.exit(EXIT_DIFFERENCES if dry_run else EXIT_OK)
+    exit_with(outcome)
 
 
 def register(cli: click.Group) -> None:

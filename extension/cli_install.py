@@ -1,4 +1,4 @@
-"""``cairn-migrate install-extension``: the thin CLI verb over :mod:`cairn_migrate.install`."""
+"""``cairn-migrate install-extension``: the thin CLI verb over the ``install_extension`` operation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from .install import install, uninstall
+from . import operations
+from .cli_base import Context, exit_with, handle_errors
 
 
 def _render(report: dict[str, Any], removing: bool) -> str:
@@ -37,8 +38,6 @@ def _render(report: dict[str, Any], removing: bool) -> str:
 
 def register(cli: click.Group) -> None:
     """Add ``install-extension`` to the ``cairn-migrate`` group."""
-    from .cli import Context, handle_errors
-
     @cli.command("install-extension")
     @click.option("--sidecar-url", metavar="URL", help="Where the instance reaches the sidecar (default: as configured, else http://127.0.0.1:8765).")
     @click.option("--uninstall", "remove", is_flag=True, help="Remove what install-extension wrote.")
@@ -54,11 +53,7 @@ def register(cli: click.Group) -> None:
         Exits 1 when a setting of the instance would keep the extension from loading;
         SERVE_APP=false (only the admin module hidden) is a warning.
         """
-        instance = obj.instance()
-        if remove:
-            report = uninstall(instance, module_bar=not no_module_bar)
-        else:
-            report = install(instance, sidecar_url, module_bar=not no_module_bar)
+        params = {"sidecar_url": sidecar_url, "uninstall": remove, "module_bar": not no_module_bar}
+        report, outcome = operations.run("install_extension", obj.operation(), params)
         click.echo(json.dumps(report, indent=2) if as_json else _render(report, remove))
-        if report.get("problems"):
-            click.get_current_context().exit(1)
+        exit_with(outcome)

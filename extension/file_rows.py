@@ -45,6 +45,7 @@ from .bundle import file_member, iter_file_index, member_path, read_manifest
 from .database import Database
 from .errors import MigrateError
 from .instance import Instance
+from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from .progress import NullProgress, Progress
 from .scripts import id_values
 from .storage import Location, node_join, open_location
@@ -236,7 +237,7 @@ def _dangling(db: Database, scan: Scan) -> None:
 
 
 @contextmanager
-def scan_instance(instance: Instance, *, workers: int = 16, progress: Progress | None = None,
+def scan_instance(instance: Instance, *, workers: int = DEFAULT_WORKERS, progress: Progress | None = None,
                   state_url: str | None = None) -> Iterator[tuple[Scan, dict[str, Any]]]:
     """Run the whole comparison; yield the :class:`Scan` (problems table filled) and location facts."""
     progress = progress or NullProgress()
@@ -329,7 +330,7 @@ def _confirm_orphans(db: Database, orphans: list[tuple[Any, ...]]) -> list[tuple
     return [o for o in orphans if (o[1], o[2]) not in named]
 
 
-def check(instance: Instance, *, limit: int = 1000, workers: int = 16, progress: Progress | None = None,
+def check(instance: Instance, *, limit: int = DEFAULT_LIMIT, workers: int = DEFAULT_WORKERS, progress: Progress | None = None,
           state_url: str | None = None) -> dict[str, Any]:
     """The consistency report: counts per kind, up to ``limit`` examples of each, location facts.
 
@@ -403,7 +404,7 @@ class _Sources:
 
 def repair(instance: Instance, *, yes: bool = False, bundle: Path | None = None, passphrase: str | None = None,
            from_locations: list[str] | None = None, from_instance: Instance | None = None, orphans: str = "quarantine",
-           clear_references: bool = True, workers: int = 16, limit: int = 1000,
+           clear_references: bool = True, workers: int = DEFAULT_WORKERS, limit: int = DEFAULT_LIMIT,
            progress: Progress | None = None, state_url: str | None = None) -> dict[str, Any]:
     """Fix what :func:`check` finds; without ``yes`` only the plan (nothing is written).
 

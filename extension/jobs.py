@@ -2,8 +2,8 @@
 
 One record format serves every shell: the HTTP API starts a job on the
 :class:`JobRunner`'s thread pool and answers ``202``; the CLI runs the same
-job function synchronously with :meth:`JobRunner.run_inline`; a scheduled sync
-does the same from APScheduler.  Records live in the sidecar's own state store
+job function synchronously with :meth:`JobRunner.run_inline`; a scheduled
+operation is submitted from APScheduler's thread (``hooks/schedule.py``).  Records live in the sidecar's own state store
 (any SQLAlchemy URL, an embedded SQLite file by default), never in the CairnCMS
 database.
 """
@@ -658,7 +658,9 @@ class JobRunner:
             raised = exc
         except MigrateError as exc:
             log.info("job %s failed: %s", job_id, exc)
-            self._final(ctx, "failed", error=exc.to_dict() | {"message": first_line(exc.message)})
+            # An operation that finished partially fails its job but keeps its report (``OutcomeError.report``).
+            self._final(ctx, "failed", result=getattr(exc, "report", None),
+                        error=exc.to_dict() | {"message": first_line(exc.message)})
             raised = exc
         except Exception as exc:
             log.exception("job %s (%s) raised an unexpected error", job_id, fn)

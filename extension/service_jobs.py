@@ -1,19 +1,28 @@
-"""The job kinds the ``serve`` process runs: thin wrappers from a job's params to one ``api`` call.
+"""The ``serve`` process's side of the operations: every registered operation as a job kind, and bundles.
 
-Each function takes the :class:`~cairn_migrate.jobs.JobContext` (progress,
-log, cancellation) and the app's :class:`~cairn_migrate.app.MigrateState`
-(the instance, the bundle folder, the job secrets).  Passphrases never enter
-the persisted job params: the route hands them to ``runner.submit(secrets=...)``
-and the job takes them out of ``runner.secrets``.
+:func:`operation_job` runs any operation of :mod:`.operations` under a
+:class:`~cairn_migrate.jobs.JobContext` (progress, log, cancellation) with the
+app's :class:`~cairn_migrate.app.MigrateState` (the instance, the state store,
+the bundle folder).  Passphrases never enter the persisted job params: the
+route hands them to ``runner.submit(secrets=...)`` and the job takes them out
+of ``runner.secrets``.
 """
 
 from __future__ import annotations
 
+import re
+
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import api
+from marshmallow import EXCLUDE
+
+from . import operations
 from .errors import InvalidInput, NotFound
+from .operations import OpContext, OutcomeError
+from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     from .app import MigrateState
@@ -44,24 +53,6 @@ def bundle_path(state: MigrateState, bundle_id: str) -> Path:
     raise NotFound(f"There is no bundle {bundle_id!r}", hint="GET /migrate/bundles lists them")
 
 
-def _secrets(state: MigrateState, ctx: JobContext) -> dict[str, Any]:
-    return state.runner.secrets.pop(ctx.job_id, {})
-
-
-def export_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
-    secrets = _secrets(state, ctx)
-    suffix = ".tar.gz.enc" if secrets.get("passphrase") else ".tar.gz"
-    output = state.bundle_dir / f"{ctx.job_id}{suffix}"
-    manifest = api.export(
-        state.instance(), output, passphrase=secrets.get("passphrase"), freeze=bool(ctx.params.get("freeze")),
-        freeze_guarantee=bool(ctx.params.get("freeze_guarantee", True)), instance_url=ctx.params.get("instance_url"),
-        state_url=str(state.config["CAIRN_MIGRATE_STATE_URL"]), progress=ctx,
-    )
-    summary = api.summarize_manifest(manifest, output)
-    summary.update(bundle_id=ctx.job_id, download=f"/migrate/bundles/{ctx.job_id}", size=output.stat().st_size)
-    return summary
-
-
 def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
     """The bundle a request names: a server-side ``bundle`` id, or a ``path`` on the sidecar's machine.
 
@@ -72,6 +63,10 @@ def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
     if params.get("bundle"):
         return bundle_path(state, params["bundle"])
     return state.http_path("path", params["path"])
+
+
+#: A server-side bundle name a caller may choose (never a path).
+BUNDLE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}"
 
 
 def safety_bundle_of(state: MigrateState, params: dict[str, Any], job_id: str | None = None) -> Path | None:
@@ -91,42 +86,44 @@ def safety_bundle_of(state: MigrateState, params: dict[str, Any], job_id: str | 
     name = params.get("safety_bundle") or (f"before-replace-{job_id}" if params.get("replace") and job_id else None)
     if name is None:
         return None
+    if not re.fullmatch(BUNDLE_NAME, name):
+        raise InvalidInput(f"'safety_bundle' {name!r} is not a bundle name (letters, digits, '-', '_'), and never a path",
+                           hint="name it like before-replace-1; it is written among the instance's own bundles")
     if any(bundle_id_of(path) == name for path in bundle_files(state)):
         raise InvalidInput(f"There is already a bundle {name!r}",
                            hint="choose a new 'safety_bundle' name: an existing bundle is never overwritten")
     return state.bundle_dir / f"{name}.tar.gz"
 
 
-def import_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
-    secrets = _secrets(state, ctx)
-    report = api.import_(
-        state.instance(), _bundle_of(state, ctx.params), replace=bool(ctx.params.get("replace")),
-        resume=bool(ctx.params.get("resume")), storage_map=ctx.params.get("storage_map") or {},
-        passphrase=secrets.get("passphrase"), safety_bundle=safety_bundle_of(state, ctx.params, ctx.job_id),
-        progress=ctx,
-    )
-    if report.get("safety_bundle"):
-        safety_id = bundle_id_of(Path(report["safety_bundle"]))
-        report.update(safety_bundle_id=safety_id, safety_bundle_download=f"/migrate/bundles/{safety_id}")
-    return report
+def operation_context(state: MigrateState, *, progress: Progress | None = None, job_id: str | None = None,
+                      secrets: Mapping[str, Any] | None = None) -> OpContext:
+    """The context an operation runs in inside the sidecar: its instance, state store and bundle folder.
+
+    ``CAIRN_MIGRATE_SCRIPTS`` names the custom-migrations folder, as it does for the CLI.
+    """
+    scripts = state.config.get("CAIRN_MIGRATE_SCRIPTS")
+    return OpContext(instance=state.instance, state_url=str(state.config["CAIRN_MIGRATE_STATE_URL"]),
+                     progress=progress or NullProgress(), bundle_dir=state.bundle_dir, job_id=job_id,
+                     locate_bundle=partial(_bundle_of, state), secrets=dict(secrets or {}),
+                     scripts_dir=Path(str(scripts)) if scripts else None, host_path=state.http_path,
+                     place_safety_bundle=lambda params: safety_bundle_of(state, dict(params), job_id))
 
 
-def verify_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
-    secrets = _secrets(state, ctx)
-    return api.verify(
-        state.instance(), _bundle_of(state, ctx.params), storage_map=ctx.params.get("storage_map") or {},
-        url=ctx.params.get("url"), token=secrets.get("token"), passphrase=secrets.get("passphrase"), progress=ctx,
-    )
+def operation_job(ctx: JobContext, *, name: str, state: MigrateState) -> dict[str, Any]:
+    """Run operation ``name`` as a job: always its apply (a plan is answered at once, never queued).
 
-
-def inspect_job(ctx: JobContext, state: MigrateState) -> dict[str, Any]:
-    return api.inspect(state.instance(), check_objects=bool(ctx.params.get("check_objects", True)), progress=ctx)
-
-
-#: kind → function(ctx, state), registered by ``CairnMigrate.init_app``.
-KINDS = {"export": export_job, "import": import_job, "verify": verify_job, "inspect": inspect_job}
-
-
-from .file_jobs import FILE_KINDS  # noqa: E402 - files/storage job kinds (issue #4)
-
-KINDS.update(FILE_KINDS)
+    Parameters are read leniently (``unknown=EXCLUDE``): the shell that submitted
+    them validated them, and records of older versions carry keys no longer used.
+    The report gets the ``outcome``; a partial or failed one fails the job and
+    keeps the report (:class:`~cairn_migrate.operations.OutcomeError`).
+    """
+    op = operations.get(name)
+    params = op.load(ctx.params, unknown=EXCLUDE)
+    if "dry_run" in params:
+        params["dry_run"] = False
+    secrets = state.runner.secrets.pop(ctx.job_id, {})
+    context = operation_context(state, progress=ctx, job_id=ctx.job_id, secrets=secrets)
+    report, outcome = operations.run(name, context, params, validated=True)
+    if outcome.job_state != "succeeded":
+        raise OutcomeError(name, outcome, report)
+    return {**report, "outcome": outcome.value}

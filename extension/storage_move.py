@@ -43,6 +43,7 @@ import sqlalchemy as sa
 from .database import Database
 from .errors import InvalidInput, MigrateError
 from .instance import Instance
+from .limits import DEFAULT_WORKERS
 from .progress import NullProgress, Progress
 from .scripts import id_values
 from .state import create_tables, default_state_url, instance_scope
@@ -494,7 +495,7 @@ def _process_pool(processes: int, source: Location, target: Location, workers: i
 
 # --------------------------------------------------------------------------- move
 def move(instance: Instance, src: str, dst: str, *, filters: Sequence[str] = (), layout: str = "keep",
-         dry_run: bool = False, workers: int = 16, state_url: str | None = None, version: str | None = None,
+         dry_run: bool = False, workers: int = DEFAULT_WORKERS, state_url: str | None = None, version: str | None = None,
          versions_dir: Path | None = None, progress: Progress | None = None,
          processes: int | None = None) -> dict[str, Any]:
     """Move the bytes of the rows on ``src`` to ``dst`` and switch those rows (see the module docstring).
@@ -732,7 +733,7 @@ def _switch(instance: Instance, db: Database, spec: MoveSpec, verified: list[tup
 
 # --------------------------------------------------------------------------- prune
 def prune(instance: Instance, *, src: str | None = None, yes: bool = False, state_url: str | None = None,
-          workers: int = 16, progress: Progress | None = None) -> dict[str, Any]:
+          workers: int = DEFAULT_WORKERS, progress: Progress | None = None) -> dict[str, Any]:
     """Delete the old bytes of switched moves, after checking every moved row's bytes on the target.
 
     Without ``yes`` only the plan is returned.  Rows switched back (``migrations

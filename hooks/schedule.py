@@ -1,13 +1,16 @@
-"""The APScheduler 3 scheduler of the sidecar (scheduled syncs).
+"""The APScheduler 3 scheduler of the sidecar: operations on a timetable.
 
-A scheduled job is a stored call: a function named by import string
-(``"cairn_migrate.api:sync"``) with JSON-safe kwargs, kept in the state store
-by ``SQLAlchemyJobStore`` so it survives restarts, in a table of the sidecar's
-instance (``cm_schedules_<instance scope>``), so sidecars sharing the store
-never run each other's schedules.  It never holds an engine
-or a filesystem object.  The scheduler only starts when
-``CAIRN_MIGRATE_SCHEDULER`` is true (never in the CLI, never in tests unless a
-test turns it on).
+:func:`schedule_operation` stores ``{op, params}`` of a registered operation
+(:mod:`cairn_migrate.operations`); when it is due, :func:`run_scheduled`
+submits it to the app's job runner, so a scheduled run is a normal job record
+with progress, log, cancel and report.  Underneath, a schedule is a stored call
+(:func:`schedule_job`: a function named by import string with JSON-safe
+kwargs), kept in the state store by ``SQLAlchemyJobStore`` so it survives
+restarts, in a table of the sidecar's instance (``cm_schedules_<instance
+scope>``), so sidecars sharing the store never run each other's schedules.  It
+never holds an engine, a filesystem object or a secret.  The scheduler only
+starts when ``CAIRN_MIGRATE_SCHEDULER`` is true (never in the CLI, never in
+tests unless a test turns it on).
 """
 
 from __future__ import annotations
@@ -15,17 +18,28 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+from .. import operations
 from ..app import _as_bool, get_state
 from ..errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ..app import MigrateState
 
 log = logging.getLogger(__name__)
 
 TRIGGERS = ("date", "interval", "cron")
+
+#: The function a scheduled operation calls (an import string: the job store keeps only names).
+RUN_SCHEDULED = "cairn_migrate.hooks.schedule:run_scheduled"
+
+#: The running sidecars of this process by instance scope: where a due schedule finds its job runner.
+_SIDECARS: weakref.WeakValueDictionary[str, MigrateState] = weakref.WeakValueDictionary()
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -53,6 +67,7 @@ def init_scheduler(app: Flask) -> Any:
     )
     state.scheduler = scheduler
     if enabled:
+        _SIDECARS[state.scope] = state
         _prepare_sqlite_folder(url)
         scheduler.start()
         atexit.register(_shutdown, scheduler)
@@ -101,3 +116,47 @@ def schedule_job(
     except (TypeError, ValueError, LookupError) as exc:
         raise InvalidInput(f"Cannot schedule {func_ref}: {exc}") from exc
     return str(job.id)
+
+
+def schedule_operation(
+    app: Flask,
+    op: str,
+    trigger: str,
+    *,
+    params: dict[str, Any] | None = None,
+    job_id: str | None = None,
+    replace_existing: bool = True,
+    **trigger_args: Any,
+) -> str:
+    """Run operation ``op`` with ``params`` on ``trigger``, each run a job of the app's runner.
+
+    The parameters are validated now, with the operation's schema; secrets
+    (passphrases, tokens) are refused, since a schedule is stored.
+
+    :returns: the schedule's id.
+    :raises InvalidInput: an unknown operation, bad parameters, a secret, or a bad trigger.
+    """
+    operation = operations.get(op)
+    given = dict(params or {})
+    secret = sorted(set(given) & set(operation.secret_params))
+    if secret:
+        raise InvalidInput(f"A schedule is stored, so it cannot hold the secret(s) {', '.join(secret)}",
+                           hint="schedule operations that need no secret (an unencrypted export, a files check …)")
+    stored = operation.schema().dump(operation.load(given))
+    kwargs = {"op": op, "params": stored, "scope": get_state(app).scope}
+    return schedule_job(app, RUN_SCHEDULED, trigger, kwargs=kwargs, job_id=job_id,
+                        replace_existing=replace_existing, **trigger_args)
+
+
+def run_scheduled(op: str, params: dict[str, Any], scope: str) -> str | None:
+    """A due schedule: submit ``op`` to the job runner of the sidecar of instance ``scope``.
+
+    :returns: the job's id, or None when no sidecar of that instance runs in this process.
+    """
+    state = _SIDECARS.get(scope)
+    if state is None:
+        log.warning("scheduled %s skipped: no sidecar of instance %s runs in this process", op, scope)
+        return None
+    job_id = state.runner.submit(op, params)
+    log.info("scheduled %s started as job %s", op, job_id)
+    return job_id

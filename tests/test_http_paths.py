@@ -38,6 +38,7 @@ NOT_PATHS = {
     "reason": "free text", "state": "a job state", "kind": "a job kind", "version": "a migration version",
     "orphans": "an action", "layout": "a layout", "from": "a storage location", "to": "a storage location",
     "from_locations": "storage locations", "filters": "KEY=GLOB filters", "storage_map": "storage location names",
+    "op": "an operation's name (its parameters are checked by test_every_host_path_parameter_of_an_operation_…)",
 }
 
 
@@ -211,3 +212,38 @@ def test_a_relative_allowed_folder_is_a_config_error_at_start(value: str, tmp_pa
         create_app({"TESTING": True, "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
                     HTTP_PATHS: value})
     assert info.value.message.startswith(f"{HTTP_PATHS} names ") and "not an absolute folder" in info.value.message
+
+
+def _host_path_params() -> list[tuple[str, str]]:
+    """(operation, parameter) for every parameter an operation's schema marks as a path on the host."""
+    from cairn_migrate import operations
+
+    return sorted((op.name, name) for op in operations.all_operations() if op.http
+                  for name, schema_field in op.schema().fields.items() if schema_field.metadata.get("host_path"))
+
+
+def test_every_host_path_parameter_of_an_operation_is_refused_outside_the_allowed_folders(
+        sidecar: Any, admin_token: str, bundles: dict[str, Path], tmp_path: Path) -> None:
+    """``POST /migrate/ops`` takes any operation's parameters: each host path among them meets the same rule."""
+    client, headers = sidecar.test_client(), bearer(admin_token)
+    params = _host_path_params()
+    assert ("export", "output") in params and ("files_repair", "from_env") in params, params
+    inside = str(bundles["inside"])
+    for op, name in params:
+        base = {"path": inside} if name != "path" and op in ("import", "verify") else {}
+        if name == "safety_bundle":
+            value, base = str(tmp_path / "elsewhere" / "safety"), {**base, "replace": True}  # a path, not a name
+        else:
+            value = str(bundles["outside"]) if name == "path" else str(tmp_path / "elsewhere" / name)
+        response = client.post("/migrate/ops", json={"op": op, "params": {**base, name: value}}, headers=headers)
+        assert response.status_code == 422, (op, name, response.get_json())
+    assert get_state(sidecar).store.list() == []  # no job was started
+
+
+def test_install_extension_is_cli_only(sidecar: Any, admin_token: str, cairn_instance: CairnSqliteInstance) -> None:
+    """Writing code into the instance's extensions folder is the host operator's act, not an instance admin's."""
+    response = sidecar.test_client().post("/migrate/ops", json={"op": "install_extension", "params": {}},
+                                          headers=bearer(admin_token))
+    assert response.status_code == 422 and "CLI only" in response.get_json()["error"]["message"]
+    extensions = cairn_instance.env_path.parent / "extensions"
+    assert not list(extensions.glob("*/cairn-migrate"))

@@ -1,0 +1,85 @@
+"""docs/architecture.md says what the code does: its claims checked, not only its module names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from test_layers import imported_roots
+
+from cairn_migrate import operations
+from cairn_migrate.app import get_state
+from cairn_migrate.operations import Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+#: The shells: the CLI verbs and the HTTP views.
+SHELLS = [*sorted((ROOT / "extension").glob("cli*.py")), *sorted((ROOT / "endpoints").glob("*.py"))]
+#: The core modules that do an operation's work; a shell reaches them only through the registry.
+CORE = {"export", "restore", "verify", "inspection", "file_rows", "storage_move", "scripts", "install", "bundle",
+        "database", "storage", "native", "table_loader"}
+
+
+def _table_rows(heading_cell: str) -> list[list[str]]:
+    """The rows of the markdown table whose header starts with ``heading_cell``."""
+    lines = TEXT.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {heading_cell} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_operation_table_is_the_registry() -> None:
+    rows = _table_rows("operation")
+    documented = {row[0].strip("`"): row for row in rows}
+    registered = {op.name: op for op in operations.all_operations()}
+    assert sorted(documented) == sorted(registered)
+    for name, op in registered.items():
+        _, verb, alias, dry_run = documented[name]
+        assert verb == f"`{op.cli}`", name
+        assert (op.route or "") in alias, name
+        assert (op.plan is not None) == dry_run.startswith("`dry_run`"), name
+
+
+def test_the_outcome_table_is_the_mapping() -> None:
+    rows = _table_rows("outcome")
+    documented = {re.match(r"`(\w+)`", row[0]).group(1): row for row in rows}  # type: ignore[union-attr]
+    assert set(documented) == {o.value for o in Outcome}
+    for outcome in Outcome:
+        _, code, state, status = documented[outcome.value]
+        assert int(code) == outcome.exit_code and state.startswith(outcome.job_state)
+        assert int(status) == outcome.http_status
+
+
+def test_every_job_kind_is_an_operation(app: Any) -> None:
+    """"The job runner runs any operation": the app registers exactly the registry's operations."""
+    assert get_state(app).runner.kinds == sorted(op.name for op in operations.all_operations())
+
+
+def test_the_shells_reach_the_core_only_through_the_registry() -> None:
+    """The views and the CLI verbs import no core module (nor, per test_layers, a database or storage library)."""
+    offenders = {}
+    for path in SHELLS:
+        tree_imports = _package_imports(path)
+        if tree_imports & CORE:
+            offenders[str(path.relative_to(ROOT))] = sorted(tree_imports & CORE)
+    assert offenders == {}
+    assert not set().union(*(imported_roots(p) for p in SHELLS)) & {"sqlalchemy", "fsspec", "boto3"}
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The package modules a file imports (relative imports: ``from ..file_rows import x`` → ``file_rows``)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
