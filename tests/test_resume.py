@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,27 @@ KILLER = textwrap.dedent(
             if (self.armed and items) or (WHEN == "mid_files" and bytes):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    import_bundle(Instance.from_env_file(sys.argv[1], environ={}), Path(sys.argv[2]), progress=KillAt())
+    target = Instance.from_env_file(sys.argv[1], environ={})
+    if WHEN == "after_native_restore":  # the dump is in the target, the import has not recorded it yet
+        from cairn_migrate import native
+        restore = native.restore
+
+        def restore_then_die(config, member):
+            restore(config, member)
+            if config.url.database == target.database.url.database:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        native.restore = restore_then_die
+    if WHEN == "replace_first_drop":  # --replace has dropped one old table
+        from cairn_migrate.table_loader import TableLoader
+        drop = TableLoader.drop
+
+        def drop_then_die(self, name):
+            drop(self, name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        TableLoader.drop = drop_then_die
+    import_bundle(target, Path(sys.argv[2]), progress=KillAt(), replace=WHEN.startswith("replace"))
     """
 )
 
@@ -206,6 +227,124 @@ def test_resume_refuses_a_target_changed_since_the_interruption(vendor: str, tmp
     assert normalized_rows(dst, vendor) == before
     with Database.open(instance(dst)) as db:
         assert import_marker.read(db).step == "constraints"  # still recorded as incomplete
+
+
+@pytest.mark.parametrize("vendor", ["mariadb", "sqlite"])
+def test_resume_refuses_rows_written_into_the_table_the_import_was_loading(
+    vendor: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """MariaDB and SQLite commit the CREATE TABLE of a half-loaded table: the instance may write into it."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, bundle, "mid_table")
+    execute(dst, f"INSERT INTO articles (id, title, status) VALUES ('99999999-0000-4000-8000-000000000000', '{ADDED}', 'draft')")
+    before = normalized_rows(dst, vendor)
+
+    resumed = run("--env", dst, "import", bundle, "--resume")
+
+    assert resumed.exit_code == 2, resumed.output
+    assert "rows the interrupted import did not write appeared in tables it was writing: articles (1 rows)" in resumed.output
+    assert "fix:" in resumed.output
+    assert normalized_rows(dst, vendor) == before
+    with Database.open(instance(dst)) as db:
+        assert import_marker.read(db).current_table == "articles"  # still recorded as incomplete
+
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+def test_resume_after_a_finished_native_restore_drops_only_the_bundles_own_rows(
+    vendor: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Killed once the dump is in the target (or an orphaned restore tool finished it): the target reads
+    incomplete, a row the instance wrote since is never dropped, and the bundle's own rows are reloaded."""
+    src = make_instance(vendor, tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle, native=True)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, bundle, "after_native_restore")
+    inspected = run("--env", dst, "inspect", "--json", "--no-objects")
+    assert inspected.exit_code == 1, inspected.output
+    assert json.loads(inspected.stdout)["import"]["step"] == "restore"
+    execute(dst, f"INSERT INTO tags (name) VALUES ('{ADDED}')")
+
+    refused = run("--env", dst, "import", bundle, "--resume")
+
+    assert refused.exit_code == 2, refused.output
+    assert "tags (" in refused.output and "fix:" in refused.output
+    assert ADDED in tag_names(dst)
+    execute(dst, f"DELETE FROM tags WHERE name = '{ADDED}'")  # the target is again what the restore left
+    import_bundle(instance(dst), bundle, resume=True)
+    assert verify_bundle(instance(dst), bundle)["ok"]
+    assert normalized_rows(dst, vendor) == normalized_rows(src, vendor)
+
+
+def _process_gone(pid: int) -> bool:
+    """Ended (or a zombie nobody has reaped yet: it runs no more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_native_tools_die_with_a_killed_sidecar(tmp_path: Path) -> None:
+    """A SIGKILLed sidecar must not leave pg_restore or mariadb writing into the target on their own."""
+    import time
+
+    pid_file = tmp_path / "tool.pid"
+    sidecar = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        from cairn_migrate import native
+        native._run(["sh", "-c", "echo $$ > {pid_file}; exec sleep 60"], dict(os.environ))
+    """)])
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tool = int(pid_file.read_text())
+    assert not _process_gone(tool)
+
+    sidecar.kill()
+    sidecar.wait()
+
+    deadline = time.monotonic() + 5
+    while not _process_gone(tool) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _process_gone(tool), "the native tool outlived the killed sidecar"
+
+
+def test_killed_replace_is_reported_incomplete_and_resumes(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = {"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}"}
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", state["CAIRN_MIGRATE_STATE_URL"])
+    src = make_instance("sqlite", tmp_path / "src", request)
+    execute(src, "UPDATE tags SET name = name || ' (from the source)'")
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_instance("sqlite", tmp_path / "dst", request)
+
+    kill_import(dst, bundle, "replace_first_drop", env=state)
+
+    inspected = run("--env", dst, "inspect", "--json", "--no-objects")
+    assert inspected.exit_code == 1, inspected.output
+    assert json.loads(inspected.stdout)["import"]["step"] == "replace"
+    assert "import BUNDLE --resume" in inspected.stderr
+    verified = run("--env", dst, "verify", bundle)
+    assert verified.exit_code == 1
+    assert "INCOMPLETE IMPORT" in verified.stdout and "--resume" in verified.stderr
+    execute(dst, f"INSERT INTO tags (id, name) VALUES (9999, '{ADDED}')")  # the old target, written since
+    refused = run("--env", dst, "import", bundle, "--resume")
+    assert refused.exit_code == 2, refused.output
+    assert "the target changed since the import was interrupted: tags (" in refused.output
+    assert ADDED in tag_names(dst)
+    execute(dst, "DELETE FROM tags WHERE id = 9999")
+
+    resumed = run("--env", dst, "import", bundle, "--resume")
+
+    assert resumed.exit_code == 0, resumed.output
+    assert verify_bundle(instance(dst), bundle)["ok"]
+    assert tag_names(dst) == tag_names(src)
 
 
 def test_resume_refuses_another_bundle(tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -369,3 +508,4 @@ def test_replace_over_an_interrupted_import_keeps_a_restorable_safety_bundle(
     again = make_empty_instance("postgres", tmp_path / "again", request)
     import_bundle(instance(again), safety)
     assert verify_bundle(instance(again), safety)["ok"]
+
