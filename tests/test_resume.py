@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 from conftest import make_empty_instance, make_instance
 from test_clone import normalized_rows
 
-from cairn_migrate import import_marker
+from cairn_migrate import import_marker, workdir
 from cairn_migrate.cli import cli
 from cairn_migrate.database import Database
 from cairn_migrate.errors import ConfigError, MigrateError
@@ -428,17 +429,24 @@ def test_stale_extractions_of_killed_imports_are_removed_by_the_next_run(
     scratch_base.mkdir()
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)
     kill_import(dst, archive, "mid_table", env={"TMPDIR": str(scratch_base)})
-    left = list(scratch_base.iterdir())
+    root = scratch_base / workdir.PARENT
+    left = list(root.iterdir())
     assert len(left) == 1 and list(left[0].glob("*/bundle/manifest.json"))  # what a SIGKILL leaves
-    alive = scratch_base / f"cairn-migrate-{os.getpid()}-running"
+    alive = root / f"{os.getpid()}-{workdir._start_time(os.getpid())}-running"
     alive.mkdir()
+    reused = root / f"{os.getpid()}-1-pid-reused"  # this pid, but a process that started at another time
+    reused.mkdir()
+    users = scratch_base / "cairn-migrate-20261201"  # the user's own folder with a bundle in it: not ours
+    shutil.copytree(tmp_path / "src" / "uploads", users)
     monkeypatch.setattr(tempfile, "tempdir", str(scratch_base))
 
     import_bundle(instance(dst), archive, resume=True)
 
-    assert sorted(scratch_base.iterdir()) == [alive]  # the dead run's extraction is gone, a live one's kept
+    assert sorted(root.iterdir()) == [alive]  # the dead runs' folders are gone, a live one's kept
+    assert sorted(scratch_base.iterdir()) == sorted([root, users])
+    assert sorted(p.name for p in users.iterdir()) == sorted(p.name for p in (tmp_path / "src" / "uploads").iterdir())
     assert verify_bundle(instance(dst), archive)["ok"]
-    assert sorted(scratch_base.iterdir()) == [alive]
+    assert sorted(root.iterdir()) == [alive]
 
 
 def _bundle_with_duplicate_row(bundle: Path) -> None:
@@ -508,4 +516,63 @@ def test_replace_over_an_interrupted_import_keeps_a_restorable_safety_bundle(
     again = make_empty_instance("postgres", tmp_path / "again", request)
     import_bundle(instance(again), safety)
     assert verify_bundle(instance(again), safety)["ok"]
+
+
+def test_killed_archive_export_leaves_no_staging_copy_beside_the_output(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging folder of an (encrypted) archive lives in the swept scratch space, never beside ``-o``."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    scratch_base = tmp_path / "tmp"
+    scratch_base.mkdir()
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from pathlib import Path
+        from cairn_migrate import export
+        from cairn_migrate.instance import Instance
+
+        def pack_then_die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        export.pack = pack_then_die  # killed while the staged plaintext bundle is complete
+        export.export_bundle(Instance.from_env_file(sys.argv[1], environ={}), Path(sys.argv[2]), passphrase="pass phrase")
+    """), str(src), str(out / "a.tar.gz.enc")], env={**os.environ, "TMPDIR": str(scratch_base)}, check=False)
+    assert killed.returncode == -9
+    assert list(out.iterdir()) == []
+    left = list((scratch_base / workdir.PARENT).iterdir())
+    assert len(left) == 1 and (left[0] / "bundle" / "manifest.json").exists()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_base))
+
+    export_bundle(instance(src), out / "b.tar.gz")  # the next run sweeps the killed one's staging
+
+    assert list((scratch_base / workdir.PARENT).iterdir()) == []
+    assert [p.name for p in out.iterdir()] == ["b.tar.gz"]
+
+
+def test_killed_repair_from_an_archive_leaves_its_extraction_to_the_sweep(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    archive = tmp_path / "bundle.tar"
+    export_bundle(instance(src), archive)
+    scratch_base = tmp_path / "tmp"
+    scratch_base.mkdir()
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from pathlib import Path
+        from cairn_migrate import file_rows
+        from cairn_migrate.instance import Instance
+
+        def scan_then_die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        file_rows.scan_instance = scan_then_die  # the archive is unpacked, the repair starts
+        file_rows.repair(Instance.from_env_file(sys.argv[1], environ={}), bundle=Path(sys.argv[2]))
+    """), str(src), str(archive)], env={**os.environ, "TMPDIR": str(scratch_base)}, check=False)
+    assert killed.returncode == -9
+    left = list((scratch_base / workdir.PARENT).iterdir())
+    assert len(left) == 1 and list(left[0].glob("*/bundle/manifest.json"))
+    assert sorted(p.name for p in scratch_base.iterdir()) == [workdir.PARENT]
+
+    assert workdir.sweep_stale(scratch_base) == left
 
