@@ -44,7 +44,7 @@ from . import import_marker
 from . import native as native_tools
 from .bundle import file_member, is_archive_path, iter_file_index, member_path, open_bundle, sha256_file
 from .database import Database, open_engine
-from .errors import ConfigError, InvalidInput, MigrateError
+from .errors import ConfigError, Interrupted, InvalidInput, MigrateError
 from .instance import DatabaseConfig, Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
@@ -531,6 +531,9 @@ def import_bundle(
                     _remove_created_paths(instance if new_sqlite_file else None, created_dirs)
                 if isinstance(exc, MigrateError):
                     raise
+                if isinstance(exc, KeyboardInterrupt):
+                    raise Interrupted(f"interrupted: the import into {instance.database.display_url} is incomplete",
+                                      hint=import_marker.RESUME_FIX) from exc
                 if isinstance(exc, Exception):
                     raise ImportFailed(
                         f"Import failed: {exc}",

@@ -576,3 +576,48 @@ def test_killed_repair_from_an_archive_leaves_its_extraction_to_the_sweep(tmp_pa
 
     assert workdir.sweep_stale(scratch_base) == left
 
+
+def test_ctrl_c_during_an_import_exits_3_and_names_the_resume(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A real SIGINT, sent by the import to itself while it writes the files: not click's "Aborted!" with exit 1."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    interrupted = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from cairn_migrate import cli, restore
+
+        restore_files = restore._restore_files
+
+        def interrupt_then_restore(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return restore_files(*args, **kwargs)
+
+        restore._restore_files = interrupt_then_restore
+        sys.argv = ["cairn-migrate", *sys.argv[1:]]
+        cli.main()
+    """), "--env", str(dst), "import", str(tmp_path / "bundle")], capture_output=True, text=True, check=False)
+
+    assert interrupted.returncode == 3, interrupted.stderr
+    lines = interrupted.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: interrupted: the import into ") and lines[0].endswith(" is incomplete")
+    assert lines[1] == f"  fix: {import_marker.RESUME_FIX}"
+    assert run("--env", dst, "inspect", "--json", "--no-objects").exit_code == 1
+    import_bundle(instance(dst), tmp_path / "bundle", resume=True)
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+
+
+def test_ctrl_c_outside_an_import_exits_3(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    interrupted = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from cairn_migrate import api, cli
+
+        def interrupted(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+
+        api.inspect = interrupted  # the operator presses Ctrl-C while the instance is inspected
+        sys.argv = ["cairn-migrate", *sys.argv[1:]]
+        cli.main()
+    """), "--env", str(src), "inspect"], capture_output=True, text=True, check=False)
+    assert interrupted.returncode == 3, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines() == ["Error: interrupted"]
