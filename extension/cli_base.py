@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from . import api
-from .errors import MigrateError, first_line, unexpected
+from .errors import Interrupted, MigrateError, first_line, unexpected
 from .operations import OpContext, Outcome
 from .progress import Progress
 
@@ -71,6 +71,14 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own exits and usage errors
+        except KeyboardInterrupt as exc:  # Ctrl-C: failed (3), never click's "Aborted!" with 1 (= differences)
+            if obj is not None and obj.traceback:
+                raise
+            stopped = exc if isinstance(exc, Interrupted) else Interrupted()
+            click.echo(f"Error: {stopped.message}", err=True)
+            if stopped.hint:
+                click.echo(f"  fix: {stopped.hint}", err=True)
+            ctx.exit(stopped.exit_code)
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes one line
             if obj is not None and obj.traceback:
                 raise

@@ -22,7 +22,7 @@ EXIT_CODES = """## Exit codes
 | 0 | OK, nothing to do |
 | 1 | differences or problems found (`verify`, `inspect`, `files check`, `export` that could not capture everything, or `--dry-run` with a non-empty plan) |
 | 2 | bad input or configuration: the message names the setting or option to fix |
-| 3 | failed; also any unexpected error (one line; `--traceback` shows the Python traceback) |
+| 3 | failed; also any unexpected error (one line; `--traceback` shows the Python traceback), and Ctrl-C (`Error: interrupted`; an interrupted import adds that the target is incomplete and `fix: … import BUNDLE --resume`) |
 | 4 | partial: some items still failed after retries |
 
 ## Timeouts

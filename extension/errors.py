@@ -103,6 +103,21 @@ class FreezeNotEnforced(ConfigError):
 
     code = "freeze_not_enforced"
 
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped an operation; still a ``KeyboardInterrupt``, so nothing catching errors swallows it.
+
+    ``hint`` says what the interruption left (an import: the target is
+    incomplete, and the fix); the CLI prints the message and exits 3.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str = "interrupted", *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
 def first_line(text: str) -> str:
     """The first non-empty line of ``text``: driver errors append SQL and carets that do not fit one line."""
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")

@@ -38,6 +38,7 @@ from .state import instance_scope
 from .storage import Location, open_location
 from .table_schema import TableDef, load_order, reflect_tables
 from .values import SQLITE_STORED, fast_decoder
+from .workdir import scratch
 
 log = logging.getLogger(__name__)
 
@@ -310,29 +311,30 @@ def export_bundle(
             raise ConfigError(f"{output} already exists", hint="choose another path, or remove it first")
         shutil.rmtree(output) if output.is_dir() else output.unlink()
     output.parent.mkdir(parents=True, exist_ok=True)
-    bundle_dir = Path(tempfile.mkdtemp(prefix=".cairn-bundle-", dir=output.parent)) if archive else output
-    def prove(state: dict[str, Any]) -> dict[str, Any]:
-        progress.log("proving the instance holds writes")
-        return prove_enforced(instance, state, instance_url, guarantee=freeze_guarantee)
+    with contextlib.ExitStack() as staging:
+        # An archive is staged in this run's scratch folder (TMPDIR), removed on exit: a killed export
+        # leaves no plaintext copy beside the output, and the next run of the tool sweeps it.
+        bundle_dir = staging.enter_context(scratch()) / "bundle" if archive else output
 
-    try:
-        with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
-                    prove=prove) as held:
-            manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
-        if held is not None:
-            manifest["freeze"] = held
-        if archive:
-            progress.log(f"packing {output.name}")
-            pack(bundle_dir, output, passphrase=passphrase, key_file=key_file)
-    except BaseException:
-        if output.exists() and not archive:
-            shutil.rmtree(output, ignore_errors=True)
-        if archive and output.exists():
-            output.unlink()
-        raise
-    finally:
-        if archive:
-            shutil.rmtree(bundle_dir, ignore_errors=True)
+        def prove(state: dict[str, Any]) -> dict[str, Any]:
+            progress.log("proving the instance holds writes")
+            return prove_enforced(instance, state, instance_url, guarantee=freeze_guarantee)
+
+        try:
+            with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
+                        prove=prove) as held:
+                manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
+            if held is not None:
+                manifest["freeze"] = held
+            if archive:
+                progress.log(f"packing {output.name}")
+                pack(bundle_dir, output, passphrase=passphrase, key_file=key_file)
+        except BaseException:
+            if output.exists() and not archive:
+                shutil.rmtree(output, ignore_errors=True)
+            if archive and output.exists():
+                output.unlink()
+            raise
     return manifest
 
 

@@ -402,6 +402,16 @@ class _Sources:
         return None
 
 
+@contextmanager
+def _scratch_bundle(bundle: Path, passphrase: str | None) -> Iterator[Path]:
+    """:func:`~cairn_migrate.bundle.open_bundle` with its extraction in a scratch folder (swept when a run is killed)."""
+    from .bundle import open_bundle
+    from .workdir import scratch
+
+    with scratch() as workdir, open_bundle(bundle, passphrase=passphrase, workdir=workdir) as bundle_dir:
+        yield bundle_dir
+
+
 def repair(instance: Instance, *, yes: bool = False, bundle: Path | None = None, passphrase: str | None = None,
            from_locations: list[str] | None = None, from_instance: Instance | None = None, orphans: str = "quarantine",
            clear_references: bool = True, workers: int = DEFAULT_WORKERS, limit: int = DEFAULT_LIMIT,
@@ -416,8 +426,6 @@ def repair(instance: Instance, *, yes: bool = False, bundle: Path | None = None,
     """
     from contextlib import nullcontext
 
-    from .bundle import open_bundle
-
     if orphans not in ("quarantine", "delete", "keep"):
         raise MigrateError(f"orphans={orphans!r}: use quarantine, delete or keep")
     progress = progress or NullProgress()
@@ -425,7 +433,8 @@ def repair(instance: Instance, *, yes: bool = False, bundle: Path | None = None,
     plan: list[dict[str, Any]] = []
     unresolved: list[dict[str, Any]] = []
     done = {"refetched": 0, "quarantined": 0, "deleted": 0, "references_cleared": 0}
-    opened = open_bundle(bundle, passphrase=passphrase) if bundle is not None else nullcontext(None)
+    # An archive is unpacked in this run's scratch folder: a killed repair's extraction is swept by the next run.
+    opened = _scratch_bundle(bundle, passphrase) if bundle is not None else nullcontext(None)
     with opened as bundle_dir, scan_instance(instance, workers=workers, progress=progress, state_url=state_url) as (scan, facts):
         locations = {c.name: open_location(c) for c in instance.locations if c.name not in facts["errors"]}
         broken = [*scan.problems("missing"), *scan.problems("size_mismatch")]

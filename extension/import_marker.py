@@ -10,9 +10,11 @@ the table was committed.  ``import --resume`` continues only an import this
 marker records, and only while every fingerprinted table is unchanged, so a
 resume never touches a row it did not write.
 
-Steps, in order: ``tables`` (neutral rows, table by table; ``current`` names
-the table being written), ``restore`` (a native dump being restored),
-``files`` (file bytes), ``constraints`` (foreign keys, sequences, checks).
+Steps, in order: ``replace`` (``--replace`` dropping the old target's tables,
+whose fingerprints the marker holds; the safety bundle is written before),
+``tables`` (neutral rows, table by table; ``current`` names the table being
+written), ``restore`` (a native dump being restored), ``files`` (file bytes),
+``constraints`` (foreign keys, sequences, checks).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .errors import MigrateError
 
 log = logging.getLogger(__name__)
 TABLE = "cairn_migrate_import"
-STEPS = ("tables", "restore", "files", "constraints")
+STEPS = ("replace", "tables", "restore", "files", "constraints")
 #: The fix every report of an incomplete target names.
 RESUME_FIX = "cairn-migrate import BUNDLE --resume (with the bundle of the interrupted import)"
 
@@ -119,9 +121,16 @@ def public_status(open_db: Callable[[], Database]) -> dict[str, Any]:
     return {key: marker.status()[key] for key in empty}
 
 
-def begin(db: Database, bundle_id: str, *, previous: Marker | None = None) -> Marker:
-    """Write the marker (before any other write of an import); ``previous`` re-writes one a restore replaced."""
+def begin(db: Database, bundle_id: str, *, previous: Marker | None = None, replacing: Sequence[str] = ()) -> Marker:
+    """Write the marker (before any other write of an import); ``previous`` re-writes one a restore replaced.
+
+    ``replacing``: the old tables ``--replace`` is about to drop; the marker
+    starts at step ``replace`` with their fingerprints, so a resume drops only
+    what is still as the safety bundle saw it.
+    """
     marker = previous or Marker(import_id=str(uuid.uuid4()), bundle_id=bundle_id, step="tables", started_at=_now())
+    if replacing:
+        marker.step, marker.tables = "replace", fingerprints(db, replacing)
     marker.updated_at = _now()
     _marker.create(db.engine, checkfirst=True)
     with db.engine.begin() as conn:
@@ -163,6 +172,12 @@ def tables_done(db: Database, marker: Marker, names: Sequence[str]) -> None:
     _save(db, marker)
 
 
+def replaced(db: Database, marker: Marker) -> None:
+    """Record that ``--replace`` dropped every old table: the load starts with nothing of ours yet."""
+    marker.step, marker.current_table, marker.tables = "tables", None, {}
+    _save(db, marker)
+
+
 def set_step(db: Database, marker: Marker, step: str) -> None:
     marker.step, marker.current_table = step, None
     _save(db, marker)
@@ -196,10 +211,15 @@ def fingerprints(db: Database, names: Sequence[str]) -> dict[str, str]:
 
 
 def changed_tables(db: Database, marker: Marker) -> dict[str, tuple[str, str | None]]:
-    """Fingerprinted tables that differ now (``name → (recorded, now)``; ``now`` is ``None`` when dropped)."""
+    """Fingerprinted tables that differ now (``name → (recorded, now)``; ``now`` is ``None`` when dropped).
+
+    At step ``replace`` the fingerprints are of the old tables being dropped:
+    one already gone was dropped by the import itself, so it is no change.
+    """
     present = set(db.table_names())
     now = fingerprints(db, [name for name in marker.tables if name in present])
-    return {name: (was, now.get(name)) for name, was in marker.tables.items() if now.get(name) != was}
+    return {name: (was, now.get(name)) for name, was in marker.tables.items()
+            if now.get(name) != was and not (marker.step == "replace" and name not in present)}
 
 
 def rows_of(fingerprint: str | None) -> str:

@@ -12,13 +12,15 @@ fast path stays fast end to end.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import signal
 import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -77,9 +79,44 @@ def _conn_args(config: DatabaseConfig) -> tuple[list[str], dict[str, str]]:
     return ["-h", url.host or "127.0.0.1", "-P", str(url.port or 3306), "-u", url.username or "root"], env
 
 
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), looked up once in the parent: the child between fork and exec only calls it."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return None
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the tool die (SIGKILL) when the sidecar does.
+
+    A killed sidecar (SIGKILL, OOM) otherwise leaves ``pg_restore`` or
+    ``mariadb`` running: it goes on writing into a target whose import is
+    recorded as interrupted, and a resume would then drop rows it cannot tell
+    apart.  The signal is sent when the thread that started the tool ends, and
+    that thread waits for the tool.  If the parent died before ``prctl`` ran,
+    the child notices its new parent and ends itself.
+    """
+    if _PRCTL is None:
+        return None
+    parent, prctl = os.getpid(), _PRCTL
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 def _run(command: list[str], env: dict[str, str], *, stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
     with tempfile.TemporaryFile() as stderr:
-        with subprocess.Popen(command, env=env, stdin=stdin, stdout=subprocess.PIPE if stdout else None, stderr=stderr) as process:
+        with subprocess.Popen(command, env=env, stdin=stdin, stdout=subprocess.PIPE if stdout else None, stderr=stderr,
+                              preexec_fn=_dies_with_parent()) as process:
             if stdout is not None and process.stdout is not None:
                 shutil.copyfileobj(process.stdout, stdout, 1024 * 1024)
             code = process.wait()
@@ -107,7 +144,7 @@ def dump_postgres(db: Database, conn: sa.Connection, folder: Path, tables: Seque
     command = [tool, *args, "-Fd", "-j", str(JOBS), "-Z", "1", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
                "-f", str(folder), str(db.config.url.database)]
     with tempfile.TemporaryFile() as stderr:
-        with subprocess.Popen(command, env=env, stderr=stderr) as process:
+        with subprocess.Popen(command, env=env, stderr=stderr, preexec_fn=_dies_with_parent()) as process:
             try:
                 sums = checksums(db, conn, tables)
             finally:

@@ -45,7 +45,7 @@ from . import native as native_tools
 from .bundle import file_member, is_archive_path, iter_file_index, member_path, open_bundle, sha256_file
 from .database import Database, open_engine
 from .drift import field_flags
-from .errors import ConfigError, InvalidInput, MigrateError
+from .errors import ConfigError, Interrupted, InvalidInput, MigrateError
 from .instance import DatabaseConfig, Instance
 from .progress import NullProgress, Progress
 from .storage import Location, open_location
@@ -162,11 +162,12 @@ def _check_locations(
 
 
 def _check_resumable(db: Database, marker: import_marker.Marker | None, bundle_id: str, existing: Sequence[str],
-                     load_order: Sequence[str]) -> None:
+                     manifest: Mapping[str, Any]) -> None:
     """``--resume`` continues only the import the target's marker records, into a target unchanged since.
 
     :raises ConfigError: no marker, another bundle, a fingerprinted table
-        changed, or a table the import did not write; nothing is touched.
+        changed, a table the import did not write, or rows it did not write in
+        a table it was writing; nothing is touched.
     """
     where = db.config.display_url
     if marker is None:
@@ -185,20 +186,56 @@ def _check_resumable(db: Database, marker: import_marker.Marker | None, bundle_i
     if changed:
         raise ConfigError(
             f"--resume: the target changed since the import was interrupted: {import_marker.describe(changed)}",
-            hint="nothing was changed; import into an empty database, or pass --replace (a safety bundle of the "
-            "target is written first)",
+            hint=_CHANGED_FIX,
         )
-    ours = set(marker.tables) | {import_marker.TABLE}
+    unproven = set()  # tables the resume drops and reloads although no fingerprint of them was recorded
     if marker.step == "restore" or not marker.bundle_id:
-        ours |= set(load_order)  # a native restore (or an import killed at its first write) made them all
-    elif marker.current_table:
-        ours.add(marker.current_table)
-    foreign = sorted(set(existing) - ours)
+        unproven = set(manifest["load_order"])  # a native restore (or an import killed at its first write) made them all
+    elif marker.step != "replace" and marker.current_table:
+        unproven = {marker.current_table}
+    unproven = (unproven & set(existing)) - set(marker.tables)
+    foreign = sorted(set(existing) - set(marker.tables) - unproven - {import_marker.TABLE})
     if foreign:
         raise ConfigError(
             f"--resume: the target has tables the interrupted import did not write: {', '.join(foreign[:5])}",
-            hint="nothing was changed; import into an empty database, or pass --replace (a safety bundle of the "
-            "target is written first)",
+            hint=_CHANGED_FIX,
+        )
+    _check_unproven(db, sorted(unproven), _native_fingerprints(manifest, db.vendor))
+
+
+_CHANGED_FIX = ("nothing was changed; import into an empty database, or pass --replace (a safety bundle of the "
+                "target is written first)")
+
+
+def _native_fingerprints(manifest: Mapping[str, Any], vendor: str) -> dict[str, str]:
+    """What each table holds once the bundle's native dump is restored, as :func:`import_marker.fingerprints` says it.
+
+    Only a PostgreSQL or MariaDB dump restored on its own vendor: the checksums
+    are that vendor's own (SQLite records its fingerprints before the restore).
+    """
+    native = manifest.get("native") or {}
+    if manifest.get("data") != "native" or native.get("vendor") != vendor or vendor == "sqlite":
+        return {}
+    return {name: f"{value['rows']}:{value['checksum']}" for name, value in native.get("checksums", {}).items()}
+
+
+def _check_unproven(db: Database, names: Sequence[str], restored: Mapping[str, str]) -> None:
+    """A table the interrupted import was writing is dropped by a resume only while it holds no row it did not write.
+
+    Its load is one transaction, so until its fingerprint is recorded it held
+    nothing of ours: it must be empty, or, after a native restore, hold exactly
+    the bundle's rows (the restore's own result).  Anything else was written by
+    someone else (the instance, an orphaned restore tool finishing later).
+
+    :raises ConfigError: naming the tables and their row counts; nothing is touched.
+    """
+    now = import_marker.fingerprints(db, names)
+    foreign = {name: value for name, value in now.items() if not value.startswith("0:") and restored.get(name) != value}
+    if foreign:
+        listed = ", ".join(f"{name} ({import_marker.rows_of(value)})" for name, value in sorted(foreign.items()))
+        raise ConfigError(
+            f"--resume: rows the interrupted import did not write appeared in tables it was writing: {listed}",
+            hint=_CHANGED_FIX,
         )
 
 
@@ -250,7 +287,7 @@ def plan_import(
             bundle_id=sha256_file(bundle_dir / "manifest.json"),
         )
         if resume:
-            _check_resumable(db, marker, plan.bundle_id, existing, manifest["load_order"])
+            _check_resumable(db, marker, plan.bundle_id, existing, manifest)
             plan.marker = marker
         elif existing and not replace:
             interrupted = f"; it holds an interrupted import (step {marker.step})" if marker else ""
@@ -268,12 +305,13 @@ def plan_import(
         plan.warnings.append(f"fast path: restoring the native {plan.vendor} dump with the vendor's own tool")
     if source_vendor != plan.vendor:
         plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
-    done = plan.marker.tables if plan.marker else {}
+    replacing = plan.marker is not None and plan.marker.step == "replace"  # its old tables are dropped first
+    done = plan.marker.tables if plan.marker and not replacing else {}
     for name in manifest["load_order"]:
         expected = manifest["tables"][name]["rows"]
         if name in done:
             action = "skip"  # committed by the interrupted import and unchanged since
-        elif resume and name in existing:
+        elif resume and name in existing and not replacing:
             action = "reload"  # the table the interrupted import was writing (or its native restore)
         elif native and manifest["native"]["vendor"] == plan.vendor:
             action = "restore"
@@ -422,14 +460,16 @@ def import_bundle(
             loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest),
                                  field_flags=field_flags(ordered, manifest["source"]["vendor"], db.vendor))
             try:
-                if replace:
-                    for name in reversed(_drop_order(db, plan.existing_tables)):
-                        loader.drop(name)
                 if plan.marker is None:
                     created.append(import_marker.TABLE)
                 marker = plan.marker
-                if marker is None or not marker.bundle_id:  # a new import, or one killed before its marker row
-                    marker = import_marker.begin(db, plan.bundle_id)
+                if replace or marker is None or not marker.bundle_id:  # a new import, or one killed before its marker row
+                    # --replace: written before its first DROP, so a kill from there on leaves the target marked.
+                    marker = import_marker.begin(db, plan.bundle_id, replacing=_old_tables(db) if replace else ())
+                if marker.step == "replace":  # the old tables are in the safety bundle, unchanged since (checked)
+                    for name in reversed(_drop_order(db, _old_tables(db))):
+                        loader.drop(name)
+                    import_marker.replaced(db, marker)
                 total = sum(t["rows"] for t in plan.tables if t["action"] != "skip")
                 progress.progress(items_done=0, items_total=total)
                 loaded = 0
@@ -442,11 +482,12 @@ def import_bundle(
                     loader.close()
                     dump = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member",
                                        directory=True)  # PostgreSQL's directory format: a folder of members
+                    if db.vendor == "sqlite":  # the backup replaces the whole file: restore a copy holding the marker
+                        dump = _staged_sqlite(dump, workdir, marker, storage_map, manifest["load_order"])
                     native_tools.restore(instance.database, dump)
-                    if db.vendor == "sqlite":  # the backup replaced the whole file, the marker with it
-                        import_marker.begin(db, plan.bundle_id, previous=marker)
                     loader = TableLoader(db.engine, db.vendor, ordered)
-                    _remap_storage(db, storage_map)
+                    if db.vendor != "sqlite":
+                        _remap_storage(db, storage_map)
                     import_marker.tables_done(db, marker, manifest["load_order"])
                     loaded = total
                     progress.advance(items=total)
@@ -492,6 +533,9 @@ def import_bundle(
                     _remove_created_paths(instance if new_sqlite_file else None, created_dirs)
                 if isinstance(exc, MigrateError):
                     raise
+                if isinstance(exc, KeyboardInterrupt):
+                    raise Interrupted(f"interrupted: the import into {instance.database.display_url} is incomplete",
+                                      hint=import_marker.RESUME_FIX) from exc
                 if isinstance(exc, Exception):
                     raise ImportFailed(
                         f"Import failed: {exc}",
@@ -532,6 +576,30 @@ def _remap_storage(db: Database, storage_map: Mapping[str, str]) -> None:
     with db.engine.begin() as conn:
         for old, new in storage_map.items():
             conn.execute(sa.update(files).where(files.c.storage == old).values(storage=new))
+
+
+def _staged_sqlite(dump: Path, workdir: Path, marker: import_marker.Marker, storage_map: Mapping[str, str],
+                   names: Sequence[str]) -> Path:
+    """A scratch copy of the bundle's SQLite database, remapped, holding the marker with its tables' fingerprints.
+
+    The backup API then replaces the target's file with it in one step, so
+    the target is never without its marker (a kill right after the restore
+    still reads "incomplete"), and a resume can prove every table unchanged.
+    """
+    staged = workdir / "restore.db"
+    config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(staged)))
+    native_tools.restore(config, dump)
+    with Database(open_engine(config), config) as copy:
+        _remap_storage(copy, storage_map)
+        marker.tables.update(import_marker.fingerprints(copy, names))
+        marker.current_table = None
+        import_marker.begin(copy, marker.bundle_id, previous=marker)
+    return staged
+
+
+def _old_tables(db: Database) -> list[str]:
+    """The target's tables ``--replace`` drops: all but the marker."""
+    return [name for name in db.table_names() if name != import_marker.TABLE]
 
 
 def _drop_order(db: Database, names: Sequence[str]) -> list[str]:

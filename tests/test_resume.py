@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ from click.testing import CliRunner
 from conftest import make_empty_instance, make_instance
 from test_clone import normalized_rows
 
-from cairn_migrate import import_marker
+from cairn_migrate import import_marker, workdir
 from cairn_migrate.cli import cli
 from cairn_migrate.database import Database
 from cairn_migrate.errors import ConfigError, MigrateError
@@ -55,7 +57,27 @@ KILLER = textwrap.dedent(
             if (self.armed and items) or (WHEN == "mid_files" and bytes):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    import_bundle(Instance.from_env_file(sys.argv[1], environ={}), Path(sys.argv[2]), progress=KillAt())
+    target = Instance.from_env_file(sys.argv[1], environ={})
+    if WHEN == "after_native_restore":  # the dump is in the target, the import has not recorded it yet
+        from cairn_migrate import native
+        restore = native.restore
+
+        def restore_then_die(config, member):
+            restore(config, member)
+            if config.url.database == target.database.url.database:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        native.restore = restore_then_die
+    if WHEN == "replace_first_drop":  # --replace has dropped one old table
+        from cairn_migrate.table_loader import TableLoader
+        drop = TableLoader.drop
+
+        def drop_then_die(self, name):
+            drop(self, name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        TableLoader.drop = drop_then_die
+    import_bundle(target, Path(sys.argv[2]), progress=KillAt(), replace=WHEN.startswith("replace"))
     """
 )
 
@@ -208,6 +230,124 @@ def test_resume_refuses_a_target_changed_since_the_interruption(vendor: str, tmp
         assert import_marker.read(db).step == "constraints"  # still recorded as incomplete
 
 
+@pytest.mark.parametrize("vendor", ["mariadb", "sqlite"])
+def test_resume_refuses_rows_written_into_the_table_the_import_was_loading(
+    vendor: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """MariaDB and SQLite commit the CREATE TABLE of a half-loaded table: the instance may write into it."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, bundle, "mid_table")
+    execute(dst, f"INSERT INTO articles (id, title, status) VALUES ('99999999-0000-4000-8000-000000000000', '{ADDED}', 'draft')")
+    before = normalized_rows(dst, vendor)
+
+    resumed = run("--env", dst, "import", bundle, "--resume")
+
+    assert resumed.exit_code == 2, resumed.output
+    assert "rows the interrupted import did not write appeared in tables it was writing: articles (1 rows)" in resumed.output
+    assert "fix:" in resumed.output
+    assert normalized_rows(dst, vendor) == before
+    with Database.open(instance(dst)) as db:
+        assert import_marker.read(db).current_table == "articles"  # still recorded as incomplete
+
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+def test_resume_after_a_finished_native_restore_drops_only_the_bundles_own_rows(
+    vendor: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Killed once the dump is in the target (or an orphaned restore tool finished it): the target reads
+    incomplete, a row the instance wrote since is never dropped, and the bundle's own rows are reloaded."""
+    src = make_instance(vendor, tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle, native=True)
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, bundle, "after_native_restore")
+    inspected = run("--env", dst, "inspect", "--json", "--no-objects")
+    assert inspected.exit_code == 1, inspected.output
+    assert json.loads(inspected.stdout)["import"]["step"] == "restore"
+    execute(dst, f"INSERT INTO tags (name) VALUES ('{ADDED}')")
+
+    refused = run("--env", dst, "import", bundle, "--resume")
+
+    assert refused.exit_code == 2, refused.output
+    assert "tags (" in refused.output and "fix:" in refused.output
+    assert ADDED in tag_names(dst)
+    execute(dst, f"DELETE FROM tags WHERE name = '{ADDED}'")  # the target is again what the restore left
+    import_bundle(instance(dst), bundle, resume=True)
+    assert verify_bundle(instance(dst), bundle)["ok"]
+    assert normalized_rows(dst, vendor) == normalized_rows(src, vendor)
+
+
+def _process_gone(pid: int) -> bool:
+    """Ended (or a zombie nobody has reaped yet: it runs no more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_native_tools_die_with_a_killed_sidecar(tmp_path: Path) -> None:
+    """A SIGKILLed sidecar must not leave pg_restore or mariadb writing into the target on their own."""
+    import time
+
+    pid_file = tmp_path / "tool.pid"
+    sidecar = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        from cairn_migrate import native
+        native._run(["sh", "-c", "echo $$ > {pid_file}; exec sleep 60"], dict(os.environ))
+    """)])
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tool = int(pid_file.read_text())
+    assert not _process_gone(tool)
+
+    sidecar.kill()
+    sidecar.wait()
+
+    deadline = time.monotonic() + 5
+    while not _process_gone(tool) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _process_gone(tool), "the native tool outlived the killed sidecar"
+
+
+def test_killed_replace_is_reported_incomplete_and_resumes(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = {"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}"}
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", state["CAIRN_MIGRATE_STATE_URL"])
+    src = make_instance("sqlite", tmp_path / "src", request)
+    execute(src, "UPDATE tags SET name = name || ' (from the source)'")
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_instance("sqlite", tmp_path / "dst", request)
+
+    kill_import(dst, bundle, "replace_first_drop", env=state)
+
+    inspected = run("--env", dst, "inspect", "--json", "--no-objects")
+    assert inspected.exit_code == 1, inspected.output
+    assert json.loads(inspected.stdout)["import"]["step"] == "replace"
+    assert "import BUNDLE --resume" in inspected.stderr
+    verified = run("--env", dst, "verify", bundle)
+    assert verified.exit_code == 1
+    assert "INCOMPLETE IMPORT" in verified.stdout and "--resume" in verified.stderr
+    execute(dst, f"INSERT INTO tags (id, name) VALUES (9999, '{ADDED}')")  # the old target, written since
+    refused = run("--env", dst, "import", bundle, "--resume")
+    assert refused.exit_code == 2, refused.output
+    assert "the target changed since the import was interrupted: tags (" in refused.output
+    assert ADDED in tag_names(dst)
+    execute(dst, "DELETE FROM tags WHERE id = 9999")
+
+    resumed = run("--env", dst, "import", bundle, "--resume")
+
+    assert resumed.exit_code == 0, resumed.output
+    assert verify_bundle(instance(dst), bundle)["ok"]
+    assert tag_names(dst) == tag_names(src)
+
+
 def test_resume_refuses_another_bundle(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     src = make_instance("sqlite", tmp_path / "src", request)
     export_bundle(instance(src), tmp_path / "one")
@@ -290,17 +430,24 @@ def test_stale_extractions_of_killed_imports_are_removed_by_the_next_run(
     scratch_base.mkdir()
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)
     kill_import(dst, archive, "mid_table", env={"TMPDIR": str(scratch_base)})
-    left = list(scratch_base.iterdir())
+    root = scratch_base / workdir.PARENT
+    left = list(root.iterdir())
     assert len(left) == 1 and list(left[0].glob("*/bundle/manifest.json"))  # what a SIGKILL leaves
-    alive = scratch_base / f"cairn-migrate-{os.getpid()}-running"
+    alive = root / f"{os.getpid()}-{workdir._start_time(os.getpid())}-running"
     alive.mkdir()
+    reused = root / f"{os.getpid()}-1-pid-reused"  # this pid, but a process that started at another time
+    reused.mkdir()
+    users = scratch_base / "cairn-migrate-20261201"  # the user's own folder with a bundle in it: not ours
+    shutil.copytree(tmp_path / "src" / "uploads", users)
     monkeypatch.setattr(tempfile, "tempdir", str(scratch_base))
 
     import_bundle(instance(dst), archive, resume=True)
 
-    assert sorted(scratch_base.iterdir()) == [alive]  # the dead run's extraction is gone, a live one's kept
+    assert sorted(root.iterdir()) == [alive]  # the dead runs' folders are gone, a live one's kept
+    assert sorted(scratch_base.iterdir()) == sorted([root, users])
+    assert sorted(p.name for p in users.iterdir()) == sorted(p.name for p in (tmp_path / "src" / "uploads").iterdir())
     assert verify_bundle(instance(dst), archive)["ok"]
-    assert sorted(scratch_base.iterdir()) == [alive]
+    assert sorted(root.iterdir()) == [alive]
 
 
 def _bundle_with_duplicate_row(bundle: Path) -> None:
@@ -370,3 +517,108 @@ def test_replace_over_an_interrupted_import_keeps_a_restorable_safety_bundle(
     again = make_empty_instance("postgres", tmp_path / "again", request)
     import_bundle(instance(again), safety)
     assert verify_bundle(instance(again), safety)["ok"]
+
+
+def test_killed_archive_export_leaves_no_staging_copy_beside_the_output(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging folder of an (encrypted) archive lives in the swept scratch space, never beside ``-o``."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    scratch_base = tmp_path / "tmp"
+    scratch_base.mkdir()
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from pathlib import Path
+        from cairn_migrate import export
+        from cairn_migrate.instance import Instance
+
+        def pack_then_die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        export.pack = pack_then_die  # killed while the staged plaintext bundle is complete
+        export.export_bundle(Instance.from_env_file(sys.argv[1], environ={}), Path(sys.argv[2]), passphrase="pass phrase")
+    """), str(src), str(out / "a.tar.gz.enc")], env={**os.environ, "TMPDIR": str(scratch_base)}, check=False)
+    assert killed.returncode == -9
+    assert list(out.iterdir()) == []
+    left = list((scratch_base / workdir.PARENT).iterdir())
+    assert len(left) == 1 and (left[0] / "bundle" / "manifest.json").exists()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_base))
+
+    export_bundle(instance(src), out / "b.tar.gz")  # the next run sweeps the killed one's staging
+
+    assert list((scratch_base / workdir.PARENT).iterdir()) == []
+    assert [p.name for p in out.iterdir()] == ["b.tar.gz"]
+
+
+def test_killed_repair_from_an_archive_leaves_its_extraction_to_the_sweep(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    archive = tmp_path / "bundle.tar"
+    export_bundle(instance(src), archive)
+    scratch_base = tmp_path / "tmp"
+    scratch_base.mkdir()
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from pathlib import Path
+        from cairn_migrate import file_rows
+        from cairn_migrate.instance import Instance
+
+        def scan_then_die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        file_rows.scan_instance = scan_then_die  # the archive is unpacked, the repair starts
+        file_rows.repair(Instance.from_env_file(sys.argv[1], environ={}), bundle=Path(sys.argv[2]))
+    """), str(src), str(archive)], env={**os.environ, "TMPDIR": str(scratch_base)}, check=False)
+    assert killed.returncode == -9
+    left = list((scratch_base / workdir.PARENT).iterdir())
+    assert len(left) == 1 and list(left[0].glob("*/bundle/manifest.json"))
+    assert sorted(p.name for p in scratch_base.iterdir()) == [workdir.PARENT]
+
+    assert workdir.sweep_stale(scratch_base) == left
+
+
+def test_ctrl_c_during_an_import_exits_3_and_names_the_resume(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A real SIGINT, sent by the import to itself while it writes the files: not click's "Aborted!" with exit 1."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    interrupted = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from cairn_migrate import cli, restore
+
+        restore_files = restore._restore_files
+
+        def interrupt_then_restore(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return restore_files(*args, **kwargs)
+
+        restore._restore_files = interrupt_then_restore
+        sys.argv = ["cairn-migrate", *sys.argv[1:]]
+        cli.main()
+    """), "--env", str(dst), "import", str(tmp_path / "bundle")], capture_output=True, text=True, check=False)
+
+    assert interrupted.returncode == 3, interrupted.stderr
+    lines = interrupted.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: interrupted: the import into ") and lines[0].endswith(" is incomplete")
+    assert lines[1] == f"  fix: {import_marker.RESUME_FIX}"
+    assert run("--env", dst, "inspect", "--json", "--no-objects").exit_code == 1
+    import_bundle(instance(dst), tmp_path / "bundle", resume=True)
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+
+
+def test_ctrl_c_outside_an_import_exits_3(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = make_instance("sqlite", tmp_path / "src", request)
+    interrupted = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from cairn_migrate import api, cli
+
+        def interrupted(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+
+        api.inspect = interrupted  # the operator presses Ctrl-C while the instance is inspected
+        sys.argv = ["cairn-migrate", *sys.argv[1:]]
+        cli.main()
+    """), "--env", str(src), "inspect"], capture_output=True, text=True, check=False)
+    assert interrupted.returncode == 3, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines() == ["Error: interrupted"]
