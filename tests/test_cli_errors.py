@@ -42,3 +42,41 @@ def test_export_without_key_or_with_unconfigured_location_warns_and_exits_1(
         "bytes are not in the bundle (configure the location(s) and export again)",
     ]
     assert (tmp_path / "bundle" / "manifest.json").is_file()  # the rows are all there: the bundle is written
+
+
+def test_serve_on_a_port_in_use_is_exit_2_naming_port_before_announcing(sqlite_instance: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "serve", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use",
+        "  fix: pick a free port with --port PORT (or another address with --host), or stop what listens there",
+    ]  # and no "serving … on" line: nothing was served
+
+
+def test_export_to_an_enc_name_with_a_passphrase_file_encrypts_without_encrypt(
+        sqlite_instance: Path, tmp_path: Path) -> None:
+    """The .enc name asks for encryption as --encrypt does; a secret for an unencrypted output is bad input."""
+    from cairn_migrate.bundle import MAGIC, open_bundle
+
+    secret = tmp_path / "pass.txt"
+    secret.write_text("correct horse battery\n")
+    output = tmp_path / "x.tar.gz.enc"
+    result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "export", "--full", "-o", str(output),
+                                      "--passphrase-file", str(secret)])
+    assert result.exit_code == 0, result.output
+    assert output.read_bytes().startswith(MAGIC)
+    with open_bundle(output, passphrase="correct horse battery", workdir=tmp_path) as bundle:
+        assert (bundle / "manifest.json").is_file()
+
+    plain = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "export", "--full", "-o", str(tmp_path / "x.tar.gz"),
+                                     "--passphrase-file", str(secret)])
+    assert plain.exit_code == 2, plain.output
+    assert plain.output.splitlines() == [
+        f"Error: --passphrase-file was given but {tmp_path / 'x.tar.gz'} is not encrypted",
+        "  fix: add --encrypt (and name the archive like clone.tar.gz.enc), or drop the secret",
+    ]
+    assert not (tmp_path / "x.tar.gz").exists()
