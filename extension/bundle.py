@@ -751,7 +751,8 @@ def pack(bundle_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], *
         raise InvalidInput(f"compress must be 'none' or 'gzip', not {compress!r}")
     if secret is None and out_path.name.endswith(".enc"):
         raise InvalidInput(f"{out_path.name} ends in .enc but no passphrase or key file was given",
-                           hint="give a passphrase or key file to encrypt it, or name the archive without .enc")
+                           hint="give a passphrase or key file (--passphrase-file, --key-file or CAIRN_MIGRATE_PASSPHRASE), "
+                                "or name the archive without .enc")
     if secret is not None and not out_path.name.endswith(".enc"):
         log.warning("%s is encrypted; name it *.enc so people know", out_path.name)
     manifest = read_manifest(bundle_dir)

@@ -162,7 +162,7 @@ def _emit(report: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 @click.option("--full", is_flag=True, required=True, help="Database, file bytes and config (the only kind yet).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="A directory, or an archive: .tar, .tar.gz, .tar.gz.enc.")
 @click.option("--encrypt", is_flag=True, help="Encrypt the archive (needs --passphrase-file, CAIRN_MIGRATE_PASSPHRASE or --key-file); "
-              "an OUTPUT ending in .enc implies it.")
+              "implied by an OUTPUT ending in .enc when a secret is given.")
 @click.option("--freeze", is_flag=True, help="Hold the instance's writes while capturing; the instance must prove it (exit 2 otherwise).")
 @click.option("--no-freeze-guarantee", "no_freeze_guarantee", is_flag=True,
               help="With --freeze: when the instance cannot prove it holds writes, warn and capture anyway.")
@@ -185,7 +185,8 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
 
     from .errors import ConfigError
 
-    encrypt = encrypt or output.endswith(".enc")  # the name asks for it: x.tar.gz.enc is encrypted or not written
+    if output.endswith(".enc") and (passphrase_file or key_file or _passphrase(None)):
+        encrypt = True  # the name asks for it and a secret is given: as --encrypt (without one, the bundle says so)
     if not encrypt and (passphrase_file or key_file):
         raise ConfigError(f"--{'passphrase-file' if passphrase_file else 'key-file'} was given but {output} is not encrypted",
                           hint="add --encrypt (and name the archive like clone.tar.gz.enc), or drop the secret")
