@@ -80,3 +80,26 @@ def test_export_to_an_enc_name_with_a_passphrase_file_encrypts_without_encrypt(
         "  fix: add --encrypt (and name the archive like clone.tar.gz.enc), or drop the secret",
     ]
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_damaged_bundles_say_how_to_get_a_whole_one(sqlite_instance: Path, tmp_path: Path) -> None:
+    """A truncated archive, a file that is no archive, and a member whose bytes changed: exit 2 with the fix."""
+    runner = CliRunner()
+    archive, folder = tmp_path / "b.tar.gz", tmp_path / "b"
+    for output in (archive, folder):
+        result = runner.invoke(cli, ["--env", str(sqlite_instance), "export", "--full", "-o", str(output)])
+        assert result.exit_code == 0, result.output
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    garbage = tmp_path / "junk.tar.gz"
+    garbage.write_bytes(b"not a bundle at all\n" * 100)
+    member = next(path for path in sorted((folder / "tables").glob("*.jsonl")) if path.stat().st_size)
+    data = bytearray(member.read_bytes())
+    data[0] ^= 1  # same size, other bytes
+    member.write_bytes(bytes(data))
+    for bundle, words in ((truncated, "truncated"), (garbage, "not a bundle archive"), (folder, "checksum mismatch")):
+        result = runner.invoke(cli, ["--env", str(sqlite_instance), "verify", str(bundle)])
+        assert result.exit_code == 2, result.output
+        error, fix = result.output.splitlines()
+        assert error.startswith("Error: ") and words in error
+        assert fix == "  fix: the bundle is damaged: copy it again, or export it again from the source"
