@@ -87,9 +87,16 @@ class BundleError(MigrateError):
         self.member = member
 
 
+#: The fix for a bundle whose bytes are not what the export wrote (cut short, garbled, or no archive at all).
+_DAMAGED = "the bundle is damaged: copy it again, or export it again from the source"
+_DAMAGED_RULES = frozenset({"truncated", "damaged", "not_tar", "trailing_data", "bad_header", "checksum", "size",
+                            "missing_member"})
+
+
 def _bad(rule: str, member: str | None, message: str, cls: type[BundleError] = BundleError, *,
          hint: str | None = None) -> BundleError:
-    return cls(message, rule=rule, member=member, hint=hint)
+    """The error of ``rule``; a damaged bundle's error says how to get a whole one unless ``hint`` says otherwise."""
+    return cls(message, rule=rule, member=member, hint=hint or (_DAMAGED if rule in _DAMAGED_RULES else None))
 
 
 #: The fix for a manifest or file index that names what no export writes.
@@ -750,7 +757,9 @@ def pack(bundle_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], *
     if compress not in ("none", "gzip"):
         raise InvalidInput(f"compress must be 'none' or 'gzip', not {compress!r}")
     if secret is None and out_path.name.endswith(".enc"):
-        raise InvalidInput(f"{out_path.name} ends in .enc but no passphrase or key file was given")
+        raise InvalidInput(f"{out_path.name} ends in .enc but no passphrase or key file was given",
+                           hint="give a passphrase or key file (--passphrase-file, --key-file or CAIRN_MIGRATE_PASSPHRASE), "
+                                "or name the archive without .enc")
     if secret is not None and not out_path.name.endswith(".enc"):
         log.warning("%s is encrypted; name it *.enc so people know", out_path.name)
     manifest = read_manifest(bundle_dir)

@@ -95,7 +95,8 @@ def _warn_incomplete(report: dict[str, Any]) -> None:
 @cli.command("export")
 @click.option("--full", is_flag=True, required=True, help="Database, file bytes and config (the only kind yet).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="A directory, or an archive: .tar, .tar.gz, .tar.gz.enc.")
-@click.option("--encrypt", is_flag=True, help="Encrypt the archive (needs --passphrase-file, CAIRN_MIGRATE_PASSPHRASE or --key-file).")
+@click.option("--encrypt", is_flag=True, help="Encrypt the archive (needs --passphrase-file, CAIRN_MIGRATE_PASSPHRASE or --key-file); "
+              "implied by an OUTPUT ending in .enc when a secret is given.")
 @click.option("--freeze", is_flag=True, help="Hold the instance's writes while capturing; the instance must prove it (exit 2 otherwise).")
 @click.option("--no-freeze-guarantee", "no_freeze_guarantee", is_flag=True,
               help="With --freeze: when the instance cannot prove it holds writes, warn and capture anyway.")
@@ -114,6 +115,13 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
     Exits 1 (after writing the bundle) when something could not be captured: the
     .env sets no KEY, or file rows name a location STORAGE_LOCATIONS does not configure.
     """
+    from .errors import ConfigError
+
+    if output.endswith(".enc") and (passphrase_file or key_file or _passphrase(None)):
+        encrypt = True  # the name asks for it and a secret is given: as --encrypt (without one, the bundle says so)
+    if not encrypt and (passphrase_file or key_file):
+        raise ConfigError(f"--{'passphrase-file' if passphrase_file else 'key-file'} was given but {output} is not encrypted",
+                          hint="add --encrypt (and name the archive like clone.tar.gz.enc), or drop the secret")
     params = {"output": output, "encrypt": encrypt, "key_file": key_file, "freeze": freeze,
               "freeze_guarantee": not no_freeze_guarantee, "instance_url": instance_url, "native": native,
               "overwrite": overwrite}
@@ -201,10 +209,34 @@ def serve_command(obj: Context, host: str, port: int, scheduler: bool) -> None:
 
     instance = obj.instance()  # fail fast, before binding the port
     app = create_app({"CAIRN_MIGRATE_ENV": str(instance.env_path), "CAIRN_MIGRATE_SCHEDULER": scheduler})
+    server = _bind(app, host, port)
     click.echo(f"cairn-migrate serving {instance.label} on http://{host}:{port}/migrate", err=True)
-    import waitress  # a production WSGI server: streams bundles both ways, threads for concurrent requests
+    server.run()
 
-    waitress.serve(app, host=host, port=port, threads=8, channel_timeout=600, ident="cairn-migrate")
+
+def _bind(app: Any, host: str, port: int) -> Any:
+    """The server, bound to ``host:port`` before ``serve`` announces it: a port in use is bad input (exit 2).
+
+    The port is probed with a socket of our own first: waitress leaks its sockets when its bind fails.
+    """
+    import socket
+
+    import waitress.server  # a production WSGI server: streams bundles both ways, threads for concurrent requests
+
+    from .errors import ConfigError
+
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
+                probe.bind(address)
+        return waitress.server.create_server(app, host=host, port=port, threads=8, channel_timeout=600,
+                                             ident="cairn-migrate")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}",
+                          hint="pick a free port with --port PORT (or another address with --host), "
+                               "or stop what listens there") from exc
 
 
 @cli.group("ops")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .table_schema import Column, TableDef
-from .values import UTC, moment, stored_types
+from .values import SQLITE_STORED, UTC, fast_decoder, moment, stored_types
 
 #: MariaDB/MySQL ``TIMESTAMP`` holds 1970-01-01 00:00:01 … 2038-01-19 03:14:07 UTC.
 _MYSQL_TIMESTAMP_RANGE = (dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), dt.datetime(2038, 1, 19, 3, 14, 7, tzinfo=UTC))
@@ -86,9 +86,11 @@ def _timestamp_checks(column: Column, target: str, *, source: str, sqlite_stored
         checks.append(Check("storage_class", "changed", "SQLite TEXT values become native timestamps "
                             "(a copy back to SQLite stores them as INTEGER epoch ms)",
                             lambda v: isinstance(v, str), visible=False))
-    if target == "sqlite" and source == "sqlite" and not sqlite_stored:
-        checks.append(Check("storage_class", "changed", "this format-1 bundle does not record SQLite storage "
-                            "classes: every value is written as INTEGER epoch ms", lambda v: True, visible=False))
+    if target == "sqlite" and not sqlite_stored:
+        note = ("this format-1 bundle does not record SQLite storage classes: every value is written as INTEGER "
+                "epoch ms" if source == "sqlite" else
+                f"{_VENDOR_NAMES.get(source, source)} instants become INTEGER epoch ms on SQLite (typeof() integer)")
+        checks.append(Check("storage_class", "changed", note, lambda v: True, visible=False))
     return checks
 
 
@@ -250,9 +252,17 @@ def _jsonl(path: Path) -> Iterator[list[Any]]:
                 yield loads(line.decode("utf-8"))
 
 
+def _stored_types(manifest: Mapping[str, Any]) -> frozenset[str]:
+    """The types whose values :func:`_row_source` gives as SQLite stored them (a native SQLite member: all of them)."""
+    if manifest.get("data") == "native" and manifest["native"]["vendor"] == "sqlite":
+        return SQLITE_STORED
+    return stored_types(manifest)
+
+
 @contextlib.contextmanager
 def _row_source(bundle_dir: Path, manifest: Mapping[str, Any]) -> Iterator[Callable[[TableDef], Iterable[list[Any]]]]:
-    """The bundle's neutral rows per table: its JSON lines, or the tables of a native SQLite member."""
+    """The bundle's rows per table: its JSON lines, or the tables of a native SQLite member read as the
+    export writes JSON lines (neutral, but :func:`_stored_types` as stored, so storage classes are counted)."""
     if manifest.get("data") != "native":
         yield lambda table: _jsonl(bundle_dir / manifest["tables"][table.name]["member"])
         return
@@ -260,11 +270,17 @@ def _row_source(bundle_dir: Path, manifest: Mapping[str, Any]) -> Iterator[Calla
 
     from .database import Database, open_engine
     from .instance import DatabaseConfig
-    from .table_loader import database_rows
 
     config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(bundle_dir / manifest["native"]["member"])))
+
+    def rows(db: Database, table: TableDef) -> Iterator[list[Any]]:
+        decoders = [fast_decoder(column.type, "sqlite") for column in table.columns]
+        with db.engine.connect() as conn:
+            for row in db.stream_tuples(table.name, [c.name for c in table.columns], connection=conn):
+                yield [value if decode is None else decode(value) for decode, value in zip(decoders, row)]
+
     with Database(open_engine(config), config) as db:
-        yield lambda table: database_rows(db, table)
+        yield lambda table: rows(db, table)
 
 
 def plan_drift(bundle_dir: Path, manifest: Mapping[str, Any], tables: Sequence[TableDef], target: str, *,
@@ -278,7 +294,7 @@ def plan_drift(bundle_dir: Path, manifest: Mapping[str, Any], tables: Sequence[T
     if native is not None and native["vendor"] == target:
         return []
     source = manifest["source"]["vendor"]
-    stored = stored_types(manifest)
+    stored = _stored_types(manifest)
     entries: list[dict[str, Any]] = []
     with _row_source(bundle_dir, manifest) as rows_of:
         for table in tables:

@@ -13,14 +13,12 @@ def _table(rows: list[tuple[str, str]], indent: str = "  ") -> list[str]:
 
 def render_inspect(report: Mapping[str, Any]) -> str:
     """The ``inspect`` report as a few readable blocks."""
-    instance, database, platform = report["instance"], report["database"], report["platform"]
-    version = platform["version"] or "unknown version"
+    instance, database = report["instance"], report["database"]
     lines = [
         f"Instance  {instance['env_file'] or '(process environment)'}",
         f"  KEY         {instance['key'] or '(not set)'}",
         f"  PUBLIC_URL  {instance['public_url']}",
-        f"  platform    {platform['product']} {version} "
-        f"(latest migration {platform['latest_migration']}, {platform['migrations']} recorded)",
+        f"  platform    {_platform(report)}",
         f"  database    {database['vendor']} {database['server_version']} at {database['url']}",
         "",
     ]
@@ -54,6 +52,18 @@ def render_inspect(report: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append("OK" if report["ok"] else "PROBLEMS FOUND")
     return "\n".join(lines)
+
+
+def _platform(report: Mapping[str, Any]) -> str:
+    """The platform line: product, version and ledger, or what the database holds instead of CairnCMS."""
+    platform, tables = report["platform"], report["tables"]
+    if platform["product"] == "unknown":  # no directus_collections or no directus_migrations
+        if not tables["system_count"] and not tables["user_count"]:
+            return "empty database (no CairnCMS tables)"
+        return "not CairnCMS (directus_collections or directus_migrations is missing)"
+    version = platform["version"] or "unknown version"
+    return (f"{platform['product']} {version} "
+            f"(latest migration {platform['latest_migration']}, {platform['migrations']} recorded)")
 
 
 def _incomplete_import(status: Mapping[str, Any] | None) -> list[str]:
@@ -92,6 +102,9 @@ def render_import(report: Mapping[str, Any]) -> str:
     actions: dict[str, int] = {}
     for table in plan["tables"]:
         actions[table["action"]] = actions.get(table["action"], 0) + 1
+    if plan.get("replace") and plan.get("existing_tables") and not report["applied"]:
+        lines.append(f"  would first write a safety bundle of the target, then drop its {len(plan['existing_tables'])} "
+                     "existing tables")
     lines.append(f"  {verb.lower()} " + ", ".join(f"{action} {count} tables" for action, count in actions.items()))
     lines.append(f"  files: {plan['files']['count']} ({plan['files']['bytes']:,} bytes)")
     if plan["storage_map"]:
@@ -118,11 +131,18 @@ def _render_drift(drift: list[Mapping[str, Any]], vendor: str) -> list[str]:
     return lines + _table(rows, indent="    ")
 
 
+def _row_counts(table: Mapping[str, Any]) -> str:
+    """``rows 9 / 10``, or only the expected count when the target has no such table to count."""
+    if table.get("rows") is None:
+        return f"{table['expected_rows']:,} rows expected"
+    return f"rows {table['rows']:,} / {table['expected_rows']:,}"
+
+
 def render_verify(report: Mapping[str, Any]) -> str:
     lines = []
     for table in report["tables"]:
         mark = "=" if table["ok"] else "*"
-        detail = "" if table["ok"] else f"  {table.get('problem')} (rows {table.get('rows')} / {table['expected_rows']})"
+        detail = "" if table["ok"] else f"  {table.get('problem')} ({_row_counts(table)})"
         if table.get("columns"):
             detail += f" in columns {', '.join(table['columns'])}"
         lines.append(f"{mark} {table['table']}{detail}")

@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .database import Database
-from .errors import ConfigError, MigrateError, NotFound
+from .errors import ConfigError, InvalidInput, NotFound
 from .instance import Instance
 from .ledger import MARKER, LedgerConflict, MigrationLedger, first_line, name_of, version_of
 
@@ -113,6 +113,9 @@ class MigrationScript:
     js_up: str
     js_down: str
     data: dict[str, Any] | None = None
+    #: What a dry run checks before promising ``upgrade``/``downgrade`` (the refusals they would raise).
+    check_up: Callable[[MigrationContext], None] | None = None
+    check_down: Callable[[MigrationContext], None] | None = None
 
     @property
     def version(self) -> str:
@@ -262,18 +265,30 @@ def generated_script(path: Path) -> MigrationScript:
     header, data = read_generated(path)
     version = version_of(path.name)
 
-    def upgrade(ctx: MigrationContext) -> None:
+    def check_up(ctx: MigrationContext) -> None:
         _require_bytes(ctx, data, data["to"])
+
+    def check_down(ctx: MigrationContext) -> None:
+        _require_bytes(ctx, data, data["from"])
+
+    def upgrade(ctx: MigrationContext) -> None:
+        check_up(ctx)
         ctx.log(f"switched {switch_rows(ctx.connection, ctx.db, data, 'up')} rows to {data['to']}")
 
     def downgrade(ctx: MigrationContext) -> None:
-        _require_bytes(ctx, data, data["from"])
+        check_down(ctx)
         ctx.log(f"switched {switch_rows(ctx.connection, ctx.db, data, 'down')} rows back to {data['from']}")
 
     return MigrationScript(
         revision=Revision(version), name=str(header.get("name") or name_of(path.name)),
         slug=path.name[len(version) + 1:-3], kind="generated", path=path, upgrade=upgrade, downgrade=downgrade,
-        js_up="", js_down="", data=data)
+        js_up="", js_down="", data=data, check_up=check_up, check_down=check_down)
+
+
+class BytesMissing(InvalidInput):
+    """A storage switch would point rows at a location without their bytes: bad input for the current state."""
+
+    code = "bytes_missing"
 
 
 def _require_bytes(ctx: MigrationContext, data: dict[str, Any], location_name: str) -> None:
@@ -299,10 +314,12 @@ def _require_bytes(ctx: MigrationContext, data: dict[str, Any], location_name: s
             if not present:
                 missing.append(row_id)
     if missing:
-        raise MigrateError(
+        other = data["to"] if location_name == data["from"] else data["from"]
+        raise BytesMissing(
             f"{len(missing)} file(s) have no bytes on location {location_name!r} (e.g. {missing[0]}); "
             "switching their rows there would break them",
-            hint="the bytes were pruned or deleted: copy them back first (storage move / files repair)")
+            hint=f"the bytes were pruned or deleted: move them back first (cairn-migrate storage move --from {other} "
+                 f"--to {location_name}), or restore them with files repair")
 
 
 # --------------------------------------------------------------------------- the directory
@@ -433,6 +450,8 @@ def upgrade(instance: Instance, *, version: str | None = None, versions_dir: Pat
             todo.append(script)
             if script.version == version:
                 break
+        if dry_run:
+            _dry_check(instance, db, [s.check_up for s in todo])
         applied = [] if dry_run else [apply_script(instance, db, ledger, s) for s in todo]
         return {"dry_run": dry_run, "plan": [{"version": s.version, "name": s.name, "kind": s.kind} for s in todo],
                 "applied": applied}
@@ -457,6 +476,7 @@ def downgrade(instance: Instance, *, version: str | None = None, versions_dir: P
             raise NotFound(f"migration {version} is not an applied cairn-migrate migration",
                            hint="cairn-migrate migrations list")
         if dry_run:
+            _dry_check(instance, db, [target.check_down])
             return {"dry_run": True, "plan": [{"version": target.version, "name": target.name}], "reverted": []}
         with db.engine.begin() as conn:
             target.downgrade(MigrationContext(instance, db, conn))
@@ -467,6 +487,14 @@ def downgrade(instance: Instance, *, version: str | None = None, versions_dir: P
             _remove_twin(ledger, target.version)
         return {"dry_run": False, "plan": [{"version": target.version, "name": target.name}],
                 "reverted": [{"version": target.version, "name": target.name, "kind": target.kind}]}
+
+
+def _dry_check(instance: Instance, db: Database, checks: Sequence[Callable[[MigrationContext], None] | None]) -> None:
+    """Run the refusals the real run would raise, so a dry run never promises what the real one refuses."""
+    with db.engine.connect() as conn:
+        for check in checks:
+            if check is not None:
+                check(MigrationContext(instance, db, conn))
 
 
 def record_generated(instance: Instance, db: Database, slug: str, data: dict[str, Any], *,

@@ -6,8 +6,10 @@ The values are read from the process environment on every call, so a
 long-running ``serve`` picks up what its environment says and tests can set
 them per call.
 
-* ``CAIRN_MIGRATE_CONNECT_TIMEOUT`` (10 s): connecting and the first answer,
-  database login, storage and HTTP connections;
+* ``CAIRN_MIGRATE_CONNECT_TIMEOUT`` (10 s): connecting: database login
+  (PostgreSQL, MariaDB), storage and HTTP connections, and the answer to
+  ``verify --url``'s ``/server/ping`` (an HTTP server's other answers, and a
+  storage server's, wait for the read timeout);
 * ``CAIRN_MIGRATE_READ_TIMEOUT`` (600 s): one read from a server that went
   silent mid-work: MariaDB socket reads, storage and HTTP responses
   (PostgreSQL: TCP keepalives and ``tcp_user_timeout``, so a dead server is
@@ -43,7 +45,7 @@ def _seconds(name: str) -> float:
 
 
 def connect_timeout() -> float:
-    """Seconds to connect to a server and get its first answer (``CAIRN_MIGRATE_CONNECT_TIMEOUT``)."""
+    """Seconds to connect to a server, log in to a database, or get a ping's answer (``CAIRN_MIGRATE_CONNECT_TIMEOUT``)."""
     return _seconds(CONNECT_ENV)
 
 

@@ -338,14 +338,16 @@ def _verify_files(instance: Instance, bundle_dir: Path, manifest: Mapping[str, A
 def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = None, login: tuple[str, str] | None = None, bundle_dir: Path | None = None, timeout: float | tuple[float, float] | None = None) -> list[dict[str, Any]]:
     """Ask the running target: ping, auth, one asset (bytes compared), one item.
 
-    ``timeout`` defaults to ``(CAIRN_MIGRATE_CONNECT_TIMEOUT, CAIRN_MIGRATE_READ_TIMEOUT)``;
-    a request that gets no answer (in time) means the checks could not run: that is a failure
-    (:class:`InstanceUnreachable`, exit 3) naming the URL and the settings, not a difference found.
+    ``timeout`` (for every request) defaults to ``CAIRN_MIGRATE_CONNECT_TIMEOUT`` for connecting
+    and for the ping's answer (a ping is instant on a live server, so a listener that accepts and
+    never answers fails in seconds, not after the read timeout), and ``CAIRN_MIGRATE_READ_TIMEOUT``
+    for the answers after it (a login, asset bytes, items). A request that gets no answer (in time)
+    means the checks could not run: that is a failure (:class:`InstanceUnreachable`, exit 3) naming
+    the URL and the settings, not a difference found.
     """
     import requests
 
     base = url.rstrip("/")
-    timeout = timeout or (timeouts.connect_timeout(), timeouts.read_timeout())
     checks: list[dict[str, Any]] = []
 
     def record(name: str, ok: bool, detail: str) -> None:
@@ -365,14 +367,18 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
 
 
 def _ask(base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, str], None], *, token: str | None,
-         login: tuple[str, str] | None, bundle_dir: Path | None, timeout: float | tuple[float, float]) -> None:
+         login: tuple[str, str] | None, bundle_dir: Path | None, timeout: float | tuple[float, float] | None) -> None:
     """The requests of :func:`live_checks`, in order; a ping that fails ends them."""
     import requests
 
-    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(method, f"{base}{path}", timeout=timeout, **kwargs)
+    connect = timeouts.connect_timeout()
+    ping_timeout = timeout or (connect, connect)
+    work_timeout = timeout or (connect, timeouts.read_timeout())
 
-    response = call("GET", "/server/ping")
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, f"{base}{path}", timeout=kwargs.pop("timeout", work_timeout), **kwargs)
+
+    response = call("GET", "/server/ping", timeout=ping_timeout)
     pong = response.status_code == 200 and response.text.strip() == "pong"
     record("ping", pong, f"HTTP {response.status_code}")
     if not pong:

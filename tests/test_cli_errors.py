@@ -42,3 +42,64 @@ def test_export_without_key_or_with_unconfigured_location_warns_and_exits_1(
         "bytes are not in the bundle (configure the location(s) and export again)",
     ]
     assert (tmp_path / "bundle" / "manifest.json").is_file()  # the rows are all there: the bundle is written
+
+
+def test_serve_on_a_port_in_use_is_exit_2_naming_port_before_announcing(sqlite_instance: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "serve", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use",
+        "  fix: pick a free port with --port PORT (or another address with --host), or stop what listens there",
+    ]  # and no "serving … on" line: nothing was served
+
+
+def test_export_to_an_enc_name_with_a_passphrase_file_encrypts_without_encrypt(
+        sqlite_instance: Path, tmp_path: Path) -> None:
+    """The .enc name asks for encryption as --encrypt does; a secret for an unencrypted output is bad input."""
+    from cairn_migrate.bundle import MAGIC, open_bundle
+
+    secret = tmp_path / "pass.txt"
+    secret.write_text("correct horse battery\n")
+    output = tmp_path / "x.tar.gz.enc"
+    result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "export", "--full", "-o", str(output),
+                                      "--passphrase-file", str(secret)])
+    assert result.exit_code == 0, result.output
+    assert output.read_bytes().startswith(MAGIC)
+    with open_bundle(output, passphrase="correct horse battery", workdir=tmp_path) as bundle:
+        assert (bundle / "manifest.json").is_file()
+
+    plain = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "export", "--full", "-o", str(tmp_path / "x.tar.gz"),
+                                     "--passphrase-file", str(secret)])
+    assert plain.exit_code == 2, plain.output
+    assert plain.output.splitlines() == [
+        f"Error: --passphrase-file was given but {tmp_path / 'x.tar.gz'} is not encrypted",
+        "  fix: add --encrypt (and name the archive like clone.tar.gz.enc), or drop the secret",
+    ]
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_damaged_bundles_say_how_to_get_a_whole_one(sqlite_instance: Path, tmp_path: Path) -> None:
+    """A truncated archive, a file that is no archive, and a member whose bytes changed: exit 2 with the fix."""
+    runner = CliRunner()
+    archive, folder = tmp_path / "b.tar.gz", tmp_path / "b"
+    for output in (archive, folder):
+        result = runner.invoke(cli, ["--env", str(sqlite_instance), "export", "--full", "-o", str(output)])
+        assert result.exit_code == 0, result.output
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    garbage = tmp_path / "junk.tar.gz"
+    garbage.write_bytes(b"not a bundle at all\n" * 100)
+    member = next(path for path in sorted((folder / "tables").glob("*.jsonl")) if path.stat().st_size)
+    data = bytearray(member.read_bytes())
+    data[0] ^= 1  # same size, other bytes
+    member.write_bytes(bytes(data))
+    for bundle, words in ((truncated, "truncated"), (garbage, "not a bundle archive"), (folder, "checksum mismatch")):
+        result = runner.invoke(cli, ["--env", str(sqlite_instance), "verify", str(bundle)])
+        assert result.exit_code == 2, result.output
+        error, fix = result.output.splitlines()
+        assert error.startswith("Error: ") and words in error
+        assert fix == "  fix: the bundle is damaged: copy it again, or export it again from the source"

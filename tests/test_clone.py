@@ -569,12 +569,21 @@ def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, reque
     first = import_bundle(instance(middle), _exported(src, tmp_path / "bundle-1"))
     assert ("articles", "date_created", "timestamp_precision") in {(d["table"], d["column"], d["kind"]) for d in first["plan"]["drift"]}
     second = import_bundle(instance(dst), _exported(middle, tmp_path / "bundle-2"))
-    # Whole seconds fit in epoch milliseconds; the fields get back the cast-timestamp CairnCMS on SQLite gives them.
-    assert [(d["table"], d["column"], d["kind"], d["values"]) for d in second["plan"]["drift"]] == [
-        ("directus_fields", "special", "timestamp_flag", 5)]
+    # Whole seconds fit in epoch milliseconds; the fields get back the cast-timestamp CairnCMS on SQLite gives them;
+    # every instant is stored as INTEGER epoch ms, also where the SQLite source held TEXT: the plan says so.
+    drift = {(d["table"], d["column"], d["kind"]): d["values"] for d in second["plan"]["drift"]}
+    assert drift.pop(("directus_fields", "special", "timestamp_flag")) == 5
+    source_file = tmp_path / "src" / "data.db"
+    counted = _non_null_values(source_file, sqlite_instant_columns(source_file))
+    assert drift == {(t, c, "storage_class"): count for (t, c), count in counted.items() if count}
+    assert drift[("directus_migrations", "timestamp", "storage_class")] == 66
+    assert drift[("directus_files", "uploaded_on", "storage_class")] == 3
     assert field_specials(dst) == field_specials(src)
     conn = sqlite3.connect(tmp_path / "dst" / "data.db")
     assert conn.execute("SELECT date_created FROM articles WHERE date_created % 1000 != 0").fetchall() == []
+    for table, column, _ in drift:  # as predicted: INTEGER, every one
+        assert conn.execute(f'SELECT DISTINCT typeof("{column}") FROM "{table}" WHERE "{column}" IS NOT NULL').fetchall() \
+            == [("integer",)], (table, column)
     conn.close()
     # Against the original bundle, the SQLite copy is not the SQLite source: verify says where.
     report = verify_bundle(instance(dst), tmp_path / "bundle-1")
@@ -585,6 +594,38 @@ def test_sqlite_mariadb_sqlite_round_trip_shows_its_losses(tmp_path: Path, reque
     assert migrations["columns"] == ["timestamp"]  # same instants, TEXT became INTEGER
     articles = next(t for t in report["tables"] if t["table"] == "articles")
     assert articles["problem"] == "content differs" and articles["columns"] == ["date_created"]  # milliseconds lost
+
+
+def _non_null_values(db_file: Path, columns: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Per ``(table, column)``: its non-null values, counted by SQLite."""
+    conn = sqlite3.connect(db_file)
+    try:
+        return {(t, c): conn.execute(f'SELECT COUNT("{c}") FROM "{t}"').fetchone()[0] for t, c in columns}
+    finally:
+        conn.close()
+
+
+def test_native_sqlite_bundle_reports_every_kind_like_a_rows_bundle(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A TEXT instant with milliseconds loses both its fraction and its storage class on MariaDB: two kinds, one
+    column, whether the bundle carries rows or the SQLite file itself."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    with conn:
+        conn.execute("UPDATE directus_files SET uploaded_on = '2026-11-25 18:08:16.123' "
+                     "WHERE rowid = (SELECT MIN(rowid) FROM directus_files)")
+    conn.close()
+    dst = make_empty_instance("mariadb", tmp_path / "dst", request)
+    plans = {}
+    for native in (False, True):
+        bundle = tmp_path / f"bundle-{native}"
+        export_bundle(instance(src), bundle, native=native)
+        dry = CliRunner().invoke(cli, ["--env", str(dst), "import", str(bundle), "--dry-run", "--json"])
+        assert dry.exit_code == 1, dry.output
+        plans[native] = {(d["table"], d["column"], d["kind"]): d["values"] for d in json.loads(dry.output)["plan"]["drift"]}
+    assert plans[True] == plans[False]
+    assert plans[True][("directus_files", "uploaded_on", "storage_class")] == 3
+    assert plans[True][("directus_files", "uploaded_on", "timestamp_precision")] == 1
+    assert plans[True][("directus_migrations", "timestamp", "storage_class")] == 66
 
 
 def _exported(env: Path, bundle: Path) -> Path:

@@ -19,10 +19,10 @@ from test_file_rows import env_keys, inst
 
 from cairn_migrate.cli import cli
 from cairn_migrate.database import Database
-from cairn_migrate.errors import ConfigError, MigrateError
+from cairn_migrate.errors import ConfigError
 from cairn_migrate.file_rows import check
 from cairn_migrate.ledger import LedgerConflict, MigrationLedger
-from cairn_migrate.scripts import downgrade
+from cairn_migrate.scripts import BytesMissing, downgrade
 from cairn_migrate.storage import open_location
 from cairn_migrate.storage_move import OBJECTS, CopyLedger, move, prune
 
@@ -105,9 +105,15 @@ def test_move_local_to_object_store_and_back(driver: str, tmp_path: Path, reques
     pruned = prune(inst(env), yes=True, state_url=state)
     assert pruned["deleted"] == 3
     assert check(inst(env), state_url=state)["ok"]
-    with pytest.raises(MigrateError, match="no bytes on location 'local'") as refused:
+    dry = CliRunner().invoke(cli, ["--env", str(env), "migrations", "down", "--dry-run"])
+    assert dry.exit_code == 2, dry.output  # the dry run refuses what the real run refuses, as bad input
+    error, fix = dry.output.splitlines()
+    assert error.startswith("Error: 3 file(s) have no bytes on location 'local' (e.g. ")
+    assert fix == "  fix: the bytes were pruned or deleted: move them back first (cairn-migrate storage move " \
+                  "--from remote --to local), or restore them with files repair"
+    with pytest.raises(BytesMissing, match="no bytes on location 'local'") as refused:
         downgrade(inst(env))  # the old bytes are gone: refusing beats breaking the rows
-    assert refused.type is MigrateError and refused.value.exit_code == 3 and "copy them back" in refused.value.hint
+    assert refused.value.exit_code == 2 and refused.value.message == error.removeprefix("Error: ")
     assert {s for s, _ in rows(env).values()} == {"remote"}
 
 

@@ -106,3 +106,22 @@ def test_bad_timeout_setting_is_a_config_error(value: str, monkeypatch: pytest.M
     monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", value)
     with pytest.raises(ConfigError, match="CAIRN_MIGRATE_CONNECT_TIMEOUT=.* is not a positive number of seconds"):
         connect_timeout()
+
+
+def test_verify_live_ping_to_a_silent_instance_fails_within_the_connect_timeout(
+        silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verify --url`` against a listener that accepts and never answers: the ping is bounded by the
+    connect timeout, not the read timeout (which is for asset bytes and other real work)."""
+    from cairn_migrate.verify import live_checks
+
+    monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("CAIRN_MIGRATE_READ_TIMEOUT", "30")
+    manifest = {"load_order": [], "tables": {}}
+    started = time.monotonic()
+    with pytest.raises(InstanceUnreachable) as info:
+        live_checks(f"http://127.0.0.1:{silent_port}", manifest)
+    elapsed = time.monotonic() - started
+    assert 0.8 < elapsed < 6, elapsed  # the connect timeout, not the 30 s read timeout
+    assert info.value.message == (f"The instance at http://127.0.0.1:{silent_port} did not answer "
+                                  "GET /server/ping (ReadTimeout)")
+    assert "CAIRN_MIGRATE_CONNECT_TIMEOUT" in info.value.hint
