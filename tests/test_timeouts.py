@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import open_engine
+from cairn_migrate.instance.database import open_engine
 from cairn_migrate.errors import ConfigError, InstanceUnreachable
-from cairn_migrate.instance import DatabaseConfig, LocationConfig
-from cairn_migrate.storage import open_location
-from cairn_migrate.timeouts import connect_timeout
+from cairn_migrate.instance.instance import DatabaseConfig, LocationConfig
+from cairn_migrate.instance.storage import open_location
+from cairn_migrate.instance.timeouts import connect_timeout
 
 
 @pytest.fixture
