@@ -86,3 +86,16 @@ def _package_imports(path: Path) -> set[str]:
             found.add(".".join(base))
             found.update(".".join([*base, alias.name]) for alias in node.names)
     return found
+
+
+def test_the_module_tables_name_real_files() -> None:
+    """Every module the tables name is at that path (relative to ``extension/``, or to the repository for
+    ``endpoints/``, ``hooks/``, ``admin_module/`` …), and the layout table lists every package folder."""
+    lines = [line for line in TEXT.splitlines() if line.startswith("| `")]
+    named = {p for line in lines for p in re.findall(r"`([\w/]+\.py)`", line.split("|")[1])}
+    assert len(named) > 40
+    missing = sorted(p for p in named if not (ROOT / "extension" / p).is_file() and not (ROOT / p).is_file())
+    assert missing == []
+    layout = {row[0].strip("`/") for row in _table_rows("folder") if row[0].startswith("`")}
+    folders = {p.parent.name for p in (ROOT / "extension").glob("*/__init__.py")}
+    assert layout == folders
