@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from storage_servers import S3_ENDPOINT, S3_KEY, S3_REGION, S3_SECRET, create_container, remove_container  # noqa: E402
 
-from cairn_migrate.file_rows import check  # noqa: E402
-from cairn_migrate.instance import Instance  # noqa: E402
-from cairn_migrate.storage import open_location  # noqa: E402
-from cairn_migrate.storage_move import default_processes, move  # noqa: E402
+from cairn_migrate.operations.file_rows import check  # noqa: E402
+from cairn_migrate.instance.instance import Instance  # noqa: E402
+from cairn_migrate.instance.storage import open_location  # noqa: E402
+from cairn_migrate.operations.storage_move import default_processes, move  # noqa: E402
 from cairn_migrate.testing import build_sqlite_instance  # noqa: E402
 
 log = logging.getLogger("bench")

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from ..app import get_state
-from ..auth import Caller, authenticate
+from ..service.app import get_state
+from ..service.auth import Caller, authenticate
 
 F = TypeVar("F", bound=Callable[..., Any])
 

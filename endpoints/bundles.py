@@ -7,8 +7,8 @@ import datetime as dt
 from flask import request, send_file
 from flask.typing import ResponseReturnValue
 
-from ..app import get_state
-from ..service_jobs import bundle_files, bundle_id_of, bundle_path
+from ..service.app import get_state
+from ..service.service_jobs import bundle_files, bundle_id_of, bundle_path
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted

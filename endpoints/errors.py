@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from ..errors import MigrateError, Unauthorized
-from ..schemas import ErrorSchema
+from ..service.schemas import ErrorSchema
 from . import bp
 
 _HTTP_CODES = {

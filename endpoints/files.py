@@ -14,8 +14,8 @@ from flask import request
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
-from ..app import get_state
-from ..limits import DEFAULT_WORKERS
+from ..service.app import get_state
+from ..operations.limits import DEFAULT_WORKERS
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted
@@ -112,7 +112,7 @@ def start_files_repair() -> ResponseReturnValue:
             application/json:
               schema: JobSchema
     """
-    from ..service_jobs import _bundle_of
+    from ..service.service_jobs import _bundle_of
 
     body = _body(FilesRepairRequestSchema())
     state = get_state()

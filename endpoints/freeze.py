@@ -7,8 +7,8 @@ import datetime as dt
 from flask import request
 from flask.typing import ResponseReturnValue
 
-from ..app import get_state
-from ..freeze import clear_freeze, freeze_state, set_freeze
+from ..service.app import get_state
+from ..operations.freeze import clear_freeze, freeze_state, set_freeze
 from . import bp
 from .auth import admin_required
 from .signed import admin_or_signed

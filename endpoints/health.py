@@ -6,8 +6,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from flask.typing import ResponseReturnValue
 
-from ..app import get_state
-from ..schemas import HealthSchema
+from ..service.app import get_state
+from ..service.schemas import HealthSchema
 from . import bp
 
 

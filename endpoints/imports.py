@@ -9,9 +9,9 @@ from typing import Any
 from flask import request
 from flask.typing import ResponseReturnValue
 
-from ..app import get_state
+from ..service.app import get_state
 from ..errors import InvalidInput
-from ..service_jobs import _bundle_of, safety_bundle_of
+from ..service.service_jobs import _bundle_of, safety_bundle_of
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted

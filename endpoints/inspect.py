@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import request
 from flask.typing import ResponseReturnValue
 
-from ..app import get_state
+from ..service.app import get_state
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted

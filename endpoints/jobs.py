@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import request, url_for
 from flask.typing import ResponseReturnValue
 
-from ..app import get_state
-from ..schemas import JobListSchema, JobQuerySchema, JobSchema
+from ..service.app import get_state
+from ..service.schemas import JobListSchema, JobQuerySchema, JobSchema
 from . import bp
 from .auth import admin_required
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from ..openapi import build_spec
+from ..service.openapi import build_spec
 from . import bp
 from .auth import admin_required
 

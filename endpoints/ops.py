@@ -20,9 +20,9 @@ from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields
 
 from .. import operations
-from ..app import get_state
+from ..service.app import get_state
 from ..errors import InvalidInput, NotFound
-from ..service_jobs import operation_context
+from ..service.service_jobs import operation_context
 from . import bp
 from .auth import admin_required
 from .jobs import job_accepted

@@ -1,4 +1,4 @@
-"""Request-body schemas of the ``/migrate`` routes (responses use ``cairn_migrate.schemas``)."""
+"""Request-body schemas of the ``/migrate`` routes (responses use ``cairn_migrate.service.schemas``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from ..app import HTTP_PATHS, get_state
-from ..service_jobs import BUNDLE_NAME
+from ..service.app import HTTP_PATHS, get_state
+from ..service.service_jobs import BUNDLE_NAME
 
 #: What every path field's description adds (OpenAPI, docs/http.md).
 SERVER_PATH_NOTE = ("Refused (422) unless it resolves, symlinks resolved, inside a folder the sidecar's operator "

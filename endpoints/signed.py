@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from ..app import get_state
-from ..signature import is_signed, shared_secret, verify
+from ..service.app import get_state
+from ..service.signature import is_signed, shared_secret, verify
 from .auth import current_caller
 
 F = TypeVar("F", bound=Callable[..., Any])

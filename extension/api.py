@@ -13,11 +13,11 @@ from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .export import export_bundle
-from .inspection import inspect_instance
-from .restore import import_bundle, parse_storage_map
-from .verify import verify_bundle
-from .instance import Instance
+from .operations.export import export_bundle
+from .operations.inspection import inspect_instance
+from .operations.restore import import_bundle, parse_storage_map
+from .operations.verify import verify_bundle
+from .instance.instance import Instance
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ def verify(instance: Instance, bundle: Path, *, storage_map: Mapping[str, str] |
 
 def import_state(engine: Callable[[], Engine], instance: Callable[[], Instance]) -> dict[str, Any]:
     """Does the instance's database hold an unfinished import? State, step and fix only (for open health)."""
-    from .database import Database
-    from .import_marker import public_status
+    from .instance.database import Database
+    from .bundle.import_marker import public_status
 
     return public_status(lambda: Database(engine(), instance().database))
 

@@ -83,8 +83,8 @@ def server_path_fields(spec: dict[str, Any]) -> list[str]:
 
 
 def http_markdown() -> str:
-    from .app import create_app, get_state
-    from .openapi import build_spec
+    from .service.app import create_app, get_state
+    from .service.openapi import build_spec
 
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_STATE_URL": "sqlite://"})
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from .envfile import read_env_file
+from .instance.envfile import read_env_file
 
 #: Keys a fixture's ``env`` sets for its database; replaced when it moves.
 _DB_KEYS = ("DB_CLIENT", "DB_HOST", "DB_PORT", "DB_DATABASE", "DB_USER", "DB_PASSWORD", "DB_FILENAME")

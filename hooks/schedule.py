@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from .. import operations
-from ..app import _as_bool, get_state
+from ..service.app import _as_bool, get_state
 from ..errors import InvalidInput
 
 if TYPE_CHECKING:
-    from ..app import MigrateState
+    from ..service.app import MigrateState
 
 log = logging.getLogger(__name__)
 

@@ -141,7 +141,7 @@ def editor_token(cairn_instance: CairnSqliteInstance) -> str:
 @pytest.fixture
 def app(cairn_instance: CairnSqliteInstance, state_url: str) -> Iterator[Any]:
     """The sidecar app on ``cairn_instance``, scheduler off; closed after the test."""
-    from cairn_migrate.app import create_app, get_state
+    from cairn_migrate.service.app import create_app, get_state
 
     app = create_app(
         {

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cairn_migrate.instance import LocationConfig
-from cairn_migrate.storage import Location, open_location
+from cairn_migrate.instance.instance import LocationConfig
+from cairn_migrate.instance.storage import Location, open_location
 
 S3_ENDPOINT = os.environ.get("CAIRN_TEST_S3_ENDPOINT", "http://127.0.0.1:8333")
 S3_KEY = os.environ.get("CAIRN_TEST_S3_KEY", "cairn-test-key")

@@ -19,9 +19,9 @@ from instance_fixtures import (  # noqa: F401 - fixtures
     state_url,
 )
 
-from cairn_migrate.app import CairnMigrate, MigrateState, create_app, default_state_url, get_state, load_prefixed_env
+from cairn_migrate.service.app import CairnMigrate, MigrateState, create_app, default_state_url, get_state, load_prefixed_env
 from cairn_migrate.errors import InvalidInput
-from cairn_migrate.openapi import build_spec, openapi_path
+from cairn_migrate.service.openapi import build_spec, openapi_path
 
 
 @pytest.fixture(autouse=True)

@@ -9,16 +9,17 @@ from typing import Any
 from test_layers import imported_roots
 
 from cairn_migrate import operations
-from cairn_migrate.app import get_state
+from cairn_migrate.service.app import get_state
 from cairn_migrate.operations import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
 #: The shells: the CLI verbs and the HTTP views.
-SHELLS = [*sorted((ROOT / "extension").glob("cli*.py")), *sorted((ROOT / "endpoints").glob("*.py"))]
+SHELLS = [*sorted((ROOT / "extension" / "cli").glob("*.py")), *sorted((ROOT / "endpoints").glob("*.py"))]
 #: The core modules that do an operation's work; a shell reaches them only through the registry.
-CORE = {"export", "restore", "verify", "inspection", "file_rows", "storage_move", "scripts", "install", "bundle",
-        "database", "storage", "native", "table_loader"}
+CORE = {"operations.export", "operations.restore", "operations.verify", "operations.inspection",
+        "operations.file_rows", "operations.storage_move", "ledger.scripts", "operations.install", "bundle.bundle",
+        "instance.database", "instance.storage", "bundle.native", "bundle.table_loader"}
 
 
 def _table_rows(heading_cell: str) -> list[list[str]]:
@@ -72,14 +73,29 @@ def test_the_shells_reach_the_core_only_through_the_registry() -> None:
 
 
 def _package_imports(path: Path) -> set[str]:
-    """The package modules a file imports (relative imports: ``from ..file_rows import x`` → ``file_rows``)."""
+    """The package modules a file imports, named under ``cairn_migrate`` (``from ..operations.file_rows import x``
+    in ``extension/cli/files.py`` → ``operations.file_rows``; ``from ..bundle import native`` → ``bundle.native``)."""
     import ast
 
+    folder = path.parent.relative_to(ROOT).parts
+    package = ["extension", *folder[1:]] if folder[0] == "extension" else ["extension", *folder]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found.update(alias.name for alias in node.names)
+            base = package[: len(package) - node.level + 1][1:] + (node.module.split(".") if node.module else [])
+            found.add(".".join(base))
+            found.update(".".join([*base, alias.name]) for alias in node.names)
     return found
+
+
+def test_the_module_tables_name_real_files() -> None:
+    """Every module the tables name is at that path (relative to ``extension/``, or to the repository for
+    ``endpoints/``, ``hooks/``, ``admin_module/`` …), and the layout table lists every package folder."""
+    lines = [line for line in TEXT.splitlines() if line.startswith("| `")]
+    named = {p for line in lines for p in re.findall(r"`([\w/]+\.py)`", line.split("|")[1])}
+    assert len(named) > 40
+    missing = sorted(p for p in named if not (ROOT / "extension" / p).is_file() and not (ROOT / p).is_file())
+    assert missing == []
+    layout = {row[0].strip("`/") for row in _table_rows("folder") if row[0].startswith("`")}
+    folders = {p.parent.name for p in (ROOT / "extension").glob("*/__init__.py")}
+    assert layout == folders

@@ -23,10 +23,10 @@ from instance_fixtures import (  # noqa: F401 - fixtures
     state_url,
 )
 
-from cairn_migrate.auth import Caller, authenticate, extract_token, identify, is_flag_set
-from cairn_migrate.database import open_engine
+from cairn_migrate.service.auth import Caller, authenticate, extract_token, identify, is_flag_set
+from cairn_migrate.instance.database import open_engine
 from cairn_migrate.errors import Forbidden, Unauthorized
-from cairn_migrate.instance import Instance
+from cairn_migrate.instance.instance import Instance
 
 HEALTH = "/migrate/health"
 DUMMY = {"int": "1", "float": "1.0", "uuid": "00000000-0000-0000-0000-000000000000"}
@@ -471,7 +471,7 @@ def test_error_body_422(client: Any, admin_token: str) -> None:
 def test_error_body_500_has_no_traceback(
     app: Any, client: Any, admin_token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cairn_migrate.app import get_state
+    from cairn_migrate.service.app import get_state
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("internal detail that must not leak")

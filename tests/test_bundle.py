@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cairn_migrate import bundle
-from cairn_migrate.bundle import (
+from cairn_migrate.bundle import bundle
+from cairn_migrate.bundle.bundle import (
     FORMAT,
     MAGIC,
     BundleDecryptError,
@@ -223,7 +223,7 @@ def test_writer_rules(tmp_path: Path) -> None:
 MEMORY_SCRIPT = textwrap.dedent("""
     import os, resource, sys, time
     from pathlib import Path
-    from cairn_migrate.bundle import BundleDirWriter, pack, unpack
+    from cairn_migrate.bundle.bundle import BundleDirWriter, pack, unpack
     root, size = Path(sys.argv[1]), int(sys.argv[2])
     key = root / "key"; key.write_bytes(os.urandom(32))
     block = b"".join(b'{"id": %d, "uuid": "%s", "title": "row"}\\n' % (i, os.urandom(8).hex().encode())

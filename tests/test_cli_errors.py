@@ -60,7 +60,7 @@ def test_serve_on_a_port_in_use_is_exit_2_naming_port_before_announcing(sqlite_i
 def test_export_to_an_enc_name_with_a_passphrase_file_encrypts_without_encrypt(
         sqlite_instance: Path, tmp_path: Path) -> None:
     """The .enc name asks for encryption as --encrypt does; a secret for an unencrypted output is bad input."""
-    from cairn_migrate.bundle import MAGIC, open_bundle
+    from cairn_migrate.bundle.bundle import MAGIC, open_bundle
 
     secret = tmp_path / "pass.txt"
     secret.write_text("correct horse battery\n")

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from conftest import FIXTURES, make_empty_instance, make_instance
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import Database
+from cairn_migrate.instance.database import Database
 from cairn_migrate.errors import ConfigError, MigrateError
-from cairn_migrate.export import export_bundle
-from cairn_migrate.instance import Instance
-from cairn_migrate.restore import import_bundle
-from cairn_migrate.table_schema import reflect_tables
-from cairn_migrate.values import comparable, decoder
-from cairn_migrate.verify import verify_bundle
+from cairn_migrate.operations.export import export_bundle
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.operations.restore import import_bundle
+from cairn_migrate.bundle.table_schema import reflect_tables
+from cairn_migrate.bundle.values import comparable, decoder
+from cairn_migrate.operations.verify import verify_bundle
 
 
 def instance(env: Path) -> Instance:
@@ -317,9 +317,9 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from cairn_migrate.instance import Instance
+    from cairn_migrate.instance.instance import Instance
     from cairn_migrate.progress import NullProgress
-    from cairn_migrate.restore import import_bundle
+    from cairn_migrate.operations.restore import import_bundle
 
     class KillOn(NullProgress):
         # Dies the moment the import starts on this table: a hard kill, no cleanup.
@@ -467,8 +467,8 @@ def as_format_1(bundle: Path) -> None:
     """Rewrite a SQLite bundle the way format 1 wrote it: instants as ISO text, no storage classes."""
     import hashlib
 
-    from cairn_migrate.table_schema import TableDef
-    from cairn_migrate.values import decoder
+    from cairn_migrate.bundle.table_schema import TableDef
+    from cairn_migrate.bundle.values import decoder
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     tables = {t["name"]: TableDef.from_dict(t) for t in json.loads((bundle / "schema" / "tables.json").read_text())}

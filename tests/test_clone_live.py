@@ -25,10 +25,10 @@ from conftest import FIXTURES, make_empty_instance, make_instance
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import Database
-from cairn_migrate.instance import Instance
-from cairn_migrate.table_schema import reflect_tables
-from cairn_migrate.values import comparable, decoder
+from cairn_migrate.instance.database import Database
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.bundle.table_schema import reflect_tables
+from cairn_migrate.bundle.values import comparable, decoder
 
 #: The fixtures' users and passwords (tests/fixtures/README-cairncms.md, seed.mjs): the target must
 #: accept the source's password hashes.

@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from conftest import FIXTURES, make_empty_instance
 from instance_fixtures import admin_token, app, bearer, cairn_instance, client, state_url  # noqa: F401 - fixtures
 
-from cairn_migrate.bundle import pack
+from cairn_migrate.bundle.bundle import pack
 from cairn_migrate.cli import cli
-from cairn_migrate.export import export_bundle
-from cairn_migrate.instance import Instance
+from cairn_migrate.operations.export import export_bundle
+from cairn_migrate.instance.instance import Instance
 from cairn_migrate.testing import build_sqlite_instance
 
 HOST_BYTES = b"secret bytes of the sidecar host\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cairn_migrate.database import CAIRNCMS_SYSTEM_TABLES, Database, open_engine
+from cairn_migrate.instance.database import CAIRNCMS_SYSTEM_TABLES, Database, open_engine
 from cairn_migrate.errors import ConfigError, InstanceUnreachable
-from cairn_migrate.instance import Instance
+from cairn_migrate.instance.instance import Instance
 from cairn_migrate.testing import build_sqlite_instance, write_env
 
 USER_ROWS = {

@@ -20,6 +20,6 @@ def test_http_reference_is_current() -> None:
 def test_architecture_names_every_module() -> None:
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
     root = DOCS.parent
-    modules = [p for folder in ("extension", "endpoints", "hooks") for p in (root / folder).glob("*.py") if p.name != "__init__.py"]
+    modules = [p for folder in ("extension", "endpoints", "hooks") for p in (root / folder).rglob("*.py") if p.name != "__init__.py"]
     missing = sorted(str(p.relative_to(root)) for p in modules if p.stem not in text)
     assert not missing, f"docs/architecture.md does not mention: {missing}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cairn_migrate.envfile import config_from_env, load_env, type_value
+from cairn_migrate.instance.envfile import config_from_env, load_env, type_value
 from cairn_migrate.errors import ConfigError
 
 

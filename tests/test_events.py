@@ -10,7 +10,7 @@ import pytest
 from instance_fixtures import CairnSqliteInstance, bearer
 
 from cairn_migrate.errors import ConfigError, FreezeNotEnforced, Unauthorized
-from cairn_migrate.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, config_path, sign, verify
+from cairn_migrate.service.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, config_path, sign, verify
 
 SECRET = "shared-secret-for-tests-0123456789abcdef"
 
@@ -18,7 +18,7 @@ SECRET = "shared-secret-for-tests-0123456789abcdef"
 @pytest.fixture
 def installed(cairn_instance: CairnSqliteInstance) -> str:
     """The extension's config file as install-extension writes it (only the secret matters here)."""
-    from cairn_migrate.instance import Instance
+    from cairn_migrate.instance.instance import Instance
 
     path = config_path(Instance.from_env_file(cairn_instance.env_path, environ={}))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def test_signature_matches_the_javascript_scheme() -> None:
         verify("k", "POST", "/migrate/events", b"{} ", headers, now=1700000100)
 
 
-# --- the freeze record (extension/freeze.py) and the export's refusal without a proof ----------------
+# --- the freeze record (extension/operations/freeze.py) and the export's refusal without a proof ----------------
 
 #: The instance these freeze records belong to (any 32-hex scope will do here).
 SCOPE = "f" * 32
@@ -116,7 +116,7 @@ SCOPE = "f" * 32
 def test_each_freeze_has_its_own_id_and_is_cleared_only_by_it(state_url: str) -> None:
     import datetime as dt
 
-    from cairn_migrate.freeze import clear_freeze, freeze_state, renew_freeze, set_freeze
+    from cairn_migrate.operations.freeze import clear_freeze, freeze_state, renew_freeze, set_freeze
 
     first = set_freeze(state_url, "one", dt.timedelta(seconds=60), scope=SCOPE)
     assert freeze_state(state_url, scope=SCOPE)["id"] == first["id"]
@@ -132,7 +132,7 @@ def test_each_freeze_has_its_own_id_and_is_cleared_only_by_it(state_url: str) ->
 def test_a_freeze_expires_unless_renewed(state_url: str) -> None:
     import datetime as dt
 
-    from cairn_migrate.freeze import freeze_state, renew_freeze, set_freeze
+    from cairn_migrate.operations.freeze import freeze_state, renew_freeze, set_freeze
 
     held = set_freeze(state_url, "short", dt.timedelta(seconds=1), scope=SCOPE)
     assert renew_freeze(state_url, held["id"], dt.timedelta(seconds=2)) is True
@@ -146,8 +146,8 @@ def test_a_freeze_expires_unless_renewed(state_url: str) -> None:
 def test_a_state_store_from_before_scoped_freezes_still_works(state_url: str) -> None:
     import sqlalchemy as sa
 
-    from cairn_migrate.freeze import freeze_state, set_freeze
-    from cairn_migrate.jobs import _state_engine
+    from cairn_migrate.operations.freeze import freeze_state, set_freeze
+    from cairn_migrate.service.jobs import _state_engine
 
     engine = _state_engine(state_url)
     with engine.begin() as conn:
@@ -163,7 +163,7 @@ def test_a_state_store_from_before_scoped_freezes_still_works(state_url: str) ->
 
 
 def test_frozen_lifts_the_freeze_when_the_proof_or_the_capture_fails(state_url: str) -> None:
-    from cairn_migrate.freeze import freeze_state, frozen
+    from cairn_migrate.operations.freeze import freeze_state, frozen
 
     def no_proof(state: dict[str, Any]) -> dict[str, Any]:
         assert freeze_state(state_url, scope=SCOPE)["id"] == state["id"]  # set before the proof is asked for
@@ -180,9 +180,9 @@ def test_frozen_lifts_the_freeze_when_the_proof_or_the_capture_fails(state_url: 
 
 def test_freeze_export_without_the_extension_writes_nothing(cairn_instance: CairnSqliteInstance, state_url: str,
                                                               tmp_path: Any) -> None:
-    from cairn_migrate.export import export_bundle
-    from cairn_migrate.freeze import freeze_state
-    from cairn_migrate.instance import Instance
+    from cairn_migrate.operations.export import export_bundle
+    from cairn_migrate.operations.freeze import freeze_state
+    from cairn_migrate.instance.instance import Instance
 
     instance = Instance.from_env_file(cairn_instance.env_path, environ={})
     with pytest.raises(FreezeNotEnforced) as refused:

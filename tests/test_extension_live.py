@@ -134,9 +134,9 @@ def test_json_body_and_download_stream_through_the_proxy(cms_instance: LiveInsta
 
 def test_verify_runs_live_checks_against_the_running_instance(cms_instance: LiveInstance, tmp_path: Path) -> None:
     """``verify --url``: ping, token, one asset's bytes and one item, on a real running instance."""
-    from cairn_migrate.export import export_bundle
-    from cairn_migrate.instance import Instance
-    from cairn_migrate.verify import verify_bundle
+    from cairn_migrate.operations.export import export_bundle
+    from cairn_migrate.instance.instance import Instance
+    from cairn_migrate.operations.verify import verify_bundle
 
     upload = cms_instance.request("POST", "/files", files={"file": ("asset.txt", b"bytes to compare", "text/plain")})
     assert upload.status_code == 200, upload.text

@@ -15,11 +15,11 @@ from instance_fixtures import FIXTURES, bearer
 from storage_servers import azure_config, create_container, gcs_config, remove_container, s3_config
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import Database
-from cairn_migrate.export import export_bundle
-from cairn_migrate.file_rows import QUARANTINE_PREFIX, check, repair
-from cairn_migrate.instance import Instance
-from cairn_migrate.storage import open_location, upload_tree
+from cairn_migrate.instance.database import Database
+from cairn_migrate.operations.export import export_bundle
+from cairn_migrate.operations.file_rows import QUARANTINE_PREFIX, check, repair
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.instance.storage import open_location, upload_tree
 
 
 
@@ -180,7 +180,7 @@ def test_repair_from_another_location_and_delete_orphans(sqlite_instance: Path, 
 
 
 def test_http_check_is_a_job(app, client, admin_token: str, editor_token: str) -> None:  # noqa: ANN001
-    from cairn_migrate.app import get_state
+    from cairn_migrate.service.app import get_state
 
     uploads = shutil.copytree(FIXTURES / "uploads", Path(get_state(app).instance().location("local").options["root"]),
                               dirs_exist_ok=True)

@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from conftest import make_instance
 from werkzeug.serving import make_server
 
-from cairn_migrate import import_marker
-from cairn_migrate.app import create_app, get_state
-from cairn_migrate.database import Database
-from cairn_migrate.instance import Instance
+from cairn_migrate.bundle import import_marker
+from cairn_migrate.service.app import create_app, get_state
+from cairn_migrate.instance.database import Database
+from cairn_migrate.instance.instance import Instance
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_empty_instance, make_instance
 from instance_fixtures import FIXTURES, bearer
 
-from cairn_migrate.app import create_app, get_state
+from cairn_migrate.service.app import create_app, get_state
 
 TARGET_SECRET = "another-secret-for-the-target-instance-000"
 #: The admin of the recorded PostgreSQL instance (tests/fixtures/postgres/seeded.sql).
@@ -179,8 +179,8 @@ def test_import_with_replace_writes_the_safety_bundle_as_a_bundle_of_the_instanc
     names nor a shared folder (issue 9)."""
     import jwt
 
-    from cairn_migrate.export import export_bundle
-    from cairn_migrate.instance import Instance
+    from cairn_migrate.operations.export import export_bundle
+    from cairn_migrate.instance.instance import Instance
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # where the CLI's default safety bundles go
     secret = "a-secret-for-the-replaced-instance-0000000"

@@ -24,11 +24,11 @@ from instance_fixtures import (  # noqa: F401 - fixtures
     state_url,
 )
 
-from cairn_migrate.app import HTTP_PATHS, create_app, get_state
+from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
 from cairn_migrate.errors import ConfigError
-from cairn_migrate.export import export_bundle
-from cairn_migrate.instance import Instance
-from cairn_migrate.openapi import build_spec
+from cairn_migrate.operations.export import export_bundle
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.service.openapi import build_spec
 
 #: Request fields (body or query) that carry no path on the sidecar's machine, and what they are instead.
 NOT_PATHS = {

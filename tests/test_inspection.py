@@ -14,7 +14,7 @@ from conftest import make_instance
 from instance_fixtures import bearer
 
 from cairn_migrate.cli import cli
-from cairn_migrate.storage import upload_tree
+from cairn_migrate.instance.storage import upload_tree
 
 USER_ROWS = {"article_comments": 15, "articles": 21, "articles_tags": 40, "articles_translations": 40,
              "authors": 4, "languages": 3, "tags": 5}

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from instance_fixtures import CairnSqliteInstance
 
 from cairn_migrate.cli import cli
-from cairn_migrate.install import install, uninstall
-from cairn_migrate.instance import Instance
+from cairn_migrate.operations.install import install, uninstall
+from cairn_migrate.instance.instance import Instance
 
 OURS = {"type": "module", "id": "migrate", "enabled": True}
 #: CairnCMS's own module bar for a NULL module_bar (app/src/constants.ts MODULE_BAR_DEFAULT).

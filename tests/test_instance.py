@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cairn_migrate.errors import ConfigError, UnsupportedDriver
-from cairn_migrate.instance import Instance
+from cairn_migrate.instance.instance import Instance
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -21,10 +21,10 @@ from instance_fixtures import (  # noqa: F401 - fixtures
     state_url,
 )
 
-from cairn_migrate import jobs as jobs_module
-from cairn_migrate.app import get_state
+from cairn_migrate.service import jobs as jobs_module
+from cairn_migrate.service.app import get_state
 from cairn_migrate.errors import InvalidInput, NotFound
-from cairn_migrate.jobs import (
+from cairn_migrate.service.jobs import (
     INTERRUPTED_MESSAGE,
     JobCancelled,
     JobConflict,
@@ -314,7 +314,7 @@ def test_inline_raise_errors_re_raises(runner: JobRunner, store: JobStore) -> No
 
 
 def test_unexpected_error_fails_as_internal(runner: JobRunner, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="cairn_migrate.jobs"):
+    with caplog.at_level(logging.ERROR, logger="cairn_migrate.service.jobs"):
         record = runner.run_inline("test.explode")
     assert record["state"] == "failed"
     assert record["error"]["code"] == "internal"
@@ -327,7 +327,7 @@ def test_unexpected_multi_line_error_fails_with_one_line(runner: JobRunner, capl
         raise ValueError("invalid input syntax for type integer\nLINE 10: auth_login_attempts INTEGER DEFAULT 'abc'")
 
     runner.register("test.explode_in_lines", explode_in_lines)
-    with caplog.at_level(logging.CRITICAL, logger="cairn_migrate.jobs"):
+    with caplog.at_level(logging.CRITICAL, logger="cairn_migrate.service.jobs"):
         record = runner.run_inline("test.explode_in_lines")
     assert record["state"] == "failed"
     assert record["error"] == {"code": "internal",
@@ -336,7 +336,7 @@ def test_unexpected_multi_line_error_fails_with_one_line(runner: JobRunner, capl
 
 @pytest.mark.parametrize("kind", ["test.garbage", "test.unserialisable"])
 def test_bad_result_is_never_success(runner: JobRunner, kind: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.CRITICAL, logger="cairn_migrate.jobs"):
+    with caplog.at_level(logging.CRITICAL, logger="cairn_migrate.service.jobs"):
         record = runner.run_inline(kind)
     assert record["state"] == "failed" and record["error"]["code"] == "internal"
 

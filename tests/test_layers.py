@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {"sqlalchemy", "fsspec", "boto3", "s3fs", "gcsfs", "adlfs", "psycopg", "pymysql"}
-SHELLS = [ROOT / "extension" / "cli.py", *sorted((ROOT / "endpoints").glob("*.py"))]
+SHELLS = [*sorted((ROOT / "extension" / "cli").glob("*.py")), *sorted((ROOT / "endpoints").glob("*.py"))]
 
 
 def imported_roots(path: Path) -> set[str]:

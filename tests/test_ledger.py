@@ -18,10 +18,10 @@ from conftest import make_instance
 from test_file_rows import inst
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import Database
+from cairn_migrate.instance.database import Database
 from cairn_migrate.errors import ConfigError
-from cairn_migrate.ledger import LedgerConflict, MigrationLedger, format_title, name_of, version_of
-from cairn_migrate.scripts import (
+from cairn_migrate.ledger.ledger import LedgerConflict, MigrationLedger, format_title, name_of, version_of
+from cairn_migrate.ledger.scripts import (
     Revision,
     RevisionGraph,
     downgrade,

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from instance_fixtures import FIXTURES, CairnSqliteInstance, bearer
 
 from cairn_migrate import operations
-from cairn_migrate.app import create_app, get_state
+from cairn_migrate.service.app import create_app, get_state
 from cairn_migrate.cli import EXIT_DIFFERENCES, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, cli
 from cairn_migrate.errors import InvalidInput
-from cairn_migrate.jobs import FINAL_STATES
+from cairn_migrate.service.jobs import FINAL_STATES
 from cairn_migrate.operations import Outcome
 
 #: Parameters only the sidecar can take: a server-side bundle is named by id; the CLI names bundles by path.

@@ -20,14 +20,14 @@ from click.testing import CliRunner
 from conftest import make_empty_instance, make_instance
 from test_clone import normalized_rows
 
-from cairn_migrate import import_marker, workdir
+from cairn_migrate.bundle import import_marker, workdir
 from cairn_migrate.cli import cli
-from cairn_migrate.database import Database
+from cairn_migrate.instance.database import Database
 from cairn_migrate.errors import ConfigError, MigrateError
-from cairn_migrate.export import export_bundle
-from cairn_migrate.instance import Instance
-from cairn_migrate.restore import import_bundle
-from cairn_migrate.verify import verify_bundle
+from cairn_migrate.operations.export import export_bundle
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.operations.restore import import_bundle
+from cairn_migrate.operations.verify import verify_bundle
 
 ADDED = "added through the instance after the import"
 
@@ -36,9 +36,9 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from cairn_migrate.instance import Instance
+    from cairn_migrate.instance.instance import Instance
     from cairn_migrate.progress import NullProgress
-    from cairn_migrate.restore import import_bundle
+    from cairn_migrate.operations.restore import import_bundle
 
     WHEN = sys.argv[3]
 
@@ -59,7 +59,7 @@ KILLER = textwrap.dedent(
 
     target = Instance.from_env_file(sys.argv[1], environ={})
     if WHEN == "after_native_restore":  # the dump is in the target, the import has not recorded it yet
-        from cairn_migrate import native
+        from cairn_migrate.bundle import native
         restore = native.restore
 
         def restore_then_die(config, member):
@@ -69,7 +69,7 @@ KILLER = textwrap.dedent(
 
         native.restore = restore_then_die
     if WHEN == "replace_first_drop":  # --replace has dropped one old table
-        from cairn_migrate.table_loader import TableLoader
+        from cairn_migrate.bundle.table_loader import TableLoader
         drop = TableLoader.drop
 
         def drop_then_die(self, name):
@@ -296,7 +296,7 @@ def test_native_tools_die_with_a_killed_sidecar(tmp_path: Path) -> None:
     pid_file = tmp_path / "tool.pid"
     sidecar = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os
-        from cairn_migrate import native
+        from cairn_migrate.bundle import native
         native._run(["sh", "-c", "echo $$ > {pid_file}; exec sleep 60"], dict(os.environ))
     """)])
     deadline = time.monotonic() + 20
@@ -373,7 +373,7 @@ def test_resume_of_an_empty_target_is_refused_and_writes_nothing(tmp_path: Path,
 
 
 def test_health_reports_an_incomplete_instance_without_secrets(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    from cairn_migrate.app import create_app, get_state
+    from cairn_migrate.service.app import create_app, get_state
 
     src = make_instance("sqlite", tmp_path / "src", request)
     export_bundle(instance(src), tmp_path / "bundle")
@@ -399,7 +399,7 @@ def test_health_reports_an_incomplete_instance_without_secrets(tmp_path: Path, r
 
 
 def test_health_answers_unknown_when_the_database_cannot_be_read(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    from cairn_migrate.app import create_app, get_state
+    from cairn_migrate.service.app import create_app, get_state
 
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)  # its data.db does not exist
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(dst), "CAIRN_MIGRATE_SCHEDULER": False,
@@ -452,7 +452,7 @@ def test_stale_extractions_of_killed_imports_are_removed_by_the_next_run(
 
 def _bundle_with_duplicate_row(bundle: Path) -> None:
     """Re-sign a bundle whose tags table holds one row twice: the load fails on the primary key."""
-    from cairn_migrate.bundle import sha256_file
+    from cairn_migrate.bundle.bundle import sha256_file
 
     member = bundle / "tables" / "tags.jsonl"
     lines = member.read_bytes().splitlines(keepends=True)
@@ -530,8 +530,8 @@ def test_killed_archive_export_leaves_no_staging_copy_beside_the_output(
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, sys
         from pathlib import Path
-        from cairn_migrate import export
-        from cairn_migrate.instance import Instance
+        from cairn_migrate.operations import export
+        from cairn_migrate.instance.instance import Instance
 
         def pack_then_die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -561,8 +561,8 @@ def test_killed_repair_from_an_archive_leaves_its_extraction_to_the_sweep(tmp_pa
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, sys
         from pathlib import Path
-        from cairn_migrate import file_rows
-        from cairn_migrate.instance import Instance
+        from cairn_migrate.operations import file_rows
+        from cairn_migrate.instance.instance import Instance
 
         def scan_then_die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -585,7 +585,8 @@ def test_ctrl_c_during_an_import_exits_3_and_names_the_resume(tmp_path: Path, re
     dst = make_empty_instance("sqlite", tmp_path / "dst", request)
     interrupted = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, sys
-        from cairn_migrate import cli, restore
+        from cairn_migrate import cli
+        from cairn_migrate.operations import restore
 
         restore_files = restore._restore_files
 

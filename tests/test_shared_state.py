@@ -28,12 +28,12 @@ from instance_fixtures import FIXTURES, CairnSqliteInstance, bearer, restore_sql
 from sqlalchemy.engine import make_url
 from test_auth import migrate_routes
 
-from cairn_migrate.app import create_app, get_state
-from cairn_migrate.instance import Instance
-from cairn_migrate.jobs import JobContext
-from cairn_migrate.signature import config_path, sign
-from cairn_migrate.state import instance_scope
-from cairn_migrate.storage_move import CopyLedger
+from cairn_migrate.service.app import create_app, get_state
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.service.jobs import JobContext
+from cairn_migrate.service.signature import config_path, sign
+from cairn_migrate.service.state import instance_scope
+from cairn_migrate.operations.storage_move import CopyLedger
 from cairn_migrate.testing import create_postgres_database, drop_postgres_database
 
 #: The bodies B's admin sends, aimed at A's records where the route takes one (``{bundle}`` is A's bundle id).
@@ -220,7 +220,7 @@ def test_records_carry_the_instance_in_the_shared_store(sidecars: tuple[Sidecar,
 
 def test_a_clone_sharing_the_key_is_another_instance(tmp_path: Path) -> None:
     """A clone carries its source's KEY; the database tells them apart (records and copy-ledger moves)."""
-    from cairn_migrate.storage_move import MoveSpec
+    from cairn_migrate.operations.storage_move import MoveSpec
 
     source = restore_sqlite_instance(tmp_path / "source")
     clone = restore_sqlite_instance(tmp_path / "clone")
@@ -249,10 +249,10 @@ def test_server_database_identity_ignores_credentials() -> None:
 def test_copy_ledger_rows_from_before_scoping(sqlite_instance: Path, tmp_path: Path) -> None:
     """A switched move recorded by an earlier version (instance = KEY): its old bytes are still kept as
     retained (never taken for orphans), but no instance prunes or resumes it."""
-    from cairn_migrate.file_rows import check
-    from cairn_migrate.state import legacy_instance_label
-    from cairn_migrate.storage import open_location
-    from cairn_migrate.storage_move import prune
+    from cairn_migrate.operations.file_rows import check
+    from cairn_migrate.service.state import legacy_instance_label
+    from cairn_migrate.instance.storage import open_location
+    from cairn_migrate.operations.storage_move import prune
 
     instance = Instance.from_env_file(sqlite_instance, environ={})
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
@@ -274,7 +274,7 @@ def test_copy_ledger_rows_from_before_scoping(sqlite_instance: Path, tmp_path: P
 
 
 def test_a_freeze_holds_only_its_instance(tmp_path: Path) -> None:
-    from cairn_migrate.freeze import clear_freeze, freeze_state, frozen
+    from cairn_migrate.operations.freeze import clear_freeze, freeze_state, frozen
 
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     with frozen(state_url, scope="a" * 32, enabled=True, reason="export of A"):

@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cairn_migrate.config_snapshot import (
+from cairn_migrate.bundle.config_snapshot import (
     ConfigDirectoryError,
     SnapshotError,
     config_snapshot,
     read_config_directory,
     write_config_directory,
 )
-from cairn_migrate.database import Database
+from cairn_migrate.instance.database import Database
 from cairn_migrate.errors import MigrateError
-from cairn_migrate.instance import Instance
-from cairn_migrate.schema_snapshot import (
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.bundle.schema_snapshot import (
     dump_schema_snapshot,
     load_schema_snapshot,
     schema_snapshot,
@@ -120,7 +120,7 @@ def test_config_snapshot_casts_and_orphans(sqlite_instance: Path, caplog: pytest
         connection.commit()
     finally:
         connection.close()
-    with caplog.at_level(logging.WARNING, logger="cairn_migrate.config_snapshot"), open_db(sqlite_instance) as db:
+    with caplog.at_level(logging.WARNING, logger="cairn_migrate.bundle.config_snapshot"), open_db(sqlite_instance) as db:
         config = config_snapshot(db)
     editor = next(r for r in config["roles"] if r["key"] == "editor")
     assert editor["ip_access"] == ["10.0.0.1", "10.0.0.2"]
@@ -200,7 +200,7 @@ def test_read_config_directory_ignores_yml_and_interpolates(config_dir: Path, ca
     role = config_dir / "roles" / "editor.yaml"
     role.write_text(role.read_text().replace("name: Editor", "name: '{{EDITOR_NAME}}'").replace(
         "description: Edits articles", "description: '{{NOT_SET_ANYWHERE}}'"))
-    with caplog.at_level(logging.WARNING, logger="cairn_migrate.config_snapshot"):
+    with caplog.at_level(logging.WARNING, logger="cairn_migrate.bundle.config_snapshot"):
         config = read_config_directory(config_dir, environ={"EDITOR_NAME": "Writers"})
     editor = next(r for r in config["roles"] if r["key"] == "editor")
     assert editor["name"] == "Writers"

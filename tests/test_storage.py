@@ -22,8 +22,8 @@ from storage_servers import (  # noqa: F401 - fixtures are used by name
 )
 
 from cairn_migrate.errors import ConfigError, InstanceUnreachable, NotFound, UnsupportedDriver
-from cairn_migrate.instance import LocationConfig
-from cairn_migrate.storage import Location, local_path, normalize_root, object_key, open_location, upload_tree
+from cairn_migrate.instance.instance import LocationConfig
+from cairn_migrate.instance.storage import Location, local_path, normalize_root, object_key, open_location, upload_tree
 
 UPLOADS = Path(__file__).parent / "fixtures" / "sqlite" / "uploads"
 FILES = {p.name: p.read_bytes() for p in sorted(UPLOADS.iterdir()) if p.is_file()}
@@ -288,7 +288,7 @@ def test_s3_checksummed_put_and_multipart(make_location) -> None:
 
     from fsspec.asyn import sync
 
-    from cairn_migrate import storage
+    from cairn_migrate.instance import storage
     from cairn_migrate.errors import MigrateError
 
     target = make_location("s3", root="/uploads/")
@@ -317,7 +317,7 @@ def test_s3_checksummed_put_and_multipart(make_location) -> None:
 def test_async_size_and_read(make_location, driver: str) -> None:
     from fsspec.asyn import get_loop, sync
 
-    from cairn_migrate import storage
+    from cairn_migrate.instance import storage
 
     location = make_location(driver)
     location.write_bytes("d/x.bin", b"0123456789")

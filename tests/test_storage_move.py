@@ -18,13 +18,13 @@ from storage_servers import azure_config, create_container, gcs_config, remove_c
 from test_file_rows import env_keys, inst
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import Database
+from cairn_migrate.instance.database import Database
 from cairn_migrate.errors import ConfigError
-from cairn_migrate.file_rows import check
-from cairn_migrate.ledger import LedgerConflict, MigrationLedger
-from cairn_migrate.scripts import BytesMissing, downgrade
-from cairn_migrate.storage import open_location
-from cairn_migrate.storage_move import OBJECTS, CopyLedger, move, prune
+from cairn_migrate.operations.file_rows import check
+from cairn_migrate.ledger.ledger import LedgerConflict, MigrationLedger
+from cairn_migrate.ledger.scripts import BytesMissing, downgrade
+from cairn_migrate.instance.storage import open_location
+from cairn_migrate.operations.storage_move import OBJECTS, CopyLedger, move, prune
 
 BUILDERS = {"s3": s3_config, "gcs": gcs_config, "azure": azure_config}
 #: The object metadata that changes on every write of the same bytes (S3's ETag and GCS's etag are the
@@ -142,9 +142,9 @@ def test_move_on_server_databases_with_flat_layout(vendor: str, tmp_path: Path, 
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from cairn_migrate.instance import Instance
+    from cairn_migrate.instance.instance import Instance
     from cairn_migrate.progress import NullProgress
-    from cairn_migrate.storage_move import move
+    from cairn_migrate.operations.storage_move import move
 
     class KillAfter(NullProgress):
         # A hard kill after N verified objects: no cleanup, no ledger flush.
@@ -228,7 +228,8 @@ def test_bad_targets_are_clear_errors_and_switch_nothing(tmp_path: Path, request
 def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tmp_path: Path,
                                                         request: pytest.FixtureRequest,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from cairn_migrate import storage, storage_move
+    from cairn_migrate.instance import storage
+    from cairn_migrate.operations import storage_move
 
     if not server_checks:  # an S3 service that ignores checksums: every copy is read back
         monkeypatch.setattr(storage, "s3_verifies_checksums", lambda location: False)
@@ -255,7 +256,7 @@ def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tm
 @pytest.mark.parametrize("driver", REMOTES)
 def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: pytest.FixtureRequest,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from cairn_migrate import storage
+    from cairn_migrate.instance import storage
 
     env = remote_instance("sqlite", driver, tmp_path, request)
     add_files(env, 4)
@@ -283,7 +284,8 @@ def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: py
 def test_move_in_worker_processes_interrupted_then_resumed(tmp_path: Path, request: pytest.FixtureRequest,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Copies in worker processes, results recorded by the move's process only; a stop mid-move resumes cleanly."""
-    from cairn_migrate import storage, storage_move
+    from cairn_migrate.instance import storage
+    from cairn_migrate.operations import storage_move
     from cairn_migrate.progress import NullProgress
 
     monkeypatch.setattr(storage_move, "PROCESS_MIN", 1)  # the process path even for a few objects

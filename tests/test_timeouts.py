@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from cairn_migrate.cli import cli
-from cairn_migrate.database import open_engine
+from cairn_migrate.instance.database import open_engine
 from cairn_migrate.errors import ConfigError, InstanceUnreachable
-from cairn_migrate.instance import DatabaseConfig, LocationConfig
-from cairn_migrate.storage import open_location
-from cairn_migrate.timeouts import connect_timeout
+from cairn_migrate.instance.instance import DatabaseConfig, LocationConfig
+from cairn_migrate.instance.storage import open_location
+from cairn_migrate.instance.timeouts import connect_timeout
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_verify_live_ping_to_a_silent_instance_fails_within_the_connect_timeout(
         silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """``verify --url`` against a listener that accepts and never answers: the ping is bounded by the
     connect timeout, not the read timeout (which is for asset bytes and other real work)."""
-    from cairn_migrate.verify import live_checks
+    from cairn_migrate.operations.verify import live_checks
 
     monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", "1")
     monkeypatch.setenv("CAIRN_MIGRATE_READ_TIMEOUT", "30")

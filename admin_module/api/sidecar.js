@@ -16,7 +16,7 @@ const path = require('path');
 
 const CONFIG_NAME = '.cairn-migrate.json';
 const DEFAULT_URL = 'http://127.0.0.1:8765';
-/* How far a signed request's timestamp may be from now (MAX_SKEW in extension/signature.py). */
+/* How far a signed request's timestamp may be from now (MAX_SKEW in extension/service/signature.py). */
 const MAX_SKEW_S = 300;
 
 /* This file is installed as <EXTENSIONS_PATH>/<endpoints|hooks>/cairn-migrate/sidecar.js. */

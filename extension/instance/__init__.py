@@ -1,0 +1,1 @@
+"""The instance: its .env, its database and its file storage, read as CairnCMS reads them."""

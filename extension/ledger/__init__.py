@@ -1,0 +1,1 @@
+"""The ledger: recorded custom migrations in directus_migrations and the scripts behind them."""

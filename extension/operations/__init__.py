@@ -1,0 +1,634 @@
+"""The operation registry: every operation of cairn-migrate, registered once.
+
+In the spirit of rclone's ``rc`` and Alembic's ``command``: an operation has a
+name, a marshmallow schema of its parameters, an ``apply`` that does the work
+and returns a JSON-safe report, optionally a ``plan`` that writes nothing, and
+an :class:`Outcome` read off the report.  The outcome maps once to the CLI's
+exit code, the job's state and the HTTP status, so no shell decides on its own
+whether "differences found" is a success.
+
+Every shell dispatches by name: the CLI verbs (``cli.py``, ``cli_files.py``,
+``cli_install.py``) call :func:`run`; ``POST /migrate/ops`` (``{op, params}``)
+plans or starts a job; the job runner runs any operation (``service_jobs.py``); the
+scheduler stores ``{op, params}`` and submits through the job runner
+(``hooks/schedule.py``).  A new operation is one :func:`register` call here
+(plus its CLI verb, which renders its report).
+
+What an operation needs from its shell travels in one :class:`OpContext`: the
+instance, the state store, the bundle folder, progress and in-memory secrets.
+The core modules are imported inside ``apply``/``plan``, so importing the
+registry (to list it, or to build the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from ..errors import InvalidInput, MigrateError
+from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
+from ..progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from ..instance.instance import Instance
+
+Report = dict[str, Any]
+
+
+
+class Outcome(str, Enum):
+    """How an operation ended, decided once from its report.
+
+    ``invalid`` (bad input or configuration found while working, e.g. every
+    unreadable storage location misconfigured) completes the project's exit
+    codes; errors raised before any work keep their own class's code.
+    """
+
+    OK = "ok"
+    DIFFERENCES = "differences"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    INVALID = "invalid"
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code (docs/cli.md, "Exit codes")."""
+        return {"ok": 0, "differences": 1, "invalid": 2, "failed": 3, "partial": 4}[self.value]
+
+    @property
+    def job_state(self) -> str:
+        """The final state of a job: differences are a finished job's findings; partial work is a failure."""
+        return "succeeded" if self in (Outcome.OK, Outcome.DIFFERENCES) else "failed"
+
+    @property
+    def http_status(self) -> int:
+        """The status of an answer given at once (a plan, or a short operation run in the request)."""
+        return {"ok": 200, "differences": 200, "partial": 207, "invalid": 422, "failed": 500}[self.value]
+
+
+class OutcomeError(MigrateError):
+    """An operation that finished but not well (partial, failed, invalid): its job fails and keeps the report."""
+
+    def __init__(self, name: str, outcome: Outcome, report: Report) -> None:
+        super().__init__(f"{name} finished {outcome.value}: the report lists what did not succeed",
+                         hint=f"see the job's result; a retry of {name} resumes where it stopped")
+        self.code = outcome.value
+        self.exit_code = outcome.exit_code
+        self.http_status = outcome.http_status
+        self.report = report
+
+
+@dataclass
+class OpContext:
+    """What an operation gets from its shell.
+
+    :ivar instance: the instance acted on (called on first use, so a shell that
+        only lists operations never reads an ``.env``).
+    :ivar state_url: the state store (jobs, freeze, copy ledgers), always given:
+        a shell resolves it once, so no operation falls back to the process env.
+    :ivar bundle_dir: this instance's server-side bundle folder (``serve``); None in the CLI.
+    :ivar job_id: the job running the operation, if any (names server-side bundles).
+    :ivar locate_bundle: turns ``{"bundle": id}`` or ``{"path": p}`` into a bundle path;
+        the sidecar's version refuses paths into its shared folders.
+    :ivar secrets: values never persisted (passphrases, tokens), in memory only.
+    :ivar scripts_dir: the custom-migrations script directory (None: the default).
+    :ivar open_instance: reads another instance's ``.env`` (``files repair --from-env``).
+    :ivar host_path: checks a path on this host that the caller named in a parameter (field, value);
+        the sidecar's version refuses any outside ``CAIRN_MIGRATE_HTTP_PATHS``: an instance's admin
+        is trusted for that instance only, never for the sidecar's host.  None: the CLI (its user is
+        the host's operator).
+    :ivar place_safety_bundle: where an import with ``replace`` writes its safety bundle; the
+        sidecar's version puts it among the instance's own bundles (``safety_bundle`` is a name there).
+    """
+
+    instance: Callable[[], Instance]
+    state_url: str
+    progress: Progress = field(default_factory=NullProgress)
+    bundle_dir: Path | None = None
+    job_id: str | None = None
+    locate_bundle: Callable[[Mapping[str, Any]], Path] | None = None
+    secrets: Mapping[str, Any] = field(default_factory=dict)
+    scripts_dir: Path | None = None
+    open_instance: Callable[[str], Instance] | None = None
+    host_path: Callable[[str, str], Path] | None = None
+    place_safety_bundle: Callable[[Mapping[str, Any]], Path | None] | None = None
+
+    def path(self, field_name: str, value: str | None) -> Path | None:
+        """The host path a parameter names, as the shell allows it (None when not given)."""
+        if not value:
+            return None
+        return self.host_path(field_name, value) if self.host_path is not None else Path(value)
+
+    def check_host_paths(self, op: Operation, params: Mapping[str, Any]) -> None:
+        """Refuse now, before any job starts, every host path in ``params`` the shell does not allow.
+
+        The parameters marked ``host_path`` in an operation's schema name files on the
+        machine running it; a bundle ``path`` and ``safety_bundle`` go through their own rules.
+        """
+        if op.needs_bundle or params.get("bundle") or params.get("path"):
+            self.bundle(params)
+        for name, schema_field in op.schema().fields.items():
+            if not schema_field.metadata.get("host_path") or not params.get(name) or name == "path":
+                continue
+            if name == "safety_bundle":
+                self.safety_bundle(params)
+            else:
+                self.path(name, params[name])
+
+    def safety_bundle(self, params: Mapping[str, Any]) -> Path | None:
+        """Where ``import --replace`` writes its safety bundle (None: the default beside the state store)."""
+        if self.place_safety_bundle is not None:
+            return self.place_safety_bundle(params)
+        return self.path("safety_bundle", params.get("safety_bundle"))
+
+    def secret(self, name: str) -> Any:
+        """A secret by name (None when not given)."""
+        return self.secrets.get(name)
+
+    def bundle(self, params: Mapping[str, Any]) -> Path:
+        """The bundle the parameters name (``bundle`` id or ``path``).
+
+        :raises InvalidInput: neither is given.
+        """
+        if not params.get("bundle") and not params.get("path"):
+            raise InvalidInput("Name the bundle to use", hint="pass 'bundle' (an id from GET /migrate/bundles) or 'path'")
+        if self.locate_bundle is not None:
+            return self.locate_bundle(params)
+        if params.get("bundle"):
+            raise InvalidInput("Bundle ids name the sidecar's server-side bundles", hint="pass the bundle's path")
+        return Path(params["path"])
+
+    def other_instance(self, env_path: str) -> Instance:
+        """Another instance, read from its ``.env`` (the same rules as the main one), where the shell allows it."""
+        checked = str(self.path("from_env", env_path))
+        if self.open_instance is not None:
+            return self.open_instance(checked)
+        from ..instance.instance import Instance
+
+        return Instance.from_env_file(checked)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One registered operation.
+
+    :ivar plan: computes what ``apply`` would do and writes nothing; None when the
+        operation has no dry run (it only reads, or only makes a new bundle).
+    :ivar outcome: ``(report, planned) → Outcome``.
+    :ivar cli: the CLI verb (``"files check"``).
+    :ivar route: today's HTTP route of the operation, kept as an alias of ``POST /migrate/ops``.
+    """
+
+    name: str
+    summary: str
+    schema: type[Schema]
+    apply: Callable[[OpContext, dict[str, Any]], Report]
+    outcome: Callable[[Report, bool], Outcome]
+    plan: Callable[[OpContext, dict[str, Any]], Report] | None = None
+    cli: str = ""
+    route: str | None = None
+    #: False: the operation writes outside the instance's data (code into its extensions folder), which only
+    #: the host's operator may do: the CLI runs it, ``POST /migrate/ops`` refuses it.
+    http: bool = True
+
+    @property
+    def needs_bundle(self) -> bool:
+        """Whether the operation reads a bundle it must be given (import, verify)."""
+        return issubclass(self.schema, _BundleRef)
+
+    @property
+    def secret_params(self) -> list[str]:
+        """Parameters kept out of job records and schedules (passed in memory)."""
+        return [name for name, f in self.schema().fields.items() if f.metadata.get("secret")]
+
+    def load(self, params: Mapping[str, Any], *, unknown: str | None = None) -> dict[str, Any]:
+        """Validate ``params`` with the operation's schema (``unknown``: marshmallow's, default RAISE).
+
+        :raises InvalidInput: one line naming each bad parameter.
+        """
+        try:
+            return self.schema(**({"unknown": unknown} if unknown else {})).load(dict(params))
+        except ValidationError as exc:
+            problems = "; ".join(f"{key}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
+                                 for key, msgs in sorted(exc.normalized_messages().items()))
+            raise InvalidInput(f"Bad parameters for {self.name}: {problems}",
+                               hint="GET /migrate/ops (or cairn-migrate ops list) shows them") from None
+
+
+_REGISTRY: dict[str, Operation] = {}
+
+
+def register(operation: Operation) -> Operation:
+    """Add an operation; its name is its job kind and its path under ``/migrate/ops/``."""
+    if operation.name in _REGISTRY:
+        raise ValueError(f"operation {operation.name!r} is already registered")
+    _REGISTRY[operation.name] = operation
+    return operation
+
+
+def get(name: str) -> Operation:
+    """The operation called ``name``.
+
+    :raises InvalidInput: no such operation (the message lists the known ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidInput(f"There is no operation {name!r}", hint=f"known operations: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def all_operations() -> list[Operation]:
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def run(name: str, ctx: OpContext, params: Mapping[str, Any], *, dry_run: bool = False,
+        validated: bool = False) -> tuple[Report, Outcome]:
+    """Run operation ``name``: its plan with ``dry_run`` (or a ``dry_run`` parameter), else apply it.
+
+    :param validated: ``params`` were already loaded with the operation's schema.
+    :returns: the report and its outcome.
+    """
+    op = get(name)
+    loaded = dict(params) if validated else op.load(params)
+    planned = bool(dry_run or loaded.get("dry_run"))
+    if planned:
+        if op.plan is None:
+            raise InvalidInput(f"{name} has no dry run", hint="run it without dry_run")
+        report = op.plan(ctx, loaded)
+    else:
+        report = op.apply(ctx, loaded)
+    return report, op.outcome(report, planned)
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every operation with its parameters (``GET /migrate/ops``, ``cairn-migrate ops list``)."""
+    return [{"name": op.name, "summary": op.summary, "dry_run": op.plan is not None, "cli": f"cairn-migrate {op.cli}",
+             "route": "/migrate/ops", "alias": op.route, "params": describe_params(op.schema)}
+            for op in all_operations()]
+
+
+_TYPES = {fields.Boolean: "boolean", fields.Integer: "integer", fields.List: "array", fields.Dict: "object",
+          fields.Url: "string", fields.String: "string"}
+
+
+def describe_params(schema: type[Schema]) -> list[dict[str, Any]]:
+    """A schema's parameters: name, type, default, choices, description, secret, the CLI option giving it."""
+    described = []
+    for name, f in schema().fields.items():
+        if f.dump_only:
+            continue
+        kind = next((label for cls, label in _TYPES.items() if isinstance(f, cls)), "string")
+        entry: dict[str, Any] = {"name": f.data_key or name, "type": kind, "required": bool(f.required)}
+        default = f.load_default
+        if not f.required and not callable(default):
+            entry["default"] = default
+        elif callable(default):
+            entry["default"] = default()
+        choices = next((v.choices for v in f.validators if isinstance(v, validate.OneOf)), None)
+        if choices:
+            entry["choices"] = list(choices)
+        for key in ("description", "secret", "cli"):
+            if f.metadata.get(key) is not None:
+                entry[key] = f.metadata[key]
+        described.append(json.loads(json.dumps(entry, default=str)))
+    return described
+
+
+# --------------------------------------------------------------------------- parameter fields
+def _secret(description: str, cli: str | None) -> fields.String:
+    return fields.String(load_default=None, load_only=True, metadata={"description": description, "secret": True, "cli": cli})
+
+
+def _key_file() -> fields.String:
+    return fields.String(load_default=None, metadata={"description": "A key file on the machine running the operation.",
+                                                      "cli": "--key-file", "host_path": True})
+
+
+def _workers(description: str) -> fields.Integer:
+    return fields.Integer(load_default=DEFAULT_WORKERS, validate=validate.Range(min=1, max=256),
+                          metadata={"description": description, "cli": "--workers"})
+
+
+class _BundleRef(Schema):
+    """A bundle: a server-side id (the sidecar) or a path on the machine running the operation."""
+
+    bundle = fields.String(load_default=None, metadata={
+        "description": "A bundle id from GET /migrate/bundles.", "cli": None})
+    path = fields.String(load_default=None, metadata={
+        "description": "A bundle path on the machine running the operation.", "cli": "BUNDLE", "host_path": True})
+    passphrase = _secret("Decrypts an encrypted bundle (never stored).", "--passphrase-file")
+    key_file = _key_file()
+    storage_map = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict,
+                              metadata={"description": "Files of location OLD go to the target's NEW.", "cli": "--storage-map"})
+
+
+class InspectParams(Schema):
+    check_objects = fields.Boolean(load_default=True, metadata={"description": "Check every file row's bytes.",
+                                                                "cli": "--no-objects"})
+
+
+class ExportParams(Schema):
+    full = fields.Boolean(load_default=True, validate=validate.Equal(True), metadata={
+        "description": "Database, file bytes and config (the only kind yet).", "cli": "--full"})
+    output = fields.String(load_default=None, metadata={
+        "description": "Where to write the bundle (the sidecar names its server-side bundles itself).", "cli": "--output",
+        "host_path": True})
+    overwrite = fields.Boolean(load_default=False, metadata={"description": "Replace output if it exists.", "cli": "--overwrite"})
+    encrypt = fields.Boolean(load_default=None, allow_none=True, metadata={
+        "description": "Encrypt the archive (default: when a passphrase or key file is given).", "cli": "--encrypt"})
+    passphrase = fields.String(load_default=None, load_only=True, validate=validate.Length(min=8), metadata={
+        "description": "Encrypt the bundle with this passphrase (never stored).", "secret": True, "cli": "--passphrase-file"})
+    key_file = _key_file()
+    freeze = fields.Boolean(load_default=False, metadata={
+        "description": "Hold the instance's writes while capturing; the instance must prove it.", "cli": "--freeze"})
+    freeze_guarantee = fields.Boolean(load_default=True, metadata={
+        "description": "false: when the instance cannot prove it holds writes, warn and capture anyway.",
+        "cli": "--no-freeze-guarantee"})
+    instance_url = fields.Url(load_default=None, require_tld=False, metadata={
+        "description": "Where to ask the instance for the freeze proof (default: its PUBLIC_URL).", "cli": "--instance-url"})
+    native = fields.Boolean(load_default=False, metadata={
+        "description": "Fast path: the vendor's own dump.", "cli": "--native"})
+
+
+class ImportParams(_BundleRef):
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
+    replace = fields.Boolean(load_default=False, metadata={"description": "Overwrite a non-empty target.", "cli": "--replace"})
+    resume = fields.Boolean(load_default=False, metadata={"description": "Finish an interrupted import.", "cli": "--resume"})
+    safety_bundle = fields.String(load_default=None, metadata={
+        "description": "With replace: where the safety bundle of the old target goes (over HTTP: a name among the "
+        "instance's own bundles).", "cli": "--safety-bundle", "host_path": True})
+
+
+class VerifyParams(_BundleRef):
+    url = fields.Url(load_default=None, require_tld=False, metadata={"description": "Also check the running target.",
+                                                                     "cli": "--url"})
+    token = _secret("An admin token for the live checks.", "--token")
+    login = _secret("EMAIL:PASSWORD of a known user to log in as in the live checks.", "--login")
+
+
+class FilesCheckParams(Schema):
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=0, max=100000),
+                           metadata={"description": "Examples kept per problem kind.", "cli": "--limit"})
+    workers = _workers("Concurrent HEAD requests.")
+
+
+class FilesRepairParams(Schema):
+    dry_run = fields.Boolean(load_default=True, metadata={"description": "Only the plan (the default).",
+                                                          "cli": "--yes"})
+    bundle = fields.String(load_default=None, metadata={"description": "A bundle id to re-fetch bytes from.", "cli": None})
+    path = fields.String(load_default=None, metadata={"description": "A bundle path to re-fetch bytes from.",
+                                                      "cli": "--from-bundle", "host_path": True})
+    passphrase = _secret("For an encrypted bundle.", "--passphrase-file")
+    from_locations = fields.List(fields.String(), load_default=list, metadata={
+        "description": "Re-fetch from these other locations of the instance.", "cli": "--from-location"})
+    from_env = fields.String(load_default=None, metadata={
+        "description": "Re-fetch from the instance of this .env file.", "cli": "--from-env", "host_path": True})
+    orphans = fields.String(load_default="quarantine", validate=validate.OneOf(["quarantine", "delete", "keep"]),
+                            metadata={"cli": "--orphans"})
+    clear_references = fields.Boolean(load_default=True, metadata={
+        "description": "Clear references to missing files.", "cli": "--keep-references"})
+
+
+class StorageMoveParams(Schema):
+    from_ = fields.String(required=True, data_key="from", metadata={"description": "The location the rows are on now.",
+                                                                     "cli": "--from"})
+    to = fields.String(required=True, metadata={"description": "The location to move them to.", "cli": "--to"})
+    filters = fields.List(fields.String(), load_default=list, metadata={"description": "KEY=GLOB, AND-ed", "cli": "--filter"})
+    layout = fields.String(load_default="keep", validate=validate.OneOf(["keep", "flat"]), metadata={"cli": "--layout"})
+    workers = _workers("Parallel copies.")
+    version = fields.String(load_default=None, metadata={"description": "Record the switch under this migration version.",
+                                                         "cli": "--version"})
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
+
+
+class StoragePruneParams(Schema):
+    from_ = fields.String(load_default=None, data_key="from", metadata={"description": "Only moves out of this location.",
+                                                                         "cli": "--from"})
+    dry_run = fields.Boolean(load_default=True, metadata={"description": "Only the plan (the default).", "cli": "--yes"})
+
+
+class MigrationsListParams(Schema):
+    pass
+
+
+class MigrationStepParams(Schema):
+    version = fields.String(load_default=None, metadata={"description": "Up to (or this) migration version.",
+                                                         "cli": "VERSION"})
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
+
+
+class InstallExtensionParams(Schema):
+    sidecar_url = fields.String(load_default=None, metadata={
+        "description": "Where the instance reaches the sidecar.", "cli": "--sidecar-url"})
+    uninstall = fields.Boolean(load_default=False, metadata={"description": "Remove what install wrote.",
+                                                             "cli": "--uninstall"})
+    module_bar = fields.Boolean(load_default=True, metadata={"description": "Add the module to the module bar.",
+                                                             "cli": "--no-module-bar"})
+
+
+# --------------------------------------------------------------------------- outcomes
+def _ok(report: Report, planned: bool) -> Outcome:
+    return Outcome.OK
+
+
+def _found(report: Report) -> Outcome:
+    return Outcome.OK if report["ok"] else Outcome.DIFFERENCES
+
+
+def _plan_or(done: Callable[[Report], Outcome], has_changes: Callable[[Report], bool]) -> Callable[[Report, bool], Outcome]:
+    """A dry run with changes is "differences" (exit 1); a real run is judged by ``done``."""
+    def outcome(report: Report, planned: bool) -> Outcome:
+        if planned:
+            return Outcome.DIFFERENCES if has_changes(report) else Outcome.OK
+        return done(report)
+    return outcome
+
+
+def storage_outcome(failed: Sequence[Mapping[str, Any]]) -> Outcome:
+    """Unreadable locations: invalid when every one is misconfigured (no bucket, rejected keys), else failed."""
+    from ..errors import ConfigError, UnsupportedDriver
+
+    config_codes = {ConfigError.code, UnsupportedDriver.code}
+    return Outcome.INVALID if all(loc["error"]["code"] in config_codes for loc in failed) else Outcome.FAILED
+
+
+def _inspect_outcome(report: Report, planned: bool) -> Outcome:
+    failed = [loc for loc in report["storage"] if not loc["reachable"]]
+    return storage_outcome(failed) if failed else _found(report)
+
+
+# --------------------------------------------------------------------------- operations
+def _inspect(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .. import api
+
+    return api.inspect(ctx.instance(), check_objects=p["check_objects"], progress=ctx.progress)
+
+
+def _export(ctx: OpContext, p: dict[str, Any]) -> Report:
+    """A bundle at ``output``, or (in the sidecar) a server-side bundle named by the job's id."""
+    from .. import api
+
+    passphrase = ctx.secret("passphrase") or p.get("passphrase")
+    encrypt = p["encrypt"] if p["encrypt"] is not None else bool(passphrase or p["key_file"])
+    if encrypt and not (passphrase or p["key_file"]):
+        from ..errors import ConfigError
+
+        raise ConfigError("--encrypt needs a secret", hint="pass --passphrase-file FILE, --key-file FILE or set CAIRN_MIGRATE_PASSPHRASE")
+    server_side = not p["output"]
+    if server_side:
+        if ctx.bundle_dir is None or ctx.job_id is None:
+            raise InvalidInput("export needs an output", hint="pass -o PATH")
+        output = ctx.bundle_dir / f"{ctx.job_id}{'.tar.gz.enc' if encrypt else '.tar.gz'}"
+    else:
+        output = ctx.path("output", p["output"])
+    manifest = api.export(ctx.instance(), output, passphrase=passphrase if encrypt else None,
+                          key_file=ctx.path("key_file", p["key_file"]) if encrypt else None, freeze=p["freeze"],
+                          freeze_guarantee=p["freeze_guarantee"], instance_url=p["instance_url"], native=p["native"],
+                          overwrite=p["overwrite"], state_url=ctx.state_url, progress=ctx.progress)
+    summary = api.summarize_manifest(manifest, p["output"] or output)
+    if server_side:
+        summary.update(bundle_id=ctx.job_id, download=f"/migrate/bundles/{ctx.job_id}", size=output.stat().st_size)
+    return summary
+
+
+def _import(ctx: OpContext, p: dict[str, Any], *, dry_run: bool = False) -> Report:
+    from .. import api
+
+    report = api.import_(ctx.instance(), ctx.bundle(p), dry_run=dry_run, replace=p["replace"], resume=p["resume"],
+                         storage_map=p["storage_map"], passphrase=ctx.secret("passphrase") or p.get("passphrase"),
+                         key_file=ctx.path("key_file", p["key_file"]), safety_bundle=ctx.safety_bundle(p),
+                         progress=ctx.progress)
+    safety = Path(report["safety_bundle"]) if report.get("safety_bundle") else None
+    if safety is not None and ctx.bundle_dir is not None and safety.parent == ctx.bundle_dir:
+        safety_id = safety.name.split(".", 1)[0]  # one of the instance's server-side bundles (service_jobs.bundle_id_of)
+        report.update(safety_bundle_id=safety_id, safety_bundle_download=f"/migrate/bundles/{safety_id}")
+    return report
+
+
+def _verify(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .. import api
+
+    login = ctx.secret("login") or p.get("login")
+    credentials = None
+    if login:
+        email, sep, password = login.partition(":")
+        if not sep:
+            from ..errors import ConfigError
+
+            raise ConfigError("--login must be EMAIL:PASSWORD")
+        credentials = (email, password)
+    return api.verify(ctx.instance(), ctx.bundle(p), storage_map=p["storage_map"], url=p["url"],
+                      token=ctx.secret("token") or p.get("token"), login=credentials,
+                      passphrase=ctx.secret("passphrase") or p.get("passphrase"),
+                      key_file=ctx.path("key_file", p["key_file"]), progress=ctx.progress)
+
+
+def _files_check(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .file_rows import check
+
+    return check(ctx.instance(), limit=p["limit"], workers=p["workers"], progress=ctx.progress, state_url=ctx.state_url)
+
+
+def _files_check_outcome(report: Report, planned: bool) -> Outcome:
+    return Outcome.FAILED if report["errors"] else _found(report)
+
+
+def _files_repair(ctx: OpContext, p: dict[str, Any], *, yes: bool = True) -> Report:
+    from .file_rows import repair
+
+    bundle = ctx.bundle(p) if p["bundle"] or p["path"] else None
+    return repair(ctx.instance(), yes=yes, bundle=bundle, passphrase=ctx.secret("passphrase") or p.get("passphrase"),
+                  from_locations=list(p["from_locations"]),
+                  from_instance=ctx.other_instance(p["from_env"]) if p["from_env"] else None, orphans=p["orphans"],
+                  clear_references=p["clear_references"], progress=ctx.progress, state_url=ctx.state_url)
+
+
+def _storage_move(ctx: OpContext, p: dict[str, Any], *, dry_run: bool = False) -> Report:
+    from .storage_move import move
+
+    return move(ctx.instance(), p["from_"], p["to"], filters=tuple(p["filters"]), layout=p["layout"], dry_run=dry_run,
+                workers=p["workers"], version=p["version"], state_url=ctx.state_url, progress=ctx.progress)
+
+
+def _storage_prune(ctx: OpContext, p: dict[str, Any], *, yes: bool = True) -> Report:
+    from .storage_move import prune
+
+    return prune(ctx.instance(), src=p["from_"], yes=yes, state_url=ctx.state_url, progress=ctx.progress)
+
+
+def _migrations_list(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from ..ledger.scripts import list_migrations
+
+    return list_migrations(ctx.instance(), ctx.scripts_dir)
+
+
+def _migrations_up(ctx: OpContext, p: dict[str, Any], *, dry_run: bool = False) -> Report:
+    from ..ledger.scripts import upgrade
+
+    return upgrade(ctx.instance(), version=p["version"], versions_dir=ctx.scripts_dir, dry_run=dry_run)
+
+
+def _migrations_down(ctx: OpContext, p: dict[str, Any], *, dry_run: bool = False) -> Report:
+    from ..ledger.scripts import downgrade
+
+    return downgrade(ctx.instance(), version=p["version"], versions_dir=ctx.scripts_dir, dry_run=dry_run)
+
+
+def _install_extension(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .install import install, uninstall
+
+    if p["uninstall"]:
+        return uninstall(ctx.instance(), module_bar=p["module_bar"])
+    return install(ctx.instance(), p["sidecar_url"], module_bar=p["module_bar"])
+
+
+def _planning(fn: Callable[..., Report], **flags: bool) -> Callable[[OpContext, dict[str, Any]], Report]:
+    """The plan of an operation whose core function plans when told (``dry_run=True`` / ``yes=False``)."""
+    def plan(ctx: OpContext, p: dict[str, Any]) -> Report:
+        return fn(ctx, p, **flags)
+    return plan
+
+
+register(Operation("inspect", "Describe the instance: identity, tables, storage and missing file bytes.",
+                   InspectParams, _inspect, _inspect_outcome, cli="inspect", route="/migrate/inspect"))
+register(Operation("export", "Write one verifiable bundle of the instance: database, file bytes and config.",
+                   ExportParams, _export, lambda r, planned: Outcome.DIFFERENCES if r["warnings"] else Outcome.OK,
+                   cli="export", route="/migrate/export"))
+register(Operation("import", "Restore a bundle into the instance, on any vendor.", ImportParams, _import, _plan_or(
+    lambda r: Outcome.OK, lambda r: bool(r["plan"]["changes"])), plan=_planning(_import, dry_run=True),
+    cli="import", route="/migrate/import"))
+register(Operation("verify", "Check that the instance holds exactly the bundle's rows and file bytes.",
+                   VerifyParams, _verify, lambda r, planned: _found(r), cli="verify", route="/migrate/verify"))
+register(Operation("files_check", "Report missing bytes, size mismatches, orphans and dangling references.",
+                   FilesCheckParams, _files_check, _files_check_outcome, cli="files check", route="/migrate/files/check"))
+register(Operation("files_repair", "Re-fetch missing bytes, quarantine or delete orphans, clear dangling references.",
+                   FilesRepairParams, _files_repair, _plan_or(
+                       lambda r: Outcome.PARTIAL if r["unresolved_count"] else Outcome.OK,
+                       lambda r: bool(r["planned"] or r["unresolved_count"])),
+                   plan=_planning(_files_repair, yes=False), cli="files repair", route="/migrate/files/repair"))
+register(Operation("storage_move", "Copy file bytes to another location (verified, resumable), then switch the rows.",
+                   StorageMoveParams, _storage_move, _plan_or(
+                       lambda r: Outcome.PARTIAL if r["failed"] else Outcome.OK, lambda r: bool(r["plan"]["rows"])),
+                   plan=_planning(_storage_move, dry_run=True), cli="storage move", route="/migrate/storage/move"))
+register(Operation("storage_prune", "Delete the source bytes of finished moves.", StoragePruneParams, _storage_prune,
+                   _plan_or(lambda r: Outcome.OK, lambda r: any(m["objects"] for m in r["moves"])),
+                   plan=_planning(_storage_prune, yes=False), cli="storage prune", route="/migrate/storage/prune"))
+register(Operation("migrations_list", "List cairn-migrate's recorded migrations and their state.", MigrationsListParams,
+                   _migrations_list, _ok, cli="migrations list", route="/migrate/migrations"))
+register(Operation("migrations_up", "Apply pending migrations (up to a version).", MigrationStepParams, _migrations_up,
+                   _plan_or(lambda r: Outcome.OK, lambda r: bool(r["plan"])),
+                   plan=_planning(_migrations_up, dry_run=True), cli="migrations up", route="/migrate/migrations/up"))
+register(Operation("migrations_down", "Revert the latest cairn-migrate migration (or a version).", MigrationStepParams,
+                   _migrations_down, _plan_or(lambda r: Outcome.OK, lambda r: True),
+                   plan=_planning(_migrations_down, dry_run=True), cli="migrations down",
+                   route="/migrate/migrations/down"))
+register(Operation("install_extension", "Write (or remove) the /migrate endpoint, hooks and admin module in the instance.",
+                   InstallExtensionParams, _install_extension,
+                   lambda r, planned: Outcome.DIFFERENCES if r.get("problems") else Outcome.OK, cli="install-extension",
+                   http=False))

@@ -1,0 +1,437 @@
+"""``export --full``: one coordinated, verifiable bundle of database + file bytes + config.
+
+Everything is read through one consistent snapshot (see
+:func:`~cairn_migrate.database.consistent_snapshot`): every table, the
+``directus_files`` rows, and so the list of objects to copy.  Rows are written
+as neutral JSON lines (:mod:`cairn_migrate.values`), bytes verbatim under
+``files/<location>/<filename_disk>``; the manifest records counts, sizes and
+SHA-256 sums of it all, so an import can prove it restored exactly this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import __version__
+from ..bundle import import_marker
+from ..bundle.bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, is_archive_path, pack
+from ..instance.database import Database, Platform, consistent_snapshot, open_engine
+from ..errors import ConfigError, MigrateError
+from .freeze import frozen
+from .freeze_proof import prove_enforced
+from ..instance.instance import DatabaseConfig, Instance
+from ..bundle.native import MEMBERS, available, checksums, dump_mysql, dump_postgres, sqlite_backup
+from ..progress import NullProgress, Progress
+from ..service.state import instance_scope
+from ..instance.storage import Location, open_location
+from ..bundle.table_schema import TableDef, load_order, reflect_tables
+from ..bundle.values import SQLITE_STORED, fast_decoder
+from ..bundle.workdir import scratch
+
+log = logging.getLogger(__name__)
+
+#: Env keys a target must set to serve the cloned data, and whether we may copy the value.
+_IDENTITY_KEYS = {"KEY": True, "SECRET": False, "PUBLIC_URL": True, "STORAGE_LOCATIONS": True}
+_SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN", "CREDENTIALS")
+
+
+def row_line(values: Any) -> bytes:
+    """One JSON line of the bundle (a row as an array, in the table definition's column order)."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress) -> dict[str, Any]:
+    names = [column.name for column in table.columns]
+    converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := fast_decoder(column.type, db.vendor))]
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+    member = f"tables/{table.name}.jsonl"
+    rows = 0
+    with writer.open(member) as out:
+        buffer: list[str] = []
+        for row in db.stream_tuples(table.name, names, connection=conn):
+            values = list(row)  # an SQLAlchemy Row is not a JSON array
+            for i, codec in converting:
+                values[i] = codec(values[i])
+            buffer.append(dumps(values))
+            if len(buffer) == 5000:
+                out.write(("\n".join(buffer) + "\n").encode("utf-8"))
+                rows += len(buffer)
+                buffer.clear()
+                progress.advance(items=5000)
+                progress.check_cancelled()
+        if buffer:
+            out.write(("\n".join(buffer) + "\n").encode("utf-8"))
+            rows += len(buffer)
+            progress.advance(items=len(buffer))
+    return {"rows": rows, "member": member}
+
+
+def _file_rows(conn: sa.Connection, db: Database) -> Iterator[Mapping[str, Any]]:
+    if "directus_files" not in db.table_names():
+        return iter(())
+    return db.stream_rows(
+        "directus_files", columns=["id", "storage", "filename_disk", "filesize"], connection=conn, order_by=["id"]
+    )
+
+
+def _spool_file_rows(conn: sa.Connection, db: Database, spool: Path) -> tuple[int, int, set[str]]:
+    """Write the snapshot's file rows to a temporary file: the copy runs after the transaction ends."""
+    count, total, used = 0, 0, set()
+    with spool.open("wb") as out:
+        for row in _file_rows(conn, db):
+            entry = {
+                "id": str(row["id"]).lower(),
+                "storage": row["storage"],
+                "filename_disk": row["filename_disk"],
+                "filesize": None if row["filesize"] is None else int(row["filesize"]),
+            }
+            out.write(row_line(entry) + b"\n")
+            count += 1
+            total += entry["filesize"] or 0
+            used.add(str(row["storage"]))
+    return count, total, used
+
+
+def _copy_object(location: Location, name: str, writer: BundleDirWriter, member: str) -> tuple[int, str]:
+    with location.open_read(name) as source:
+        entry = writer.add_file(member, source)
+    return int(entry["size"]), str(entry["sha256"])
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _export_files(
+    spool: Path,
+    locations: Mapping[str, Location],
+    writer: BundleDirWriter,
+    progress: Progress,
+    workers: int,
+) -> dict[str, Any]:
+    """Copy the bytes of every spooled file row, ``workers`` at a time.
+
+    Missing objects and objects whose size no longer matches ``filesize`` are
+    reported in the manifest, not fatal: the bundle says exactly what it holds.
+    Memory stays flat: rows stream from the spool in small batches.
+    """
+    summary: dict[str, Any] = {"count": 0, "bytes": 0, "missing": [], "changed": [], "unknown_location": []}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        with spool.open("rb") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    def copy(row: Mapping[str, Any]) -> tuple[Mapping[str, Any], int | None, str | None, str | None]:
+        member = f"files/{row['storage']}/{row['filename_disk']}"
+        try:
+            size, sha = _copy_object(locations[row["storage"]], row["filename_disk"], writer, member)
+        except FileNotFoundError:
+            return row, None, None, "missing at capture"
+        except MigrateError as exc:
+            if "not found" in exc.message.lower() or "does not exist" in exc.message.lower():
+                return row, None, None, "missing at capture"
+            raise
+        return row, size, sha, None
+
+    with writer.open("files/index.jsonl") as index, ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in _batches(rows(), workers * 8):
+            progress.check_cancelled()
+            todo = []
+            for row in batch:
+                entry = {"id": row["id"], "storage": row["storage"]}
+                if not row["filename_disk"]:
+                    summary["missing"].append({**entry, "reason": "no filename_disk"})
+                elif row["storage"] not in locations:
+                    summary["unknown_location"].append(entry)
+                else:
+                    todo.append(row)
+            for row, size, sha, problem in pool.map(copy, todo):
+                entry = {"id": row["id"], "storage": row["storage"], "filename_disk": row["filename_disk"]}
+                if problem:
+                    summary["missing"].append({**entry, "reason": problem})
+                    progress.advance(items=1)
+                    continue
+                if row["filesize"] is not None and int(row["filesize"]) != size:
+                    summary["changed"].append({**entry, "filesize": int(row["filesize"]), "size": size})
+                index.write(row_line([row["id"], row["storage"], row["filename_disk"], size, sha]) + b"\n")
+                summary["count"] += 1
+                summary["bytes"] += size or 0
+                progress.advance(items=1, bytes=size or 0)
+            progress.advance(items=len(batch) - len(todo))
+    summary["member"] = "files/index.jsonl"
+    summary["index_columns"] = ["id", "storage", "filename_disk", "size", "sha256"]
+    return summary
+
+
+def required_env(instance: Instance, used_locations: list[str]) -> dict[str, Any]:
+    """What the target's ``.env`` must set: values for identity, names only for secrets."""
+    values: dict[str, Any] = {}
+    names: list[str] = []
+    for key, copy_value in _IDENTITY_KEYS.items():
+        if copy_value and instance.env.get(key) is not None:
+            values[key] = instance.env.get(key)
+        else:
+            names.append(key)
+    for location in instance.locations:
+        if location.name not in used_locations:
+            continue
+        prefix = f"STORAGE_{location.name.upper()}_"
+        values[f"{prefix}DRIVER"] = location.driver
+        for env_key in sorted(k for k in instance.env if k.startswith(prefix) and not k.endswith("_DRIVER")):
+            if any(word in env_key[len(prefix):] for word in _SECRET_WORDS):
+                names.append(env_key)
+            elif location.driver != "local" or not env_key.endswith("_ROOT"):
+                values[env_key] = instance.env[env_key]
+            else:
+                names.append(env_key)  # a local root is a path on the source machine
+    return {"values": values, "secret_names": sorted(set(names))}
+
+
+def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, writer: BundleDirWriter) -> dict[str, Any]:
+    """The fast path's table data: the vendor's own dump, plus vendor checksums from the same snapshot."""
+    member = MEMBERS[db.vendor]
+    tables = db.table_names()
+    if sqlite_copy is not None:
+        with sqlite_copy.open("rb") as fh:
+            writer.add_file(member, fh)
+        tool, sums = f"sqlite {sqlite3.sqlite_version} backup API", checksums(db, conn, tables)
+    elif db.vendor == "postgres":
+        scratch = Path(tempfile.mkdtemp(dir=writer.dir.parent))
+        try:
+            tool, sums = dump_postgres(db, conn, scratch / "dump", tables)
+            for path in sorted((scratch / "dump").iterdir()):
+                with path.open("rb") as fh:
+                    writer.add_file(f"{member}/{path.name}", fh)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        with writer.open(member) as out:
+            tool = dump_mysql(db, out)
+        sums = checksums(db, conn, tables)
+    return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": sums}
+
+
+def _snapshots(db: Database, writer: BundleDirWriter, platform: Platform, workdir: Path) -> dict[str, Any]:
+    """The schema snapshot and roles/permissions in CairnCMS's own formats.
+
+    Config-as-code is CairnCMS's own (roles are matched by ``key``, a column
+    Directus does not have), so a Directus source gets the schema snapshot only.
+    """
+    result: dict[str, Any] = {}
+    try:
+        from ..bundle.config_snapshot import config_snapshot, write_config_directory
+        from ..bundle.schema_snapshot import schema_snapshot, write_schema_snapshot
+    except ImportError:  # pragma: no cover - both modules ship with the package
+        return result
+    scratch = Path(tempfile.mkdtemp(dir=workdir))
+    try:
+        snapshot = schema_snapshot(db, version=platform.version or "unknown")
+        write_schema_snapshot(snapshot, scratch / "schema-snapshot.yaml")
+        if platform.product == "cairncms":
+            write_config_directory(config_snapshot(db), scratch / "config")
+        for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+            relative = path.relative_to(scratch).as_posix()
+            member = f"snapshot/{relative}"
+            with path.open("rb") as fh:
+                writer.add_file(member, fh)
+        result = {"schema": "snapshot/schema-snapshot.yaml"}
+        if platform.product == "cairncms":
+            result["config"] = "snapshot/config"
+        else:
+            result["config_skipped"] = f"config-as-code is a CairnCMS format; the source is {platform.product} {platform.version}"
+    except MigrateError as exc:
+        log.warning("snapshots not written: %s", exc)
+        result = {"error": exc.to_dict()}
+    except Exception as exc:  # noqa: BLE001 - the snapshots are a convenience; the data is the bundle
+        log.exception("snapshots not written")
+        result = {"error": {"code": "internal", "message": f"schema/config snapshot failed: {exc}"}}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def export_bundle(
+    instance: Instance,
+    output: Path,
+    *,
+    passphrase: str | None = None,
+    key_file: Path | None = None,
+    freeze: bool = False,
+    freeze_guarantee: bool = True,
+    instance_url: str | None = None,
+    native: bool = False,
+    state_url: str | None = None,
+    overwrite: bool = False,
+    workers: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write a full bundle of ``instance`` to ``output`` (a directory, or an archive by suffix).
+
+    :param passphrase: encrypt the archive (``output`` must then be an archive).
+    :param freeze: hold the instance's writes while capturing (its hook asks the sidecar); the
+        capture starts only once the instance proves its hook enforces the freeze.
+    :param freeze_guarantee: refuse (:class:`~cairn_migrate.errors.FreezeNotEnforced`) when that
+        proof fails; false: warn and capture anyway.
+    :param instance_url: where to ask the instance for the proof (default: its ``PUBLIC_URL``).
+    :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
+    :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
+    :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
+    :raises InvalidInput: ``output`` has a suffix that is no bundle form.
+    """
+    progress = progress or NullProgress()
+    output = Path(output)
+    archive = is_archive_path(output)
+    if (passphrase or key_file) and not archive:
+        raise ConfigError(
+            "Encryption needs an archive bundle",
+            hint="name the output like clone.tar.gz.enc (or .tar/.tar.gz), or drop --encrypt",
+        )
+    if output.exists():
+        if not overwrite:
+            raise ConfigError(f"{output} already exists", hint="choose another path, or remove it first")
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as staging:
+        # An archive is staged in this run's scratch folder (TMPDIR), removed on exit: a killed export
+        # leaves no plaintext copy beside the output, and the next run of the tool sweeps it.
+        bundle_dir = staging.enter_context(scratch()) / "bundle" if archive else output
+
+        def prove(state: dict[str, Any]) -> dict[str, Any]:
+            progress.log("proving the instance holds writes")
+            return prove_enforced(instance, state, instance_url, guarantee=freeze_guarantee)
+
+        try:
+            with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
+                        prove=prove) as held:
+                manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
+            if held is not None:
+                manifest["freeze"] = held
+            if archive:
+                progress.log(f"packing {output.name}")
+                pack(bundle_dir, output, passphrase=passphrase, key_file=key_file)
+        except BaseException:
+            if output.exists() and not archive:
+                shutil.rmtree(output, ignore_errors=True)
+            if archive and output.exists():
+                output.unlink()
+            raise
+    return manifest
+
+
+def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress) -> dict[str, Any]:
+    writer = BundleDirWriter(bundle_dir)
+    with Database.open(instance) as live:
+        platform = live.platform()
+        if platform.product == "unknown":
+            raise ConfigError(
+                f"{instance.database.display_url} holds no CairnCMS instance (no directus_collections table)",
+                hint="point --env at the instance's .env, or run `cairncms bootstrap` first",
+            )
+        if native and not available(live.vendor):
+            raise ConfigError(
+                f"--native needs the {live.vendor} dump and restore tools on PATH",
+                hint="install the database client tools, or export without --native",
+            )
+        with contextlib.ExitStack() as stack:
+            db = live
+            if native and live.vendor == "sqlite":
+                # The online backup is itself the consistent snapshot: read everything from it.
+                copy = stack.enter_context(sqlite_backup(str(live.config.url.database), bundle_dir.parent))
+                config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(copy)),
+                                        live.config.exclude_tables)
+                db = stack.enter_context(Database(open_engine(config), config))
+            # The marker of an unfinished import is ours, not the instance's (a --replace safety bundle of it).
+            names = [name for name in db.table_names() if name != import_marker.TABLE]
+            tables = reflect_tables(db.engine, names, db.vendor)
+            order = load_order(tables)
+            by_name = {t.name: t for t in tables}
+            with writer.open("schema/tables.json") as out:
+                out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
+            counts = {} if native else db.row_counts(order)  # the native checksums count rows themselves
+            progress.progress(items_done=0, items_total=sum(counts.values()) or None)
+            table_entries: dict[str, Any] = {}
+            native_entry: dict[str, Any] | None = None
+            spool = bundle_dir.parent / f".{bundle_dir.name}.files-spool"
+            with consistent_snapshot(db) as conn:
+                progress.log("capturing tables in one snapshot")
+                if native:
+                    native_entry = _native_tables(db, conn, copy if db is not live else None, writer)
+                    table_entries = {name: {"rows": native_entry["checksums"][name]["rows"]} for name in order}
+                else:
+                    for name in order:
+                        table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)
+                file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)
+            snapshots = _snapshots(db, writer, platform, bundle_dir.parent)
+        used = sorted(used_set)
+        locations = {}
+        for location_config in instance.locations:
+            if location_config.name in used:
+                location = open_location(location_config)
+                location.check()
+                locations[location_config.name] = location
+        progress.progress(items_done=0, items_total=file_count, bytes_done=0, bytes_total=file_bytes)
+        progress.log(f"copying the bytes of {file_count} files")
+        try:
+            files = _export_files(spool, locations, writer, progress, workers)
+        finally:
+            spool.unlink(missing_ok=True)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "cairn-migrate", "version": __version__},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "full",
+        "data": "native" if native else "neutral",
+        "source": {
+            "key": instance.key,
+            "vendor": instance.database.vendor,
+            "client": instance.database.client,
+            "platform": platform.to_dict(),
+            "public_url": instance.public_url,
+            "locations": [{"name": loc.name, "driver": loc.driver} for loc in instance.locations],
+        },
+        "storage_locations_used": used,
+        "capture": {
+            "consistent": True,
+            "isolation": {"postgres": "repeatable read", "mysql": "consistent snapshot", "sqlite": "read transaction"}[
+                instance.database.vendor
+            ],
+        },
+        "load_order": order,
+        # A SQLite source's timestamps and booleans travel as stored (values.SQLITE_STORED).
+        **({"sqlite_stored": sorted(SQLITE_STORED)} if not native and instance.database.vendor == "sqlite" else {}),
+        **({"native": native_entry} if native_entry else {}),
+        "tables": table_entries,
+        "files": files,
+        "snapshots": snapshots,
+        "env": required_env(instance, used),
+        "contains_secrets": {
+            "password_hashes": True,
+            "static_tokens": True,
+            "note": "directus_users holds argon2 password hashes, static API tokens and 2FA secrets; "
+            "encrypt the bundle (--encrypt) or keep it as private as the database itself",
+        },
+    }
+    writer.write_manifest(manifest)
+    return manifest
