@@ -40,7 +40,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import import_marker
+from . import import_marker, target_env
 from . import native as native_tools
 from .bundle import file_member, is_archive_path, iter_file_index, member_path, open_bundle, sha256_file
 from .database import Database, open_engine
@@ -268,6 +268,9 @@ def plan_import(
         plan.warnings.append(f"fast path: restoring the native {plan.vendor} dump with the vendor's own tool")
     if source_vendor != plan.vendor:
         plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
+    env_problem = target_env.missing_for_bundle(instance, manifest, storage_map)
+    if env_problem:
+        plan.warnings.append(target_env.describe(env_problem))
     done = plan.marker.tables if plan.marker else {}
     for name in manifest["load_order"]:
         expected = manifest["tables"][name]["rows"]
