@@ -675,3 +675,82 @@ def test_sqlite_booleans_other_than_0_1_are_reported_on_postgres(tmp_path: Path,
                                         "((SELECT min(id) FROM article_comments), (SELECT max(id) FROM article_comments))")).scalars()
         assert list(approved) == [True, True]
     assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
+
+
+def _without(env: Path, *names: str) -> dict[str, str]:
+    """Delete ``names`` from the ``.env`` at ``env``; returns the deleted lines' values (to prove none is printed)."""
+    lines = env.read_text().splitlines()
+    removed = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in lines if line.split("=", 1)[0] in names}
+    env.write_text("\n".join(line for line in lines if line.split("=", 1)[0] not in names) + "\n")
+    return removed
+
+
+def test_a_target_env_without_key_or_secret_is_reported(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """CairnCMS refuses to start without KEY and SECRET: import warns, verify and inspect exit 1, naming them only."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    bundle = tmp_path / "bundle"
+    export_bundle(instance(src), bundle)
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request)
+    values = _without(dst, "KEY", "SECRET")
+    assert sorted(values) == ["KEY", "SECRET"]
+    runner = CliRunner()
+    expected = (f"the target's .env does not set KEY, SECRET (CairnCMS does not start without KEY and SECRET); fix: "
+                f"set KEY as recorded in the bundle's manifest.json (env.values) and SECRET from the source's .env in {dst}")
+    outputs = []
+    for args, code in ((["import", str(bundle), "--dry-run"], 1), (["import", str(bundle)], 0)):
+        result = runner.invoke(cli, ["--env", str(dst), *args])
+        assert result.exit_code == code, result.output
+        assert f"  warning: {expected}" in result.output.splitlines()
+        outputs.append(result.output)
+    plan = json.loads(runner.invoke(cli, ["--env", str(dst), "import", str(bundle), "--dry-run", "--replace", "--json"]).output)["plan"]
+    assert expected in plan["warnings"]
+    verified = runner.invoke(cli, ["--env", str(dst), "verify", str(bundle), "--json"])
+    assert verified.exit_code == 1
+    report = json.loads(verified.output)
+    assert report["ok"] is False and report["tables_failed"] == [] and report["files"]["ok"] == 3  # only the .env
+    assert report["env"]["missing"] == report["env"]["required"] == ["KEY", "SECRET"]
+    text = runner.invoke(cli, ["--env", str(dst), "verify", str(bundle)])
+    assert text.exit_code == 1 and f"! env: {expected}" in text.output.splitlines()
+    inspected = runner.invoke(cli, ["--env", str(dst), "inspect"])
+    assert inspected.exit_code == 1
+    assert (f"WARNING: the .env sets no KEY and no SECRET: CairnCMS does not start without KEY and SECRET; fix: set KEY "
+            f"and SECRET in {dst} (a clone keeps its source's; new ones: cairncms security key:generate / "
+            "secret:generate)") in inspected.output.splitlines()
+    outputs += [verified.output, text.output, inspected.output]
+    lines = [line for output in outputs for line in output.splitlines() if "does not set" in line or "sets no" in line]
+    assert len(lines) == 4 and not [line for line in lines if values["KEY"] in line]  # names, never values
+    assert values["KEY"] not in json.dumps(report["env"])
+    assert not [output for output in outputs if values["SECRET"] in output]
+    # SECRET alone is enough to fail; with both set everything passes again.
+    dst.write_text(dst.read_text() + f"KEY={values['KEY']}\n")
+    again = runner.invoke(cli, ["--env", str(dst), "verify", str(bundle), "--json"])
+    assert again.exit_code == 1 and json.loads(again.output)["env"]["required"] == ["SECRET"]
+    assert runner.invoke(cli, ["--env", str(dst), "inspect"]).exit_code == 1
+    dst.write_text(dst.read_text() + f"SECRET={values['SECRET']}\n")
+    assert runner.invoke(cli, ["--env", str(dst), "verify", str(bundle)]).exit_code == 0
+    assert runner.invoke(cli, ["--env", str(dst), "inspect"]).exit_code == 0
+
+
+def test_a_missing_setting_of_a_used_location_is_listed_unless_remapped(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Settings other than KEY and SECRET are reported, not failed; a remapped location's are not the target's to set."""
+    src = make_instance("sqlite", tmp_path / "src", request,
+                        extra_env={"STORAGE_LOCATIONS": "media", "STORAGE_MEDIA_DRIVER": "local", "STORAGE_MEDIA_ROOT": "./uploads"})
+    conn = sqlite3.connect(tmp_path / "src" / "data.db")
+    conn.execute("UPDATE directus_files SET storage = 'media'")
+    conn.commit()
+    conn.close()
+    bundle = tmp_path / "bundle"
+    manifest = export_bundle(instance(src), bundle)
+    assert manifest["env"]["values"]["STORAGE_MEDIA_DRIVER"] == "local" and "STORAGE_MEDIA_ROOT" in manifest["env"]["secret_names"]
+    remapped = make_empty_instance("sqlite", tmp_path / "remapped", request)  # configures local only
+    plan = import_bundle(instance(remapped), bundle, dry_run=True, storage_map={"media": "local"})["plan"]
+    assert not [w for w in plan["warnings"] if "does not set" in w], plan["warnings"]
+    dst = make_empty_instance("sqlite", tmp_path / "dst", request,
+                              extra_env={"STORAGE_LOCATIONS": "media", "STORAGE_MEDIA_DRIVER": "local"})
+    report = import_bundle(instance(dst), bundle)
+    assert (f"the target's .env does not set STORAGE_MEDIA_ROOT (the bundle's source sets them); fix: set "
+            f"STORAGE_MEDIA_ROOT from the source's .env in {dst}") in report["plan"]["warnings"]
+    verified = verify_bundle(instance(dst), bundle)
+    assert verified["ok"] is True  # the files are where this target's CairnCMS looks for them
+    assert verified["env"] == {"missing": ["STORAGE_MEDIA_ROOT"], "required": [],
+                               "fix": f"set STORAGE_MEDIA_ROOT from the source's .env in {dst}"}

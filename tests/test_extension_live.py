@@ -49,8 +49,11 @@ def test_sidecar_down_gives_502_and_the_instance_keeps_serving(cms_instance: Liv
     with cms_instance.sidecar_stopped():
         response = cms_instance.request("GET", "/migrate/jobs")
         assert response.status_code == 502
-        message = response.json()["errors"][0]["message"]
-        assert message == f"cairn-migrate sidecar is not reachable at {cms_instance.sidecar_url}"
+        error = response.json()["errors"][0]
+        assert error["message"] == f"cairn-migrate sidecar is not reachable at {cms_instance.sidecar_url}"
+        # Run as written, the command starts the sidecar where the extension looks for it (not serve's 8765).
+        start = f"cairn-migrate --env <instance .env> serve --host 127.0.0.1 --port {cms_instance.sidecar_port}"
+        assert error["extensions"]["start"] == start and f"start it with: {start}," in error["extensions"]["hint"]
         assert cms_instance.request("GET", f"/items/{COLLECTION}").status_code == 200
         started = time.monotonic()
         created = cms_instance.request("POST", f"/items/{COLLECTION}", json={"title": "while the sidecar is down"})

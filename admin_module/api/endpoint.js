@@ -10,7 +10,8 @@
  * - The caller's token goes on to the sidecar, which checks it again against the instance.
  * - Bodies stream both ways (bundles are large).  The instance has already parsed JSON bodies
  *   (express.json runs app-wide), so those are re-serialized; anything else is piped as it comes.
- * - When the sidecar does not answer: 502 {"errors":[{"message":"cairn-migrate sidecar is not reachable at <url>"}]}.
+ * - When the sidecar does not answer: 502 {"errors":[{"message":"cairn-migrate sidecar is not reachable at <url>"}]},
+ *   its extensions naming the `serve` command (`start`, with the URL's host and port) that starts it there.
  * - GET /migrate/app/vue is answered here, never proxied: the file name of the admin app's own `vue`
  *   chunk, which the admin module import()s (it cannot import 'vue' itself; see docs/extension.md).
  */
@@ -130,6 +131,17 @@ function requestBody(req) {
 	return null;
 }
 
+/*
+ * The command that starts the sidecar where this endpoint looks for it.  `serve` listens on 127.0.0.1:8765
+ * unless told otherwise, so the host and port of the configured sidecar URL are part of the command.
+ */
+function serveCommand(url) {
+	const target = new URL(url);
+	const host = target.hostname.replace(/^\[(.*)\]$/, '$1'); // an IPv6 literal without its brackets
+	const port = target.port || (target.protocol === 'https:' ? '443' : '80');
+	return `cairn-migrate --env <instance .env> serve --host ${host} --port ${port}`;
+}
+
 function proxy(req, res, config) {
 	const target = new URL(config.url + '/migrate' + (req.url === '/' ? '' : req.url));
 	const headers = {};
@@ -156,9 +168,11 @@ function proxy(req, res, config) {
 			return;
 		}
 		answered = true;
+		const start = serveCommand(config.url);
 		res.status(502).json(errorBody(`cairn-migrate sidecar is not reachable at ${config.url}`, 'SIDECAR_UNREACHABLE', {
 			reason: String((error && error.code) || (error && error.message) || error),
-			hint: 'start it with: cairn-migrate --env <instance .env> serve, or fix sidecar_url in ' +
+			start,
+			hint: `start it with: ${start}, or fix sidecar_url in ` +
 				'<EXTENSIONS_PATH>/.cairn-migrate.json (cairn-migrate install-extension --sidecar-url URL)',
 		}));
 	};

@@ -19,6 +19,12 @@ let computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent
 
 const FINAL = ['succeeded', 'failed', 'cancelled'];
 const POLL_MS = 1000;
+/* The actions, each with its own job panel and its own polling; "jobs" shows a past job picked from the list. */
+const PANELS = ['export', 'import', 'files', 'jobs'];
+const FILES_CHECK_KINDS = ['files_check', 'files-check'];
+const REPLACE_LABEL = 'Replace a non-empty instance';
+/* What an import's panel says while a poll fails: a replace recreates the tables the instance answers from. */
+const RESTARTING = 'Instance restarting its tables… (asking again)';
 const HEALTH_MS = 10000;
 const LOAD_TIMEOUT_MS = 15000;
 
@@ -38,11 +44,34 @@ const css = {
 	link: 'color: var(--primary, #6644ff); cursor: pointer; text-decoration: underline;',
 };
 
+/*
+ * The sidecar's hints speak to the command line.  A refused import says "pass --replace …, or --resume …";
+ * on this page replacing is the "Replace" box, and resuming an interrupted import is done with the CLI.
+ */
+function pageHint(message, hint) {
+	if (!hint || !hint.includes('pass --replace')) return hint;
+	const resume = /interrupted import/.test(message)
+		? '; to finish the interrupted import instead, run cairn-migrate import <bundle> --resume on the sidecar\'s machine'
+		: '';
+	return `tick “${REPLACE_LABEL}” to overwrite it (a safety bundle of it is written first), `
+		+ `or import into an empty instance${resume}`;
+}
+
 function errorMessage(error) {
 	const data = error && error.response && error.response.data;
 	if (data && Array.isArray(data.errors) && data.errors[0]) return data.errors[0].message;
-	if (data && data.error && data.error.message) return data.error.message + (data.error.hint ? ` (${data.error.hint})` : '');
+	if (data && data.error && data.error.message) {
+		const hint = pageHint(data.error.message, data.error.hint);
+		return data.error.message + (hint ? ` (${hint})` : '');
+	}
 	return (error && error.message) || String(error);
+}
+
+/* The command the instance's endpoint says starts the sidecar where it looks for it (its 502 answer), or ''. */
+function startCommand(error) {
+	const data = error && error.response && error.response.data;
+	const first = data && Array.isArray(data.errors) && data.errors[0];
+	return (first && first.extensions && first.extensions.start) || '';
 }
 
 function formatBytes(n) {
@@ -68,11 +97,13 @@ const MigratePage = {
 	name: 'CairnMigratePage',
 	setup() {
 		const api = inject('api');
-		const sidecar = reactive({ state: 'checking', message: '', version: '' });
+		const sidecar = reactive({ state: 'checking', message: '', start: '', version: '' });
 		const exportForm = reactive({ freeze: false, passphrase: '' });
 		const importForm = reactive({ source: '', file: null, replace: false, passphrase: '' });
-		const job = ref(null);
-		const jobError = ref('');
+		// Per action: the job it follows, an error (starting or polling it) and a passing note (RESTARTING).
+		const panels = Object.fromEntries(PANELS.map((name) => [name, reactive({ job: null, error: '', note: '' })]));
+		const polls = {}; // panel name -> { timer } of the poll that owns the panel; a replaced poll stops
+		const listsError = ref('');
 		const jobs = ref([]);
 		const bundles = ref([]);
 		const plan = ref(null);
@@ -81,7 +112,6 @@ const MigratePage = {
 		const busy = ref('');
 		const filesReport = ref(null);
 		const filesMessage = ref('');
-		let pollTimer = null;
 		let healthTimer = null;
 
 		const down = computed(() => sidecar.state === 'down');
@@ -91,12 +121,15 @@ const MigratePage = {
 			return header ? String(header).replace(/^Bearer\s+/i, '') : '';
 		}
 
+		function noteDown(error) {
+			sidecar.state = 'down';
+			sidecar.message = errorMessage(error);
+			sidecar.start = startCommand(error);
+		}
+
 		function noteFailure(error) {
 			const status = error && error.response && error.response.status;
-			if (status === 502 || !error.response) {
-				sidecar.state = 'down';
-				sidecar.message = errorMessage(error);
-			}
+			if (status === 502 || !error.response) noteDown(error);
 		}
 
 		async function call(config) {
@@ -119,8 +152,7 @@ const MigratePage = {
 				sidecar.version = data.version || '';
 				if (wasDown) refreshLists();
 			} catch (error) {
-				sidecar.state = 'down';
-				sidecar.message = errorMessage(error);
+				noteDown(error);
 			}
 		}
 
@@ -132,53 +164,93 @@ const MigratePage = {
 				]);
 				jobs.value = jobList.data.jobs || [];
 				bundles.value = bundleList.data.bundles || [];
+				listsError.value = '';
 			} catch (error) {
-				jobError.value = errorMessage(error);
+				listsError.value = errorMessage(error);
 			}
 		}
 
-		function follow(id) {
-			clearTimeout(pollTimer);
-			jobError.value = '';
+		function stopFollowing(name) {
+			if (polls[name]) clearTimeout(polls[name].timer);
+			delete polls[name];
+		}
+
+		/* What a panel does once its job is final: the files check's report replaces its "Checking…" line. */
+		function finished(name, data) {
+			refreshLists();
+			if (name === 'files') {
+				filesMessage.value = '';
+				if (FILES_CHECK_KINDS.includes(data.kind)) filesReport.value = data.result;
+			}
+		}
+
+		/* A poll that fails while an import runs is the instance recreating its tables: a note until the next good poll. */
+		function pollFailed(panel, error) {
+			const job = panel.job;
+			if (job && job.kind === 'import' && !FINAL.includes(job.state)) {
+				panel.note = RESTARTING;
+			} else {
+				panel.error = errorMessage(error);
+			}
+		}
+
+		/* Follow job `id` in panel `name` until it is final; the other panels' jobs keep their own polls. */
+		function follow(name, id) {
+			stopFollowing(name);
+			const panel = panels[name];
+			const poll = { timer: null };
+			polls[name] = poll;
+			panel.error = '';
+			panel.note = '';
 			const tick = async () => {
 				try {
 					const { data } = await call({ method: 'get', url: `/migrate/jobs/${encodeURIComponent(id)}` });
-					job.value = data;
+					if (polls[name] !== poll) return; // another job took the panel meanwhile
+					panel.job = data;
+					panel.error = '';
+					panel.note = '';
 					if (FINAL.includes(data.state)) {
-						refreshLists();
-						if (data.kind === 'files_check' || data.kind === 'files-check') filesReport.value = data.result;
+						delete polls[name];
+						finished(name, data);
 						return;
 					}
 				} catch (error) {
-					jobError.value = errorMessage(error);
+					if (polls[name] !== poll) return;
+					pollFailed(panel, error);
 				}
-				pollTimer = setTimeout(tick, POLL_MS);
+				poll.timer = setTimeout(tick, POLL_MS);
 			};
 			tick();
 		}
 
+		/* A job just started by an action: shown in its panel at once, then followed. */
+		function started(name, data) {
+			panels[name].job = data;
+			follow(name, data.id);
+		}
+
 		async function startExport() {
 			busy.value = 'export';
-			jobError.value = '';
+			panels.export.error = '';
 			try {
 				const body = { full: true, freeze: exportForm.freeze };
 				if (exportForm.passphrase) body.passphrase = exportForm.passphrase;
 				const { data } = await call({ method: 'post', url: '/migrate/export', data: body });
-				job.value = data;
-				follow(data.id);
+				started('export', data);
 			} catch (error) {
-				jobError.value = errorMessage(error);
+				panels.export.error = errorMessage(error);
 			} finally {
 				busy.value = '';
 			}
 		}
 
-		async function cancelJob() {
-			if (!job.value) return;
+		async function cancelJob(name) {
+			const panel = panels[name];
+			if (!panel.job) return;
 			try {
-				await call({ method: 'post', url: `/migrate/jobs/${encodeURIComponent(job.value.id)}/cancel` });
+				await call({ method: 'post', url: `/migrate/jobs/${encodeURIComponent(panel.job.id)}/cancel` });
 			} catch (error) {
-				jobError.value = errorMessage(error);
+				panel.error = errorMessage(error);
 			}
 		}
 
@@ -236,8 +308,7 @@ const MigratePage = {
 				if (importForm.passphrase) body.passphrase = importForm.passphrase;
 				const { data } = await call({ method: 'post', url: '/migrate/import', data: body });
 				plan.value = null;
-				job.value = data;
-				follow(data.id);
+				started('import', data);
 			} catch (error) {
 				planError.value = errorMessage(error);
 			} finally {
@@ -253,8 +324,7 @@ const MigratePage = {
 				const { status, data } = await call({ method: 'post', url: '/migrate/files/check', data: {} });
 				if (status === 202 && data && data.id) {
 					filesMessage.value = 'Checking every file row against its bytes…';
-					job.value = data;
-					follow(data.id);
+					started('files', data);
 				} else {
 					filesReport.value = data;
 				}
@@ -273,7 +343,7 @@ const MigratePage = {
 			healthTimer = setInterval(checkHealth, HEALTH_MS);
 		});
 		onUnmounted(() => {
-			clearTimeout(pollTimer);
+			PANELS.forEach(stopFollowing);
 			clearInterval(healthTimer);
 		});
 
@@ -288,32 +358,43 @@ const MigratePage = {
 
 			const status = () => {
 				if (sidecar.state === 'down') {
+					const start = sidecar.start
+						? `Start it with \`${sidecar.start}\``
+						: 'Start it (cairn-migrate serve) at the sidecar URL install-extension was given';
 					return h(VNotice, { type: 'danger', 'data-testid': 'sidecar-down' }, () =>
-						`Sidecar down: ${sidecar.message || 'the cairn-migrate sidecar does not answer'}. Start it with `
-						+ '`cairn-migrate --env <instance .env> serve`; this page retries every 10 seconds.');
+						`Sidecar down: ${sidecar.message || 'the cairn-migrate sidecar does not answer'}. ${start}; `
+						+ 'this page retries every 10 seconds.');
 				}
 				if (sidecar.state === 'checking') return h(VNotice, { type: 'info' }, () => 'Asking the cairn-migrate sidecar…');
 				return h(VNotice, { type: 'success', 'data-testid': 'sidecar-up' }, () => `The cairn-migrate sidecar ${sidecar.version} is up.`);
 			};
 
-			const jobPanel = () => {
-				const current = job.value;
+			/* The panel of one action: its error or note, then its job; `report` false leaves the result to the section. */
+			const jobPanel = (name, { report = true } = {}) => {
+				const panel = panels[name];
+				const current = panel.job;
 				const parts = [];
-				if (jobError.value) parts.push(h(VNotice, { type: 'danger' }, () => jobError.value));
+				if (panel.error) parts.push(h(VNotice, { type: 'danger', 'data-testid': 'job-error' }, () => panel.error));
+				if (panel.note) parts.push(h(VNotice, { type: 'info', 'data-testid': 'job-note' }, () => panel.note));
 				if (!current) return parts;
 				const pct = percent(current.progress);
 				const p = current.progress || {};
-				parts.push(h('div', { 'data-testid': 'job', 'data-job-id': current.id, 'data-state': current.state, style: 'margin-top: 12px;' }, [
+				const error = current.error;
+				parts.push(h('div', { 'data-testid': 'job', 'data-panel': name, 'data-job-id': current.id, 'data-state': current.state,
+					style: 'margin-top: 12px;' }, [
 					h('div', { style: css.row }, [
 						h('strong', `${current.kind} ${current.id}`),
 						h('span', { 'data-testid': 'job-state' }, current.state),
 						p.items_total || p.bytes_total
 							? h('span', { style: css.muted }, `${p.items_done}/${p.items_total ?? '?'} items, ${formatBytes(p.bytes_done)}${p.bytes_total ? ' of ' + formatBytes(p.bytes_total) : ''}`)
 							: null,
-						FINAL.includes(current.state) ? null : button('Cancel', cancelJob, { secondary: true, testid: 'cancel-job' }),
+						FINAL.includes(current.state) ? null : button('Cancel', () => cancelJob(name), { secondary: true, testid: 'cancel-job' }),
 					]),
 					h('div', { style: css.bar }, [h('div', { style: `${css.fill} width: ${FINAL.includes(current.state) ? 100 : pct ?? 5}%;` })]),
-					current.error ? h(VNotice, { type: 'danger' }, () => `${current.error.message}${current.error.hint ? ' — ' + current.error.hint : ''}`) : null,
+					error ? h(VNotice, { type: 'danger' }, () => {
+						const hint = pageHint(error.message, error.hint);
+						return `${error.message}${hint ? ' — ' + hint : ''}`;
+					}) : null,
 					current.state === 'succeeded' && current.result && current.result.download
 						? h('div', { style: css.row }, [
 							h('a', { href: downloadHref(current.result.download), download: '', 'data-testid': 'download', style: css.link },
@@ -321,7 +402,7 @@ const MigratePage = {
 							current.result.size ? h('span', { style: css.muted }, formatBytes(current.result.size)) : null,
 						])
 						: null,
-					current.state === 'succeeded' && current.result && !current.result.download
+					report && current.state === 'succeeded' && current.result && !current.result.download
 						? h('pre', { style: css.pre }, JSON.stringify(current.result, null, 2))
 						: null,
 					Array.isArray(current.log) && current.log.length
@@ -346,7 +427,7 @@ const MigratePage = {
 				]),
 				button('Start export', startExport, { busy: 'export', testid: 'start-export',
 					disabled: exportForm.passphrase.length > 0 && exportForm.passphrase.length < 8 }),
-				...jobPanel(),
+				...jobPanel('export'),
 			]);
 
 			const importSection = h('section', { style: css.section, id: 'import' }, [
@@ -366,7 +447,7 @@ const MigratePage = {
 					h('label', { style: css.label }, [
 						h('input', { type: 'checkbox', checked: importForm.replace, 'data-testid': 'import-replace',
 							onChange: (e) => { importForm.replace = e.target.checked; } }),
-						'Replace a non-empty instance (a safety bundle is written first)',
+						`${REPLACE_LABEL} (a safety bundle is written first)`,
 					]),
 					h('input', { type: 'password', placeholder: 'Passphrase (encrypted bundles)', value: importForm.passphrase, style: css.input,
 						autocomplete: 'off', 'data-testid': 'import-passphrase', onInput: (e) => { importForm.passphrase = e.target.value; } }),
@@ -381,6 +462,7 @@ const MigratePage = {
 						button('Apply this import', applyImport, { busy: 'import', testid: 'apply-import' }),
 					])
 					: null,
+				...jobPanel('import'),
 			]);
 
 			const filesSection = h('section', { style: css.section, id: 'files' }, [
@@ -388,17 +470,19 @@ const MigratePage = {
 				h('p', { style: css.muted }, 'Every file row against the bytes in its storage location.'),
 				button('Check files', checkFiles, { busy: 'files', testid: 'check-files', secondary: true }),
 				filesMessage.value ? h('p', { 'data-testid': 'files-message' }, filesMessage.value) : null,
+				...jobPanel('files', { report: false }),
 				filesReport.value ? h('pre', { style: css.pre, 'data-testid': 'files-report' }, JSON.stringify(filesReport.value, null, 2)) : null,
 			]);
 
 			const jobsSection = h('section', { style: css.section, id: 'jobs' }, [
 				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true, testid: 'refresh-jobs' })]),
+				listsError.value ? h(VNotice, { type: 'danger', 'data-testid': 'lists-error' }, () => listsError.value) : null,
 				jobs.value.length === 0
 					? h('p', { style: css.muted }, 'No jobs yet.')
 					: h('table', { style: css.table, 'data-testid': 'jobs' }, [
 						h('thead', [h('tr', ['Job', 'Kind', 'State', 'Created', 'Finished', ''].map((t) => h('th', { style: css.cell }, t)))]),
 						h('tbody', jobs.value.map((j) => h('tr', { key: j.id, 'data-testid': 'job-row', 'data-job-id': j.id }, [
-							h('td', { style: css.cell }, h('a', { style: css.link, onClick: () => follow(j.id) }, j.id)),
+							h('td', { style: css.cell }, h('a', { style: css.link, onClick: () => follow('jobs', j.id) }, j.id)),
 							h('td', { style: css.cell }, j.kind),
 							h('td', { style: css.cell }, j.state),
 							h('td', { style: css.cell }, j.created_at),
@@ -407,6 +491,7 @@ const MigratePage = {
 								? h('a', { href: downloadHref(j.result.download), download: '', style: css.link }, 'download') : ''),
 						]))),
 					]),
+				...jobPanel('jobs'),
 			]);
 
 			const nav = h('div', { style: 'padding: 12px;' }, [

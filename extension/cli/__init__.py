@@ -62,7 +62,8 @@ def inspect_command(obj: Context, as_json: bool, no_objects: bool) -> None:
     """Describe the instance: identity, tables, storage and missing file bytes.
 
     Exits 0 when every part is there, 1 when file bytes or system tables are
-    missing, and 2 or 3 (with one line naming the setting to fix) when the
+    missing or the .env sets no KEY or SECRET (CairnCMS does not start without
+    them), and 2 or 3 (with one line naming the setting to fix) when the
     instance cannot be read.
     """
     context = obj.operation()
@@ -154,6 +155,8 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safe
     The plan lists the type drift: per column, the values the target vendor will store
     differently (timestamp precision, SQLite storage classes, ...) or refuse; refused
     values stop the import before any write (exit 2).
+    The plan warns about the settings of the bundle's source the target's .env does
+    not set, by name (CairnCMS does not start without KEY and SECRET).
     With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
     """
     params = {"path": bundle, "dry_run": dry_run, "replace": replace, "resume": resume,
@@ -182,6 +185,8 @@ def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url:
 
     Values the target stores differently as the import's type-drift report predicted
     pass, and are reported as expected drift; any other difference fails.
+    The settings of the bundle's source the target's .env does not set are listed by
+    name; a missing KEY or SECRET fails (CairnCMS does not start without them).
     """
     from ..errors import ConfigError
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..instance.target_env import describe as describe_env
+
 
 def _table(rows: list[tuple[str, str]], indent: str = "  ") -> list[str]:
     width = max((len(left) for left, _ in rows), default=0)
@@ -49,6 +51,7 @@ def render_inspect(report: Mapping[str, Any]) -> str:
     if files["without_filename_disk"]:
         lines.append(f"  {files['without_filename_disk']} file rows have no filename_disk")
     lines += _incomplete_import(report.get("import"))
+    lines += [f"WARNING: {warning}" for warning in report.get("warnings", [])]
     lines.append("")
     lines.append("OK" if report["ok"] else "PROBLEMS FOUND")
     return "\n".join(lines)
@@ -157,6 +160,8 @@ def render_verify(report: Mapping[str, Any]) -> str:
     for check in report["live"]:
         lines.append(f"{'=' if check['ok'] else '!'} live {check['check']}: {check['detail']}")
     lines += _incomplete_import(report.get("import"))
+    if report.get("env"):
+        lines.append(f"{'!' if report['env']['required'] else '~'} env: {describe_env(report['env'])}")
     drift = report.get("drift") or {}
     if report["ok"] and drift.get("values"):
         lines.append(f"VERIFIED with expected drift: {drift['values']} values in columns {', '.join(drift['columns'])}")

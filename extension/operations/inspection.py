@@ -3,8 +3,9 @@
 The report answers the questions an operator asks before any migration: which
 instance is this (``KEY``, vendor, platform version), what does it hold (system
 and user tables with row counts), where are its files (storage locations, how
-many ``directus_files`` rows name each) and are the bytes really there.  It
-reads only; nothing is written to the database or the stores.
+many ``directus_files`` rows name each), are the bytes really there, and does
+the ``.env`` set what CairnCMS needs to start.  It reads only; nothing is
+written to the database or the stores.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from itertools import islice
 from typing import Any
 
 from ..bundle import import_marker
+from ..instance import target_env
 from ..instance.database import CAIRNCMS_SYSTEM_TABLES, Database
 from ..errors import MigrateError
 from ..instance.instance import Instance
@@ -105,6 +107,8 @@ def inspect_instance(
         files = _inspect_files(db, counts.get("directus_files", 0), locations, storage, check_objects, concurrency, progress)
     report["storage"] = list(storage.values())
     report["files"] = files
+    # Problems of the .env the database cannot show: CairnCMS does not start without KEY and SECRET.
+    report["warnings"] = [warning for warning in [target_env.missing_to_start(instance)] if warning]
     report["ok"] = _is_ok(report)
     return report
 
@@ -162,6 +166,7 @@ def _is_ok(report: Mapping[str, Any]) -> bool:
     files = report["files"]
     return bool(
         report["import"] is None  # an interrupted import: the rows may be there, FKs and sequences not
+        and not report["warnings"]
         and storage_ok
         and not files["unknown_locations"]
         and not files["without_filename_disk"]

@@ -42,6 +42,7 @@ import sqlalchemy as sa
 
 from ..bundle import import_marker
 from ..bundle import native as native_tools
+from ..instance import target_env
 from ..bundle.bundle import file_member, is_archive_path, iter_file_index, member_path, open_bundle, sha256_file
 from ..instance.database import Database, open_engine
 from ..bundle.drift import field_flags
@@ -305,6 +306,9 @@ def plan_import(
         plan.warnings.append(f"fast path: restoring the native {plan.vendor} dump with the vendor's own tool")
     if source_vendor != plan.vendor:
         plan.warnings.append(f"cross-vendor import: {source_vendor} → {plan.vendor}; types are mapped natively")
+    env_problem = target_env.missing_for_bundle(instance, manifest, storage_map)
+    if env_problem:
+        plan.warnings.append(target_env.describe(env_problem))
     replacing = plan.marker is not None and plan.marker.step == "replace"  # its old tables are dropped first
     done = plan.marker.tables if plan.marker and not replacing else {}
     for name in manifest["load_order"]:

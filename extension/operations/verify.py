@@ -8,7 +8,8 @@ real difference does not.  A cross-vendor import's rewrite of ``directus_fields.
 (:func:`~cairn_migrate.drift.field_flags`) is applied to the bundle's rows too,
 and reported as expected drift.  Every file's bytes are hashed in place.  With a URL,
 the running instance is asked too: ``/server/ping``, a login or token check,
-one asset and one item.
+one asset and one item.  The target's ``.env`` must set what the bundle's source set: a missing
+``KEY`` or ``SECRET`` fails verification (CairnCMS would not start), other missing settings are reported.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import import_marker
-from ..instance import timeouts
+from ..instance import target_env, timeouts
 from ..bundle.bundle import iter_file_index, member_path, open_bundle
 from ..instance.database import Database
 from ..bundle.drift import TIMESTAMP_FLAG_KIND, Check, FieldFlags, field_flags, table_checks
@@ -438,8 +439,10 @@ def verify_bundle(
         progress.progress(items_done=0, items_total=manifest["files"]["count"], bytes_done=0, bytes_total=manifest["files"]["bytes"])
         files = _verify_files(instance, bundle_dir, manifest, storage_map, workers, progress)
         live = live_checks(url, manifest, token=token, login=login, bundle_dir=bundle_dir) if url else []
+    env = target_env.missing_for_bundle(instance, manifest, storage_map)
     ok = (
         incomplete is None
+        and not (env and env["required"])  # CairnCMS would not start on the target
         and all(t["ok"] for t in tables)
         and files["ok"] == files["checked"] == manifest["files"]["count"]
         and all(check["ok"] for check in live)
@@ -456,4 +459,6 @@ def verify_bundle(
         "live": live,
         "source": manifest["source"],
         "import": incomplete,
+        # The settings of the bundle's source the target's .env lacks (names only), or None.
+        "env": env,
     }
