@@ -62,7 +62,8 @@ def test_every_operation_is_registered_once() -> None:
     names = [op.name for op in operations.all_operations()]
     assert names == sorted(set(names))
     assert set(names) == {"inspect", "export", "import", "verify", "files_check", "files_repair", "storage_move",
-                          "storage_prune", "migrations_list", "migrations_up", "migrations_down", "install_extension"}
+                          "storage_prune", "migrations_list", "migrations_up", "migrations_down", "install_extension",
+                          "promote"}
     with pytest.raises(ValueError):
         operations.register(operations.get("inspect"))
     with pytest.raises(InvalidInput):

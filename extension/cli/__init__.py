@@ -275,3 +275,6 @@ _register_install(cli)
 
 from .files import register as _register_files  # noqa: E402
 _register_files(cli)
+
+from .promote import register as _register_promote  # noqa: E402
+_register_promote(cli)

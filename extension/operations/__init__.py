@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -136,6 +137,8 @@ class OpContext:
         for name, schema_field in op.schema().fields.items():
             if not schema_field.metadata.get("host_path") or not params.get(name) or name == "path":
                 continue
+            if schema_field.metadata.get("or_url") and urlsplit(str(params[name])).scheme in ("http", "https"):
+                continue  # a running instance's URL (promote's from/to), not a path on this host
             if name == "safety_bundle":
                 self.safety_bundle(params)
             else:
@@ -432,6 +435,24 @@ class InstallExtensionParams(Schema):
                                                              "cli": "--no-module-bar"})
 
 
+class PromoteParams(Schema):
+    from_ = fields.String(required=True, data_key="from", metadata={
+        "description": "The source: a running instance's URL (with from_token), an instance's .env, an unpacked "
+        "bundle, or a snapshot directory (schema.yaml + config/).", "cli": "--from", "host_path": True, "or_url": True})
+    from_token = _secret("An admin token of the source, when it is a URL.", "--from-token")
+    to = fields.String(required=True, metadata={
+        "description": "The target: a running CairnCMS's URL, or its .env (reached at its PUBLIC_URL).", "cli": "--to",
+        "host_path": True, "or_url": True})
+    to_token = _secret("An admin token of the target.", "--to-token")
+    only = fields.List(fields.String(validate=validate.OneOf(["schema", "config"])), load_default=list, metadata={
+        "description": "Promote only these parts (default: schema and config).", "cli": "--only"})
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
+    allow_data_loss = fields.Boolean(load_default=False, metadata={
+        "description": "Drop tables and columns that hold rows.", "cli": "--allow-data-loss"})
+    force = fields.Boolean(load_default=False, metadata={
+        "description": "Promote across vendors or versions.", "cli": "--force"})
+
+
 # --------------------------------------------------------------------------- outcomes
 def _ok(report: Report, planned: bool) -> Outcome:
     return Outcome.OK
@@ -588,6 +609,24 @@ def _install_extension(ctx: OpContext, p: dict[str, Any]) -> Report:
     return install(ctx.instance(), p["sidecar_url"], module_bar=p["module_bar"])
 
 
+def _promote(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .promote import apply
+
+    return apply(ctx, p)
+
+
+def _promote_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .promote import plan
+
+    return plan(ctx, p)
+
+
+def _promote_outcome(report: Report, planned: bool) -> Outcome:
+    if report["refused"]:
+        return Outcome.INVALID
+    return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
+
+
 def _planning(fn: Callable[..., Report], **flags: bool) -> Callable[[OpContext, dict[str, Any]], Report]:
     """The plan of an operation whose core function plans when told (``dry_run=True`` / ``yes=False``)."""
     def plan(ctx: OpContext, p: dict[str, Any]) -> Report:
@@ -632,3 +671,5 @@ register(Operation("install_extension", "Write (or remove) the /migrate endpoint
                    InstallExtensionParams, _install_extension,
                    lambda r, planned: Outcome.DIFFERENCES if r.get("problems") else Outcome.OK, cli="install-extension",
                    http=False))
+register(Operation("promote", "Promote the structure (schema, roles and permissions) of one instance onto another.",
+                   PromoteParams, _promote, _promote_outcome, plan=_promote_plan, cli="promote"))

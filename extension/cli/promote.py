@@ -1,0 +1,82 @@
+"""``cairn-migrate promote``: the thin CLI verb over the ``promote`` operation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .. import operations
+from ..operations import OpContext
+from .base import Context, exit_with, handle_errors
+
+
+def render_promote(report: dict[str, Any]) -> str:
+    """The combined plan (schema steps, config changes, data loss, refusals), then what was applied."""
+    lines = [f"promote {report['from']} -> {report['to']} ({', '.join(report['only'])})"]
+    schema, config = report["schema"], report["config"]
+    if schema is not None:
+        lines.append("schema: " + (f"{len(schema['steps'])} changes" if schema["changes"] else "no changes"))
+        lines += [f"  {step}" for step in schema["steps"]]
+        for key, values in (schema.get("mismatch") or {}).items():
+            lines.append(f"  {'version' if key == 'directus' else key}: source {values['source']}, target {values['target']}")
+        lines += [f"  data loss: {loss['kind']} {loss['name']} holds "
+                  f"{'an unknown number of' if loss['rows'] is None else loss['rows']} rows" for loss in schema["data_loss"]]
+    if config is not None:
+        lines.append("config: " + ("changes" if config["changes"] else "no changes"))
+        planned = config.get("plan")
+        if planned:
+            for action in ("created", "updated"):
+                if planned["roles"][action]:
+                    lines.append(f"  roles {action}: {', '.join(planned['roles'][action])}")
+                if planned["permissions"][action]:
+                    lines.append(f"  permissions {action}: {planned['permissions'][action]}")
+    for refusal in report["refused"]:
+        lines.append(f"refused: {refusal['message']}")
+        lines.append(f"  fix: {refusal['fix']}")
+    if report.get("safety_snapshot"):
+        lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
+    if not report["changes"]:
+        lines.append("no changes")
+    elif report["applied"]:
+        lines.append("applied")
+    return "\n".join(lines)
+
+
+def register(cli: click.Group) -> None:
+    """Add ``promote`` to the ``cairn-migrate`` group."""
+    @cli.command("promote")
+    @click.option("--from", "source", required=True, metavar="SRC",
+                  help="A running instance's URL (with --from-token), an instance's .env, an unpacked bundle, "
+                  "or a snapshot directory (schema.yaml + config/).")
+    @click.option("--from-token", envvar="CAIRN_MIGRATE_FROM_TOKEN", help="An admin token of the source (or CAIRN_MIGRATE_FROM_TOKEN).")
+    @click.option("--to", "target", required=True, metavar="DST",
+                  help="The running target's URL, or its .env (reached at its PUBLIC_URL).")
+    @click.option("--to-token", envvar="CAIRN_MIGRATE_TO_TOKEN", help="An admin token of the target (or CAIRN_MIGRATE_TO_TOKEN).")
+    @click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing (exit 1 when it has changes).")
+    @click.option("--only", multiple=True, type=click.Choice(["schema", "config"]), help="Promote only this part (repeatable).")
+    @click.option("--allow-data-loss", is_flag=True, help="Drop tables and columns that hold rows.")
+    @click.option("--force", is_flag=True, help="Promote across vendors or versions.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    @click.pass_obj
+    @handle_errors
+    def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
+                        dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool, as_json: bool) -> None:
+        """Promote the structure of SRC (schema, roles and permissions) onto the running CairnCMS DST.
+
+        Through DST's own API: the schema diff with its hash, then the config apply after its dry
+        run. Exits 0 when there is nothing to change or it was applied, 1 for a dry run with
+        changes, 2 when refused (a drop of rows without --allow-data-loss, another vendor or
+        version without --force); the plan is printed in every case.
+        """
+        params = {"from": source, "to": target, "dry_run": dry_run, "only": list(only),
+                  "allow_data_loss": allow_data_loss, "force": force}
+        from ..service.state import default_state_url
+
+        # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).
+        context = OpContext(instance=obj.instance, state_url=default_state_url(),
+                            secrets={k: v for k, v in {"from_token": from_token, "to_token": to_token}.items() if v})
+        report, outcome = operations.run("promote", context, params)
+        click.echo(json.dumps(report, indent=2, default=str) if as_json else render_promote(report))
+        exit_with(outcome)

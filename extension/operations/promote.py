@@ -1,0 +1,316 @@
+"""``promote``: move an instance's structure (schema, roles and permissions) onto another, dev → prod.
+
+The target is a running CairnCMS, so the work goes through its own API (reference §2.3, §3.6):
+``POST /schema/diff`` of the source's snapshot gives the diff and the hash of the target's
+current schema, ``POST /schema/apply`` applies exactly that diff (a target changed in between
+refuses the hash); ``POST /config/apply?dry_run=true`` plans the roles and permissions and the same
+call without ``dry_run`` applies them.  Schema goes first, because permissions name collections.
+
+CairnCMS's own apply drops populated tables and columns without asking and its CLI skips the
+vendor/version check, so the plan is checked here first: a drop of a table or column holding rows
+needs ``allow_data_loss`` (the plan names the row counts, counted through the target's API), a
+source of another vendor or version needs ``force``.  Before any write a safety snapshot of the
+target (its schema snapshot and config directory, in CairnCMS's own formats) is written, so
+``cairncms schema apply`` / ``config apply`` can put it back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
+from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
+
+#: What ``only`` may name in this slice (flows, dashboards, presets, settings, translations come later).
+KINDS = ("schema", "config")
+#: The schema file of a snapshot directory: CairnCMS's name for it first, then the bundle's.
+SCHEMA_FILES = ("schema.yaml", "schema.yml", "schema.json", "schema-snapshot.yaml")
+
+
+def is_url(value: str) -> bool:
+    """Whether ``from``/``to`` names a running instance rather than a path on this host."""
+    return urlsplit(value).scheme in ("http", "https")
+
+
+# --------------------------------------------------------------------------- a running instance
+@dataclass
+class Remote:
+    """A running CairnCMS reached with an admin token; every call has the project's timeouts."""
+
+    url: str
+    token: str
+    role: str  # "source" or "target", for the messages
+
+    def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> requests.Response:
+        """One request; a refusal or an unreachable server becomes one line naming the fix."""
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        try:
+            response = requests.request(method, self.url.rstrip("/") + path, headers=headers,
+                                        timeout=(connect_timeout(), read_timeout()), **kwargs)
+        except requests.RequestException as exc:
+            raise InstanceUnreachable(f"The {self.role} {self.url} did not answer {method} {path}: {exc}",
+                                      hint=f"start it, or check the URL; {timeout_hint()}") from None
+        if response.status_code in ok:
+            return response
+        option = "--from-token" if self.role == "source" else "--to-token"
+        if response.status_code == 401:
+            raise Unauthorized(f"The {self.role} {self.url} refused the token ({method} {path}: 401)",
+                               hint=f"pass an admin's static token with {option}")
+        if response.status_code == 403:
+            raise Forbidden(f"The {self.role} {self.url} answered 403 to {method} {path}",
+                            hint=f"pass the static token of an admin of that instance with {option}")
+        raise MigrateError(f"The {self.role} {self.url} answered {response.status_code} to {method} {path}: "
+                           f"{_error_text(response)}", details={"status": response.status_code})
+
+    def data(self, path: str) -> Any:
+        return self.call("GET", path).json()["data"]
+
+
+def _error_text(response: requests.Response) -> str:
+    """CairnCMS's error messages (``errors[].message``, or plain strings from ``/config/apply``)."""
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return response.text[:300]
+    return "; ".join(e.get("message", str(e)) if isinstance(e, Mapping) else str(e) for e in errors) or response.text[:300]
+
+
+# --------------------------------------------------------------------------- the source
+@dataclass
+class Source:
+    """The structure to promote: a schema snapshot and a config payload (None: the source has none)."""
+
+    described: str
+    schema: dict[str, Any] | None
+    config: dict[str, Any] | None
+
+
+def read_source(ctx: Any, value: str, token: str | None, only: list[str]) -> Source:
+    """Read ``from``: a running instance (URL + token), an instance's ``.env``, a bundle or a snapshot directory."""
+    if is_url(value):
+        if not token:
+            raise InvalidInput(f"The source {value} is a running instance: it needs an admin token",
+                               hint="pass --from-token (from_token) of an admin of the source")
+        remote = Remote(value, token, "source")
+        return Source(value, remote.data("/schema/snapshot") if "schema" in only else None,
+                      remote.data("/config/snapshot") if "config" in only else None)
+    path = ctx.path("from", value)
+    if path.is_file():
+        return _source_of_instance(path, only)
+    if (path / "snapshot").is_dir():  # an unpacked bundle (export writes snapshot/schema-snapshot.yaml + config/)
+        path = path / "snapshot"
+    if path.is_dir():
+        return _source_of_directory(path, only)
+    raise ConfigError(f"The source {value} is neither a URL, an instance's .env, a bundle directory nor a snapshot "
+                      "directory", hint="pass a running instance's URL, a .env file, an unpacked bundle, or a folder "
+                      "holding schema.yaml and config/")
+
+
+def _source_of_instance(env_file: Path, only: list[str]) -> Source:
+    """The snapshots of an instance read from its database, byte-identical to CairnCMS's own."""
+    from ..bundle.config_snapshot import config_snapshot
+    from ..bundle.schema_snapshot import schema_snapshot
+    from ..instance.database import Database
+    from ..instance.instance import Instance
+
+    with Database.open(Instance.from_env_file(env_file)) as db:
+        platform = db.platform()
+        schema = schema_snapshot(db, version=platform.version or "unknown") if "schema" in only else None
+        config = config_snapshot(db) if "config" in only and platform.product == "cairncms" else None
+    return Source(str(env_file), schema, config)
+
+
+def _source_of_directory(folder: Path, only: list[str]) -> Source:
+    """A snapshot directory in CairnCMS's own format: the schema file and the ``config/`` directory."""
+    from ..bundle.config_snapshot import read_config_directory
+    from ..bundle.schema_snapshot import load_schema_snapshot
+
+    schema_file = next((folder / name for name in SCHEMA_FILES if (folder / name).is_file()), None)
+    config_dir = folder / "config"
+    if "schema" in only and schema_file is None:
+        raise ConfigError(f"The snapshot directory {folder} holds no schema file",
+                          hint=f"put the schema snapshot there as {SCHEMA_FILES[0]} (cairncms schema snapshot), "
+                          "or leave schema out of --only")
+    if "config" in only and not config_dir.is_dir():
+        raise ConfigError(f"The snapshot directory {folder} holds no config/ directory",
+                          hint="write it with: cairncms config snapshot config/ (or leave config out of --only)")
+    return Source(str(folder), load_schema_snapshot(schema_file) if "schema" in only else None,
+                  read_config_directory(config_dir) if "config" in only else None)
+
+
+# --------------------------------------------------------------------------- the target
+def open_target(ctx: Any, value: str, token: str | None) -> Remote:
+    """``to``: the running target, by URL or by its ``.env`` (its ``PUBLIC_URL``), with an admin token."""
+    if is_url(value):
+        url = value
+    else:
+        from ..instance.instance import Instance
+
+        instance = Instance.from_env_file(ctx.path("to", value))
+        url = instance.public_url
+        if not is_url(url):
+            raise ConfigError(f"The target's .env {value} sets no absolute PUBLIC_URL to reach it at",
+                              hint="pass the running target's URL as --to, or set PUBLIC_URL in its .env")
+    if not token:
+        raise InvalidInput(f"The target {url} is changed through its own API: it needs an admin token",
+                           hint="pass --to-token (to_token) of an admin of the target")
+    return Remote(url, token, "target")
+
+
+# --------------------------------------------------------------------------- the plan
+def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """The combined plan: the schema diff, the config plan, what would be lost and what is refused."""
+    only = list(p["only"]) or list(KINDS)
+    source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
+    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"))
+    target_schema = target.data("/schema/snapshot")
+    report: dict[str, Any] = {"from": source.described, "to": target.url, "only": only, "refused": [],
+                              "schema": None, "config": None, "changes": False, "applied": False}
+    if source.schema is not None:
+        report["schema"] = _schema_plan(target, source.schema, target_schema, p, report["refused"])
+    if source.config is not None:
+        report["config"] = _config_plan(target, source.config, report["refused"])
+    report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes"))
+    return report
+
+
+def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[str, Any], p: Mapping[str, Any],
+                 refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """``POST /schema/diff`` on the target, checked for vendor/version mismatch and for data loss."""
+    mismatch = {key: {"source": snapshot.get(key), "target": current.get(key)} for key in ("vendor", "directus")
+                if snapshot.get(key) != current.get(key)}
+    if mismatch and not p["force"]:
+        refused.append({"code": "mismatch", "message": "the source's " + " and ".join(
+            f"{'version' if k == 'directus' else k} {v['source']} differs from the target's {v['target']}"
+            for k, v in mismatch.items()), "fix": "pass --force (the schema is then diffed with ?force)"})
+        return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+    query = "?force" if mismatch else ""
+    response = target.call("POST", "/schema/diff" + query, json=dict(snapshot), ok=(200, 204))
+    if response.status_code == 204:
+        return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+    data = response.json()["data"]
+    losses = data_loss(target, data["diff"])
+    if losses and not p["allow_data_loss"]:
+        refused.append({"code": "data_loss", "message": "the schema diff drops " + ", ".join(
+            f"{loss['name']} ({loss['rows']} rows)" for loss in losses),
+            "fix": "pass --allow-data-loss to drop them (a safety snapshot of the target's structure is written first)"})
+    return {"changes": True, "mismatch": mismatch, "diff": data["diff"], "hash": data["hash"],
+            "steps": schema_steps(data["diff"]), "data_loss": losses}
+
+
+def schema_steps(diff: Mapping[str, Any]) -> list[str]:
+    """One line per changed collection, field and relation: ``+`` create, ``-`` delete, ``~`` update."""
+    steps = []
+    for kind, names in (("collections", ("collection",)), ("fields", ("collection", "field")),
+                        ("relations", ("collection", "field"))):
+        for entry in diff.get(kind) or []:
+            records = entry["diff"]
+            whole = next((r for r in records if not r.get("path")), None)
+            sign = {"N": "+", "D": "-"}.get(whole["kind"], "~") if whole else "~"
+            name = ".".join(str(entry[n]) for n in names)
+            detail = "" if whole else " (" + ", ".join(".".join(map(str, r["path"])) for r in records) + ")"
+            steps.append(f"{sign} {kind[:-1]} {name}{detail}")
+    return steps
+
+
+def data_loss(target: Remote, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tables and columns the diff drops that hold rows on the target (non-null values for a column).
+
+    Counted through the target's API (``aggregate[count]``); a count the API refuses is reported
+    as unknown (None) and treated as data, so it is refused too.
+    """
+    losses = []
+    dropped_collections = set()
+    for entry in diff.get("collections") or []:
+        drop = next((r for r in entry["diff"] if r["kind"] == "D" and not r.get("path")), None)
+        if drop is None or not (drop.get("lhs") or {}).get("schema"):
+            continue  # not a drop, or a folder (no table)
+        dropped_collections.add(entry["collection"])
+        rows = _count(target, entry["collection"], "*")
+        if rows != 0:
+            losses.append({"kind": "collection", "name": entry["collection"], "rows": rows})
+    for entry in diff.get("fields") or []:
+        drop = next((r for r in entry["diff"] if r["kind"] == "D" and not r.get("path")), None)
+        if drop is None or entry["collection"] in dropped_collections or not (drop.get("lhs") or {}).get("schema"):
+            continue  # not a drop, counted with its table, or an alias (no column)
+        rows = _count(target, entry["collection"], entry["field"])
+        if rows != 0:
+            losses.append({"kind": "field", "name": f"{entry['collection']}.{entry['field']}", "rows": rows})
+    return losses
+
+
+def _count(target: Remote, collection: str, field: str) -> int | None:
+    """Rows of ``collection`` (``*``) or its non-null values of ``field``, on the target."""
+    response = target.call("GET", f"/items/{quote(collection)}?aggregate[count]={quote(field)}",
+                           ok=(200, 400, 403, 404))
+    if response.status_code != 200:
+        return None
+    rows = response.json()["data"]
+    value = rows[0]["count"] if rows else 0
+    return int(value[field] if isinstance(value, Mapping) else value)
+
+
+def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """``POST /config/apply?dry_run=true``: CairnCMS's own plan of the roles and permissions."""
+    response = target.call("POST", "/config/apply?dry_run=true", json=dict(config), ok=(200, 400))
+    if response.status_code == 400:
+        errors = [str(e) if not isinstance(e, Mapping) else e.get("message", str(e)) for e in response.json()["errors"]]
+        refused.append({"code": "config_invalid", "message": "the target refuses the config: " + "; ".join(errors),
+                        "fix": "correct the source's roles and permissions"})
+        return {"changes": False, "plan": None, "errors": errors}
+    result = response.json()["data"]
+    roles, permissions = result["roles"], result["permissions"]
+    changes = bool(roles["created"] or roles["updated"] or permissions["created"] or permissions["updated"])
+    return {"changes": changes, "plan": result, "errors": []}
+
+
+# --------------------------------------------------------------------------- apply
+def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """Plan; unless refused or empty, write the target's safety snapshot, then apply schema, then config."""
+    report = plan(ctx, p)
+    if report["refused"] or not report["changes"]:
+        return report
+    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"))
+    report["safety_snapshot"] = str(write_safety_snapshot(ctx, target))
+    schema = report["schema"]
+    if schema and schema["changes"]:
+        ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
+        target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
+    config = report["config"]
+    if config and config["changes"]:
+        source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), ["config"])
+        ctx.progress.log(f"applying roles and permissions to {target.url}")
+        report["config"]["result"] = target.call("POST", "/config/apply", json=source.config).json()["data"]
+    report["applied"] = True
+    return report
+
+
+def write_safety_snapshot(ctx: Any, target: Remote) -> Path:
+    """The target's schema snapshot and config directory, before any write, in CairnCMS's own formats.
+
+    In the sidecar they go to the instance's bundle folder; from the command line beside the
+    state store (``promote-safety/``), like ``import --replace``'s safety bundles.
+    """
+    import sqlalchemy as sa
+
+    from ..bundle.config_snapshot import write_config_directory
+    from ..bundle.schema_snapshot import write_schema_snapshot
+
+    if ctx.bundle_dir is not None:
+        base = Path(ctx.bundle_dir)
+    else:
+        state = ctx.state_url
+        base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
+    host = urlsplit(target.url).netloc.replace(":", "-")
+    folder = base / "promote-safety" / f"{host}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+    write_schema_snapshot(target.data("/schema/snapshot"), folder / "schema.yaml")
+    write_config_directory(target.data("/config/snapshot"), folder / "config")
+    return folder
+
