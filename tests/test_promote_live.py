@@ -22,6 +22,7 @@ import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import FIXTURES, make_instance
+from instance_fixtures import bearer
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from cairn_migrate.bundle.config_snapshot import dump_yaml, load_yaml
@@ -202,3 +203,31 @@ def test_a_running_instance_as_its_own_source_has_no_changes(target: Target, tmp
     result = CliRunner().invoke(cli, ["promote", "--from", target.url, "--from-token", TOKEN, "--to", target.url,
                                       "--to-token", TOKEN, "--dry-run"])
     assert (result.exit_code, result.output.splitlines()[-1]) == (0, "no changes"), result.output
+
+
+def test_a_collection_drop_with_rows_is_refused_with_its_count(target: Target, tmp_path: Path) -> None:
+    assert promote(fixture_source(tmp_path / "base"), target)[0] == 0
+    for text in ("first", "second"):
+        created = requests.post(target.url + "/items/article_comments", json={"author_name": "a", "text": text},
+                                headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert created.status_code == 200, created.text
+    schema = fixture_schema()
+    for kind in ("collections", "fields", "relations"):
+        schema[kind] = [e for e in schema[kind] if e["collection"] != "article_comments"]
+    code, plan = promote_json(fixture_source(tmp_path / "src", schema), target)
+    assert code == 2
+    assert plan["schema"]["data_loss"] == [{"kind": "collection", "name": "article_comments", "rows": 2}]
+    assert not plan["applied"] and "safety_snapshot" not in plan
+    assert "article_comments" in {c["collection"] for c in target.get("/collections")}
+
+
+def test_the_sidecar_plans_a_promote_and_confines_host_paths(target: Target, client: Any, admin_token: str) -> None:
+    """``POST /migrate/ops``: URLs pass the host-path rule; a path outside CAIRN_MIGRATE_HTTP_PATHS answers 422."""
+    params = {"from": target.url, "from_token": TOKEN, "to": target.url, "to_token": TOKEN, "dry_run": True}
+    planned = client.post("/migrate/ops", json={"op": "promote", "params": params}, headers=bearer(admin_token))
+    assert planned.status_code == 200, planned.get_json()
+    assert planned.get_json()["outcome"] == "ok" and planned.get_json()["report"]["changes"] is False
+    confined = client.post("/migrate/ops", json={"op": "promote", "params": {**params, "from": str(FIXTURE)}},
+                           headers=bearer(admin_token))
+    assert confined.status_code == 422, confined.get_json()
+    assert str(FIXTURE) in confined.get_json()["error"]["message"]

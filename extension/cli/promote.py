@@ -37,7 +37,9 @@ def render_promote(report: dict[str, Any]) -> str:
         lines.append(f"  fix: {refusal['fix']}")
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
-    if not report["changes"]:
+    if report.get("failed"):
+        lines.append(f"the schema was applied, the config failed: {report['failed']['message']}")
+    elif not report["changes"]:
         lines.append("no changes")
     elif report["applied"]:
         lines.append("applied")

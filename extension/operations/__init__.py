@@ -622,8 +622,11 @@ def _promote_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
 
 
 def _promote_outcome(report: Report, planned: bool) -> Outcome:
+    """Refused: invalid (exit 2, the plan printed); schema applied but config failed: partial."""
     if report["refused"]:
         return Outcome.INVALID
+    if report.get("failed"):
+        return Outcome.PARTIAL
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
 
 

@@ -66,8 +66,10 @@ class Remote:
         if response.status_code == 403:
             raise Forbidden(f"The {self.role} {self.url} answered 403 to {method} {path}",
                             hint=f"pass the static token of an admin of that instance with {option}")
-        raise MigrateError(f"The {self.role} {self.url} answered {response.status_code} to {method} {path}: "
-                           f"{_error_text(response)}", details={"status": response.status_code})
+        error = InvalidInput if response.status_code == 400 else MigrateError
+        raise error(f"The {self.role} {self.url} answered {response.status_code} to {method} {path}: "
+                    f"{_error_text(response)}", details={"status": response.status_code},
+                    hint="the source's structure is not valid for the target" if response.status_code == 400 else None)
 
     def data(self, path: str) -> Any:
         return self.call("GET", path).json()["data"]
@@ -167,6 +169,11 @@ def open_target(ctx: Any, value: str, token: str | None) -> Remote:
 # --------------------------------------------------------------------------- the plan
 def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     """The combined plan: the schema diff, the config plan, what would be lost and what is refused."""
+    return _prepare(ctx, p)[0]
+
+
+def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remote]:
+    """The plan, with the source and target it was made of (``apply`` applies exactly these)."""
     only = list(p["only"]) or list(KINDS)
     source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
     target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"))
@@ -178,7 +185,7 @@ def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     if source.config is not None:
         report["config"] = _config_plan(target, source.config, report["refused"])
     report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes"))
-    return report
+    return report, source, target
 
 
 def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[str, Any], p: Mapping[str, Any],
@@ -273,21 +280,30 @@ def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[s
 
 # --------------------------------------------------------------------------- apply
 def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
-    """Plan; unless refused or empty, write the target's safety snapshot, then apply schema, then config."""
-    report = plan(ctx, p)
+    """Plan; unless refused or empty, write the target's safety snapshot, then apply schema, then config.
+
+    The schema goes in one transaction on the target (a hash that no longer matches refuses it
+    whole).  A config apply that fails after the schema went in is reported (``failed``), not
+    raised, so the report says what was applied: the outcome is then ``partial``.
+    """
+    report, source, target = _prepare(ctx, p)
     if report["refused"] or not report["changes"]:
         return report
-    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"))
     report["safety_snapshot"] = str(write_safety_snapshot(ctx, target))
-    schema = report["schema"]
+    schema, config = report["schema"], report["config"]
     if schema and schema["changes"]:
         ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
         target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
-    config = report["config"]
+        report["applied"] = True
     if config and config["changes"]:
-        source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), ["config"])
         ctx.progress.log(f"applying roles and permissions to {target.url}")
-        report["config"]["result"] = target.call("POST", "/config/apply", json=source.config).json()["data"]
+        try:
+            config["result"] = target.call("POST", "/config/apply", json=source.config).json()["data"]
+        except MigrateError as exc:
+            if not report["applied"]:
+                raise
+            report["failed"] = exc.to_dict()
+            return report
     report["applied"] = True
     return report
 
