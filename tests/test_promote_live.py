@@ -231,3 +231,19 @@ def test_the_sidecar_plans_a_promote_and_confines_host_paths(target: Target, cli
                            headers=bearer(admin_token))
     assert confined.status_code == 422, confined.get_json()
     assert str(FIXTURE) in confined.get_json()["error"]["message"]
+
+
+def test_an_instance_env_and_its_bundle_are_sources_too(target: Target, tmp_path: Path,
+                                                        request: pytest.FixtureRequest) -> None:
+    """The seeded PostgreSQL fixture by its ``.env`` (snapshots read from its database) and as an unpacked
+    bundle (``snapshot/``) hold the fixture's structure: once it is promoted, both plan no changes;
+    the target is named by its ``.env`` (reached at its PUBLIC_URL)."""
+    assert promote(fixture_source(tmp_path / "base"), target)[0] == 0
+    source_env = make_instance("postgres", tmp_path / "seeded", request)
+    bundle = tmp_path / "bundle"
+    exported = CliRunner().invoke(cli, ["--env", str(source_env), "export", "--full", "-o", str(bundle)])
+    assert exported.exit_code == 0, exported.output
+    for source in (source_env, bundle):
+        result = CliRunner().invoke(cli, ["promote", "--from", str(source), "--to", str(target.env), "--to-token", TOKEN,
+                                          "--dry-run"])
+        assert (result.exit_code, result.output.splitlines()[-1]) == (0, "no changes"), result.output
