@@ -121,7 +121,9 @@ def start_files_repair() -> ResponseReturnValue:
         _bundle_of(state, body)  # an unknown id or a path into the bundle folders fails now, not in the job
     if body.pop("dry_run"):
         return run_now("files_repair", body, secrets={"passphrase": passphrase}, dry_run=True)[0]
-    return job_accepted(state.runner.submit("files_repair", body, secrets={"passphrase": passphrase}))
+    # The job runs what its record says: a repair's parameters default to a plan, so say it is none.
+    return job_accepted(state.runner.submit("files_repair", {**body, "dry_run": False},
+                                            secrets={"passphrase": passphrase}))
 
 
 @bp.post("/storage/move")
@@ -149,7 +151,7 @@ def start_storage_move() -> ResponseReturnValue:
               "workers": body["workers"], "version": body["version"]}
     if body["dry_run"]:
         return run_now("storage_move", params, dry_run=True)[0]
-    return job_accepted(get_state().runner.submit("storage_move", params))
+    return job_accepted(get_state().runner.submit("storage_move", {**params, "dry_run": False}))
 
 
 @bp.post("/storage/prune")

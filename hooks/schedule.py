@@ -26,6 +26,7 @@ from flask import Flask
 
 from .. import operations
 from ..service.app import _as_bool, get_state
+from ..service.service_jobs import operation_context
 from ..errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -130,19 +131,30 @@ def schedule_operation(
 ) -> str:
     """Run operation ``op`` with ``params`` on ``trigger``, each run a job of the app's runner.
 
-    The parameters are validated now, with the operation's schema; secrets
-    (passphrases, tokens) are refused, since a schedule is stored.
+    The parameters are validated now, with the operation's schema, and each run
+    does what they say (a ``dry_run`` they hold, or default to, is a plan).  A
+    schedule runs in the sidecar, so it follows the sidecar's rules: operations
+    the CLI alone may run are refused, and so are host paths outside
+    ``CAIRN_MIGRATE_HTTP_PATHS`` (:meth:`~cairn_migrate.operations.OpContext.check_host_paths`);
+    secrets (passphrases, tokens) are refused, since a schedule is stored.
 
     :returns: the schedule's id.
-    :raises InvalidInput: an unknown operation, bad parameters, a secret, or a bad trigger.
+    :raises InvalidInput: an unknown or CLI-only operation, bad parameters, a secret, a
+        path not allowed, or a bad trigger.
+    :raises NotFound: an unknown bundle id.
     """
     operation = operations.get(op)
+    if not operation.http:
+        raise InvalidInput(f"{op} writes outside the instance's data and runs from the CLI only, never on a schedule",
+                           hint=f"run: cairn-migrate {operation.cli} on the sidecar's machine")
     given = dict(params or {})
     secret = sorted(set(given) & set(operation.secret_params))
     if secret:
         raise InvalidInput(f"A schedule is stored, so it cannot hold the secret(s) {', '.join(secret)}",
                            hint="schedule operations that need no secret (an unencrypted export, a files check …)")
-    stored = operation.schema().dump(operation.load(given))
+    loaded = operation.load(given)
+    operation_context(get_state(app)).check_host_paths(operation, loaded)
+    stored = operation.schema().dump(loaded)
     kwargs = {"op": op, "params": stored, "scope": get_state(app).scope}
     return schedule_job(app, RUN_SCHEDULED, trigger, kwargs=kwargs, job_id=job_id,
                         replace_existing=replace_existing, **trigger_args)

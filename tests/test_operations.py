@@ -192,3 +192,65 @@ def test_a_scheduled_operation_is_a_normal_job(cairn_instance: CairnSqliteInstan
         assert job["result"]["rows"] == 3 and job["finished_at"]
     finally:
         state.close()
+
+
+def _scheduled_now(app: Any, op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Schedule ``op`` once, now, and wait for the real scheduler's job to finish: its record."""
+    from cairn_migrate.hooks.schedule import schedule_operation
+
+    state = get_state(app)
+    schedule_operation(app, op, "date", params=params, job_id=f"{op}-now", run_date=datetime.now(timezone.utc))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        records = state.store.list(kind=op)
+        if records and records[0]["state"] in FINAL_STATES:
+            return state.store.get(records[0]["id"])
+        time.sleep(0.05)
+    raise AssertionError(f"the scheduled {op} did not finish")
+
+
+def test_a_scheduled_operation_does_what_its_parameters_say(cairn_instance: CairnSqliteInstance,
+                                                            tmp_path: Path) -> None:
+    """A schedule of ``files repair`` without ``dry_run: false`` plans (its default), as the CLI without --yes does."""
+    app = create_app({"CAIRN_MIGRATE_ENV": str(cairn_instance.env_path),
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}", "CAIRN_MIGRATE_SCHEDULER": True})
+    state = get_state(app)
+    try:
+        orphan = _uploads(app) / "orphan-not-in-db.txt"
+        orphan.write_text("keep me")
+        job = _scheduled_now(app, "files_repair", {})
+        assert job["params"]["dry_run"] is True
+        assert job["state"] == "succeeded" and job["result"]["dry_run"] is True, job
+        assert orphan.read_text() == "keep me"
+        assert "orphan-not-in-db.txt" in {p["name"] for p in job["result"]["plan"] if p["action"] == "quarantine"}
+    finally:
+        state.close()
+
+
+def test_a_schedule_follows_the_sidecars_rules(cairn_instance: CairnSqliteInstance, tmp_path: Path) -> None:
+    """No CLI-only operation on a schedule, and no host path the sidecar's operator did not allow."""
+    from cairn_migrate.hooks.schedule import schedule_operation
+
+    app = create_app({"CAIRN_MIGRATE_ENV": str(cairn_instance.env_path),
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}"})
+    state = get_state(app)
+    try:
+        with pytest.raises(InvalidInput, match="CLI only"):
+            schedule_operation(app, "install_extension", "interval", hours=1)
+        with pytest.raises(InvalidInput, match="CAIRN_MIGRATE_HTTP_PATHS"):
+            schedule_operation(app, "export", "interval", params={"output": str(tmp_path / "out.tar.gz")}, hours=1)
+        assert state.scheduler.get_jobs() == []
+    finally:
+        state.close()
+
+
+def test_an_http_repair_that_is_not_a_plan_applies(app: Any, client: Any, admin_token: str) -> None:
+    """``POST /migrate/files/repair`` with ``dry_run: false`` starts the real repair (its job's record says so)."""
+    orphan = _uploads(app) / "orphan-not-in-db.txt"
+    orphan.write_text("move me")
+    started = client.post("/migrate/files/repair", json={"dry_run": False}, headers=bearer(admin_token))
+    assert started.status_code == 202, started.get_json()
+    job = _wait(app, started.get_json()["id"])
+    assert job["params"]["dry_run"] is False
+    assert job["state"] == "succeeded" and job["result"]["done"]["quarantined"] == 1, job
+    assert not orphan.exists()

@@ -110,17 +110,17 @@ def operation_context(state: MigrateState, *, progress: Progress | None = None, 
 
 
 def operation_job(ctx: JobContext, *, name: str, state: MigrateState) -> dict[str, Any]:
-    """Run operation ``name`` as a job: always its apply (a plan is answered at once, never queued).
+    """Run operation ``name`` as a job, as its recorded parameters say: a ``dry_run`` among them is honoured.
 
-    Parameters are read leniently (``unknown=EXCLUDE``): the shell that submitted
+    The HTTP shell answers plans at once and submits ``dry_run: false`` for a real
+    run; a schedule stores what it was given, so a scheduled plan (``files_repair``
+    and ``storage_prune`` plan by default) stays a plan.  Parameters are read leniently (``unknown=EXCLUDE``): the shell that submitted
     them validated them, and records of older versions carry keys no longer used.
     The report gets the ``outcome``; a partial or failed one fails the job and
     keeps the report (:class:`~cairn_migrate.operations.OutcomeError`).
     """
     op = operations.get(name)
     params = op.load(ctx.params, unknown=EXCLUDE)
-    if "dry_run" in params:
-        params["dry_run"] = False
     secrets = state.runner.secrets.pop(ctx.job_id, {})
     context = operation_context(state, progress=ctx, job_id=ctx.job_id, secrets=secrets)
     report, outcome = operations.run(name, context, params, validated=True)
