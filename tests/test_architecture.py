@@ -42,7 +42,12 @@ def test_the_operation_table_is_the_registry() -> None:
     for name, op in registered.items():
         _, verb, alias, dry_run = documented[name]
         assert verb == f"`{op.cli}`", name
-        assert (op.route or "") in alias, name
+        if op.route:
+            assert re.fullmatch(rf"`(GET|POST) {re.escape(op.route)}`", alias), (name, alias)
+        elif op.http:
+            assert alias == "— (`POST /migrate/ops` only)", (name, alias)
+        else:
+            assert alias == "— (CLI only: `POST /migrate/ops` refuses it)", (name, alias)
         assert (op.plan is not None) == dry_run.startswith("`dry_run`"), name
 
 

@@ -95,6 +95,11 @@ def test_ops_list_is_the_same_list_as_get_ops(client: Any, admin_token: str) -> 
     assert "files_check" in {op["name"] for op in answer.get_json()["operations"]}
     text = CliRunner().invoke(cli, ["ops", "list"]).output
     assert "cairn-migrate storage move" in text and "workers (integer) = 16" in text
+    routes = {op["name"]: op["route"] for op in answer.get_json()["operations"]}
+    assert routes["install_extension"] is None and routes["files_check"] == "/migrate/ops"
+    assert "cairn-migrate install-extension  |  CLI only" in text
+    refused = client.post("/migrate/ops", json={"op": "install_extension", "params": {}}, headers=bearer(admin_token))
+    assert refused.status_code == 422 and "CLI only" in refused.get_json()["error"]["message"]
 
 
 def test_one_outcome_mapping() -> None:

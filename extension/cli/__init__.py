@@ -258,7 +258,8 @@ def ops_list(as_json: bool) -> None:
     lines = []
     for op in described:
         lines.append(f"{op['name']}: {op['summary']}")
-        lines.append(f"  {op['cli']}  |  POST {op['route']} {{\"op\": \"{op['name']}\"}}" + (f" (alias {op['alias']})" if op["alias"] else "")
+        route = f"POST {op['route']} {{\"op\": \"{op['name']}\"}}" if op["route"] else "CLI only"
+        lines.append(f"  {op['cli']}  |  {route}" + (f" (alias {op['alias']})" if op["alias"] else "")
                      + ("  |  dry run" if op["dry_run"] else ""))
         for param in op["params"]:
             default = f" = {param['default']!r}" if "default" in param else ""

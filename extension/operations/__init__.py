@@ -270,9 +270,12 @@ def run(name: str, ctx: OpContext, params: Mapping[str, Any], *, dry_run: bool =
 
 
 def describe() -> list[dict[str, Any]]:
-    """Every operation with its parameters (``GET /migrate/ops``, ``cairn-migrate ops list``)."""
+    """Every operation with its parameters (``GET /migrate/ops``, ``cairn-migrate ops list``).
+
+    A CLI-only operation (``http=False``) has no ``route``: ``POST /migrate/ops`` refuses it.
+    """
     return [{"name": op.name, "summary": op.summary, "dry_run": op.plan is not None, "cli": f"cairn-migrate {op.cli}",
-             "route": "/migrate/ops", "alias": op.route, "params": describe_params(op.schema)}
+             "route": "/migrate/ops" if op.http else None, "alias": op.route, "params": describe_params(op.schema)}
             for op in all_operations()]
 
 
