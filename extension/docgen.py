@@ -82,6 +82,27 @@ def server_path_fields(spec: dict[str, Any]) -> list[str]:
     return found
 
 
+def operation_path_fields() -> list[str]:
+    """Every parameter of ``POST /migrate/ops`` marked ``host_path`` in its operation's schema, as markdown.
+
+    These are not in the OpenAPI document (the route's ``params`` is one object for
+    every operation), so they are listed from the registry.
+    """
+    from . import operations
+
+    found = []
+    for op in operations.all_operations():
+        if not op.http:
+            continue
+        for name, schema_field in op.schema().fields.items():
+            if not schema_field.metadata.get("host_path"):
+                continue
+            note = (" (over HTTP a name among the instance's own bundles, never a path)" if name == "safety_bundle"
+                    else " (when it is a file, not a URL)" if schema_field.metadata.get("or_url") else "")
+            found.append(f"`{schema_field.data_key or name}` of `POST /migrate/ops` `{op.name}`{note}")
+    return found
+
+
 def http_markdown() -> str:
     from .service.app import create_app, get_state
     from .service.openapi import build_spec
@@ -109,8 +130,13 @@ def http_markdown() -> str:
         "absolute folders; empty by default, so HTTP callers use bundle ids and uploads); the command line is not",
         "limited (its user is the host's operator). The safety bundle of an import with `replace` is a new bundle of",
         "the instance, named by `safety_bundle` (default `before-replace-<job id>`), listed and downloaded like the",
-        "others. The path fields (`x-server-path` in the OpenAPI document):", "",
-        *(f"- {field}" for field in server_path_fields(spec)), "",
+        "others. The path fields (`x-server-path` in the OpenAPI document, and the operations' `host_path` parameters):",
+        "",
+        *(f"- {field}" for field in server_path_fields(spec)),
+        *(f"- {field}" for field in operation_path_fields()), "",
+        "Allowing a folder lets every admin of the instance read and write there as the sidecar's user: read bundles",
+        "and key files, open other instances' `.env` files (`from_env`, `promote`'s `from`/`to`: their database",
+        "credentials and `SECRET`), and write or overwrite exports (`output`). Allow only folders meant for that.", "",
         "`GET /migrate/health` is open, so its answer about the instance's database is cached",
         "`CAIRN_MIGRATE_HEALTH_CACHE_SECONDS` (default 5) and the check is bounded by `CAIRN_MIGRATE_HEALTH_TIMEOUT`",
         "(default 2 s): a database that does not answer in time is `unknown` at once, never a held request.", "",

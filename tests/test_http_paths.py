@@ -240,6 +240,18 @@ def test_every_host_path_parameter_of_an_operation_is_refused_outside_the_allowe
     assert get_state(sidecar).store.list() == []  # no job was started
 
 
+def test_the_http_reference_lists_every_host_path_parameter() -> None:
+    """docs/http.md names each host path ``POST /migrate/ops`` takes, not only the alias routes' ``path``."""
+    from cairn_migrate import operations
+    from cairn_migrate.docgen import http_markdown
+
+    text = http_markdown()
+    for op, name in _host_path_params():
+        key = operations.get(op).schema().fields[name].data_key or name
+        assert f"- `{key}` of `POST /migrate/ops` `{op}`" in text, (op, key)
+    assert "write or overwrite exports" in text
+
+
 def test_install_extension_is_cli_only(sidecar: Any, admin_token: str, cairn_instance: CairnSqliteInstance) -> None:
     """Writing code into the instance's extensions folder is the host operator's act, not an instance admin's."""
     response = sidecar.test_client().post("/migrate/ops", json={"op": "install_extension", "params": {}},
