@@ -31,7 +31,7 @@ Every database, storage and HTTP call has a timeout, read from the process envir
 
 | setting | default | bounds |
 |---|---|---|
-| `CAIRN_MIGRATE_CONNECT_TIMEOUT` | 10 s | connecting: database login (PostgreSQL, MariaDB), storage and HTTP connections; and the answer to `verify --url`'s `/server/ping` |
+| `CAIRN_MIGRATE_CONNECT_TIMEOUT` | 10 s | connecting: database login (PostgreSQL, MariaDB), storage and HTTP connections; and the answer to `verify --url`'s `/server/ping` and to `export --freeze`'s freeze proof |
 | `CAIRN_MIGRATE_READ_TIMEOUT` | 600 s | a server that goes silent mid-work: MariaDB reads, S3/GCS/Azure answers, `verify --url`'s answers after the ping (login, asset bytes, items); PostgreSQL: TCP keepalives and `tcp_user_timeout` (a dead server is noticed, a slow query is not cut) |
 | `CAIRN_MIGRATE_SQLITE_BUSY_TIMEOUT` | 30 s | waiting for another process's lock on a SQLite database |
 

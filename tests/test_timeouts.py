@@ -125,3 +125,28 @@ def test_verify_live_ping_to_a_silent_instance_fails_within_the_connect_timeout(
     assert info.value.message == (f"The instance at http://127.0.0.1:{silent_port} did not answer "
                                   "GET /server/ping (ReadTimeout)")
     assert "CAIRN_MIGRATE_CONNECT_TIMEOUT" in info.value.hint
+
+
+def test_freeze_proof_from_a_silent_instance_fails_within_the_connect_timeout(
+        silent_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The freeze proof is a short signed answer, like the ping: ``CAIRN_MIGRATE_CONNECT_TIMEOUT`` bounds it."""
+    from cairn_migrate.errors import FreezeNotEnforced
+    from cairn_migrate.instance.instance import Instance
+    from cairn_migrate.operations.freeze_proof import ask_hook
+    from cairn_migrate.service.signature import config_path
+
+    monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("CAIRN_MIGRATE_READ_TIMEOUT", "30")
+    env = tmp_path / ".env"
+    env.write_text(f"DB_CLIENT=sqlite3\nDB_FILENAME={tmp_path / 'cms.db'}\nKEY=k\n")
+    instance = Instance.from_env_file(env, environ={})
+    config_path(instance).parent.mkdir(parents=True)
+    config_path(instance).write_text('{"secret": "s3cret-shared-with-the-hook"}')  # what install-extension writes
+    url = f"http://127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    with pytest.raises(FreezeNotEnforced) as info:
+        ask_hook(instance, "freeze-1", url)
+    elapsed = time.monotonic() - started
+    assert 0.8 < elapsed < 6, elapsed  # the connect timeout, not a fixed 10 s nor the 30 s read timeout
+    assert info.value.message == f"The instance did not answer at {url} (ReadTimeout)"
+    assert "CAIRN_MIGRATE_CONNECT_TIMEOUT" in info.value.hint

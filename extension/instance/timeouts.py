@@ -8,7 +8,8 @@ them per call.
 
 * ``CAIRN_MIGRATE_CONNECT_TIMEOUT`` (10 s): connecting: database login
   (PostgreSQL, MariaDB), storage and HTTP connections, and the answer to
-  ``verify --url``'s ``/server/ping`` (an HTTP server's other answers, and a
+  ``verify --url``'s ``/server/ping`` and to the freeze proof of ``export
+  --freeze`` (an HTTP server's other answers, and a
   storage server's, wait for the read timeout);
 * ``CAIRN_MIGRATE_READ_TIMEOUT`` (600 s): one read from a server that went
   silent mid-work: MariaDB socket reads, storage and HTTP responses

@@ -25,6 +25,7 @@ from typing import Any
 import requests
 
 from ..errors import FreezeNotEnforced, Unauthorized
+from ..instance import timeouts
 from ..instance.instance import Instance
 from ..service.signature import shared_secret, sign, verify
 
@@ -35,7 +36,6 @@ PROOF_PATH = "/migrate/freeze-proof/{freeze_id}"
 GRACE = 0.5
 #: The longest wait a hook may ask for (a bound on a forged or misconfigured answer).
 MAX_WAIT_MS = 30_000
-TIMEOUT = 10
 _SKIP_HINT = "or export with --no-freeze-guarantee to capture without the guarantee"
 
 
@@ -99,12 +99,14 @@ def ask_hook(instance: Instance, freeze_id: str, url: str | None = None) -> dict
             hint=f"run install-extension and restart the instance, {_SKIP_HINT}",
         )
     path = PROOF_PATH.format(freeze_id=freeze_id)
+    # A short answer, like verify's /server/ping: CAIRN_MIGRATE_CONNECT_TIMEOUT bounds connecting and the answer.
+    connect = timeouts.connect_timeout()
     try:
-        response = requests.get(base + path, headers=sign(secret, "GET", path, b""), timeout=TIMEOUT)
+        response = requests.get(base + path, headers=sign(secret, "GET", path, b""), timeout=(connect, connect))
     except requests.RequestException as exc:
         raise FreezeNotEnforced(
             f"The instance did not answer at {base} ({type(exc).__name__})",
-            hint=f"start it, or pass --instance-url with the URL the sidecar can reach it at, {_SKIP_HINT}",
+            hint=f"start it, or pass --instance-url with the URL the sidecar can reach it at ({timeouts.hint(timeouts.CONNECT_ENV)}), {_SKIP_HINT}",
         ) from exc
     try:
         verify(secret, "RESPONSE", path, response.content, response.headers)
