@@ -119,6 +119,20 @@ def test_script_up_list_down(vendor: str, tmp_path: Path, request: pytest.Fixtur
         assert "20300101A" not in {r["version"] for r in MigrationLedger(db, twin.parent).recorded()}
 
 
+def test_down_with_nothing_applied_is_nothing_to_do(sqlite_instance: Path, tmp_path: Path) -> None:
+    """Like ``up`` with nothing pending: exit 0 with a line; a named version that is not applied stays an error."""
+    scripts = tmp_path / "scripts"
+    (scripts / "versions").mkdir(parents=True)
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "migrations", "down", "--scripts",
+                                          str(scripts), *extra])
+        assert result.exit_code == 0, result.output
+        assert result.output == "nothing to revert: no cairn-migrate migration is applied\n"
+    result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "migrations", "down", "20300101A",
+                                      "--scripts", str(scripts)])
+    assert result.exit_code == 3 and "migration 20300101A is not an applied cairn-migrate migration" in result.output
+
+
 def test_script_colliding_with_a_builtin_version_is_refused(sqlite_instance: Path, tmp_path: Path) -> None:
     scripts = tmp_path / "scripts"
     (scripts / "versions").mkdir(parents=True)

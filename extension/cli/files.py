@@ -215,7 +215,8 @@ def migrations_down(obj: Context, version: str | None, scripts: str | None, dry_
     """Revert our latest migration (or VERSION): run its downgrade, delete its row, park its .js twin."""
     report, outcome = operations.run("migrations_down", obj.operation(scripts=scripts),
                                      {"version": version, "dry_run": dry_run})
-    lines = [f"{'would revert' if dry_run else 'reverted'} {p['version']} {p['name']}" for p in report["plan"]]
+    lines = [f"{'would revert' if dry_run else 'reverted'} {p['version']} {p['name']}" for p in report["plan"]] or [
+        "nothing to revert: no cairn-migrate migration is applied"]
     _echo(report, as_json, "\n".join(lines))
     exit_with(outcome)
 

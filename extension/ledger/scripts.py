@@ -460,7 +460,11 @@ def upgrade(instance: Instance, *, version: str | None = None, versions_dir: Pat
 
 def downgrade(instance: Instance, *, version: str | None = None, versions_dir: Path | None = None,
               dry_run: bool = False) -> dict[str, Any]:
-    """Revert our latest applied migration (by CairnCMS's order: timestamp, then version), or ``version``."""
+    """Revert our latest applied migration (by CairnCMS's order: timestamp, then version), or ``version``.
+
+    With none applied and no ``version`` there is nothing to do: an empty plan, like ``upgrade``
+    with nothing pending (a named ``version`` that is not applied stays an error).
+    """
     db, ledger, directory = _open(instance, versions_dir)
     with db:
         scripts = {s.version: s for s in directory.scripts()}
@@ -469,7 +473,7 @@ def downgrade(instance: Instance, *, version: str | None = None, versions_dir: P
         ours = [r for r in recorded if str(r["version"]) in scripts and _own(scripts[str(r["version"])], files)]
         if version is None:
             if not ours:
-                raise NotFound("no cairn-migrate migration is applied on this instance")
+                return {"dry_run": dry_run, "plan": [], "reverted": []}
             target = scripts[str(ours[-1]["version"])]
         elif version in {str(r["version"]) for r in ours}:
             target = scripts[version]

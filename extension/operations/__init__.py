@@ -670,7 +670,7 @@ register(Operation("migrations_up", "Apply pending migrations (up to a version).
                    _plan_or(lambda r: Outcome.OK, lambda r: bool(r["plan"])),
                    plan=_planning(_migrations_up, dry_run=True), cli="migrations up", route="/migrate/migrations/up"))
 register(Operation("migrations_down", "Revert the latest cairn-migrate migration (or a version).", MigrationStepParams,
-                   _migrations_down, _plan_or(lambda r: Outcome.OK, lambda r: True),
+                   _migrations_down, _plan_or(lambda r: Outcome.OK, lambda r: bool(r["plan"])),
                    plan=_planning(_migrations_down, dry_run=True), cli="migrations down",
                    route="/migrate/migrations/down"))
 register(Operation("install_extension", "Write (or remove) the /migrate endpoint, hooks and admin module in the instance.",
