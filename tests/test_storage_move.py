@@ -223,6 +223,16 @@ def test_bad_targets_are_clear_errors_and_switch_nothing(tmp_path: Path, request
     assert down.exit_code == 0 and {s for s, _ in rows(good).values()} == {"local"}
 
 
+def test_prune_from_an_unknown_location_is_refused_like_move(sqlite_instance: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``storage prune --from nosuch`` is bad input (exit 2), not a quiet "would delete 0"."""
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    for extra in ([], ["--yes"]):
+        result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "storage", "prune", "--from", "nosuch", *extra])
+        assert result.exit_code == 2, result.output
+        assert "Storage location 'nosuch' is not configured" in result.output
+
+
 @pytest.mark.s3
 @pytest.mark.parametrize("server_checks", [True, False], ids=["checksummed", "read-back"])
 def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tmp_path: Path,

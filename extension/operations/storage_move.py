@@ -739,8 +739,13 @@ def prune(instance: Instance, *, src: str | None = None, yes: bool = False, stat
     Without ``yes`` only the plan is returned.  Rows switched back (``migrations
     down``) keep their bytes.  Derived transforms ``<stem>__<hash>.<ext>`` of
     the pruned objects go too (CairnCMS regenerates them).
+
+    :raises ConfigError: ``src`` is not a configured location (the rule of ``move``'s
+        ``--from``), so a typo is not a quiet "would delete 0".
     """
     progress = progress or NullProgress()
+    if src is not None:
+        instance.location(src)
     ledger = CopyLedger(state_url)
     report: dict[str, Any] = {"dry_run": not yes, "moves": [], "deleted": 0, "problems": []}
     try:
