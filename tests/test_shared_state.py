@@ -44,6 +44,14 @@ BODIES = {
     ("POST", "/migrate/freeze"): {"reason": "B holds its own writes", "ttl_seconds": 60},
     ("POST", "/migrate/storage/prune"): {"yes": True},
 }
+#: ``POST /migrate/ops`` takes every operation: each one that reads a bundle, by A's bundle id (plans and real runs).
+OPS_BODIES = [
+    {"op": "import", "params": {"bundle": "{bundle}", "dry_run": True}},
+    {"op": "import", "params": {"bundle": "{bundle}", "replace": True}},
+    {"op": "verify", "params": {"bundle": "{bundle}"}},
+    {"op": "files_repair", "params": {"bundle": "{bundle}", "dry_run": True}},
+    {"op": "files_repair", "params": {"bundle": "{bundle}", "dry_run": False}},
+]
 A_REASON = "A is capturing (a reason only A's freeze has)"
 
 
@@ -166,17 +174,19 @@ def test_one_instance_cannot_reach_another_through_a_shared_state_store(sidecars
         assert ("POST", "/migrate/jobs/dummy-id/cancel", f"/migrate/jobs/{ids['running']}/cancel") in routes
         secrets = {ids["running"], ids["export"], ids["bundle"], A_REASON, a.instance.key}
         b_headers = bearer(b.token)
+        assert ("POST", "/migrate/ops", "/migrate/ops") in routes
         for method, url, aimed in routes:
-            body = json.loads(json.dumps(BODIES.get((method, url), {})).replace("{bundle}", ids["bundle"]))
-            response = b.client.open(aimed, method=method, json=body, headers=b_headers)
-            text = response.get_data(as_text=True)
-            response.close()
-            assert response.status_code not in (401, 403) and response.status_code < 500, (method, aimed, text)
-            if url != aimed or "bundle" in body:
-                assert response.status_code == 404, (method, aimed, text)  # as if A's record did not exist
-            sent = aimed + json.dumps(body)  # an error may name the id it was asked for, nothing else of A's
-            leaked = [value for value in secrets if value in text and value not in sent]
-            assert not leaked, (method, aimed, leaked)
+            for template in OPS_BODIES if (method, url) == ("POST", "/migrate/ops") else [BODIES.get((method, url), {})]:
+                body = json.loads(json.dumps(template).replace("{bundle}", ids["bundle"]))
+                response = b.client.open(aimed, method=method, json=body, headers=b_headers)
+                text = response.get_data(as_text=True)
+                response.close()
+                assert response.status_code not in (401, 403) and response.status_code < 500, (method, aimed, text)
+                if url != aimed or "{bundle}" in json.dumps(template):
+                    assert response.status_code == 404, (method, aimed, body, text)  # as if A's record did not exist
+                sent = aimed + json.dumps(body)  # an error may name the id it was asked for, nothing else of A's
+                leaked = [value for value in secrets if value in text and value not in sent]
+                assert not leaked, (method, aimed, leaked)
         # Also by the id of A's finished export job, and the hook of B asking for the freeze.
         assert b.client.get(f"/migrate/jobs/{ids['export']}", headers=b_headers).status_code == 404
         assert b.client.post(f"/migrate/jobs/{ids['export']}/cancel", headers=b_headers).status_code == 404
