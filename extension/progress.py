@@ -2,7 +2,7 @@
 
 Core functions take an optional ``progress`` argument and call only these
 methods, so the same code runs under a job (HTTP, scheduler), under the CLI's
-progress bar, or silently in a test.  :class:`cairn_migrate.jobs.JobContext`
+progress bar, or silently in a test.  :class:`cairn_migrate.service.jobs.JobContext`
 implements it; :class:`NullProgress` is the do-nothing default.
 """
 

@@ -98,7 +98,7 @@ def column_checks(column: Column, target: str, *, source: str, sqlite_stored: bo
                   json_normalised: bool = False) -> list[Check]:
     """What ``target`` does to the values of ``column`` from a bundle of a ``source`` instance.
 
-    :param sqlite_stored: the column's values are in SQLite's stored form (:func:`~cairn_migrate.values.stored_types`).
+    :param sqlite_stored: the column's values are in SQLite's stored form (:func:`~cairn_migrate.bundle.values.stored_types`).
     :param json_normalised: the target is MySQL proper, whose JSON type re-serialises the text (MariaDB keeps it).
     """
     t, name = column.type, _VENDOR_NAMES.get(target, target)

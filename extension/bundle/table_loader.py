@@ -4,7 +4,7 @@ PostgreSQL gets ``COPY`` (its fastest path) and its foreign keys after the
 data, since they cannot be deferred; MySQL/MariaDB and SQLite get batched
 inserts with foreign-key checks off and every foreign key checked once at the
 end.  Values are converted only where the target needs it
-(:func:`cairn_migrate.values.encoder`); most pass through as they are.
+(:func:`cairn_migrate.bundle.values.encoder`); most pass through as they are.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ class TableLoader:
 
     def __init__(self, engine: Engine, vendor: str, tables: Sequence[TableDef], *, sqlite_stored: Collection[str] = (),
                  field_flags: FieldFlags | None = None) -> None:
-        """``sqlite_stored``: the types whose values the rows carry as SQLite stored them (:func:`~cairn_migrate.values.stored_types`);
-        ``field_flags``: the ``directus_fields.special`` rewrite of a cross-vendor import (:func:`~cairn_migrate.drift.field_flags`)."""
+        """``sqlite_stored``: the types whose values the rows carry as SQLite stored them (:func:`~cairn_migrate.bundle.values.stored_types`);
+        ``field_flags``: the ``directus_fields.special`` rewrite of a cross-vendor import (:func:`~cairn_migrate.bundle.drift.field_flags`)."""
         self.engine = engine
         self.vendor = vendor
         self.sqlite_stored = sqlite_stored

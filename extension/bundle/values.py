@@ -138,7 +138,7 @@ _DECODERS: dict[str, Codec] = {
 
 
 #: Types whose driver values are already neutral, per source vendor (with
-#: :func:`cairn_migrate.database.Database.stream_tuples`' text loaders on PostgreSQL).
+#: :func:`cairn_migrate.instance.database.Database.stream_tuples`' text loaders on PostgreSQL).
 _ALREADY_NEUTRAL = {
     "postgres": {"uuid", "string", "text", "json", "boolean", "timestamp", "datetime", "date", "time",
                  "integer", "bigint", "float", "double", "decimal"},
@@ -166,7 +166,7 @@ def decoder(column_type: str, vendor: str | None = None) -> Codec:
 
 
 def fast_decoder(column_type: str, vendor: str) -> Codec | None:
-    """Like :func:`decoder` for rows from :meth:`~cairn_migrate.database.Database.stream_tuples` of
+    """Like :func:`decoder` for rows from :meth:`~cairn_migrate.instance.database.Database.stream_tuples` of
     ``vendor``, but ``None`` where the driver's value is already neutral: the export skips those."""
     if column_type in _ALREADY_NEUTRAL.get(vendor, set()):
         return None

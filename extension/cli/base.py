@@ -1,7 +1,7 @@
 """What every ``cairn-migrate`` verb shares: the global options, errors as one line, secrets, output.
 
-Kept apart from ``cli.py`` (the group and the core verbs) so the verb modules
-``cli_files.py`` and ``cli_install.py`` import it without importing the group
+Kept apart from ``cli/__init__.py`` (the group and the core verbs) so the verb modules
+``cli/files.py`` and ``cli/install.py`` import it without importing the group
 that imports them.
 """
 

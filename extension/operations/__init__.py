@@ -7,9 +7,9 @@ an :class:`Outcome` read off the report.  The outcome maps once to the CLI's
 exit code, the job's state and the HTTP status, so no shell decides on its own
 whether "differences found" is a success.
 
-Every shell dispatches by name: the CLI verbs (``cli.py``, ``cli_files.py``,
-``cli_install.py``) call :func:`run`; ``POST /migrate/ops`` (``{op, params}``)
-plans or starts a job; the job runner runs any operation (``service_jobs.py``); the
+Every shell dispatches by name: the CLI verbs (``cli/__init__.py``, ``cli/files.py``,
+``cli/install.py``, ``cli/promote.py``) call :func:`run`; ``POST /migrate/ops`` (``{op, params}``)
+plans or starts a job; the job runner runs any operation (``service/service_jobs.py``); the
 scheduler stores ``{op, params}`` and submits through the job runner
 (``hooks/schedule.py``).  A new operation is one :func:`register` call here
 (plus its CLI verb, which renders its report).

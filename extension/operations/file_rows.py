@@ -404,7 +404,7 @@ class _Sources:
 
 @contextmanager
 def _scratch_bundle(bundle: Path, passphrase: str | None) -> Iterator[Path]:
-    """:func:`~cairn_migrate.bundle.open_bundle` with its extraction in a scratch folder (swept when a run is killed)."""
+    """:func:`~cairn_migrate.bundle.bundle.open_bundle` with its extraction in a scratch folder (swept when a run is killed)."""
     from ..bundle.bundle import open_bundle
     from ..bundle.workdir import scratch
 

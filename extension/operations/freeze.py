@@ -8,12 +8,12 @@ lives in the state store, not in memory, so a CLI export and a running
 
 Every freeze has a random ``id``: the export proves, through the instance's own
 HTTP, that the hook sees *this* freeze before it captures
-(:mod:`~cairn_migrate.freeze_proof`).  A freeze expires at ``until``; an export
+(:mod:`~cairn_migrate.operations.freeze_proof`).  A freeze expires at ``until``; an export
 holds a short one and renews it while it runs, so a crashed export frees the
 instance within :data:`EXPORT_TTL`, even when the hook, unable to reach the
 sidecar, keeps refusing writes until the expiry it last saw.  A freeze whose
 owner process died (same host, pid gone) is ignored at once.  Each instance has
-its own freeze (one row per :func:`~cairn_migrate.state.instance_scope`), so
+its own freeze (one row per :func:`~cairn_migrate.service.state.instance_scope`), so
 sidecars sharing a state store never hold or release each other's writes.
 
 All access to the freeze record goes through the functions of this module.

@@ -2,10 +2,10 @@
 
 Per table, the row count and an order-independent content hash are computed
 on both sides *after* reducing every value to what the target vendor can
-store (:func:`~cairn_migrate.values.comparable`): MariaDB keeps whole seconds,
+store (:func:`~cairn_migrate.bundle.values.comparable`): MariaDB keeps whole seconds,
 SQLite milliseconds, so a correct cross-vendor clone compares equal and a
 real difference does not.  A cross-vendor import's rewrite of ``directus_fields.special``
-(:func:`~cairn_migrate.drift.field_flags`) is applied to the bundle's rows too,
+(:func:`~cairn_migrate.bundle.drift.field_flags`) is applied to the bundle's rows too,
 and reported as expected drift.  Every file's bytes are hashed in place.  With a URL,
 the running instance is asked too: ``/server/ping``, a login or token check,
 one asset and one item.  The target's ``.env`` must set what the bundle's source set: a missing
@@ -72,7 +72,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=st
 
 
 class ColumnHashes:
-    """Exact hashes of the columns a target stores at lower precision (:data:`~cairn_migrate.values.LOSSY`).
+    """Exact hashes of the columns a target stores at lower precision (:data:`~cairn_migrate.bundle.values.LOSSY`).
 
     The row hash compares values reduced to the target's precision, so it
     cannot tell a MariaDB copy that lost milliseconds from an exact one.  Per
@@ -118,7 +118,7 @@ class ColumnHashes:
 
 
 class _Reflagged:
-    """The import's ``directus_fields.special`` rewrite (:class:`~cairn_migrate.drift.FieldFlags`) applied to
+    """The import's ``directus_fields.special`` rewrite (:class:`~cairn_migrate.bundle.drift.FieldFlags`) applied to
     the bundle's rows before hashing, counting the rows it changes: an expected change, reported as drift."""
 
     def __init__(self, flags: FieldFlags) -> None:

@@ -147,7 +147,7 @@ class JobStore:
 
     :param url: a SQLAlchemy URL (``sqlite:////path/state.db``, ``postgresql+psycopg://…``).
         The tables ``cm_jobs`` and ``cm_job_logs`` are created on first use.
-    :param scope: the instance the records belong to (:func:`~cairn_migrate.state.instance_scope`),
+    :param scope: the instance the records belong to (:func:`~cairn_migrate.service.state.instance_scope`),
         or a function returning it, called on first use (so an app reads its
         instance only when a job is touched).  New jobs carry it; ``get``,
         ``list``, ``request_cancel`` and recovery see only the jobs carrying it, so

@@ -1,7 +1,7 @@
 """Marshmallow schemas of what the sidecar answers: jobs, errors, health, reports.
 
 The HTTP API, ``--format json`` and the admin UI render the same records with
-these schemas, and :mod:`cairn_migrate.openapi` publishes them as components.
+these schemas, and :mod:`cairn_migrate.service.openapi` publishes them as components.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The ``serve`` process's side of the operations: every registered operation as a job kind, and bundles.
 
 :func:`operation_job` runs any operation of :mod:`.operations` under a
-:class:`~cairn_migrate.jobs.JobContext` (progress, log, cancellation) with the
-app's :class:`~cairn_migrate.app.MigrateState` (the instance, the state store,
+:class:`~cairn_migrate.service.jobs.JobContext` (progress, log, cancellation) with the
+app's :class:`~cairn_migrate.service.app.MigrateState` (the instance, the state store,
 the bundle folder).  Passphrases never enter the persisted job params: the
 route hands them to ``runner.submit(secrets=...)`` and the job takes them out
 of ``runner.secrets``.
@@ -57,7 +57,7 @@ def _bundle_of(state: MigrateState, params: dict[str, Any]) -> Path:
     """The bundle a request names: a server-side ``bundle`` id, or a ``path`` on the sidecar's machine.
 
     :raises InvalidInput: a ``path`` the sidecar's operator does not allow HTTP
-        callers to name (:meth:`~cairn_migrate.app.MigrateState.http_path`);
+        callers to name (:meth:`~cairn_migrate.service.app.MigrateState.http_path`);
         checked again when the job runs, on the path as it resolves then.
     """
     if params.get("bundle"):
