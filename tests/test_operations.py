@@ -228,6 +228,8 @@ def test_a_scheduled_operation_does_what_its_parameters_say(cairn_instance: Cair
         assert job["state"] == "succeeded" and job["result"]["dry_run"] is True, job
         assert orphan.read_text() == "keep me"
         assert "orphan-not-in-db.txt" in {p["name"] for p in job["result"]["plan"] if p["action"] == "quarantine"}
+        pruning = _scheduled_now(app, "storage_prune", {})  # its default is the plan too
+        assert pruning["params"]["dry_run"] is True and pruning["result"]["dry_run"] is True, pruning
     finally:
         state.close()
 
