@@ -306,8 +306,8 @@ def test_admin_static_token_is_let_in_everywhere(app: Any, client: Any, admin_to
     admin_posts = {
         "/migrate/export": 202, "/migrate/inspect": 202, "/migrate/files/check": 202, "/migrate/freeze": 200,
         "/migrate/files/repair": 200, "/migrate/storage/prune": 200, "/migrate/migrations/up": 200,
-        "/migrate/import": 422, "/migrate/verify": 422, "/migrate/storage/move": 422,
-        "/migrate/jobs/dummy-id/cancel": 404, "/migrate/migrations/down": 404,
+        "/migrate/migrations/down": 200, "/migrate/import": 422, "/migrate/verify": 422, "/migrate/storage/move": 422,
+        "/migrate/jobs/dummy-id/cancel": 404,
     }
     assert {url: statuses[("POST", url)] for url in admin_posts} == admin_posts
     jobs = client.get("/migrate/jobs", headers=bearer(admin_token)).get_json()["jobs"]
@@ -318,6 +318,7 @@ def test_admin_static_token_is_let_in_everywhere(app: Any, client: Any, admin_to
     assert held["active"] is True and held["reason"] == "held by an admin"
     assert answers[("DELETE", "/migrate/freeze")].get_json()["active"] is False
     assert answers[("POST", "/migrate/files/repair")].get_json()["dry_run"] is True
+    assert answers[("POST", "/migrate/migrations/down")].get_json()["reverted"] == []  # none applied: nothing to do
     assert answers[("POST", "/migrate/import")].get_json()["error"]["code"] == "invalid_input"
 
 
