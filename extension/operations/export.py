@@ -16,6 +16,7 @@ import json
 import sqlite3
 import logging
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 
 from .. import __version__
 from ..bundle import import_marker
-from ..bundle.bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, is_archive_path, pack
+from ..bundle.bundle import FORMAT, FORMAT_VERSION, MAGIC, MANIFEST, BundleDirWriter, is_archive_path, pack
 from ..instance.database import Database, Platform, consistent_snapshot, open_engine
 from ..errors import ConfigError, MigrateError
 from .freeze import frozen
@@ -295,8 +296,9 @@ def export_bundle(
         proof fails; false: warn and capture anyway.
     :param instance_url: where to ask the instance for the proof (default: its ``PUBLIC_URL``).
     :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
+    :param overwrite: replace ``output`` if it is an existing bundle; anything else there is refused.
     :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
-    :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
+    :raises ConfigError: ``output`` exists (without ``overwrite``, or is no bundle) or the options conflict.
     :raises InvalidInput: ``output`` has a suffix that is no bundle form.
     """
     progress = progress or NullProgress()
@@ -307,9 +309,12 @@ def export_bundle(
             "Encryption needs an archive bundle",
             hint="name the output like clone.tar.gz.enc (or .tar/.tar.gz), or drop --encrypt",
         )
-    if output.exists():
+    if output.exists() or output.is_symlink():
         if not overwrite:
             raise ConfigError(f"{output} already exists", hint="choose another path, or remove it first")
+        if not is_bundle(output):
+            raise ConfigError(f"{output} exists and is not a cairn-migrate bundle: --overwrite replaces only a bundle",
+                              hint="choose another path (a new name inside that folder), or remove it yourself")
         shutil.rmtree(output) if output.is_dir() else output.unlink()
     output.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as staging:
@@ -337,6 +342,36 @@ def export_bundle(
                 output.unlink()
             raise
     return manifest
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` holds a bundle of ours, the only thing ``--overwrite`` may replace.
+
+    A directory: its ``manifest.json`` names our format.  A file: a bundle
+    archive name, and either our encryption magic or a tar whose first member
+    is such a manifest (as :func:`~cairn_migrate.bundle.bundle.pack` writes it).
+    """
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        try:
+            return json.loads((path / MANIFEST).read_bytes()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+    try:
+        if not path.is_file() or not is_archive_path(path):
+            return False
+        with path.open("rb") as fh:
+            if fh.read(len(MAGIC)) == MAGIC:
+                return True
+        with tarfile.open(path, "r:*") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST or not first.isfile():
+                return False
+            raw = tar.extractfile(first)
+            return raw is not None and json.loads(raw.read()).get("format") == FORMAT
+    except (MigrateError, OSError, tarfile.TarError, ValueError, AttributeError):
+        return False
 
 
 def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress) -> dict[str, Any]:
