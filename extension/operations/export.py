@@ -212,7 +212,7 @@ def required_env(instance: Instance, used_locations: list[str]) -> dict[str, Any
 def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, writer: BundleDirWriter) -> dict[str, Any]:
     """The fast path's table data: the vendor's own dump, plus vendor checksums from the same snapshot."""
     member = MEMBERS[db.vendor]
-    tables = db.table_names()
+    tables = [name for name in db.table_names() if name != import_marker.TABLE]
     if sqlite_copy is not None:
         with sqlite_copy.open("rb") as fh:
             writer.add_file(member, fh)
@@ -220,7 +220,7 @@ def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, 
     elif db.vendor == "postgres":
         scratch = Path(tempfile.mkdtemp(dir=writer.dir.parent))
         try:
-            tool, sums = dump_postgres(db, conn, scratch / "dump", tables)
+            tool, sums = dump_postgres(db, conn, scratch / "dump", tables, exclude=(import_marker.TABLE,))
             for path in sorted((scratch / "dump").iterdir()):
                 with path.open("rb") as fh:
                     writer.add_file(f"{member}/{path.name}", fh)
@@ -228,7 +228,7 @@ def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, 
             shutil.rmtree(scratch, ignore_errors=True)
     else:
         with writer.open(member) as out:
-            tool = dump_mysql(db, out)
+            tool = dump_mysql(db, out, exclude=(import_marker.TABLE,))
         sums = checksums(db, conn, tables)
     return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": sums}
 
@@ -284,6 +284,7 @@ def export_bundle(
     native: bool = False,
     state_url: str | None = None,
     overwrite: bool = False,
+    capture_incomplete: bool = False,
     workers: int = 8,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -297,8 +298,11 @@ def export_bundle(
     :param instance_url: where to ask the instance for the proof (default: its ``PUBLIC_URL``).
     :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
     :param overwrite: replace ``output`` if it is an existing bundle; anything else there is refused.
+    :param capture_incomplete: capture a target an interrupted import left incomplete (only
+        ``import --replace``'s safety bundle does: the manifest's ``incomplete`` says so).
     :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
-    :raises ConfigError: ``output`` exists (without ``overwrite``, or is no bundle) or the options conflict.
+    :raises ConfigError: ``output`` exists (without ``overwrite``, or is no bundle), the instance
+        holds an unfinished import (without ``capture_incomplete``), or the options conflict.
     :raises InvalidInput: ``output`` has a suffix that is no bundle form.
     """
     progress = progress or NullProgress()
@@ -308,6 +312,13 @@ def export_bundle(
         raise ConfigError(
             "Encryption needs an archive bundle",
             hint="name the output like clone.tar.gz.enc (or .tar/.tar.gz), or drop --encrypt",
+        )
+    incomplete = _unfinished_import(instance)
+    if incomplete is not None and not capture_incomplete:
+        raise ConfigError(
+            f"{instance.database.display_url} holds an unfinished import (step {incomplete.step}, "
+            f"{len(incomplete.tables)} tables done): a bundle of it would lack the rest",
+            hint=f"finish the import first: {import_marker.RESUME_FIX}",
         )
     if output.exists() or output.is_symlink():
         if not overwrite:
@@ -329,7 +340,8 @@ def export_bundle(
         try:
             with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
                         prove=prove) as held:
-                manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
+                manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress,
+                                    incomplete=incomplete)
             if held is not None:
                 manifest["freeze"] = held
             if archive:
@@ -342,6 +354,22 @@ def export_bundle(
                 output.unlink()
             raise
     return manifest
+
+
+def _unfinished_import(instance: Instance) -> import_marker.Marker | None:
+    """The marker of an import left unfinished in ``instance``, if any (its bundle would pass as complete)."""
+    with Database.open(instance) as db:
+        return import_marker.read(db)
+
+
+def _drop_marker(sqlite_copy: Path) -> None:
+    """Drop the marker from our scratch copy of a SQLite database: the native dump never carries it."""
+    conn = sqlite3.connect(sqlite_copy)
+    try:
+        conn.execute(f'DROP TABLE IF EXISTS "{import_marker.TABLE}"')
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def is_bundle(path: Path) -> bool:
@@ -374,7 +402,8 @@ def is_bundle(path: Path) -> bool:
         return False
 
 
-def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress) -> dict[str, Any]:
+def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress,
+             incomplete: import_marker.Marker | None = None) -> dict[str, Any]:
     writer = BundleDirWriter(bundle_dir)
     with Database.open(instance) as live:
         platform = live.platform()
@@ -393,6 +422,7 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             if native and live.vendor == "sqlite":
                 # The online backup is itself the consistent snapshot: read everything from it.
                 copy = stack.enter_context(sqlite_backup(str(live.config.url.database), bundle_dir.parent))
+                _drop_marker(copy)
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(copy)),
                                         live.config.exclude_tables)
                 db = stack.enter_context(Database(open_engine(config), config))
@@ -454,6 +484,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             ],
         },
         "load_order": order,
+        # A --replace safety bundle of a target an import left unfinished: importing it restores that state.
+        **({"incomplete": incomplete.status()} if incomplete is not None else {}),
         # A SQLite source's timestamps and booleans travel as stored (values.SQLITE_STORED).
         **({"sqlite_stored": sorted(SQLITE_STORED)} if not native and instance.database.vendor == "sqlite" else {}),
         **({"native": native_entry} if native_entry else {}),

@@ -309,6 +309,9 @@ def plan_import(
     env_problem = target_env.missing_for_bundle(instance, manifest, storage_map)
     if env_problem:
         plan.warnings.append(target_env.describe(env_problem))
+    if manifest.get("incomplete"):  # a --replace safety bundle of a target an import had left unfinished
+        plan.warnings.append(f"this bundle captured an incomplete target (an import interrupted at step "
+                             f"{manifest['incomplete'].get('step')}): the import restores that incomplete state")
     replacing = plan.marker is not None and plan.marker.step == "replace"  # its old tables are dropped first
     done = plan.marker.tables if plan.marker and not replacing else {}
     for name in manifest["load_order"]:
@@ -669,5 +672,5 @@ def _safety_bundle(instance: Instance, path: Path | None, progress: Progress) ->
         base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
         path = base / "safety-bundles" / f"before-replace-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     progress.log(f"writing a safety bundle of the target to {path}")
-    export_bundle(instance, path)
+    export_bundle(instance, path, capture_incomplete=True)  # an interrupted import's target is saved as it is
     return path
