@@ -12,6 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
 from conftest import FIXTURES, make_empty_instance, make_instance
@@ -168,6 +169,31 @@ def test_export_refuses_an_unknown_bundle_suffix(name: str, tmp_path: Path, requ
     assert f"Error: {name!r} is not a bundle name cairn-migrate knows" in result.output
     assert "fix: name a directory bundle without a suffix, or an archive .tar, .tar.gz or .tar.gz.enc" in result.output
     assert list(out.iterdir()) == []  # neither a directory nor a file appeared
+
+
+def test_export_overwrite_replaces_only_a_bundle(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """``--overwrite`` replaces an existing bundle (a directory or an archive) and refuses anything else, untouched."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    runner = CliRunner()
+    export = ["--env", str(src), "export", "--full", "--overwrite", "-o"]
+    folder, archive = tmp_path / "folder", tmp_path / "data.tar"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("not a bundle")
+    archive.write_bytes(b"not a bundle either")
+    for taken in (folder, archive, tmp_path / "src"):
+        result = runner.invoke(cli, [*export, str(taken)])
+        assert result.exit_code == 2, result.output
+        assert f"Error: {taken} exists and is not a cairn-migrate bundle: --overwrite replaces only a bundle" in result.output
+        assert "fix: choose another path (a new name inside that folder), or remove it yourself" in result.output
+    assert (folder / "precious.txt").read_text() == "not a bundle" and archive.read_bytes() == b"not a bundle either"
+    assert (tmp_path / "src" / ".env").is_file()
+    for n, bundle in enumerate((tmp_path / "bundle", tmp_path / "bundle.tar.gz")):
+        export_bundle(instance(src), bundle)
+        with Database.open(instance(src)) as db, db.engine.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO tags (name) VALUES ('written after the first export {n}')"))
+        result = runner.invoke(cli, [*export, str(bundle)])
+        assert result.exit_code == 0, result.output
+        assert verify_bundle(instance(src), bundle)["ok"]  # the new bundle, holding the new row, in its place
 
 
 def test_cli_encrypted_clone(tmp_path: Path, request: pytest.FixtureRequest) -> None:

@@ -259,3 +259,39 @@ def test_install_extension_is_cli_only(sidecar: Any, admin_token: str, cairn_ins
     assert response.status_code == 422 and "CLI only" in response.get_json()["error"]["message"]
     extensions = cairn_instance.env_path.parent / "extensions"
     assert not list(extensions.glob("*/cairn-migrate"))
+
+
+def test_the_allowed_folder_itself_is_refused(sidecar: Any, admin_token: str, allowed: Path) -> None:
+    """A path must lie strictly inside an allowed folder: ``export`` with ``overwrite`` onto it would replace it whole."""
+    (allowed / "x.txt").write_text("the operator's")
+    response = sidecar.test_client().post("/migrate/ops", json={"op": "export", "params": {
+        "output": str(allowed), "overwrite": True}}, headers=bearer(admin_token))
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    assert error["message"] == (f"'output' {allowed} is a folder of {HTTP_PATHS} itself; HTTP callers may name only "
+                                "paths inside it")
+    assert error["details"] == {"field": "output", "path": str(allowed), "setting": HTTP_PATHS}
+    assert (allowed / "x.txt").read_text() == "the operator's"
+    assert get_state(sidecar).store.list() == []
+
+
+def test_export_overwrite_over_http_replaces_only_a_bundle(sidecar: Any, admin_token: str, allowed: Path,
+                                                           bundles: dict[str, Path]) -> None:
+    """``overwrite`` never deletes a folder that is not a bundle (someone else's files); it does replace a bundle."""
+    client, headers, state = sidecar.test_client(), bearer(admin_token), get_state(sidecar)
+    theirs = allowed / "someone-elses"
+    theirs.mkdir()
+    (theirs / "precious.txt").write_text("not a bundle")
+    jobs = {}
+    for output in (theirs, bundles["inside"]):
+        started = client.post("/migrate/ops", json={"op": "export", "params": {"output": str(output), "overwrite": True}},
+                              headers=headers)
+        assert started.status_code == 202, started.get_json()
+        jobs[output] = state.runner.wait(started.get_json()["id"], timeout=120)
+    refused = jobs[theirs]
+    assert refused["state"] == "failed" and refused["error"]["code"] == "config_error", refused
+    assert refused["error"]["message"] == (f"{theirs} exists and is not a cairn-migrate bundle: --overwrite "
+                                           "replaces only a bundle")
+    assert sorted(p.name for p in theirs.iterdir()) == ["precious.txt"]
+    assert jobs[bundles["inside"]]["state"] == "succeeded", jobs[bundles["inside"]]
+    assert (bundles["inside"] / "manifest.json").is_file()

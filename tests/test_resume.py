@@ -513,10 +513,93 @@ def test_replace_over_an_interrupted_import_keeps_a_restorable_safety_bundle(
 
     assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
     safety = Path(report["safety_bundle"])
-    assert import_marker.TABLE not in json.loads((safety / "manifest.json").read_text())["load_order"]
+    manifest = json.loads((safety / "manifest.json").read_text())
+    assert import_marker.TABLE not in manifest["load_order"]
+    assert manifest["incomplete"]["step"] == "constraints" and manifest["incomplete"]["state"] == "incomplete"
     again = make_empty_instance("postgres", tmp_path / "again", request)
-    import_bundle(instance(again), safety)
+    report = import_bundle(instance(again), safety)
+    assert ("this bundle captured an incomplete target (an import interrupted at step constraints): the import restores "
+            "that incomplete state") in report["plan"]["warnings"]
     assert verify_bundle(instance(again), safety)["ok"]
+
+
+@pytest.mark.parametrize(("vendor", "native"), [("sqlite", False), ("sqlite", True), ("postgres", True),
+                                                ("mariadb", True)])
+def test_export_of_an_incomplete_target_is_refused(
+    vendor: str, native: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A bundle of a half-imported target would later pass as complete: refused, naming the resume."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, tmp_path / "bundle", "mid_table")
+    out = tmp_path / "out"
+
+    result = run("--env", dst, "export", "--full", "-o", out, *(["--native"] if native else []))
+
+    assert result.exit_code == 2, result.output
+    assert "holds an unfinished import (step tables, " in result.output
+    assert f"fix: finish the import first: {import_marker.RESUME_FIX}" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+def test_a_native_capture_of_an_incomplete_target_never_holds_the_marker(
+    vendor: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Even where an interrupted target is captured on purpose (the safety bundle), its native dump lacks the marker."""
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_empty_instance(vendor, tmp_path / "dst", request)
+    kill_import(dst, tmp_path / "bundle", "before_constraints")
+    out = tmp_path / "native"
+
+    manifest = export_bundle(instance(dst), out, native=True, capture_incomplete=True)
+
+    assert import_marker.TABLE not in manifest["native"]["checksums"] and manifest["incomplete"]["step"] == "constraints"
+    again = make_empty_instance(vendor, tmp_path / "again", request)
+    import_bundle(instance(again), out)
+    with Database.open(instance(again)) as db:
+        assert import_marker.TABLE not in db.table_names()
+        assert import_marker.read(db) is None
+
+
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
+def test_replace_refuses_a_target_written_while_its_safety_bundle_was_written(
+    vendor: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row written after the safety bundle's snapshot would be in neither: refused before any DROP, nothing lost."""
+    from cairn_migrate.operations import export
+
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    src = make_instance("sqlite", tmp_path / "src", request)
+    export_bundle(instance(src), tmp_path / "bundle")
+    dst = make_instance(vendor, tmp_path / "dst", request)
+    safety = tmp_path / "safety"
+    capture = export.export_bundle
+
+    def capture_then_write(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        manifest = capture(*args, **kwargs)
+        execute(dst, f"INSERT INTO tags (name) VALUES ('{ADDED}')")  # the instance's writers go on meanwhile
+        return manifest
+
+    monkeypatch.setattr(export, "export_bundle", capture_then_write)
+
+    result = run("--env", dst, "import", tmp_path / "bundle", "--replace", "--safety-bundle", safety)
+
+    assert result.exit_code == 2, result.output
+    assert "Error: the target changed while its safety bundle was written (tags (" in result.output
+    assert "); nothing was dropped" in result.output
+    assert "fix: stop its writers (export --freeze holds them) and run again" in result.output
+    assert ADDED in tag_names(dst)
+    with Database.open(instance(dst)) as db:
+        assert import_marker.TABLE not in db.table_names()
+        assert "directus_collections" in db.table_names()
+    assert run("--env", dst, "inspect", "--json", "--no-objects").exit_code == 0
+    monkeypatch.setattr(export, "export_bundle", capture)
+    again = run("--env", dst, "import", tmp_path / "bundle", "--replace", "--safety-bundle", tmp_path / "safety2")
+    assert again.exit_code == 0, again.output
+    assert verify_bundle(instance(dst), tmp_path / "bundle")["ok"]
 
 
 def test_killed_archive_export_leaves_no_staging_copy_beside_the_output(

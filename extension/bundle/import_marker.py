@@ -11,7 +11,9 @@ marker records, and only while every fingerprinted table is unchanged, so a
 resume never touches a row it did not write.
 
 Steps, in order: ``replace`` (``--replace`` dropping the old target's tables,
-whose fingerprints the marker holds; the safety bundle is written before),
+whose fingerprints the marker holds: taken before the safety bundle was
+written and compared before the first DROP, so a write that landed meanwhile
+stops the import with nothing dropped),
 ``tables`` (neutral rows, table by table; ``current`` names the table being
 written), ``restore`` (a native dump being restored), ``files`` (file bytes),
 ``constraints`` (foreign keys, sequences, checks).
@@ -121,16 +123,18 @@ def public_status(open_db: Callable[[], Database]) -> dict[str, Any]:
     return {key: marker.status()[key] for key in empty}
 
 
-def begin(db: Database, bundle_id: str, *, previous: Marker | None = None, replacing: Sequence[str] = ()) -> Marker:
+def begin(db: Database, bundle_id: str, *, previous: Marker | None = None,
+          replacing: Mapping[str, str] | None = None) -> Marker:
     """Write the marker (before any other write of an import); ``previous`` re-writes one a restore replaced.
 
-    ``replacing``: the old tables ``--replace`` is about to drop; the marker
-    starts at step ``replace`` with their fingerprints, so a resume drops only
-    what is still as the safety bundle saw it.
+    ``replacing``: the fingerprints of the old tables ``--replace`` is about to
+    drop, taken before its safety bundle was written; the marker starts at step
+    ``replace`` with them, so the import (and a resume) drops only what is
+    still as it was before the safety bundle's snapshot.
     """
     marker = previous or Marker(import_id=str(uuid.uuid4()), bundle_id=bundle_id, step="tables", started_at=_now())
     if replacing:
-        marker.step, marker.tables = "replace", fingerprints(db, replacing)
+        marker.step, marker.tables = "replace", dict(replacing)
     marker.updated_at = _now()
     _marker.create(db.engine, checkfirst=True)
     with db.engine.begin() as conn:

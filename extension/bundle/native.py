@@ -130,8 +130,9 @@ def _version(tool: str) -> str:
     return subprocess.run([tool, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def dump_postgres(db: Database, conn: sa.Connection, folder: Path, tables: Sequence[str]) -> tuple[str, dict[str, dict[str, Any]]]:
-    """``pg_dump -Fd -j N`` of our snapshot into ``folder``, with the checksums computed meanwhile.
+def dump_postgres(db: Database, conn: sa.Connection, folder: Path, tables: Sequence[str],
+                  exclude: Sequence[str] = ()) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``pg_dump -Fd -j N`` of our snapshot into ``folder``, with the checksums computed meanwhile; ``exclude``: tables left out.
 
     The dump runs in our repeatable-read snapshot (``--snapshot``), so it
     and the checksums and the file list describe one moment; the checksum
@@ -142,7 +143,7 @@ def dump_postgres(db: Database, conn: sa.Connection, folder: Path, tables: Seque
     snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
     # zlib level 1: most of the size win of the default level at a fraction of its CPU.
     command = [tool, *args, "-Fd", "-j", str(JOBS), "-Z", "1", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
-               "-f", str(folder), str(db.config.url.database)]
+               *(f"--exclude-table={name}" for name in exclude), "-f", str(folder), str(db.config.url.database)]
     with tempfile.TemporaryFile() as stderr:
         with subprocess.Popen(command, env=env, stderr=stderr, preexec_fn=_dies_with_parent()) as process:
             try:
@@ -156,12 +157,13 @@ def dump_postgres(db: Database, conn: sa.Connection, folder: Path, tables: Seque
     return _version(tool), sums
 
 
-def dump_mysql(db: Database, out: IO[bytes]) -> str:
-    """``mariadb-dump --single-transaction`` of the database to ``out``."""
+def dump_mysql(db: Database, out: IO[bytes], exclude: Sequence[str] = ()) -> str:
+    """``mariadb-dump --single-transaction`` of the database to ``out``; ``exclude``: tables left out."""
     tool = _which(TOOLS["mysql"][0]) or "mariadb-dump"
     args, env = _conn_args(db.config)
     command = [tool, *args, "--single-transaction", "--quick", "--skip-lock-tables", "--no-tablespaces", "--hex-blob",
-               "--default-character-set=utf8mb4", "--skip-triggers", "--tz-utc", str(db.config.url.database)]
+               "--default-character-set=utf8mb4", "--skip-triggers", "--tz-utc",
+               *(f"--ignore-table={db.config.url.database}.{name}" for name in exclude), str(db.config.url.database)]
     _run(command, env, stdout=out)
     return _version(tool)
 

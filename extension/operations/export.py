@@ -16,6 +16,7 @@ import json
 import sqlite3
 import logging
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 
 from .. import __version__
 from ..bundle import import_marker
-from ..bundle.bundle import FORMAT, FORMAT_VERSION, BundleDirWriter, is_archive_path, pack
+from ..bundle.bundle import FORMAT, FORMAT_VERSION, MAGIC, MANIFEST, BundleDirWriter, is_archive_path, pack
 from ..instance.database import Database, Platform, consistent_snapshot, open_engine
 from ..errors import ConfigError, MigrateError
 from .freeze import frozen
@@ -211,7 +212,7 @@ def required_env(instance: Instance, used_locations: list[str]) -> dict[str, Any
 def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, writer: BundleDirWriter) -> dict[str, Any]:
     """The fast path's table data: the vendor's own dump, plus vendor checksums from the same snapshot."""
     member = MEMBERS[db.vendor]
-    tables = db.table_names()
+    tables = [name for name in db.table_names() if name != import_marker.TABLE]
     if sqlite_copy is not None:
         with sqlite_copy.open("rb") as fh:
             writer.add_file(member, fh)
@@ -219,7 +220,7 @@ def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, 
     elif db.vendor == "postgres":
         scratch = Path(tempfile.mkdtemp(dir=writer.dir.parent))
         try:
-            tool, sums = dump_postgres(db, conn, scratch / "dump", tables)
+            tool, sums = dump_postgres(db, conn, scratch / "dump", tables, exclude=(import_marker.TABLE,))
             for path in sorted((scratch / "dump").iterdir()):
                 with path.open("rb") as fh:
                     writer.add_file(f"{member}/{path.name}", fh)
@@ -227,7 +228,7 @@ def _native_tables(db: Database, conn: sa.Connection, sqlite_copy: Path | None, 
             shutil.rmtree(scratch, ignore_errors=True)
     else:
         with writer.open(member) as out:
-            tool = dump_mysql(db, out)
+            tool = dump_mysql(db, out, exclude=(import_marker.TABLE,))
         sums = checksums(db, conn, tables)
     return {"vendor": db.vendor, "member": member, "tool": tool, "checksums": sums}
 
@@ -283,6 +284,7 @@ def export_bundle(
     native: bool = False,
     state_url: str | None = None,
     overwrite: bool = False,
+    capture_incomplete: bool = False,
     workers: int = 8,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -295,8 +297,12 @@ def export_bundle(
         proof fails; false: warn and capture anyway.
     :param instance_url: where to ask the instance for the proof (default: its ``PUBLIC_URL``).
     :param native: the fast path: table data as the vendor's own dump (restores on the same vendor).
+    :param overwrite: replace ``output`` if it is an existing bundle; anything else there is refused.
+    :param capture_incomplete: capture a target an interrupted import left incomplete (only
+        ``import --replace``'s safety bundle does: the manifest's ``incomplete`` says so).
     :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
-    :raises ConfigError: ``output`` exists (without ``overwrite``) or the options conflict.
+    :raises ConfigError: ``output`` exists (without ``overwrite``, or is no bundle), the instance
+        holds an unfinished import (without ``capture_incomplete``), or the options conflict.
     :raises InvalidInput: ``output`` has a suffix that is no bundle form.
     """
     progress = progress or NullProgress()
@@ -307,9 +313,19 @@ def export_bundle(
             "Encryption needs an archive bundle",
             hint="name the output like clone.tar.gz.enc (or .tar/.tar.gz), or drop --encrypt",
         )
-    if output.exists():
+    incomplete = _unfinished_import(instance)
+    if incomplete is not None and not capture_incomplete:
+        raise ConfigError(
+            f"{instance.database.display_url} holds an unfinished import (step {incomplete.step}, "
+            f"{len(incomplete.tables)} tables done): a bundle of it would lack the rest",
+            hint=f"finish the import first: {import_marker.RESUME_FIX}",
+        )
+    if output.exists() or output.is_symlink():
         if not overwrite:
             raise ConfigError(f"{output} already exists", hint="choose another path, or remove it first")
+        if not is_bundle(output):
+            raise ConfigError(f"{output} exists and is not a cairn-migrate bundle: --overwrite replaces only a bundle",
+                              hint="choose another path (a new name inside that folder), or remove it yourself")
         shutil.rmtree(output) if output.is_dir() else output.unlink()
     output.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as staging:
@@ -324,7 +340,8 @@ def export_bundle(
         try:
             with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
                         prove=prove) as held:
-                manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress)
+                manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress,
+                                    incomplete=incomplete)
             if held is not None:
                 manifest["freeze"] = held
             if archive:
@@ -339,7 +356,54 @@ def export_bundle(
     return manifest
 
 
-def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress) -> dict[str, Any]:
+def _unfinished_import(instance: Instance) -> import_marker.Marker | None:
+    """The marker of an import left unfinished in ``instance``, if any (its bundle would pass as complete)."""
+    with Database.open(instance) as db:
+        return import_marker.read(db)
+
+
+def _drop_marker(sqlite_copy: Path) -> None:
+    """Drop the marker from our scratch copy of a SQLite database: the native dump never carries it."""
+    conn = sqlite3.connect(sqlite_copy)
+    try:
+        conn.execute(f'DROP TABLE IF EXISTS "{import_marker.TABLE}"')
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` holds a bundle of ours, the only thing ``--overwrite`` may replace.
+
+    A directory: its ``manifest.json`` names our format.  A file: a bundle
+    archive name, and either our encryption magic or a tar whose first member
+    is such a manifest (as :func:`~cairn_migrate.bundle.bundle.pack` writes it).
+    """
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        try:
+            return json.loads((path / MANIFEST).read_bytes()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+    try:
+        if not path.is_file() or not is_archive_path(path):
+            return False
+        with path.open("rb") as fh:
+            if fh.read(len(MAGIC)) == MAGIC:
+                return True
+        with tarfile.open(path, "r:*") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST or not first.isfile():
+                return False
+            raw = tar.extractfile(first)
+            return raw is not None and json.loads(raw.read()).get("format") == FORMAT
+    except (MigrateError, OSError, tarfile.TarError, ValueError, AttributeError):
+        return False
+
+
+def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress,
+             incomplete: import_marker.Marker | None = None) -> dict[str, Any]:
     writer = BundleDirWriter(bundle_dir)
     with Database.open(instance) as live:
         platform = live.platform()
@@ -358,6 +422,7 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             if native and live.vendor == "sqlite":
                 # The online backup is itself the consistent snapshot: read everything from it.
                 copy = stack.enter_context(sqlite_backup(str(live.config.url.database), bundle_dir.parent))
+                _drop_marker(copy)
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(copy)),
                                         live.config.exclude_tables)
                 db = stack.enter_context(Database(open_engine(config), config))
@@ -419,6 +484,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             ],
         },
         "load_order": order,
+        # A --replace safety bundle of a target an import left unfinished: importing it restores that state.
+        **({"incomplete": incomplete.status()} if incomplete is not None else {}),
         # A SQLite source's timestamps and booleans travel as stored (values.SQLITE_STORED).
         **({"sqlite_stored": sorted(SQLITE_STORED)} if not native and instance.database.vendor == "sqlite" else {}),
         **({"native": native_entry} if native_entry else {}),

@@ -309,6 +309,9 @@ def plan_import(
     env_problem = target_env.missing_for_bundle(instance, manifest, storage_map)
     if env_problem:
         plan.warnings.append(target_env.describe(env_problem))
+    if manifest.get("incomplete"):  # a --replace safety bundle of a target an import had left unfinished
+        plan.warnings.append(f"this bundle captured an incomplete target (an import interrupted at step "
+                             f"{manifest['incomplete'].get('step')}): the import restores that incomplete state")
     replacing = plan.marker is not None and plan.marker.step == "replace"  # its old tables are dropped first
     done = plan.marker.tables if plan.marker and not replacing else {}
     for name in manifest["load_order"]:
@@ -440,8 +443,9 @@ def import_bundle(
         if dry_run:
             return {"plan": plan.to_dict(), "applied": False, "dry_run": True}
         _refuse_refused(plan)
-        safety = None
+        safety, saved = None, {}
         if replace and plan.existing_tables:
+            saved = _old_fingerprints(instance)  # before the safety bundle's snapshot: any later write shows
             safety = _safety_bundle(instance, safety_bundle, progress)
         new_sqlite_file = _new_sqlite_file(instance)
         created_dirs: list[Path] = []
@@ -469,7 +473,9 @@ def import_bundle(
                 marker = plan.marker
                 if replace or marker is None or not marker.bundle_id:  # a new import, or one killed before its marker row
                     # --replace: written before its first DROP, so a kill from there on leaves the target marked.
-                    marker = import_marker.begin(db, plan.bundle_id, replacing=_old_tables(db) if replace else ())
+                    marker = import_marker.begin(db, plan.bundle_id, replacing=saved)
+                    if saved:
+                        _refuse_changed_since_saved(db, marker, plan.marker)
                 if marker.step == "replace":  # the old tables are in the safety bundle, unchanged since (checked)
                     for name in reversed(_drop_order(db, _old_tables(db))):
                         loader.drop(name)
@@ -601,6 +607,33 @@ def _staged_sqlite(dump: Path, workdir: Path, marker: import_marker.Marker, stor
     return staged
 
 
+def _old_fingerprints(instance: Instance) -> dict[str, str]:
+    """The fingerprints of the tables ``--replace`` drops, taken before its safety bundle is written."""
+    with Database.open(instance) as db:
+        return import_marker.fingerprints(db, _old_tables(db))
+
+
+def _refuse_changed_since_saved(db: Database, marker: import_marker.Marker,
+                                previous: import_marker.Marker | None) -> None:
+    """Refuse before any DROP when the old tables changed since their fingerprints (taken before the safety bundle).
+
+    A write that landed meanwhile may be in neither the safety bundle nor the
+    new target.  The marker just written is undone, so the target is as found.
+    """
+    changed = import_marker.changed_tables(db, marker)
+    if not changed:
+        return
+    if previous is None:
+        import_marker.finish(db)
+    else:
+        import_marker.begin(db, previous.bundle_id, previous=previous)
+    raise ConfigError(
+        f"the target changed while its safety bundle was written ({import_marker.describe(changed)}); nothing was "
+        "dropped",
+        hint="stop its writers (export --freeze holds them) and run again",
+    )
+
+
 def _old_tables(db: Database) -> list[str]:
     """The target's tables ``--replace`` drops: all but the marker."""
     return [name for name in db.table_names() if name != import_marker.TABLE]
@@ -669,5 +702,5 @@ def _safety_bundle(instance: Instance, path: Path | None, progress: Progress) ->
         base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
         path = base / "safety-bundles" / f"before-replace-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     progress.log(f"writing a safety bundle of the target to {path}")
-    export_bundle(instance, path)
+    export_bundle(instance, path, capture_incomplete=True)  # an interrupted import's target is saved as it is
     return path

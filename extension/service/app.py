@@ -253,16 +253,22 @@ class MigrateState:
 
         The symlinks are resolved before the check and the resolved path is what
         the caller's work uses.  The shared state folders are refused even inside
-        an allowed folder: they hold every instance's bundles.
+        an allowed folder: they hold every instance's bundles.  The path must lie
+        strictly inside an allowed folder: the folder itself is the operator's, not
+        a caller's (an ``export`` with ``overwrite`` would replace it whole).
 
         :raises InvalidInput: (422) the path is in the shared state folders, or
-            outside every folder of ``CAIRN_MIGRATE_HTTP_PATHS``.
+            not strictly inside a folder of ``CAIRN_MIGRATE_HTTP_PATHS``.
         """
         resolved = Path(value).expanduser().resolve()
         if any(resolved.is_relative_to(folder.resolve()) for folder in self.shared_dirs):
             raise InvalidInput(f"'{field}' points into the sidecar's own state folders, which hold every instance's "
                                "bundles", hint="name a server-side bundle by its id: 'bundle' (GET /migrate/bundles "
                                "lists them)", details={"field": field, "path": value})
+        if resolved in self.http_paths:
+            raise InvalidInput(f"'{field}' {value} is a folder of {HTTP_PATHS} itself; HTTP callers may name only "
+                               "paths inside it", hint=f"name a new path inside it, like {Path(value) / 'bundle'}",
+                               details={"field": field, "path": value, "setting": HTTP_PATHS})
         if not any(resolved.is_relative_to(folder) for folder in self.http_paths):
             raise InvalidInput(f"'{field}' {value} is outside the folders the sidecar's operator allows HTTP callers "
                                f"to name ({HTTP_PATHS})",
