@@ -103,7 +103,7 @@ def _warn_incomplete(report: dict[str, Any]) -> None:
               help="With --freeze: when the instance cannot prove it holds writes, warn and capture anyway.")
 @click.option("--instance-url", metavar="URL", help="Where to ask the instance for the freeze proof (default: its PUBLIC_URL).")
 @click.option("--native", is_flag=True, help="Fast path: the vendor's own dump (restores only on the same vendor; SQLite anywhere).")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing bundle (anything else is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @_secret_options
 @click.pass_obj

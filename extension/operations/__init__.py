@@ -345,7 +345,7 @@ class ExportParams(Schema):
     output = fields.String(load_default=None, metadata={
         "description": "Where to write the bundle (the sidecar names its server-side bundles itself).", "cli": "--output",
         "host_path": True})
-    overwrite = fields.Boolean(load_default=False, metadata={"description": "Replace output if it exists.", "cli": "--overwrite"})
+    overwrite = fields.Boolean(load_default=False, metadata={"description": "Replace output if it is an existing bundle (anything else is refused).", "cli": "--overwrite"})
     encrypt = fields.Boolean(load_default=None, allow_none=True, metadata={
         "description": "Encrypt the archive (default: when a passphrase or key file is given).", "cli": "--encrypt"})
     passphrase = fields.String(load_default=None, load_only=True, validate=validate.Length(min=8), metadata={

@@ -1,9 +1,9 @@
 """``export --full``: one coordinated, verifiable bundle of database + file bytes + config.
 
 Everything is read through one consistent snapshot (see
-:func:`~cairn_migrate.database.consistent_snapshot`): every table, the
+:func:`~cairn_migrate.instance.database.consistent_snapshot`): every table, the
 ``directus_files`` rows, and so the list of objects to copy.  Rows are written
-as neutral JSON lines (:mod:`cairn_migrate.values`), bytes verbatim under
+as neutral JSON lines (:mod:`cairn_migrate.bundle.values`), bytes verbatim under
 ``files/<location>/<filename_disk>``; the manifest records counts, sizes and
 SHA-256 sums of it all, so an import can prove it restored exactly this.
 """

@@ -15,7 +15,7 @@ Order of work, and why:
 5. Add PostgreSQL foreign keys, reset sequences, check foreign keys.
 
 From its first write to its last step the target holds the marker table
-``cairn_migrate_import`` (:mod:`cairn_migrate.import_marker`): the import, its
+``cairn_migrate_import`` (:mod:`cairn_migrate.bundle.import_marker`): the import, its
 bundle, the step reached and a fingerprint of every table already committed.
 ``--resume`` continues only the import that marker records, of the same
 bundle, while every fingerprinted table is unchanged; it reloads only the table
@@ -80,7 +80,7 @@ class ImportPlan:
     warnings: list[str] = field(default_factory=list)
     bundle_id: str = ""
     marker: import_marker.Marker | None = None
-    #: Per column, what the target vendor changes or refuses (:func:`cairn_migrate.drift.plan_drift`).
+    #: Per column, what the target vendor changes or refuses (:func:`cairn_migrate.bundle.drift.plan_drift`).
     drift: list[dict[str, Any]] = field(default_factory=list)
 
     @property

@@ -178,7 +178,7 @@ class MigrateState:
 
     @property
     def scope(self) -> str:
-        """The identity of this app's instance in the state store (:func:`~cairn_migrate.state.instance_scope`)."""
+        """The identity of this app's instance in the state store (:func:`~cairn_migrate.service.state.instance_scope`)."""
         with self._lock:
             if self._scope is None:
                 self._scope = instance_scope(self.instance())
