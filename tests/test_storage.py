@@ -327,3 +327,19 @@ def test_async_size_and_read(make_location, driver: str) -> None:
     assert sync(loop, storage.asize, location, "d/missing.bin") is None
     assert sync(loop, storage.aread, location, "d/x.bin") == b"0123456789"
     assert sync(loop, storage.aread, location, "d/x.bin", 2, 5) == b"234"
+
+
+def test_local_writes_publish_whole_objects_or_nothing(tmp_path: Path) -> None:
+    """A write cut short (a kill, an error) never leaves a truncated file under the name CairnCMS serves."""
+    (tmp_path / "uploads").mkdir()
+    location = open_location(LocationConfig("local", "local", {"root": str(tmp_path / "uploads")}))
+    location.write_bytes("kept.txt", b"the old bytes")
+    with location.open_write("new.bin") as out:
+        out.write(b"x" * 1000)
+        assert not (tmp_path / "uploads" / "new.bin").exists()  # a kill now leaves no new.bin at all
+    assert location.read_bytes("new.bin") == b"x" * 1000
+    with pytest.raises(RuntimeError), location.open_write("kept.txt") as out:
+        out.write(b"half of the new")
+        raise RuntimeError("the copy failed half-way")
+    assert location.read_bytes("kept.txt") == b"the old bytes"  # the old object is untouched
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == ["kept.txt", "new.bin"]  # no temp left

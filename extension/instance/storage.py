@@ -19,6 +19,7 @@ name the ``STORAGE_<NAME>_*`` setting to fix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -156,6 +157,54 @@ def _is_auth_error(exc: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- Location
+
+#: Prefix of the temporary files local writes go through (``files check`` reports leftovers as orphans).
+PART_PREFIX = ".cairn-part-"
+
+
+class _AtomicLocalFile:
+    """Writes to ``.cairn-part-<random>-<name>`` beside ``path``; ``close`` renames it over ``path``.
+
+    Leaving a ``with`` block on an exception discards the temporary file instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        import tempfile
+
+        folder, base = os.path.split(path)
+        fd, self._temp = tempfile.mkstemp(prefix=f"{PART_PREFIX}", suffix=f"-{base}"[:64], dir=folder)
+        self._file = os.fdopen(fd, "wb")
+        self._path = path
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def close(self) -> None:
+        """Publish the bytes under the object's name (an atomic rename on the same disk)."""
+        if self.closed:
+            return
+        self._file.close()
+        os.replace(self._temp, self._path)
+        self.closed = True
+
+    def discard(self) -> None:
+        if self.closed:
+            return
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temp)
+        self.closed = True
+
+    def __enter__(self) -> _AtomicLocalFile:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
 class Location:
     """One configured storage location: name the object, then read/write/list it.
 
@@ -335,13 +384,18 @@ class Location:
             return self.fs.open(self.path_for(name), "rb", **kwargs)
 
     def open_write(self, name: str) -> IO[bytes]:
-        """A binary file object that creates/replaces the object on close."""
+        """A binary file object that creates/replaces the object on close, whole or not at all.
+
+        Object stores publish an upload only when it completes; on local disk the bytes go
+        to a hidden temporary file beside the object, renamed over it on a clean close, so a
+        kill or an error half-way never leaves a truncated file under the name CairnCMS serves.
+        """
         path = self.path_for(name)
         self._reachable()
         with self._errors("write", name):
             if self.container is None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                return self.fs.open(path, "wb")
+                return _AtomicLocalFile(path)  # type: ignore[return-value]
             return self.fs.open(path, "wb", block_size=REMOTE_BLOCK)
 
     def write_bytes(self, name: str, data: bytes) -> None:
