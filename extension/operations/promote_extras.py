@@ -234,10 +234,10 @@ def _panel_key(dashboard_name: str, panel: Mapping[str, Any]) -> tuple[str, str]
 def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap: IdMap,
                 include_secrets: bool) -> tuple[dict[str, Any], dict[str, Kind]]:
     """The plan of every extra kind in ``only``: per kind create/update/unchanged, plus secrets left out."""
-    report: dict[str, Any] = {}
+    notes: dict[str, Any] = {}
     kinds: dict[str, Kind] = {}
     if "flows" in only:
-        kinds["flows"], kinds["operations"] = _plan_flows(src, dst, idmap, include_secrets, report)
+        kinds["flows"], kinds["operations"] = _plan_flows(src, dst, idmap, include_secrets, notes)
     if "dashboards" in only:
         kinds["dashboards"], kinds["panels"] = _plan_dashboards(src, dst, idmap)
     if "presets" in only:
@@ -246,9 +246,7 @@ def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap
         kinds["settings"] = _plan_settings(src, dst, idmap)
     if "translations" in only:
         kinds["translations"] = _plan_translations(src, dst, idmap)
-    for name, kind in kinds.items():
-        report[name] = kind.report() | report.get(name, {})
-    return report, kinds
+    return {name: kind.report() | notes.get(name, {}) for name, kind in kinds.items()}, kinds
 
 
 def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_secrets: bool,
