@@ -136,3 +136,11 @@ def test_extras_reach_the_target_by_natural_keys_and_a_flow_runs(target: Target,
     assert fetch["options"]["headers"] == [{"header": "X-Api-Token", "value": SECRET}]
     code, output = promote(source, target)  # without it again: the target keeps the secret it has
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+
+    # A chain changed on the source (the transform no longer resolves to the request) is an update of the link.
+    execute(source, "UPDATE directus_operations SET resolve = NULL WHERE key = 'shape'")
+    code, plan = promote_json(source, target, "--dry-run")
+    assert (code, plan["extras"]["operations"]["update"]) == (1, ["Ping/shape (resolve)"])
+    assert promote(source, target)[0] == 0
+    assert target.get(f"/operations/{ops['shape']['id']}")["resolve"] is None
+    assert promote(source, target)[1].splitlines()[-1] == "no changes"

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from ..errors import InvalidInput
+from ..service.jobs import _state_engine
 from ..service.state import create_tables
 
 #: The extra kinds ``only`` may name, in the order they are applied.
@@ -60,7 +61,7 @@ BOOLEAN_COLUMNS = {"show_header"}
 _META = sa.MetaData()
 #: source id → target id of every extra row promote wrote, per (source, target) pair.
 ID_MAP = sa.Table(
-    "promote_id_map", _META,
+    "cm_promote_id_map", _META,
     sa.Column("source", sa.String(64), primary_key=True),
     sa.Column("target", sa.String(64), primary_key=True),
     sa.Column("kind", sa.String(32), primary_key=True),
@@ -118,11 +119,7 @@ class IdMap:
     """The ID map of one (source, target) pair in the state store."""
 
     def __init__(self, state_url: str, scope: tuple[str, str]) -> None:
-        self.engine = sa.create_engine(state_url)
-        if state_url.startswith("sqlite:///"):
-            from pathlib import Path
-
-            Path(state_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = _state_engine(state_url)
         create_tables(self.engine, _META)
         self.scope = scope
         with self.engine.connect() as conn:
@@ -191,24 +188,30 @@ class Kind:
         self.unchanged: list[str] = []
         #: source id → target id of every row matched (recorded in the ID map when applied).
         self.matched: dict[Any, Any] = {}
+        self.labels: dict[Any, str] = {}
 
     def match(self, label: str, source_id: Any, wanted: dict[str, Any], by_id: Mapping[str, Any],
               by_key: Mapping[Any, Any], key: Any, compare: Mapping[str, Any] | None = None) -> None:
-        """Plan one row: ``wanted`` are the target values; ``compare`` what to compare them to (default: as is)."""
-        mapped = self.idmap.get(self.name, source_id)
-        existing = by_id.get(mapped) if mapped else None
-        existing = existing or by_key.get(key)
+        """Plan one row: ``wanted`` are the values the target should hold, compared with ``compare`` (default:
+        the matched target row's); keys starting with ``_`` ride along for apply and are never compared."""
+        existing = self.find(source_id, by_id, by_key, key)
+        self.labels[source_id] = label
         step = {"label": label, "source_id": source_id, "values": wanted}
         if existing is None:
             self.create.append(step)
             return
         step["target_id"] = self.matched[source_id] = existing["id"]
         current = compare if compare is not None else {k: existing.get(k) for k in wanted}
-        changed = sorted(k for k in wanted if _norm(wanted[k]) != _norm(current.get(k)))
+        changed = sorted(k for k in wanted if not k.startswith("_") and _norm(wanted[k]) != _norm(current.get(k)))
         if changed:
             self.update.append(step | {"fields": changed})
         else:
             self.unchanged.append(label)
+
+    def find(self, source_id: Any, by_id: Mapping[Any, Any], by_key: Mapping[Any, Any], key: Any) -> Any:
+        """The target row of a source row: the one the ID map names if it still exists, else by natural key."""
+        mapped = self.idmap.get(self.name, source_id)
+        return (by_id.get(mapped) if mapped else None) or by_key.get(key)
 
     def report(self) -> dict[str, Any]:
         return {"create": [s["label"] for s in self.create],
@@ -250,7 +253,8 @@ def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap
 
 
 def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_secrets: bool,
-                report: dict[str, Any]) -> tuple[Kind, Kind]:
+                notes: dict[str, Any]) -> tuple[Kind, Kind]:
+    """Flows by name + trigger, operations by flow + key (their options compared without secrets), then links."""
     flows, operations = Kind("flows", idmap), Kind("operations", idmap)
     dst_flows_by_id = {r["id"]: r for r in dst["flows"]}
     dst_flows = _index(dst["flows"], lambda r: (r["name"], r.get("trigger")))
@@ -267,7 +271,7 @@ def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_
         options, secrets = split_secrets(op.get("options"), include_secrets)
         label = f"{flow_key[0]}/{op['key']}" if flow_key else op["key"]
         left_out += [f"{label} {name}" for name in secrets]
-        mapped = dst_ops_by_id.get(idmap.get("operations", op["id"]) or "") or dst_ops.get((flow_key, op["key"]))
+        mapped = operations.find(op["id"], dst_ops_by_id, dst_ops, (flow_key, op["key"]))
         compare = None
         if mapped is not None and not include_secrets:
             compare = {k: mapped.get(k) for k in OPERATION_FIELDS} | {
@@ -277,44 +281,34 @@ def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_
     # The links (flow.operation, resolve, reject) compare as natural keys; a changed link is an update.
     src_op_keys = {r["id"]: (src_flow_names.get(r["flow"]), r["key"]) for r in src["operations"]}
     dst_op_keys = {r["id"]: (dst_flow_names.get(r["flow"]), r["key"]) for r in dst["operations"]}
-    _plan_links(flows, operations, src, dst, src_op_keys, dst_op_keys)
-    report["operations"] = {"secrets_left_out": left_out}
+    _plan_links(flows, src["flows"], dst_flows_by_id, ("operation",), src_op_keys, dst_op_keys)
+    _plan_links(operations, src["operations"], dst_ops_by_id, ("resolve", "reject"), src_op_keys, dst_op_keys)
+    notes["operations"] = {"secrets_left_out": left_out}
     return flows, operations
 
 
-def _plan_links(flows: Kind, operations: Kind, src: dict[str, Any], dst: dict[str, Any],
-                src_op_keys: Mapping[str, Any], dst_op_keys: Mapping[str, Any]) -> None:
-    """Unchanged flows/operations whose ``operation``/``resolve``/``reject`` point elsewhere become updates."""
-    for kind, rows, links, dst_rows in ((flows, src["flows"], ("operation",), dst["flows"]),
-                                        (operations, src["operations"], ("resolve", "reject"), dst["operations"])):
-        by_target = {r["id"]: r for r in dst_rows}
-        still = []
-        for label in kind.unchanged:
-            row = next(r for r in rows if _label_of(kind, r, src) == label)
-            target_row = by_target.get(_target_of(kind, row, dst, by_target))
-            differs = [link for link in links if src_op_keys.get(row.get(link)) != dst_op_keys.get(
-                (target_row or {}).get(link))]
-            if differs and target_row is not None:
-                kind.update.append({"label": label, "source_id": row["id"], "target_id": target_row["id"],
-                                    "values": {}, "fields": differs})
-            else:
-                still.append(label)
-        kind.unchanged = still
-
-
-def _label_of(kind: Kind, row: Mapping[str, Any], src: dict[str, Any]) -> str:
-    if kind.name == "flows":
-        return f"{row['name']} ({row.get('trigger')})"
-    flow = next((f for f in src["flows"] if f["id"] == row["flow"]), None)
-    return f"{flow['name']}/{row['key']}" if flow else row["key"]
-
-
-def _target_of(kind: Kind, row: Mapping[str, Any], dst: dict[str, Any], by_target: Mapping[str, Any]) -> str | None:
-    """The target row an unchanged source row was matched to (the ID map was filled by ``match``)."""
-    return kind.matched.get(row["id"])
+def _plan_links(kind: Kind, rows: list[dict[str, Any]], targets: Mapping[Any, Mapping[str, Any]],
+                links: tuple[str, ...], src_op_keys: Mapping[Any, Any], dst_op_keys: Mapping[Any, Any]) -> None:
+    """Add the links that point elsewhere on the target to the row's update (an unchanged row becomes one)."""
+    steps = {step["source_id"]: step for step in kind.update}
+    for row in rows:
+        target_row = targets.get(kind.matched.get(row["id"]))
+        if target_row is None:
+            continue  # created: its links are written with it
+        differs = [link for link in links if src_op_keys.get(row.get(link)) != dst_op_keys.get(target_row.get(link))]
+        if not differs:
+            continue
+        if row["id"] in steps:
+            steps[row["id"]]["fields"] += differs
+            continue
+        label = kind.labels[row["id"]]
+        kind.unchanged.remove(label)
+        kind.update.append({"label": label, "source_id": row["id"], "target_id": target_row["id"], "values": {},
+                            "fields": differs})
 
 
 def _plan_dashboards(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> tuple[Kind, Kind]:
+    """Dashboards by name, panels by dashboard + name (or position)."""
     dashboards, panels = Kind("dashboards", idmap), Kind("panels", idmap)
     dst_by_id = {r["id"]: r for r in dst["dashboards"]}
     for dashboard in src["dashboards"]:
@@ -327,19 +321,8 @@ def _plan_dashboards(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> 
     for panel in src["panels"]:
         key = _panel_key(src_names.get(panel["dashboard"], ""), panel)
         panels.match("/".join(key), panel["id"], {k: panel.get(k) for k in PANEL_FIELDS} | {"_dashboard": panel["dashboard"]},
-                     dst_panels_by_id, dst_panels, key,
-                     None)
-    _drop_private(panels)
+                     dst_panels_by_id, dst_panels, key)
     return dashboards, panels
-
-
-def _drop_private(kind: Kind) -> None:
-    """``_dashboard``/``_role`` ride along for apply; they are never compared."""
-    for step in kind.update:
-        step["fields"] = [f for f in step["fields"] if not f.startswith("_")]
-    moved = [s for s in kind.update if not s["fields"]]
-    kind.update = [s for s in kind.update if s["fields"]]
-    kind.unchanged += [s["label"] for s in moved]
 
 
 def _plan_presets(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kind:
@@ -362,7 +345,6 @@ def _plan_presets(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kin
         label = f"{k[0]} {k[1] + ' ' if k[1] else ''}{k[2]}"
         presets.match(label, row["id"], {f: row.get(f) for f in PRESET_FIELDS} | {"_role": k[1] or None},
                       dst_by_id, dst_index, k)
-    _drop_private(presets)
     return presets
 
 
@@ -449,8 +431,6 @@ def _apply_rows(target: Any, path: str, kind: Kind, idmap: IdMap) -> None:
 def _apply_flows(target: Any, src: dict[str, Any], dst: dict[str, Any], flows: Kind, operations: Kind,
                  idmap: IdMap) -> None:
     """Flows first (without their first operation), then operations (without links), then the links remapped."""
-    for step in flows.create + flows.update:
-        step["values"].pop("operation", None)
     _apply_rows(target, "/flows", flows, idmap)
     dst_ops = {r["id"]: r for r in dst["operations"]}
     src_ops = {r["id"]: r for r in src["operations"]}
@@ -462,17 +442,16 @@ def _apply_flows(target: Any, src: dict[str, Any], dst: dict[str, Any], flows: K
             step["values"]["options"] = _with_target_secrets(step["values"]["options"],
                                                              dst_ops[step["target_id"]].get("options"))
     _apply_rows(target, "/operations", operations, idmap)
-    for op in src["operations"]:  # clear first: resolve/reject are unique, a moved link must not collide
+    relink = {}
+    for op in src["operations"]:
         target_id = idmap.get("operations", op["id"])
         links = {k: idmap.get("operations", op[k]) if op.get(k) else None for k in ("resolve", "reject")}
-        current = dst_ops.get(target_id) or {}
-        if any(current.get(k) != v for k, v in links.items()):
-            target.call("PATCH", f"/operations/{target_id}", json={"resolve": None, "reject": None})
-            current["_relink"] = links
-            dst_ops[target_id] = current
-    for target_id, current in dst_ops.items():
-        if "_relink" in current:
-            target.call("PATCH", f"/operations/{target_id}", json=current["_relink"])
+        if any((dst_ops.get(target_id) or {}).get(k) != v for k, v in links.items()):
+            relink[target_id] = links
+    for target_id in relink:  # cleared first: resolve/reject are unique, a link moved must not collide
+        target.call("PATCH", f"/operations/{target_id}", json={"resolve": None, "reject": None})
+    for target_id, links in relink.items():
+        target.call("PATCH", f"/operations/{target_id}", json=links)
     dst_flows = {r["id"]: r for r in dst["flows"]}
     for flow in src["flows"]:
         target_id = idmap.get("flows", flow["id"])
