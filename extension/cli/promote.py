@@ -9,6 +9,7 @@ import click
 
 from .. import operations
 from ..operations import OpContext
+from ..operations.promote import KINDS
 from .base import Context, exit_with, handle_errors
 
 
@@ -32,6 +33,7 @@ def render_promote(report: dict[str, Any]) -> str:
                     lines.append(f"  roles {action}: {', '.join(planned['roles'][action])}")
                 if planned["permissions"][action]:
                     lines.append(f"  permissions {action}: {planned['permissions'][action]}")
+    lines += render_extras(report.get("extras"))
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
         lines.append(f"  fix: {refusal['fix']}")
@@ -46,6 +48,23 @@ def render_promote(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_extras(extras: dict[str, Any] | None) -> list[str]:
+    """Per extra kind: its counts, then one line per row created or updated, and the secrets left out."""
+    if not extras:
+        return []
+    if extras.get("skipped"):
+        return [f"extras: skipped: {extras['skipped']}"]
+    lines = []
+    for kind, plan in extras.items():
+        if not isinstance(plan, dict) or "counts" not in plan:
+            continue
+        counts = plan["counts"]
+        lines.append(f"{kind}: {counts['create']} to create, {counts['update']} to update, {counts['unchanged']} unchanged")
+        lines += [f"  + {label}" for label in plan["create"]] + [f"  ~ {label}" for label in plan["update"]]
+        lines += [f"  secret not copied (--include-secrets copies it): {name}" for name in plan.get("secrets_left_out", [])]
+    return lines
+
+
 def register(cli: click.Group) -> None:
     """Add ``promote`` to the ``cairn-migrate`` group."""
     @cli.command("promote")
@@ -57,15 +76,20 @@ def register(cli: click.Group) -> None:
                   help="The running target's URL, or its .env (reached at its PUBLIC_URL).")
     @click.option("--to-token", envvar="CAIRN_MIGRATE_TO_TOKEN", help="An admin token of the target (or CAIRN_MIGRATE_TO_TOKEN).")
     @click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing (exit 1 when it has changes).")
-    @click.option("--only", multiple=True, type=click.Choice(["schema", "config"]), help="Promote only this part (repeatable).")
+    @click.option("--only", multiple=True, type=click.Choice(list(KINDS)),
+                  help="Promote only this part (repeatable; default: all).")
     @click.option("--allow-data-loss", is_flag=True, help="Drop tables and columns that hold rows.")
     @click.option("--force", is_flag=True, help="Promote across vendors or versions.")
+    @click.option("--include-secrets", is_flag=True,
+                  help="Copy secrets in flow operations' options (tokens, passwords, auth headers).")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.pass_obj
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
-                        dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool, as_json: bool) -> None:
-        """Promote the structure of SRC (schema, roles and permissions) onto the running CairnCMS DST.
+                        dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool, include_secrets: bool,
+                        as_json: bool) -> None:
+        """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
+        translation strings) onto the running CairnCMS DST.
 
         Through DST's own API: the schema diff with its hash, then the config apply after its dry
         run. Exits 0 when there is nothing to change or it was applied, 1 for a dry run with
@@ -73,7 +97,7 @@ def register(cli: click.Group) -> None:
         version without --force); the plan is printed in every case.
         """
         params = {"from": source, "to": target, "dry_run": dry_run, "only": list(only),
-                  "allow_data_loss": allow_data_loss, "force": force}
+                  "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets}
         from ..service.state import default_state_url
 
         # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).

@@ -35,6 +35,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from ..errors import InvalidInput, MigrateError
 from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from ..progress import NullProgress, Progress
+from .promote import KINDS as PROMOTE_KINDS
 
 if TYPE_CHECKING:
     from ..instance.instance import Instance
@@ -447,13 +448,16 @@ class PromoteParams(Schema):
         "description": "The target: a running CairnCMS's URL, or its .env (reached at its PUBLIC_URL).", "cli": "--to",
         "host_path": True, "or_url": True})
     to_token = _secret("An admin token of the target.", "--to-token")
-    only = fields.List(fields.String(validate=validate.OneOf(["schema", "config"])), load_default=list, metadata={
-        "description": "Promote only these parts (default: schema and config).", "cli": "--only"})
+    only = fields.List(fields.String(validate=validate.OneOf(PROMOTE_KINDS)), load_default=list,
+                       metadata={"description": "Promote only these parts (default: all of them).", "cli": "--only"})
     dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
     allow_data_loss = fields.Boolean(load_default=False, metadata={
         "description": "Drop tables and columns that hold rows.", "cli": "--allow-data-loss"})
     force = fields.Boolean(load_default=False, metadata={
         "description": "Promote across vendors or versions.", "cli": "--force"})
+    include_secrets = fields.Boolean(load_default=False, metadata={
+        "description": "Copy secrets in flow operations' options (tokens, passwords, auth headers).",
+        "cli": "--include-secrets"})
 
 
 # --------------------------------------------------------------------------- outcomes

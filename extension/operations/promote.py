@@ -28,8 +28,10 @@ import requests
 from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
 
-#: What ``only`` may name in this slice (flows, dashboards, presets, settings, translations come later).
-KINDS = ("schema", "config")
+from .promote_extras import EXTRA_KINDS
+
+#: What ``only`` may name (default: all of them); the extras are planned and applied by ``promote_extras``.
+KINDS = ("schema", "config", *EXTRA_KINDS)
 #: The schema file of a snapshot directory: CairnCMS's name for it first, then the bundle's.
 SCHEMA_FILES = ("schema.yaml", "schema.yml", "schema.json", "schema-snapshot.yaml")
 
@@ -92,6 +94,7 @@ class Source:
     described: str
     schema: dict[str, Any] | None
     config: dict[str, Any] | None
+    extras: Any = None  # promote_extras.ExtrasPlan, once planned
 
 
 def read_source(ctx: Any, value: str, token: str | None, only: list[str]) -> Source:
@@ -184,7 +187,13 @@ def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remot
         report["schema"] = _schema_plan(target, source.schema, target_schema, p, report["refused"])
     if source.config is not None:
         report["config"] = _config_plan(target, source.config, report["refused"])
-    report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes"))
+    extras = [kind for kind in only if kind in EXTRA_KINDS]
+    if extras:
+        from . import promote_extras
+
+        report["extras"], source.extras = promote_extras.prepare(ctx, p, target, extras)
+    report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes")
+                             or (report.get("extras") or {}).get("changes"))
     return report, source, target
 
 
@@ -299,6 +308,17 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         ctx.progress.log(f"applying roles and permissions to {target.url}")
         try:
             config["result"] = target.call("POST", "/config/apply", json=source.config).json()["data"]
+        except MigrateError as exc:
+            if not report["applied"]:
+                raise
+            report["failed"] = exc.to_dict()
+            return report
+    if source.extras is not None and report["extras"]["changes"]:
+        from . import promote_extras
+
+        ctx.progress.log(f"applying flows, dashboards, presets and settings to {target.url}")
+        try:
+            promote_extras.apply_plan(target, source.extras)
         except MigrateError as exc:
             if not report["applied"]:
                 raise

@@ -1,0 +1,515 @@
+"""``promote``'s extras: flows + operations, dashboards + panels, presets, settings, translation strings.
+
+CairnCMS's ``schema``/``config`` apply covers none of these (reference §1.3), so they are planned
+and written here, through the target's items API (``/flows``, ``/operations``, ``/dashboards``,
+``/panels``, ``/presets``, ``/settings``).  UUIDs differ between instances, so rows are matched by
+natural keys — flows by name + trigger, operations by their flow + ``key``, dashboards by name,
+panels by dashboard + name (``@x,y`` when unnamed), role presets by role ``key`` + collection,
+global presets by collection — and first by the **ID map** kept in the state store (one per
+source and target), so a row renamed on the source updates the target row it was written to
+before instead of creating a second one.  Nothing on the target is ever deleted: what the source
+no longer has stays.  User bookmarks and role bookmarks are never copied; settings that point at
+files, folders or modules of one instance, and ``mapbox_key``, are never copied either.
+
+Secrets in operation options (option names and ``options.headers`` names matching
+:data:`SECRET_OPTION` / :data:`SECRET_HEADER`) are not copied unless ``include_secrets``: the
+target keeps what it has for them, and the plan lists them under ``secrets_left_out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from ..errors import InvalidInput
+from ..service.jobs import _state_engine
+from ..service.state import create_tables
+
+#: The extra kinds ``only`` may name, in the order they are applied.
+EXTRA_KINDS = ("flows", "dashboards", "presets", "settings", "translations")
+#: Operation option names holding secrets (``options.key`` of item operations holds ids, so not ``key``).
+SECRET_OPTION = re.compile(r"authorization|token|secret|password|passwd|api_?key|access_?key|private_?key", re.I)
+#: Header names (``options.headers[].header``) holding secrets.
+SECRET_HEADER = re.compile(r"authorization|token|secret|password|key|cookie", re.I)
+#: ``directus_settings`` fields copied: the project's look and policies.  Left out: ``mapbox_key`` (a
+#: secret), ``project_logo``/``public_foreground``/``public_background`` (files), ``storage_default_folder``
+#: (a folder), ``module_bar`` (modules installed per instance), ``translation_strings`` (its own kind).
+SETTINGS_FIELDS = ("project_name", "project_url", "project_color", "project_descriptor", "public_note",
+                   "default_language", "auth_login_attempts", "auth_password_policy", "storage_asset_transform",
+                   "storage_asset_presets", "custom_css", "basemaps", "custom_aspect_ratios")
+
+FLOW_FIELDS = ("name", "icon", "color", "description", "status", "trigger", "accountability", "options")
+OPERATION_FIELDS = ("name", "key", "type", "position_x", "position_y", "options")
+DASHBOARD_FIELDS = ("name", "icon", "note", "color")
+PANEL_FIELDS = ("name", "icon", "color", "show_header", "note", "type", "position_x", "position_y", "width",
+                "height", "options")
+PRESET_FIELDS = ("collection", "search", "layout", "layout_query", "layout_options", "refresh_interval", "filter",
+                 "icon", "color")
+JSON_COLUMNS = {"options", "layout_query", "layout_options", "filter", "storage_asset_presets", "basemaps",
+                "custom_aspect_ratios", "translation_strings", "module_bar"}
+
+#: Boolean columns (SQLite and MySQL hand them over as 0/1).
+BOOLEAN_COLUMNS = {"show_header"}
+
+_META = sa.MetaData()
+#: source id → target id of every extra row promote wrote, per (source, target) pair.
+ID_MAP = sa.Table(
+    "cm_promote_id_map", _META,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("target", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("source_id", sa.String(64), primary_key=True),
+    sa.Column("target_id", sa.String(64), nullable=False),
+)
+
+
+# --------------------------------------------------------------------------- reading rows
+def _decoded(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its JSON columns parsed (SQLite and MySQL hand them over as text)."""
+    out = dict(row)
+    for name in JSON_COLUMNS & out.keys():
+        if isinstance(out[name], str):
+            try:
+                out[name] = json.loads(out[name])
+            except ValueError:
+                pass
+    for name in BOOLEAN_COLUMNS & out.keys():
+        out[name] = None if out[name] is None else bool(out[name])
+    return out
+
+
+def rows_of_remote(remote: Any) -> dict[str, Any]:
+    """The extras of a running instance, through its API."""
+    def items(path: str) -> list[dict[str, Any]]:
+        return [_decoded(r) for r in remote.data(f"{path}?limit=-1")]
+
+    settings = remote.data("/settings") or {}
+    return {"flows": items("/flows"), "operations": items("/operations"), "dashboards": items("/dashboards"),
+            "panels": items("/panels"), "presets": items("/presets"), "roles": items("/roles"),
+            "settings": _decoded(settings)}
+
+
+def rows_of_database(db: Any) -> dict[str, Any]:
+    """The extras of an instance read from its database (an ``.env`` source)."""
+    with db.engine.connect() as conn:
+        def table(name: str) -> list[dict[str, Any]]:
+            return [_decoded(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM directus_{name}"))]
+
+        settings = table("settings")
+        return {kind: table(kind) for kind in ("flows", "operations", "dashboards", "panels", "presets", "roles")} | {
+            "settings": settings[0] if settings else {}}
+
+
+# --------------------------------------------------------------------------- the ID map
+def url_scope(url: str) -> str:
+    """The identity of a running instance named by URL in the ID map (32 hex digits, like ``instance_scope``)."""
+    parts = urlsplit(url)
+    text = f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class IdMap:
+    """The ID map of one (source, target) pair in the state store."""
+
+    def __init__(self, state_url: str, scope: tuple[str, str]) -> None:
+        self.engine = _state_engine(state_url)
+        create_tables(self.engine, _META)
+        self.scope = scope
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id, ID_MAP.c.target_id).where(
+                ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
+            self.known = {(r.kind, r.source_id): r.target_id for r in rows}
+
+    def get(self, kind: str, source_id: Any) -> str | None:
+        return self.known.get((kind, str(source_id)))
+
+    def put(self, kind: str, source_id: Any, target_id: Any) -> None:
+        """Record (or correct) where a source row went; written at once, so a failed run keeps what it did."""
+        key = (kind, str(source_id))
+        if self.known.get(key) == str(target_id):
+            return
+        where = (ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1], ID_MAP.c.kind == kind,
+                 ID_MAP.c.source_id == str(source_id))
+        with self.engine.begin() as conn:
+            conn.execute(ID_MAP.delete().where(*where))
+            conn.execute(ID_MAP.insert().values(source=self.scope[0], target=self.scope[1], kind=kind,
+                                                source_id=str(source_id), target_id=str(target_id)))
+        self.known[key] = str(target_id)
+
+
+# --------------------------------------------------------------------------- secrets
+def split_secrets(options: Any, include: bool) -> tuple[Any, list[str]]:
+    """``options`` without its secrets (unless ``include``), and the names of those left out."""
+    if include or not isinstance(options, Mapping):
+        return options, []
+    kept, left = {}, []
+    for name, value in options.items():
+        if SECRET_OPTION.search(name):
+            left.append(f"options.{name}")
+        elif name == "headers" and isinstance(value, list):
+            headers = [h for h in value if not (isinstance(h, Mapping) and SECRET_HEADER.search(str(h.get("header", ""))))]
+            left += [f"options.headers[{h['header']}]" for h in value if h not in headers]
+            kept[name] = headers
+        else:
+            kept[name] = value
+    return kept, left
+
+
+def _with_target_secrets(options: Any, target_options: Any) -> Any:
+    """Source options without secrets, plus the target's own secrets (which promote never overwrote)."""
+    if not isinstance(options, Mapping) or not isinstance(target_options, Mapping):
+        return options
+    merged = dict(options)
+    for name, value in target_options.items():
+        if SECRET_OPTION.search(name):
+            merged[name] = value
+    theirs = [h for h in target_options.get("headers") or [] if isinstance(h, Mapping)
+              and SECRET_HEADER.search(str(h.get("header", "")))]
+    if theirs:
+        merged["headers"] = list(merged.get("headers") or []) + theirs
+    return merged
+
+
+# --------------------------------------------------------------------------- matching
+class Kind:
+    """One kind's plan: each source row matched to a target row (ID map first, then natural key)."""
+
+    def __init__(self, name: str, idmap: IdMap) -> None:
+        self.name, self.idmap = name, idmap
+        self.create: list[dict[str, Any]] = []
+        self.update: list[dict[str, Any]] = []
+        self.unchanged: list[str] = []
+        #: source id → target id of every row matched (recorded in the ID map when applied).
+        self.matched: dict[Any, Any] = {}
+        self.labels: dict[Any, str] = {}
+
+    def match(self, label: str, source_id: Any, wanted: dict[str, Any], by_id: Mapping[str, Any],
+              by_key: Mapping[Any, Any], key: Any, compare: Mapping[str, Any] | None = None) -> None:
+        """Plan one row: ``wanted`` are the values the target should hold, compared with ``compare`` (default:
+        the matched target row's); keys starting with ``_`` ride along for apply and are never compared."""
+        existing = self.find(source_id, by_id, by_key, key)
+        self.labels[source_id] = label
+        step = {"label": label, "source_id": source_id, "values": wanted}
+        if existing is None:
+            self.create.append(step)
+            return
+        step["target_id"] = self.matched[source_id] = existing["id"]
+        current = compare if compare is not None else {k: existing.get(k) for k in wanted}
+        changed = sorted(k for k in wanted if not k.startswith("_") and _norm(wanted[k]) != _norm(current.get(k)))
+        if changed:
+            self.update.append(step | {"fields": changed})
+        else:
+            self.unchanged.append(label)
+
+    def find(self, source_id: Any, by_id: Mapping[Any, Any], by_key: Mapping[Any, Any], key: Any) -> Any:
+        """The target row of a source row: the one the ID map names if it still exists, else by natural key."""
+        mapped = self.idmap.get(self.name, source_id)
+        return (by_id.get(mapped) if mapped else None) or by_key.get(key)
+
+    def report(self) -> dict[str, Any]:
+        return {"create": [s["label"] for s in self.create],
+                "update": [f"{s['label']} ({', '.join(s['fields'])})" for s in self.update],
+                "unchanged": self.unchanged,
+                "counts": {"create": len(self.create), "update": len(self.update), "unchanged": len(self.unchanged)}}
+
+
+def _norm(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _index(rows: list[dict[str, Any]], key: Any) -> dict[Any, dict[str, Any]]:
+    return {key(r): r for r in rows}
+
+
+def _panel_key(dashboard_name: str, panel: Mapping[str, Any]) -> tuple[str, str]:
+    """Panels by dashboard + name; unnamed ones by their position on the dashboard (``@x,y``)."""
+    return dashboard_name, panel.get("name") or f"@{panel.get('position_x')},{panel.get('position_y')}"
+
+
+# --------------------------------------------------------------------------- the plan
+def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap: IdMap,
+                include_secrets: bool) -> tuple[dict[str, Any], dict[str, Kind]]:
+    """The plan of every extra kind in ``only``: per kind create/update/unchanged, plus secrets left out."""
+    notes: dict[str, Any] = {}
+    kinds: dict[str, Kind] = {}
+    if "flows" in only:
+        kinds["flows"], kinds["operations"] = _plan_flows(src, dst, idmap, include_secrets, notes)
+    if "dashboards" in only:
+        kinds["dashboards"], kinds["panels"] = _plan_dashboards(src, dst, idmap)
+    if "presets" in only:
+        kinds["presets"] = _plan_presets(src, dst, idmap)
+    if "settings" in only:
+        kinds["settings"] = _plan_settings(src, dst, idmap)
+    if "translations" in only:
+        kinds["translations"] = _plan_translations(src, dst, idmap)
+    return {name: kind.report() | notes.get(name, {}) for name, kind in kinds.items()}, kinds
+
+
+def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_secrets: bool,
+                notes: dict[str, Any]) -> tuple[Kind, Kind]:
+    """Flows by name + trigger, operations by flow + key (their options compared without secrets), then links."""
+    flows, operations = Kind("flows", idmap), Kind("operations", idmap)
+    dst_flows_by_id = {r["id"]: r for r in dst["flows"]}
+    dst_flows = _index(dst["flows"], lambda r: (r["name"], r.get("trigger")))
+    src_flow_names = {r["id"]: (r["name"], r.get("trigger")) for r in src["flows"]}
+    for flow in src["flows"]:
+        flows.match(f"{flow['name']} ({flow.get('trigger')})", flow["id"], {k: flow.get(k) for k in FLOW_FIELDS},
+                    dst_flows_by_id, dst_flows, (flow["name"], flow.get("trigger")))
+    dst_flow_names = {r["id"]: (r["name"], r.get("trigger")) for r in dst["flows"]}
+    dst_ops_by_id = {r["id"]: r for r in dst["operations"]}
+    dst_ops = _index(dst["operations"], lambda r: (dst_flow_names.get(r["flow"]), r["key"]))
+    left_out = []
+    for op in src["operations"]:
+        flow_key = src_flow_names.get(op["flow"])
+        options, secrets = split_secrets(op.get("options"), include_secrets)
+        label = f"{flow_key[0]}/{op['key']}" if flow_key else op["key"]
+        left_out += [f"{label} {name}" for name in secrets]
+        mapped = operations.find(op["id"], dst_ops_by_id, dst_ops, (flow_key, op["key"]))
+        compare = None
+        if mapped is not None and not include_secrets:
+            compare = {k: mapped.get(k) for k in OPERATION_FIELDS} | {
+                "options": split_secrets(mapped.get("options"), False)[0]}
+        operations.match(label, op["id"], {k: op.get(k) for k in OPERATION_FIELDS} | {"options": options},
+                         dst_ops_by_id, dst_ops, (flow_key, op["key"]), compare)
+    # The links (flow.operation, resolve, reject) compare as natural keys; a changed link is an update.
+    src_op_keys = {r["id"]: (src_flow_names.get(r["flow"]), r["key"]) for r in src["operations"]}
+    dst_op_keys = {r["id"]: (dst_flow_names.get(r["flow"]), r["key"]) for r in dst["operations"]}
+    _plan_links(flows, src["flows"], dst_flows_by_id, ("operation",), src_op_keys, dst_op_keys)
+    _plan_links(operations, src["operations"], dst_ops_by_id, ("resolve", "reject"), src_op_keys, dst_op_keys)
+    notes["operations"] = {"secrets_left_out": left_out}
+    return flows, operations
+
+
+def _plan_links(kind: Kind, rows: list[dict[str, Any]], targets: Mapping[Any, Mapping[str, Any]],
+                links: tuple[str, ...], src_op_keys: Mapping[Any, Any], dst_op_keys: Mapping[Any, Any]) -> None:
+    """Add the links that point elsewhere on the target to the row's update (an unchanged row becomes one)."""
+    steps = {step["source_id"]: step for step in kind.update}
+    for row in rows:
+        target_row = targets.get(kind.matched.get(row["id"]))
+        if target_row is None:
+            continue  # created: its links are written with it
+        differs = [link for link in links if src_op_keys.get(row.get(link)) != dst_op_keys.get(target_row.get(link))]
+        if not differs:
+            continue
+        if row["id"] in steps:
+            steps[row["id"]]["fields"] += differs
+            continue
+        label = kind.labels[row["id"]]
+        kind.unchanged.remove(label)
+        kind.update.append({"label": label, "source_id": row["id"], "target_id": target_row["id"], "values": {},
+                            "fields": differs})
+
+
+def _plan_dashboards(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> tuple[Kind, Kind]:
+    """Dashboards by name, panels by dashboard + name (or position)."""
+    dashboards, panels = Kind("dashboards", idmap), Kind("panels", idmap)
+    dst_by_id = {r["id"]: r for r in dst["dashboards"]}
+    for dashboard in src["dashboards"]:
+        dashboards.match(dashboard["name"], dashboard["id"], {k: dashboard.get(k) for k in DASHBOARD_FIELDS},
+                         dst_by_id, _index(dst["dashboards"], lambda r: r["name"]), dashboard["name"])
+    src_names = {r["id"]: r["name"] for r in src["dashboards"]}
+    dst_names = {r["id"]: r["name"] for r in dst["dashboards"]}
+    dst_panels = _index(dst["panels"], lambda r: _panel_key(dst_names.get(r["dashboard"], ""), r))
+    dst_panels_by_id = {r["id"]: r for r in dst["panels"]}
+    for panel in src["panels"]:
+        key = _panel_key(src_names.get(panel["dashboard"], ""), panel)
+        panels.match("/".join(key), panel["id"], {k: panel.get(k) for k in PANEL_FIELDS} | {"_dashboard": panel["dashboard"]},
+                     dst_panels_by_id, dst_panels, key)
+    return dashboards, panels
+
+
+def _plan_presets(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kind:
+    """Role presets (role key + collection) and global presets (collection); never bookmarks or users' presets."""
+    presets = Kind("presets", idmap)
+
+    def key(row: Mapping[str, Any], roles: Mapping[str, str]) -> tuple[str, str, str] | None:
+        if row.get("user") or row.get("bookmark"):
+            return None
+        return ("role", roles.get(row["role"], "?"), row["collection"]) if row.get("role") else ("global", "", row["collection"])
+
+    src_roles = {r["id"]: r.get("key") for r in src["roles"]}
+    dst_roles = {r["id"]: r.get("key") for r in dst["roles"]}
+    dst_index = {k: r for r in dst["presets"] if (k := key(r, dst_roles))}
+    dst_by_id = {str(r["id"]): r for r in dst["presets"]}
+    for row in src["presets"]:
+        k = key(row, src_roles)
+        if k is None:
+            continue
+        label = f"{k[0]} {k[1] + ' ' if k[1] else ''}{k[2]}"
+        presets.match(label, row["id"], {f: row.get(f) for f in PRESET_FIELDS} | {"_role": k[1] or None},
+                      dst_by_id, dst_index, k)
+    return presets
+
+
+def _plan_settings(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kind:
+    """The singleton's non-secret fields; a source without a settings row has nothing to promote."""
+    settings = Kind("settings", idmap)
+    if not src["settings"]:
+        return settings
+    for name in SETTINGS_FIELDS:
+        wanted, current = src["settings"].get(name), dst["settings"].get(name)
+        step = {"label": name, "source_id": name, "values": {name: wanted}, "target_id": "settings"}
+        if _norm(wanted) == _norm(current):
+            settings.unchanged.append(name)
+        else:
+            settings.update.append(step | {"fields": [name]})
+    return settings
+
+
+def _plan_translations(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kind:
+    """``translation_strings`` merged by key: the source's keys created or updated, the target's others kept."""
+    kind = Kind("translations", idmap)
+    theirs = {t["key"]: t for t in dst["settings"].get("translation_strings") or [] if isinstance(t, Mapping)}
+    for entry in src["settings"].get("translation_strings") or []:
+        step = {"label": entry["key"], "source_id": entry["key"], "values": entry}
+        if entry["key"] not in theirs:
+            kind.create.append(step)
+        elif _norm(entry) != _norm(theirs[entry["key"]]):
+            kind.update.append(step | {"fields": ["translations"]})
+        else:
+            kind.unchanged.append(entry["key"])
+    return kind
+
+
+def has_changes(kinds: Mapping[str, Kind]) -> bool:
+    return any(k.create or k.update for k in kinds.values())
+
+
+# --------------------------------------------------------------------------- apply
+def apply_extras(target: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap) -> None:
+    """Write the planned creates and updates through the target's API, recording every id in the ID map."""
+    if "flows" in kinds:
+        _apply_flows(target, src, dst, kinds["flows"], kinds["operations"], idmap)
+    if "dashboards" in kinds:
+        _apply_rows(target, "/dashboards", kinds["dashboards"], idmap)
+        for step in kinds["panels"].create + kinds["panels"].update:
+            step["values"]["dashboard"] = idmap.get("dashboards", step["values"].pop("_dashboard"))
+        _apply_rows(target, "/panels", kinds["panels"], idmap)
+    if "presets" in kinds:
+        role_ids = {r.get("key"): r["id"] for r in target.data("/roles?limit=-1")}  # config may have added some
+        for step in kinds["presets"].create + kinds["presets"].update:
+            role = step["values"].pop("_role")
+            if role and role not in role_ids:
+                raise InvalidInput(f"The preset {step['label']} is for the role {role}, which the target lacks",
+                                   hint="promote the config too (--only config), or create that role on the target")
+            step["values"]["role"] = role_ids.get(role) if role else None
+        _apply_rows(target, "/presets", kinds["presets"], idmap)
+    patch: dict[str, Any] = {}
+    if "settings" in kinds:
+        for step in kinds["settings"].update:
+            patch.update(step["values"])
+    if "translations" in kinds and (kinds["translations"].create or kinds["translations"].update):
+        merged = {t["key"]: t for t in dst["settings"].get("translation_strings") or []}
+        for step in kinds["translations"].create + kinds["translations"].update:
+            merged[step["label"]] = step["values"]
+        patch["translation_strings"] = list(merged.values())
+    if patch:
+        target.call("PATCH", "/settings", json=patch)
+
+
+def _apply_rows(target: Any, path: str, kind: Kind, idmap: IdMap) -> None:
+    for source_id, target_id in kind.matched.items():
+        idmap.put(kind.name, source_id, target_id)
+    for step in kind.create:
+        values = {k: v for k, v in step["values"].items() if not k.startswith("_")}
+        created = target.call("POST", path, json=values).json()["data"]
+        idmap.put(kind.name, step["source_id"], created["id"])
+    for step in kind.update:
+        values = {k: v for k, v in step["values"].items() if not k.startswith("_")}
+        if values:  # a link-only update (flow.operation, resolve/reject) is written after the rows
+            target.call("PATCH", f"{path}/{step['target_id']}", json=values)
+        idmap.put(kind.name, step["source_id"], step["target_id"])
+
+
+def _apply_flows(target: Any, src: dict[str, Any], dst: dict[str, Any], flows: Kind, operations: Kind,
+                 idmap: IdMap) -> None:
+    """Flows first (without their first operation), then operations (without links), then the links remapped."""
+    _apply_rows(target, "/flows", flows, idmap)
+    dst_ops = {r["id"]: r for r in dst["operations"]}
+    src_ops = {r["id"]: r for r in src["operations"]}
+    for step in operations.create + operations.update:
+        if not step["values"]:
+            continue
+        step["values"]["flow"] = idmap.get("flows", src_ops[step["source_id"]]["flow"])
+        if "target_id" in step:
+            step["values"]["options"] = _with_target_secrets(step["values"]["options"],
+                                                             dst_ops[step["target_id"]].get("options"))
+    _apply_rows(target, "/operations", operations, idmap)
+    relink = {}
+    for op in src["operations"]:
+        target_id = idmap.get("operations", op["id"])
+        links = {k: idmap.get("operations", op[k]) if op.get(k) else None for k in ("resolve", "reject")}
+        if any((dst_ops.get(target_id) or {}).get(k) != v for k, v in links.items()):
+            relink[target_id] = links
+    for target_id in relink:  # cleared first: resolve/reject are unique, a link moved must not collide
+        target.call("PATCH", f"/operations/{target_id}", json={"resolve": None, "reject": None})
+    for target_id, links in relink.items():
+        target.call("PATCH", f"/operations/{target_id}", json=links)
+    dst_flows = {r["id"]: r for r in dst["flows"]}
+    for flow in src["flows"]:
+        target_id = idmap.get("flows", flow["id"])
+        first = idmap.get("operations", flow["operation"]) if flow.get("operation") else None
+        if (dst_flows.get(target_id) or {}).get("operation") != first:
+            target.call("PATCH", f"/flows/{target_id}", json={"operation": first})
+
+
+# --------------------------------------------------------------------------- the hooks promote calls
+@dataclass
+class ExtrasPlan:
+    """What :func:`prepare` planned, kept for :func:`apply_plan` (the rows it was made of and the ID map)."""
+
+    src: dict[str, Any]
+    dst: dict[str, Any]
+    kinds: dict[str, Kind]
+    idmap: IdMap
+
+
+def scope_of(ctx: Any, value: str, name: str) -> str:
+    """Who a source or target is in the ID map: its ``instance_scope`` when named by ``.env``, else its URL."""
+    from .promote import is_url
+
+    if is_url(value):
+        return url_scope(value)
+    from ..instance.instance import Instance
+    from ..service.state import instance_scope
+
+    return instance_scope(Instance.from_env_file(ctx.path(name, value)))
+
+
+def source_rows(ctx: Any, value: str, token: str | None) -> dict[str, Any] | None:
+    """The extras of the source: a running instance (API) or an ``.env`` (database); None for snapshot folders."""
+    from .promote import Remote, is_url
+
+    if is_url(value):
+        return rows_of_remote(Remote(value, token or "", "source"))
+    path = ctx.path("from", value)
+    if not path.is_file():
+        return None
+    from ..instance.database import Database
+    from ..instance.instance import Instance
+
+    with Database.open(Instance.from_env_file(path)) as db:
+        return rows_of_database(db)
+
+
+def prepare(ctx: Any, p: Mapping[str, Any], target: Any, kinds: list[str]) -> tuple[dict[str, Any], ExtrasPlan | None]:
+    """The extras' part of the plan (``report["extras"]``) and what apply needs."""
+    src = source_rows(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"))
+    if src is None:
+        return {"changes": False, "skipped": "a snapshot directory or bundle carries no flows, dashboards, presets "
+                "or settings: name the source by its URL or .env to promote them"}, None
+    dst = rows_of_remote(target)
+    idmap = IdMap(ctx.state_url, (scope_of(ctx, p["from_"], "from"), scope_of(ctx, p["to"], "to")))
+    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")))
+    return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap)
+
+
+def apply_plan(target: Any, planned: ExtrasPlan) -> None:
+    apply_extras(target, planned.src, planned.dst, planned.kinds, planned.idmap)
