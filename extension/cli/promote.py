@@ -19,6 +19,8 @@ def render_promote(report: dict[str, Any]) -> str:
     if schema is not None:
         lines.append("schema: " + (f"{len(schema['steps'])} changes" if schema["changes"] else "no changes"))
         lines += [f"  {step}" for step in schema["steps"]]
+        if schema.get("vendor_noise"):
+            lines.append(f"  ignored: {schema['vendor_noise']} differences that are only the vendors' spelling of the same types")
         for key, values in (schema.get("mismatch") or {}).items():
             lines.append(f"  {'version' if key == 'directus' else key}: source {values['source']}, target {values['target']}")
         lines += [f"  data loss: {loss['kind']} {loss['name']} holds "

@@ -27,6 +27,7 @@ import requests
 
 from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
+from .promote_noise import drop_vendor_noise, is_empty
 
 #: What ``only`` may name in this slice (flows, dashboards, presets, settings, translations come later).
 KINDS = ("schema", "config")
@@ -203,13 +204,19 @@ def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[s
     if response.status_code == 204:
         return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
     data = response.json()["data"]
+    noise = 0
+    if "vendor" in mismatch:  # a snapshot keeps the vendor's spelling: drop what only that differs in
+        data["diff"], noise = drop_vendor_noise(data["diff"], snapshot)
+        if is_empty(data["diff"]):
+            return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": [],
+                    "vendor_noise": noise}
     losses = data_loss(target, data["diff"])
     if losses and not p["allow_data_loss"]:
         refused.append({"code": "data_loss", "message": "the schema diff drops " + ", ".join(
             f"{loss['name']} ({loss['rows']} rows)" for loss in losses),
             "fix": "pass --allow-data-loss to drop them (a safety snapshot of the target's structure is written first)"})
     return {"changes": True, "mismatch": mismatch, "diff": data["diff"], "hash": data["hash"],
-            "steps": schema_steps(data["diff"]), "data_loss": losses}
+            "steps": schema_steps(data["diff"]), "data_loss": losses, "vendor_noise": noise}
 
 
 def schema_steps(diff: Mapping[str, Any]) -> list[str]:

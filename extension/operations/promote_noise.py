@@ -1,0 +1,91 @@
+"""Vendor noise in a cross-vendor schema diff: what CairnCMS's ``/schema/diff`` reports although nothing differs.
+
+A snapshot keeps each vendor's native spelling (reference §2.5), so a SQLite snapshot applied on
+PostgreSQL or MariaDB never diffs empty again: the target reads its columns back as ``int``/
+``character varying``/``timestamp with time zone``, with the widths its vendor fixes, and CairnCMS's
+second apply then fails instead of doing nothing.  Only when the source's vendor differs from the
+target's, these ``E`` (edit) records are dropped from the diff, each rule for one reason:
+
+- ``schema.data_type`` of a field: the vendor's name of the same CairnCMS ``type`` (a real change of
+  type shows in ``type``);
+- ``type`` ``string`` ↔ ``uuid`` of a ``char``/``varchar(36)`` key: CairnCMS's own cast when it
+  creates a key column (reference §2.4);
+- ``schema.max_length``, ``numeric_precision``, ``numeric_scale`` when one side has none (SQLite
+  reports none, PostgreSQL none for ``uuid``) or the ``type`` has a width its vendor fixes
+  (integers, floats, booleans, text, JSON); a ``string`` length or a ``decimal`` precision set on
+  both sides stays a real difference;
+- ``schema.is_unique`` of a primary key (unique anyway);
+- a relation's ``schema.constraint_name`` when one side has none (SQLite names none), and
+  ``on_update``/``on_delete`` ``RESTRICT`` ↔ ``NO ACTION`` (the same for a foreign key checked at once).
+
+Every other record (``N``/``D``, ``meta``, a default, a nullability, a real length) stays in the diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: CairnCMS types whose widths the vendor fixes (not a choice of the schema's author).
+FIXED_WIDTH_TYPES = frozenset({"integer", "bigInteger", "float", "boolean", "text", "json", "uuid", "hash", "csv",
+                               "dateTime", "timestamp", "date", "time"})
+_WIDTHS = ("max_length", "numeric_precision", "numeric_scale")
+_SAME_ACTIONS = frozenset({"RESTRICT", "NO ACTION"})
+
+
+def _field_noise(record: Mapping[str, Any], source_field: Mapping[str, Any] | None) -> bool:
+    """Whether one edit record of a field is the vendor's spelling rather than a change."""
+    path = record.get("path") or []
+    lhs, rhs = record.get("lhs"), record.get("rhs")
+    schema = (source_field or {}).get("schema") or {}
+    if path == ["type"]:
+        return ({lhs, rhs} == {"uuid", "string"} and schema.get("data_type") in ("char", "varchar")
+                and schema.get("max_length") == 36)
+    if len(path) != 2 or path[0] != "schema":
+        return False
+    if path[1] == "data_type":
+        return True
+    if path[1] in _WIDTHS:
+        return lhs is None or rhs is None or (source_field or {}).get("type") in FIXED_WIDTH_TYPES
+    if path[1] == "is_unique":
+        return bool(schema.get("is_primary_key"))
+    return False
+
+
+def _relation_noise(record: Mapping[str, Any]) -> bool:
+    path = record.get("path") or []
+    lhs, rhs = record.get("lhs"), record.get("rhs")
+    if len(path) != 2 or path[0] != "schema":
+        return False
+    if path[1] == "constraint_name":
+        return lhs is None or rhs is None
+    return path[1] in ("on_update", "on_delete") and {lhs, rhs} <= _SAME_ACTIONS
+
+
+def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """The diff without vendor noise, and how many records were dropped.
+
+    An entry keeps its remaining records; CairnCMS applies a field or relation update record by
+    record onto the target's current entry (``apply-diff.ts``), so dropping a record leaves that
+    part of the target as it is.
+    """
+    fields = {(f["collection"], f["field"]): f for f in source.get("fields") or []}
+    dropped = 0
+    kept: dict[str, Any] = {"collections": list(diff.get("collections") or []), "fields": [], "relations": []}
+    for kind in ("fields", "relations"):
+        for entry in diff.get(kind) or []:
+            def noise(record: Mapping[str, Any]) -> bool:
+                if record.get("kind") != "E":
+                    return False
+                if kind == "fields":
+                    return _field_noise(record, fields.get((entry["collection"], entry["field"])))
+                return _relation_noise(record)
+            records = [r for r in entry["diff"] if not noise(r)]
+            dropped += len(entry["diff"]) - len(records)
+            if records:
+                kept[kind].append({**entry, "diff": records})
+    return kept, dropped
+
+
+def is_empty(diff: Mapping[str, Any]) -> bool:
+    return not any(diff.get(kind) for kind in ("collections", "fields", "relations"))
