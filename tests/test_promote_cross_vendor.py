@@ -28,6 +28,7 @@ from cairn_migrate.bundle.schema_snapshot import write_schema_snapshot
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.database import Database
 from cairn_migrate.instance.instance import Instance
+from cairn_migrate.operations.promote_noise import type_drift
 
 TOKEN = "promote-cross-vendor-admin-token-0123"
 FIXTURE = FIXTURES / "sqlite"
@@ -126,6 +127,9 @@ def test_the_sqlite_structure_reaches_the_target_and_a_second_promote_has_no_cha
     code, output = promote(source, target, "--force")
     assert code == 0, output
     assert output.splitlines()[-1] == "applied", output
+    native = {"mariadb": "timestamp timestamp", "postgres": "timestamp timestamp with time zone"}[target.vendor]
+    assert f"  articles.date_created: timestamp datetime -> {native}" in output.splitlines(), output  # not lossy
+    assert "(0 lossy)" in output and "LOSSY" not in output
     served = {c["collection"] for c in target.get("/collections") if not c["collection"].startswith("directus_")}
     assert served == {c["collection"] for c in schema["collections"]}
     fields = {(f["collection"], f["field"]) for f in target.get("/fields") if not (f.get("meta") or {}).get("system")}
@@ -139,6 +143,8 @@ def test_the_sqlite_structure_reaches_the_target_and_a_second_promote_has_no_cha
     wanted = load_yaml((FIXTURE / "config" / "permissions" / "editor.yaml").read_text())["permissions"]
     assert granted == {(p["collection"], p["action"]) for p in wanted}
 
+    code, report = promote_json(source, target, "--force")  # already applied: nothing to apply, no drift to report
+    assert (code, report["changes"], report.get("type_drift")) == (0, False, None), report
     code, plan = promote_json(source, target, "--force", "--dry-run")
     assert (code, plan["changes"], plan["schema"]["steps"]) == (0, False, []), plan
     assert plan["schema"]["vendor_noise"] > 0  # CairnCMS's own diff is not empty: the vendors spell types apart
@@ -170,3 +176,19 @@ def test_a_real_cross_vendor_change_still_shows(target: Target, tmp_path: Path) 
     assert target.get("/fields/tags/color")["schema"]["max_length"] == 120
     code, output = promote(source, target, "--force", "--dry-run")
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+
+
+def test_lossy_type_drift_is_named_against_the_real_target(target: Target, tmp_path: Path) -> None:
+    """The drift rules on the target's real snapshot after a forced promote: a source declaring more than the
+    target holds (a longer string, another type) is lossy; the vendors' spellings are not.  (No fixture
+    apply makes a lossy column on these targets, so the source side is edited here.)"""
+    assert promote(source_dir(tmp_path / "base", with_meta_null_table(sqlite_schema())), target, "--force")[0] == 0
+    source = sqlite_schema()
+    fields = {(f["collection"], f["field"]): f for f in source["fields"]}
+    fields[("tags", "color")]["schema"]["max_length"] = 300
+    fields[("authors", "rating")]["type"] = "decimal"
+    drift = {d["field"]: d for d in type_drift(source, target.get("/schema/snapshot"))}
+    assert drift["tags.color"]["lossy"] and drift["tags.color"]["reasons"] == ["max_length 300 became 255"]
+    assert drift["authors.rating"]["reasons"] == ["type decimal became float"]
+    assert not drift["articles.date_created"]["lossy"]
+    assert [name for name, d in drift.items() if d["lossy"]] == ["authors.rating", "tags.color"]

@@ -37,6 +37,11 @@ def render_promote(report: dict[str, Any]) -> str:
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
         lines.append(f"  fix: {refusal['fix']}")
+    drifted = report.get("type_drift") or []
+    if drifted:
+        lines.append(f"type drift on the target ({sum(d['lossy'] for d in drifted)} lossy):")
+        lines += [f"  {d['field']}: {d['source']} -> {d['target']}" + (f" LOSSY: {'; '.join(d['reasons'])}"
+                  if d["lossy"] else "") for d in drifted]
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
     if report.get("failed"):

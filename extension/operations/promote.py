@@ -27,7 +27,7 @@ import requests
 
 from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
-from .promote_noise import drop_vendor_noise, is_empty
+from .promote_noise import drop_vendor_noise, is_empty, type_drift
 
 #: What ``only`` may name in this slice (flows, dashboards, presets, settings, translations come later).
 KINDS = ("schema", "config")
@@ -290,7 +290,8 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     """Plan; unless refused or empty, write the target's safety snapshot, then apply schema, then config.
 
     The schema goes in one transaction on the target (a hash that no longer matches refuses it
-    whole).  A config apply that fails after the schema went in is reported (``failed``), not
+    whole).  Forced across vendors, the report then lists the type drift of the target's snapshot
+    against the source (``type_drift``); a lossy one makes the outcome ``differences`` (exit 1).  A config apply that fails after the schema went in is reported (``failed``), not
     raised, so the report says what was applied: the outcome is then ``partial``.
     """
     report, source, target = _prepare(ctx, p)
@@ -302,6 +303,8 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
         target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
         report["applied"] = True
+        if "vendor" in schema["mismatch"]:  # forced across vendors: what the target really made of the source's types
+            report["type_drift"] = type_drift(source.schema or {}, target.data("/schema/snapshot"))
     if config and config["changes"]:
         ctx.progress.log(f"applying roles and permissions to {target.url}")
         try:

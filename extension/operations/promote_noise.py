@@ -89,3 +89,56 @@ def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any]) -> tup
 
 def is_empty(diff: Mapping[str, Any]) -> bool:
     return not any(diff.get(kind) for kind in ("collections", "fields", "relations"))
+
+
+def type_drift(source: Mapping[str, Any], target: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per field, how the target (its snapshot after a forced cross-vendor apply) stores what the source declares.
+
+    Every change of native type is listed; it is ``lossy`` when the target can hold less than the
+    source: another CairnCMS ``type`` (beyond the uuid cast of keys), a shorter ``max_length``, or a
+    smaller ``numeric_precision``/``numeric_scale`` of a ``decimal``.  A native spelling of the same
+    type is not lossy (values that a vendor stores differently, such as MariaDB's whole-second
+    timestamps, are the import's drift report, ``bundle/drift.py``: a promote moves no values).
+    """
+    after = {(f["collection"], f["field"]): f for f in target.get("fields") or []}
+    drift = []
+    for field in source.get("fields") or []:
+        now = after.get((field["collection"], field["field"]))
+        was_schema, now_schema = field.get("schema") or {}, (now or {}).get("schema") or {}
+        if now is None or not was_schema or not now_schema:
+            continue  # not created, or an alias (no column)
+        reasons = _lossy_reasons(field, now)
+        if reasons or was_schema.get("data_type") != now_schema.get("data_type"):
+            drift.append({"field": f"{field['collection']}.{field['field']}",
+                          "source": _native(field), "target": _native(now), "lossy": bool(reasons),
+                          "reasons": reasons})
+    return drift
+
+
+def _native(field: Mapping[str, Any]) -> str:
+    """``type`` and the native column, e.g. ``string varchar(255)`` or ``decimal numeric(10,5)``."""
+    schema = field.get("schema") or {}
+    size = schema.get("max_length") if field.get("type") not in FIXED_WIDTH_TYPES else None
+    if field.get("type") == "decimal":
+        size = f"{schema.get('numeric_precision')},{schema.get('numeric_scale')}"
+    return f"{field.get('type')} {schema.get('data_type')}" + (f"({size})" if size is not None else "")
+
+
+def _lossy_reasons(source: Mapping[str, Any], target: Mapping[str, Any]) -> list[str]:
+    """What the target's column holds less of than the source's declares."""
+    reasons = []
+    if source.get("type") != target.get("type") and not _uuid_cast(source, target):
+        reasons.append(f"type {source.get('type')} became {target.get('type')}")
+    was, now = source.get("schema") or {}, target.get("schema") or {}
+    keys = ["max_length"] if source.get("type") not in FIXED_WIDTH_TYPES else []
+    if source.get("type") == "decimal":
+        keys += ["numeric_precision", "numeric_scale"]
+    for key in keys:
+        if was.get(key) is not None and now.get(key) is not None and now[key] < was[key]:
+            reasons.append(f"{key} {was[key]} became {now[key]}")
+    return reasons
+
+
+def _uuid_cast(source: Mapping[str, Any], target: Mapping[str, Any]) -> bool:
+    """CairnCMS's uuid cast of a ``char``/``varchar(36)`` key (not a loss)."""
+    return _field_noise({"kind": "E", "path": ["type"], "lhs": target.get("type"), "rhs": source.get("type")}, source)
