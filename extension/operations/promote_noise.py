@@ -62,6 +62,13 @@ def _relation_noise(record: Mapping[str, Any]) -> bool:
     return path[1] in ("on_update", "on_delete") and {lhs, rhs} <= _SAME_ACTIONS
 
 
+def _is_noise(kind: str, record: Mapping[str, Any], source_field: Mapping[str, Any] | None) -> bool:
+    """Only edits can be noise: a created or deleted entry, or a new key, is always a change."""
+    if record.get("kind") != "E":
+        return False
+    return _field_noise(record, source_field) if kind == "fields" else _relation_noise(record)
+
+
 def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     """The diff without vendor noise, and how many records were dropped.
 
@@ -74,13 +81,8 @@ def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any]) -> tup
     kept: dict[str, Any] = {"collections": list(diff.get("collections") or []), "fields": [], "relations": []}
     for kind in ("fields", "relations"):
         for entry in diff.get(kind) or []:
-            def noise(record: Mapping[str, Any]) -> bool:
-                if record.get("kind") != "E":
-                    return False
-                if kind == "fields":
-                    return _field_noise(record, fields.get((entry["collection"], entry["field"])))
-                return _relation_noise(record)
-            records = [r for r in entry["diff"] if not noise(r)]
+            source_field = fields.get((entry["collection"], entry["field"])) if kind == "fields" else None
+            records = [r for r in entry["diff"] if not _is_noise(kind, r, source_field)]
             dropped += len(entry["diff"]) - len(records)
             if records:
                 kept[kind].append({**entry, "diff": records})
@@ -88,6 +90,7 @@ def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any]) -> tup
 
 
 def is_empty(diff: Mapping[str, Any]) -> bool:
+    """Whether nothing is left to apply (CairnCMS's own test: all three lists empty)."""
     return not any(diff.get(kind) for kind in ("collections", "fields", "relations"))
 
 
