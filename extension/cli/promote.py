@@ -20,6 +20,8 @@ def render_promote(report: dict[str, Any]) -> str:
     if schema is not None:
         lines.append("schema: " + (f"{len(schema['steps'])} changes" if schema["changes"] else "no changes"))
         lines += [f"  {step}" for step in schema["steps"]]
+        if schema.get("vendor_noise"):
+            lines.append(f"  ignored: {schema['vendor_noise']} differences that are only the vendors' spelling of the same types")
         for key, values in (schema.get("mismatch") or {}).items():
             lines.append(f"  {'version' if key == 'directus' else key}: source {values['source']}, target {values['target']}")
         lines += [f"  data loss: {loss['kind']} {loss['name']} holds "
@@ -37,6 +39,11 @@ def render_promote(report: dict[str, Any]) -> str:
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
         lines.append(f"  fix: {refusal['fix']}")
+    drifted = report.get("type_drift") or []
+    if drifted:
+        lines.append(f"type drift on the target ({sum(d['lossy'] for d in drifted)} lossy):")
+        lines += [f"  {d['field']}: {d['source']} -> {d['target']}" + (f" LOSSY: {'; '.join(d['reasons'])}"
+                  if d["lossy"] else "") for d in drifted]
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
     if report.get("failed"):

@@ -629,11 +629,14 @@ def _promote_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
 
 
 def _promote_outcome(report: Report, planned: bool) -> Outcome:
-    """Refused: invalid (exit 2, the plan printed); schema applied but config failed: partial."""
+    """Refused: invalid (exit 2, the plan printed); schema applied but config failed: partial;
+    applied across vendors with lossy type drift: differences (exit 1, problems found)."""
     if report["refused"]:
         return Outcome.INVALID
     if report.get("failed"):
         return Outcome.PARTIAL
+    if any(drift["lossy"] for drift in report.get("type_drift") or []):
+        return Outcome.DIFFERENCES
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
 
 

@@ -27,6 +27,7 @@ import requests
 
 from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
+from .promote_noise import drop_vendor_noise, is_empty, type_drift
 
 from .promote_extras import EXTRA_KINDS
 
@@ -212,13 +213,19 @@ def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[s
     if response.status_code == 204:
         return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
     data = response.json()["data"]
+    noise = 0
+    if "vendor" in mismatch:  # a snapshot keeps the vendor's spelling: drop what only that differs in
+        data["diff"], noise = drop_vendor_noise(data["diff"], snapshot)
+        if is_empty(data["diff"]):
+            return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": [],
+                    "vendor_noise": noise}
     losses = data_loss(target, data["diff"])
     if losses and not p["allow_data_loss"]:
         refused.append({"code": "data_loss", "message": "the schema diff drops " + ", ".join(
             f"{loss['name']} ({loss['rows']} rows)" for loss in losses),
             "fix": "pass --allow-data-loss to drop them (a safety snapshot of the target's structure is written first)"})
     return {"changes": True, "mismatch": mismatch, "diff": data["diff"], "hash": data["hash"],
-            "steps": schema_steps(data["diff"]), "data_loss": losses}
+            "steps": schema_steps(data["diff"]), "data_loss": losses, "vendor_noise": noise}
 
 
 def schema_steps(diff: Mapping[str, Any]) -> list[str]:
@@ -292,7 +299,8 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     """Plan; unless refused or empty, write the target's safety snapshot, then apply schema, then config.
 
     The schema goes in one transaction on the target (a hash that no longer matches refuses it
-    whole).  A config apply that fails after the schema went in is reported (``failed``), not
+    whole).  Forced across vendors, the report then lists the type drift of the target's snapshot
+    against the source (``type_drift``); a lossy one makes the outcome ``differences`` (exit 1).  A config apply that fails after the schema went in is reported (``failed``), not
     raised, so the report says what was applied: the outcome is then ``partial``.
     """
     report, source, target = _prepare(ctx, p)
@@ -304,6 +312,8 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
         target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
         report["applied"] = True
+        if "vendor" in schema["mismatch"]:  # forced across vendors: what the target really made of the source's types
+            report["type_drift"] = type_drift(source.schema or {}, target.data("/schema/snapshot"))
     if config and config["changes"]:
         ctx.progress.log(f"applying roles and permissions to {target.url}")
         try:
