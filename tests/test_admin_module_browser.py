@@ -5,13 +5,17 @@ Each test is a thin wrapper around a helper that takes the Playwright page and a
 checks run on CairnCMS and on Directus 9.22.4: ``INSTANCE_FIXTURES`` lists the fixtures of
 ``live_instance.py`` that exist.  Screenshots land in ``test-output/`` (repo-relative, gitignored):
 ``admin-module-<fixture>.png`` after an export, ``admin-module-<fixture>-import.png`` with an import
-plan, ``admin-module-<fixture>-sidecar-down.png`` with the sidecar stopped.
+plan, ``admin-module-<fixture>-promote.png`` with a promote plan, ``admin-module-<fixture>-sidecar-down.png``
+with the sidecar stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,9 @@ from typing import Any
 
 import live_instance as live_fixtures
 import pytest
-from live_instance import ADMIN_EMAIL, ADMIN_PASSWORD, COLLECTION, REPO, LiveInstance
+import requests
+from live_instance import (ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, COLLECTION, REPO, LiveInstance, free_port,
+                           start_server, stop_process)
 
 OUTPUT = REPO / "test-output"
 CHROMIUM_ARGS = [
@@ -33,6 +39,8 @@ PASSPHRASE = "correct horse battery"
 GZIP_MAGIC = b"\x1f\x8b"
 #: Lines an instance logs when the app extensions did not bundle (the module would be "Page Not Found").
 BUNDLE_FAILURES = ("Couldn't bundle App extensions", "could not be resolved")
+#: The collection a promote test creates on its source and promotes (then drops again) onto the instance.
+NOTES = "promoted_notes"
 
 
 @pytest.fixture(scope="module", params=INSTANCE_FIXTURES)
@@ -351,6 +359,123 @@ def check_load_failure_is_shown(page: Any, instance: LiveInstance) -> None:
         page.unroute("**/migrate/app/vue")
 
 
+@contextlib.contextmanager
+def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
+    """A second real instance of the same platform, version and vendor: a copy of ``instance``'s folder and
+    SQLite database on a port of its own; yields its URL (its admin token is ``ADMIN_TOKEN`` too)."""
+    shutil.copytree(instance.folder, folder, ignore=shutil.ignore_patterns("data.db*"))
+    live, copy = sqlite3.connect(instance.folder / "data.db"), sqlite3.connect(folder / "data.db")
+    try:
+        live.backup(copy)  # consistent even while the instance writes
+    finally:
+        live.close()
+        copy.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env_file = folder / ".env"
+    text = env_file.read_text().replace(str(instance.folder), str(folder))
+    text = re.sub(r"(?m)^PORT=.*$", f"PORT={port}", text)
+    env_file.write_text(re.sub(r"(?m)^PUBLIC_URL=.*$", f"PUBLIC_URL={url}", text))
+    server = start_server(instance.platform, folder, url, instance.env, folder / "server.log")
+    try:
+        yield url
+    finally:
+        stop_process(server)
+
+
+def source_request(url: str, method: str, path: str, **kwargs: Any) -> requests.Response:
+    return requests.request(method, url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30, **kwargs)
+
+
+def collection_names(instance: LiveInstance) -> list[str]:
+    response = instance.request("GET", "/collections")
+    assert response.status_code == 200, response.text
+    return [row["collection"] for row in response.json()["data"]]
+
+
+def create_notes(url: str) -> None:
+    created = source_request(url, "POST", "/collections", json={
+        "collection": NOTES, "meta": {}, "schema": {},
+        "fields": [
+            {"field": "id", "type": "integer", "meta": {"hidden": True}, "schema": {"is_primary_key": True, "has_auto_increment": True}},
+            {"field": "title", "type": "string", "meta": {}, "schema": {}},
+        ],
+    })
+    assert created.status_code == 200, created.text
+
+
+def show_promote_plan(page: Any) -> Any:
+    """Click "Show the plan" and return the rendered plan (a new one, not the one shown before)."""
+    page.evaluate("() => document.querySelector('[data-testid=promote-plan]')?.remove()")
+    page.click("[data-testid=plan-promote] button")
+    shown = page.wait_for_selector("[data-testid=promote-plan], [data-testid=promote-error]", timeout=120_000)
+    assert shown.get_attribute("data-testid") == "promote-plan", shown.inner_text()
+    return shown
+
+
+def apply_promote(page: Any, instance: LiveInstance) -> dict[str, Any]:
+    """Click "Apply" and return the finished job (shown in the promote panel and its report)."""
+    page.evaluate("() => document.querySelector('[data-testid=job][data-panel=promote]')?.remove()")
+    page.click("[data-testid=apply-promote] button")
+    shown = page.wait_for_selector("[data-testid=job][data-panel=promote][data-state=succeeded]", timeout=120_000)
+    job: dict[str, Any] = instance.request("GET", f"/migrate/jobs/{shown.get_attribute('data-job-id')}").json()
+    assert job["kind"] == "promote" and "to_token" not in job["params"] and job["result"]["applied"] is True, job
+    assert page.inner_text("[data-testid=promote-snapshot]") == job["result"]["safety_snapshot"]
+    return job
+
+
+def check_promote(page: Any, instance: LiveInstance, tmp_path: Path, shots: str) -> None:
+    """Promote from a second real instance: the plan first (nothing changed), apply, a second plan says no
+    changes; a drop of a collection holding rows is refused with its row count until "Allow data loss"."""
+    with running_copy(instance, tmp_path / "source") as source:
+        create_notes(source)
+        try:
+            open_module(page, instance)
+            page.fill("[data-testid=promote-from]", source)
+            page.fill("[data-testid=promote-from-token]", ADMIN_TOKEN)
+            plan = show_promote_plan(page)
+            lines = page.inner_text("[data-testid=promote-plan-lines]")
+            assert plan.get_attribute("data-changes") == "true" and plan.get_attribute("data-refused") == "0", lines
+            assert f"+ collection {NOTES}" in lines and f"+ field {NOTES}.title" in lines, lines
+            assert "flows: 0 to create, 0 to update" in lines, lines
+            assert NOTES not in collection_names(instance)  # the plan changed nothing
+            page.screenshot(path=f"{shots}-promote.png", full_page=True)
+            apply_promote(page, instance)
+            assert instance.request("GET", f"/fields/{NOTES}/title").status_code == 200
+            again = show_promote_plan(page)
+            assert again.get_attribute("data-changes") == "false", page.inner_text("[data-testid=promote-plan-lines]")
+            assert page.is_visible("[data-testid=promote-no-changes]")
+            assert page.is_disabled("[data-testid=apply-promote] button")
+
+            # The source drops the collection while this instance holds a row of it: refused, with the count.
+            assert instance.request("POST", f"/items/{NOTES}", json={"title": "kept"}).status_code == 200
+            assert source_request(source, "DELETE", f"/collections/{NOTES}").status_code == 204
+            show_promote_plan(page)
+            refused = page.inner_text("[data-testid=promote-refused]")
+            assert f"{NOTES} (1 rows)" in refused and "tick \u201cAllow data loss\u201d" in refused, refused
+            assert "--allow-data-loss" not in refused
+            assert page.is_disabled("[data-testid=apply-promote] button")
+            assert instance.request("GET", f"/items/{NOTES}").json()["data"][0]["title"] == "kept"
+            page.check("[data-testid=promote-allow-data-loss]")
+            plan = show_promote_plan(page)
+            lines = page.inner_text("[data-testid=promote-plan-lines]")
+            assert plan.get_attribute("data-refused") == "0" and f"- collection {NOTES}" in lines, lines
+            apply_promote(page, instance)
+            assert NOTES not in collection_names(instance)
+        finally:
+            instance.request("DELETE", f"/collections/{NOTES}")  # leave the shared instance as it was
+
+
+def check_promote_unsupported(page: Any, instance: LiveInstance) -> None:
+    """An instance without CairnCMS's /schema/* and /config/* API (Directus 9.22.4): the section says so up front."""
+    missing = [path for path in ("/schema/snapshot", "/config/snapshot") if instance.request("GET", path).status_code == 404]
+    assert missing == ["/schema/snapshot", "/config/snapshot"], missing
+    open_module(page, instance)
+    notice = page.wait_for_selector("[data-testid=promote-unsupported]").inner_text()
+    assert "404 to /schema/snapshot and /config/snapshot" in notice and "cannot promote into this instance" in notice, notice
+    assert page.is_disabled("[data-testid=plan-promote] button")
+
+
 def check_sidecar_down(page: Any, instance: LiveInstance, shots: str) -> None:
     """A red notice and disabled actions while the sidecar is down; the page recovers by itself."""
     with instance.sidecar_stopped():
@@ -404,6 +529,13 @@ def test_past_jobs(page: Any, instance: LiveInstance) -> None:
 
 def test_a_load_failure_is_shown(page: Any, instance: LiveInstance) -> None:
     check_load_failure_is_shown(page, instance)
+
+
+def test_promote_plans_first_then_applies(page: Any, instance: LiveInstance, tmp_path: Path, shots: str) -> None:
+    if instance.platform.script == "cairncms":
+        check_promote(page, instance, tmp_path, shots)
+    else:  # Directus 9.22.4 has neither /schema/* nor /config/*: promote cannot target it
+        check_promote_unsupported(page, instance)
 
 
 def test_module_says_the_sidecar_is_down(page: Any, instance: LiveInstance, shots: str) -> None:

@@ -11,7 +11,8 @@
  * from the app's globally registered components (<private-view>, <v-button>, <v-notice>).
  * No templates (the app ships Vue's runtime-only build): render functions with h().
  *
- * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar.
+ * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar; the one
+ * exception is promote's check that this instance has /schema/* and /config/* (it asks the instance itself).
  */
 
 /* The app's Vue, bound by loadPage() before the page's setup() first runs. */
@@ -20,11 +21,15 @@ let computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent
 const FINAL = ['succeeded', 'failed', 'cancelled'];
 const POLL_MS = 1000;
 /* The actions, each with its own job panel and its own polling; "jobs" shows a past job picked from the list. */
-const PANELS = ['export', 'import', 'files', 'jobs'];
+const PANELS = ['export', 'import', 'files', 'promote', 'jobs'];
 const FILES_CHECK_KINDS = ['files_check', 'files-check'];
 const REPLACE_LABEL = 'Replace a non-empty instance';
 /* What an import's panel says while a poll fails: a replace recreates the tables the instance answers from. */
 const RESTARTING = 'Instance restarting its tables… (asking again)';
+/* What promote can carry, in the order of its --only; every one ticked by default. */
+const PROMOTE_KINDS = ['schema', 'config', 'flows', 'dashboards', 'presets', 'settings', 'translations'];
+/* The target's API promote plans, applies and writes its safety snapshot through (CairnCMS's own). */
+const PROMOTE_API = ['/schema/snapshot', '/config/snapshot'];
 const HEALTH_MS = 10000;
 const LOAD_TIMEOUT_MS = 15000;
 
@@ -86,6 +91,51 @@ function formatBytes(n) {
 	return `${value.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
+/* This instance's own URL as the sidecar reaches it: the app is served at <PUBLIC_URL>/admin/. */
+function instanceUrl() {
+	return new URL('..', document.baseURI).href.replace(/\/$/, '');
+}
+
+/* A refusal's fix speaks to the command line; on this page its options are the boxes of the section. */
+function promoteFix(fix) {
+	return String(fix || '')
+		.replace('pass --allow-data-loss', 'tick \u201cAllow data loss\u201d')
+		.replace('pass --force', 'tick \u201cForce across vendors or versions\u201d');
+}
+
+/* A count of what a plan part lists (an array of names, or already a number). */
+function count(value) {
+	if (Array.isArray(value)) return value.length;
+	return Number(value) || 0;
+}
+
+/* One line per part of a promote plan: schema steps, roles and permissions, extras with their counts. */
+function promoteLines(report) {
+	const lines = [];
+	const schema = report.schema;
+	if (schema) {
+		if (schema.changes) lines.push(`schema: ${schema.steps.length} changes`, ...schema.steps.map((s) => `  ${s}`));
+		else lines.push('schema: no changes');
+		(schema.data_loss || []).forEach((loss) => lines.push(`  drops ${loss.kind} ${loss.name} holding ${loss.rows ?? 'an unknown number of'} rows`));
+	}
+	const config = report.config;
+	if (config && config.plan) {
+		const { roles, permissions } = config.plan;
+		lines.push(`config: roles ${count(roles.created)} to create, ${count(roles.updated)} to update; `
+			+ `permissions ${count(permissions.created)} to create, ${count(permissions.updated)} to update`);
+	} else if (config) {
+		lines.push('config: not planned');
+	}
+	const extras = report.extras || {};
+	if (extras.skipped) lines.push(`extras: ${extras.skipped}`);
+	Object.entries(extras).filter(([, v]) => v && v.counts).forEach(([kind, v]) => {
+		lines.push(`${kind}: ${v.counts.create} to create, ${v.counts.update} to update, ${v.counts.unchanged} unchanged`);
+		[...v.create.map((n) => `  + ${n}`), ...v.update.map((n) => `  ~ ${n}`)].forEach((l) => lines.push(l));
+		(v.secrets_left_out || []).forEach((n) => lines.push(`  secret not copied: ${n}`));
+	});
+	return lines;
+}
+
 function percent(progress) {
 	if (!progress) return null;
 	if (progress.bytes_total) return Math.min(100, Math.round((100 * progress.bytes_done) / progress.bytes_total));
@@ -112,6 +162,11 @@ const MigratePage = {
 		const busy = ref('');
 		const filesReport = ref(null);
 		const filesMessage = ref('');
+		const promoteForm = reactive({ from: '', fromToken: '', allowDataLoss: false, force: false,
+			only: Object.fromEntries(PROMOTE_KINDS.map((kind) => [kind, true])) });
+		const promotePlan = ref(null);
+		const promoteError = ref('');
+		const promoteMissing = ref([]); // the PROMOTE_API paths this instance answers 404 to (Directus 9.22.4: both)
 		let healthTimer = null;
 
 		const down = computed(() => sidecar.state === 'down');
@@ -338,8 +393,74 @@ const MigratePage = {
 			}
 		}
 
+		/*
+		 * Does this instance have the API promote writes through?  Directus 9.22.4 answers 404 to both
+		 * /schema/* and /config/*: the section then says so instead of a plan failing on a 404 inside.
+		 */
+		async function probePromoteApi() {
+			const answers = await Promise.all(PROMOTE_API.map((path) => api.get(path)
+				.then(() => null)
+				.catch((error) => (error && error.response && error.response.status === 404 ? path : null))));
+			promoteMissing.value = answers.filter(Boolean);
+		}
+
+		/*
+		 * promote's parameters: the source as typed, the target this instance at its own URL with the
+		 * admin's current access token (a secret parameter: the sidecar keeps it in memory only).
+		 */
+		function promoteParams(dryRun) {
+			const params = {
+				from: promoteForm.from.trim(), to: instanceUrl(), to_token: token(), dry_run: dryRun,
+				only: PROMOTE_KINDS.filter((kind) => promoteForm.only[kind]),
+				allow_data_loss: promoteForm.allowDataLoss, force: promoteForm.force,
+			};
+			if (promoteForm.fromToken) params.from_token = promoteForm.fromToken;
+			return params;
+		}
+
+		/* The dry run: the combined plan (a refused plan comes back as 422 with the same report). */
+		async function planPromote() {
+			promotePlan.value = null;
+			promoteError.value = '';
+			if (!promoteForm.from.trim()) {
+				promoteError.value = 'Type the source instance\u2019s URL (and an admin token of it) first.';
+				return;
+			}
+			busy.value = 'promote-plan';
+			try {
+				const params = promoteParams(true);
+				if (!params.only.length) {
+					promoteError.value = 'Tick at least one part to promote.';
+					return;
+				}
+				const { data } = await call({ method: 'post', url: '/migrate/ops', data: { op: 'promote', params } });
+				promotePlan.value = data.report;
+			} catch (error) {
+				const data = error && error.response && error.response.data;
+				if (data && data.report) promotePlan.value = data.report;
+				else promoteError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function applyPromote() {
+			busy.value = 'promote';
+			promoteError.value = '';
+			try {
+				const { data } = await call({ method: 'post', url: '/migrate/ops', data: { op: 'promote', params: promoteParams(false) } });
+				promotePlan.value = null;
+				started('promote', data);
+			} catch (error) {
+				promoteError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
 		onMounted(() => {
 			checkHealth();
+			probePromoteApi();
 			healthTimer = setInterval(checkHealth, HEALTH_MS);
 		});
 		onUnmounted(() => {
@@ -474,6 +595,70 @@ const MigratePage = {
 				filesReport.value ? h('pre', { style: css.pre, 'data-testid': 'files-report' }, JSON.stringify(filesReport.value, null, 2)) : null,
 			]);
 
+			const promoteReport = panels.promote.job && panels.promote.job.state === 'succeeded' ? panels.promote.job.result : null;
+			const promoteSection = h('section', { style: css.section, id: 'promote' }, [
+				h('h2', { style: css.heading }, 'Promote structure'),
+				h('p', { style: css.muted }, 'Schema, roles and permissions, flows, dashboards, presets, settings and translation '
+					+ 'strings of a source instance into this one. The plan comes first; nothing changes until you apply it.'),
+				promoteMissing.value.length
+					? h(VNotice, { type: 'warning', 'data-testid': 'promote-unsupported' }, () => `This instance answers 404 to `
+						+ `${promoteMissing.value.join(' and ')}: promote plans, applies and writes its safety snapshot through `
+						+ 'CairnCMS\u2019s own /schema/* and /config/* API, so it cannot promote into this instance '
+						+ '(Directus 9 has neither). Promote into a CairnCMS instance instead.')
+					: null,
+				h('div', { style: css.row }, [
+					h('input', { type: 'url', placeholder: 'Source instance URL (https://dev.example.com)', value: promoteForm.from,
+						style: `${css.input} min-width: 320px;`, 'data-testid': 'promote-from',
+						onInput: (e) => { promoteForm.from = e.target.value; promotePlan.value = null; } }),
+					h('input', { type: 'password', placeholder: 'An admin token of the source', value: promoteForm.fromToken,
+						style: `${css.input} min-width: 260px;`, autocomplete: 'off', 'data-testid': 'promote-from-token',
+						onInput: (e) => { promoteForm.fromToken = e.target.value; promotePlan.value = null; } }),
+				]),
+				h('div', { style: css.row }, PROMOTE_KINDS.map((kind) => h('label', { style: css.label }, [
+					h('input', { type: 'checkbox', checked: promoteForm.only[kind], 'data-testid': `promote-only-${kind}`,
+						onChange: (e) => { promoteForm.only[kind] = e.target.checked; promotePlan.value = null; } }),
+					kind,
+				]))),
+				h('div', { style: css.row }, [
+					h('label', { style: css.label }, [
+						h('input', { type: 'checkbox', checked: promoteForm.allowDataLoss, 'data-testid': 'promote-allow-data-loss',
+							onChange: (e) => { promoteForm.allowDataLoss = e.target.checked; promotePlan.value = null; } }),
+						'Allow data loss (drop tables and columns that hold rows)',
+					]),
+					h('label', { style: css.label }, [
+						h('input', { type: 'checkbox', checked: promoteForm.force, 'data-testid': 'promote-force',
+							onChange: (e) => { promoteForm.force = e.target.checked; promotePlan.value = null; } }),
+						'Force across vendors or versions',
+					]),
+				]),
+				button('Show the plan', planPromote, { busy: 'promote-plan', testid: 'plan-promote', secondary: true,
+					disabled: promoteMissing.value.length > 0 }),
+				promoteError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;', 'data-testid': 'promote-error' }, () => promoteError.value) : null,
+				promotePlan.value
+					? h('div', { 'data-testid': 'promote-plan', 'data-changes': String(!!promotePlan.value.changes),
+						'data-refused': String(promotePlan.value.refused.length), style: 'margin-top: 12px;' }, [
+						...promotePlan.value.refused.map((r) => h(VNotice, { type: 'danger', 'data-testid': 'promote-refused' },
+							() => `Refused: ${r.message}. Fix: ${promoteFix(r.fix)}.`)),
+						promotePlan.value.changes
+							? h(VNotice, { type: 'warning' }, () => `Read the plan. Applying it changes this instance (${promotePlan.value.to}); `
+								+ 'a safety snapshot of its structure is written first.')
+							: h(VNotice, { type: 'success', 'data-testid': 'promote-no-changes' }, () => 'No changes: this instance already has the source\u2019s structure.'),
+						h('pre', { style: css.pre, 'data-testid': 'promote-plan-lines' }, promoteLines(promotePlan.value).join('\n')),
+						button('Apply', applyPromote, { busy: 'promote', testid: 'apply-promote',
+							disabled: !promotePlan.value.changes || promotePlan.value.refused.length > 0 }),
+					])
+					: null,
+				...jobPanel('promote', { report: false }),
+				promoteReport
+					? h('div', { 'data-testid': 'promote-report' }, [
+						h('p', {}, promoteReport.safety_snapshot
+							? [`Applied. Safety snapshot of the structure before: `, h('code', { 'data-testid': 'promote-snapshot' }, promoteReport.safety_snapshot)]
+							: (promoteReport.changes ? 'Not applied.' : 'No changes: nothing was written.')),
+						h('pre', { style: css.pre }, promoteLines(promoteReport).join('\n')),
+					])
+					: null,
+			]);
+
 			const jobsSection = h('section', { style: css.section, id: 'jobs' }, [
 				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true, testid: 'refresh-jobs' })]),
 				listsError.value ? h(VNotice, { type: 'danger', 'data-testid': 'lists-error' }, () => listsError.value) : null,
@@ -495,7 +680,7 @@ const MigratePage = {
 			]);
 
 			const nav = h('div', { style: 'padding: 12px;' }, [
-				['Export', '#export'], ['Import', '#import'], ['Files check', '#files'], ['Past jobs', '#jobs'],
+				['Export', '#export'], ['Import', '#import'], ['Files check', '#files'], ['Promote structure', '#promote'], ['Past jobs', '#jobs'],
 			].map(([label, href]) => h('a', { href, style: 'display: block; padding: 8px 12px; color: var(--foreground-normal);' }, label)));
 
 			return h(PrivateView, { title: 'Migrate' }, {
@@ -505,6 +690,7 @@ const MigratePage = {
 					exportSection,
 					importSection,
 					filesSection,
+					promoteSection,
 					jobsSection,
 				]),
 			});
