@@ -96,7 +96,9 @@ def test_move_local_to_object_store_and_back(driver: str, tmp_path: Path, reques
     report = move(inst(env), "local", "remote", state_url=state)
     assert report["copied"] == 3 and report["switched"] == 3 and not report["failed"]
     assert_moved(env, report, before)
-    assert check(inst(env), state_url=state)["ok"]  # old bytes are kept on purpose until prune
+    kept = check(inst(env), state_url=state)
+    assert kept["ok"]  # old bytes are kept on purpose until prune: by name, and the transform by its stem
+    assert kept["ignored"]["kept_after_move"] == 4 and kept["ignored"]["transforms"] == 0
     downgrade(inst(env))
     assert rows(env) == before
     again = move(inst(env), "local", "remote", state_url=state)  # nothing is copied twice

@@ -195,6 +195,18 @@ def _load_retained(scan: Scan, instance: Instance, state_url: str | None) -> Non
         ledger.close()
 
 
+def _retained(scan: Scan, loc: str, name: str, tstem: str | None) -> bool:
+    """Whether a move kept ``name`` (or the original of a transform ``tstem``) at ``loc``.
+
+    Two lookups, each on its own index: one ``name = ? OR stem = ?`` query cannot use either index and
+    scanned every kept file per object (5.95 s instead of 0.09 s for 10k objects).
+    """
+    lookup = "SELECT 1 FROM retained WHERE loc = ? AND {} = ? LIMIT 1"
+    if scan.conn.execute(lookup.format("name"), (loc, name)).fetchone():
+        return True
+    return tstem is not None and scan.conn.execute(lookup.format("stem"), (loc, tstem)).fetchone() is not None
+
+
 def _confirm(locations: dict[str, Location], candidates: Iterator[tuple[Any, ...]], workers: int,
              ) -> Iterator[tuple[tuple[Any, ...], int | None]]:
     """HEAD each ``(id, storage, name, filesize, ...)`` candidate concurrently, at most ``4 × workers`` in flight."""
@@ -301,8 +313,7 @@ def _classify(db: Database, scan: Scan, instance: Instance, usable: dict[str, Lo
             ignored["health_probes"] += 1
         elif name.startswith(QUARANTINE_PREFIX + "/"):
             ignored["quarantined"] += 1
-        elif scan.conn.execute("SELECT 1 FROM retained WHERE loc = ? AND (name = ? OR stem = ?) LIMIT 1",
-                               (loc, name, tstem)).fetchone():
+        elif _retained(scan, loc, name, tstem):
             ignored["kept_after_move"] += 1
         elif tstem is not None and scan.conn.execute(
                 "SELECT 1 FROM rows WHERE storage = ? AND stem = ? LIMIT 1", (loc, tstem)).fetchone():
