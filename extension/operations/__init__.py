@@ -380,9 +380,9 @@ class ExportParams(Schema):
     @validates_schema
     def _mask_options(self, data: Mapping[str, Any], **kwargs: Any) -> None:
         if data.get("mask") and data.get("native"):
-            raise ValidationError("a native dump cannot be masked row by row: drop native (or mask)", "mask")
+            raise ValidationError("a native dump cannot be masked (the vendor's own dump holds the rows as they are): drop native to export masked rows", "mask")
         if not data.get("mask") and (data.get("mask_salt") or data.get("mask_keep_users")):
-            raise ValidationError("mask_salt and mask_keep_users need mask (e.g. pii-basic)", "mask")
+            raise ValidationError("mask_salt and mask_keep_users need mask: name a profile (e.g. pii-basic) or drop them", "mask")
 
 
 class ImportParams(_BundleRef):
