@@ -286,3 +286,11 @@ def test_kept_user_logs_in_and_the_others_cannot(masked_clone: MaskedClone) -> N
     for email in (EDITOR[0], fake):
         refused = requests.post(f"{url}/auth/login", json={"email": email, "password": EDITOR[1]}, timeout=30)
         assert refused.status_code == 401, (email, refused.text)
+
+
+def test_the_registry_knows_every_built_in_profile_by_name() -> None:
+    """``mask`` is a host path unless it names a built-in profile: the registry's list (kept apart so the
+    registry imports no masking code) must be the masking package's."""
+    from cairn_migrate import operations
+
+    assert operations.MASK_PROFILES == masking.BUILTIN_NAMES
