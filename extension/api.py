@@ -50,6 +50,7 @@ def inspect(instance: Instance, *, check_objects: bool = True, progress: Progres
 def export(instance: Instance, output: Path, *, passphrase: str | None = None, key_file: Path | None = None,
            freeze: bool = False, freeze_guarantee: bool = True, instance_url: str | None = None,
            native: bool = False, overwrite: bool = False, state_url: str | None = None,
+           mask: str | Path | None = None, mask_salt: str | None = None, mask_keep_users: tuple[str, ...] = (),
            progress: Progress | None = None) -> dict[str, Any]:
     """Write a full bundle of ``instance`` (database + file bytes + config) to ``output``.
 
@@ -57,10 +58,13 @@ def export(instance: Instance, output: Path, *, passphrase: str | None = None, k
     default its ``PUBLIC_URL``) before the capture; ``freeze_guarantee=False`` only warns when it cannot.
     The freeze is written to ``state_url`` (default the process's state store): a ``serve`` passes its
     own, so the hook that asks that sidecar sees the freeze.
+    With ``mask`` (a built-in profile name or a YAML profile's path), every row is masked before it is
+    written (:mod:`cairn_migrate.masking`); ``mask_keep_users`` keep their rows (and logins).
     """
     return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze,
                          freeze_guarantee=freeze_guarantee, instance_url=instance_url, native=native,
-                         overwrite=overwrite, state_url=state_url, progress=progress)
+                         overwrite=overwrite, state_url=state_url, mask=mask, mask_salt=mask_salt,
+                         mask_keep_users=mask_keep_users, progress=progress)
 
 
 def import_(instance: Instance, bundle: Path, *, dry_run: bool = False, replace: bool = False, resume: bool = False,
@@ -100,6 +104,7 @@ def summarize_manifest(manifest: Mapping[str, Any], output: str | Path) -> dict[
         "missing_files": files["missing"],
         "changed_files": files["changed"],
         "snapshots": manifest.get("snapshots", {}),
+        **({"masked": {k: manifest["masked"][k] for k in ("name", "origin", "salt")}} if manifest.get("masked") else {}),
         **({"freeze": manifest["freeze"]} if manifest.get("freeze") else {}),
         "warnings": export_warnings(manifest),
     }

@@ -104,12 +104,19 @@ def _warn_incomplete(report: dict[str, Any]) -> None:
 @click.option("--instance-url", metavar="URL", help="Where to ask the instance for the freeze proof (default: its PUBLIC_URL).")
 @click.option("--native", is_flag=True, help="Fast path: the vendor's own dump (restores only on the same vendor; SQLite anywhere).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing bundle (anything else is refused).")
+@click.option("--mask", metavar="PROFILE", help="Mask people's data: a built-in profile (pii-basic) or a YAML profile file; "
+              "every row is masked before it is written (not with --native).")
+@click.option("--mask-salt", metavar="SALT", help="The masking salt: the same salt gives the same fakes (default: derived "
+              "from the profile and the instance's SECRET; or set CAIRN_MIGRATE_MASK_SALT).")
+@click.option("--mask-keep-user", "mask_keep_users", metavar="EMAIL", multiple=True,
+              help="Keep this user's row as it is (they log in to the clone with their password); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @_secret_options
 @click.pass_obj
 @handle_errors
 def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze: bool, no_freeze_guarantee: bool,
-                   instance_url: str | None, native: bool, overwrite: bool, as_json: bool,
+                   instance_url: str | None, native: bool, overwrite: bool, mask: str | None, mask_salt: str | None,
+                   mask_keep_users: tuple[str, ...], as_json: bool,
                    passphrase_file: str | None, key_file: str | None) -> None:
     """Write one verifiable bundle of the instance: database, file bytes and config.
 
@@ -123,10 +130,13 @@ def export_command(obj: Context, full: bool, output: str, encrypt: bool, freeze:
     if not encrypt and (passphrase_file or key_file):
         raise ConfigError(f"--{'passphrase-file' if passphrase_file else 'key-file'} was given but {output} is not encrypted",
                           hint="add --encrypt (and name the archive like clone.tar.gz.enc), or drop the secret")
+    import os
+
     params = {"output": output, "encrypt": encrypt, "key_file": key_file, "freeze": freeze,
               "freeze_guarantee": not no_freeze_guarantee, "instance_url": instance_url, "native": native,
-              "overwrite": overwrite}
-    secrets = {"passphrase": _passphrase(passphrase_file) if encrypt else None}
+              "overwrite": overwrite, "mask": mask, "mask_keep_users": list(mask_keep_users)}
+    secrets = {"passphrase": _passphrase(passphrase_file) if encrypt else None,
+               "mask_salt": mask_salt or os.environ.get("CAIRN_MIGRATE_MASK_SALT") or None}
     context = obj.operation(secrets=secrets)
     with RichProgress("exporting", enabled=not as_json) as progress:
         context.progress = progress

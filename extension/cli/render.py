@@ -85,6 +85,9 @@ def render_export(summary: Mapping[str, Any]) -> str:
         f"  {summary['tables']} tables, {summary['rows']:,} rows, {summary['files']} files ({summary['bytes']:,} bytes)",
         f"  bundle: {summary['bundle']}",
     ]
+    masked = summary.get("masked")
+    if masked:
+        lines.append(f"  masked with {masked['name']} ({masked['origin']}); salt {masked['salt']}")
     freeze = summary.get("freeze")
     if freeze:
         lines.append(f"  warning: {freeze['warning']}" if freeze.get("warning") else

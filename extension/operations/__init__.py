@@ -30,12 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from ..errors import InvalidInput, MigrateError
 from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from ..progress import NullProgress, Progress
 from .promote import KINDS as PROMOTE_KINDS
+
+#: The built-in masking profiles (``masking/profiles.py`` BUILTIN): names, not paths, in ``mask``.
+MASK_PROFILES = ("pii-basic",)
 
 if TYPE_CHECKING:
     from ..instance.instance import Instance
@@ -140,6 +143,8 @@ class OpContext:
                 continue
             if schema_field.metadata.get("or_url") and urlsplit(str(params[name])).scheme in ("http", "https"):
                 continue  # a running instance's URL (promote's from/to), not a path on this host
+            if params[name] in schema_field.metadata.get("or_name", ()):
+                continue  # a built-in name (export's mask profile), not a path on this host
             if name == "safety_bundle":
                 self.safety_bundle(params)
             else:
@@ -361,6 +366,23 @@ class ExportParams(Schema):
         "description": "Where to ask the instance for the freeze proof (default: its PUBLIC_URL).", "cli": "--instance-url"})
     native = fields.Boolean(load_default=False, metadata={
         "description": "Fast path: the vendor's own dump.", "cli": "--native"})
+    mask = fields.String(load_default=None, validate=validate.Length(min=1), metadata={
+        "description": "Mask people's data with this profile: a built-in name (pii-basic) or a YAML profile's path "
+        "on the machine running the export; every row is masked before it is written.", "cli": "--mask",
+        "host_path": True, "or_name": MASK_PROFILES})
+    mask_salt = fields.String(load_default=None, load_only=True, validate=validate.Length(min=1), metadata={
+        "description": "The masking salt (never stored; default: derived from the profile and the instance's SECRET).",
+        "secret": True, "cli": "--mask-salt"})
+    mask_keep_users = fields.List(fields.Email(), load_default=list, metadata={
+        "description": "Emails of users whose row is kept as is, so they can log in to the clone.",
+        "cli": "--mask-keep-user"})
+
+    @validates_schema
+    def _mask_options(self, data: Mapping[str, Any], **kwargs: Any) -> None:
+        if data.get("mask") and data.get("native"):
+            raise ValidationError("a native dump cannot be masked (the vendor's own dump holds the rows as they are): drop native to export masked rows", "mask")
+        if not data.get("mask") and (data.get("mask_salt") or data.get("mask_keep_users")):
+            raise ValidationError("mask_salt and mask_keep_users need mask: name a profile (e.g. pii-basic) or drop them", "mask")
 
 
 class ImportParams(_BundleRef):
@@ -518,11 +540,20 @@ def _export(ctx: OpContext, p: dict[str, Any]) -> Report:
     manifest = api.export(ctx.instance(), output, passphrase=passphrase if encrypt else None,
                           key_file=ctx.path("key_file", p["key_file"]) if encrypt else None, freeze=p["freeze"],
                           freeze_guarantee=p["freeze_guarantee"], instance_url=p["instance_url"], native=p["native"],
-                          overwrite=p["overwrite"], state_url=ctx.state_url, progress=ctx.progress)
+                          overwrite=p["overwrite"], state_url=ctx.state_url, progress=ctx.progress,
+                          mask=_mask_spec(ctx, p["mask"]), mask_salt=ctx.secret("mask_salt") or p.get("mask_salt"),
+                          mask_keep_users=tuple(p["mask_keep_users"]))
     summary = api.summarize_manifest(manifest, p["output"] or output)
     if server_side:
         summary.update(bundle_id=ctx.job_id, download=f"/migrate/bundles/{ctx.job_id}", size=output.stat().st_size)
     return summary
+
+
+def _mask_spec(ctx: OpContext, mask: str | None) -> str | Path | None:
+    """A built-in profile's name as is; any other value is a path on this host, as the shell allows it."""
+    if not mask or mask in MASK_PROFILES:
+        return mask
+    return ctx.path("mask", mask)
 
 
 def _import(ctx: OpContext, p: dict[str, Any], *, dry_run: bool = False) -> Report:

@@ -41,6 +41,8 @@ from ..instance.storage import Location, open_location
 from ..bundle.table_schema import TableDef, load_order, reflect_tables
 from ..bundle.values import SQLITE_STORED, fast_decoder
 from ..bundle.workdir import scratch
+from ..masking import MaskProfile, Profile, ProfileError, prepare, row_masker
+from ..masking import load as load_profile
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +56,27 @@ def row_line(values: Any) -> bytes:
     return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
-def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress) -> dict[str, Any]:
+def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress,
+                  mask: MaskProfile | None = None) -> dict[str, Any]:
+    """One table as JSON lines; with ``mask``, every row is masked before it is encoded (no real value
+    reaches the bundle), and a row the profile drops is not written."""
     names = [column.name for column in table.columns]
     converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := fast_decoder(column.type, db.vendor))]
+    masker = row_masker(mask, table.name, names) if mask is not None else None
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
     member = f"tables/{table.name}.jsonl"
-    rows = 0
+    rows = dropped = 0
     with writer.open(member) as out:
         buffer: list[str] = []
         for row in db.stream_tuples(table.name, names, connection=conn):
-            values = list(row)  # an SQLAlchemy Row is not a JSON array
+            values: list[Any] | None = list(row)  # an SQLAlchemy Row is not a JSON array
             for i, codec in converting:
                 values[i] = codec(values[i])
+            if masker is not None:
+                values = masker(values)
+                if values is None:
+                    dropped += 1
+                    continue
             buffer.append(dumps(values))
             if len(buffer) == 5000:
                 out.write(("\n".join(buffer) + "\n").encode("utf-8"))
@@ -77,7 +88,8 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
             out.write(("\n".join(buffer) + "\n").encode("utf-8"))
             rows += len(buffer)
             progress.advance(items=len(buffer))
-    return {"rows": rows, "member": member}
+    progress.advance(items=dropped)
+    return {"rows": rows, "member": member, **({"dropped_by_mask": dropped} if dropped else {})}
 
 
 def _file_rows(conn: sa.Connection, db: Database) -> Iterator[Mapping[str, Any]]:
@@ -286,6 +298,9 @@ def export_bundle(
     overwrite: bool = False,
     capture_incomplete: bool = False,
     workers: int = 8,
+    mask: str | Path | Profile | None = None,
+    mask_salt: str | None = None,
+    mask_keep_users: tuple[str, ...] = (),
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write a full bundle of ``instance`` to ``output`` (a directory, or an archive by suffix).
@@ -300,13 +315,27 @@ def export_bundle(
     :param overwrite: replace ``output`` if it is an existing bundle; anything else there is refused.
     :param capture_incomplete: capture a target an interrupted import left incomplete (only
         ``import --replace``'s safety bundle does: the manifest's ``incomplete`` says so).
+    :param mask: a masking profile (a built-in name, a YAML path or a loaded profile): every row is
+        masked before it is written (:mod:`cairn_migrate.masking`), the manifest's ``masked`` says by which.
+    :param mask_salt: the masking salt (default: derived from the profile and the instance's ``SECRET``).
+    :param mask_keep_users: emails of users whose ``directus_users`` row is kept as is (they can log in).
     :returns: the manifest, with ``freeze`` (id, ``guaranteed``, ``lifted_at``, …) when frozen.
     :raises ConfigError: ``output`` exists (without ``overwrite``, or is no bundle), the instance
         holds an unfinished import (without ``capture_incomplete``), or the options conflict.
     :raises InvalidInput: ``output`` has a suffix that is no bundle form.
+    :raises ProfileError: a bad masking profile, one naming what the instance lacks, or a kept user it lacks.
     """
     progress = progress or NullProgress()
     output = Path(output)
+    profile = None
+    if mask is not None:
+        if native:
+            raise ConfigError("--native cannot be masked: the vendor's own dump holds the rows as they are",
+                              hint="drop --native to export a masked bundle (rows are masked one by one)")
+        profile = mask if isinstance(mask, Profile) else load_profile(mask)
+    elif mask_salt is not None or mask_keep_users:
+        raise ConfigError("--mask-salt and --mask-keep-user need --mask", hint="add --mask PROFILE (e.g. pii-basic), "
+                          "or drop them")
     archive = is_archive_path(output)
     if (passphrase or key_file) and not archive:
         raise ConfigError(
@@ -341,7 +370,8 @@ def export_bundle(
             with frozen(state_url, scope=instance_scope(instance), enabled=freeze, reason=f"export to {output.name}",
                         prove=prove) as held:
                 manifest = _capture(instance, bundle_dir, native=native, workers=workers, progress=progress,
-                                    incomplete=incomplete)
+                                    incomplete=incomplete, mask=profile, mask_salt=mask_salt,
+                                    mask_keep_users=mask_keep_users)
             if held is not None:
                 manifest["freeze"] = held
             if archive:
@@ -354,6 +384,23 @@ def export_bundle(
                 output.unlink()
             raise
     return manifest
+
+
+def _secrets_note(masking: MaskProfile | None) -> dict[str, Any]:
+    """What secrets the bundle holds: directus_users' hashes, tokens and 2FA secrets, unless a profile nulls them."""
+    rules = masking.profile.rules("directus_users") if masking is not None else {}
+    nulled = rules is None or {"password", "token", "tfa_secret"} <= {f for f, m in rules.items() if m == "null"}
+    if masking is not None and nulled:
+        kept = bool(masking.keep_users)
+        return {"password_hashes": kept, "static_tokens": kept,
+                "note": f"masked with {masking.profile.name}: no password hash, static token or 2FA secret"
+                        + (" except the kept user's" if kept else "")}
+    return {
+        "password_hashes": True,
+        "static_tokens": True,
+        "note": "directus_users holds argon2 password hashes, static API tokens and 2FA secrets; "
+        "encrypt the bundle (--encrypt) or keep it as private as the database itself",
+    }
 
 
 def _unfinished_import(instance: Instance) -> import_marker.Marker | None:
@@ -403,7 +450,8 @@ def is_bundle(path: Path) -> bool:
 
 
 def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int, progress: Progress,
-             incomplete: import_marker.Marker | None = None) -> dict[str, Any]:
+             incomplete: import_marker.Marker | None = None, mask: Profile | None = None, mask_salt: str | None = None,
+             mask_keep_users: tuple[str, ...] = ()) -> dict[str, Any]:
     writer = BundleDirWriter(bundle_dir)
     with Database.open(instance) as live:
         platform = live.platform()
@@ -431,6 +479,9 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             tables = reflect_tables(db.engine, names, db.vendor)
             order = load_order(tables)
             by_name = {t.name: t for t in tables}
+            masking = None
+            if mask is not None:
+                masking = prepare(mask, tables, salt=mask_salt, secret=instance.secret, keep_users=mask_keep_users)
             with writer.open("schema/tables.json") as out:
                 out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
             counts = {} if native else db.row_counts(order)  # the native checksums count rows themselves
@@ -445,7 +496,11 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
                     table_entries = {name: {"rows": native_entry["checksums"][name]["rows"]} for name in order}
                 else:
                     for name in order:
-                        table_entries[name] = _export_table(conn, db, by_name[name], writer, progress)
+                        table_entries[name] = _export_table(conn, db, by_name[name], writer, progress, masking)
+                    if masking is not None and masking.keep_users - masking.kept:
+                        missing = ", ".join(sorted(masking.keep_users - masking.kept))
+                        raise ProfileError(f"--mask-keep-user {missing}: no such user (directus_users.email)",
+                                           hint="name the email of an existing user, or drop --mask-keep-user")
                 file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)
             snapshots = _snapshots(db, writer, platform, bundle_dir.parent)
         used = sorted(used_set)
@@ -493,12 +548,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
         "files": files,
         "snapshots": snapshots,
         "env": required_env(instance, used),
-        "contains_secrets": {
-            "password_hashes": True,
-            "static_tokens": True,
-            "note": "directus_users holds argon2 password hashes, static API tokens and 2FA secrets; "
-            "encrypt the bundle (--encrypt) or keep it as private as the database itself",
-        },
+        "contains_secrets": _secrets_note(masking),
+        **({"masked": masking.describe()} if masking is not None else {}),
     }
     writer.write_manifest(manifest)
     return manifest
