@@ -1,0 +1,247 @@
+"""``content move`` over the direct database path, on real servers and real CairnCMS 1.0.0-beta.4.
+
+The source is the recorded SQLite instance; the target the recorded PostgreSQL instance, populated
+and made different (its articles, authors and tags renamed), so every integer key of the moved
+authors, tags, junction rows, translations and comments collides with a target row.  Published
+articles move with their authors, tags (m2m), translations, comments (o2m), files (bytes
+included) and folder; CairnCMS booted once on the target serves them.  The tests run in order
+on one pair of instances: dry run, move, what CairnCMS serves, a second run, depth, mirror.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from click.testing import CliRunner
+from conftest import FIXTURES, make_instance
+from live_instance import Platform, free_port, server_env, start_server, stop_process
+
+from cairn_migrate.cli import cli
+from cairn_migrate.content.filter import compile_filter, parse
+from cairn_migrate.errors import InvalidInput
+from cairn_migrate.instance.database import Database
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.testing import build_sqlite_instance
+
+TOKEN = "content-move-admin-token-0123456789"
+PUBLISHED = '{"status": {"_eq": "published"}}'
+
+
+@dataclass
+class Pair:
+    source: Path
+    target: Path
+    url: str
+    state: Path
+
+    def move(self, *args: str, source: Path | None = None) -> tuple[int, dict[str, Any] | str]:
+        env = {"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{self.state}"}
+        result = CliRunner(env=env).invoke(cli, ["content", "move", "--from", str(source or self.source), "--to",
+                                                 str(self.target), *args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        if "--json" in args:
+            return result.exit_code, json.loads(result.output)
+        return result.exit_code, result.output
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = requests.get(self.url + path, params=params, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()["data"] if response.headers.get("content-type", "").startswith("application/json") \
+            else response.content
+
+
+def query(env: Path, sql: str, **params: Any) -> list[Any]:
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        result = conn.execute(sa.text(sql), params)
+        return list(result.all()) if result.returns_rows else []
+
+
+@pytest.fixture(scope="module")
+def pair(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    base = tmp_path_factory.mktemp("content-move")
+    source = build_sqlite_instance(FIXTURES / "sqlite", base / "src")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    target = make_instance("postgres", base / "dst", request,
+                           extra_env={"HOST": "127.0.0.1", "PORT": port, "PUBLIC_URL": url, "LOG_STYLE": "raw"})
+    (target.parent / "package.json").write_text('{"name": "content-target", "private": true}\n')
+    # Different rows under the same integer keys: the target's own authors, tags and articles.
+    query(target, "UPDATE articles SET slug = 'pg-' || slug, title = 'PG ' || title")
+    query(target, "UPDATE authors SET email = 'pg-' || email, name = 'PG ' || name")
+    query(target, "UPDATE tags SET slug = 'pg-' || slug, name = 'PG ' || name")
+    query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
+    server = start_server(cairncms, target.parent, url, server_env(), base / "cairncms.log")
+    try:
+        yield Pair(source, target, url, base / "state" / "state.db")
+    finally:
+        stop_process(server)
+
+
+def published_slugs(env: Path) -> list[str]:
+    return sorted(r.slug for r in query(env, "SELECT slug FROM articles WHERE status = 'published'"))
+
+
+def test_a_dry_run_plans_every_related_collection_and_writes_nothing(pair: Pair) -> None:
+    before = query(pair.target, "SELECT count(*) FROM articles")[0][0]
+    code, report = pair.move("--collection", "articles", "--filter", PUBLISHED, "--dry-run", "--json")
+    assert code == 1 and isinstance(report, dict)
+    plan = report["plan"]
+    assert plan["articles"]["created"] == len(published_slugs(pair.source)) == 10
+    for name in ("authors", "tags", "articles_tags", "articles_translations", "article_comments", "directus_files",
+                 "directus_folders"):
+        assert plan[name]["created"] > 0, name
+    assert plan["languages"]["unchanged"] == 2  # string keys, the same rows on both sides
+    assert report["files"]["copy"] == 3 and report["files"]["bytes"] == 248 + 73 + 594
+    assert report["users"] == {"matched": 1, "unmatched": []}
+    assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before
+
+
+def test_the_move_remaps_integer_keys_without_collision(pair: Pair) -> None:
+    target_authors = {r.id: r.name for r in query(pair.target, "SELECT id, name FROM authors")}
+    code, output = pair.move("--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0, output
+    assert "applied" in str(output)
+    # The target's own rows are untouched; the moved ones got new ids.
+    for key, name in target_authors.items():
+        assert query(pair.target, "SELECT name FROM authors WHERE id = :i", i=key)[0][0] == name
+    moved = query(pair.target, "SELECT a.slug, au.name AS author, au.id AS author_id FROM articles a "
+                               "JOIN authors au ON au.id = a.author WHERE a.slug NOT LIKE 'pg-%'")
+    source = {r.slug: r.name for r in query(pair.source, "SELECT a.slug, au.name FROM articles a JOIN authors au "
+                                                         "ON au.id = a.author WHERE a.status = 'published'")}
+    assert {r.slug: r.author for r in moved} == source
+    assert all(r.author_id > max(target_authors) for r in moved)
+    links = query(pair.target, "SELECT a.slug, t.name FROM articles_tags j JOIN articles a ON a.id = j.articles_id "
+                               "JOIN tags t ON t.id = j.tags_id WHERE a.slug NOT LIKE 'pg-%'")
+    source_links = query(pair.source, "SELECT a.slug, t.name FROM articles_tags j JOIN articles a ON a.id = j.articles_id "
+                                      "JOIN tags t ON t.id = j.tags_id WHERE a.status = 'published'")
+    assert sorted(map(tuple, links)) == sorted(map(tuple, source_links))
+    users = query(pair.target, "SELECT DISTINCT u.email FROM articles a JOIN directus_users u ON u.id = a.user_created "
+                               "WHERE a.slug NOT LIKE 'pg-%'")
+    assert [u.email for u in users] == ["admin@example.com"]  # the target's own admin, matched by email
+
+
+def test_cairncms_serves_the_moved_items_and_their_bytes(pair: Pair) -> None:
+    article = pair.get("/items/articles", **{"filter[slug][_eq]": "article-1", "fields": "*,tags.*,translations.*"})[0]
+    source_id = query(pair.source, "SELECT id FROM articles WHERE slug = 'article-1'")[0][0]
+    assert article["id"] == source_id  # uuid keys are kept
+    assert len(article["translations"]) == 2 and len(article["tags"]) == 2
+    tags = pair.get("/items/articles", **{"filter[slug][_eq]": "article-1", "fields": "tags.tags_id.name,author.name,"
+                                          "comments.text,translations.languages_code.code"})[0]
+    source_tags = query(pair.source, "SELECT t.name FROM articles_tags j JOIN tags t ON t.id = j.tags_id "
+                                     "WHERE j.articles_id = :a", a=source_id)
+    assert sorted(t["tags_id"]["name"] for t in tags["tags"]) == sorted(r.name for r in source_tags)
+    assert tags["author"]["name"] == "Grace Hopper"
+    assert len(tags["comments"]) == query(pair.source, "SELECT count(*) FROM article_comments WHERE article = :a",
+                                          a=source_id)[0][0]
+    assert sorted(t["languages_code"]["code"] for t in tags["translations"]) == ["de-DE", "en-US"]
+    for file_id, name in query(pair.source, "SELECT id, filename_disk FROM directus_files"):
+        assert pair.get(f"/assets/{file_id}") == (FIXTURES / "sqlite" / "uploads" / name).read_bytes()
+
+
+def test_a_second_run_changes_nothing(pair: Pair) -> None:
+    counts = {t: query(pair.target, f"SELECT count(*) FROM {t}")[0][0]
+              for t in ("articles", "authors", "tags", "articles_tags", "articles_translations", "article_comments")}
+    code, report = pair.move("--collection", "articles", "--filter", PUBLISHED, "--json")
+    assert code == 0 and isinstance(report, dict)
+    assert not report["changes"]
+    assert all(c["created"] == c["updated"] == c["deleted"] == 0 for c in report["plan"].values())
+    assert report["files"]["copy"] == 0
+    assert pair.move("--collection", "articles", "--filter", PUBLISHED, "--dry-run")[0] == 0
+    assert counts == {t: query(pair.target, f"SELECT count(*) FROM {t}")[0][0] for t in counts}
+
+
+def test_depth_zero_moves_only_the_rows_and_nulls_what_the_target_lacks(pair: Pair) -> None:
+    query(pair.source, "INSERT INTO authors (name, email) VALUES ('Edsger Dijkstra', 'edsger@example.com')")
+    author = query(pair.source, "SELECT id FROM authors WHERE email = 'edsger@example.com'")[0][0]
+    known = query(pair.source, "SELECT author FROM articles WHERE slug = 'article-1'")[0][0]
+    query(pair.source, "INSERT INTO articles (id, status, title, slug, author) VALUES "
+                       "('0f0f0f0f-0000-4000-8000-000000000001', 'published', 'Shallow', 'shallow', :a), "
+                       "('0f0f0f0f-0000-4000-8000-000000000002', 'published', 'Known', 'known', :k)", a=author, k=known)
+    filter_ = '{"slug": {"_in": ["shallow", "known"]}}'
+    code, report = pair.move("--collection", "articles", "--filter", filter_, "--depth", "0", "--json")
+    assert code == 0 and isinstance(report, dict)
+    assert set(report["plan"]) == {"articles"} and report["plan"]["articles"]["created"] == 2
+    assert report["nulled"] == {"articles.author": 1}
+    rows = {r.slug: r.name for r in query(pair.target, "SELECT a.slug, au.name FROM articles a LEFT JOIN authors au "
+                                                       "ON au.id = a.author WHERE a.slug IN ('shallow', 'known')")}
+    # beyond the depth: the author the target lacks is NULL; the one moved before is found through the ID map
+    assert rows == {"shallow": None, "known": "Grace Hopper"}
+
+
+def test_mirror_deletes_only_what_the_source_dropped_and_refuses_above_max_delete(pair: Pair) -> None:
+    slugs = published_slugs(pair.source)
+    mirror = json.dumps({"status": {"_eq": "published"}, "slug": {"_in": slugs}})
+    dropped_comment = query(pair.source, "SELECT c.id, c.text FROM article_comments c JOIN articles a ON a.id = c.article "
+                                         "WHERE a.slug = 'article-1' ORDER BY c.id")[0]
+    query(pair.source, "DELETE FROM article_comments WHERE id = :i", i=dropped_comment.id)
+    query(pair.source, "UPDATE articles SET status = 'draft' WHERE slug = 'article-4'")
+    before = query(pair.target, "SELECT count(*) FROM articles")[0][0]
+
+    code, output = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror")
+    assert code == 2 and "needs consent" in str(output)
+    code, report = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror", "--max-delete", "1",
+                             "--json")
+    assert code == 2 and isinstance(report, dict)
+    assert "more than --max-delete 1" in report["refused"][0]["message"]
+    assert report["plan"]["articles"]["deleted"] == 1 and report["plan"]["article_comments"]["deleted"] == 1
+    assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before  # refused: nothing deleted
+
+    code, report = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror", "--max-delete", "2",
+                             "--json")
+    assert code == 0 and isinstance(report, dict)
+    assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before - 1
+    assert not query(pair.target, "SELECT id FROM articles WHERE slug = 'article-4'")
+    texts = {r.text for r in query(pair.target, "SELECT c.text FROM article_comments c JOIN articles a ON a.id = c.article "
+                                                "WHERE a.slug = 'article-1'")}
+    assert dropped_comment.text not in texts and texts
+    assert len(published_slugs(pair.target)) >= 10  # the target's own (pg-) articles are still there
+
+
+def test_a_schema_mismatch_is_refused_naming_the_field(pair: Pair, tmp_path: Path) -> None:
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    query(source, "ALTER TABLE authors ADD COLUMN website varchar(255) NULL")
+    query(source, "INSERT INTO directus_fields (collection, field, interface) VALUES ('authors', 'website', 'input')")
+    before = query(pair.target, "SELECT count(*) FROM articles")[0][0]
+    code, output = pair.move("--collection", "articles", "--filter", PUBLISHED, source=source)
+    assert code == 2
+    assert "authors.website: only on the source" in str(output) and "cairn-migrate promote" in str(output)
+    assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before
+
+
+def test_via_api_is_not_available_yet(pair: Pair) -> None:
+    code, output = pair.move("--collection", "articles", "--via", "api")
+    assert code == 2 and "not available yet" in str(output)
+
+
+def test_filters_compile_to_conditions_and_refuse_unknown_fields(tmp_path: Path) -> None:
+    env = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    columns = ["id", "status", "slug", "word_count", "cover_image", "featured"]
+
+    def count(spec: str) -> int:
+        condition = compile_filter(parse(spec), "articles", columns)
+        with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table("articles")).where(condition)).scalar_one())
+
+    assert count('{"status": {"_eq": "published"}}') == 10
+    assert count('{"status": {"_neq": "published"}}') == 11
+    assert count('{"status": {"_in": ["draft", "archived"]}}') == 11
+    assert count('{"status": {"_nin": ["draft", "archived"]}}') == 10
+    assert count('{"cover_image": {"_null": true}}') == 6
+    assert count('{"cover_image": {"_nnull": true}}') == 15
+    assert count('{"word_count": {"_gt": 200}}') == 6 and count('{"word_count": {"_gte": 198}}') == 7
+    assert count('{"word_count": {"_lt": 114}}') == 1 and count('{"word_count": {"_lte": 114}}') == 2
+    assert count('{"slug": {"_contains": "article-1"}}') == 11
+    assert count('{"_or": [{"slug": {"_eq": "article-1"}}, {"_and": [{"featured": {"_eq": true}}, '
+                 '{"status": {"_eq": "draft"}}]}]}') == 2
+    for bad, message in (('{"nope": {"_eq": 1}}', "no field 'nope'"), ('{"slug": {"_like": "x"}}', "unsupported"),
+                         ('[1]', "JSON object"), ('{"_or": {}}', "non-empty list")):
+        with pytest.raises(InvalidInput, match=message):
+            compile_filter(parse(bad), "articles", columns)
