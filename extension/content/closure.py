@@ -40,6 +40,12 @@ SYSTEM_LINKS = (
 BATCH = 500
 
 
+def movable(collection: str) -> bool:
+    """Whether a move writes rows of ``collection``: user collections, files and folders (never users,
+    roles or other system rows: references to those are kept where the target has the same key)."""
+    return not collection.startswith("directus_") or collection in SYSTEM_MOVED
+
+
 @dataclass(frozen=True)
 class Link:
     """One many-to-one column: ``many.field`` holds a key of ``one`` (``None``: many-to-any, see ``allowed``)."""
@@ -91,7 +97,7 @@ class Graph:
                     c for link in self.outgoing(name) if link.m2a for c in link.allowed]
                 targets += [link.many for link in self.incoming(name)]
                 for target in targets:
-                    if target and target != USERS and target not in seen:
+                    if target and movable(target) and target not in seen:
                         seen[target] = level
                         nxt.append(target)
             frontier = nxt
@@ -187,10 +193,10 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
                 for target, values in _referenced(db, conn, graph, collection, link, keys):
                     if target == USERS:
                         closure.users |= values
-                    elif target in graph.keys:
+                    elif target in graph.keys and movable(target):
                         found.setdefault(target, set()).update(values)
             for link in graph.incoming(collection):
-                if link.many not in graph.keys:
+                if link.many not in graph.keys or not movable(link.many):
                     continue
                 child_pk = graph.keys[link.many]
                 for batch in _batches(sorted(keys)):

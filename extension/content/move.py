@@ -20,7 +20,7 @@ from ..instance.instance import Instance
 from ..progress import NullProgress, Progress
 from ..service.state import instance_scope
 from . import keys
-from .closure import compute, load_graph, primary_key
+from .closure import USERS, compute, load_graph, primary_key
 from .filter import compile_filter, parse
 from .plan import has_changes, match_users, order, schema_differences
 from .writer import Walk
@@ -61,12 +61,20 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             if root not in tables or root.startswith("directus_"):
                 raise InvalidInput(f"{root} is not a user collection of the source",
                                    hint="name a collection of the source with --collection (not a directus_* table)")
-        reachable = [name for name in graph.reachable(roots, depth) if name in tables]
-        for name in reachable:
-            graph.keys[name] = primary_key(src, name)
+        # Every linked collection gets its key, so references beyond the depth are still rewritten;
+        # the structure must match for the collections the rows may reach or name.
+        linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
+        for name in sorted((linked | set(roots)) & tables - {USERS}):
+            try:
+                graph.keys[name] = primary_key(src, name)
+            except InvalidInput:
+                if name in roots:
+                    raise
+                continue  # not followed: a collection without one key column is never part of a move
             if keys.is_integer(src, name, graph.keys[name]):
                 graph.integer.add(name)
-        problems = schema_differences(src, dst, reachable)
+        involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
+        problems = schema_differences(src, dst, involved)
         if problems:
             report["schema"]["differences"] = problems
             report["refused"].append({
