@@ -247,3 +247,83 @@ def test_filters_compile_to_conditions_and_refuse_unknown_fields(tmp_path: Path)
                          ('[1]', "JSON object"), ('{"_or": {}}', "non-empty list")):
         with pytest.raises(InvalidInput, match=message):
             compile_filter(parse(bad), "articles", columns)
+
+
+# --------------------------------------------------------------------------- other targets and shapes
+def _move(source: Path, target: Path, state: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{state}"}).invoke(
+        cli, ["content", "move", "--from", str(source), "--to", str(target), "--json", *args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, json.loads(result.output)
+
+
+_BLOCKS = (
+    "CREATE TABLE articles_blocks (id integer PRIMARY KEY AUTOINCREMENT NOT NULL, articles_id char(36) NULL, "
+    "item varchar(255) NULL, collection varchar(255) NULL)",
+    "INSERT INTO directus_relations (many_collection, many_field, one_collection, one_field, one_allowed_collections, "
+    "one_collection_field, junction_field) VALUES ('articles_blocks', 'item', NULL, NULL, 'tags,authors', 'collection', "
+    "'articles_id')",
+    "INSERT INTO directus_relations (many_collection, many_field, one_collection, one_field, junction_field) "
+    "VALUES ('articles_blocks', 'articles_id', 'articles', 'blocks', 'item')",
+    "INSERT INTO directus_fields (collection, field, special, interface) VALUES ('articles', 'blocks', 'm2a', "
+    "'list-m2a')",
+)
+
+
+def test_many_to_any_items_follow_with_their_keys_remapped_on_a_sqlite_target(tmp_path: Path) -> None:
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst")
+    for env in (source, target):
+        for statement in _BLOCKS:
+            query(env, statement)
+    query(target, "INSERT INTO tags (name, slug) VALUES ('Target only', 'target-only')")  # takes the next id
+    query(source, "INSERT INTO tags (name, slug) VALUES ('Fresh', 'fresh')")
+    fresh = query(source, "SELECT id FROM tags WHERE slug = 'fresh'")[0][0]
+    article = query(source, "SELECT id FROM articles WHERE slug = 'article-1'")[0][0]
+    query(source, "INSERT INTO articles_blocks (articles_id, item, collection) VALUES (:a, :t, 'tags'), (:a, '3', 'authors')",
+          a=article, t=str(fresh))
+    state = tmp_path / "state.db"
+    one = '{"slug": {"_eq": "article-1"}}'
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", one)
+    assert code == 0, report
+    assert report["plan"]["articles_blocks"]["created"] == 2 and report["plan"]["tags"]["created"] == 1
+    assert report["plan"]["articles"]["unchanged"] == 1  # the same uuid row on both sides
+    # The target is a clone: authors are found by their unique email, junction rows by the pair they link.
+    assert report["matched_on_target"] == {"authors": 2, "tags": 2, "articles_tags": 2, "articles_translations": 2}
+    assert report["plan"]["articles_tags"]["unchanged"] == report["plan"]["articles_translations"]["unchanged"] == 2
+    new_tag = query(target, "SELECT id FROM tags WHERE slug = 'fresh'")[0][0]
+    assert new_tag != fresh
+    blocks = query(target, "SELECT collection, item FROM articles_blocks WHERE articles_id = :a", a=article)
+    assert sorted(map(tuple, blocks)) == [("authors", "3"), ("tags", str(new_tag))]
+    assert _move(source, target, state, "--collection", "articles", "--filter", one)[1]["changes"] is False
+
+    query(source, "UPDATE articles SET title = 'Changed on the source' WHERE id = :a", a=article)
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", one, "--mode", "skip-existing")
+    assert code == 0 and report["plan"]["articles"]["skipped"] == 1
+    assert query(target, "SELECT title FROM articles WHERE id = :a", a=article)[0][0] != "Changed on the source"
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", one)
+    assert code == 0 and report["plan"]["articles"]["updated"] == 1
+    assert query(target, "SELECT title FROM articles WHERE id = :a", a=article)[0][0] == "Changed on the source"
+
+
+@pytest.mark.mariadb
+def test_a_move_onto_a_populated_mariadb_target_converges(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = make_instance("mariadb", tmp_path / "dst", request)
+    query(target, "UPDATE articles SET slug = CONCAT('my-', slug)")
+    query(target, "UPDATE authors SET email = CONCAT('my-', email), name = CONCAT('My ', name)")
+    query(target, "UPDATE tags SET slug = CONCAT('my-', slug), name = CONCAT('My ', name)")
+    state = tmp_path / "state.db"
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0 and report["applied"], report
+    moved = query(target, "SELECT a.slug, au.name, a.published_at, a.featured, a.seo FROM articles a "
+                          "JOIN authors au ON au.id = a.author WHERE a.slug NOT LIKE 'my-%'")
+    expected = query(source, "SELECT a.slug, au.name FROM articles a JOIN authors au ON au.id = a.author "
+                             "WHERE a.status = 'published'")
+    assert sorted((r.slug, r.name) for r in moved) == sorted(map(tuple, expected))
+    assert all(r.published_at is not None and json.loads(r.seo)["title"].startswith("SEO") for r in moved)
+    for _, name in query(source, "SELECT id, filename_disk FROM directus_files"):
+        assert (target.parent / "uploads" / name).read_bytes() == (FIXTURES / "sqlite" / "uploads" / name).read_bytes()
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0 and report["changes"] is False, report["plan"]

@@ -23,6 +23,8 @@ def render_content(report: dict[str, Any]) -> str:
     if files["copy"] or files["storage"]:
         lines.append(f"  files: {files['copy']} to copy ({files['bytes']} bytes)" + "".join(
             f"; storage {a} -> {b}" for a, b in files["storage"].items() if a != b))
+    lines += [f"  {name}: {count} rows matched to existing target rows (a unique field, or the pair a junction row links)"
+              for name, count in report.get("matched_on_target", {}).items()]
     users = report["users"]
     if users["matched"] or users["unmatched"]:
         lines.append(f"  users matched by email: {users['matched']}")

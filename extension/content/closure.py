@@ -56,6 +56,8 @@ class Link:
     one_field: str | None = None
     allowed: tuple[str, ...] = ()
     collection_field: str | None = None
+    #: the other foreign key of a junction (m2m, translations, m2a): the pair names one junction row
+    junction: str | None = None
 
     @property
     def m2a(self) -> bool:
@@ -115,13 +117,13 @@ def load_graph(db: Database) -> Graph:
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT many_collection, many_field, one_collection, one_field, one_allowed_collections, "
-            "one_collection_field FROM directus_relations ORDER BY id")).all()
+            "one_collection_field, junction_field FROM directus_relations ORDER BY id")).all()
         specials = conn.execute(sa.text(
             "SELECT collection, field, special FROM directus_fields WHERE special IS NOT NULL")).all()
     for r in rows:
         allowed = tuple(c for c in (r.one_allowed_collections or "").split(",") if c)
         links.append(Link(r.many_collection, r.many_field, r.one_collection or None, r.one_field or None,
-                          allowed, r.one_collection_field or None))
+                          allowed, r.one_collection_field or None, r.junction_field or None))
     known = {(link.many, link.field) for link in links}
     for s in specials:
         flags = set(str(s.special).split(","))

@@ -51,7 +51,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     report: dict[str, Any] = {
         "from": source.label, "to": target.label, "via": "db", "mode": mode, "collections": roots, "filter": spec,
         "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
-        "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_by_unique": {},
+        "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
         "refused": [],
         "changes": False, "applied": False}
     with Database.open(source) as src, Database.open(target) as dst:
@@ -120,7 +120,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         plan={name: walk.counts[name] for name in order(graph, walk.counts)},
         users={"matched": len(users.mapping), "unmatched": users.unmatched},
         files={k: v for k, v in walk.files.items() if k != "copied"}, nulled=walk.nulled, refused=walk.refused,
-        matched_by_unique=walk.adopted)
+        matched_on_target=walk.adopted)
     report["changes"] = has_changes(report)
     if write and not walk.refused:
         idmap.save(walk.new_map)

@@ -74,7 +74,8 @@ def schema_differences(src: Database, dst: Database, collections: Sequence[str])
 def order(graph: Graph, collections: Iterable[str]) -> list[str]:
     """The collections parents first (a row's many-to-one targets before it); cycles broken by name."""
     names = set(collections)
-    deps = {n: {link.one for link in graph.outgoing(n) if link.one in names and link.one != n} for n in names}
+    deps = {n: {one for link in graph.outgoing(n) for one in ((link.one,) if link.one else link.allowed)
+                if one in names and one != n} for n in names}
     ordered: list[str] = []
     remaining = sorted(names, key=lambda n: (n not in SYSTEM_MOVED, n != FOLDERS, n))
     while remaining:

@@ -81,7 +81,7 @@ class Walk:
     #: (collection, source key) → target key of integer-keyed rows, saved to the ID map after the commit
     new_map: dict[tuple[str, Any], Any] = field(default_factory=dict)
     nulled: dict[str, int] = field(default_factory=dict)
-    #: integer-keyed rows matched to a target row by a unique column, per collection
+    #: integer-keyed rows matched to an existing target row (a unique column, or a junction row's pair), per collection
     adopted: dict[str, int] = field(default_factory=dict)
     refused: list[dict[str, str]] = field(default_factory=list)
     files: dict[str, Any] = field(default_factory=lambda: {"copy": 0, "bytes": 0, "storage": {}, "copied": []})
@@ -268,13 +268,21 @@ class Walk:
             existing_rows = self._target_rows(dst_conn, name, pk, names, decode_dst,
                                               [v for v in target_keys.values() if v is not None])
             self._prefetch_outside(dst_conn, name, links, rows)
+            storages = {}
             for row in rows:
                 source_key = self.graph.key(name, row[pk])
-                source_storage = row.get("storage") if name == FILES else None
                 if name == FILES:
-                    row["storage"] = self._target_storage(str(source_storage))
+                    storages[source_key] = row.get("storage")
+                    row["storage"] = self._target_storage(str(storages[source_key]))
                 for link in links:
                     self._rewrite(name, link, row, nullable[link.field], deferred, source_key)
+            if integer:
+                self._adopt_junction_rows(dst_conn, name, pk, rows, target_keys)
+                existing_rows.update(self._target_rows(dst_conn, name, pk, names, decode_dst, [
+                    v for v in target_keys.values() if v is not None and v not in existing_rows]))
+            for row in rows:
+                source_key = self.graph.key(name, row[pk])
+                source_storage = storages.get(source_key)
                 target_key = target_keys[source_key]
                 if name == FILES and not self.refused:
                     self._bytes(row, str(source_storage))
@@ -325,6 +333,35 @@ class Walk:
                     source_key = pending.get(found)
                     target_key = int(target_key)
                     if source_key is not None and target_key not in taken and target_keys[source_key] is None:
+                        target_keys[source_key] = target_key
+                        taken.add(target_key)
+                        self._exists[(name, target_key)] = True
+                        self.adopted[name] = self.adopted.get(name, 0) + 1
+
+    def _adopt_junction_rows(self, conn: sa.Connection, name: str, pk: str, rows: list[dict[str, Any]],
+                             target_keys: dict[Any, Any]) -> None:
+        """New junction rows (m2m, translations, m2a) take the target's row linking the same two rows,
+        so a target that already has the link (a clone, an earlier import) keeps one row per link."""
+        pairs = {(link.field, link.junction) for link in self.graph.outgoing(name) if link.junction}
+        taken = {v for v in target_keys.values() if v is not None}
+        for first, second in sorted(pairs):
+            wanted: dict[tuple[str, str], Any] = {}
+            for row in rows:
+                a, b = row.get(first), row.get(second)
+                key = self.graph.key(name, row[pk])
+                if target_keys[key] is None and a is not None and b is not None and not isinstance(a, _New) \
+                        and not isinstance(b, _New):
+                    wanted.setdefault((str(a).lower(), str(b).lower()), key)
+            if not wanted:
+                continue
+            firsts = sorted({a for a, _ in wanted})
+            for batch in _batches(firsts):
+                query = sa.select(sa.column(pk), sa.column(first), sa.column(second)).select_from(sa.table(name)).where(
+                    keys.in_(self.dst, name, first, batch))
+                for target_key, a, b in conn.execute(query).all():
+                    source_key = wanted.get((str(a).lower(), str(b).lower()))
+                    target_key = int(target_key)
+                    if source_key is not None and target_keys[source_key] is None and target_key not in taken:
                         target_keys[source_key] = target_key
                         taken.add(target_key)
                         self._exists[(name, target_key)] = True
