@@ -327,3 +327,81 @@ def test_a_move_onto_a_populated_mariadb_target_converges(tmp_path: Path, reques
         assert (target.parent / "uploads" / name).read_bytes() == (FIXTURES / "sqlite" / "uploads" / name).read_bytes()
     code, report = _move(source, target, state, "--collection", "articles", "--filter", PUBLISHED)
     assert code == 0 and report["changes"] is False, report["plan"]
+
+
+def test_a_failed_write_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    """The target refuses a comment half-way: nothing of the run stays, the ID map records nothing, exit 3."""
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst")
+    query(target, "DELETE FROM articles")
+    query(target, "CREATE TRIGGER no_comments BEFORE INSERT ON article_comments BEGIN SELECT RAISE(ABORT, 'closed'); END")
+    counts = {t: query(target, f"SELECT count(*) FROM {t}")[0][0] for t in ("articles", "authors", "tags", "articles_tags")}
+    state = tmp_path / "state.db"
+    result = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{state}"}).invoke(
+        cli, ["content", "move", "--from", str(source), "--to", str(target), "--collection", "articles",
+              "--filter", PUBLISHED])
+    assert result.exit_code == 3 and "refused a write to article_comments" in result.output, result.output
+    assert "rolled back" in result.output
+    assert counts == {t: query(target, f"SELECT count(*) FROM {t}")[0][0] for t in counts}
+    with sa.create_engine(f"sqlite:///{state}").connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM cm_content_id_map")).scalar_one() == 0
+
+
+@pytest.mark.s3
+def test_files_move_between_storages_of_different_drivers(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A local source, a target whose only location is S3 (SeaweedFS): the rows name the target's location and
+    the bytes land in its bucket, checked by size and SHA-256."""
+    from storage_servers import create_container, remove_container, require_storage_server, s3_config
+    from test_file_rows import env_keys
+
+    from cairn_migrate.instance.storage import open_location
+
+    require_storage_server("s3")
+    config = s3_config(name="remote")
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst", extra_env={
+        "STORAGE_LOCATIONS": "remote", "STORAGE_REMOTE_DRIVER": "s3", **env_keys(config)})
+    location = open_location(Instance.from_env_file(target).location("remote"))
+    create_container(location)
+    request.addfinalizer(lambda: remove_container(location))
+    query(target, "DELETE FROM articles")
+    query(target, "DELETE FROM directus_files")
+    code, report = _move(source, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0 and report["files"] == {"copy": 3, "bytes": 915, "storage": {"local": "remote"}}, report
+    for file_id, name, storage in query(target, "SELECT id, filename_disk, storage FROM directus_files"):
+        assert storage == "remote"
+        assert location.read_bytes(name) == (FIXTURES / "sqlite" / "uploads" / name).read_bytes()
+    code, report = _move(source, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0 and report["changes"] is False and report["files"]["copy"] == 0
+
+
+def test_post_migrate_ops_plans_at_once_and_runs_the_move_as_a_job(tmp_path: Path) -> None:
+    from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
+
+    allowed = tmp_path / "allowed"
+    source = build_sqlite_instance(FIXTURES / "sqlite", allowed / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", allowed / "dst")
+    query(target, "DELETE FROM articles")
+    query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(target), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}", HTTP_PATHS: str(allowed)})
+    try:
+        client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
+        params = {"from": str(source), "to": str(target), "collections": ["articles"],
+                  "filter": {"status": {"_eq": "published"}}}
+        planned = client.post("/migrate/ops", json={"op": "content", "params": {**params, "dry_run": True}},
+                              headers=headers)
+        assert planned.status_code == 200, planned.get_json()
+        assert planned.get_json()["outcome"] == "differences"
+        assert planned.get_json()["report"]["plan"]["articles"]["created"] == 10
+        assert query(target, "SELECT count(*) FROM articles")[0][0] == 0
+        started = client.post("/migrate/ops", json={"op": "content", "params": params}, headers=headers)
+        assert started.status_code == 202, started.get_json()
+        job = get_state(app).runner.wait(started.get_json()["id"], timeout=120)
+        assert job["state"] == "succeeded", job
+        assert query(target, "SELECT count(*) FROM articles")[0][0] == 10
+        outside = client.post("/migrate/ops", json={"op": "content", "params": {**params, "from": str(tmp_path / "x.env"),
+                                                                                "dry_run": True}}, headers=headers)
+        assert outside.status_code == 422  # a path outside CAIRN_MIGRATE_HTTP_PATHS
+    finally:
+        get_state(app).close()
