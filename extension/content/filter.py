@@ -3,8 +3,9 @@
 Only the collection's own columns, and only the operators a content move needs
 (``_eq _neq _in _nin _null _nnull _gt _gte _lt _lte _contains`` and the logical
 ``_and``/``_or``).  Values are always bound parameters, never text put into SQL.
-The columns are untyped (``sa.column``), so a value reaches the driver as given
-and the database casts it (a uuid as text on PostgreSQL, a boolean as 0/1 on SQLite).
+The caller says how a field's column and values look to the vendor's driver
+(:func:`cairn_migrate.content.keys.column` / :func:`~cairn_migrate.content.keys.value`:
+typed on PostgreSQL, whose driver casts each parameter; as stored elsewhere).
 """
 
 from __future__ import annotations

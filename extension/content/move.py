@@ -25,9 +25,6 @@ from .filter import compile_filter, parse
 from .plan import has_changes, match_users, order, schema_differences
 from .writer import Walk
 
-MODES = ("merge", "skip-existing", "mirror")
-
-
 def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
     def on(db: Database) -> sa.ColumnElement[bool]:
         def convert(name: str, value: Any) -> Any:
@@ -102,10 +99,10 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 doomed = walk.deletions(dconn, conditions) if mode == "mirror" else {}
                 total = sum(len(rows) for rows in doomed.values())
                 if mode == "mirror" and max_delete is None:
-                    walk._refuse(f"mirror would delete {total} target rows and needs consent",
+                    walk.refuse(f"mirror would delete {total} target rows and needs consent",
                                  "pass --max-delete N (the most rows it may delete)")
                 elif mode == "mirror" and total > max_delete:
-                    walk._refuse(f"mirror would delete {total} target rows, more than --max-delete {max_delete}",
+                    walk.refuse(f"mirror would delete {total} target rows, more than --max-delete {max_delete}",
                                  "check the filter, or raise --max-delete")
                 if write and not walk.refused:
                     walk.delete(dconn, doomed, roots)

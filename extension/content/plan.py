@@ -17,16 +17,15 @@ import sqlalchemy as sa
 from ..bundle.schema_snapshot import schema_snapshot
 from ..instance.database import Database
 from . import keys
-from .closure import FILES, FOLDERS, SYSTEM_MOVED, USERS, Graph
+from .closure import FOLDERS, SYSTEM_MOVED, USERS, Graph
 
-#: Field types that are one type spelled by different vendors (the snapshot's ``type``).
-_SAME_TYPE = {"uuid": "uuid", "string": "uuid", "float": "number", "decimal": "number", "double": "number"}
+#: Field types that are one type spelled by different vendors (the snapshot's ``type``): SQLite's
+#: ``char(36)`` uuid reads as ``string``, its ``decimal`` as ``float``.
+_SPELLINGS = ({"uuid", "string"}, {"float", "decimal", "double"})
 
 
-def _type_class(field_type: str | None, other: str | None) -> str | None:
-    if {field_type, other} <= {"uuid", "string"}:
-        return "uuid"
-    return _SAME_TYPE.get(field_type or "", field_type) if field_type in ("float", "decimal", "double") else field_type
+def _same_type(ours: str | None, theirs: str | None) -> bool:
+    return ours == theirs or any({ours, theirs} <= spelling for spelling in _SPELLINGS)
 
 
 def _fields(snapshot: Mapping[str, Any], collections: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -61,7 +60,7 @@ def schema_differences(src: Database, dst: Database, collections: Sequence[str])
                 problems.append(f"{collection}.{name}: only on the target")
         for name in sorted(a.keys() & b.keys()):
             ta, tb = a[name]["type"], b[name]["type"]
-            if _type_class(ta, tb) != _type_class(tb, ta):
+            if not _same_type(ta, tb):
                 problems.append(f"{collection}.{name}: type {ta} on the source, {tb} on the target")
                 continue
             na, nb = ((x.get("schema") or {}).get("is_nullable") for x in (a[name], b[name]))
@@ -136,6 +135,3 @@ def has_changes(report: Mapping[str, Any]) -> bool:
     return any(c["created"] or c["updated"] or c["deleted"] for c in report["plan"].values()) or bool(
         report["files"]["copy"])
 
-
-__all__ = ["FILES", "FOLDERS", "USERS", "Users", "empty_counts", "has_changes", "match_users", "order",
-           "schema_differences"]

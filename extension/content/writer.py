@@ -95,7 +95,7 @@ class Walk:
             self._defs[(side, name)] = reflect_tables(db.engine, [name], db.vendor)[0]
         return self._defs[(side, name)]
 
-    def _refuse(self, message: str, fix: str) -> None:
+    def refuse(self, message: str, fix: str) -> None:
         if not any(r["message"] == message for r in self.refused):
             self.refused.append({"message": message, "fix": fix})
 
@@ -176,7 +176,7 @@ class Walk:
             where = f"{collection}.{link.field}"
             if not nullable:
                 what = "user" if one == USERS else f"{one} row"
-                self._refuse(f"{where} is required and names {what} {ref}, which the target lacks",
+                self.refuse(f"{where} is required and names {what} {ref}, which the target lacks",
                              "raise --depth so the move carries it" if one != USERS else
                              f"create a user with that email on the target first")
             self.nulled[where] = self.nulled.get(where, 0) + 1
@@ -208,7 +208,7 @@ class Walk:
         dst = self._location(self.dst_instance, "dst", row["storage"])
         size = src.size(name)
         if size is None:
-            self._refuse(f"directus_files {row['id']}: its bytes {source_storage}:{name} are missing on the source",
+            self.refuse(f"directus_files {row['id']}: its bytes {source_storage}:{name} are missing on the source",
                          "cairn-migrate files check / files repair on the source first")
             return
         if dst.size(name) == size:
@@ -381,7 +381,7 @@ class Walk:
                 for holder, found in conn.execute(query).all():
                     source_key = ours.get(found)
                     if source_key is not None and self.graph.key(name, holder) != target_keys.get(source_key, source_key):
-                        self._refuse(f"{name} {source_key}: its {column} {found!r} is held by another target row "
+                        self.refuse(f"{name} {source_key}: its {column} {found!r} is held by another target row "
                                      f"({self.graph.key(name, holder)})",
                                      f"change or remove that {name} row on one side, or leave it out with --filter")
 

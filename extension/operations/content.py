@@ -11,10 +11,6 @@ from typing import Any
 
 from ..errors import InvalidInput
 
-#: How a move reaches the instances: their databases (now), or their HTTP APIs (later).
-VIA = ("db", "api")
-
-
 def _instances(ctx: Any, p: dict[str, Any]) -> tuple[Any, Any]:
     if p["via"] != "db":
         raise InvalidInput("content move --via api is not available yet",
