@@ -405,3 +405,32 @@ def test_post_migrate_ops_plans_at_once_and_runs_the_move_as_a_job(tmp_path: Pat
         assert outside.status_code == 422  # a path outside CAIRN_MIGRATE_HTTP_PATHS
     finally:
         get_state(app).close()
+
+
+def test_users_are_matched_by_email_and_required_references_beyond_the_depth_are_refused(tmp_path: Path) -> None:
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst")
+    for env in (source, target):
+        query(env, "CREATE TABLE reviews (id integer PRIMARY KEY AUTOINCREMENT NOT NULL, "
+                   "article char(36) NOT NULL REFERENCES articles (id), verdict varchar(255) NULL)")
+        query(env, "INSERT INTO directus_relations (many_collection, many_field, one_collection) "
+                   "VALUES ('reviews', 'article', 'articles')")
+    query(target, "UPDATE directus_users SET email = 'someone-else@example.com' WHERE email = 'editor@example.com'")
+    editor = query(source, "SELECT id FROM directus_users WHERE email = 'editor@example.com'")[0][0]
+    query(source, "UPDATE articles SET user_created = :e WHERE slug = 'article-2'", e=editor)
+    state = tmp_path / "state.db"
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", '{"slug": {"_eq": "article-2"}}')
+    assert code == 0 and report["users"] == {"matched": 1, "unmatched": ["editor@example.com"]}, report  # the admin (files)
+    assert report["nulled"] == {"articles.user_created": 1}
+    assert query(target, "SELECT user_created FROM articles WHERE slug = 'article-2'")[0][0] is None
+
+    query(source, "INSERT INTO articles (id, status, title, slug) VALUES ('0f0f0f0f-0000-4000-8000-0000000000aa', "
+                  "'draft', 'Only on the source', 'only-source')")
+    query(source, "INSERT INTO reviews (article, verdict) VALUES ('0f0f0f0f-0000-4000-8000-0000000000aa', 'good')")
+    code, report = _move(source, target, state, "--collection", "reviews", "--depth", "0")
+    assert code == 2
+    assert report["refused"][0]["message"] == ("reviews.article is required and names articles row "
+                                               "0f0f0f0f-0000-4000-8000-0000000000aa, which the target lacks")
+    assert query(target, "SELECT count(*) FROM reviews")[0][0] == 0
+    code, report = _move(source, target, state, "--collection", "reviews", "--depth", "1")
+    assert code == 0 and report["plan"]["articles"]["created"] == 1 and report["plan"]["reviews"]["created"] == 1
