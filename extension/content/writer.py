@@ -269,6 +269,7 @@ class Walk:
                                               [v for v in target_keys.values() if v is not None])
             self._prefetch_outside(dst_conn, name, links, rows)
             storages = {}
+            pending: list[dict[str, Any]] = []  # new rows with kept keys: one executemany per batch
             for row in rows:
                 source_key = self.graph.key(name, row[pk])
                 if name == FILES:
@@ -288,10 +289,14 @@ class Walk:
                     self._bytes(row, str(source_storage))
                 if target_key is None:
                     counts["created"] += 1
-                    resolved[source_key] = self._insert(dst_conn, table, name, pk, integer, row, encode) \
-                        if self.write else _New(source_key)
-                    if integer and self.write:
+                    if not self.write:
+                        resolved[source_key] = _New(source_key)
+                    elif integer:  # the target numbers it: one statement, its new key returned
+                        resolved[source_key] = self._insert(dst_conn, table, pk, row, encode)
                         self.new_map[(name, source_key)] = resolved[source_key]
+                    else:
+                        resolved[source_key] = source_key
+                        pending.append({n: self._encoded(encode[n], v) for n, v in row.items()})
                     continue
                 resolved[source_key] = target_key
                 if integer:
@@ -307,6 +312,8 @@ class Walk:
                     if self.write:
                         dst_conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, target_key)).values(
                             {n: self._encoded(encode[n], row[n]) for n in changed}))
+            if pending:
+                dst_conn.execute(sa.insert(table), pending)
             self.progress.advance(items=len(rows))
             self.progress.check_cancelled()
         for source_key, column, ref in deferred:  # self-references, now that every row of the collection has its key
@@ -405,14 +412,11 @@ class Walk:
             out[self.graph.key(name, raw[pk])] = {n: decode[n](raw[n]) for n in names}
         return out
 
-    def _insert(self, conn: sa.Connection, table: sa.TableClause, name: str, pk: str, integer: bool,
-                row: Mapping[str, Any], encode: Mapping[str, Callable[[Any], Any] | None]) -> Any:
-        values = {n: self._encoded(encode[n], v) for n, v in row.items() if not (integer and n == pk)}
-        if integer:
-            new_key = conn.execute(sa.insert(table).values(values).returning(sa.column(pk))).scalar_one()
-            return int(new_key)
-        conn.execute(sa.insert(table).values(values))
-        return self.graph.key(name, row[pk])
+    def _insert(self, conn: sa.Connection, table: sa.TableClause, pk: str, row: Mapping[str, Any],
+                encode: Mapping[str, Callable[[Any], Any] | None]) -> int:
+        """Insert a row of an integer-keyed collection without its key; the target's next id comes back."""
+        values = {n: self._encoded(encode[n], v) for n, v in row.items() if n != pk}
+        return int(conn.execute(sa.insert(table).values(values).returning(sa.column(pk))).scalar_one())
 
     # ------------------------------------------------------------------ mirror
     def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]]) -> dict[str, list[Any]]:
