@@ -434,3 +434,23 @@ def test_users_are_matched_by_email_and_required_references_beyond_the_depth_are
     assert query(target, "SELECT count(*) FROM reviews")[0][0] == 0
     code, report = _move(source, target, state, "--collection", "reviews", "--depth", "1")
     assert code == 0 and report["plan"]["articles"]["created"] == 1 and report["plan"]["reviews"]["created"] == 1
+
+
+def test_nested_folders_arrive_parents_first_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    """A self-reference (``directus_folders.parent``) whose parent sorts after its child: set after the rows."""
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst")
+    parent, child = "ffffffff-0000-4000-8000-000000000001", "00000000-aaaa-4000-8000-000000000002"
+    query(source, "INSERT INTO directus_folders (id, name, parent) VALUES (:p, 'Outer', NULL), (:c, 'Inner', :p)",
+          p=parent, c=child)
+    query(source, "UPDATE directus_files SET folder = :c", c=child)
+    query(target, "DELETE FROM articles")
+    query(target, "DELETE FROM directus_files")
+    query(target, "DELETE FROM directus_folders")
+    state = tmp_path / "state.db"
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0 and report["plan"]["directus_folders"]["created"] == 2, report
+    assert query(target, "SELECT parent FROM directus_folders WHERE id = :c", c=child)[0][0] == parent
+    assert {r[0] for r in query(target, "SELECT folder FROM directus_files")} == {child}
+    code, report = _move(source, target, state, "--collection", "articles", "--filter", PUBLISHED)
+    assert code == 0 and report["changes"] is False, report["plan"]

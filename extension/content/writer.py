@@ -127,7 +127,8 @@ class Walk:
         for link in links:
             for row in rows:
                 one, ref = self._reference(link, row)
-                if one is None or ref is None or one == USERS or ref in self.closure.rows.get(one, ()):
+                moved = ref in self.closure.rows.get(one or "", ()) and one != collection  # self-references: see _rewrite
+                if one is None or ref is None or one == USERS or moved:
                     continue
                 if one in self.graph.integer:
                     mapped = self.idmap.get(one, ref)
@@ -166,10 +167,13 @@ class Walk:
             target = self.users.target(ref)
         elif ref in self.closure.rows.get(one, ()):
             if one == collection and ref not in self.resolved.get(one, {}):
-                deferred.append((source_key, link.field, ref))  # a row of this collection not written yet
-                row[link.field] = None
-                return
-            target = self.resolved[one][ref]
+                target = self._outside_target(one, ref)  # a row of this collection the target already has
+                if target is None:
+                    deferred.append((source_key, link.field, ref))  # a new row not written yet: set after the rows
+                    row[link.field] = None
+                    return
+            else:
+                target = self.resolved[one][ref]
         else:
             target = self._outside_target(one, ref)
         if target is None:
