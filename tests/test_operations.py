@@ -63,7 +63,7 @@ def test_every_operation_is_registered_once() -> None:
     assert names == sorted(set(names))
     assert set(names) == {"inspect", "export", "import", "verify", "files_check", "files_repair", "storage_move",
                           "storage_prune", "migrations_list", "migrations_up", "migrations_down", "install_extension",
-                          "promote"}
+                          "promote", "content"}
     with pytest.raises(ValueError):
         operations.register(operations.get("inspect"))
     with pytest.raises(InvalidInput):

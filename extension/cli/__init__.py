@@ -289,3 +289,6 @@ _register_files(cli)
 
 from .promote import register as _register_promote  # noqa: E402
 _register_promote(cli)
+
+from .content import register as _register_content  # noqa: E402
+_register_content(cli)

@@ -39,6 +39,9 @@ from .promote import KINDS as PROMOTE_KINDS
 
 #: The built-in masking profiles (``masking/profiles.py`` BUILTIN): names, not paths, in ``mask``.
 MASK_PROFILES = ("pii-basic",)
+#: content move's modes and paths (mirrored from content/move.py and operations/content.py, kept import-cheap)
+CONTENT_MODES = ("merge", "skip-existing", "mirror")
+CONTENT_VIA = ("db", "api")
 
 if TYPE_CHECKING:
     from ..instance.instance import Instance
@@ -482,6 +485,36 @@ class PromoteParams(Schema):
         "cli": "--include-secrets"})
 
 
+class _FilterField(fields.Field):
+    """A Directus-style filter: a JSON object, or its text (the CLI's ``--filter``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value is None or isinstance(value, (dict, str)):
+            return value
+        raise ValidationError("a JSON object (or its text)")
+
+
+class ContentMoveParams(Schema):
+    from_ = fields.String(required=True, data_key="from", metadata={
+        "description": "The source instance's .env.", "cli": "--from", "host_path": True})
+    to = fields.String(required=True, metadata={"description": "The target instance's .env.", "cli": "--to",
+                                                "host_path": True})
+    collections = fields.List(fields.String(), required=True, validate=validate.Length(min=1), metadata={
+        "description": "The collections to move (their related rows follow).", "cli": "--collection"})
+    filter = _FilterField(load_default=None, allow_none=True, metadata={
+        "description": "Which rows of the collections (a Directus-style filter, JSON).", "cli": "--filter"})
+    depth = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0), metadata={
+        "description": "How many relation levels to follow (default: all).", "cli": "--depth"})
+    mode = fields.String(load_default="merge", validate=validate.OneOf(CONTENT_MODES), metadata={
+        "description": "merge (create or update), skip-existing (create only), mirror (also delete).",
+        "cli": "--mode"})
+    max_delete = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0), metadata={
+        "description": "The most target rows mirror may delete (mirror needs it).", "cli": "--max-delete"})
+    via = fields.String(load_default="db", validate=validate.OneOf(CONTENT_VIA), metadata={
+        "description": "db (the instances' databases); api is not available yet.", "cli": "--via"})
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
+
+
 # --------------------------------------------------------------------------- outcomes
 def _ok(report: Report, planned: bool) -> Outcome:
     return Outcome.OK
@@ -671,6 +704,25 @@ def _promote_outcome(report: Report, planned: bool) -> Outcome:
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
 
 
+def _content_move(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .content import apply
+
+    return apply(ctx, p)
+
+
+def _content_move_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .content import plan
+
+    return plan(ctx, p)
+
+
+def _content_outcome(report: Report, planned: bool) -> Outcome:
+    """Refused: invalid (exit 2, the plan printed); a dry run with changes: differences (exit 1)."""
+    if report["refused"]:
+        return Outcome.INVALID
+    return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
+
+
 def _planning(fn: Callable[..., Report], **flags: bool) -> Callable[[OpContext, dict[str, Any]], Report]:
     """The plan of an operation whose core function plans when told (``dry_run=True`` / ``yes=False``)."""
     def plan(ctx: OpContext, p: dict[str, Any]) -> Report:
@@ -717,3 +769,5 @@ register(Operation("install_extension", "Write (or remove) the /migrate endpoint
                    http=False))
 register(Operation("promote", "Promote the structure (schema, roles and permissions) of one instance onto another.",
                    PromoteParams, _promote, _promote_outcome, plan=_promote_plan, cli="promote"))
+register(Operation("content", "Move rows of collections, with their related rows, files and bytes, to another instance.",
+                   ContentMoveParams, _content_move, _content_outcome, plan=_content_move_plan, cli="content move"))

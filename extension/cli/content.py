@@ -1,0 +1,86 @@
+"""``cairn-migrate content move``: the thin CLI verb over the ``content`` operation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .. import operations
+from ..operations import CONTENT_MODES, CONTENT_VIA, OpContext
+from .base import Context, exit_with, handle_errors
+
+
+def render_content(report: dict[str, Any]) -> str:
+    """The plan per collection, users without a twin, files and bytes, refusals, then what was done."""
+    lines = [f"content move {', '.join(report['collections'])}: {report['from']} -> {report['to']} "
+             f"(via {report['via']}, {report['mode']}{'' if report['depth'] is None else ', depth ' + str(report['depth'])})"]
+    for name, counts in report["plan"].items():
+        lines.append(f"  {name}: {counts['created']} to create, {counts['updated']} to update, "
+                     f"{counts['unchanged']} unchanged, {counts['skipped']} skipped, {counts['deleted']} to delete")
+    files = report["files"]
+    if files["copy"] or files["storage"]:
+        lines.append(f"  files: {files['copy']} to copy ({files['bytes']} bytes)" + "".join(
+            f"; storage {a} -> {b}" for a, b in files["storage"].items() if a != b))
+    lines += [f"  {name}: {count} rows matched to existing target rows (a unique field, or the pair a junction row links)"
+              for name, count in report.get("matched_on_target", {}).items()]
+    users = report["users"]
+    if users["matched"] or users["unmatched"]:
+        lines.append(f"  users matched by email: {users['matched']}")
+    lines += [f"  user not on the target (references set to NULL): {u}" for u in users["unmatched"]]
+    lines += [f"  set to NULL (the target lacks the row): {where} x{count}" for where, count in report["nulled"].items()]
+    for refusal in report["refused"]:
+        lines.append(f"refused: {refusal['message']}")
+        lines.append(f"  fix: {refusal['fix']}")
+    if not report["refused"]:
+        lines.append("no changes" if not report["changes"] else ("applied" if report["applied"] else "planned (dry run)"))
+    return "\n".join(lines)
+
+
+@click.group("content")
+def content_group() -> None:
+    """Move content (rows, their related rows, files and bytes) between instances."""
+
+
+@content_group.command("move")
+@click.option("--from", "source", required=True, metavar="SRC", type=click.Path(dir_okay=False),
+              help="The source instance's .env.")
+@click.option("--to", "target", required=True, metavar="DST", type=click.Path(dir_okay=False),
+              help="The target instance's .env.")
+@click.option("--collection", "collections", required=True, multiple=True,
+              help="A collection to move (repeatable); its related rows follow.")
+@click.option("--filter", "filter_", metavar="JSON", help='Which rows, e.g. {"status": {"_eq": "published"}}.')
+@click.option("--depth", type=click.IntRange(min=0), help="How many relation levels to follow (default: all).")
+@click.option("--mode", type=click.Choice(CONTENT_MODES), default="merge", show_default=True,
+              help="merge: create or update; skip-existing: create only; mirror: also delete (needs --max-delete).")
+@click.option("--max-delete", type=click.IntRange(min=0), help="The most target rows mirror may delete.")
+@click.option("--via", type=click.Choice(CONTENT_VIA), default="db", show_default=True,
+              help="db: the instances' databases (api: not available yet).")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing (exit 1 when it has changes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+@handle_errors
+def content_move(obj: Context, source: str, target: str, collections: tuple[str, ...], filter_: str | None,
+                 depth: int | None, mode: str, max_delete: int | None, via: str, dry_run: bool, as_json: bool) -> None:
+    """Move the rows of COLLECTION matching --filter from SRC to DST, with the rows they relate to
+    (m2o, o2m, m2m, translations, m2a), their files and bytes; users are matched by email.
+
+    Exits 0 when done or nothing to change, 1 for a dry run with changes, 2 when refused (the
+    collections' fields differ, mirror above --max-delete, a required reference the target lacks).
+    """
+    from ..service.state import default_state_url
+
+    params = {"from": source, "to": target, "collections": list(collections), "filter": filter_, "depth": depth,
+              "mode": mode, "max_delete": max_delete, "via": via, "dry_run": dry_run}
+    from .. import api
+
+    context = OpContext(instance=obj.instance, state_url=default_state_url(), open_instance=api.load_instance)
+    report, outcome = operations.run("content", context, params)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else render_content(report))
+    exit_with(outcome)
+
+
+def register(cli: click.Group) -> None:
+    """Add ``content`` to the ``cairn-migrate`` group."""
+    cli.add_command(content_group)

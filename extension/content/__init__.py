@@ -1,0 +1,1 @@
+"""Content moves between instances: the relation closure, keys and the ID map, the plan and the writer."""

@@ -1,0 +1,253 @@
+"""The relation closure of a content move: which rows of which collections travel with the starting rows.
+
+The graph is the source's own ``directus_relations`` (reference §1.3, §2): every row is a
+many-to-one link ``many_collection.many_field → one_collection``; ``one_field`` names the
+one-to-many alias on the other side (``articles.comments``, ``articles.tags``,
+``articles.translations``); a row with ``one_allowed_collections`` and ``one_collection_field``
+is the many-to-any link of a junction.  So:
+
+- m2o: a moved row brings the rows its foreign keys name (authors, files, a junction's other side);
+- o2m: a moved row brings the rows whose foreign key points back at it, only where the relation has
+  an alias on the moved side (``one_field``): comments, junction rows, translations; a plain
+  m2o seen from its target (``tags`` ← ``articles_tags`` with no alias on ``tags``) is not followed back;
+- m2a: a junction row brings the row its ``item`` names in the collection its ``collection`` column names;
+- ``directus_users`` are never moved: references to them are matched by email on the target;
+- ``directus_files`` come with their ``directus_folders`` (parents first) and their bytes.
+
+Rows are collected as key sets per collection, level by level up to ``depth``; rows are read in
+batches of keys, never a whole table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..instance.database import Database
+from . import keys as keys_
+
+USERS, FILES, FOLDERS = "directus_users", "directus_files", "directus_folders"
+#: System collections a move may write (the others are never content of a move).
+SYSTEM_MOVED = (FILES, FOLDERS)
+#: The links of the system collections a move writes (virtual in CairnCMS: not in directus_relations).
+SYSTEM_LINKS = (
+    (FILES, "folder", FOLDERS), (FILES, "uploaded_by", USERS), (FILES, "modified_by", USERS),
+    (FOLDERS, "parent", FOLDERS),
+)
+BATCH = 500
+
+
+def movable(collection: str) -> bool:
+    """Whether a move writes rows of ``collection``: user collections, files and folders (never users,
+    roles or other system rows: references to those are kept where the target has the same key)."""
+    return not collection.startswith("directus_") or collection in SYSTEM_MOVED
+
+
+@dataclass(frozen=True)
+class Link:
+    """One many-to-one column: ``many.field`` holds a key of ``one`` (``None``: many-to-any, see ``allowed``)."""
+
+    many: str
+    field: str
+    one: str | None
+    one_field: str | None = None
+    allowed: tuple[str, ...] = ()
+    collection_field: str | None = None
+    #: the other foreign key of a junction (m2m, translations, m2a): the pair names one junction row
+    junction: str | None = None
+
+    @property
+    def m2a(self) -> bool:
+        return self.one is None
+
+
+@dataclass
+class Graph:
+    """The links of the source, and each collection's primary key."""
+
+    links: list[Link]
+    keys: dict[str, str] = field(default_factory=dict)
+    #: the collections whose primary key is an integer (remapped on the target)
+    integer: set[str] = field(default_factory=set)
+
+    def key(self, collection: str, value: Any) -> Any:
+        """A key of ``collection`` in one form: an int for integer keys, else text (uuid objects lower-cased)."""
+        if collection in self.integer:
+            return int(value)
+        return value if isinstance(value, str) else str(value).lower()
+
+    def outgoing(self, collection: str) -> list[Link]:
+        return [link for link in self.links if link.many == collection]
+
+    def incoming(self, collection: str) -> list[Link]:
+        """The one-to-many links into ``collection`` that it has an alias for (the only ones followed back)."""
+        return [link for link in self.links if link.one == collection and link.one_field and link.many not in SYSTEM_MOVED]
+
+    def reachable(self, roots: Iterable[str], depth: int | None) -> list[str]:
+        """Every collection the closure may touch from ``roots`` within ``depth`` levels (users left out)."""
+        seen = {root: 0 for root in roots}
+        frontier = list(seen)
+        level = 0
+        while frontier and (depth is None or level < depth):
+            level += 1
+            nxt = []
+            for name in frontier:
+                targets = [link.one for link in self.outgoing(name) if link.one] + [
+                    c for link in self.outgoing(name) if link.m2a for c in link.allowed]
+                targets += [link.many for link in self.incoming(name)]
+                for target in targets:
+                    if target and movable(target) and target not in seen:
+                        seen[target] = level
+                        nxt.append(target)
+            frontier = nxt
+        if FILES in seen and FOLDERS not in seen:
+            seen[FOLDERS] = seen[FILES] + 1
+        return list(seen)
+
+
+def load_graph(db: Database) -> Graph:
+    """The links of ``db``'s user collections (``directus_relations``) plus the system ones a move writes.
+
+    Fields flagged ``user-created``/``user-updated`` without a relation row still link to ``directus_users``.
+    """
+    links: list[Link] = []
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT many_collection, many_field, one_collection, one_field, one_allowed_collections, "
+            "one_collection_field, junction_field FROM directus_relations ORDER BY id")).all()
+        specials = conn.execute(sa.text(
+            "SELECT collection, field, special FROM directus_fields WHERE special IS NOT NULL")).all()
+    for r in rows:
+        allowed = tuple(c for c in (r.one_allowed_collections or "").split(",") if c)
+        links.append(Link(r.many_collection, r.many_field, r.one_collection or None, r.one_field or None,
+                          allowed, r.one_collection_field or None, r.junction_field or None))
+    known = {(link.many, link.field) for link in links}
+    for s in specials:
+        flags = set(str(s.special).split(","))
+        if flags & {"user-created", "user-updated"} and (s.collection, s.field) not in known:
+            links.append(Link(s.collection, s.field, USERS))
+    links += [Link(many, col, one) for many, col, one in SYSTEM_LINKS]
+    return Graph(links)
+
+
+def primary_key(db: Database, collection: str) -> str:
+    """The one primary-key column of ``collection`` (a content move needs exactly one)."""
+    from ..errors import InvalidInput
+
+    pk = [c.name for c in db.table(collection).primary_key.columns]
+    if len(pk) != 1:
+        raise InvalidInput(f"{collection} has {'no' if not pk else 'a composite'} primary key",
+                           hint="a content move needs collections with one primary-key column")
+    return pk[0]
+
+
+def _batches(values: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class Closure:
+    """The keys of the rows a move reads, per collection, and the depth each collection was reached at."""
+
+    rows: dict[str, set[Any]] = field(default_factory=dict)
+    depth: dict[str, int] = field(default_factory=dict)
+    users: set[Any] = field(default_factory=set)
+
+    def add(self, collection: str, keys: Iterable[Any], level: int) -> set[Any]:
+        have = self.rows.setdefault(collection, set())
+        self.depth.setdefault(collection, level)
+        new = {k for k in keys if k not in have}
+        have |= new
+        return new
+
+
+def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[bool]], depth: int | None,
+            conn: sa.Connection) -> Closure:
+    """The closure from the rows of ``roots`` (collection → filter condition), ``depth`` levels deep.
+
+    ``conn`` is one read transaction of the source (a consistent snapshot).
+    """
+    closure = Closure()
+    frontier: dict[str, set[Any]] = {}
+    for collection, condition in roots.items():
+        pk = graph.keys[collection]
+        query = sa.select(sa.column(pk)).select_from(sa.table(collection)).where(condition)
+        keys = {graph.key(collection, v) for v in conn.execute(query).scalars()}
+        frontier[collection] = closure.add(collection, keys, 0)
+    level = 0
+    while any(frontier.values()) and (depth is None or level < depth):
+        level += 1
+        found: dict[str, set[Any]] = {}
+        for collection, keys in frontier.items():
+            if not keys:
+                continue
+            for link in graph.outgoing(collection):
+                for target, values in _referenced(db, conn, graph, collection, link, keys):
+                    if target == USERS:
+                        closure.users |= values
+                    elif target in graph.keys and movable(target):
+                        found.setdefault(target, set()).update(values)
+            for link in graph.incoming(collection):
+                if link.many not in graph.keys or not movable(link.many):
+                    continue
+                child_pk = graph.keys[link.many]
+                for batch in _batches(sorted(keys)):
+                    query = (sa.select(sa.column(child_pk)).select_from(sa.table(link.many))
+                             .where(keys_.in_(db, link.many, link.field, batch)))
+                    found.setdefault(link.many, set()).update(graph.key(link.many, v) for v in conn.execute(query).scalars())
+        frontier = {name: closure.add(name, values, level) for name, values in found.items()}
+    # Users named by rows outside the last level, and folders of the files (always, parents first).
+    for collection in list(closure.rows):
+        for link in graph.outgoing(collection):
+            if link.one == USERS:
+                for _, values in _referenced(db, conn, graph, collection, link, closure.rows[collection]):
+                    closure.users |= values
+    if closure.rows.get(FILES) and FOLDERS in graph.keys:
+        folders: set[Any] = set()
+        for _, values in _referenced(db, conn, graph, FILES, Link(FILES, "folder", FOLDERS), closure.rows[FILES]):
+            folders |= values
+        pending = set(folders)
+        while pending:  # the parent chain
+            parents: set[Any] = set()
+            for _, values in _referenced(db, conn, graph, FOLDERS, Link(FOLDERS, "parent", FOLDERS), pending):
+                parents |= values
+            pending = parents - folders
+            folders |= parents
+        closure.add(FOLDERS, folders, closure.depth[FILES] + 1)
+    return closure
+
+
+def _referenced(db: Database, conn: sa.Connection, graph: Graph, collection: str, link: Link,
+                keys: Iterable[Any]) -> Iterator[tuple[str, set[Any]]]:
+    """``(collection, keys)`` the ``link`` column of the rows ``keys`` of ``collection`` names."""
+    pk = graph.keys[collection]
+    for batch in _batches(sorted(keys)):
+        where = keys_.in_(db, collection, pk, batch)
+        if link.m2a:
+            if not link.collection_field:
+                continue
+            query = (sa.select(sa.column(link.collection_field), sa.column(link.field))
+                     .select_from(sa.table(collection)).where(where, sa.column(link.field).is_not(None)))
+            grouped: dict[str, set[Any]] = {}
+            for target, value in conn.execute(query).all():
+                if target in link.allowed and target in graph.keys:
+                    grouped.setdefault(target, set()).add(graph.key(target, value))
+            yield from grouped.items()
+        else:
+            assert link.one is not None
+            query = (sa.select(sa.column(link.field)).select_from(sa.table(collection))
+                     .where(where, sa.column(link.field).is_not(None)).distinct())
+            if link.one == USERS:
+                yield USERS, {str(v).lower() for v in conn.execute(query).scalars()}
+            elif link.one in graph.keys:
+                yield link.one, {graph.key(link.one, v) for v in conn.execute(query).scalars()}

@@ -1,0 +1,140 @@
+"""``content move`` over the direct database path: plan, then apply in one target transaction.
+
+The plan reads the source in one consistent snapshot (the closure and its rows) and the target
+(its rows, users, objects) and writes nothing.  The apply plans first (a refusal stops it before
+any write, bytes included), then walks again writing: file bytes as their rows come (copied and
+verified before the transaction commits), rows in one transaction on the target, mirror deletes
+last, all rolled back on any error or refusal; the ID map is saved only after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import InvalidInput, MigrateError
+from ..instance.database import Database, consistent_snapshot
+from ..instance.instance import Instance
+from ..progress import NullProgress, Progress
+from ..service.state import instance_scope
+from . import keys
+from .closure import USERS, compute, load_graph, primary_key
+from .filter import compile_filter, parse
+from .plan import has_changes, match_users, order, schema_differences
+from .writer import Walk
+
+def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
+    def on(db: Database) -> sa.ColumnElement[bool]:
+        def convert(name: str, value: Any) -> Any:
+            try:
+                return keys.value(db, root, name, value)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"filter on {root}.{name}: {value!r} is not a valid value for that field",
+                                   hint="compare a field with a value of its type") from None
+
+        return compile_filter(spec, root, db.columns(root), column=lambda n: keys.column(db, root, n), value=convert)
+    return on
+
+
+def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Plan (``write=False``) or apply the move ``params`` describe; returns the report."""
+    progress = progress or NullProgress()
+    roots = list(dict.fromkeys(params["collections"]))
+    spec = parse(params.get("filter"))
+    depth, mode, max_delete = params.get("depth"), params.get("mode") or "merge", params.get("max_delete")
+    report: dict[str, Any] = {
+        "from": source.label, "to": target.label, "via": "db", "mode": mode, "collections": roots, "filter": spec,
+        "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
+        "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
+        "refused": [],
+        "changes": False, "applied": False}
+    with Database.open(source) as src, Database.open(target) as dst:
+        graph = load_graph(src)
+        tables = set(src.table_names())
+        for root in roots:
+            if root not in tables or root.startswith("directus_"):
+                raise InvalidInput(f"{root} is not a user collection of the source",
+                                   hint="name a collection of the source with --collection (not a directus_* table)")
+        # Every linked collection gets its key, so references beyond the depth are still rewritten;
+        # the structure must match for the collections the rows may reach or name.
+        linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
+        for name in sorted((linked | set(roots)) & tables - {USERS}):
+            try:
+                graph.keys[name] = primary_key(src, name)
+            except InvalidInput:
+                if name in roots:
+                    raise
+                continue  # not followed: a collection without one key column is never part of a move
+            if keys.is_integer(src, name, graph.keys[name]):
+                graph.integer.add(name)
+        involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
+        problems = schema_differences(src, dst, involved)
+        if problems:
+            report["schema"]["differences"] = problems
+            report["refused"].append({
+                "message": f"The fields of the moved collections differ between source and target: {'; '.join(problems)}",
+                "fix": "align the target's structure first: cairn-migrate promote --from SRC --to DST"})
+            return report
+        conditions = {root: _condition(spec, root) for root in roots}
+        idmap = keys.IdMap(state_url, (instance_scope(source), instance_scope(target)))
+        with consistent_snapshot(src) as sconn, dst.engine.connect() as dconn:
+            transaction = dconn.begin()
+            try:
+                closure = compute(src, graph, {r: c(src) for r, c in conditions.items()}, depth, sconn)
+                users = match_users(src, dst, closure.users, sconn, dconn)
+                walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress)
+                for name in order(graph, closure.rows):
+                    try:
+                        walk.collection(name, sconn, dconn)
+                    except sa.exc.DBAPIError as exc:
+                        if not write:
+                            raise
+                        raise MigrateError(f"The target refused a write to {name}: {str(exc.orig).splitlines()[0]}; "
+                                           "the transaction was rolled back, nothing was written",
+                                           hint="cairn-migrate content move --dry-run shows the plan; align the "
+                                           "target's rows or structure and run again") from None
+                doomed = walk.deletions(dconn, conditions) if mode == "mirror" else {}
+                total = sum(len(rows) for rows in doomed.values())
+                if mode == "mirror" and max_delete is None:
+                    walk.refuse(f"mirror would delete {total} target rows and needs consent",
+                                 "pass --max-delete N (the most rows it may delete)")
+                elif mode == "mirror" and total > max_delete:
+                    walk.refuse(f"mirror would delete {total} target rows, more than --max-delete {max_delete}",
+                                 "check the filter, or raise --max-delete")
+                if write and not walk.refused:
+                    walk.delete(dconn, doomed, roots)
+                if write and not walk.refused:
+                    transaction.commit()
+                else:
+                    transaction.rollback()
+            except BaseException:
+                transaction.rollback()
+                raise
+    report.update(
+        plan={name: walk.counts[name] for name in order(graph, walk.counts)},
+        users={"matched": len(users.mapping), "unmatched": users.unmatched},
+        files={k: v for k, v in walk.files.items() if k != "copied"}, nulled=walk.nulled, refused=walk.refused,
+        matched_on_target=walk.adopted)
+    report["changes"] = has_changes(report)
+    if write and not walk.refused:
+        idmap.save(walk.new_map)
+        report["applied"] = report["changes"]
+    return report
+
+
+def plan(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
+         progress: Progress | None = None) -> dict[str, Any]:
+    """What the move would do; writes nothing."""
+    return run(source, target, params, state_url=state_url, write=False, progress=progress)
+
+
+def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Plan, and unless refused, move: bytes first, rows in one target transaction, the ID map after its commit."""
+    planned = plan(source, target, params, state_url=state_url, progress=progress)
+    if planned["refused"] or not planned["changes"]:
+        return planned | {"dry_run": False}
+    return run(source, target, params, state_url=state_url, write=True, progress=progress)

@@ -1,0 +1,137 @@
+"""What a content move will do: the schema precondition, the order of the collections, users by email.
+
+The involved collections' fields must be the same on both sides (their schema snapshots,
+:func:`cairn_migrate.bundle.schema_snapshot.schema_snapshot`, compared field by field up to the
+vendors' own spelling: SQLite's ``char(36)`` uuid is a ``string``, its ``decimal`` a ``float``);
+otherwise the move is refused, naming the fields, and points to ``cairn-migrate promote``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..bundle.schema_snapshot import schema_snapshot
+from ..instance.database import Database
+from . import keys
+from .closure import FOLDERS, SYSTEM_MOVED, USERS, Graph
+
+#: Field types that are one type spelled by different vendors (the snapshot's ``type``): SQLite's
+#: ``char(36)`` uuid reads as ``string``, its ``decimal`` as ``float``.
+_SPELLINGS = ({"uuid", "string"}, {"float", "decimal", "double"})
+
+
+def _same_type(ours: str | None, theirs: str | None) -> bool:
+    return ours == theirs or any({ours, theirs} <= spelling for spelling in _SPELLINGS)
+
+
+def _fields(snapshot: Mapping[str, Any], collections: Iterable[str]) -> dict[str, dict[str, Any]]:
+    wanted = set(collections)
+    out: dict[str, dict[str, Any]] = {c: {} for c in wanted}
+    for entry in snapshot["fields"]:
+        if entry["collection"] in wanted:
+            out[entry["collection"]][entry["field"]] = entry
+    return out
+
+
+def schema_differences(src: Database, dst: Database, collections: Sequence[str]) -> list[str]:
+    """One line per field of ``collections`` (user collections) that differs between source and target."""
+    user = [c for c in collections if not c.startswith("directus_")]
+    if not user:
+        return []
+    ours, theirs = (_fields(schema_snapshot(db, version="content"), user) for db in (src, dst))
+    dst_tables = set(dst.table_names())
+    problems = []
+    for collection in sorted(user):
+        if collection not in dst_tables:
+            problems.append(f"{collection}: no such table on the target")
+            continue
+        a, b = ours[collection], theirs[collection]
+        for name in sorted(a.keys() - b.keys()):
+            problems.append(f"{collection}.{name}: only on the source")
+        for name in sorted(b.keys() - a.keys()):
+            if (b[name].get("schema") or {}).get("is_nullable") is False and b[name]["type"] != "alias" \
+                    and (b[name].get("schema") or {}).get("default_value") is None:
+                problems.append(f"{collection}.{name}: only on the target, and required there")
+            else:
+                problems.append(f"{collection}.{name}: only on the target")
+        for name in sorted(a.keys() & b.keys()):
+            ta, tb = a[name]["type"], b[name]["type"]
+            if not _same_type(ta, tb):
+                problems.append(f"{collection}.{name}: type {ta} on the source, {tb} on the target")
+                continue
+            na, nb = ((x.get("schema") or {}).get("is_nullable") for x in (a[name], b[name]))
+            if na != nb and None not in (na, nb):
+                problems.append(f"{collection}.{name}: {'nullable' if na else 'required'} on the source, "
+                                f"{'nullable' if nb else 'required'} on the target")
+    return problems
+
+
+def order(graph: Graph, collections: Iterable[str]) -> list[str]:
+    """The collections parents first (a row's many-to-one targets before it); cycles broken by name."""
+    names = set(collections)
+    deps = {n: {one for link in graph.outgoing(n) for one in ((link.one,) if link.one else link.allowed)
+                if one in names and one != n} for n in names}
+    ordered: list[str] = []
+    remaining = sorted(names, key=lambda n: (n not in SYSTEM_MOVED, n != FOLDERS, n))
+    while remaining:
+        ready = [n for n in remaining if deps[n] <= set(ordered)] or remaining[:1]
+        ordered.append(ready[0])
+        remaining.remove(ready[0])
+    return ordered
+
+
+@dataclass
+class Users:
+    """Source users → target users, matched by email (lower-cased, as CairnCMS's login compares them)."""
+
+    mapping: dict[str, Any] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
+
+    def target(self, source_id: Any) -> Any:
+        return None if source_id is None else self.mapping.get(str(source_id).lower())
+
+
+def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.Connection,
+                dst_conn: sa.Connection) -> Users:
+    """Each referenced source user's target twin by email; users without one are listed (never created)."""
+    users = Users()
+    wanted = sorted({str(i).lower() for i in ids})
+    emails: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start:start + 500]
+        query = sa.select(sa.column("id"), sa.column("email")).select_from(sa.table(USERS)).where(
+            keys.in_(src, USERS, "id", batch))
+        for uid, email in src_conn.execute(query).all():
+            if email:
+                emails[str(uid).lower()] = email.lower()
+            else:
+                users.unmatched.append(f"{str(uid).lower()} (no email)")
+    by_email: dict[str, Any] = {}
+    lowered = sorted(set(emails.values()))
+    for start in range(0, len(lowered), 500):
+        query = sa.select(sa.column("id"), sa.column("email")).select_from(sa.table(USERS)).where(
+            sa.func.lower(sa.column("email")).in_(lowered[start:start + 500]))
+        for uid, email in dst_conn.execute(query).all():
+            by_email[email.lower()] = str(uid).lower()
+    for uid, email in sorted(emails.items()):
+        if email in by_email:
+            users.mapping[uid] = by_email[email]
+        else:
+            users.unmatched.append(email)
+    users.unmatched.sort()
+    return users
+
+
+def empty_counts() -> dict[str, int]:
+    return {"created": 0, "updated": 0, "unchanged": 0, "skipped": 0, "deleted": 0}
+
+
+def has_changes(report: Mapping[str, Any]) -> bool:
+    """Whether the plan writes anything (rows or bytes)."""
+    return any(c["created"] or c["updated"] or c["deleted"] for c in report["plan"].values()) or bool(
+        report["files"]["copy"])
+

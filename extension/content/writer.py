@@ -1,0 +1,457 @@
+"""Walk the closure's rows collection by collection, parents first, and plan or write each one on the target.
+
+One walk serves the plan (``write=False``: it counts) and the apply (``write=True``: the same
+decisions, written through one target transaction the caller commits).  Per collection the
+source rows are read in batches of keys; each row gets its target key (kept for uuid and string
+keys; for integer keys the ID map's row when the target still has it, else a new row numbered
+by the target), its foreign keys rewritten (to the target keys of moved rows, to users matched
+by email, else kept when the target has the row, else NULL or a refusal), and is compared with
+the target's row in the target's own types (:func:`cairn_migrate.bundle.values.comparable`):
+created, updated, unchanged or skipped.  Values are converted once, by the clone import's codecs
+(:mod:`cairn_migrate.bundle.values`).  A file row's bytes are copied (and their size and SHA-256
+checked) before its row is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..bundle.table_schema import TableDef, reflect_tables
+from ..bundle.values import comparable, decoder, encoder
+from ..errors import MigrateError
+from ..instance.database import Database
+from ..instance.instance import Instance
+from ..instance.storage import CHUNK, Location, open_location
+from ..progress import NullProgress, Progress
+from . import keys
+from .closure import BATCH, FILES, Closure, Graph, Link, USERS
+from .plan import Users, empty_counts
+
+
+class _New:
+    """The target key of a row the plan would create (the target numbers it only when written)."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"<new {self.source}>"
+
+
+def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int) else (1, str(value))
+
+
+@dataclass
+class Walk:
+    """The state of one walk over the closure (plan or apply)."""
+
+    src: Database
+    dst: Database
+    src_instance: Instance
+    dst_instance: Instance
+    graph: Graph
+    closure: Closure
+    users: Users
+    idmap: keys.IdMap
+    mode: str
+    write: bool
+    progress: Progress = field(default_factory=NullProgress)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: collection → source key → target key (a :class:`_New` in a plan)
+    resolved: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    #: (collection, source key) → target key of integer-keyed rows, saved to the ID map after the commit
+    new_map: dict[tuple[str, Any], Any] = field(default_factory=dict)
+    nulled: dict[str, int] = field(default_factory=dict)
+    #: integer-keyed rows matched to an existing target row (a unique column, or a junction row's pair), per collection
+    adopted: dict[str, int] = field(default_factory=dict)
+    refused: list[dict[str, str]] = field(default_factory=list)
+    files: dict[str, Any] = field(default_factory=lambda: {"copy": 0, "bytes": 0, "storage": {}, "copied": []})
+    _exists: dict[tuple[str, Any], bool] = field(default_factory=dict)
+    _defs: dict[tuple[str, str], TableDef] = field(default_factory=dict)
+    _locations: dict[tuple[str, str], Location] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ helpers
+    def _def(self, db: Database, side: str, name: str) -> TableDef:
+        if (side, name) not in self._defs:
+            self._defs[(side, name)] = reflect_tables(db.engine, [name], db.vendor)[0]
+        return self._defs[(side, name)]
+
+    def refuse(self, message: str, fix: str) -> None:
+        if not any(r["message"] == message for r in self.refused):
+            self.refused.append({"message": message, "fix": fix})
+
+    def _target_exists(self, conn: sa.Connection, collection: str, candidates: Iterable[Any]) -> None:
+        """Cache whether the target has rows with these keys (of ``collection``)."""
+        pk = self.graph.keys[collection]
+        todo = sorted({c for c in candidates if (collection, c) not in self._exists}, key=_sort_key)
+        for batch in _batches(todo):
+            found = {self.graph.key(collection, v) for v in conn.execute(
+                sa.select(sa.column(pk)).select_from(sa.table(collection)).where(
+                    keys.in_(self.dst, collection, pk, batch))).scalars()}
+            for c in batch:
+                self._exists[(collection, c)] = c in found
+
+    # ------------------------------------------------------------------ references
+    def _outside_target(self, one: str, value: Any) -> Any:
+        """The target key of a row the move does not carry (beyond the depth), or None when the target lacks it."""
+        if one in self.graph.integer:
+            mapped = self.idmap.get(one, value)
+            if mapped is None:
+                return None
+            mapped = int(mapped)
+            return mapped if self._exists.get((one, mapped)) else None
+        return value if self._exists.get((one, value)) else None
+
+    def _prefetch_outside(self, conn: sa.Connection, collection: str, links: list[Link],
+                          rows: list[dict[str, Any]]) -> None:
+        wanted: dict[str, set[Any]] = {}
+        for link in links:
+            for row in rows:
+                one, ref = self._reference(link, row)
+                moved = ref in self.closure.rows.get(one or "", ()) and one != collection  # self-references: see _rewrite
+                if one is None or ref is None or one == USERS or moved:
+                    continue
+                if one in self.graph.integer:
+                    mapped = self.idmap.get(one, ref)
+                    if mapped is not None:
+                        wanted.setdefault(one, set()).add(int(mapped))
+                else:
+                    wanted.setdefault(one, set()).add(ref)
+        for one, candidates in wanted.items():
+            self._target_exists(conn, one, candidates)
+
+    def _reference(self, link: Link, row: Mapping[str, Any]) -> tuple[str | None, Any]:
+        """``(collection, key)`` the link's column of ``row`` names (None when empty or unknown)."""
+        value = row.get(link.field)
+        if value is None:
+            return None, None
+        one = link.one
+        if link.m2a:
+            one = row.get(link.collection_field or "")
+            if one not in link.allowed:
+                return None, None
+        if one == USERS:
+            return USERS, str(value).lower()
+        if one not in self.graph.keys:
+            return None, None
+        try:
+            return one, self.graph.key(one, value)
+        except (TypeError, ValueError):
+            return None, None
+
+    def _rewrite(self, collection: str, link: Link, row: dict[str, Any], nullable: bool,
+                 deferred: list[tuple[Any, str, Any]], source_key: Any) -> None:
+        one, ref = self._reference(link, row)
+        if one is None:
+            return
+        if one == USERS:
+            target = self.users.target(ref)
+        elif ref in self.closure.rows.get(one, ()):
+            if one == collection and ref not in self.resolved.get(one, {}):
+                target = self._outside_target(one, ref)  # a row of this collection the target already has
+                if target is None:
+                    deferred.append((source_key, link.field, ref))  # a new row not written yet: set after the rows
+                    row[link.field] = None
+                    return
+            else:
+                target = self.resolved[one][ref]
+        else:
+            target = self._outside_target(one, ref)
+        if target is None:
+            where = f"{collection}.{link.field}"
+            if not nullable:
+                what = "user" if one == USERS else f"{one} row"
+                self.refuse(f"{where} is required and names {what} {ref}, which the target lacks",
+                             "raise --depth so the move carries it" if one != USERS else
+                             f"create a user with that email on the target first")
+            self.nulled[where] = self.nulled.get(where, 0) + 1
+        row[link.field] = target
+        if link.m2a and target is not None and not isinstance(target, _New):
+            row[link.field] = str(target)
+
+    # ------------------------------------------------------------------ files
+    def _location(self, instance: Instance, side: str, name: str) -> Location:
+        if (side, name) not in self._locations:
+            self._locations[(side, name)] = open_location(instance.location(name))
+        return self._locations[(side, name)]
+
+    def _target_storage(self, storage: str) -> str:
+        names = [loc.name for loc in self.dst_instance.locations]
+        if not names:
+            raise MigrateError("The target configures no storage location, so it cannot hold the moved files",
+                               hint="set STORAGE_LOCATIONS in the target's .env")
+        target = storage if storage in names else names[0]
+        self.files["storage"][storage] = target
+        return target
+
+    def _bytes(self, row: dict[str, Any], source_storage: str) -> None:
+        """Copy a file's bytes when the target lacks them (or holds another size), verifying size and SHA-256."""
+        name = row.get("filename_disk")
+        if not name:
+            return
+        src = self._location(self.src_instance, "src", source_storage)
+        dst = self._location(self.dst_instance, "dst", row["storage"])
+        size = src.size(name)
+        if size is None:
+            self.refuse(f"directus_files {row['id']}: its bytes {source_storage}:{name} are missing on the source",
+                         "cairn-migrate files check / files repair on the source first")
+            return
+        if dst.size(name) == size:
+            return
+        self.files["copy"] += 1
+        self.files["bytes"] += size
+        if not self.write:
+            return
+        digest = hashlib.sha256()
+        with src.open_read(name) as reader, dst.open_write(name) as writer:
+            while block := reader.read(CHUNK):
+                digest.update(block)
+                writer.write(block)
+        if dst.size(name) != size or dst.sha256(name) != digest.hexdigest():
+            raise MigrateError(f"The copy of {name} to the target's {dst.name} does not match the source "
+                               f"(size or SHA-256)", hint="check the target storage and run the move again")
+        self.files["copied"].append(str(row["id"]))
+
+    # ------------------------------------------------------------------ one collection
+    def collection(self, name: str, src_conn: sa.Connection, dst_conn: sa.Connection) -> None:
+        """Plan or write the moved rows of ``name`` (its parents are done)."""
+        src_def, dst_def = self._def(self.src, "src", name), self._def(self.dst, "dst", name)
+        pk = self.graph.keys[name]
+        integer = name in self.graph.integer
+        source_columns = {c.name: c for c in src_def.columns}
+        columns = [c for c in dst_def.columns if c.name in source_columns]
+        names = [c.name for c in columns]
+        decode_src = {c.name: decoder(source_columns[c.name].type) for c in columns}
+        decode_dst = {c.name: decoder(c.type) for c in columns}
+        encode = {c.name: encoder(c.type, self.dst.vendor) for c in columns}
+        kinds = {c.name: c.type for c in columns}
+        nullable = {c.name: c.nullable for c in columns}
+        links = [link for link in self.graph.outgoing(name) if link.field in names]
+        counts = self.counts.setdefault(name, empty_counts())
+        resolved = self.resolved.setdefault(name, {})
+        deferred: list[tuple[Any, str, Any]] = []
+        table = sa.table(name, *[sa.column(n) for n in names])
+        self.progress.log(f"content {name}: {len(self.closure.rows.get(name, ()))} rows")
+        for batch in _batches(sorted(self.closure.rows.get(name, ()), key=_sort_key)):
+            query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
+                keys.in_(self.src, name, pk, batch))
+            rows = []
+            for raw in src_conn.execute(query).mappings():
+                rows.append({n: decode_src[n](raw[n]) for n in names})
+            # target keys
+            if integer:
+                mapped = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows}
+                self._target_exists(dst_conn, name, [int(v) for v in mapped.values() if v is not None])
+                target_keys = {k: (int(v) if v is not None and self._exists.get((name, int(v))) else None)
+                               for k, v in mapped.items()}
+                self._adopt(dst_conn, name, pk, dst_def, rows, target_keys)
+            else:
+                self._target_exists(dst_conn, name, [self.graph.key(name, r[pk]) for r in rows])
+                target_keys = {k: (k if self._exists.get((name, k)) else None)
+                               for k in (self.graph.key(name, r[pk]) for r in rows)}
+                self._unique_conflicts(dst_conn, name, pk, dst_def, rows, target_keys)
+            existing_rows = self._target_rows(dst_conn, name, pk, names, decode_dst,
+                                              [v for v in target_keys.values() if v is not None])
+            self._prefetch_outside(dst_conn, name, links, rows)
+            storages = {}
+            pending: list[dict[str, Any]] = []  # new rows with kept keys: one executemany per batch
+            for row in rows:
+                source_key = self.graph.key(name, row[pk])
+                if name == FILES:
+                    storages[source_key] = row.get("storage")
+                    row["storage"] = self._target_storage(str(storages[source_key]))
+                for link in links:
+                    self._rewrite(name, link, row, nullable[link.field], deferred, source_key)
+            if integer:
+                self._adopt_junction_rows(dst_conn, name, pk, rows, target_keys)
+                existing_rows.update(self._target_rows(dst_conn, name, pk, names, decode_dst, [
+                    v for v in target_keys.values() if v is not None and v not in existing_rows]))
+            for row in rows:
+                source_key = self.graph.key(name, row[pk])
+                source_storage = storages.get(source_key)
+                target_key = target_keys[source_key]
+                if name == FILES and not self.refused:
+                    self._bytes(row, str(source_storage))
+                if target_key is None:
+                    counts["created"] += 1
+                    if not self.write:
+                        resolved[source_key] = _New(source_key)
+                    elif integer:  # the target numbers it: one statement, its new key returned
+                        resolved[source_key] = self._insert(dst_conn, table, pk, row, encode)
+                        self.new_map[(name, source_key)] = resolved[source_key]
+                    else:
+                        resolved[source_key] = source_key
+                        pending.append({n: self._encoded(encode[n], v) for n, v in row.items()})
+                    continue
+                resolved[source_key] = target_key
+                if integer:
+                    self.new_map[(name, source_key)] = target_key
+                current = existing_rows[target_key]
+                changed = [n for n in names if n != pk and not self._same(row[n], current[n], kinds[n])]
+                if not changed:
+                    counts["unchanged"] += 1
+                elif self.mode == "skip-existing":
+                    counts["skipped"] += 1
+                else:
+                    counts["updated"] += 1
+                    if self.write:
+                        dst_conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, target_key)).values(
+                            {n: self._encoded(encode[n], row[n]) for n in changed}))
+            if pending:
+                dst_conn.execute(sa.insert(table), pending)
+            self.progress.advance(items=len(rows))
+            self.progress.check_cancelled()
+        for source_key, column, ref in deferred:  # self-references, now that every row of the collection has its key
+            target = resolved.get(ref)
+            if self.write and target is not None:
+                dst_conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, resolved[source_key]))
+                                 .values({column: target}))
+
+    def _adopt(self, conn: sa.Connection, name: str, pk: str, dst_def: TableDef, rows: list[dict[str, Any]],
+               target_keys: dict[Any, Any]) -> None:
+        """Integer-keyed rows the ID map does not know take the target row holding the same value of a unique
+        column (``authors.email``), so the move neither duplicates it nor breaks the unique index."""
+        taken = {v for v in target_keys.values() if v is not None}
+        for index in dst_def.indexes:
+            if not index.unique or len(index.columns) != 1 or index.columns[0] == pk:
+                continue
+            column = index.columns[0]
+            pending = {row[column]: self.graph.key(name, row[pk]) for row in rows
+                       if target_keys[self.graph.key(name, row[pk])] is None and row.get(column) is not None}
+            for batch in _batches(sorted(pending, key=_sort_key)):
+                query = sa.select(sa.column(pk), sa.column(column)).select_from(sa.table(name)).where(
+                    keys.in_(self.dst, name, column, batch))
+                for target_key, found in conn.execute(query).all():
+                    source_key = pending.get(found)
+                    target_key = int(target_key)
+                    if source_key is not None and target_key not in taken and target_keys[source_key] is None:
+                        target_keys[source_key] = target_key
+                        taken.add(target_key)
+                        self._exists[(name, target_key)] = True
+                        self.adopted[name] = self.adopted.get(name, 0) + 1
+
+    def _adopt_junction_rows(self, conn: sa.Connection, name: str, pk: str, rows: list[dict[str, Any]],
+                             target_keys: dict[Any, Any]) -> None:
+        """New junction rows (m2m, translations, m2a) take the target's row linking the same two rows,
+        so a target that already has the link (a clone, an earlier import) keeps one row per link."""
+        pairs = {(link.field, link.junction) for link in self.graph.outgoing(name) if link.junction}
+        taken = {v for v in target_keys.values() if v is not None}
+        for first, second in sorted(pairs):
+            wanted: dict[tuple[str, str], Any] = {}
+            for row in rows:
+                a, b = row.get(first), row.get(second)
+                key = self.graph.key(name, row[pk])
+                if target_keys[key] is None and a is not None and b is not None and not isinstance(a, _New) \
+                        and not isinstance(b, _New):
+                    wanted.setdefault((str(a).lower(), str(b).lower()), key)
+            if not wanted:
+                continue
+            firsts = sorted({a for a, _ in wanted})
+            for batch in _batches(firsts):
+                query = sa.select(sa.column(pk), sa.column(first), sa.column(second)).select_from(sa.table(name)).where(
+                    keys.in_(self.dst, name, first, batch))
+                for target_key, a, b in conn.execute(query).all():
+                    source_key = wanted.get((str(a).lower(), str(b).lower()))
+                    target_key = int(target_key)
+                    if source_key is not None and target_keys[source_key] is None and target_key not in taken:
+                        target_keys[source_key] = target_key
+                        taken.add(target_key)
+                        self._exists[(name, target_key)] = True
+                        self.adopted[name] = self.adopted.get(name, 0) + 1
+
+    def _unique_conflicts(self, conn: sa.Connection, name: str, pk: str, dst_def: TableDef,
+                          rows: list[dict[str, Any]], target_keys: Mapping[Any, Any]) -> None:
+        """Refuse rows (kept keys) whose unique column value another target row already holds."""
+        for index in dst_def.indexes:
+            if not index.unique or len(index.columns) != 1 or index.columns[0] == pk:
+                continue
+            column = index.columns[0]
+            ours = {row[column]: self.graph.key(name, row[pk]) for row in rows if row.get(column) is not None}
+            for batch in _batches(sorted(ours, key=_sort_key)):
+                query = sa.select(sa.column(pk), sa.column(column)).select_from(sa.table(name)).where(
+                    keys.in_(self.dst, name, column, batch))
+                for holder, found in conn.execute(query).all():
+                    source_key = ours.get(found)
+                    if source_key is not None and self.graph.key(name, holder) != target_keys.get(source_key, source_key):
+                        self.refuse(f"{name} {source_key}: its {column} {found!r} is held by another target row "
+                                     f"({self.graph.key(name, holder)})",
+                                     f"change or remove that {name} row on one side, or leave it out with --filter")
+
+    def _same(self, ours: Any, theirs: Any, kind: str) -> bool:
+        if isinstance(ours, _New):
+            return False
+        return comparable(ours, kind, self.dst.vendor) == comparable(theirs, kind, self.dst.vendor)
+
+    @staticmethod
+    def _encoded(codec: Callable[[Any], Any] | None, value: Any) -> Any:
+        return codec(value) if codec is not None else value
+
+    def _target_rows(self, conn: sa.Connection, name: str, pk: str, names: list[str],
+                     decode: Mapping[str, Callable[[Any], Any]], target_keys: list[Any]) -> dict[Any, dict[str, Any]]:
+        if not target_keys:
+            return {}
+        query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
+            keys.in_(self.dst, name, pk, target_keys))
+        out = {}
+        for raw in conn.execute(query).mappings():
+            out[self.graph.key(name, raw[pk])] = {n: decode[n](raw[n]) for n in names}
+        return out
+
+    def _insert(self, conn: sa.Connection, table: sa.TableClause, pk: str, row: Mapping[str, Any],
+                encode: Mapping[str, Callable[[Any], Any] | None]) -> int:
+        """Insert a row of an integer-keyed collection without its key; the target's next id comes back."""
+        values = {n: self._encoded(encode[n], v) for n, v in row.items() if n != pk}
+        return int(conn.execute(sa.insert(table).values(values).returning(sa.column(pk))).scalar_one())
+
+    # ------------------------------------------------------------------ mirror
+    def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]]) -> dict[str, list[Any]]:
+        """The target rows a mirror deletes: the roots' rows matching the filter that the source set lacks,
+        and the rows of their one-to-many children (comments, junction rows, translations) pointing at a kept
+        root that the source set lacks."""
+        doomed: dict[str, list[Any]] = {}
+        for root, condition in roots.items():
+            pk = self.graph.keys[root]
+            kept = {v for v in self.resolved.get(root, {}).values() if not isinstance(v, _New)}
+            query = sa.select(sa.column(pk)).select_from(sa.table(root)).where(condition(self.dst))
+            doomed[root] = sorted((k for k in (self.graph.key(root, v) for v in conn.execute(query).scalars())
+                                   if k not in kept), key=_sort_key)
+            for link in self.graph.incoming(root):
+                child = link.many
+                if child not in self.graph.keys or child not in self.resolved:
+                    continue
+                child_pk = self.graph.keys[child]
+                child_kept = {v for v in self.resolved[child].values() if not isinstance(v, _New)}
+                for batch in _batches(sorted(kept, key=_sort_key)):
+                    query = sa.select(sa.column(child_pk)).select_from(sa.table(child)).where(
+                        keys.in_(self.dst, child, link.field, batch))
+                    doomed.setdefault(child, []).extend(
+                        k for k in (self.graph.key(child, v) for v in conn.execute(query).scalars()) if k not in child_kept)
+        for name, rows in doomed.items():
+            self.counts.setdefault(name, empty_counts())["deleted"] = len(rows)
+        return {name: rows for name, rows in doomed.items() if rows}
+
+    def delete(self, conn: sa.Connection, doomed: Mapping[str, list[Any]], roots: Iterable[str]) -> None:
+        """Delete ``doomed`` rows, children before the roots."""
+        for name in sorted(doomed, key=lambda n: n in set(roots)):
+            pk = self.graph.keys[name]
+            for batch in _batches(doomed[name]):
+                conn.execute(sa.delete(sa.table(name)).where(keys.in_(self.dst, name, pk, batch)))
