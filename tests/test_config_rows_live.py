@@ -40,9 +40,11 @@ def cairncms_config_dry_run(folder: Path, config_dir: Path, *extra: str) -> dict
     done = subprocess.run([str(SCRIPTS / "cairncms"), "cli", str(folder), "config", "apply", str(config_dir),
                            "--dry-run", "--format", "json", *extra], capture_output=True, text=True, timeout=180,
                           env={**server_env(), "LOG_LEVEL": "error"})
-    answer = next((line for line in done.stdout.splitlines() if line.startswith("{")), None)
+    # CairnCMS's logger may share stdout with JSON lines of its own: the answer is the object with "changes".
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    answer = next((a for a in answers if "changes" in a), None)
     assert answer is not None, done.stdout + done.stderr
-    return json.loads(answer)
+    return answer
 
 
 def fixture_config() -> dict[str, Any]:
