@@ -1,14 +1,16 @@
 """``promote``'s extras: flows + operations, dashboards + panels, presets, settings, translation strings.
 
 CairnCMS's ``schema``/``config`` apply covers none of these (reference §1.3), so they are planned
-and written here, through the target's items API (``/flows``, ``/operations``, ``/dashboards``,
-``/panels``, ``/presets``, ``/settings``).  UUIDs differ between instances, so rows are matched by
+here and written by a writer: :class:`ApiWriter` through the target's items API (``/flows``,
+``/operations``, ``/dashboards``, ``/panels``, ``/presets``, ``/settings``), or :class:`DbWriter` as rows
+in the target's database; the same plan applies both ways.  UUIDs differ between instances, so rows are matched by
 natural keys — flows by name + trigger, operations by their flow + ``key``, dashboards by name,
 panels by dashboard + name (``@x,y`` when unnamed), role presets by role ``key`` + collection,
 global presets by collection — and first by the **ID map** kept in the state store (one per
 source and target), so a row renamed on the source updates the target row it was written to
-before instead of creating a second one.  Nothing on the target is ever deleted: what the source
-no longer has stays.  User bookmarks and role bookmarks are never copied; settings that point at
+before instead of creating a second one.  What only the target has (flows, operations of kept flows,
+dashboards, panels of kept dashboards, role and global presets, translation strings) is kept and listed
+(``kept``) unless ``destructive``, which deletes it (``delete``).  User bookmarks and role bookmarks are never copied; settings that point at
 files, folders or modules of one instance, and ``mapbox_key``, are never copied either.
 
 Secrets in operation options (option names and ``options.headers`` names matching
