@@ -138,3 +138,30 @@ def test_a_tar_gz_bundle_is_a_source_with_its_extras(target: Target, tmp_path: P
     code, plan = promote_json(native, target, "--dry-run")
     assert code == 0 and "not available from this source" in plan["extras"]["skipped"], plan
     assert "native" in plan["extras"]["skipped"]
+
+
+def test_an_archive_reaching_outside_itself_is_refused_before_anything(tmp_path: Path,
+                                                                      request: pytest.FixtureRequest) -> None:
+    """A bundle is untrusted: an exported bundle's manifest followed by a member ``../escaped.txt`` is refused by
+    the safe reader (exit 2), and nothing lands outside the scratch folder."""
+    import io
+    import tarfile
+
+    from conftest import make_instance
+
+    exported = tmp_path / "exported"
+    done = CliRunner().invoke(cli, ["--env", str(make_instance("sqlite", tmp_path / "src", request)), "export", "--full",
+                                    "-o", str(exported)])
+    assert done.exit_code == 0, done.output
+    archive = tmp_path / "evil" / "bundle.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(exported / "manifest.json", arcname="manifest.json")
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    result = CliRunner().invoke(cli, ["promote", "--from", str(archive), "--to", "http://127.0.0.1:9", "--to-token",
+                                      "t", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "../escaped.txt" in result.output, result.output
+    assert not list(tmp_path.glob("**/escaped.txt"))
