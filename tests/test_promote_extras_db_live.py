@@ -63,6 +63,26 @@ def test_extras_written_as_rows_are_served_by_cairncms(vendor: str, cairncms: Pl
         again = writer.rows()
         assert not has_changes(plan_extras(src, again, list(EXTRA_KINDS), idmap, include_secrets=False)[1])
 
+        # A flow (with two linked operations) and a global preset only the target has: kept, unless destructive.
+        flow = writer.create("flows", {"name": "Target only", "trigger": "manual", "status": "active", "options": {}})
+        second = writer.create("operations", {"name": "B", "key": "b", "type": "log", "position_x": 37,
+                                              "position_y": 1, "flow": flow, "options": {"message": "b"}})
+        first = writer.create("operations", {"name": "A", "key": "a", "type": "log", "position_x": 19, "position_y": 1,
+                                             "flow": flow, "options": {"message": "a"}, "resolve": second})
+        writer.update("flows", flow, {"operation": first})
+        writer.create("presets", {"collection": "tags", "layout": "cards"})
+        report, kinds = plan_extras(src, writer.rows(), list(EXTRA_KINDS), idmap, include_secrets=False)
+        assert (report["flows"]["kept"], report["presets"]["kept"]) == (["Target only (manual)"], ["global tags"])
+        assert not has_changes(kinds)
+        dst = writer.rows()
+        report, kinds = plan_extras(src, dst, list(EXTRA_KINDS), idmap, include_secrets=False, destructive=True)
+        assert (report["flows"]["delete"], report["presets"]["delete"]) == (["Target only (manual)"], ["global tags"])
+        apply_extras(writer, src, dst, kinds, idmap)
+        left = writer.rows()
+        assert "Target only" not in {f["name"] for f in left["flows"]}
+        assert not [o for o in left["operations"] if o["flow"] == flow]  # gone with their flow (FK cascade)
+        assert "tags" not in {p["collection"] for p in left["presets"]}
+
     server = start_server(cairncms, target.parent, url, server_env(), tmp_path / "cairncms.log")
     try:
         def get(path: str) -> object:

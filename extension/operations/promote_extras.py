@@ -530,10 +530,12 @@ class DbWriter:
             update_rows(conn, f"directus_{kind}", self._encoded(values), {"id": target_id})
 
     def delete(self, kind: str, ids: list[Any]) -> None:
-        from .config_rows import delete_rows
+        from .config_rows import delete_rows, update_rows
 
         if ids:
             with self.db.engine.begin() as conn:
+                if kind == "flows":  # as FlowsService.deleteMany: resolve/reject (NO ACTION) would stop the cascade
+                    update_rows(conn, "directus_operations", {"resolve": None, "reject": None}, {"flow": list(ids)})
                 delete_rows(conn, f"directus_{kind}", {"id": list(ids)})
 
     def patch_settings(self, values: Mapping[str, Any]) -> None:
