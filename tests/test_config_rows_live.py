@@ -64,9 +64,13 @@ def with_reviewer(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def changed_permission(config: dict[str, Any]) -> dict[str, Any]:
-    """The editor may read only published articles (a filter where the fixture has none, or another one)."""
+def changed_permission(config: dict[str, Any], description: str | None = "Edits and reviews") -> dict[str, Any]:
+    """The editor may read only published articles (a filter where the fixture has none, or another one), and
+    the editor role has another icon and description.  (An explicit null description stays an update forever
+    in CairnCMS's own plan: its snapshot omits null fields, and lodash's isEqual(undefined, null) is false.)"""
     config = copy.deepcopy(config)
+    role = next(r for r in config["roles"] if r["key"] == "editor")
+    role["icon"], role["description"] = "star", description
     editor = next(s for s in config["permissions"] if s["role"] == "editor")
     perm = next(p for p in editor["permissions"] if p["action"] == "read")
     perm["permissions"] = {"status": {"_eq": "published"}, "_marker": str(uuid.uuid4())[:8]}
@@ -104,7 +108,9 @@ def test_rows_written_offline_are_what_cairncms_config_apply_would_write(tmp_pat
     changed = changed_permission(config)
     write_config_directory(changed, source)
     with Database.open(Instance.from_env_file(env)) as db:
-        assert config_rows.apply(db, changed)["permissions"] == {"created": 0, "updated": 1, "deleted": 0}
+        result = config_rows.apply(db, changed)
+        assert (result["roles"]["updated"], result["permissions"]) == (["editor"], {"created": 0, "updated": 1,
+                                                                                     "deleted": 0})
     assert cairncms_config_dry_run(env.parent, source) == {"changes": False, "plan": None}
 
     trimmed = without_role(changed, "reviewer")
@@ -126,17 +132,31 @@ def test_rows_written_offline_are_what_cairncms_config_apply_would_write(tmp_pat
     assert cairncms_config_dry_run(env.parent, source, "--destructive") == {"changes": False, "plan": None}
 
 
-def test_the_plan_is_what_the_running_target_answers(target: Target, tmp_path: Path) -> None:  # noqa: F811
-    def answer(payload: dict[str, Any], destructive: bool) -> Any:
-        query = "?dry_run=true" + ("&destructive=true" if destructive else "")
-        response = requests.post(target.url + "/config/apply" + query, json=payload,
-                                 headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+def without_permission(config: dict[str, Any], role: str, action: str) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    permission_set = next(s for s in config["permissions"] if s["role"] == role)
+    permission_set["permissions"] = [p for p in permission_set["permissions"] if p["action"] != action]
+    return config
+
+
+def test_the_plan_is_what_the_running_target_answers(target: Target) -> None:  # noqa: F811
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def answer(payload: dict[str, Any], destructive: bool, dry_run: bool = True) -> Any:
+        query = "?" + "&".join(q for q, on in (("dry_run=true", dry_run), ("destructive=true", destructive)) if on)
+        response = requests.post(target.url + "/config/apply" + query, json=payload, headers=headers, timeout=60)
         return response.status_code, response.json()
 
-    current = requests.get(target.url + "/config/snapshot", headers={"Authorization": f"Bearer {TOKEN}"},
-                           timeout=30).json()["data"]
-    payloads = {"new role": with_reviewer(fixture_config()), "changed permission": changed_permission(fixture_config()),
-                "without editor": without_role(with_reviewer(fixture_config()), "editor"),
+    # The target first holds the fixture's roles plus reviewer (applied by CairnCMS itself).
+    base = with_reviewer(fixture_config())
+    assert answer(base, destructive=False, dry_run=False)[0] == 200
+    current = requests.get(target.url + "/config/snapshot", headers=headers, timeout=30).json()["data"]
+    auditor = copy.deepcopy(base)
+    auditor["roles"].append({"key": "auditor", "name": "Auditor", "admin_access": False, "app_access": False})
+    payloads = {"a new role": auditor, "a changed permission and role": changed_permission(base),
+                "a null description": changed_permission(base, None),
+                "a role less": without_role(base, "reviewer"),
+                "a permission less": without_permission(base, "editor", "update"),
                 "the target's own": current}
     with Database.open(Instance.from_env_file(target.env)) as db:
         for name, payload in payloads.items():
@@ -144,6 +164,8 @@ def test_the_plan_is_what_the_running_target_answers(target: Target, tmp_path: P
                 status, body = answer(payload, destructive)
                 assert status == 200, (name, body)
                 assert config_rows.plan(db, payload, destructive) == body["data"], (name, destructive)
+        assert answer(without_role(base, "reviewer"), True)[1]["data"]["roles"]["deleted"] == ["reviewer"]
+        assert answer(without_permission(base, "editor", "update"), True)[1]["data"]["permissions"]["deleted"] == 1
         refused = {**current, "roles": []}  # every role planned as a delete: the last admin role would go
         status, body = answer(refused, False)
         assert status == 400
