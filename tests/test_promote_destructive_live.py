@@ -165,3 +165,22 @@ def test_an_archive_reaching_outside_itself_is_refused_before_anything(tmp_path:
     assert result.exit_code == 2, result.output
     assert "../escaped.txt" in result.output, result.output
     assert not list(tmp_path.glob("**/escaped.txt"))
+
+
+def test_the_last_admin_role_is_never_lost(target: Target, tmp_path: Path) -> None:  # noqa: F811
+    """A source without the target's admin role: refused (exit 2, CairnCMS's own message), with or without
+    --destructive, and the role stays."""
+    from test_promote_live import FIXTURE
+
+    from cairn_migrate.bundle.config_snapshot import read_config_directory, write_config_directory
+
+    config = read_config_directory(FIXTURE / "config")
+    config["roles"] = [r for r in config["roles"] if not r["admin_access"]]
+    config["permissions"] = [s for s in config["permissions"] if s["role"] in {"public", *(r["key"] for r in config["roles"])}]
+    write_config_directory(config, tmp_path / "src" / "config")
+    for extra in ((), ("--destructive",)):
+        result = CliRunner().invoke(cli, ["promote", "--from", str(tmp_path / "src"), "--to", target.url,
+                                          "--to-token", TOKEN, "--only", "config", *extra])
+        assert result.exit_code == 2, result.output
+        assert "refused: the target refuses the config: Cannot delete the last admin role." in result.output
+    assert any(r["admin_access"] for r in call(target, "GET", "/roles"))
