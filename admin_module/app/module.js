@@ -122,10 +122,10 @@ function promoteLines(report) {
 	const config = report.config;
 	if (config && config.plan) {
 		const { roles, permissions } = config.plan;
-		(roles.deleted || []).forEach((key) => lines.push(`  - role ${key} (its permissions and presets deleted, its users suspended)`));
 		lines.push(`config: roles ${count(roles.created)} to create, ${count(roles.updated)} to update; `
 			+ `permissions ${count(permissions.created)} to create, ${count(permissions.updated)} to update`
 			+ (count(permissions.deleted) ? `, ${count(permissions.deleted)} to delete` : ''));
+		(roles.deleted || []).forEach((key) => lines.push(`  - role ${key} (its permissions and presets deleted, its users suspended)`));
 		const kept = config.kept || {};
 		[...(kept.roles || []).map((k) => `role ${k}`), ...(kept.permissions || []).map((k) => `permission ${k}`)]
 			.forEach((name) => lines.push(`  kept (target only): ${name}`));
