@@ -2,7 +2,7 @@
 
 The source is the recorded SQLite fixture plus a webhook flow (transform → request), a role preset, a user
 bookmark and translation strings (``test_promote_extras_live.source_with_extras``).  The target is the recorded
-fresh bootstrap on PostgreSQL or MariaDB (the MariaDB database made with the dump's own collation, so the
+fresh bootstrap on PostgreSQL, MariaDB or SQLite (the MariaDB database made with the dump's own collation, so the
 target is the recorded dump and not a re-bootstrap).  Roles and permissions go in first as rows
 (``config_rows``), the extras as rows with the same plan the API path uses; then CairnCMS 1.0.0-beta.4 starts
 on that database and must serve the flows (the webhook flow runs), the dashboard with its panels, the presets
@@ -11,6 +11,7 @@ and the translation strings.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ class Url:
     url: str
 
 
-@pytest.mark.parametrize("vendor", ["postgres", "mariadb"])
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
 def test_extras_written_as_rows_are_served_by_cairncms(vendor: str, cairncms: Platform, tmp_path: Path,
                                                        request: pytest.FixtureRequest) -> None:
     port = free_port()
@@ -99,7 +100,11 @@ def test_extras_written_as_rows_are_served_by_cairncms(vendor: str, cairncms: Pl
         dashboard = next(d for d in get("/dashboards?limit=-1") if d["name"] == "Editorial")  # type: ignore[union-attr]
         panels = get(f"/panels?filter[dashboard][_eq]={dashboard['id']}")
         assert sorted(p["name"] for p in panels) == ["Published articles", "Readme", "Words over time"]  # type: ignore[union-attr]
-        assert all(p["date_created"] for p in panels)  # type: ignore[union-attr]
+        now = dt.datetime.now(dt.timezone.utc)
+        for panel in panels:  # type: ignore[union-attr]
+            created = dt.datetime.fromisoformat(panel["date_created"].replace("Z", "+00:00"))
+            created = created if created.tzinfo else created.replace(tzinfo=dt.timezone.utc)
+            assert abs((now - created).total_seconds()) < 3600, panel["date_created"]  # as CairnCMS stamps it
         editor = next(r["id"] for r in get("/roles") if r["key"] == "editor")  # type: ignore[union-attr]
         presets = get("/presets?limit=-1")
         assert {(p["role"], p["collection"]) for p in presets} == {(editor, "articles"), (None, "authors")}  # type: ignore[union-attr]
