@@ -184,3 +184,15 @@ def test_the_last_admin_role_is_never_lost(target: Target, tmp_path: Path) -> No
         assert result.exit_code == 2, result.output
         assert "refused: the target refuses the config: Cannot delete the last admin role." in result.output
     assert any(r["admin_access"] for r in call(target, "GET", "/roles"))
+
+
+def test_an_encrypted_bundle_is_refused_with_the_fix(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from conftest import make_instance
+
+    archive = tmp_path / "bundle.tar.gz.enc"
+    done = CliRunner().invoke(cli, ["--env", str(make_instance("sqlite", tmp_path / "src", request)), "export", "--full",
+                                    "--encrypt", "-o", str(archive)], env={"CAIRN_MIGRATE_PASSPHRASE": "pass phrase 1"})
+    assert done.exit_code == 0 and archive.is_file(), done.output
+    result = CliRunner().invoke(cli, ["promote", "--from", str(archive), "--to", "http://127.0.0.1:9", "--to-token",
+                                      "t", "--dry-run"])
+    assert result.exit_code == 2 and "is encrypted: promote reads unencrypted bundles only" in result.output, result.output

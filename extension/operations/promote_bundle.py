@@ -2,7 +2,7 @@
 
 A bundle is untrusted input, so it is opened only through :func:`~cairn_migrate.bundle.bundle.open_bundle`
 (the container rules, no member outside the bundle, an archive unpacked into a private scratch folder that is
-removed afterwards).  Promote reads its ``snapshot/`` (the schema snapshot and ``config/``, in CairnCMS's own
+removed afterwards); an encrypted one (``.enc``) is refused, promote takes no passphrase.  Promote reads its ``snapshot/`` (the schema snapshot and ``config/``, in CairnCMS's own
 formats) and, for the extras, the system tables' rows it carries (``tables/directus_*.jsonl`` of a neutral
 bundle, named by the manifest).  A native bundle (``export --native``) carries its rows in a vendor dump, so
 its extras are reported as not available from this source.
@@ -44,6 +44,9 @@ def read_bundle(path: Path, only: list[str]) -> BundleSource:
     """Open ``path`` safely and read what ``only`` needs; nothing of it stays on disk afterwards."""
     from .promote import _source_of_directory  # the snapshot directory reader (schema file + config/)
 
+    if path.name.endswith(".enc"):
+        raise ConfigError(f"The bundle {path} is encrypted: promote reads unencrypted bundles only",
+                          hint="export the source again without --encrypt, or name it by its URL or .env")
     with scratch() as workdir, open_bundle(path, workdir=workdir) as bundle_dir:
         manifest = json.loads((bundle_dir / "manifest.json").read_text(encoding="utf-8"))
         snapshot = bundle_dir / "snapshot"
