@@ -8,6 +8,7 @@ mocks a database: the point of the tests is to read what CairnCMS wrote.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -96,13 +97,37 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
         engine.dispose()
 
 
-def create_mariadb_database(admin_url: str, sql_file: Path | None = None, *, prefix: str = "cm_test") -> str:
-    """Create a fresh utf8mb4 database and (optionally) load a ``mariadb-dump`` file with the ``mariadb`` client."""
+#: The database collation when neither ``collate`` nor the dump names one.
+DEFAULT_COLLATION = "utf8mb4_unicode_ci"
+
+
+def dump_collation(sql_file: Path) -> str | None:
+    """The table collation a ``mariadb-dump`` file creates its tables with (the most common ``COLLATE=``)."""
+    counts: dict[str, int] = {}
+    with open(sql_file, encoding="utf-8", errors="replace") as dump:
+        for line in dump:
+            for found in re.findall(r"COLLATE=(utf8mb4_[a-z0-9_]+)", line):
+                counts[found] = counts.get(found, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def create_mariadb_database(admin_url: str, sql_file: Path | None = None, *, prefix: str = "cm_test",
+                            collate: str | None = None) -> str:
+    """Create a fresh utf8mb4 database and (optionally) load a ``mariadb-dump`` file with the ``mariadb`` client.
+
+    The database's collation is ``collate``; by default the one the dump's tables were created with (a
+    recorded CairnCMS dump's are ``utf8mb4_general_ci``), else :data:`DEFAULT_COLLATION`.  It matters for
+    tables created later in the database: MariaDB refuses a new table's foreign key to a column of another
+    collation (errno 150), so a target made from a dump must keep the dump's collation for a schema apply.
+    """
+    collate = collate or (dump_collation(sql_file) if sql_file is not None else None) or DEFAULT_COLLATION
+    if not re.fullmatch(r"utf8mb4_[a-z0-9_]+", collate):
+        raise ValueError(f"not a utf8mb4 collation: {collate!r}")
     name = _database_name(prefix)
     engine = sa.create_engine(make_url(admin_url).set(drivername="mysql+pymysql"))
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+            conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {collate}"))
     finally:
         engine.dispose()
     if sql_file is not None:

@@ -457,10 +457,14 @@ def check_promote(page: Any, instance: LiveInstance, tmp_path: Path, shots: str)
             assert page.is_disabled("[data-testid=apply-promote] button")
             assert instance.request("GET", f"/items/{NOTES}").json()["data"][0]["title"] == "kept"
             page.check("[data-testid=promote-allow-data-loss]")
+            # "Destructive" next to it: the source is a copy of this instance, so it deletes nothing more here.
+            assert not page.is_checked("[data-testid=promote-destructive]")
+            page.check("[data-testid=promote-destructive]")
             plan = show_promote_plan(page)
             lines = page.inner_text("[data-testid=promote-plan-lines]")
             assert plan.get_attribute("data-refused") == "0" and f"- collection {NOTES}" in lines, lines
-            apply_promote(page, instance)
+            assert "  - role" not in lines and "kept (target only)" not in lines, lines
+            assert apply_promote(page, instance)["params"]["destructive"] is True
             assert NOTES not in collection_names(instance)
         finally:
             instance.request("DELETE", f"/collections/{NOTES}")  # leave the shared instance as it was

@@ -3,8 +3,9 @@ PostgreSQL and MariaDB instances (``--force``), and a second promote that says n
 
 The source is a snapshot directory made from the recorded SQLite fixture (``schema-snapshot.yaml`` +
 ``config/``), plus one table without a ``directus_collections`` row (``meta: null``); each target is a
-fresh instance in a database of its own (MariaDB bootstrapped by ``cairncms bootstrap``, PostgreSQL the
-recorded bootstrap), served by real CairnCMS.  One boot per vendor: each test first promotes the
+fresh instance in a database of its own (the recorded bootstrap of each vendor; on MariaDB in a database of
+the dump's collation), served by real CairnCMS.  The extras (flows, dashboards, presets, settings) of the
+SQLite fixture are promoted onto both too.  One boot per vendor: each test first promotes the
 structure it starts from, so each also holds alone.
 """
 
@@ -30,7 +31,6 @@ from cairn_migrate.bundle.schema_snapshot import write_schema_snapshot
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.database import Database
 from cairn_migrate.instance.instance import Instance
-from cairn_migrate.testing import create_mariadb_database, drop_mariadb_database
 from cairn_migrate.operations.promote_noise import type_drift
 
 TOKEN = "promote-cross-vendor-admin-token-0123"
@@ -61,14 +61,12 @@ def target(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request
     base = tmp_path_factory.mktemp(f"promote-{vendor}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    if vendor == "mariadb":
-        # Bootstrapped, not the recorded dump: its tables are utf8mb4_general_ci while the rig's new databases
-        # are utf8mb4_unicode_ci, and MariaDB refuses a new table's FK to directus_files.id across them (errno 150).
-        env = bootstrap_mariadb(base / "dst", port, request)
-    else:
-        env = make_instance(vendor, base / "dst", request, sql="fresh.sql",
-                            extra_env={"HOST": "127.0.0.1", "PORT": port, "PUBLIC_URL": url, "LOG_STYLE": "raw"})
-        (env.parent / "package.json").write_text('{"name": "promote-target", "private": true}\n')
+    # The recorded bootstrap on both vendors.  On MariaDB its database takes the dump's collation
+    # (utf8mb4_general_ci, create_mariadb_database's default for a dump): in a utf8mb4_unicode_ci database
+    # MariaDB refuses a new table's FK to the dump's directus_files.id (errno 150).
+    env = make_instance(vendor, base / "dst", request, sql="fresh.sql",
+                        extra_env={"HOST": "127.0.0.1", "PORT": port, "PUBLIC_URL": url, "LOG_STYLE": "raw"})
+    (env.parent / "package.json").write_text('{"name": "promote-target", "private": true}\n')
     with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'"), {"t": TOKEN})
     server = start_server(cairncms, env.parent, url, server_env(), base / "cairncms.log")
@@ -76,17 +74,6 @@ def target(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request
         yield Target(vendor, url, env, env.parent)
     finally:
         stop_process(server)
-
-
-def bootstrap_mariadb(folder: Path, port: int, request: pytest.FixtureRequest) -> Path:
-    """``scripts/cairncms bootstrap DIR PORT mysql DB`` in a database of its own (dropped after the module)."""
-    admin = request.getfixturevalue("mariadb_admin_url")
-    name = create_mariadb_database(admin)
-    request.addfinalizer(lambda: drop_mariadb_database(admin, name))
-    done = subprocess.run([str(SCRIPTS / "cairncms"), "bootstrap", str(folder), str(port), "mysql", name],
-                          capture_output=True, text=True, timeout=600, env=server_env())
-    assert done.returncode == 0, done.stdout + done.stderr
-    return folder / ".env"
 
 
 @pytest.fixture(autouse=True)
@@ -173,9 +160,10 @@ def test_cairncms_config_apply_of_the_source_config_has_no_changes_after_a_promo
     assert promote(source, target, "--force")[0] == 0
     planned = cairncms_cli(target, "config", "apply", str(source / "config"), "--dry-run", "--format", "json")
     assert planned.returncode == 0, planned.stdout + planned.stderr
-    # CairnCMS's logger shares stdout (its collation warnings on MariaDB): the JSON is the line that starts with "{".
-    answer = next(line for line in planned.stdout.splitlines() if line.startswith("{"))
-    assert json.loads(answer) == {"changes": False, "plan": None}
+    # CairnCMS's logger shares stdout (its collation warnings on MariaDB, JSON lines too): the answer is the JSON
+    # object with "changes".
+    answers = [json.loads(line) for line in planned.stdout.splitlines() if line.startswith("{")]
+    assert [a for a in answers if "changes" in a] == [{"changes": False, "plan": None}], planned.stdout
 
 
 def test_a_real_cross_vendor_change_still_shows(target: Target, tmp_path: Path) -> None:
@@ -210,3 +198,24 @@ def test_lossy_type_drift_is_named_against_the_real_target(target: Target, tmp_p
     assert drift["authors.rating"]["reasons"] == ["type decimal became float"]
     assert not drift["articles.date_created"]["lossy"]
     assert [name for name, d in drift.items() if d["lossy"]] == ["authors.rating", "tags.color"]
+
+
+def test_the_extras_reach_the_target_and_a_flow_runs(target: Target, tmp_path: Path,
+                                                     request: pytest.FixtureRequest) -> None:
+    """Flows, dashboards, presets, settings and translations of the SQLite fixture onto MariaDB and PostgreSQL
+    through the target's API (config first: a role preset needs its role)."""
+    from test_promote_extras_live import ONLY, TRANSLATIONS, source_with_extras
+
+    source = source_with_extras(tmp_path / "src", request, target)  # type: ignore[arg-type]
+    code, output = promote(source, target, *ONLY)
+    assert code == 0, output
+    flow = next(f for f in target.get("/flows?limit=-1") if f["name"] == "Ping")
+    ran = requests.get(f"{target.url}/flows/trigger/{flow['id']}?word={target.vendor}",
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert ran.status_code == 200 and ran.json()["shape"] == {"shaped": target.vendor}, ran.text
+    dashboard = next(d for d in target.get("/dashboards?limit=-1") if d["name"] == "Editorial")
+    assert len(target.get(f"/panels?filter[dashboard][_eq]={dashboard['id']}")) == 3
+    assert {p["collection"] for p in target.get("/presets?limit=-1")} == {"articles", "authors"}
+    assert target.get("/settings")["translation_strings"] == TRANSLATIONS
+    code, output = promote(source, target, *ONLY)
+    assert (code, output.splitlines()[-1]) == (0, "no changes"), output

@@ -100,7 +100,8 @@ function instanceUrl() {
 function promoteFix(fix) {
 	return String(fix || '')
 		.replace('pass --allow-data-loss', 'tick \u201cAllow data loss\u201d')
-		.replace('pass --force', 'tick \u201cForce across vendors or versions\u201d');
+		.replace('pass --force', 'tick \u201cForce across vendors or versions\u201d')
+		.replace('pass --destructive', 'tick \u201cDestructive\u201d');
 }
 
 /* A count of what a plan part lists (an array of names, or already a number). */
@@ -122,7 +123,12 @@ function promoteLines(report) {
 	if (config && config.plan) {
 		const { roles, permissions } = config.plan;
 		lines.push(`config: roles ${count(roles.created)} to create, ${count(roles.updated)} to update; `
-			+ `permissions ${count(permissions.created)} to create, ${count(permissions.updated)} to update`);
+			+ `permissions ${count(permissions.created)} to create, ${count(permissions.updated)} to update`
+			+ (count(permissions.deleted) ? `, ${count(permissions.deleted)} to delete` : ''));
+		(roles.deleted || []).forEach((key) => lines.push(`  - role ${key} (its permissions and presets deleted, its users suspended)`));
+		const kept = config.kept || {};
+		[...(kept.roles || []).map((k) => `role ${k}`), ...(kept.permissions || []).map((k) => `permission ${k}`)]
+			.forEach((name) => lines.push(`  kept (target only): ${name}`));
 	} else if (config) {
 		lines.push('config: not planned');
 	}
@@ -130,7 +136,8 @@ function promoteLines(report) {
 	if (extras.skipped) lines.push(`extras: ${extras.skipped}`);
 	Object.entries(extras).filter(([, v]) => v && v.counts).forEach(([kind, v]) => {
 		lines.push(`${kind}: ${v.counts.create} to create, ${v.counts.update} to update, ${v.counts.unchanged} unchanged`);
-		[...v.create.map((n) => `  + ${n}`), ...v.update.map((n) => `  ~ ${n}`)].forEach((l) => lines.push(l));
+		[...(v.delete || []).map((n) => `  - ${n}`), ...v.create.map((n) => `  + ${n}`), ...v.update.map((n) => `  ~ ${n}`),
+			...(v.kept || []).map((n) => `  kept (target only): ${n}`)].forEach((l) => lines.push(l));
 		(v.secrets_left_out || []).forEach((n) => lines.push(`  secret not copied: ${n}`));
 	});
 	return lines;
@@ -162,7 +169,7 @@ const MigratePage = {
 		const busy = ref('');
 		const filesReport = ref(null);
 		const filesMessage = ref('');
-		const promoteForm = reactive({ from: '', fromToken: '', allowDataLoss: false, force: false,
+		const promoteForm = reactive({ from: '', fromToken: '', allowDataLoss: false, force: false, destructive: false,
 			only: Object.fromEntries(PROMOTE_KINDS.map((kind) => [kind, true])) });
 		const promotePlan = ref(null);
 		const promoteError = ref('');
@@ -412,7 +419,7 @@ const MigratePage = {
 			const params = {
 				from: promoteForm.from.trim(), to: instanceUrl(), to_token: token(), dry_run: dryRun,
 				only: PROMOTE_KINDS.filter((kind) => promoteForm.only[kind]),
-				allow_data_loss: promoteForm.allowDataLoss, force: promoteForm.force,
+				allow_data_loss: promoteForm.allowDataLoss, force: promoteForm.force, destructive: promoteForm.destructive,
 			};
 			if (promoteForm.fromToken) params.from_token = promoteForm.fromToken;
 			return params;
@@ -624,6 +631,11 @@ const MigratePage = {
 						h('input', { type: 'checkbox', checked: promoteForm.allowDataLoss, 'data-testid': 'promote-allow-data-loss',
 							onChange: (e) => { promoteForm.allowDataLoss = e.target.checked; promotePlan.value = null; } }),
 						'Allow data loss (drop tables and columns that hold rows)',
+					]),
+					h('label', { style: css.label }, [
+						h('input', { type: 'checkbox', checked: promoteForm.destructive, 'data-testid': 'promote-destructive',
+							onChange: (e) => { promoteForm.destructive = e.target.checked; promotePlan.value = null; } }),
+						'Destructive (delete roles, permissions, flows, dashboards, presets the source lacks)',
 					]),
 					h('label', { style: css.label }, [
 						h('input', { type: 'checkbox', checked: promoteForm.force, 'data-testid': 'promote-force',

@@ -29,12 +29,18 @@ def render_promote(report: dict[str, Any]) -> str:
     if config is not None:
         lines.append("config: " + ("changes" if config["changes"] else "no changes"))
         planned = config.get("plan")
+        deleting, keeping = config.get("delete") or {}, config.get("kept") or {}
+        lines += [f"  - role {key} (with its permissions and presets; its users suspended)" for key in deleting.get("roles", [])]
+        lines += [f"  - permission {name}" for name in deleting.get("permissions", [])]
         if planned:
             for action in ("created", "updated"):
                 if planned["roles"][action]:
                     lines.append(f"  roles {action}: {', '.join(planned['roles'][action])}")
                 if planned["permissions"][action]:
                     lines.append(f"  permissions {action}: {planned['permissions'][action]}")
+        lines += [f"  kept (target only; --destructive deletes it): role {key}" for key in keeping.get("roles", [])]
+        lines += [f"  kept (target only; --destructive deletes it): permission {name}"
+                  for name in keeping.get("permissions", [])]
     lines += render_extras(report.get("extras"))
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
@@ -66,8 +72,12 @@ def render_extras(extras: dict[str, Any] | None) -> list[str]:
         if not isinstance(plan, dict) or "counts" not in plan:
             continue
         counts = plan["counts"]
-        lines.append(f"{kind}: {counts['create']} to create, {counts['update']} to update, {counts['unchanged']} unchanged")
+        lines.append(f"{kind}: " + (f"{counts['delete']} to delete, " if counts.get("delete") else "")
+                     + f"{counts['create']} to create, {counts['update']} to update, {counts['unchanged']} unchanged"
+                     + (f", {counts['kept']} kept (target only)" if counts.get("kept") else ""))
+        lines += [f"  - {label}" for label in plan.get("delete", [])]
         lines += [f"  + {label}" for label in plan["create"]] + [f"  ~ {label}" for label in plan["update"]]
+        lines += [f"  kept (target only; --destructive deletes it): {label}" for label in plan.get("kept", [])]
         lines += [f"  secret not copied (--include-secrets copies it): {name}" for name in plan.get("secrets_left_out", [])]
     return lines
 
@@ -76,8 +86,8 @@ def register(cli: click.Group) -> None:
     """Add ``promote`` to the ``cairn-migrate`` group."""
     @cli.command("promote")
     @click.option("--from", "source", required=True, metavar="SRC",
-                  help="A running instance's URL (with --from-token), an instance's .env, an unpacked bundle, "
-                  "or a snapshot directory (schema.yaml + config/).")
+                  help="A running instance's URL (with --from-token), an instance's .env, a bundle (directory, .tar "
+                  "or .tar.gz written by export), or a snapshot directory (schema.yaml + config/).")
     @click.option("--from-token", envvar="CAIRN_MIGRATE_FROM_TOKEN", help="An admin token of the source (or CAIRN_MIGRATE_FROM_TOKEN).")
     @click.option("--to", "target", required=True, metavar="DST",
                   help="The running target's URL, or its .env (reached at its PUBLIC_URL).")
@@ -89,12 +99,15 @@ def register(cli: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Promote across vendors or versions.")
     @click.option("--include-secrets", is_flag=True,
                   help="Copy secrets in flow operations' options (tokens, passwords, auth headers).")
+    @click.option("--destructive", is_flag=True,
+                  help="Delete what SRC lacks from DST (roles, permissions, flows, dashboards, presets, translation "
+                  "strings), as CairnCMS's config apply --destructive; without it they are kept and listed.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.pass_obj
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
                         dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool, include_secrets: bool,
-                        as_json: bool) -> None:
+                        destructive: bool, as_json: bool) -> None:
         """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
         translation strings) onto the running CairnCMS DST.
 
@@ -104,7 +117,8 @@ def register(cli: click.Group) -> None:
         version without --force); the plan is printed in every case.
         """
         params = {"from": source, "to": target, "dry_run": dry_run, "only": list(only),
-                  "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets}
+                  "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets,
+                  "destructive": destructive}
         from ..service.state import default_state_url
 
         # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).

@@ -466,8 +466,8 @@ class InstallExtensionParams(Schema):
 
 class PromoteParams(Schema):
     from_ = fields.String(required=True, data_key="from", metadata={
-        "description": "The source: a running instance's URL (with from_token), an instance's .env, an unpacked "
-        "bundle, or a snapshot directory (schema.yaml + config/).", "cli": "--from", "host_path": True, "or_url": True})
+        "description": "The source: a running instance's URL (with from_token), an instance's .env, a bundle "
+        "(a directory, .tar or .tar.gz written by export), or a snapshot directory (schema.yaml + config/).", "cli": "--from", "host_path": True, "or_url": True})
     from_token = _secret("An admin token of the source, when it is a URL.", "--from-token")
     to = fields.String(required=True, metadata={
         "description": "The target: a running CairnCMS's URL, or its .env (reached at its PUBLIC_URL).", "cli": "--to",
@@ -483,6 +483,11 @@ class PromoteParams(Schema):
     include_secrets = fields.Boolean(load_default=False, metadata={
         "description": "Copy secrets in flow operations' options (tokens, passwords, auth headers).",
         "cli": "--include-secrets"})
+    destructive = fields.Boolean(load_default=False, metadata={
+        "description": "Delete what the source lacks: the target's other roles and permissions (as CairnCMS's "
+        "config apply --destructive: a role's permissions and presets go with it, its users are suspended; the last "
+        "admin role never), flows, operations, dashboards, panels, role/global presets and translation strings. "
+        "Without it they are kept and listed as kept (target only).", "cli": "--destructive"})
 
 
 class _FilterField(fields.Field):

@@ -96,6 +96,7 @@ class Source:
     schema: dict[str, Any] | None
     config: dict[str, Any] | None
     extras: Any = None  # promote_extras.ExtrasPlan, once planned
+    bundle: Any = None  # promote_bundle.BundleSource of a bundle source (its extras' rows and identity)
 
 
 def read_source(ctx: Any, value: str, token: str | None, only: list[str]) -> Source:
@@ -108,6 +109,11 @@ def read_source(ctx: Any, value: str, token: str | None, only: list[str]) -> Sou
         return Source(value, remote.data("/schema/snapshot") if "schema" in only else None,
                       remote.data("/config/snapshot") if "config" in only else None)
     path = ctx.path("from", value)
+    from .promote_bundle import is_bundle, read_bundle
+
+    if is_bundle(path):  # export's bundle, a directory or an archive: opened safely, its snapshot/ and rows read
+        bundle = read_bundle(path, only)
+        return Source(str(path), bundle.schema, bundle.config, bundle=bundle)
     if path.is_file():
         return _source_of_instance(path, only)
     if (path / "snapshot").is_dir():  # an unpacked bundle (export writes snapshot/schema-snapshot.yaml + config/)
@@ -187,12 +193,13 @@ def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remot
     if source.schema is not None:
         report["schema"] = _schema_plan(target, source.schema, target_schema, p, report["refused"])
     if source.config is not None:
-        report["config"] = _config_plan(target, source.config, report["refused"])
+        report["config"] = _config_plan(target, source.config, report["refused"], bool(p.get("destructive")))
     extras = [kind for kind in only if kind in EXTRA_KINDS]
     if extras:
         from . import promote_extras
 
-        report["extras"], source.extras = promote_extras.prepare(ctx, p, target, extras)
+        report["extras"], source.extras = promote_extras.prepare(ctx, p, promote_extras.ApiWriter(target), extras,
+                                                                 source.bundle)
     report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes")
                              or (report.get("extras") or {}).get("changes"))
     return report, source, target
@@ -280,9 +287,12 @@ def _count(target: Remote, collection: str, field: str) -> int | None:
     return int(value[field] if isinstance(value, Mapping) else value)
 
 
-def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[str, Any]]) -> dict[str, Any]:
-    """``POST /config/apply?dry_run=true``: CairnCMS's own plan of the roles and permissions."""
-    response = target.call("POST", "/config/apply?dry_run=true", json=dict(config), ok=(200, 400))
+def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[str, Any]],
+                 destructive: bool = False) -> dict[str, Any]:
+    """``POST /config/apply?dry_run=true[&destructive=true]``: CairnCMS's own plan of the roles and permissions,
+    plus what the target has that the config lacks (``kept``: deleted only with ``destructive``)."""
+    query = "?dry_run=true" + ("&destructive=true" if destructive else "")
+    response = target.call("POST", "/config/apply" + query, json=dict(config), ok=(200, 400))
     if response.status_code == 400:
         errors = [str(e) if not isinstance(e, Mapping) else e.get("message", str(e)) for e in response.json()["errors"]]
         refused.append({"code": "config_invalid", "message": "the target refuses the config: " + "; ".join(errors),
@@ -290,8 +300,14 @@ def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[s
         return {"changes": False, "plan": None, "errors": errors}
     result = response.json()["data"]
     roles, permissions = result["roles"], result["permissions"]
-    changes = bool(roles["created"] or roles["updated"] or permissions["created"] or permissions["updated"])
-    return {"changes": changes, "plan": result, "errors": []}
+    changes = bool(roles["created"] or roles["updated"] or permissions["created"] or permissions["updated"]
+                   or roles["deleted"] or permissions["deleted"])
+    from .config_rows import compute_plan, kept
+
+    target_only = kept(compute_plan(target.data("/config/snapshot"), config))
+    return {"changes": changes, "plan": result, "errors": [], "destructive": destructive,
+            "kept": {"roles": [], "permissions": []} if destructive else target_only,
+            "delete": target_only if destructive else {"roles": [], "permissions": []}}
 
 
 # --------------------------------------------------------------------------- apply
@@ -317,7 +333,8 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     if config and config["changes"]:
         ctx.progress.log(f"applying roles and permissions to {target.url}")
         try:
-            config["result"] = target.call("POST", "/config/apply", json=source.config).json()["data"]
+            query = "?destructive=true" if p.get("destructive") else ""
+            config["result"] = target.call("POST", "/config/apply" + query, json=source.config).json()["data"]
         except MigrateError as exc:
             if not report["applied"]:
                 raise
@@ -328,7 +345,7 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
 
         ctx.progress.log(f"applying flows, dashboards, presets and settings to {target.url}")
         try:
-            promote_extras.apply_plan(target, source.extras)
+            promote_extras.apply_plan(source.extras)
         except MigrateError as exc:
             if not report["applied"]:
                 raise

@@ -1,14 +1,16 @@
 """``promote``'s extras: flows + operations, dashboards + panels, presets, settings, translation strings.
 
 CairnCMS's ``schema``/``config`` apply covers none of these (reference §1.3), so they are planned
-and written here, through the target's items API (``/flows``, ``/operations``, ``/dashboards``,
-``/panels``, ``/presets``, ``/settings``).  UUIDs differ between instances, so rows are matched by
+here and written by a writer: :class:`ApiWriter` through the target's items API (``/flows``,
+``/operations``, ``/dashboards``, ``/panels``, ``/presets``, ``/settings``), or :class:`DbWriter` as rows
+in the target's database; the same plan applies both ways.  UUIDs differ between instances, so rows are matched by
 natural keys — flows by name + trigger, operations by their flow + ``key``, dashboards by name,
 panels by dashboard + name (``@x,y`` when unnamed), role presets by role ``key`` + collection,
 global presets by collection — and first by the **ID map** kept in the state store (one per
 source and target), so a row renamed on the source updates the target row it was written to
-before instead of creating a second one.  Nothing on the target is ever deleted: what the source
-no longer has stays.  User bookmarks and role bookmarks are never copied; settings that point at
+before instead of creating a second one.  What only the target has (flows, operations of kept flows,
+dashboards, panels of kept dashboards, role and global presets, translation strings) is kept and listed
+(``kept``) unless ``destructive``, which deletes it (``delete``).  User bookmarks and role bookmarks are never copied; settings that point at
 files, folders or modules of one instance, and ``mapbox_key``, are never copied either.
 
 Secrets in operation options (option names and ``options.headers`` names matching
@@ -18,9 +20,11 @@ target keeps what it has for them, and the plan lists them under ``secrets_left_
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +190,9 @@ class Kind:
         self.create: list[dict[str, Any]] = []
         self.update: list[dict[str, Any]] = []
         self.unchanged: list[str] = []
+        #: Target rows the source lacks: deleted only when ``destructive`` (``delete``), else ``kept``.
+        self.delete: list[dict[str, Any]] = []
+        self.kept: list[str] = []
         #: source id → target id of every row matched (recorded in the ID map when applied).
         self.matched: dict[Any, Any] = {}
         self.labels: dict[Any, str] = {}
@@ -213,11 +220,20 @@ class Kind:
         mapped = self.idmap.get(self.name, source_id)
         return (by_id.get(mapped) if mapped else None) or by_key.get(key)
 
+    def target_only(self, label: str, target_id: Any, destructive: bool) -> None:
+        """A target row the source lacks: planned as a delete with ``destructive``, else kept (and listed)."""
+        if destructive:
+            self.delete.append({"label": label, "target_id": target_id})
+        else:
+            self.kept.append(label)
+
     def report(self) -> dict[str, Any]:
-        return {"create": [s["label"] for s in self.create],
+        return {"delete": [s["label"] for s in self.delete],
+                "create": [s["label"] for s in self.create],
                 "update": [f"{s['label']} ({', '.join(s['fields'])})" for s in self.update],
-                "unchanged": self.unchanged,
-                "counts": {"create": len(self.create), "update": len(self.update), "unchanged": len(self.unchanged)}}
+                "unchanged": self.unchanged, "kept": self.kept,
+                "counts": {"delete": len(self.delete), "create": len(self.create), "update": len(self.update),
+                           "unchanged": len(self.unchanged), "kept": len(self.kept)}}
 
 
 def _norm(value: Any) -> str:
@@ -235,8 +251,9 @@ def _panel_key(dashboard_name: str, panel: Mapping[str, Any]) -> tuple[str, str]
 
 # --------------------------------------------------------------------------- the plan
 def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap: IdMap,
-                include_secrets: bool) -> tuple[dict[str, Any], dict[str, Kind]]:
-    """The plan of every extra kind in ``only``: per kind create/update/unchanged, plus secrets left out."""
+                include_secrets: bool, destructive: bool = False) -> tuple[dict[str, Any], dict[str, Kind]]:
+    """The plan of every extra kind in ``only``: per kind create/update/unchanged, plus secrets left out, and the
+    target's rows the source lacks (``delete`` with ``destructive``, else ``kept``)."""
     notes: dict[str, Any] = {}
     kinds: dict[str, Kind] = {}
     if "flows" in only:
@@ -249,6 +266,7 @@ def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap
         kinds["settings"] = _plan_settings(src, dst, idmap)
     if "translations" in only:
         kinds["translations"] = _plan_translations(src, dst, idmap)
+    _plan_target_only(dst, kinds, destructive)
     return {name: kind.report() | notes.get(name, {}) for name, kind in kinds.items()}, kinds
 
 
@@ -378,60 +396,232 @@ def _plan_translations(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -
     return kind
 
 
+def _plan_target_only(dst: dict[str, Any], kinds: Mapping[str, Kind], destructive: bool) -> None:
+    """The target's flows, operations (of kept flows), dashboards, panels (of kept dashboards), role and global
+    presets and translation strings that no source row matched.  User presets and bookmarks are never touched."""
+    def unmatched(kind: Kind, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        matched = {str(v) for v in kind.matched.values()}
+        return [r for r in rows if str(r["id"]) not in matched]
+
+    if "flows" in kinds:
+        gone = set()
+        for flow in unmatched(kinds["flows"], dst["flows"]):
+            kinds["flows"].target_only(f"{flow['name']} ({flow.get('trigger')})", flow["id"], destructive)
+            gone.add(flow["id"])
+        names = {r["id"]: r["name"] for r in dst["flows"]}
+        for op in unmatched(kinds["operations"], dst["operations"]):
+            if op["flow"] not in gone:
+                kinds["operations"].target_only(f"{names.get(op['flow'], '?')}/{op['key']}", op["id"], destructive)
+    if "dashboards" in kinds:
+        gone = set()
+        for dashboard in unmatched(kinds["dashboards"], dst["dashboards"]):
+            kinds["dashboards"].target_only(dashboard["name"], dashboard["id"], destructive)
+            gone.add(dashboard["id"])
+        names = {r["id"]: r["name"] for r in dst["dashboards"]}
+        for panel in unmatched(kinds["panels"], dst["panels"]):
+            if panel["dashboard"] not in gone:
+                kinds["panels"].target_only("/".join(_panel_key(names.get(panel["dashboard"], ""), panel)), panel["id"],
+                                            destructive)
+    if "presets" in kinds:
+        roles = {r["id"]: r.get("key") for r in dst["roles"]}
+        for preset in unmatched(kinds["presets"], dst["presets"]):
+            if preset.get("user") or preset.get("bookmark"):
+                continue
+            label = (f"role {roles.get(preset['role'], '?')} {preset['collection']}" if preset.get("role")
+                     else f"global {preset['collection']}")
+            kinds["presets"].target_only(label, preset["id"], destructive)
+    if "translations" in kinds:
+        kind = kinds["translations"]
+        ours = {s["label"] for s in kind.create + kind.update} | set(kind.unchanged)
+        for entry in dst["settings"].get("translation_strings") or []:
+            if isinstance(entry, Mapping) and entry.get("key") not in ours:
+                kind.target_only(entry["key"], entry["key"], destructive)
+
+
 def has_changes(kinds: Mapping[str, Kind]) -> bool:
-    return any(k.create or k.update for k in kinds.values())
+    return any(k.create or k.update or k.delete for k in kinds.values())
+
+
+# --------------------------------------------------------------------------- writers
+#: The table of each kind a writer writes (``directus_<kind>``; the API path is ``/<kind>``).
+WRITTEN_KINDS = ("flows", "operations", "dashboards", "panels", "presets")
+#: Kinds whose primary key is a uuid the writer makes (presets' is serial).
+UUID_KINDS = {"flows", "operations", "dashboards", "panels"}
+
+
+class ApiWriter:
+    """The extras written through a running target's items API (``/flows``, ``/operations``, ...)."""
+
+    def __init__(self, remote: Any) -> None:
+        self.remote = remote
+        self.described = remote.url
+
+    def rows(self) -> dict[str, Any]:
+        return rows_of_remote(self.remote)
+
+    def role_ids(self) -> dict[str, str]:
+        return {r.get("key"): r["id"] for r in self.remote.data("/roles?limit=-1")}
+
+    def create(self, kind: str, values: Mapping[str, Any]) -> Any:
+        return self.remote.call("POST", f"/{kind}", json=dict(values)).json()["data"]["id"]
+
+    def update(self, kind: str, target_id: Any, values: Mapping[str, Any]) -> None:
+        self.remote.call("PATCH", f"/{kind}/{target_id}", json=dict(values))
+
+    def delete(self, kind: str, ids: list[Any]) -> None:
+        if ids:
+            self.remote.call("DELETE", f"/{kind}", json=list(ids), ok=(200, 204))
+
+    def patch_settings(self, values: Mapping[str, Any]) -> None:
+        self.remote.call("PATCH", "/settings", json=dict(values))
+
+    def finish(self) -> None:
+        """Nothing to do: every call above is its own write."""
+
+
+class DbWriter:
+    """The extras written as rows into the target's database, as CairnCMS's items services write them.
+
+    New rows get new uuids (presets their serial id), JSON columns are written as JSON text, ``date_created``
+    as CairnCMS stamps it (milliseconds since the epoch on SQLite, a UTC timestamp elsewhere), ``user_created``
+    null (no user wrote them).  CairnCMS reads flows at start (and on its own writes), so a running target
+    serves rows written here only after a restart.
+    """
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.vendor = db.engine.dialect.name  # sqlite, postgresql, mysql/mariadb
+        self.described = str(db.engine.url.render_as_string(hide_password=True))
+
+    def rows(self) -> dict[str, Any]:
+        return rows_of_database(self.db)
+
+    def _encoded(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (json.dumps(v, separators=(",", ":")) if k in JSON_COLUMNS and v is not None else v)
+                for k, v in values.items()}
+
+    def _now(self) -> Any:
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.vendor == "sqlite":
+            return int(now.timestamp() * 1000)
+        return now if self.vendor == "postgresql" else now.replace(tzinfo=None, microsecond=0)
+
+    def role_ids(self) -> dict[str, str]:
+        with self.db.engine.connect() as conn:
+            key = conn.dialect.identifier_preparer.quote("key")
+            return {str(r.role_key): str(r.id) for r in conn.execute(sa.text(
+                f"SELECT {key} AS role_key, id FROM directus_roles"))}
+
+    def create(self, kind: str, values: Mapping[str, Any]) -> Any:
+        from .config_rows import insert_row
+
+        row = self._encoded(values)
+        with self.db.engine.begin() as conn:
+            if kind == "presets":
+                return insert_row(conn, "directus_presets", row, returning="id")
+            row = {"id": str(uuid.uuid4()), **row, "date_created": self._now(), "user_created": None}
+            insert_row(conn, f"directus_{kind}", row)
+            return row["id"]
+
+    def update(self, kind: str, target_id: Any, values: Mapping[str, Any]) -> None:
+        from .config_rows import update_rows
+
+        with self.db.engine.begin() as conn:
+            update_rows(conn, f"directus_{kind}", self._encoded(values), {"id": target_id})
+
+    def delete(self, kind: str, ids: list[Any]) -> None:
+        from .config_rows import delete_rows, update_rows
+
+        if ids:
+            with self.db.engine.begin() as conn:
+                if kind == "flows":  # as FlowsService.deleteMany: resolve/reject (NO ACTION) would stop the cascade
+                    update_rows(conn, "directus_operations", {"resolve": None, "reject": None}, {"flow": list(ids)})
+                delete_rows(conn, f"directus_{kind}", {"id": list(ids)})
+
+    def patch_settings(self, values: Mapping[str, Any]) -> None:
+        """The singleton: its one row updated, or (a fresh instance has none) created with these values."""
+        from .config_rows import insert_row, update_rows
+
+        row = self._encoded(values)
+        with self.db.engine.begin() as conn:
+            first = conn.execute(sa.text("SELECT min(id) FROM directus_settings")).scalar()
+            if first is None:
+                insert_row(conn, "directus_settings", row)
+            else:
+                update_rows(conn, "directus_settings", row, {"id": first})
+
+    def finish(self) -> None:
+        """Nothing to do: each write committed at once, like the API's."""
 
 
 # --------------------------------------------------------------------------- apply
-def apply_extras(target: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap) -> None:
-    """Write the planned creates and updates through the target's API, recording every id in the ID map."""
+def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap) -> None:
+    """Write the planned creates and updates with ``writer`` (:class:`ApiWriter` or :class:`DbWriter`), recording
+    every id in the ID map, then (only when planned with ``destructive``) delete what the source lacks."""
     if "flows" in kinds:
-        _apply_flows(target, src, dst, kinds["flows"], kinds["operations"], idmap)
+        _apply_flows(writer, src, dst, kinds["flows"], kinds["operations"], idmap)
     if "dashboards" in kinds:
-        _apply_rows(target, "/dashboards", kinds["dashboards"], idmap)
+        _apply_rows(writer, "dashboards", kinds["dashboards"], idmap)
         for step in kinds["panels"].create + kinds["panels"].update:
             step["values"]["dashboard"] = idmap.get("dashboards", step["values"].pop("_dashboard"))
-        _apply_rows(target, "/panels", kinds["panels"], idmap)
+        _apply_rows(writer, "panels", kinds["panels"], idmap)
     if "presets" in kinds:
-        role_ids = {r.get("key"): r["id"] for r in target.data("/roles?limit=-1")}  # config may have added some
+        role_ids = writer.role_ids()  # config may have added some
         for step in kinds["presets"].create + kinds["presets"].update:
             role = step["values"].pop("_role")
             if role and role not in role_ids:
                 raise InvalidInput(f"The preset {step['label']} is for the role {role}, which the target lacks",
                                    hint="promote the config too (--only config), or create that role on the target")
             step["values"]["role"] = role_ids.get(role) if role else None
-        _apply_rows(target, "/presets", kinds["presets"], idmap)
+        _apply_rows(writer, "presets", kinds["presets"], idmap)
     patch: dict[str, Any] = {}
     if "settings" in kinds:
         for step in kinds["settings"].update:
             patch.update(step["values"])
-    if "translations" in kinds and (kinds["translations"].create or kinds["translations"].update):
+    translations = kinds.get("translations")
+    if translations is not None and (translations.create or translations.update or translations.delete):
         merged = {t["key"]: t for t in dst["settings"].get("translation_strings") or []}
-        for step in kinds["translations"].create + kinds["translations"].update:
+        for step in translations.create + translations.update:
             merged[step["label"]] = step["values"]
+        for step in translations.delete:
+            merged.pop(step["label"], None)
         patch["translation_strings"] = list(merged.values())
     if patch:
-        target.call("PATCH", "/settings", json=patch)
+        writer.patch_settings(patch)
+    _apply_deletes(writer, kinds)
+    writer.finish()
 
 
-def _apply_rows(target: Any, path: str, kind: Kind, idmap: IdMap) -> None:
+def _apply_deletes(writer: Any, kinds: Mapping[str, Kind]) -> None:
+    """The target-only rows a destructive plan deletes: operations (links cleared first), flows (with their
+    operations), panels, dashboards (with their panels), presets."""
+    if "operations" in kinds and kinds["operations"].delete:
+        ids = [step["target_id"] for step in kinds["operations"].delete]
+        for target_id in ids:  # resolve/reject point at each other (NO ACTION): unlinked before the delete
+            writer.update("operations", target_id, {"resolve": None, "reject": None})
+        writer.delete("operations", ids)
+    for kind in ("flows", "panels", "dashboards", "presets"):
+        if kind in kinds and kinds[kind].delete:
+            writer.delete(kind, [step["target_id"] for step in kinds[kind].delete])
+
+
+def _apply_rows(writer: Any, name: str, kind: Kind, idmap: IdMap) -> None:
     for source_id, target_id in kind.matched.items():
         idmap.put(kind.name, source_id, target_id)
     for step in kind.create:
         values = {k: v for k, v in step["values"].items() if not k.startswith("_")}
-        created = target.call("POST", path, json=values).json()["data"]
-        idmap.put(kind.name, step["source_id"], created["id"])
+        idmap.put(kind.name, step["source_id"], writer.create(name, values))
     for step in kind.update:
         values = {k: v for k, v in step["values"].items() if not k.startswith("_")}
         if values:  # a link-only update (flow.operation, resolve/reject) is written after the rows
-            target.call("PATCH", f"{path}/{step['target_id']}", json=values)
+            writer.update(name, step["target_id"], values)
         idmap.put(kind.name, step["source_id"], step["target_id"])
 
 
-def _apply_flows(target: Any, src: dict[str, Any], dst: dict[str, Any], flows: Kind, operations: Kind,
+def _apply_flows(writer: Any, src: dict[str, Any], dst: dict[str, Any], flows: Kind, operations: Kind,
                  idmap: IdMap) -> None:
     """Flows first (without their first operation), then operations (without links), then the links remapped."""
-    _apply_rows(target, "/flows", flows, idmap)
+    _apply_rows(writer, "flows", flows, idmap)
     dst_ops = {r["id"]: r for r in dst["operations"]}
     src_ops = {r["id"]: r for r in src["operations"]}
     for step in operations.create + operations.update:
@@ -441,7 +631,7 @@ def _apply_flows(target: Any, src: dict[str, Any], dst: dict[str, Any], flows: K
         if "target_id" in step:
             step["values"]["options"] = _with_target_secrets(step["values"]["options"],
                                                              dst_ops[step["target_id"]].get("options"))
-    _apply_rows(target, "/operations", operations, idmap)
+    _apply_rows(writer, "operations", operations, idmap)
     relink = {}
     for op in src["operations"]:
         target_id = idmap.get("operations", op["id"])
@@ -449,15 +639,15 @@ def _apply_flows(target: Any, src: dict[str, Any], dst: dict[str, Any], flows: K
         if any((dst_ops.get(target_id) or {}).get(k) != v for k, v in links.items()):
             relink[target_id] = links
     for target_id in relink:  # cleared first: resolve/reject are unique, a link moved must not collide
-        target.call("PATCH", f"/operations/{target_id}", json={"resolve": None, "reject": None})
+        writer.update("operations", target_id, {"resolve": None, "reject": None})
     for target_id, links in relink.items():
-        target.call("PATCH", f"/operations/{target_id}", json=links)
+        writer.update("operations", target_id, links)
     dst_flows = {r["id"]: r for r in dst["flows"]}
     for flow in src["flows"]:
         target_id = idmap.get("flows", flow["id"])
         first = idmap.get("operations", flow["operation"]) if flow.get("operation") else None
         if (dst_flows.get(target_id) or {}).get("operation") != first:
-            target.call("PATCH", f"/flows/{target_id}", json={"operation": first})
+            writer.update("flows", target_id, {"operation": first})
 
 
 # --------------------------------------------------------------------------- the hooks promote calls
@@ -469,6 +659,7 @@ class ExtrasPlan:
     dst: dict[str, Any]
     kinds: dict[str, Kind]
     idmap: IdMap
+    writer: Any = None
 
 
 def scope_of(ctx: Any, value: str, name: str) -> str:
@@ -499,17 +690,25 @@ def source_rows(ctx: Any, value: str, token: str | None) -> dict[str, Any] | Non
         return rows_of_database(db)
 
 
-def prepare(ctx: Any, p: Mapping[str, Any], target: Any, kinds: list[str]) -> tuple[dict[str, Any], ExtrasPlan | None]:
-    """The extras' part of the plan (``report["extras"]``) and what apply needs."""
-    src = source_rows(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"))
-    if src is None:
-        return {"changes": False, "skipped": "a snapshot directory or bundle carries no flows, dashboards, presets "
-                "or settings: name the source by its URL or .env to promote them"}, None
-    dst = rows_of_remote(target)
-    idmap = IdMap(ctx.state_url, (scope_of(ctx, p["from_"], "from"), scope_of(ctx, p["to"], "to")))
-    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")))
-    return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap)
+def prepare(ctx: Any, p: Mapping[str, Any], writer: Any, kinds: list[str],
+            bundle: Any = None) -> tuple[dict[str, Any], ExtrasPlan | None]:
+    """The extras' part of the plan (``report["extras"]``) and what apply needs; ``writer`` is the target
+    (:class:`ApiWriter` or :class:`DbWriter`), ``bundle`` a bundle source's ``BundleSource`` (its rows)."""
+    if bundle is not None:
+        src, source_scope = bundle.rows, bundle.scope
+        if src is None:
+            return {"changes": False, "skipped": f"extras are not available from this source: {bundle.rows_missing}"}, None
+    else:
+        src = source_rows(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"))
+        if src is None:
+            return {"changes": False, "skipped": "a snapshot directory carries no flows, dashboards, presets "
+                    "or settings: name the source by its URL, .env or bundle to promote them"}, None
+        source_scope = scope_of(ctx, p["from_"], "from")
+    dst = writer.rows()
+    idmap = IdMap(ctx.state_url, (source_scope, scope_of(ctx, p["to"], "to")))
+    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")), bool(p.get("destructive")))
+    return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap, writer)
 
 
-def apply_plan(target: Any, planned: ExtrasPlan) -> None:
-    apply_extras(target, planned.src, planned.dst, planned.kinds, planned.idmap)
+def apply_plan(planned: ExtrasPlan) -> None:
+    apply_extras(planned.writer, planned.src, planned.dst, planned.kinds, planned.idmap)
