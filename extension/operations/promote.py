@@ -69,6 +69,11 @@ class Remote:
         if response.status_code == 403:
             raise Forbidden(f"The {self.role} {self.url} answered 403 to {method} {path}",
                             hint=f"pass the static token of an admin of that instance with {option}")
+        if response.status_code == 404 and path.startswith(("/schema/", "/config/")) and self.role == "target":
+            raise ConfigError(f"The target {self.url} has no {path.split('?')[0]} endpoint (Directus 9/10 and older "
+                              "CairnCMS releases have none): its API cannot apply a schema",
+                              hint="pass the target's .env as --to with --engine db (the offline engine writes the "
+                              "same rows through its database)")
         error = InvalidInput if response.status_code == 400 else MigrateError
         raise error(f"The {self.role} {self.url} answered {response.status_code} to {method} {path}: "
                     f"{_error_text(response)}", details={"status": response.status_code},
@@ -76,6 +81,82 @@ class Remote:
 
     def data(self, path: str) -> Any:
         return self.call("GET", path).json()["data"]
+
+    # What promote asks of any target (``DbTarget`` answers the same from the database).
+    engine = "api"
+
+    @property
+    def label(self) -> str:
+        return urlsplit(self.url).netloc.replace(":", "-")
+
+    def schema_snapshot(self) -> dict[str, Any]:
+        return self.data("/schema/snapshot")  # type: ignore[no-any-return]
+
+    def config_snapshot(self) -> dict[str, Any] | None:
+        return self.data("/config/snapshot")  # type: ignore[no-any-return]
+
+    def count(self, collection: str, field: str) -> int | None:
+        """Rows of ``collection`` (``*``) or its non-null values of ``field``, through ``aggregate[count]``."""
+        response = self.call("GET", f"/items/{quote(collection)}?aggregate[count]={quote(field)}",
+                             ok=(200, 400, 403, 404))
+        if response.status_code != 200:
+            return None
+        rows = response.json()["data"]
+        value = rows[0]["count"] if rows else 0
+        return int(value[field] if isinstance(value, Mapping) else value)
+
+
+@dataclass
+class DbTarget:
+    """A target reached through its database (its ``.env``): the offline engine (``schema_engine``).
+
+    For a CairnCMS that is not running, or Directus 9/10 (no ``/schema/*``); schema only for now.
+    """
+
+    env: Path
+    instance: Any  # instance.instance.Instance
+    engine = "db"
+
+    @property
+    def url(self) -> str:
+        return str(self.env)
+
+    @property
+    def label(self) -> str:
+        return self.env.parent.name or "target"
+
+    def _open(self) -> Any:
+        from ..instance.database import Database
+
+        return Database.open(self.instance)
+
+    def platform(self) -> Any:
+        with self._open() as db:
+            return db.platform()
+
+    def schema_snapshot(self) -> dict[str, Any]:
+        from ..bundle.schema_snapshot import schema_snapshot
+
+        with self._open() as db:
+            return schema_snapshot(db, version=db.platform().version or "unknown")
+
+    def config_snapshot(self) -> dict[str, Any] | None:
+        from ..bundle.config_snapshot import config_snapshot
+
+        with self._open() as db:
+            return config_snapshot(db) if db.platform().product == "cairncms" else None
+
+    def count(self, collection: str, field: str) -> int | None:
+        from .schema_engine import count_rows
+
+        with self._open() as db:
+            return count_rows(db.engine, collection, field)
+
+    def apply(self, current: Mapping[str, Any], diff: Mapping[str, Any], progress: Any = None) -> list[str]:
+        from .schema_engine import apply_diff
+
+        with self._open() as db:
+            return apply_diff(db.engine, db.vendor, current, diff, progress)
 
 
 def _error_text(response: requests.Response) -> str:
@@ -152,14 +233,21 @@ def _source_of_directory(folder: Path, only: list[str]) -> Source:
 
 
 # --------------------------------------------------------------------------- the target
-def open_target(ctx: Any, value: str, token: str | None) -> Remote:
-    """``to``: the running target, by URL or by its ``.env`` (its ``PUBLIC_URL``), with an admin token."""
+def open_target(ctx: Any, value: str, token: str | None, engine: str = "auto") -> Remote | DbTarget:
+    """``to``: the running target (by URL, or by its ``.env``'s ``PUBLIC_URL``, with an admin token), or its
+    database (``engine`` ``db``; ``auto`` picks it for a ``.env`` given without a token)."""
     if is_url(value):
+        if engine == "db":
+            raise InvalidInput(f"The offline engine (--engine db) writes the target's database: {value} is a URL",
+                               hint="pass the target's .env as --to")
         url = value
     else:
         from ..instance.instance import Instance
 
-        instance = Instance.from_env_file(ctx.path("to", value))
+        env = ctx.path("to", value)
+        instance = Instance.from_env_file(env)
+        if engine == "db" or (engine == "auto" and not token):
+            return DbTarget(Path(env), instance)
         url = instance.public_url
         if not is_url(url):
             raise ConfigError(f"The target's .env {value} sets no absolute PUBLIC_URL to reach it at",
@@ -176,13 +264,17 @@ def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     return _prepare(ctx, p)[0]
 
 
-def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remote]:
+def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Any]:
     """The plan, with the source and target it was made of (``apply`` applies exactly these)."""
     only = list(p["only"]) or list(KINDS)
     source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
-    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"))
-    target_schema = target.data("/schema/snapshot")
-    report: dict[str, Any] = {"from": source.described, "to": target.url, "only": only, "refused": [],
+    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"), p.get("engine", "auto"))
+    if isinstance(target, DbTarget) and set(only) - {"schema"}:
+        raise InvalidInput("The offline engine covers schema; pass --only schema or a running target with --to-token",
+                           details={"only": only}, hint="promote the schema offline (--only schema); roles, "
+                           "permissions and the extras need the target's API for now")
+    target_schema = target.schema_snapshot()
+    report: dict[str, Any] = {"from": source.described, "to": target.url, "engine": target.engine, "only": only, "refused": [],
                               "schema": None, "config": None, "changes": False, "applied": False}
     if source.schema is not None:
         report["schema"] = _schema_plan(target, source.schema, target_schema, p, report["refused"])
@@ -198,7 +290,7 @@ def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remot
     return report, source, target
 
 
-def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[str, Any], p: Mapping[str, Any],
+def _schema_plan(target: Remote | DbTarget, snapshot: Mapping[str, Any], current: Mapping[str, Any], p: Mapping[str, Any],
                  refused: list[dict[str, Any]]) -> dict[str, Any]:
     """``POST /schema/diff`` on the target, checked for vendor/version mismatch and for data loss."""
     mismatch = {key: {"source": snapshot.get(key), "target": current.get(key)} for key in ("vendor", "directus")
@@ -208,11 +300,18 @@ def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[s
             f"{'version' if k == 'directus' else k} {v['source']} differs from the target's {v['target']}"
             for k, v in mismatch.items()), "fix": "pass --force (the schema is then diffed with ?force)"})
         return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
-    query = "?force" if mismatch else ""
-    response = target.call("POST", "/schema/diff" + query, json=dict(snapshot), ok=(200, 204))
-    if response.status_code == 204:
-        return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
-    data = response.json()["data"]
+    if isinstance(target, DbTarget):  # the offline engine: CairnCMS's diff computed here, no hash to round-trip
+        from .schema_diff import snapshot_diff
+
+        data: dict[str, Any] = {"diff": snapshot_diff(current, snapshot), "hash": None}
+        if is_empty(data["diff"]):
+            return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+    else:
+        query = "?force" if mismatch else ""
+        response = target.call("POST", "/schema/diff" + query, json=dict(snapshot), ok=(200, 204))
+        if response.status_code == 204:
+            return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+        data = response.json()["data"]
     noise = 0
     if "vendor" in mismatch:  # a snapshot keeps the vendor's spelling: drop what only that differs in
         data["diff"], noise = drop_vendor_noise(data["diff"], snapshot)
@@ -243,11 +342,12 @@ def schema_steps(diff: Mapping[str, Any]) -> list[str]:
     return steps
 
 
-def data_loss(target: Remote, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
+def data_loss(target: Remote | DbTarget, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The tables and columns the diff drops that hold rows on the target (non-null values for a column).
 
-    Counted through the target's API (``aggregate[count]``); a count the API refuses is reported
-    as unknown (None) and treated as data, so it is refused too.
+    Counted through the target's API (``aggregate[count]``), or in SQL on a database target
+    (``COUNT(*)``/``COUNT(col)``); a count the API refuses is reported as unknown (None) and
+    treated as data, so it is refused too.
     """
     losses = []
     dropped_collections = set()
@@ -256,28 +356,17 @@ def data_loss(target: Remote, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
         if drop is None or not (drop.get("lhs") or {}).get("schema"):
             continue  # not a drop, or a folder (no table)
         dropped_collections.add(entry["collection"])
-        rows = _count(target, entry["collection"], "*")
+        rows = target.count(entry["collection"], "*")
         if rows != 0:
             losses.append({"kind": "collection", "name": entry["collection"], "rows": rows})
     for entry in diff.get("fields") or []:
         drop = next((r for r in entry["diff"] if r["kind"] == "D" and not r.get("path")), None)
         if drop is None or entry["collection"] in dropped_collections or not (drop.get("lhs") or {}).get("schema"):
             continue  # not a drop, counted with its table, or an alias (no column)
-        rows = _count(target, entry["collection"], entry["field"])
+        rows = target.count(entry["collection"], entry["field"])
         if rows != 0:
             losses.append({"kind": "field", "name": f"{entry['collection']}.{entry['field']}", "rows": rows})
     return losses
-
-
-def _count(target: Remote, collection: str, field: str) -> int | None:
-    """Rows of ``collection`` (``*``) or its non-null values of ``field``, on the target."""
-    response = target.call("GET", f"/items/{quote(collection)}?aggregate[count]={quote(field)}",
-                           ok=(200, 400, 403, 404))
-    if response.status_code != 200:
-        return None
-    rows = response.json()["data"]
-    value = rows[0]["count"] if rows else 0
-    return int(value[field] if isinstance(value, Mapping) else value)
 
 
 def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[str, Any]]) -> dict[str, Any]:
@@ -310,10 +399,23 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     schema, config = report["schema"], report["config"]
     if schema and schema["changes"]:
         ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
-        target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
+        if isinstance(target, DbTarget):
+            from .schema_engine import PartialApply
+
+            try:
+                schema["applied_steps"] = target.apply(target.schema_snapshot(), schema["diff"], ctx.progress)
+            except PartialApply as exc:
+                schema["applied_steps"] = exc.details["applied"]
+                if not exc.details["applied"]:
+                    raise
+                report["applied"] = True
+                report["failed"] = exc.to_dict()
+                return report
+        else:
+            target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
         report["applied"] = True
         if "vendor" in schema["mismatch"]:  # forced across vendors: what the target really made of the source's types
-            report["type_drift"] = type_drift(source.schema or {}, target.data("/schema/snapshot"))
+            report["type_drift"] = type_drift(source.schema or {}, target.schema_snapshot())
     if config and config["changes"]:
         ctx.progress.log(f"applying roles and permissions to {target.url}")
         try:
@@ -338,7 +440,7 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def write_safety_snapshot(ctx: Any, target: Remote) -> Path:
+def write_safety_snapshot(ctx: Any, target: Remote | DbTarget) -> Path:
     """The target's schema snapshot and config directory, before any write, in CairnCMS's own formats.
 
     In the sidecar they go to the instance's bundle folder; from the command line beside the
@@ -354,9 +456,10 @@ def write_safety_snapshot(ctx: Any, target: Remote) -> Path:
     else:
         state = ctx.state_url
         base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
-    host = urlsplit(target.url).netloc.replace(":", "-")
-    folder = base / "promote-safety" / f"{host}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
-    write_schema_snapshot(target.data("/schema/snapshot"), folder / "schema.yaml")
-    write_config_directory(target.data("/config/snapshot"), folder / "config")
+    folder = base / "promote-safety" / f"{target.label}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+    write_schema_snapshot(target.schema_snapshot(), folder / "schema.yaml")
+    config = target.config_snapshot()  # None: a Directus target has no roles/permissions config format
+    if config is not None:
+        write_config_directory(config, folder / "config")
     return folder
 
