@@ -267,12 +267,12 @@ def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
 def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Any]:
     """The plan, with the source and target it was made of (``apply`` applies exactly these)."""
     only = list(p["only"]) or list(KINDS)
-    source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
     target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"), p.get("engine", "auto"))
     if isinstance(target, DbTarget) and set(only) - {"schema"}:
         raise InvalidInput("The offline engine covers schema; pass --only schema or a running target with --to-token",
                            details={"only": only}, hint="promote the schema offline (--only schema); roles, "
                            "permissions and the extras need the target's API for now")
+    source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
     target_schema = target.schema_snapshot()
     report: dict[str, Any] = {"from": source.described, "to": target.url, "engine": target.engine, "only": only, "refused": [],
                               "schema": None, "config": None, "changes": False, "applied": False}
