@@ -124,8 +124,8 @@ def test_the_fixture_schema_goes_offline_into_a_fresh_target_and_cairncms_serves
     source = source_dir(tmp_path / "src", schema)
     force = () if vendor == "sqlite" else ("--force",)
 
-    code, output = promote(source, str(env), "--only", "schema", "--engine", "db")
     if vendor != "sqlite":  # another vendor: refused like the API path, until forced
+        code, output = promote(source, str(env), "--only", "schema", "--engine", "db")
         assert code == 2 and "refused: the source's vendor sqlite differs" in output, output
     code, output = promote(source, str(env), "--only", "schema", *force)  # auto: a .env without a token
     assert code == 0, output
