@@ -561,12 +561,28 @@ class Applier:
         collection, field, related = relation["collection"], relation["field"], relation["related_collection"]
         key = self._related_key(conn, related)
         on_delete = (relation.get("schema") or {}).get("on_delete")
+        if self.vendor == "mysql":
+            self._match_unsigned(conn, collection, field, related, key)
         with self._batch(conn, collection) as op:
             name = index_name("foreign", collection, field)
             if self.vendor == "sqlite":
                 op.create_foreign_key(name, related, [field], [key], ondelete=on_delete)
             else:
                 op.create_foreign_key(name, collection, related, [field], [key], ondelete=on_delete)
+
+    def _match_unsigned(self, conn: sa.Connection, collection: str, field: str, related: str, key: str) -> None:
+        """``RelationsService.alterType``: an ``int`` m2o onto an ``int unsigned`` key becomes ``int unsigned``
+        (MySQL refuses the foreign key otherwise)."""
+        query = sa.text("SELECT column_type, is_nullable FROM information_schema.columns "
+                        "WHERE table_schema = DATABASE() AND table_name = :t AND column_name = :c")
+        many = conn.execute(query, {"t": collection, "c": field}).first()
+        one = conn.execute(query, {"t": related, "c": key}).first()
+        if many is None or one is None:
+            return
+        many_type, one_type = str(many[0]).lower(), str(one[0]).lower()
+        if many_type.startswith("int") and "unsigned" not in many_type and one_type.startswith("int") and "unsigned" in one_type:
+            self._op(conn).alter_column(collection, field, type_=Native("int unsigned"), existing_type=Native(many_type),
+                                        existing_nullable=many[1] == "YES")
 
     def _primary_of(self, conn: sa.Connection, collection: str) -> str:
         columns = sa.inspect(conn).get_pk_constraint(collection)["constrained_columns"]
