@@ -11,6 +11,7 @@ source is still missing, and its items API writes an article with a tag (m2m) an
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -282,3 +283,34 @@ def test_directus_9_gets_a_schema_through_its_database_and_its_url_says_how(
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
     with sqlite3.connect(directus_instance.folder / "data.db") as conn:
         assert conn.execute("SELECT count(*) FROM directus_relations WHERE many_collection = 'essays'").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgres"])
+def test_a_failing_step_is_partial_on_sqlite_and_rolls_everything_back_on_postgres(
+        vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A new collection goes first, then a field the engine cannot create (a geometry column) stops the apply:
+    SQLite keeps the collection and says so (partial, exit 4); PostgreSQL's one transaction keeps nothing."""
+    env = fresh_target(vendor, tmp_path / "dst", free_port(), request)
+    force = () if vendor == "sqlite" else ("--force",)
+    assert promote(source_dir(tmp_path / "base", sqlite_schema()), str(env), "--only", "schema", *force)[0] == 0
+    schema = small_schema(sqlite_schema())
+    shape = copy.deepcopy(next(f for f in schema["fields"] if (f["collection"], f["field"]) == ("tags", "color")))
+    shape.update(field="shape", type="geometry.Point")
+    shape["meta"]["field"], shape["schema"]["name"] = "shape", "shape"
+    schema["fields"].append(shape)
+    schema["fields"].sort(key=lambda f: (f["collection"], f["field"]))
+    source = source_dir(tmp_path / "src", schema)
+
+    result = CliRunner().invoke(cli, ["promote", "--from", str(source), "--to", str(env), "--only", "schema", "--json",
+                                      *force])
+    collections = {c["collection"] for c in target_snapshot(env)["collections"]}
+    if vendor == "sqlite":
+        assert result.exit_code == 4, result.output
+        report = json.loads(result.output)
+        assert report["applied"] and report["failed"]["code"] == "partial_apply"
+        assert report["schema"]["applied_steps"][:2] == ["+ collection essays", "+ collection writers"]
+        assert "'+ field tags.shape'" in report["failed"]["message"]
+        assert {"essays", "writers"} <= collections
+    else:
+        assert result.exit_code == 2 and "cannot create a column of type 'geometry.Point'" in result.output
+        assert not {"essays", "writers"} & collections
