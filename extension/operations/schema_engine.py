@@ -308,7 +308,9 @@ class Applier:
             first = entry["diff"][0]
             if first["kind"] == "D" and not first.get("path"):
                 meta = first["lhs"].get("meta")
-                if meta is not None:  # like CairnCMS: a meta-null table is named by the diff, never dropped
+                # like CairnCMS: top-level ones (nested ones go with their group); a meta-null table is named
+                # by the diff but never dropped
+                if meta is not None and meta.get("group") is None:
                     self.steps.append(_Step(f"- collection {entry['collection']}",
                                             lambda conn, c=first["lhs"]: self._delete_collection(conn, c)))
             elif first["kind"] in ("E", "A") or first.get("path"):
@@ -461,9 +463,10 @@ class Applier:
         for relation in self.current.get("relations") or []:
             if name in (relation["collection"], relation.get("related_collection")) and relation["collection"] != name:
                 self._delete_relation(conn, relation)
-        for nested in self.current.get("collections") or []:
-            if (nested.get("meta") or {}).get("group") == name:
-                self._delete_collection(conn, nested)
+        for entry in self.diff["collections"]:
+            first = entry["diff"][0]
+            if first["kind"] == "D" and not first.get("path") and ((first["lhs"].get("meta") or {}).get("group") == name):
+                self._delete_collection(conn, first["lhs"])
         if collection.get("schema") is not None:
             self._op(conn).drop_table(name)
         for table, column in (("directus_fields", "collection"), ("directus_relations", "many_collection"),
