@@ -393,3 +393,19 @@ def test_updates_deletes_a_folder_and_a_meta_null_table(vendor: str, cairncms: P
             assert is_empty(left), left
     finally:
         stop_process(server)
+
+
+def test_a_target_changed_since_the_plan_is_refused(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The offline twin of CairnCMS's stale hash: the diff was planned against another snapshot."""
+    from cairn_migrate.errors import InvalidInput
+    from cairn_migrate.operations.promote import DbTarget
+
+    env = fresh_target("sqlite", tmp_path / "dst", free_port(), request)
+    target = DbTarget(env, Instance.from_env_file(env))
+    target.planned = target.schema_snapshot()
+    diff = snapshot_diff(target.planned, sqlite_schema())
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE made_meanwhile (id integer primary key)"))
+    with pytest.raises(InvalidInput, match="changed since the plan"):
+        target.apply(diff)
+    assert "articles" not in {c["collection"] for c in target.schema_snapshot()["collections"]}

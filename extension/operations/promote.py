@@ -12,6 +12,14 @@ needs ``allow_data_loss`` (the plan names the row counts, counted through the ta
 source of another vendor or version needs ``force``.  Before any write a safety snapshot of the
 target (its schema snapshot and config directory, in CairnCMS's own formats) is written, so
 ``cairncms schema apply`` / ``config apply`` can put it back.
+
+A target that is not running, or has no such API (Directus 9/10: ``/schema/*`` answers 404), is
+promoted through its database instead (``engine`` ``db``, its ``.env``; ``auto`` picks it for a
+``.env`` without a token): :class:`DbTarget` reads its snapshot from the database, diffs it here
+(``schema_diff``) and applies the diff with ``schema_engine`` — the schema only for now (roles,
+permissions and the extras still need the API).  PostgreSQL takes the whole diff in one
+transaction; MariaDB and SQLite do not roll DDL back, so a failure there is reported ``partial``
+with the steps applied.
 """
 
 from __future__ import annotations
@@ -115,6 +123,7 @@ class DbTarget:
 
     env: Path
     instance: Any  # instance.instance.Instance
+    planned: dict[str, Any] | None = None  # the snapshot the plan was made against (apply refuses another)
     engine = "db"
 
     @property
@@ -152,10 +161,16 @@ class DbTarget:
         with self._open() as db:
             return count_rows(db.engine, collection, field)
 
-    def apply(self, current: Mapping[str, Any], diff: Mapping[str, Any], progress: Any = None) -> list[str]:
+    def apply(self, diff: Mapping[str, Any], progress: Any = None) -> list[str]:
+        """Apply ``diff`` (planned against :attr:`planned`); a target changed since is refused, like a stale hash."""
+        from ..bundle.schema_snapshot import schema_snapshot
         from .schema_engine import apply_diff
 
         with self._open() as db:
+            current = schema_snapshot(db, version=db.platform().version or "unknown")
+            if self.planned is not None and current != self.planned:
+                raise InvalidInput(f"The schema of the target {self.url} changed since the plan was made",
+                                   hint="promote again: the new plan is made against the target as it is now")
             return apply_diff(db.engine, db.vendor, current, diff, progress)
 
 
@@ -274,6 +289,8 @@ def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Any]:
                            "permissions and the extras need the target's API for now")
     source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
     target_schema = target.schema_snapshot()
+    if isinstance(target, DbTarget):
+        target.planned = target_schema
     report: dict[str, Any] = {"from": source.described, "to": target.url, "engine": target.engine, "only": only, "refused": [],
                               "schema": None, "config": None, "changes": False, "applied": False}
     if source.schema is not None:
@@ -403,7 +420,7 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
             from .schema_engine import PartialApply
 
             try:
-                schema["applied_steps"] = target.apply(target.schema_snapshot(), schema["diff"], ctx.progress)
+                schema["applied_steps"] = target.apply(schema["diff"], ctx.progress)
             except PartialApply as exc:
                 schema["applied_steps"] = exc.details["applied"]
                 if not exc.details["applied"]:
