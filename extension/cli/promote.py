@@ -47,6 +47,9 @@ def render_promote(report: dict[str, Any]) -> str:
                   if d["lossy"] else "") for d in drifted]
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
+    if report.get("engine") == "db" and report["applied"]:
+        lines.append("written to the target's database: if it is running, clear its cache "
+                     "(POST /utils/cache/clear as an admin) or restart it")
     if report.get("failed"):
         what = "the schema was applied, the config failed" if report.get("engine") != "db" else \
             f"the schema was applied in part ({len((schema or {}).get('applied_steps') or [])} steps)"
