@@ -409,3 +409,33 @@ def test_a_target_changed_since_the_plan_is_refused(tmp_path: Path, request: pyt
     with pytest.raises(InvalidInput, match="changed since the plan"):
         target.apply(diff)
     assert "articles" not in {c["collection"] for c in target.schema_snapshot()["collections"]}
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "mariadb"])
+def test_a_new_m2o_on_an_existing_collection(vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A field and its relation added to collections that exist: SQLite rebuilds the table for the foreign key,
+    MariaDB makes the m2o ``int unsigned`` like its key."""
+    env = fresh_target(vendor, tmp_path / "dst", free_port(), request)
+    force = () if vendor == "sqlite" else ("--force",)
+    assert promote(source_dir(tmp_path / "base", sqlite_schema()), str(env), "--only", "schema", *force)[0] == 0
+    schema = sqlite_schema()
+    author = next(f for f in schema["fields"] if (f["collection"], f["field"]) == ("articles", "author"))
+    favourite = copy.deepcopy(author)
+    favourite.update(collection="tags", field="favourite_of")
+    favourite["meta"].update(collection="tags", field="favourite_of")
+    favourite["schema"].update(name="favourite_of", table="tags")
+    schema["fields"].append(favourite)
+    relation = copy.deepcopy(next(r for r in schema["relations"] if (r["collection"], r["field"]) == ("articles", "author")))
+    relation.update(collection="tags", field="favourite_of")
+    relation["meta"].update(many_collection="tags", many_field="favourite_of")
+    relation["schema"].update(table="tags", column="favourite_of")
+    schema["relations"].append(relation)
+    schema["fields"].sort(key=lambda f: (f["collection"], f["field"]))
+    schema["relations"].sort(key=lambda r: (r["collection"], r["field"]))
+    source = source_dir(tmp_path / "src", schema)
+    code, output = promote(source, str(env), "--only", "schema", *force)
+    assert code == 0 and "  + relation tags.favourite_of" in output.splitlines(), output
+    code, output = promote(source, str(env), "--only", "schema", *force)
+    assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+    after = next(r for r in target_snapshot(env)["relations"] if r["field"] == "favourite_of")
+    assert (after["schema"]["foreign_key_table"], after["schema"]["on_delete"]) == ("authors", "SET NULL")

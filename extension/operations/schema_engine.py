@@ -276,16 +276,16 @@ class Applier:
 
     # ---- planning
     def plan(self) -> list[_Step]:
-        created = self._plan_collections()
-        self._plan_fields(created)
-        self._plan_relations(created)
+        self._plan_collections()
+        self._plan_fields()
+        self._plan_relations()
         return self.steps
 
     def _new_entry(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
         first = entry["diff"][0]
         return first.get("rhs") if first["kind"] == "N" and not first.get("path") else None
 
-    def _plan_collections(self) -> set[str]:
+    def _plan_collections(self) -> None:
         new = {e["collection"]: self._new_entry(e) for e in self.diff["collections"] if self._new_entry(e)}
         existing = {c["collection"] for c in self.current.get("collections") or []}
         created: set[str] = set()
@@ -319,7 +319,6 @@ class Applier:
                     after = apply_records(current, entry["diff"])
                     self.steps.append(_Step(f"~ collection {entry['collection']}",
                                             lambda conn, c=after: self._update_collection(conn, c)))
-        return created
 
     def _cast_uuid(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         """CairnCMS's cast of a ``char``/``varchar(36)`` key to ``uuid`` when it creates a collection."""
@@ -330,7 +329,7 @@ class Applier:
             field = {**field, "type": "uuid", "schema": {**schema, "data_type": "uuid", "max_length": None}}
         return field
 
-    def _plan_fields(self, created: set[str]) -> None:
+    def _plan_fields(self) -> None:
         for entry in self.diff["fields"]:
             name = f"{entry['collection']}.{entry['field']}"
             first = entry["diff"][0]
@@ -350,7 +349,7 @@ class Applier:
                     self.steps.append(_Step(f"~ field {name}", lambda conn, was=current, now=after:
                                             self._update_field(conn, was, now)))
 
-    def _plan_relations(self, created: set[str]) -> None:
+    def _plan_relations(self) -> None:
         for entry in self.diff["relations"]:
             name = f"{entry['collection']}.{entry['field']}"
             first = entry["diff"][0]
@@ -483,12 +482,7 @@ class Applier:
         field = self._with_flag({**field, "collection": collection})
         if field["type"] not in ALIAS_TYPES and field.get("schema") is not None:
             schema = field.get("schema") or {}
-            with self._batch(conn, collection) as op:
-                column = self._column(field)
-                if self.vendor == "sqlite":
-                    op.add_column(column)
-                else:
-                    op.add_column(collection, column)
+            self._op(conn).add_column(collection, self._column(field))  # SQLite adds columns in place too
             if schema.get("is_unique") and not schema.get("is_primary_key"):
                 self._add_unique(self._op(conn), collection, field["field"])
         if field.get("meta"):
