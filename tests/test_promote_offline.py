@@ -189,6 +189,9 @@ def test_a_column_drop_with_data_is_refused_until_allowed(vendor: str, tmp_path:
     schema["fields"] = [f for f in schema["fields"] if (f["collection"], f["field"]) != ("tags", "color")]
     source = source_dir(tmp_path / "src", schema)
 
+    from cairn_migrate.operations.promote import DbTarget
+
+    assert DbTarget(env, Instance.from_env_file(env)).count("tags", "*") == 3  # a dropped table: COUNT(*)
     code, output = promote(source, str(env), "--only", "schema", *force)
     assert code == 2, output
     assert "refused: the schema diff drops tags.color (2 rows)" in output
