@@ -337,6 +337,7 @@ def changed_schema() -> dict[str, Any]:
     fields = {(f["collection"], f["field"]): f for f in schema["fields"]}
     fields[("tags", "color")]["schema"]["max_length"] = 120
     fields[("authors", "bio")]["meta"]["note"] = "Who wrote it"
+    fields[("authors", "date_created")]["meta"]["special"].append("date-updated")  # an array record (A)
     author = next(r for r in schema["relations"] if (r["collection"], r["field"]) == ("articles", "author"))
     author["schema"]["on_delete"] = "CASCADE"
     schema["collections"] = [c for c in schema["collections"] if c["collection"] != "article_comments"]
@@ -368,6 +369,7 @@ def test_updates_deletes_a_folder_and_a_meta_null_table(vendor: str, cairncms: P
     assert code == 0, output
     for step in ("+ collection library", "+ collection legacy_log", "- collection article_comments",
                  "~ collection authors (meta.group)", "~ field tags.color (schema.max_length)",
+                 "~ field authors.date_created (meta.special)",
                  "- field articles.comments", "~ relation articles.author (schema.on_delete)"):
         assert f"  {step}" in output.splitlines(), output
     code, output = promote(source, str(env), "--only", "schema", *force)
