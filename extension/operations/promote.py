@@ -78,8 +78,8 @@ class Remote:
             raise Forbidden(f"The {self.role} {self.url} answered 403 to {method} {path}",
                             hint=f"pass the static token of an admin of that instance with {option}")
         if response.status_code == 404 and path.startswith(("/schema/", "/config/")) and self.role == "target":
-            raise ConfigError(f"The target {self.url} has no {path.split('?')[0]} endpoint (Directus 9/10 and older "
-                              "CairnCMS releases have none): its API cannot apply a schema",
+            raise ConfigError(f"The target {self.url} has no {path.split('?')[0]} endpoint (Directus 9.22.4 has none): "
+                              "its API cannot apply a schema",
                               hint="pass the target's .env as --to with --engine db (the offline engine writes the "
                               "same rows through its database)")
         error = InvalidInput if response.status_code == 400 else MigrateError
@@ -138,10 +138,6 @@ class DbTarget:
         from ..instance.database import Database
 
         return Database.open(self.instance)
-
-    def platform(self) -> Any:
-        with self._open() as db:
-            return db.platform()
 
     def schema_snapshot(self) -> dict[str, Any]:
         from ..bundle.schema_snapshot import schema_snapshot
