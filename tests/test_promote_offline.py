@@ -128,6 +128,11 @@ def test_the_fixture_schema_goes_offline_into_a_fresh_target_and_cairncms_serves
     if vendor != "sqlite":  # another vendor: refused like the API path, until forced
         code, output = promote(source, str(env), "--only", "schema", "--engine", "db")
         assert code == 2 and "refused: the source's vendor sqlite differs" in output, output
+    code, output = promote(source, str(env), "--only", "schema", "--dry-run", "--json", *force)
+    plan = json.loads(output)
+    assert (code, plan["engine"], plan["applied"], plan["schema"]["hash"]) == (1, "db", False, None), output
+    assert "+ collection articles" in plan["schema"]["steps"] and target_snapshot(env)["collections"] == []
+
     code, output = promote(source, str(env), "--only", "schema", *force)  # auto: a .env without a token
     assert code == 0, output
     assert output.splitlines()[0].endswith("(schema) through its database"), output
