@@ -15,7 +15,8 @@ from .base import Context, exit_with, handle_errors
 
 def render_promote(report: dict[str, Any]) -> str:
     """The combined plan (schema steps, config changes, data loss, refusals), then what was applied."""
-    lines = [f"promote {report['from']} -> {report['to']} ({', '.join(report['only'])})"]
+    lines = [f"promote {report['from']} -> {report['to']} ({', '.join(report['only'])})"
+             + (" through its database" if report.get("engine") == "db" else "")]
     schema, config = report["schema"], report["config"]
     if schema is not None:
         lines.append("schema: " + (f"{len(schema['steps'])} changes" if schema["changes"] else "no changes"))
@@ -52,8 +53,13 @@ def render_promote(report: dict[str, Any]) -> str:
                   if d["lossy"] else "") for d in drifted]
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
+    if report.get("engine") == "db" and report["applied"]:
+        lines.append("written to the target's database: if it is running, clear its cache "
+                     "(POST /utils/cache/clear as an admin) or restart it")
     if report.get("failed"):
-        lines.append(f"the schema was applied, the config failed: {report['failed']['message']}")
+        what = "the schema was applied, the config failed" if report.get("engine") != "db" else \
+            f"the schema was applied in part ({len((schema or {}).get('applied_steps') or [])} steps)"
+        lines.append(f"{what}: {report['failed']['message']}")
     elif not report["changes"]:
         lines.append("no changes")
     elif report["applied"]:
@@ -90,8 +96,12 @@ def register(cli: click.Group) -> None:
                   "or .tar.gz written by export), or a snapshot directory (schema.yaml + config/).")
     @click.option("--from-token", envvar="CAIRN_MIGRATE_FROM_TOKEN", help="An admin token of the source (or CAIRN_MIGRATE_FROM_TOKEN).")
     @click.option("--to", "target", required=True, metavar="DST",
-                  help="The running target's URL, or its .env (reached at its PUBLIC_URL).")
+                  help="The running target's URL, or its .env (reached at its PUBLIC_URL with --to-token, else "
+                  "through its database).")
     @click.option("--to-token", envvar="CAIRN_MIGRATE_TO_TOKEN", help="An admin token of the target (or CAIRN_MIGRATE_TO_TOKEN).")
+    @click.option("--engine", type=click.Choice(["auto", "api", "db"]), default="auto", show_default=True,
+                  help="api: through the target's /schema and /config endpoints; db: the offline engine, through the "
+                  "database of the target's .env (schema only on Directus); auto: a .env without --to-token is db.")
     @click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing (exit 1 when it has changes).")
     @click.option("--only", multiple=True, type=click.Choice(list(KINDS)),
                   help="Promote only this part (repeatable; default: all).")
@@ -106,17 +116,18 @@ def register(cli: click.Group) -> None:
     @click.pass_obj
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
-                        dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool, include_secrets: bool,
-                        destructive: bool, as_json: bool) -> None:
+                        engine: str, dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool,
+                        include_secrets: bool, destructive: bool, as_json: bool) -> None:
         """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
-        translation strings) onto the running CairnCMS DST.
+        translation strings) onto the CairnCMS DST.
 
         Through DST's own API: the schema diff with its hash, then the config apply after its dry
-        run. Exits 0 when there is nothing to change or it was applied, 1 for a dry run with
+        run. With --engine db (or a .env without --to-token) the schema goes straight into DST's
+        database (a CairnCMS that is not running, or Directus 9/10). Exits 0 when there is nothing to change or it was applied, 1 for a dry run with
         changes, 2 when refused (a drop of rows without --allow-data-loss, another vendor or
         version without --force); the plan is printed in every case.
         """
-        params = {"from": source, "to": target, "dry_run": dry_run, "only": list(only),
+        params = {"from": source, "to": target, "engine": engine, "dry_run": dry_run, "only": list(only),
                   "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets,
                   "destructive": destructive}
         from ..service.state import default_state_url

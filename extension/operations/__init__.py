@@ -470,9 +470,14 @@ class PromoteParams(Schema):
         "(a directory, .tar or .tar.gz written by export), or a snapshot directory (schema.yaml + config/).", "cli": "--from", "host_path": True, "or_url": True})
     from_token = _secret("An admin token of the source, when it is a URL.", "--from-token")
     to = fields.String(required=True, metadata={
-        "description": "The target: a running CairnCMS's URL, or its .env (reached at its PUBLIC_URL).", "cli": "--to",
+        "description": "The target: a running CairnCMS's URL, or its .env (reached at its PUBLIC_URL with to_token, "
+        "else its database).", "cli": "--to",
         "host_path": True, "or_url": True})
     to_token = _secret("An admin token of the target.", "--to-token")
+    engine = fields.String(load_default="auto", validate=validate.OneOf(("auto", "api", "db")), metadata={
+        "description": "How the target is changed: api (its /schema and /config endpoints), db (the offline engine: "
+        "its database, from its .env; schema only on Directus), auto (a URL, or a .env with a to_token: api; a .env without: db).",
+        "cli": "--engine"})
     only = fields.List(fields.String(validate=validate.OneOf(PROMOTE_KINDS)), load_default=list,
                        metadata={"description": "Promote only these parts (default: all of them).", "cli": "--only"})
     dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})

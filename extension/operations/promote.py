@@ -12,6 +12,15 @@ needs ``allow_data_loss`` (the plan names the row counts, counted through the ta
 source of another vendor or version needs ``force``.  Before any write a safety snapshot of the
 target (its schema snapshot and config directory, in CairnCMS's own formats) is written, so
 ``cairncms schema apply`` / ``config apply`` can put it back.
+
+A target that is not running, or has no such API (Directus 9/10: ``/schema/*`` answers 404), is
+promoted through its database instead (``engine`` ``db``, its ``.env``; ``auto`` picks it for a
+``.env`` without a token): :class:`DbTarget` reads its snapshot from the database, diffs it here
+(``schema_diff``) and applies the diff with ``schema_engine``; roles and permissions go in as rows
+with CairnCMS's own rules (``config_rows``), the extras through ``promote_extras.DbWriter`` (CairnCMS
+only: Directus has no role keys).  PostgreSQL takes the whole diff in one
+transaction; MariaDB and SQLite do not roll DDL back, so a failure there is reported ``partial``
+with the steps applied.
 """
 
 from __future__ import annotations
@@ -69,6 +78,11 @@ class Remote:
         if response.status_code == 403:
             raise Forbidden(f"The {self.role} {self.url} answered 403 to {method} {path}",
                             hint=f"pass the static token of an admin of that instance with {option}")
+        if response.status_code == 404 and path.startswith(("/schema/", "/config/")) and self.role == "target":
+            raise ConfigError(f"The target {self.url} has no {path.split('?')[0]} endpoint (Directus 9.22.4 has none): "
+                              "its API cannot apply a schema",
+                              hint="pass the target's .env as --to with --engine db (the offline engine writes the "
+                              "same rows through its database)")
         error = InvalidInput if response.status_code == 400 else MigrateError
         raise error(f"The {self.role} {self.url} answered {response.status_code} to {method} {path}: "
                     f"{_error_text(response)}", details={"status": response.status_code},
@@ -76,6 +90,102 @@ class Remote:
 
     def data(self, path: str) -> Any:
         return self.call("GET", path).json()["data"]
+
+    # What promote asks of any target (``DbTarget`` answers the same from the database).
+    engine = "api"
+
+    @property
+    def label(self) -> str:
+        return urlsplit(self.url).netloc.replace(":", "-")
+
+    def schema_snapshot(self) -> dict[str, Any]:
+        return self.data("/schema/snapshot")  # type: ignore[no-any-return]
+
+    def config_snapshot(self) -> dict[str, Any] | None:
+        return self.data("/config/snapshot")  # type: ignore[no-any-return]
+
+    def count(self, collection: str, field: str) -> int | None:
+        """Rows of ``collection`` (``*``) or its non-null values of ``field``, through ``aggregate[count]``."""
+        response = self.call("GET", f"/items/{quote(collection)}?aggregate[count]={quote(field)}",
+                             ok=(200, 400, 403, 404))
+        if response.status_code != 200:
+            return None
+        rows = response.json()["data"]
+        value = rows[0]["count"] if rows else 0
+        return int(value[field] if isinstance(value, Mapping) else value)
+
+
+@dataclass
+class DbTarget:
+    """A target reached through its database (its ``.env``): the offline engine (``schema_engine``).
+
+    For a CairnCMS that is not running, or Directus 9/10 (no ``/schema/*``).  Roles, permissions and the
+    extras go in as rows (``config_rows``, ``promote_extras.DbWriter``), on CairnCMS only: Directus has no
+    role keys to match roles by.
+    """
+
+    env: Path
+    instance: Any  # instance.instance.Instance
+    planned: dict[str, Any] | None = None  # the snapshot the plan was made against (apply refuses another)
+    engine = "db"
+    _db: Any = None  # the database opened for roles, permissions and extras, closed by close()
+
+    @property
+    def url(self) -> str:
+        return str(self.env)
+
+    @property
+    def label(self) -> str:
+        return self.env.parent.name or "target"
+
+    def _open(self) -> Any:
+        from ..instance.database import Database
+
+        return Database.open(self.instance)
+
+    def database(self) -> Any:
+        """The target's database, opened once for the roles, permissions and extras (:meth:`close` it)."""
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def is_cairncms(self) -> bool:
+        return self.database().platform().product == "cairncms"
+
+    def schema_snapshot(self) -> dict[str, Any]:
+        from ..bundle.schema_snapshot import schema_snapshot
+
+        with self._open() as db:
+            return schema_snapshot(db, version=db.platform().version or "unknown")
+
+    def config_snapshot(self) -> dict[str, Any] | None:
+        from ..bundle.config_snapshot import config_snapshot
+
+        with self._open() as db:
+            return config_snapshot(db) if db.platform().product == "cairncms" else None
+
+    def count(self, collection: str, field: str) -> int | None:
+        from .schema_engine import count_rows
+
+        with self._open() as db:
+            return count_rows(db.engine, collection, field)
+
+    def apply(self, diff: Mapping[str, Any], progress: Any = None) -> list[str]:
+        """Apply ``diff`` (planned against :attr:`planned`); a target changed since is refused, like a stale hash."""
+        from ..bundle.schema_snapshot import schema_snapshot
+        from .schema_engine import apply_diff
+
+        with self._open() as db:
+            current = schema_snapshot(db, version=db.platform().version or "unknown")
+            if self.planned is not None and current != self.planned:
+                raise InvalidInput(f"The schema of the target {self.url} changed since the plan was made",
+                                   hint="promote again: the new plan is made against the target as it is now")
+            return apply_diff(db.engine, db.vendor, current, diff, progress)
 
 
 def _error_text(response: requests.Response) -> str:
@@ -158,14 +268,21 @@ def _source_of_directory(folder: Path, only: list[str]) -> Source:
 
 
 # --------------------------------------------------------------------------- the target
-def open_target(ctx: Any, value: str, token: str | None) -> Remote:
-    """``to``: the running target, by URL or by its ``.env`` (its ``PUBLIC_URL``), with an admin token."""
+def open_target(ctx: Any, value: str, token: str | None, engine: str = "auto") -> Remote | DbTarget:
+    """``to``: the running target (by URL, or by its ``.env``'s ``PUBLIC_URL``, with an admin token), or its
+    database (``engine`` ``db``; ``auto`` picks it for a ``.env`` given without a token)."""
     if is_url(value):
+        if engine == "db":
+            raise InvalidInput(f"The offline engine (--engine db) writes the target's database: {value} is a URL",
+                               hint="pass the target's .env as --to")
         url = value
     else:
         from ..instance.instance import Instance
 
-        instance = Instance.from_env_file(ctx.path("to", value))
+        env = ctx.path("to", value)
+        instance = Instance.from_env_file(env)
+        if engine == "db" or (engine == "auto" and not token):
+            return DbTarget(Path(env), instance)
         url = instance.public_url
         if not is_url(url):
             raise ConfigError(f"The target's .env {value} sets no absolute PUBLIC_URL to reach it at",
@@ -179,16 +296,38 @@ def open_target(ctx: Any, value: str, token: str | None) -> Remote:
 # --------------------------------------------------------------------------- the plan
 def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     """The combined plan: the schema diff, the config plan, what would be lost and what is refused."""
-    return _prepare(ctx, p)[0]
+    report, _source, target = _prepare(ctx, p)
+    _close(target)
+    return report
 
 
-def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remote]:
+def _close(target: Any) -> None:
+    if isinstance(target, DbTarget):
+        target.close()
+
+
+def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Any]:
     """The plan, with the source and target it was made of (``apply`` applies exactly these)."""
     only = list(p["only"]) or list(KINDS)
+    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"), p.get("engine", "auto"))
+    if isinstance(target, DbTarget) and set(only) - {"schema"} and not target.is_cairncms():
+        target.close()
+        raise InvalidInput(f"The target {target.url} is not CairnCMS: the offline engine writes only its schema",
+                           details={"only": only}, hint="pass --only schema (roles are matched by their CairnCMS key, "
+                           "which Directus lacks)")
+    try:
+        return _plan(ctx, p, only, target)
+    except BaseException:
+        _close(target)
+        raise
+
+
+def _plan(ctx: Any, p: dict[str, Any], only: list[str], target: Any) -> tuple[dict[str, Any], Source, Any]:
     source = read_source(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"), only)
-    target = open_target(ctx, p["to"], ctx.secret("to_token") or p.get("to_token"))
-    target_schema = target.data("/schema/snapshot")
-    report: dict[str, Any] = {"from": source.described, "to": target.url, "only": only, "refused": [],
+    target_schema = target.schema_snapshot()
+    if isinstance(target, DbTarget):
+        target.planned = target_schema
+    report: dict[str, Any] = {"from": source.described, "to": target.url, "engine": target.engine, "only": only, "refused": [],
                               "schema": None, "config": None, "changes": False, "applied": False}
     if source.schema is not None:
         report["schema"] = _schema_plan(target, source.schema, target_schema, p, report["refused"])
@@ -198,14 +337,15 @@ def _prepare(ctx: Any, p: dict[str, Any]) -> tuple[dict[str, Any], Source, Remot
     if extras:
         from . import promote_extras
 
-        report["extras"], source.extras = promote_extras.prepare(ctx, p, promote_extras.ApiWriter(target), extras,
-                                                                 source.bundle)
+        writer = (promote_extras.DbWriter(target.database()) if isinstance(target, DbTarget)
+                  else promote_extras.ApiWriter(target))
+        report["extras"], source.extras = promote_extras.prepare(ctx, p, writer, extras, source.bundle)
     report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes")
                              or (report.get("extras") or {}).get("changes"))
     return report, source, target
 
 
-def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[str, Any], p: Mapping[str, Any],
+def _schema_plan(target: Remote | DbTarget, snapshot: Mapping[str, Any], current: Mapping[str, Any], p: Mapping[str, Any],
                  refused: list[dict[str, Any]]) -> dict[str, Any]:
     """``POST /schema/diff`` on the target, checked for vendor/version mismatch and for data loss."""
     mismatch = {key: {"source": snapshot.get(key), "target": current.get(key)} for key in ("vendor", "directus")
@@ -215,11 +355,18 @@ def _schema_plan(target: Remote, snapshot: Mapping[str, Any], current: Mapping[s
             f"{'version' if k == 'directus' else k} {v['source']} differs from the target's {v['target']}"
             for k, v in mismatch.items()), "fix": "pass --force (the schema is then diffed with ?force)"})
         return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
-    query = "?force" if mismatch else ""
-    response = target.call("POST", "/schema/diff" + query, json=dict(snapshot), ok=(200, 204))
-    if response.status_code == 204:
-        return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
-    data = response.json()["data"]
+    if isinstance(target, DbTarget):  # the offline engine: CairnCMS's diff computed here, no hash to round-trip
+        from .schema_diff import snapshot_diff
+
+        data: dict[str, Any] = {"diff": snapshot_diff(current, snapshot), "hash": None}
+        if is_empty(data["diff"]):
+            return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+    else:
+        query = "?force" if mismatch else ""
+        response = target.call("POST", "/schema/diff" + query, json=dict(snapshot), ok=(200, 204))
+        if response.status_code == 204:
+            return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+        data = response.json()["data"]
     noise = 0
     if "vendor" in mismatch:  # a snapshot keeps the vendor's spelling: drop what only that differs in
         data["diff"], noise = drop_vendor_noise(data["diff"], snapshot)
@@ -250,11 +397,12 @@ def schema_steps(diff: Mapping[str, Any]) -> list[str]:
     return steps
 
 
-def data_loss(target: Remote, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
+def data_loss(target: Remote | DbTarget, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The tables and columns the diff drops that hold rows on the target (non-null values for a column).
 
-    Counted through the target's API (``aggregate[count]``); a count the API refuses is reported
-    as unknown (None) and treated as data, so it is refused too.
+    Counted through the target's API (``aggregate[count]``), or in SQL on a database target
+    (``COUNT(*)``/``COUNT(col)``); a count the API refuses is reported as unknown (None) and
+    treated as data, so it is refused too.
     """
     losses = []
     dropped_collections = set()
@@ -263,48 +411,49 @@ def data_loss(target: Remote, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
         if drop is None or not (drop.get("lhs") or {}).get("schema"):
             continue  # not a drop, or a folder (no table)
         dropped_collections.add(entry["collection"])
-        rows = _count(target, entry["collection"], "*")
+        rows = target.count(entry["collection"], "*")
         if rows != 0:
             losses.append({"kind": "collection", "name": entry["collection"], "rows": rows})
     for entry in diff.get("fields") or []:
         drop = next((r for r in entry["diff"] if r["kind"] == "D" and not r.get("path")), None)
         if drop is None or entry["collection"] in dropped_collections or not (drop.get("lhs") or {}).get("schema"):
             continue  # not a drop, counted with its table, or an alias (no column)
-        rows = _count(target, entry["collection"], entry["field"])
+        rows = target.count(entry["collection"], entry["field"])
         if rows != 0:
             losses.append({"kind": "field", "name": f"{entry['collection']}.{entry['field']}", "rows": rows})
     return losses
 
 
-def _count(target: Remote, collection: str, field: str) -> int | None:
-    """Rows of ``collection`` (``*``) or its non-null values of ``field``, on the target."""
-    response = target.call("GET", f"/items/{quote(collection)}?aggregate[count]={quote(field)}",
-                           ok=(200, 400, 403, 404))
-    if response.status_code != 200:
-        return None
-    rows = response.json()["data"]
-    value = rows[0]["count"] if rows else 0
-    return int(value[field] if isinstance(value, Mapping) else value)
-
-
-def _config_plan(target: Remote, config: Mapping[str, Any], refused: list[dict[str, Any]],
+def _config_plan(target: Remote | DbTarget, config: Mapping[str, Any], refused: list[dict[str, Any]],
                  destructive: bool = False) -> dict[str, Any]:
     """``POST /config/apply?dry_run=true[&destructive=true]``: CairnCMS's own plan of the roles and permissions,
-    plus what the target has that the config lacks (``kept``: deleted only with ``destructive``)."""
-    query = "?dry_run=true" + ("&destructive=true" if destructive else "")
-    response = target.call("POST", "/config/apply" + query, json=dict(config), ok=(200, 400))
-    if response.status_code == 400:
-        errors = [str(e) if not isinstance(e, Mapping) else e.get("message", str(e)) for e in response.json()["errors"]]
+    plus what the target has that the config lacks (``kept``: deleted only with ``destructive``).  On a
+    database target ``config_rows.plan`` answers what that call would."""
+    from . import config_rows
+
+    errors: list[str] = []
+    if isinstance(target, DbTarget):
+        try:
+            result = config_rows.plan(target.database(), config, destructive)
+        except InvalidInput as exc:
+            errors = list((exc.details or {}).get("errors") or [exc.message])
+        current = config_rows.config_snapshot(target.database()) if not errors else None
+    else:
+        query = "?dry_run=true" + ("&destructive=true" if destructive else "")
+        response = target.call("POST", "/config/apply" + query, json=dict(config), ok=(200, 400))
+        if response.status_code == 400:
+            errors = [str(e) if not isinstance(e, Mapping) else e.get("message", str(e))
+                      for e in response.json()["errors"]]
+        else:
+            result, current = response.json()["data"], target.data("/config/snapshot")
+    if errors:
         refused.append({"code": "config_invalid", "message": "the target refuses the config: " + "; ".join(errors),
                         "fix": "correct the source's roles and permissions"})
         return {"changes": False, "plan": None, "errors": errors}
-    result = response.json()["data"]
     roles, permissions = result["roles"], result["permissions"]
     changes = bool(roles["created"] or roles["updated"] or permissions["created"] or permissions["updated"]
                    or roles["deleted"] or permissions["deleted"])
-    from .config_rows import compute_plan, kept
-
-    target_only = kept(compute_plan(target.data("/config/snapshot"), config))
+    target_only = config_rows.kept(config_rows.compute_plan(current, config))
     return {"changes": changes, "plan": result, "errors": [], "destructive": destructive,
             "kept": {"roles": [], "permissions": []} if destructive else target_only,
             "delete": target_only if destructive else {"roles": [], "permissions": []}}
@@ -320,21 +469,46 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     raised, so the report says what was applied: the outcome is then ``partial``.
     """
     report, source, target = _prepare(ctx, p)
+    try:
+        return _apply(ctx, p, report, source, target)
+    finally:
+        _close(target)
+
+
+def _apply(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, target: Any) -> dict[str, Any]:
     if report["refused"] or not report["changes"]:
         return report
     report["safety_snapshot"] = str(write_safety_snapshot(ctx, target))
     schema, config = report["schema"], report["config"]
     if schema and schema["changes"]:
         ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
-        target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
+        if isinstance(target, DbTarget):
+            from .schema_engine import PartialApply
+
+            try:
+                schema["applied_steps"] = target.apply(schema["diff"], ctx.progress)
+            except PartialApply as exc:
+                schema["applied_steps"] = exc.details["applied"]
+                if not exc.details["applied"]:
+                    raise
+                report["applied"] = True
+                report["failed"] = exc.to_dict()
+                return report
+        else:
+            target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
         report["applied"] = True
         if "vendor" in schema["mismatch"]:  # forced across vendors: what the target really made of the source's types
-            report["type_drift"] = type_drift(source.schema or {}, target.data("/schema/snapshot"))
+            report["type_drift"] = type_drift(source.schema or {}, target.schema_snapshot())
     if config and config["changes"]:
         ctx.progress.log(f"applying roles and permissions to {target.url}")
         try:
-            query = "?destructive=true" if p.get("destructive") else ""
-            config["result"] = target.call("POST", "/config/apply" + query, json=source.config).json()["data"]
+            if isinstance(target, DbTarget):
+                from . import config_rows
+
+                config["result"] = config_rows.apply(target.database(), source.config, bool(p.get("destructive")))
+            else:
+                query = "?destructive=true" if p.get("destructive") else ""
+                config["result"] = target.call("POST", "/config/apply" + query, json=source.config).json()["data"]
         except MigrateError as exc:
             if not report["applied"]:
                 raise
@@ -355,7 +529,7 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def write_safety_snapshot(ctx: Any, target: Remote) -> Path:
+def write_safety_snapshot(ctx: Any, target: Remote | DbTarget) -> Path:
     """The target's schema snapshot and config directory, before any write, in CairnCMS's own formats.
 
     In the sidecar they go to the instance's bundle folder; from the command line beside the
@@ -371,9 +545,10 @@ def write_safety_snapshot(ctx: Any, target: Remote) -> Path:
     else:
         state = ctx.state_url
         base = Path(sa.engine.make_url(state).database or ".").parent if state.startswith("sqlite") else Path.cwd()
-    host = urlsplit(target.url).netloc.replace(":", "-")
-    folder = base / "promote-safety" / f"{host}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
-    write_schema_snapshot(target.data("/schema/snapshot"), folder / "schema.yaml")
-    write_config_directory(target.data("/config/snapshot"), folder / "config")
+    folder = base / "promote-safety" / f"{target.label}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+    write_schema_snapshot(target.schema_snapshot(), folder / "schema.yaml")
+    config = target.config_snapshot()  # None: a Directus target has no roles/permissions config format
+    if config is not None:
+        write_config_directory(config, folder / "config")
     return folder
 
