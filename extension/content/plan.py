@@ -8,7 +8,7 @@ otherwise the move is refused, naming the fields, and points to ``cairn-migrate 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,14 +90,19 @@ class Users:
 
     mapping: dict[str, Any] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    #: the email (as matched) of each unmatched user → its source id (users.py creates them when asked)
+    sources: dict[str, str] = field(default_factory=dict)
+    #: emails of the users created on the target (--create-users)
+    created: list[str] = field(default_factory=list)
 
     def target(self, source_id: Any) -> Any:
         return None if source_id is None else self.mapping.get(str(source_id).lower())
 
 
 def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.Connection,
-                dst_conn: sa.Connection) -> Users:
-    """Each referenced source user's target twin by email; users without one are listed (never created)."""
+                dst_conn: sa.Connection, email_of: Callable[[str], str] | None = None) -> Users:
+    """Each referenced source user's target twin by email; users without one are listed (users.py creates them
+    with --create-users).  ``email_of``: the email the target would hold (a masking profile's fake)."""
     users = Users()
     wanted = sorted({str(i).lower() for i in ids})
     emails: dict[str, str] = {}
@@ -107,7 +112,7 @@ def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.C
             keys.in_(src, USERS, "id", batch))
         for uid, email in src_conn.execute(query).all():
             if email:
-                emails[str(uid).lower()] = email.lower()
+                emails[str(uid).lower()] = (email_of(email) if email_of is not None else email).lower()
             else:
                 users.unmatched.append(f"{str(uid).lower()} (no email)")
     by_email: dict[str, Any] = {}
@@ -122,6 +127,7 @@ def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.C
             users.mapping[uid] = by_email[email]
         else:
             users.unmatched.append(email)
+            users.sources[email] = uid
     users.unmatched.sort()
     return users
 
