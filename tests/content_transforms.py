@@ -19,3 +19,8 @@ def change_key(collection: str, row: dict[str, Any], context: Mapping[str, Any])
     if collection == "articles":
         row["id"] = "00000000-0000-4000-8000-000000000000"
     return row
+
+
+def add_field(collection: str, row: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A bad transform: it returns a field the collection does not have."""
+    return {**row, "no_such_field": 1}

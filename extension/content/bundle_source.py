@@ -88,6 +88,22 @@ class BundleSource:
         ident = "\n".join(["bundle", str(source.get("key") or ""), str(source.get("vendor") or "")])
         return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:32]
 
+    def schema_snapshot(self) -> dict[str, Any] | None:
+        """The schema snapshot the export took on the bundle's instance (the structure the precondition compares:
+        the scratch copy spells some types as SQLite does), or None when the bundle has none."""
+        from ..bundle.schema_snapshot import load_schema_snapshot
+
+        member = (self.manifest.get("snapshots") or {}).get("schema")
+        if not isinstance(member, str):
+            return None
+        snapshot = load_schema_snapshot(member_path(self.bundle_dir, self.manifest, member, field="snapshots.schema"))
+        fields = snapshot.get("fields") if isinstance(snapshot, dict) else None
+        if not isinstance(fields, list) or not all(isinstance(f, dict) and {"collection", "field", "type"} <= f.keys()
+                                                   for f in fields):
+            raise ConfigError(f"the bundle's schema snapshot {member} is not a CairnCMS schema snapshot",
+                              hint="export the source again (cairn-migrate export --full), or move from its .env")
+        return snapshot
+
     def files(self, storage: str) -> BundleFiles:
         return BundleFiles(self.bundle_dir, self.manifest, storage)
 

@@ -95,7 +95,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             if keys.is_integer(src, name, graph.keys[name]):
                 graph.integer.add(name)
         involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
-        problems = schema_differences(src, dst, involved)
+        problems = schema_differences(src, dst, involved,
+                                      source_snapshot=bundle.schema_snapshot() if bundle is not None else None)
         if problems:
             report["schema"]["differences"] = problems
             report["refused"].append({

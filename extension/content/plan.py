@@ -37,12 +37,17 @@ def _fields(snapshot: Mapping[str, Any], collections: Iterable[str]) -> dict[str
     return out
 
 
-def schema_differences(src: Database, dst: Database, collections: Sequence[str]) -> list[str]:
-    """One line per field of ``collections`` (user collections) that differs between source and target."""
+def schema_differences(src: Database, dst: Database, collections: Sequence[str],
+                       source_snapshot: Mapping[str, Any] | None = None) -> list[str]:
+    """One line per field of ``collections`` (user collections) that differs between source and target.
+
+    ``source_snapshot``: the source's own snapshot (a bundle's, taken on its instance) instead of ``src``'s.
+    """
     user = [c for c in collections if not c.startswith("directus_")]
     if not user:
         return []
-    ours, theirs = (_fields(schema_snapshot(db, version="content"), user) for db in (src, dst))
+    ours = _fields(source_snapshot if source_snapshot is not None else schema_snapshot(src, version="content"), user)
+    theirs = _fields(schema_snapshot(dst, version="content"), user)
     dst_tables = set(dst.table_names())
     problems = []
     for collection in sorted(user):

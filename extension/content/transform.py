@@ -255,7 +255,10 @@ class Finisher:
                 if result is not None and not isinstance(result, Mapping):
                     raise InvalidInput(f"--transform returned {type(result).__name__} for a {collection} row",
                                        hint="return the row (a dict), or None to leave the row out")
-                finished = None if result is None else {n: result.get(n) for n in row}
+                if result is not None and (unknown := sorted(set(result) - set(row))):
+                    raise InvalidInput(f"--transform returned field(s) {', '.join(unknown)} that {collection} does not "
+                                       "have (on both instances)", hint="return the row with its own fields only")
+                finished = None if result is None else {**finished, **result}
                 if finished is not None and finished != before:
                     self.changed[collection] = self.changed.get(collection, 0) + 1
             if finished is None:
