@@ -222,6 +222,24 @@ def test_pii_basic_matches_users_by_their_masked_email(tmp_path: Path, request: 
     assert code == 0 and report["users"] == {"matched": 1, "unmatched": []}, report
     fake = query(target, "SELECT u.email FROM articles a JOIN directus_users u ON u.id = a.user_created LIMIT 1")[0][0]
     assert fake != "admin@example.com" and "@" in fake
+    # a user the clone lacks is created with the fakes export --mask gave it: no original value arrives
+    editor = query(source, "SELECT id FROM directus_users WHERE email = 'editor@example.com'")[0][0]
+    query(source, "UPDATE articles SET user_created = :e WHERE slug = 'article-4'", e=editor)
+    exported = {r["id"]: r for r in _bundle_rows(clone, "directus_users")}[editor]
+    query(target, "DELETE FROM directus_users WHERE id = :e", e=editor)
+    code, report = move(source, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED,
+                        "--mask", "pii-basic", "--mask-salt", "pepper", "--create-users")
+    assert code == 0 and [u["email"] for u in report["users"]["created"]] == [exported["email"]], report["users"]
+    created = query(target, "SELECT id, email, first_name, last_name, password, status FROM directus_users "
+                            "WHERE email = :m", m=exported["email"])
+    assert created == [(editor, exported["email"], exported["first_name"], exported["last_name"], None, "suspended")]
+    assert "Eddie" not in json.dumps([list(r) for r in query(target, "SELECT * FROM directus_users")])
+
+
+def _bundle_rows(bundle: Path, table: str) -> list[dict[str, Any]]:
+    names = [c["name"] for t in json.loads((bundle / "schema" / "tables.json").read_text()) if t["name"] == table
+             for c in t["columns"]]
+    return [dict(zip(names, json.loads(line))) for line in (bundle / "tables" / f"{table}.jsonl").read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------- --transform
