@@ -45,8 +45,7 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
     from .transform import Finisher, UrlRewriter
 
     finisher = Finisher(context={"source_url": source.public_url, "target_url": target.public_url,
-                                 "mode": params.get("mode") or "merge", "dry_run": bool(params.get("dry_run")),
-                                 "transform": params.get("transform")})
+                                 "mode": params.get("mode") or "merge", "transform": params.get("transform")})
     if params.get("mask"):
         from ..masking import prepare
 
@@ -70,7 +69,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     spec = parse(params.get("filter"))
     depth, mode, max_delete = params.get("depth"), params.get("mode") or "merge", params.get("max_delete")
     report: dict[str, Any] = {
-        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": "db", "mode": mode, "collections": roots, "filter": spec,
+        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": "db", "mode": mode,
+        "collections": roots, "filter": spec,
         "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
         "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
         "refused": [], "transform": {},
@@ -108,7 +108,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                                        instance_scope(target)))
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
-        finisher.context["write"] = write
+        finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing
         with consistent_snapshot(src) as sconn, dst.engine.connect() as dconn:
             transaction = dconn.begin()
             try:
