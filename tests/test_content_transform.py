@@ -236,6 +236,17 @@ def test_pii_basic_matches_users_by_their_masked_email(tmp_path: Path, request: 
     assert "Eddie" not in json.dumps([list(r) for r in query(target, "SELECT * FROM directus_users")])
 
 
+def test_pii_basic_falls_back_to_the_real_email_on_a_target_that_has_the_person(tmp_path: Path) -> None:
+    """An unmasked target already holds its admin: no fake twin is created for them."""
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst")
+    query(target, "DELETE FROM articles")
+    code, report = move(source, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED,
+                        "--mask", "pii-basic", "--mask-salt", "pepper", "--create-users")
+    assert code == 0 and report["users"] == {"matched": 1, "unmatched": [], "created": []}, report["users"]
+    assert query(target, "SELECT count(*) FROM directus_users")[0][0] == 2
+
+
 def _bundle_rows(bundle: Path, table: str) -> list[dict[str, Any]]:
     names = [c["name"] for t in json.loads((bundle / "schema" / "tables.json").read_text()) if t["name"] == table
              for c in t["columns"]]

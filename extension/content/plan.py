@@ -107,10 +107,12 @@ class Users:
 def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.Connection,
                 dst_conn: sa.Connection, email_of: Callable[[str], str] | None = None) -> Users:
     """Each referenced source user's target twin by email; users without one are listed (users.py creates them
-    with --create-users).  ``email_of``: the email the target would hold (a masking profile's fake)."""
+    with --create-users).  ``email_of``: the email the target would hold (a masking profile's fake): a target
+    user with that email is the twin (a masked clone), else one with the real email (the target already has them)."""
     users = Users()
     wanted = sorted({str(i).lower() for i in ids})
     emails: dict[str, str] = {}
+    real: dict[str, str] = {}
     for start in range(0, len(wanted), 500):
         batch = wanted[start:start + 500]
         query = sa.select(sa.column("id"), sa.column("email")).select_from(sa.table(USERS)).where(
@@ -118,10 +120,11 @@ def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.C
         for uid, email in src_conn.execute(query).all():
             if email:
                 emails[str(uid).lower()] = (email_of(email) if email_of is not None else email).lower()
+                real[str(uid).lower()] = email.lower()
             else:
                 users.unmatched.append(f"{str(uid).lower()} (no email)")
     by_email: dict[str, Any] = {}
-    lowered = sorted(set(emails.values()))
+    lowered = sorted(set(emails.values()) | set(real.values()))
     for start in range(0, len(lowered), 500):
         query = sa.select(sa.column("id"), sa.column("email")).select_from(sa.table(USERS)).where(
             sa.func.lower(sa.column("email")).in_(lowered[start:start + 500]))
@@ -130,6 +133,8 @@ def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.C
     for uid, email in sorted(emails.items()):
         if email in by_email:
             users.mapping[uid] = by_email[email]
+        elif real[uid] in by_email:
+            users.mapping[uid] = by_email[real[uid]]
         else:
             users.unmatched.append(email)
             users.sources[email] = uid
