@@ -369,6 +369,22 @@ def test_a_bundle_moves_like_its_instance(tmp_path: Path, request: pytest.Fixtur
     assert code == 0 and report["changes"] is False, report["plan"]
 
 
+def test_a_bundle_source_rewrites_the_urls_of_the_instance_it_was_exported_from(tmp_path: Path) -> None:
+    """The manifest's PUBLIC_URL is the source's; the file only the text names comes from the bundle's members."""
+    source = url_source(tmp_path / "src")
+    bundle = tmp_path / "bundle.tar.gz"
+    result = CliRunner().invoke(cli, ["--env", str(source), "export", "--full", "-o", str(bundle)])
+    assert result.exit_code == 0, result.output
+    target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst", extra_env={"PUBLIC_URL": "https://new.example.org"})
+    code, report = move(bundle, target, tmp_path / "state.db", "--collection", "articles", "--filter",
+                        '{"slug": {"_eq": "links"}}')
+    assert code == 0 and report["transform"]["urls"]["from"] == OLD, report
+    body = query(target, "SELECT body FROM articles WHERE slug = 'links'")[0][0]
+    assert f'<img src="https://new.example.org/assets/{INLINE}" alt="html">' in body and OLD + "/" not in body
+    assert (tmp_path / "dst" / "uploads" / f"{INLINE}.png").read_bytes() == \
+        (tmp_path / "src" / "uploads" / f"{INLINE}.png").read_bytes()
+
+
 def test_a_native_bundle_or_a_tampered_one_is_refused(tmp_path: Path) -> None:
     source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
     target = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "dst")
