@@ -29,6 +29,21 @@ def render_content(report: dict[str, Any]) -> str:
     if users["matched"] or users["unmatched"]:
         lines.append(f"  users matched by email: {users['matched']}")
     lines += [f"  user not on the target (references set to NULL): {u}" for u in users["unmatched"]]
+    lines += [f"  user created on the target ({u['status']}, no password, role {u['role'] or 'none'}"
+              f"{': ' + u['note'] if u.get('note') else ''}): {u['email']}" for u in users.get("created", [])]
+    transform = report.get("transform") or {}
+    if transform.get("mask"):
+        lines.append(f"  masked with {transform['mask']['profile']} ({transform['mask']['origin']}); "
+                     f"salt {transform['mask']['salt']}")
+    if transform.get("urls"):
+        urls = transform["urls"]
+        lines.append(f"  URLs {urls['from']} -> {urls['to']}: {urls['values_rewritten']} values rewritten")
+        lines += [f"  asset URL names a file the move does not carry (id kept): {i}" for i in urls["assets_not_moved"]]
+    if transform.get("function"):
+        lines.append(f"  --transform {transform['function']['name']}: " + (", ".join(
+            f"{n} {c} changed" for n, c in transform["function"]["changed"].items()) or "no row changed"))
+    lines += [f"  left out by the profile or --transform: {name} x{count}"
+              for name, count in transform.get("dropped", {}).items()]
     lines += [f"  set to NULL (the target lacks the row): {where} x{count}" for where, count in report["nulled"].items()]
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
@@ -44,8 +59,8 @@ def content_group() -> None:
 
 
 @content_group.command("move")
-@click.option("--from", "source", required=True, metavar="SRC", type=click.Path(dir_okay=False),
-              help="The source instance's .env.")
+@click.option("--from", "source", required=True, metavar="SRC", type=click.Path(exists=True),
+              help="The source: an instance's .env, or an export --full bundle (a folder, .tar or .tar.gz).")
 @click.option("--to", "target", required=True, metavar="DST", type=click.Path(dir_okay=False),
               help="The target instance's .env.")
 @click.option("--collection", "collections", required=True, multiple=True,
@@ -57,12 +72,24 @@ def content_group() -> None:
 @click.option("--max-delete", type=click.IntRange(min=0), help="The most target rows mirror may delete.")
 @click.option("--via", type=click.Choice(CONTENT_VIA), default="db", show_default=True,
               help="db: the instances' databases (api: not available yet).")
+@click.option("--no-rewrite-urls", is_flag=True,
+              help="Keep the source's PUBLIC_URL and asset URLs in text, rich text, markdown and JSON values as they are.")
+@click.option("--mask", metavar="PROFILE", help="Mask people's data before the rows are written: a built-in profile "
+              "(pii-basic) or a YAML profile file (the same fakes as export --mask for the same salt).")
+@click.option("--mask-salt", metavar="SALT", help="The masking salt (default: derived from the profile and the source's "
+              "SECRET; or set CAIRN_MIGRATE_MASK_SALT).")
+@click.option("--transform", metavar="MODULE:FUNCTION", help="Call f(collection, row, context) on every source row; "
+              "return the row (changed or not) or None to leave it out.")
+@click.option("--create-users", is_flag=True, help="Create referenced users the target lacks (by email): suspended, "
+              "no password, role matched by key; without it their references become NULL.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing (exit 1 when it has changes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @handle_errors
 def content_move(obj: Context, source: str, target: str, collections: tuple[str, ...], filter_: str | None,
-                 depth: int | None, mode: str, max_delete: int | None, via: str, dry_run: bool, as_json: bool) -> None:
+                 depth: int | None, mode: str, max_delete: int | None, via: str, no_rewrite_urls: bool,
+                 mask: str | None, mask_salt: str | None, transform: str | None, create_users: bool, dry_run: bool,
+                 as_json: bool) -> None:
     """Move the rows of COLLECTION matching --filter from SRC to DST, with the rows they relate to
     (m2o, o2m, m2m, translations, m2a), their files and bytes; users are matched by email.
 
@@ -72,10 +99,15 @@ def content_move(obj: Context, source: str, target: str, collections: tuple[str,
     from ..service.state import default_state_url
 
     params = {"from": source, "to": target, "collections": list(collections), "filter": filter_, "depth": depth,
-              "mode": mode, "max_delete": max_delete, "via": via, "dry_run": dry_run}
+              "mode": mode, "max_delete": max_delete, "via": via, "dry_run": dry_run, "rewrite_urls": not no_rewrite_urls,
+              "mask": mask, "transform": transform, "create_users": create_users}
+    import os
+
     from .. import api
 
-    context = OpContext(instance=obj.instance, state_url=default_state_url(), open_instance=api.load_instance)
+    secrets = {"mask_salt": mask_salt or os.environ.get("CAIRN_MIGRATE_MASK_SALT") or None}
+    context = OpContext(instance=obj.instance, state_url=default_state_url(), open_instance=api.load_instance,
+                        secrets=secrets)
     report, outcome = operations.run("content", context, params)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render_content(report))
     exit_with(outcome)

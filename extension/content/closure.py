@@ -251,3 +251,28 @@ def _referenced(db: Database, conn: sa.Connection, graph: Graph, collection: str
                 yield USERS, {str(v).lower() for v in conn.execute(query).scalars()}
             elif link.one in graph.keys:
                 yield link.one, {graph.key(link.one, v) for v in conn.execute(query).scalars()}
+
+
+# --- value transforms (transform.py): files that asset URLs in text name -------------------------------
+def carry_files(db: Database, graph: Graph, closure: Closure, ids: Iterable[Any], conn: sa.Connection) -> set[Any]:
+    """Add the files ``ids`` (asset URLs in the closure's text name them) with their users and folders; returns the new ones."""
+    new = closure.add(FILES, {graph.key(FILES, i) for i in ids}, 1)
+    if not new:
+        return new
+    for link in graph.outgoing(FILES):
+        if link.one == USERS:
+            for _, values in _referenced(db, conn, graph, FILES, link, new):
+                closure.users |= values
+    if FOLDERS in graph.keys:
+        folders: set[Any] = set()
+        pending = set(new)
+        link = Link(FILES, "folder", FOLDERS)
+        while pending:
+            found: set[Any] = set()
+            for _, values in _referenced(db, conn, graph, link.many, link, pending):
+                found |= values
+            pending = found - folders - closure.rows.get(FOLDERS, set())
+            folders |= found
+            link = Link(FOLDERS, "parent", FOLDERS)
+        closure.add(FOLDERS, folders, closure.depth.get(FILES, 1) + 1)
+    return new

@@ -20,9 +20,9 @@ from ..instance.instance import Instance
 from ..progress import NullProgress, Progress
 from ..service.state import instance_scope
 from . import keys
-from .closure import USERS, compute, load_graph, primary_key
+from .closure import FILES, USERS, carry_files, compute, load_graph, primary_key
 from .filter import compile_filter, parse
-from .plan import has_changes, match_users, order, schema_differences
+from .plan import empty_counts, has_changes, match_users, order, schema_differences
 from .writer import Walk
 
 def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
@@ -38,18 +38,42 @@ def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database]
     return on
 
 
+def _finisher(src: Database, source: Instance, target: Instance, params: Mapping[str, Any], bundle: Any,
+              function: Any, walk: Callable[[], Walk]) -> Any:
+    """transform.py's finisher for this move: the masking profile, the URL rewriter, the operator's function."""
+    from ..bundle.table_schema import reflect_tables
+    from .transform import Finisher, UrlRewriter
+
+    finisher = Finisher(context={"source_url": source.public_url, "target_url": target.public_url,
+                                 "mode": params.get("mode") or "merge", "transform": params.get("transform")})
+    if params.get("mask"):
+        from ..masking import prepare
+
+        tables = bundle.tables if bundle is not None else reflect_tables(src.engine, src.table_names(), src.vendor)
+        finisher.mask = prepare(params["mask"], tables, salt=params.get("mask_salt"), secret=source.secret)
+    if params.get("rewrite_urls", True):
+        finisher.urls = UrlRewriter(source.public_url, target.public_url, lambda i: walk().file_target(i))
+    finisher.function = function
+    return finisher
+
+
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
-        progress: Progress | None = None) -> dict[str, Any]:
-    """Plan (``write=False``) or apply the move ``params`` describe; returns the report."""
+        progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
+    """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
+
+    :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
+    :param function: the operator's ``--transform`` function (:mod:`.transform`).
+    """
     progress = progress or NullProgress()
     roots = list(dict.fromkeys(params["collections"]))
     spec = parse(params.get("filter"))
     depth, mode, max_delete = params.get("depth"), params.get("mode") or "merge", params.get("max_delete")
     report: dict[str, Any] = {
-        "from": source.label, "to": target.label, "via": "db", "mode": mode, "collections": roots, "filter": spec,
+        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": "db", "mode": mode,
+        "collections": roots, "filter": spec,
         "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
         "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
-        "refused": [],
+        "refused": [], "transform": {},
         "changes": False, "applied": False}
     with Database.open(source) as src, Database.open(target) as dst:
         graph = load_graph(src)
@@ -71,7 +95,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             if keys.is_integer(src, name, graph.keys[name]):
                 graph.integer.add(name)
         involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
-        problems = schema_differences(src, dst, involved)
+        problems = schema_differences(src, dst, involved,
+                                      source_snapshot=bundle.schema_snapshot() if bundle is not None else None)
         if problems:
             report["schema"]["differences"] = problems
             report["refused"].append({
@@ -79,13 +104,36 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 "fix": "align the target's structure first: cairn-migrate promote --from SRC --to DST"})
             return report
         conditions = {root: _condition(spec, root) for root in roots}
-        idmap = keys.IdMap(state_url, (instance_scope(source), instance_scope(target)))
+        idmap = keys.IdMap(state_url, (bundle.scope if bundle is not None else instance_scope(source),
+                                       instance_scope(target)))
+        walks: list[Walk] = []
+        finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
+        finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing
         with consistent_snapshot(src) as sconn, dst.engine.connect() as dconn:
             transaction = dconn.begin()
             try:
                 closure = compute(src, graph, {r: c(src) for r, c in conditions.items()}, depth, sconn)
-                users = match_users(src, dst, closure.users, sconn, dconn)
-                walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress)
+                # --- value transforms (transform.py): files named by asset URLs, masked emails, created users
+                from ..bundle.table_schema import reflect_tables
+                from .transform import asset_files
+                from .users import create_missing
+
+                defs = {t.name: t for t in reflect_tables(src.engine, sorted(closure.rows), src.vendor)}
+                if finisher.urls is not None and (depth is None or depth >= 1) and FILES in graph.keys:
+                    named = asset_files(src, sconn, closure.rows, graph,
+                                        lambda n: {c.name: c.type for c in defs[n].columns}, finisher.urls)
+                    if carry_files(src, graph, closure, named, sconn):
+                        defs.update({t.name: t for t in reflect_tables(
+                            src.engine, sorted(set(closure.rows) - set(defs)), src.vendor)})
+                users = match_users(src, dst, closure.users, sconn, dconn, email_of=_masked_email(finisher.mask))
+                created = create_missing(src, dst, users, sconn, dconn, mask=finisher.mask, write=write) \
+                    if params.get("create_users") else {"created": []}
+                walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress,
+                            finisher=finisher, source_files=bundle.files if bundle is not None else None)
+                walks.append(walk)
+                walk._defs.update({("src", name): definition for name, definition in defs.items()})
+                if created["created"]:
+                    walk.counts[USERS] = {**empty_counts(), "created": len(created["created"])}
                 for name in order(graph, closure.rows):
                     try:
                         walk.collection(name, sconn, dconn)
@@ -115,7 +163,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 raise
     report.update(
         plan={name: walk.counts[name] for name in order(graph, walk.counts)},
-        users={"matched": len(users.mapping), "unmatched": users.unmatched},
+        users={"matched": len(users.mapping) - len(users.created), "unmatched": users.unmatched,
+               **({"created": created["created"]} if params.get("create_users") else {})},
+        transform=finisher.report(),
         files={k: v for k, v in walk.files.items() if k != "copied"}, nulled=walk.nulled, refused=walk.refused,
         matched_on_target=walk.adopted)
     report["changes"] = has_changes(report)
@@ -125,16 +175,30 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     return report
 
 
+def _masked_email(mask: Any) -> Callable[[str], str] | None:
+    """The email a source user has under the profile (a masked clone holds the fakes), when it masks users' emails."""
+    if mask is None or "email" not in (mask.profile.rules(USERS) or {}):
+        return None
+    from ..masking import mask_row
+
+    def email(value: str) -> str:
+        masked = mask_row(mask, USERS, {"email": value})
+        return str((masked or {}).get("email") or value)
+    return email
+
+
 def plan(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
-         progress: Progress | None = None) -> dict[str, Any]:
+         progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
     """What the move would do; writes nothing."""
-    return run(source, target, params, state_url=state_url, write=False, progress=progress)
+    return run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
+               function=function)
 
 
 def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
-          progress: Progress | None = None) -> dict[str, Any]:
+          progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
     """Plan, and unless refused, move: bytes first, rows in one target transaction, the ID map after its commit."""
-    planned = plan(source, target, params, state_url=state_url, progress=progress)
+    planned = plan(source, target, params, state_url=state_url, progress=progress, bundle=bundle, function=function)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
-    return run(source, target, params, state_url=state_url, write=True, progress=progress)
+    return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
+               function=function)

@@ -8,7 +8,7 @@ otherwise the move is refused, naming the fields, and points to ``cairn-migrate 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +37,17 @@ def _fields(snapshot: Mapping[str, Any], collections: Iterable[str]) -> dict[str
     return out
 
 
-def schema_differences(src: Database, dst: Database, collections: Sequence[str]) -> list[str]:
-    """One line per field of ``collections`` (user collections) that differs between source and target."""
+def schema_differences(src: Database, dst: Database, collections: Sequence[str],
+                       source_snapshot: Mapping[str, Any] | None = None) -> list[str]:
+    """One line per field of ``collections`` (user collections) that differs between source and target.
+
+    ``source_snapshot``: the source's own snapshot (a bundle's, taken on its instance) instead of ``src``'s.
+    """
     user = [c for c in collections if not c.startswith("directus_")]
     if not user:
         return []
-    ours, theirs = (_fields(schema_snapshot(db, version="content"), user) for db in (src, dst))
+    ours = _fields(source_snapshot if source_snapshot is not None else schema_snapshot(src, version="content"), user)
+    theirs = _fields(schema_snapshot(dst, version="content"), user)
     dst_tables = set(dst.table_names())
     problems = []
     for collection in sorted(user):
@@ -90,28 +95,36 @@ class Users:
 
     mapping: dict[str, Any] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    #: the email (as matched) of each unmatched user → its source id (users.py creates them when asked)
+    sources: dict[str, str] = field(default_factory=dict)
+    #: emails of the users created on the target (--create-users)
+    created: list[str] = field(default_factory=list)
 
     def target(self, source_id: Any) -> Any:
         return None if source_id is None else self.mapping.get(str(source_id).lower())
 
 
 def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.Connection,
-                dst_conn: sa.Connection) -> Users:
-    """Each referenced source user's target twin by email; users without one are listed (never created)."""
+                dst_conn: sa.Connection, email_of: Callable[[str], str] | None = None) -> Users:
+    """Each referenced source user's target twin by email; users without one are listed (users.py creates them
+    with --create-users).  ``email_of``: the email the target would hold (a masking profile's fake): a target
+    user with that email is the twin (a masked clone), else one with the real email (the target already has them)."""
     users = Users()
     wanted = sorted({str(i).lower() for i in ids})
     emails: dict[str, str] = {}
+    real: dict[str, str] = {}
     for start in range(0, len(wanted), 500):
         batch = wanted[start:start + 500]
         query = sa.select(sa.column("id"), sa.column("email")).select_from(sa.table(USERS)).where(
             keys.in_(src, USERS, "id", batch))
         for uid, email in src_conn.execute(query).all():
             if email:
-                emails[str(uid).lower()] = email.lower()
+                emails[str(uid).lower()] = (email_of(email) if email_of is not None else email).lower()
+                real[str(uid).lower()] = email.lower()
             else:
                 users.unmatched.append(f"{str(uid).lower()} (no email)")
     by_email: dict[str, Any] = {}
-    lowered = sorted(set(emails.values()))
+    lowered = sorted(set(emails.values()) | set(real.values()))
     for start in range(0, len(lowered), 500):
         query = sa.select(sa.column("id"), sa.column("email")).select_from(sa.table(USERS)).where(
             sa.func.lower(sa.column("email")).in_(lowered[start:start + 500]))
@@ -120,8 +133,11 @@ def match_users(src: Database, dst: Database, ids: Iterable[Any], src_conn: sa.C
     for uid, email in sorted(emails.items()):
         if email in by_email:
             users.mapping[uid] = by_email[email]
+        elif real[uid] in by_email:
+            users.mapping[uid] = by_email[real[uid]]
         else:
             users.unmatched.append(email)
+            users.sources[email] = uid
     users.unmatched.sort()
     return users
 

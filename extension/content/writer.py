@@ -88,6 +88,11 @@ class Walk:
     _exists: dict[tuple[str, Any], bool] = field(default_factory=dict)
     _defs: dict[tuple[str, str], TableDef] = field(default_factory=dict)
     _locations: dict[tuple[str, str], Location] = field(default_factory=dict)
+    # --- value transforms (content/transform.py) --------------------------------------------------------
+    #: masking, URL rewriting, --transform: finishes each batch of source rows before anything else
+    finisher: Any = None
+    #: storage name → where the source's bytes are read (a bundle's members); None: the source's own locations
+    source_files: Callable[[str], Any] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _def(self, db: Database, side: str, name: str) -> TableDef:
@@ -190,6 +195,8 @@ class Walk:
 
     # ------------------------------------------------------------------ files
     def _location(self, instance: Instance, side: str, name: str) -> Location:
+        if side == "src" and self.source_files is not None:  # transform.py: a bundle as the source
+            return self.source_files(name)  # type: ignore[no-any-return]
         if (side, name) not in self._locations:
             self._locations[(side, name)] = open_location(instance.location(name))
         return self._locations[(side, name)]
@@ -257,6 +264,8 @@ class Walk:
             rows = []
             for raw in src_conn.execute(query).mappings():
                 rows.append({n: decode_src[n](raw[n]) for n in names})
+            if self.finisher is not None and self.finisher.active:  # transform.py: mask, URLs, --transform
+                rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
             # target keys
             if integer:
                 mapped = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows}
@@ -325,6 +334,23 @@ class Walk:
             if self.write and target is not None:
                 dst_conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, resolved[source_key]))
                                  .values({column: target}))
+
+    # ------------------------------------------------------------------ value transforms (transform.py)
+    def _finish(self, name: str, pk: str, kinds: Mapping[str, str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The batch through the finisher; a row it drops leaves the closure (references to it: as to a row not moved)."""
+        kept = self.finisher.rows(name, pk, kinds, rows)
+        dropped = {self.graph.key(name, r[pk]) for r in rows} - {self.graph.key(name, r[pk]) for r in kept}
+        if dropped:
+            self.closure.rows[name] -= dropped
+            self.counts.setdefault(name, empty_counts())["skipped"] += len(dropped)
+        return kept
+
+    def file_target(self, source_id: str) -> str | None:
+        """The target id of a moved file (its source id while planning a new one); None: the move does not carry it."""
+        target = self.resolved.get(FILES, {}).get(source_id)
+        if target is None:
+            return None
+        return str(target.source if isinstance(target, _New) else target)
 
     def _adopt(self, conn: sa.Connection, name: str, pk: str, dst_def: TableDef, rows: list[dict[str, Any]],
                target_keys: dict[Any, Any]) -> None:

@@ -113,6 +113,9 @@ class OpContext:
         the host's operator).
     :ivar place_safety_bundle: where an import with ``replace`` writes its safety bundle; the
         sidecar's version puts it among the instance's own bundles (``safety_bundle`` is a name there).
+    :ivar allow_code: checks code a caller names to run on this host (field, ``module:function``, a
+        content move's ``transform``); the sidecar's version refuses any not in ``CAIRN_MIGRATE_TRANSFORMS``.
+        None: the CLI (its user is the host's operator).
     """
 
     instance: Callable[[], Instance]
@@ -126,6 +129,12 @@ class OpContext:
     open_instance: Callable[[str], Instance] | None = None
     host_path: Callable[[str, str], Path] | None = None
     place_safety_bundle: Callable[[Mapping[str, Any]], Path | None] | None = None
+    allow_code: Callable[[str, str], None] | None = None
+
+    def check_code(self, field_name: str, value: str) -> None:
+        """Refuse code on this host that the shell does not allow (the CLI allows its user's)."""
+        if self.allow_code is not None:
+            self.allow_code(field_name, value)
 
     def path(self, field_name: str, value: str | None) -> Path | None:
         """The host path a parameter names, as the shell allows it (None when not given)."""
@@ -141,6 +150,9 @@ class OpContext:
         """
         if op.needs_bundle or params.get("bundle") or params.get("path"):
             self.bundle(params)
+        for name, schema_field in op.schema().fields.items():
+            if schema_field.metadata.get("code") and params.get(name):
+                self.check_code(name, params[name])
         for name, schema_field in op.schema().fields.items():
             if not schema_field.metadata.get("host_path") or not params.get(name) or name == "path":
                 continue
@@ -506,7 +518,8 @@ class _FilterField(fields.Field):
 
 class ContentMoveParams(Schema):
     from_ = fields.String(required=True, data_key="from", metadata={
-        "description": "The source instance's .env.", "cli": "--from", "host_path": True})
+        "description": "The source: an instance's .env, or an export --full bundle (a folder, .tar or .tar.gz).",
+        "cli": "--from", "host_path": True})
     to = fields.String(required=True, metadata={"description": "The target instance's .env.", "cli": "--to",
                                                 "host_path": True})
     collections = fields.List(fields.String(), required=True, validate=validate.Length(min=1), metadata={
@@ -523,6 +536,29 @@ class ContentMoveParams(Schema):
     via = fields.String(load_default="db", validate=validate.OneOf(CONTENT_VIA), metadata={
         "description": "db (the instances' databases); api is not available yet.", "cli": "--via"})
     dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
+    rewrite_urls = fields.Boolean(load_default=True, metadata={
+        "description": "Rewrite the source's PUBLIC_URL and asset URLs (file ids remapped) in text, rich text, "
+        "markdown and JSON values to the target's; their files move too.", "cli": "--no-rewrite-urls"})
+    mask = fields.String(load_default=None, validate=validate.Length(min=1), metadata={
+        "description": "Mask people's data with this profile before the rows are written: a built-in name "
+        "(pii-basic) or a YAML profile's path on the machine running the move (the same fakes as export --mask "
+        "for the same salt).", "cli": "--mask", "host_path": True, "or_name": MASK_PROFILES})
+    mask_salt = fields.String(load_default=None, load_only=True, validate=validate.Length(min=1), metadata={
+        "description": "The masking salt (never stored; default: derived from the profile and the source's SECRET).",
+        "secret": True, "cli": "--mask-salt"})
+    transform = fields.String(load_default=None, validate=validate.Length(min=1), metadata={
+        "description": "module:function called as f(collection, row, context) -> row or None (leave the row out); "
+        "runs on the machine running the move, so over HTTP only what CAIRN_MIGRATE_TRANSFORMS lists.",
+        "cli": "--transform", "code": True})
+    create_users = fields.Boolean(load_default=False, metadata={
+        "description": "Create referenced users the target lacks (by email): suspended, no password, the role "
+        "matched by key (never an administrator role); otherwise their references become NULL.",
+        "cli": "--create-users"})
+
+    @validates_schema
+    def _mask_options(self, data: Mapping[str, Any], **kwargs: Any) -> None:
+        if not data.get("mask") and data.get("mask_salt"):
+            raise ValidationError("mask_salt needs mask: name a profile (e.g. pii-basic) or drop it", "mask")
 
 
 # --------------------------------------------------------------------------- outcomes

@@ -35,6 +35,8 @@ EXTENSION_KEY = "cairn_migrate"
 ENV_PREFIX = "CAIRN_MIGRATE_"
 #: The folders (colon-separated) an HTTP caller may name by path; none by default.
 HTTP_PATHS = "CAIRN_MIGRATE_HTTP_PATHS"
+#: The ``module:function`` strings HTTP callers may name as a content move's ``transform`` (none by default).
+TRANSFORMS = "CAIRN_MIGRATE_TRANSFORMS"
 
 
 #: The built-in job kinds: kind → ``"module:function"`` taking a ``JobContext``
@@ -51,6 +53,7 @@ def _defaults() -> dict[str, Any]:
         "CAIRN_MIGRATE_WORKERS": 2,
         "CAIRN_MIGRATE_BUNDLE_DIR": None,
         HTTP_PATHS: "",
+        TRANSFORMS: "",
         "CAIRN_MIGRATE_HEALTH_CACHE_SECONDS": 5,
         "CAIRN_MIGRATE_HEALTH_TIMEOUT": 2,
     }
@@ -276,6 +279,15 @@ class MigrateState:
                                f"sidecar's operator adds it to {HTTP_PATHS} ('{os.pathsep}'-separated)",
                                details={"field": field, "path": value, "setting": HTTP_PATHS})
         return resolved
+
+    def allow_transform(self, field: str, value: str) -> None:
+        """Refuse code an HTTP caller names (``transform``) unless the sidecar's operator lists it in ``CAIRN_MIGRATE_TRANSFORMS``.
+
+        :raises InvalidInput: (422) not listed: an instance's admin never runs code on the sidecar's host.
+        """
+        from ..content.transform import allowed_transforms, refuse_unlisted
+
+        refuse_unlisted(value, allowed_transforms(self.config.get(TRANSFORMS)))
 
     @property
     def scheduler_enabled(self) -> bool:

@@ -106,7 +106,8 @@ def operation_context(state: MigrateState, *, progress: Progress | None = None, 
                      progress=progress or NullProgress(), bundle_dir=state.bundle_dir, job_id=job_id,
                      locate_bundle=partial(_bundle_of, state), secrets=dict(secrets or {}),
                      scripts_dir=Path(str(scripts)) if scripts else None, host_path=state.http_path,
-                     place_safety_bundle=lambda params: safety_bundle_of(state, dict(params), job_id))
+                     place_safety_bundle=lambda params: safety_bundle_of(state, dict(params), job_id),
+                     allow_code=state.allow_transform)
 
 
 def operation_job(ctx: JobContext, *, name: str, state: MigrateState) -> dict[str, Any]:
