@@ -6,6 +6,8 @@ collection before it (a field and a relation), all copied from the recorded Post
 recorded bootstrap, served by real CairnCMS 1.0.0-beta.4):
   * ours:   ``cairn-migrate promote --dry-run`` (the plan: CairnCMS's ``/schema/diff`` + our checks),
             then ``cairn-migrate promote`` (plan again, safety snapshot, ``/schema/apply``)
+  * offline: ``cairn-migrate promote --engine db`` into the target's database while nothing serves it (our
+            own diff and Alembic DDL: the way for a stopped instance or Directus 9/10)
   * native: ``cairncms schema apply --yes`` of the same snapshot file (no checks, no safety snapshot)
 
 Usage: .venv/bin/python bench/promote.py [--collections 200]
@@ -83,8 +85,9 @@ def generated_schema(count: int) -> dict[str, Any]:
     return schema
 
 
-def fresh_instance(admin_url: str, folder: Path) -> tuple[str, str, Any]:
-    """A fresh CairnCMS (the recorded bootstrap in a new database), running; (database, url, process)."""
+def fresh_instance(admin_url: str, folder: Path, start: bool = True) -> tuple[str, str, Any]:
+    """A fresh CairnCMS (the recorded bootstrap in a new database), running unless not ``start``;
+    (database, url, process)."""
     folder.mkdir(parents=True)
     name = create_postgres_database(admin_url, FIXTURE / "fresh.sql")
     port = free_port()
@@ -97,7 +100,7 @@ def fresh_instance(admin_url: str, folder: Path) -> tuple[str, str, Any]:
         conn.execute(sa.text("UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'"), {"t": TOKEN})
     engine.dispose()
     (env.parent / "package.json").write_text('{"name": "bench-promote", "private": true}\n')
-    return name, url, start_server(CAIRNCMS, env.parent, url, server_env(), folder / "cairncms.log")
+    return name, url, start_server(CAIRNCMS, env.parent, url, server_env(), folder / "cairncms.log") if start else None
 
 
 def timed(command: list[str], **kwargs: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -117,8 +120,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-promote-") as tmp:
         base = Path(tmp)
         write_schema_snapshot(schema, base / "src" / "schema.yaml")
-        for mode in ("ours", "native"):
-            name, url, server = fresh_instance(args.admin_url, base / mode)
+        for mode in ("ours", "offline", "native"):
+            name, url, server = fresh_instance(args.admin_url, base / mode, start=mode != "offline")
             try:
                 if mode == "ours":
                     promote = [CLI, "promote", "--from", str(base / "src"), "--to", url, "--to-token", TOKEN,
@@ -133,6 +136,19 @@ def main() -> None:
                     results["ours"] = {"plan_seconds": round(plan_s, 2), "promote_seconds": round(total_s, 2),
                                        "apply_seconds": round(total_s - plan_s, 2),
                                        "second_promote_seconds": round(again_s, 2)}
+                elif mode == "offline":
+                    promote = [CLI, "promote", "--from", str(base / "src"), "--to", str(base / mode / ".env"),
+                               "--engine", "db", "--only", "schema"]
+                    env = {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"}
+                    plan_s, planned = timed([*promote, "--dry-run"], env=env)
+                    assert planned.returncode == 1, planned.stdout + planned.stderr
+                    total_s, applied = timed(promote, env=env)
+                    assert applied.returncode == 0, applied.stdout + applied.stderr
+                    again_s, again = timed(promote, env=env)
+                    assert again.stdout.splitlines()[-1] == "no changes", again.stdout
+                    results["offline"] = {"plan_seconds": round(plan_s, 2), "promote_seconds": round(total_s, 2),
+                                          "apply_seconds": round(total_s - plan_s, 2),
+                                          "second_promote_seconds": round(again_s, 2)}
                 else:
                     native_s, native = timed([str(ROOT / "scripts" / "cairncms"), "cli", str(base / mode), "schema",
                                               "apply", "--yes", str(base / "src" / "schema.yaml")],
@@ -140,7 +156,8 @@ def main() -> None:
                     assert native.returncode == 0, native.stdout + native.stderr
                     results["native"] = {"schema_apply_seconds": round(native_s, 2)}
             finally:
-                stop_process(server)
+                if server is not None:
+                    stop_process(server)
                 drop_postgres_database(args.admin_url, name)
     out = ROOT / "bench" / "results" / "promote.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
