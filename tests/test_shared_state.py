@@ -311,8 +311,8 @@ def test_schedules_are_per_instance(tmp_path: Path) -> None:
                                 "CAIRN_MIGRATE_SCHEDULER": True}))
     try:
         schedule_job(apps[0], "test_shared_state:scheduled_target", "interval", job_id="nightly-a", hours=24)
-        assert [job.id for job in get_state(apps[0]).scheduler.get_jobs()] == ["nightly-a"]
-        assert get_state(apps[1]).scheduler.get_jobs() == []
+        assert [job.id for job in get_state(apps[0]).scheduler.get_jobs(jobstore="default")] == ["nightly-a"]
+        assert get_state(apps[1]).scheduler.get_jobs(jobstore="default") == []
     finally:
         for app in apps:
             get_state(app).close()

@@ -289,3 +289,6 @@ _register_files(cli)
 
 from .promote import register as _register_promote  # noqa: E402
 _register_promote(cli)
+
+from .sync import register as _register_sync  # noqa: E402
+_register_sync(cli)

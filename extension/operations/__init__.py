@@ -482,6 +482,19 @@ class PromoteParams(Schema):
         "cli": "--include-secrets"})
 
 
+class SyncRunParams(Schema):
+    name = fields.String(required=True, metadata={"description": "The sync profile to run.", "cli": "NAME"})
+    full = fields.Boolean(load_default=False, metadata={
+        "description": "Re-scan every row the profile's filters select (finds drift the change feed missed), "
+        "instead of the keys changed since the watermark.", "cli": "--full"})
+    dry_run = fields.Boolean(load_default=False, metadata={
+        "description": "Only the plan: nothing written, no watermark advanced.", "cli": "--dry-run"})
+    trigger = fields.String(load_default="manual", validate=validate.OneOf(["manual", "schedule", "cli"]), metadata={
+        "description": "Who started the run (the scheduler says schedule).", "cli": None})
+    slot = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "The due slot a scheduled run is for (ISO time); a slot that has run is skipped.", "cli": None})
+
+
 # --------------------------------------------------------------------------- outcomes
 def _ok(report: Report, planned: bool) -> Outcome:
     return Outcome.OK
@@ -671,6 +684,24 @@ def _promote_outcome(report: Report, planned: bool) -> Outcome:
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
 
 
+def _sync_run(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .sync import run
+
+    return run(ctx, {**p, "dry_run": False})
+
+
+def _sync_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .sync import run
+
+    return run(ctx, {**p, "dry_run": True})
+
+
+def _sync_outcome(report: Report, planned: bool) -> Outcome:
+    """The run's own verdict: ok (also a skipped run), differences (a dry run with changes), partial (some
+    collections failed; their watermarks stay), failed, invalid (refused, or bad input found while running)."""
+    return Outcome(report["status"])
+
+
 def _planning(fn: Callable[..., Report], **flags: bool) -> Callable[[OpContext, dict[str, Any]], Report]:
     """The plan of an operation whose core function plans when told (``dry_run=True`` / ``yes=False``)."""
     def plan(ctx: OpContext, p: dict[str, Any]) -> Report:
@@ -717,3 +748,5 @@ register(Operation("install_extension", "Write (or remove) the /migrate endpoint
                    http=False))
 register(Operation("promote", "Promote the structure (schema, roles and permissions) of one instance onto another.",
                    PromoteParams, _promote, _promote_outcome, plan=_promote_plan, cli="promote"))
+register(Operation("sync_run", "Run a sync profile once: optionally promote, then move the content changed since its "
+                   "watermark.", SyncRunParams, _sync_run, _sync_outcome, plan=_sync_plan, cli="sync run"))
