@@ -303,7 +303,7 @@ def due_slot(profile: Mapping[str, Any], anchor: str, now: datetime | None = Non
     trigger = trigger_of(profile, anchor)
     if trigger is None:
         return None
-    now = (now or datetime.now(timezone.utc)) + timedelta(seconds=1)  # a fire a hair early still counts
+    now = now or datetime.now(timezone.utc)  # APScheduler never fires early: the slot is the latest fire time
     interval = (profile.get("schedule") or {}).get("interval_seconds")
     if interval:
         start = datetime.fromisoformat(anchor)
@@ -338,6 +338,14 @@ def engine_of(state_url: str) -> Engine:
             create_tables(engine, metadata)
             _ENGINES[state_url] = engine
         return engine
+
+
+def dispose(state_url: str) -> None:
+    """Close this process's engine of the state store at ``state_url`` (reopened on next use)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(state_url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _row_profile(row: Mapping[str, Any]) -> dict[str, Any]:
