@@ -28,6 +28,7 @@ from cairn_migrate.instance.instance import Instance
 from cairn_migrate.operations import OpContext
 from cairn_migrate.operations.sync_profiles import SyncStore, dispose, due_slot, validate_profile
 from cairn_migrate.service.app import create_app, get_state
+from cairn_migrate.service.jobs import JobCancelled, JobContext, JobStore
 from cairn_migrate.service.openapi import build_spec
 from cairn_migrate.service.state import instance_scope
 from cairn_migrate.testing import create_postgres_database, drop_postgres_database
@@ -388,9 +389,21 @@ def test_the_run_lock_and_the_slot(pair: tuple[CairnSqliteInstance, CairnSqliteI
         again, _ = operations.run("sync_run", context, {"name": profile["name"], "trigger": "schedule", "slot": slot})
         assert again["skipped"] == f"the slot {slot} has run already"
         assert [(r["slot"], r["outcome"]) for r in store.history(profile["name"])] == [(slot, "ok")]
+        # A cancelled run (the job runner's cancel, seen between steps) is recorded as such, nothing advanced.
+        jobs = JobStore(url, instance_scope(instance))
+        job = jobs.create("sync_run", {})
+        jobs.request_cancel(job)
+        cancelling = OpContext(instance=lambda: instance, state_url=url, open_instance=Instance.from_env_file,
+                               progress=JobContext(jobs, job, {}), job_id=job)
+        with pytest.raises(JobCancelled):
+            operations.run("sync_run", cancelling, {"name": profile["name"]})
+        last = store.history(profile["name"])[0]
+        assert (last["outcome"], last["job_id"], last["slot"]) == ("cancelled", job, None)
+        assert last["watermark_after"] == last["watermark_before"]
+        jobs.close()
         store.set_enabled(profile["name"], False)
         paused, _ = operations.run("sync_run", context, {"name": profile["name"], "trigger": "schedule", "slot": "z"})
-        assert paused["skipped"] == "the profile is paused" and len(store.history(profile["name"])) == 1
+        assert paused["skipped"] == "the profile is paused" and len(store.history(profile["name"])) == 2
     finally:
         dispose(url)
         drop_postgres_database(pg_admin_url, name)

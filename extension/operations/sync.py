@@ -159,7 +159,15 @@ def run(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         if slot and last_slot and last_slot >= slot:
             return {**base, "status": "ok", "skipped": f"the slot {slot} has run already"}
         started = now_iso()
-        report = _steps(ctx, operations, store, conn, profile, base, full=full, dry_run=dry_run)
+        try:
+            report = _steps(ctx, operations, store, conn, profile, base, full=full, dry_run=dry_run)
+        except MigrateError as exc:
+            if exc.code != "cancelled":
+                raise
+            cancelled = exc  # recorded (no watermark moves; the slot counts as run), then the job ends cancelled
+            before = store.watermarks(profile["id"], "source", conn)
+            report = {**base, "status": "cancelled", "steps": {}, "counts": {}, "watermark_before": before,
+                      "watermark_after": before, "error": {"code": exc.code, "message": first_line(exc.message)}}
         report["started_at"], report["finished_at"] = started, now_iso()
         if report["status"] in ("failed", "partial", "invalid") and profile.get("alert_webhook") and not dry_run:
             report["alert"] = send_alert(profile["alert_webhook"], report)
@@ -169,6 +177,8 @@ def run(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
             "outcome": report["status"], "counts": report["counts"], "watermark_before": report["watermark_before"],
             "watermark_after": report["watermark_after"], "report": _summary(report), "error": report.get("error"),
             "alert": report.get("alert")})
+    if report["status"] == "cancelled":
+        raise cancelled
     return report
 
 

@@ -381,8 +381,8 @@ class SyncStore:
                 conn.execute(slots_table.insert().values(profile_id=profile_id, last_slot=None))
         except sa.exc.IntegrityError:
             raise SyncConflict(f"There is already a sync profile {profile['name']!r}",
-                               hint=f"choose another name, or change it: cairn-migrate sync update {profile['name']} "
-                               "(PATCH /migrate/syncs/<name>)") from None
+                               hint=f"choose another name, change it with PATCH /migrate/syncs/{profile['name']}, or "
+                               f"remove it first: cairn-migrate sync remove {profile['name']}") from None
         return self.get(profile["name"])
 
     def get(self, name: str) -> dict[str, Any]:
