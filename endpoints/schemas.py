@@ -124,3 +124,33 @@ class PlanSchema(Schema):
     plan = fields.Dict(required=True)
     applied = fields.Boolean(required=True)
     dry_run = fields.Boolean(required=True)
+
+
+def _sync_profile_request_schema() -> type[Schema]:
+    from marshmallow import ValidationError, pre_load
+
+    from ..operations.sync_profiles import SyncProfileSchema, refuse_url
+
+    class SyncProfileRequestSchema(SyncProfileSchema):
+        """``POST /migrate/syncs`` (and, every field optional, ``PATCH /migrate/syncs/<name>``): a sync profile."""
+
+        source = ServerPath(required=True, description="The source instance's .env file (URLs are refused: a "
+                            "schedule is stored and never holds a token).")
+        target = ServerPath(required=True, description="The target instance's .env file.")
+
+        @pre_load
+        def _no_urls(self, data: Any, **kwargs: Any) -> Any:
+            """A URL is refused as such, before it is taken for a (relative) path."""
+            if isinstance(data, dict):
+                for field in ("source", "target"):
+                    if isinstance(data.get(field), str):
+                        try:
+                            refuse_url(data[field])
+                        except ValidationError as exc:
+                            raise ValidationError(exc.messages, field) from None
+            return data
+
+    return SyncProfileRequestSchema
+
+
+SyncProfileRequestSchema = _sync_profile_request_schema()

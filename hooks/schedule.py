@@ -8,7 +8,18 @@ with progress, log, cancel and report.  Underneath, a schedule is a stored call
 kwargs), kept in the state store by ``SQLAlchemyJobStore`` so it survives
 restarts, in a table of the sidecar's instance (``cm_schedules_<instance
 scope>``), so sidecars sharing the store never run each other's schedules.  It
-never holds an engine, a filesystem object or a secret.  The scheduler only
+never holds an engine, a filesystem object or a secret.
+
+Sync profiles (``operations/sync_profiles.py``) are scheduled here too: each
+enabled profile with a schedule is a stored job ``sync:<name>`` calling
+:func:`run_sync_due` by import string, with the profile's trigger, coalescing, and
+a ``misfire_grace_time`` from its missed-run policy (``run-once``: any delay, one
+catch-up run; ``skip``: a short grace).  :func:`reconcile_syncs` makes the stored
+jobs match the profiles: at start (a job whose schedule is unchanged keeps its
+next run time, so a missed slot still fires once), after every change through
+this sidecar's HTTP API, and every ``CAIRN_MIGRATE_SYNC_POLL_SECONDS`` (default 30;
+picks up changes made by the CLI or another sidecar, and wakes this scheduler
+for jobs another sidecar stored).  The scheduler only
 starts when ``CAIRN_MIGRATE_SCHEDULER`` is true (never in the CLI, never in
 tests unless a test turns it on).
 """
@@ -72,6 +83,7 @@ def init_scheduler(app: Flask) -> Any:
         _prepare_sqlite_folder(url)
         scheduler.start()
         atexit.register(_shutdown, scheduler)
+        _start_sync_poll(state)
         log.info("scheduler started (%d stored jobs)", len(scheduler.get_jobs()))
     return scheduler
 
@@ -171,4 +183,116 @@ def run_scheduled(op: str, params: dict[str, Any], scope: str) -> str | None:
         return None
     job_id = state.runner.submit(op, params)
     log.info("scheduled %s started as job %s", op, job_id)
+    return job_id
+
+
+# --------------------------------------------------------------------------- sync profiles
+#: The function a sync profile's schedule calls.
+RUN_SYNC = "cairn_migrate.hooks.schedule:run_sync_due"
+SYNC_PREFIX = "sync:"
+
+
+def _sync_store(state: MigrateState) -> Any:
+    from ..operations.sync_profiles import SyncStore
+
+    return SyncStore(str(state.config["CAIRN_MIGRATE_STATE_URL"]), state.scope)
+
+
+def _signature(profile: dict[str, Any]) -> str:
+    return json.dumps({"schedule": profile.get("schedule"), "missed": profile.get("missed"),
+                       "anchor": profile["anchor"]}, sort_keys=True)
+
+
+def _start_sync_poll(state: MigrateState) -> None:
+    from apscheduler.jobstores.memory import MemoryJobStore
+
+    scheduler = state.scheduler
+    seconds = float(state.config.get("CAIRN_MIGRATE_SYNC_POLL_SECONDS") or 30)
+    scheduler.add_jobstore(MemoryJobStore(), "local")
+    scheduler.add_job(_poll, "interval", seconds=seconds, args=[state.scope], id="sync-reconcile",
+                      jobstore="local", coalesce=True, max_instances=1, misfire_grace_time=None)
+    _poll(state.scope)
+
+
+def _poll(scope: str) -> None:
+    state = _SIDECARS.get(scope)
+    if state is None:
+        return
+    try:
+        reconcile_syncs(state)
+    except Exception:  # noqa: BLE001 - a bad profile or a store hiccup must not stop the scheduler
+        log.exception("could not reconcile the sync schedules")
+
+
+def reconcile_syncs(state: MigrateState) -> dict[str, list[str]]:
+    """Make the scheduler's ``sync:*`` jobs match the instance's enabled, scheduled profiles.
+
+    :returns: the names added or replaced, and removed.
+    """
+    from ..operations.sync_profiles import misfire_grace, trigger_of
+
+    scheduler = state.scheduler
+    done: dict[str, list[str]] = {"scheduled": [], "removed": []}
+    if scheduler is None or not scheduler.running:
+        return done
+    wanted = {}
+    for profile in _sync_store(state).list():
+        if profile["enabled"] and trigger_of(profile, profile["anchor"]) is not None:
+            wanted[SYNC_PREFIX + profile["name"]] = profile
+    for job in scheduler.get_jobs(jobstore="default"):
+        if job.id.startswith(SYNC_PREFIX) and job.id not in wanted:
+            scheduler.remove_job(job.id, jobstore="default")
+            done["removed"].append(job.id[len(SYNC_PREFIX):])
+    for job_id, profile in wanted.items():
+        signature = _signature(profile)
+        job = scheduler.get_job(job_id, jobstore="default")
+        if job is not None and job.kwargs.get("signature") == signature:
+            continue  # unchanged: keeps its next run time (a slot missed while down still fires once)
+        scheduler.add_job(RUN_SYNC, trigger_of(profile, profile["anchor"]), id=job_id, jobstore="default",
+                          kwargs={"name": profile["name"], "scope": state.scope, "signature": signature},
+                          replace_existing=True, coalesce=True, max_instances=1,
+                          misfire_grace_time=misfire_grace(profile))
+        done["scheduled"].append(profile["name"])
+    return done
+
+
+def next_run(state: MigrateState, name: str) -> str | None:
+    """When this sidecar's scheduler runs profile ``name`` next (None: not scheduled here)."""
+    scheduler = state.scheduler
+    if scheduler is None or not scheduler.running:
+        return None
+    job = scheduler.get_job(SYNC_PREFIX + name, jobstore="default")
+    return job.next_run_time.isoformat() if job is not None and job.next_run_time else None
+
+
+def run_sync_due(name: str, scope: str, signature: str | None = None) -> str | None:
+    """A profile's schedule is due: submit its run, for the due slot, to the job runner.
+
+    A slot already recorded (another sidecar ran it) is skipped here without a job;
+    the run itself checks again under the profile's run lock.
+
+    :returns: the job's id, or None when skipped.
+    """
+    from ..operations.sync_profiles import due_slot
+
+    state = _SIDECARS.get(scope)
+    if state is None:
+        log.warning("sync %s skipped: no sidecar of instance %s runs in this process", name, scope)
+        return None
+    store = _sync_store(state)
+    try:
+        profile = store.get(name)
+    except Exception:  # noqa: BLE001 - removed meanwhile
+        log.info("sync %s skipped: the profile is gone", name)
+        return None
+    if not profile["enabled"]:
+        log.info("sync %s skipped: paused", name)
+        return None
+    slot = due_slot(profile, profile["anchor"])
+    last = store.last_slot(profile["id"])
+    if slot is not None and last is not None and last >= slot:
+        log.info("sync %s: slot %s has run already", name, slot)
+        return None
+    job_id = state.runner.submit("sync_run", {"name": name, "trigger": "schedule", "slot": slot})
+    log.info("sync %s (slot %s) started as job %s", name, slot, job_id)
     return job_id

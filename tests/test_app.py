@@ -148,7 +148,7 @@ def test_scheduler_starts_only_when_enabled(cairn_instance: CairnSqliteInstance,
         {"CAIRN_MIGRATE_ENV": str(cairn_instance.env_path), "CAIRN_MIGRATE_STATE_URL": url, "CAIRN_MIGRATE_SCHEDULER": True}
     )
     try:
-        assert [job.id for job in get_state(app).scheduler.get_jobs()] == ["nightly"]
+        assert [job.id for job in get_state(app).scheduler.get_jobs(jobstore="default")] == ["nightly"]
     finally:
         get_state(app).close()
 

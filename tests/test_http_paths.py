@@ -39,7 +39,17 @@ NOT_PATHS = {
     "orphans": "an action", "layout": "a layout", "from": "a storage location", "to": "a storage location",
     "from_locations": "storage locations", "filters": "KEY=GLOB filters", "storage_map": "storage location names",
     "op": "an operation's name (its parameters are checked by test_every_host_path_parameter_of_an_operation_…)",
+    "name": "a sync profile's name", "collections": "collection names",
+    "target_token_env": "the name of an environment variable", "alert_webhook": "a URL",
 }
+
+
+def base_body(method: str, route: str, allowed: Path) -> dict[str, Any]:
+    """The rest of a valid body of the routes that refuse a body holding only the path field."""
+    if (method, route) == ("POST", "/migrate/syncs"):
+        return {"name": "paths", "source": str(allowed / "source.env"), "target": str(allowed / "target.env"),
+                "collections": ["articles"]}
+    return {}
 
 
 def request_fields(app: Any) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
@@ -107,8 +117,12 @@ def test_every_request_field_is_classified(sidecar: Any) -> None:
                      if _carries_text(prop) and not prop.get("x-server-path") and name not in NOT_PATHS)
     assert not unknown, ("classify these request fields: a path on the sidecar's machine is a ServerPath "
                          f"(endpoints/schemas.py), anything else goes into NOT_PATHS: {unknown}")
-    assert server_path_fields(sidecar) == [("POST", "/migrate/files/repair", "path"),
-                                           ("POST", "/migrate/import", "path"), ("POST", "/migrate/verify", "path")]
+    assert server_path_fields(sidecar) == [("PATCH", "/migrate/syncs/{sync_name}", "source"),
+                                           ("PATCH", "/migrate/syncs/{sync_name}", "target"),
+                                           ("POST", "/migrate/files/repair", "path"),
+                                           ("POST", "/migrate/import", "path"),
+                                           ("POST", "/migrate/syncs", "source"), ("POST", "/migrate/syncs", "target"),
+                                           ("POST", "/migrate/verify", "path")]
 
 
 def test_every_request_schema_is_in_the_openapi_document(sidecar: Any) -> None:
@@ -128,14 +142,15 @@ def test_every_request_schema_is_in_the_openapi_document(sidecar: Any) -> None:
 
 
 def test_every_path_field_is_refused_outside_the_allowed_folders(sidecar: Any, admin_token: str,
-                                                                 bundles: dict[str, Path]) -> None:
+                                                                 bundles: dict[str, Path], allowed: Path) -> None:
     client, headers = sidecar.test_client(), bearer(admin_token)
     path_fields = server_path_fields(sidecar)
     assert path_fields, "the OpenAPI document marks no request field x-server-path"
     for method, route, field in path_fields:
         for case in ("outside", "link"):  # a symlink inside the allowed folder is judged by where it points
             value = str(bundles[case])
-            response = client.open(route, method=method, json={field: value}, headers=headers)
+            response = client.open(route, method=method, json={**base_body(method, route, allowed), field: value},
+                                   headers=headers)
             assert response.status_code == 422, (route, field, case, response.get_json())
             error = response.get_json()["error"]
             assert error["code"] == "invalid_input"
@@ -143,8 +158,12 @@ def test_every_path_field_is_refused_outside_the_allowed_folders(sidecar: Any, a
                                         f"HTTP callers to name ({HTTP_PATHS})")
             assert HTTP_PATHS in error["hint"] and "'bundle'" in error["hint"]
             assert error["details"] == {"field": field, "path": value, "setting": HTTP_PATHS}
-        response = client.open(route, method=method, json={field: str(bundles["inside"])}, headers=headers)
+        response = client.open(route, method=method, json={**base_body(method, route, allowed),
+                                                           field: str(bundles["inside"])}, headers=headers)
         assert response.status_code != 422, (route, field, response.get_json())
+        if (method, route) == ("POST", "/migrate/syncs"):  # stored with the path as resolved; the next case adds it again
+            assert response.status_code == 201 and response.get_json()[field] == str(bundles["inside"])
+            assert client.delete("/migrate/syncs/paths", headers=headers).status_code == 200
     for job in get_state(sidecar).store.list():  # the allowed paths' jobs only (nothing outside was started)
         get_state(sidecar).runner.wait(job["id"], timeout=120)
         assert job["params"]["path"] == str(bundles["inside"]), job["params"]

@@ -26,8 +26,9 @@ from cairn_migrate.errors import InvalidInput
 from cairn_migrate.service.jobs import FINAL_STATES
 from cairn_migrate.operations import Outcome
 
-#: Parameters only the sidecar can take: a server-side bundle is named by id; the CLI names bundles by path.
-SIDECAR_ONLY = {"bundle"}
+#: Parameters only the sidecar can take: a server-side bundle is named by id; the CLI names bundles by path;
+#: a sync run's trigger and due slot are set by the shell that starts it (the scheduler, the CLI, the HTTP route).
+SIDECAR_ONLY = {"bundle", "trigger", "slot"}
 
 
 def _command(path: str) -> click.Command:
@@ -63,7 +64,7 @@ def test_every_operation_is_registered_once() -> None:
     assert names == sorted(set(names))
     assert set(names) == {"inspect", "export", "import", "verify", "files_check", "files_repair", "storage_move",
                           "storage_prune", "migrations_list", "migrations_up", "migrations_down", "install_extension",
-                          "promote", "content"}
+                          "promote", "content", "sync_run"}
     with pytest.raises(ValueError):
         operations.register(operations.get("inspect"))
     with pytest.raises(InvalidInput):

@@ -104,6 +104,7 @@ def sidecars(tmp_path: Path, shared_state_url: str) -> Iterator[tuple[Sidecar, S
             "CAIRN_MIGRATE_ENV": str(instance.env_path),
             "CAIRN_MIGRATE_STATE_URL": shared_state_url,
             "CAIRN_MIGRATE_BUNDLE_DIR": str(tmp_path / "shared-bundles"),
+            "CAIRN_MIGRATE_HTTP_PATHS": str(instance.folder),  # where its sync profiles' .env files are
         })
         made.append(Sidecar(instance, app, token))
     yield made[0], made[1]
@@ -135,6 +136,8 @@ def _records_of(a: Sidecar, ids: dict[str, str], ledger: CopyLedger) -> dict[str
         "freeze": client.get("/migrate/freeze", headers=headers).get_json(),
         "moves": ledger.moves(a.scope),
         "entries": list(ledger.all_entries(ids["move"])),
+        "sync": client.get(f"/migrate/syncs/{ids['sync_name']}", headers=headers).get_json(),
+        "syncs": client.get("/migrate/syncs", headers=headers).get_json(),
     }
 
 
@@ -155,7 +158,13 @@ def test_one_instance_cannot_reach_another_through_a_shared_state_store(sidecars
     running = get_state(a.app).runner.submit("test.hold")
     assert a.client.post("/migrate/freeze", json={"reason": A_REASON}, headers=a_headers).get_json()["active"]
     ledger = CopyLedger(state_url)
-    ids = {"running": running, "export": export["id"], "bundle": export["result"]["bundle_id"], "move": "a-move-0001"}
+    ids = {"running": running, "export": export["id"], "bundle": export["result"]["bundle_id"], "move": "a-move-0001",
+           "sync_name": "a-nightly-sync"}
+    # A's sync profile (its .env files as source and target's stand-in: a profile is only stored here).
+    added = a.client.post("/migrate/syncs", headers=a_headers, json={
+        "name": ids["sync_name"], "source": str(a.instance.env_path), "target": str(a.instance.folder / "other.env"),
+        "collections": ["articles"], "schedule": {"cron": "0 3 * * *"}})
+    assert added.status_code == 201, added.get_json()
     try:
         ledger.start(ids["move"], a.scope, "local", "other", "{}")
         ledger.save(ids["move"], [{"id": "f1", "src_name": "x.jpg", "dst_name": "x.jpg", "size": 1, "sha256": "0" * 64,
@@ -169,10 +178,11 @@ def test_one_instance_cannot_reach_another_through_a_shared_state_store(sidecars
 
         # B's admin, against A's records, on every route.
         templates = migrate_routes(b.app)
-        aimed_at_a = migrate_routes(b.app, {"job_id": ids["running"], "bundle_id": ids["bundle"]})
+        aimed_at_a = migrate_routes(b.app, {"job_id": ids["running"], "bundle_id": ids["bundle"],
+                                            "sync_name": ids["sync_name"]})
         routes = [(method, url, aimed) for (method, url), (_, aimed) in zip(templates, aimed_at_a)]
         assert ("POST", "/migrate/jobs/dummy-id/cancel", f"/migrate/jobs/{ids['running']}/cancel") in routes
-        secrets = {ids["running"], ids["export"], ids["bundle"], A_REASON, a.instance.key}
+        secrets = {ids["running"], ids["export"], ids["bundle"], A_REASON, a.instance.key, str(a.instance.env_path)}
         b_headers = bearer(b.token)
         assert ("POST", "/migrate/ops", "/migrate/ops") in routes
         for method, url, aimed in routes:
@@ -207,6 +217,7 @@ def test_one_instance_cannot_reach_another_through_a_shared_state_store(sidecars
         b_bundles = {x["id"] for x in b.client.get("/migrate/bundles", headers=b_headers).get_json()["bundles"]}
         assert ids["bundle"] not in b_bundles and len(b_bundles) == 1  # B's own export of the loop above
         assert {j["id"] for j in get_state(b.app).store.list()}.isdisjoint(ids.values())
+        assert b.client.get("/migrate/syncs", headers=b_headers).get_json() == {"syncs": [], "count": 0}
     finally:
         release.set()
         ledger.close()
@@ -311,8 +322,8 @@ def test_schedules_are_per_instance(tmp_path: Path) -> None:
                                 "CAIRN_MIGRATE_SCHEDULER": True}))
     try:
         schedule_job(apps[0], "test_shared_state:scheduled_target", "interval", job_id="nightly-a", hours=24)
-        assert [job.id for job in get_state(apps[0]).scheduler.get_jobs()] == ["nightly-a"]
-        assert get_state(apps[1]).scheduler.get_jobs() == []
+        assert [job.id for job in get_state(apps[0]).scheduler.get_jobs(jobstore="default")] == ["nightly-a"]
+        assert get_state(apps[1]).scheduler.get_jobs(jobstore="default") == []
     finally:
         for app in apps:
             get_state(app).close()

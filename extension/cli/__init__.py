@@ -292,3 +292,5 @@ _register_promote(cli)
 
 from .content import register as _register_content  # noqa: E402
 _register_content(cli)
+from .sync import register as _register_sync  # noqa: E402
+_register_sync(cli)

@@ -561,6 +561,19 @@ class ContentMoveParams(Schema):
             raise ValidationError("mask_salt needs mask: name a profile (e.g. pii-basic) or drop it", "mask")
 
 
+class SyncRunParams(Schema):
+    name = fields.String(required=True, metadata={"description": "The sync profile to run.", "cli": "NAME"})
+    full = fields.Boolean(load_default=False, metadata={
+        "description": "Re-scan every row the profile's filters select (finds drift the change feed missed), "
+        "instead of the keys changed since the watermark.", "cli": "--full"})
+    dry_run = fields.Boolean(load_default=False, metadata={
+        "description": "Only the plan: nothing written, no watermark advanced.", "cli": "--dry-run"})
+    trigger = fields.String(load_default="manual", validate=validate.OneOf(["manual", "schedule", "cli"]), metadata={
+        "description": "Who started the run (the scheduler says schedule).", "cli": None})
+    slot = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "The due slot a scheduled run is for (ISO time); a slot that has run is skipped.", "cli": None})
+
+
 # --------------------------------------------------------------------------- outcomes
 def _ok(report: Report, planned: bool) -> Outcome:
     return Outcome.OK
@@ -767,6 +780,22 @@ def _content_outcome(report: Report, planned: bool) -> Outcome:
     if report["refused"]:
         return Outcome.INVALID
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
+def _sync_run(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .sync import run
+
+    return run(ctx, {**p, "dry_run": False})
+
+
+def _sync_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
+    from .sync import run
+
+    return run(ctx, {**p, "dry_run": True})
+
+
+def _sync_outcome(report: Report, planned: bool) -> Outcome:
+    """The run's own verdict: ok (also a skipped run), differences (a dry run with changes), partial (some
+    collections failed; their watermarks stay), failed, invalid (refused, or bad input found while running)."""
+    return Outcome(report["status"])
 
 
 def _planning(fn: Callable[..., Report], **flags: bool) -> Callable[[OpContext, dict[str, Any]], Report]:
@@ -817,3 +846,5 @@ register(Operation("promote", "Promote the structure (schema, roles and permissi
                    PromoteParams, _promote, _promote_outcome, plan=_promote_plan, cli="promote"))
 register(Operation("content", "Move rows of collections, with their related rows, files and bytes, to another instance.",
                    ContentMoveParams, _content_move, _content_outcome, plan=_content_move_plan, cli="content move"))
+register(Operation("sync_run", "Run a sync profile once: optionally promote, then move the content changed since its "
+                   "watermark.", SyncRunParams, _sync_run, _sync_outcome, plan=_sync_plan, cli="sync run"))

@@ -109,3 +109,32 @@ class InspectSchema(Schema):
     @post_dump(pass_original=True)
     def _pass_through(self, data: dict[str, Any], original: Any, **kwargs: Any) -> dict[str, Any]:
         return dict(original)
+
+
+class SyncRunRequestSchema(Schema):
+    """``POST /migrate/syncs/<name>/run``: a real run (a job) or its plan (answered at once)."""
+
+    full = fields.Boolean(load_default=False, metadata={
+        "description": "Re-scan every row the profile's filters select instead of the changes since the watermark."})
+    dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan: nothing written."})
+
+
+class SyncListSchema(Schema):
+    """``GET /migrate/syncs``: the instance's sync profiles, each with ``next_run`` and its last run."""
+
+    syncs = fields.List(fields.Dict(), required=True)
+    count = fields.Integer(required=True)
+
+
+class SyncHistoryQuerySchema(Schema):
+    """``GET /migrate/syncs/<name>/history`` query."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_JOB_LIST_LIMIT))
+
+
+class SyncHistorySchema(Schema):
+    """A profile's runs, newest first: job id, trigger, slot, outcome, counts, watermarks before/after, report."""
+
+    name = fields.String(required=True)
+    runs = fields.List(fields.Dict(), required=True)
+    count = fields.Integer(required=True)

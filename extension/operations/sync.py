@@ -1,0 +1,362 @@
+"""``sync_run``: one run of a sync profile — optionally ``promote``, then the ``content`` move of what changed.
+
+Both steps are dispatched through the registry by name (``operations.run("promote", …)``,
+``operations.run("content", …)``), never by importing their internals.
+
+A run, under the profile's run lock (:meth:`~.sync_profiles.SyncStore.run_lock`):
+
+1. reads the source's newest ``directus_activity.id`` (the high mark of this run);
+2. per collection, the activity rows after the collection's watermark up to that mark
+   (``action`` create/update/delete, ``collection``, ``item``): the changed keys.  A
+   collection without a watermark, or a ``full`` run, re-scans every row its filter selects;
+3. the conflict policy: ``source-wins`` moves with the profile's mode; ``target-wins``
+   moves with ``skip-existing`` (rows the target has are kept; no deletes);
+   ``skip-if-target-modified`` leaves out the keys the target changed since the last run
+   (the target's own activity after its watermark, and rows whose ``date_updated`` is
+   later than the last run's start);
+4. per collection, one ``content`` move filtered to those keys (``{"<pk>": {"_in": [...]}}``
+   AND the profile's filter; deleted keys only in ``mirror`` mode);
+5. advances each collection's watermark only when its step succeeded, records the
+   run in the history (with the due slot it ran for) in the lock's transaction,
+   and on failure POSTs the report to the profile's ``alert_webhook``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import InvalidInput, MigrateError, first_line
+from .sync_profiles import SyncStore, now_iso
+
+ACTIONS = ("create", "update", "delete")
+#: The most keys one content step takes in its filter; more changed keys make a re-scan of the collection.
+MAX_KEYS = 5000
+
+
+def read_changes(engine: sa.Engine, collections: list[str], marks: Mapping[str, int], upto: int) -> dict[str, Any]:
+    """Per collection, the keys the activity rows after its watermark (up to ``upto``) name.
+
+    :returns: ``{collection: {"upsert": [...], "delete": [...], "rows": n}}``, the last action of a key
+        deciding its side; collections without a watermark are left out (they are re-scanned).
+    """
+    activity = sa.table("directus_activity", sa.column("id"), sa.column("action"), sa.column("collection"),
+                        sa.column("item"))
+    changes: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for collection in collections:
+            if collection not in marks:
+                continue
+            rows = conn.execute(sa.select(activity.c.action, activity.c.item).where(
+                activity.c.collection == collection, activity.c.id > marks[collection], activity.c.id <= upto,
+                activity.c.action.in_(ACTIONS)).order_by(activity.c.id)).all()
+            last: dict[str, str] = {}
+            for action, item in rows:
+                last[str(item)] = action
+            changes[collection] = {"upsert": sorted(k for k, a in last.items() if a != "delete"),
+                                   "delete": sorted(k for k, a in last.items() if a == "delete"), "rows": len(rows)}
+    return changes
+
+
+def high_mark(engine: sa.Engine) -> int:
+    """The newest ``directus_activity.id`` (0 when there is none)."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT MAX(id) FROM directus_activity")).scalar() or 0)
+
+
+def _key_column(engine: sa.Engine, collection: str) -> tuple[str, bool]:
+    """The collection's primary key column and whether it is an integer."""
+    inspector = sa.inspect(engine)
+    try:
+        pk = inspector.get_pk_constraint(collection)["constrained_columns"]
+    except sa.exc.NoSuchTableError:
+        raise InvalidInput(f"{collection} is not a table of the source", hint="fix the profile's collections") from None
+    if len(pk) != 1:
+        raise InvalidInput(f"{collection} has no single primary key column; it cannot be synced incrementally",
+                           hint="sync a collection with one key column")
+    column = next(c for c in inspector.get_columns(collection) if c["name"] == pk[0])
+    return pk[0], isinstance(column["type"], sa.Integer)
+
+
+def _keys(values: list[str], integer: bool) -> list[Any]:
+    return [int(v) for v in values if v.lstrip("-").isdigit()] if integer else list(values)
+
+
+def target_modified(engine: sa.Engine, collection: str, mark: int | None, upto: int, since: str | None) -> set[str]:
+    """Keys of ``collection`` the target changed itself since the last run: its activity rows after ``mark``
+    (up to ``upto``), and rows whose ``date_updated`` is after ``since``."""
+    found: set[str] = set()
+    with engine.connect() as conn:
+        if mark is not None:
+            activity = sa.table("directus_activity", sa.column("id"), sa.column("action"), sa.column("collection"),
+                                sa.column("item"))
+            found |= {str(item) for (item,) in conn.execute(sa.select(activity.c.item).where(
+                activity.c.collection == collection, activity.c.id > mark, activity.c.id <= upto,
+                activity.c.action.in_(ACTIONS)))}
+        if since:
+            columns = {c["name"] for c in sa.inspect(engine).get_columns(collection)}
+            if "date_updated" in columns:
+                pk, _ = _key_column(engine, collection)
+                table = sa.table(collection, sa.column(pk), sa.column("date_updated"))
+                stamp = datetime.fromisoformat(since).astimezone(timezone.utc).replace(tzinfo=None)
+                for (key, updated) in conn.execute(sa.select(table.c[pk], table.c.date_updated).where(
+                        table.c.date_updated.is_not(None))):
+                    if _after(updated, stamp):
+                        found.add(str(key))
+    return found
+
+
+def _after(value: Any, stamp: datetime) -> bool:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+    if isinstance(value, (int, float)):  # SQLite stores CairnCMS timestamps as epoch milliseconds
+        value = datetime.fromtimestamp(value / 1000, timezone.utc)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value > stamp
+    return False
+
+
+def _combine(*specs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    given = [dict(s) for s in specs if s]
+    if not given:
+        return None
+    return given[0] if len(given) == 1 else {"_and": given}
+
+
+def effective_mode(profile: Mapping[str, Any]) -> str:
+    """The content move's mode for the profile's conflict policy: target-wins never overwrites nor deletes."""
+    return "skip-existing" if profile["conflict"] == "target-wins" else profile["mode"]
+
+
+def run(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
+    """One run of profile ``p["name"]`` (see the module's docstring); the report says what happened."""
+    from .. import operations
+    from ..service.state import instance_scope
+
+    store = SyncStore(ctx.state_url, instance_scope(ctx.instance()))
+    profile = store.get(p["name"])
+    trigger, slot, dry_run, full = p["trigger"], p.get("slot"), bool(p["dry_run"]), bool(p["full"])
+    base = {"name": profile["name"], "trigger": trigger, "slot": slot, "dry_run": dry_run, "full": full,
+            "job_id": ctx.job_id}
+    if not profile["enabled"]:
+        if trigger == "schedule":
+            return {**base, "status": "ok", "skipped": "the profile is paused"}
+        raise InvalidInput(f"The sync profile {profile['name']!r} is paused; a paused profile does nothing",
+                           hint=f"resume it first: cairn-migrate sync resume {profile['name']}")
+    with store.run_lock(profile["id"]) as held:
+        if held is None:
+            return {**base, "status": "ok", "skipped": "another run of this profile holds its run lock"}
+        conn, last_slot = held
+        if slot and last_slot and last_slot >= slot:
+            return {**base, "status": "ok", "skipped": f"the slot {slot} has run already"}
+        started = now_iso()
+        try:
+            report = _steps(ctx, operations, store, conn, profile, base, full=full, dry_run=dry_run)
+        except MigrateError as exc:
+            if exc.code != "cancelled":
+                raise
+            cancelled = exc  # recorded (no watermark moves; the slot counts as run), then the job ends cancelled
+            before = store.watermarks(profile["id"], "source", conn)
+            report = {**base, "status": "cancelled", "steps": {}, "counts": {}, "watermark_before": before,
+                      "watermark_after": before, "error": {"code": exc.code, "message": first_line(exc.message)}}
+        report["started_at"], report["finished_at"] = started, now_iso()
+        if report["status"] in ("failed", "partial", "invalid") and profile.get("alert_webhook") and not dry_run:
+            report["alert"] = send_alert(profile["alert_webhook"], report)
+        store.record_run(conn, profile["id"], {
+            "job_id": ctx.job_id, "trigger": trigger, "slot": None if dry_run else slot, "full": full,
+            "dry_run": dry_run, "started_at": started, "finished_at": report["finished_at"],
+            "outcome": report["status"], "counts": report["counts"], "watermark_before": report["watermark_before"],
+            "watermark_after": report["watermark_after"], "report": _summary(report), "error": report.get("error"),
+            "alert": report.get("alert")})
+    if report["status"] == "cancelled":
+        raise cancelled
+    return report
+
+
+def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What the history keeps of a run's report: everything but the content steps' full reports."""
+    return {**{k: v for k, v in report.items() if k != "steps"},
+            "steps": {c: {k: v for k, v in step.items() if k != "report"} for c, step in report["steps"].items()}}
+
+
+def _steps(ctx: Any, operations: Any, store: SyncStore, conn: sa.Connection, profile: dict[str, Any],
+           base: dict[str, Any], *, full: bool, dry_run: bool) -> dict[str, Any]:
+    from ..instance.database import open_engine
+
+    before = store.watermarks(profile["id"], "source", conn)
+    target_before = store.watermarks(profile["id"], "target", conn)
+    report: dict[str, Any] = {**base, "source": profile["source"], "target": profile["target"],
+                              "conflict": profile["conflict"], "mode": effective_mode(profile), "promote": None,
+                              "steps": {}, "conflicts": {}, "counts": {}, "watermark_before": before,
+                              "watermark_after": dict(before), "status": "ok"}
+    collections = list(profile["collections"])
+    try:
+        source_engine = open_engine(ctx.other_instance(profile["source"]))
+    except MigrateError as exc:
+        return _failed(report, exc)
+    target_engine = None
+    try:
+        upto = high_mark(source_engine)
+        report["high_mark"] = upto
+        # No watermark yet: a full re-scan, or (initial: from-now) nothing before this run's high mark.
+        start = {c: upto for c in collections} if profile.get("initial") == "from-now" else {}
+        marks = {} if full else {**start, **before}
+        changes = read_changes(source_engine, collections, marks, upto)
+        if profile["conflict"] == "skip-if-target-modified":
+            target_engine = open_engine(ctx.other_instance(profile["target"]))
+            target_upto = high_mark(target_engine)
+        if profile["promote_first"]:
+            ctx.progress.check_cancelled()
+            report["promote"] = _promote(ctx, operations, profile, dry_run)
+            if report["promote"]["outcome"] not in ("ok", "differences"):
+                report["status"] = "failed" if report["promote"]["outcome"] != "invalid" else "invalid"
+                report["error"] = {"step": "promote", "message": report["promote"].get("message")
+                                   or f"promote finished {report['promote']['outcome']}"}
+                return report
+        last = store.last_run(profile["id"], conn)
+        ctx.progress.progress(items_done=0, items_total=len(collections))
+        failures = 0
+        for collection in collections:
+            ctx.progress.check_cancelled()
+            step = _collection_step(ctx, operations, profile, collection, changes.get(collection), source_engine,
+                                    target_engine, target_before.get(collection), target_upto if target_engine else 0,
+                                    last["started_at"] if last else None, dry_run)
+            report["steps"][collection] = step
+            report["counts"][collection] = step["counts"]
+            if step.get("conflicts"):
+                report["conflicts"][collection] = step["conflicts"]
+            if step["outcome"] in ("ok", "differences"):
+                report["watermark_after"][collection] = upto
+                if step["outcome"] == "differences":
+                    report["status"] = "differences" if report["status"] == "ok" else report["status"]
+            else:
+                failures += 1
+            ctx.progress.advance(1)
+        if failures:
+            outcomes = {s["outcome"] for s in report["steps"].values()}
+            report["status"] = ("partial" if failures < len(collections)
+                                else "invalid" if outcomes == {"invalid"} else "failed")
+        if not dry_run:
+            saved = {c: m for c, m in report["watermark_after"].items() if before.get(c) != m}
+            store.save_watermarks(conn, profile["id"], "source", saved)
+            if target_engine is not None:
+                store.save_watermarks(conn, profile["id"], "target", {
+                    c: target_upto for c in collections if report["steps"][c]["outcome"] in ("ok", "differences")})
+        else:
+            report["watermark_after"] = dict(before)
+    except MigrateError as exc:
+        if exc.code == "cancelled":
+            raise
+        return _failed(report, exc)
+    finally:
+        source_engine.dispose()
+        if target_engine is not None:
+            target_engine.dispose()
+    return report
+
+
+def _failed(report: dict[str, Any], exc: MigrateError) -> dict[str, Any]:
+    report["status"] = "invalid" if exc.exit_code == 2 else "failed"
+    report["error"] = {"code": exc.code, "message": first_line(exc.message), "hint": exc.hint}
+    return report
+
+
+def _promote(ctx: Any, operations: Any, profile: Mapping[str, Any], dry_run: bool) -> dict[str, Any]:
+    token = os.environ.get(profile["target_token_env"] or "")
+    if not token:
+        return {"outcome": "invalid", "message": f"${profile['target_token_env']} is not set in the sidecar's "
+                "environment: promote needs the target's admin token"}
+    try:
+        promote_ctx = _with_secrets(ctx, {"to_token": token})
+        report, outcome = operations.run("promote", promote_ctx, {"from": profile["source"], "to": profile["target"],
+                                                                  "dry_run": dry_run})
+    except MigrateError as exc:
+        return {"outcome": "invalid" if exc.exit_code == 2 else "failed", "message": first_line(exc.message)}
+    return {"outcome": outcome.value, "changes": report.get("changes"), "applied": report.get("applied"),
+            "refused": report.get("refused")}
+
+
+def _with_secrets(ctx: Any, secrets: Mapping[str, Any]) -> Any:
+    from dataclasses import replace
+
+    return replace(ctx, secrets={**dict(ctx.secrets), **secrets})
+
+
+def _collection_step(ctx: Any, operations: Any, profile: Mapping[str, Any], collection: str,
+                     change: Mapping[str, Any] | None, source_engine: sa.Engine, target_engine: sa.Engine | None,
+                     target_mark: int | None, target_upto: int, since: str | None, dry_run: bool) -> dict[str, Any]:
+    """One collection's content move (or nothing, when no key of it changed)."""
+    mode = effective_mode(profile)
+    step: dict[str, Any] = {"mode": mode, "rescan": change is None}
+    try:
+        pk, integer = _key_column(source_engine, collection)
+        keys_filter: dict[str, Any] | None = None
+        upserts = list(change["upsert"]) if change else []
+        deletes = list(change["delete"]) if change else []
+        if change is not None:
+            step["changed"] = {"upsert": upserts, "delete": deletes if mode == "mirror" else [],
+                               "delete_ignored": [] if mode == "mirror" else deletes}
+        conflicts: set[str] = set()
+        if target_engine is not None:
+            modified = target_modified(target_engine, collection, target_mark, target_upto, since)
+            conflicts = modified if change is None else modified & set(upserts + deletes)
+            step["conflicts"] = sorted(conflicts)
+        if change is not None:
+            wanted = [k for k in upserts + (deletes if mode == "mirror" else []) if k not in conflicts]
+            if not wanted:
+                step.update(outcome="ok", counts={"changed": 0}, skipped="no changes")
+                return step
+            if len(wanted) > MAX_KEYS:
+                step["rescan"] = True  # too many keys for one filter: the collection's rows, as a re-scan
+            else:
+                keys_filter = {pk: {"_in": _keys(wanted, integer)}}
+        excluded = {pk: {"_nin": _keys(sorted(conflicts), integer)}} if conflicts and keys_filter is None else None
+        params: dict[str, Any] = {"from": profile["source"], "to": profile["target"], "collections": [collection],
+                                  "filter": _combine((profile.get("filters") or {}).get(collection), keys_filter,
+                                                     excluded),
+                                  "mode": mode, "dry_run": dry_run}
+        if mode == "mirror":
+            params["max_delete"] = profile["max_delete"]
+        if profile.get("mask"):
+            content = next((op for op in operations.all_operations() if op.name == "content"), None)
+            if content is not None and "mask" not in content.schema().fields:
+                raise InvalidInput(f"The profile names the masking profile {profile['mask']!r}, but this version's "
+                                   "content operation takes no mask", hint="drop mask from the profile, or upgrade")
+            params["mask"] = profile["mask"]
+        step["params"] = {k: v for k, v in params.items() if k not in ("from", "to")}
+        if "content" not in {op.name for op in operations.all_operations()}:
+            raise MigrateError("This cairn-migrate has no content operation, so a sync's content step cannot run",
+                               hint="upgrade cairn-migrate to a version with `cairn-migrate content move`")
+        report, outcome = operations.run("content", ctx, params)
+    except MigrateError as exc:
+        if exc.code == "cancelled":
+            raise
+        step.update(outcome="invalid" if exc.exit_code == 2 else "failed", counts={},
+                    error={"code": exc.code, "message": first_line(exc.message), "hint": exc.hint})
+        return step
+    step.update(outcome=outcome.value, counts=report.get("plan") or {}, report=report,
+                refused=report.get("refused") or [])
+    return step
+
+
+def send_alert(url: str, report: Mapping[str, Any]) -> dict[str, Any]:
+    """POST the run's report (without the content steps' full reports) to ``url``; never raises."""
+    import requests
+
+    from ..instance.timeouts import connect_timeout
+
+    body = {"event": "cairn-migrate.sync.failed", **_summary({**report, "steps": report.get("steps", {})})}
+    try:
+        response = requests.post(url, json=body, timeout=(connect_timeout(), 30))
+        return {"url": url, "status": response.status_code}
+    except requests.RequestException as exc:
+        return {"url": url, "error": first_line(str(exc))}

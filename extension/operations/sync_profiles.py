@@ -1,0 +1,544 @@
+"""Sync profiles in the state store: what a recurring instance-to-instance content sync does, and when.
+
+A profile names a source and a target (instance ``.env`` files: a schedule is
+stored and never holds a secret, so URL+token instances are refused), the
+collections with their filters, the content move's ``mode``, a conflict
+policy, whether ``promote`` runs first, a masking profile's name, a schedule
+(cron expression or interval seconds, in an IANA time zone) and what to do
+with runs missed while no sidecar ran.  Profiles are records of one instance
+(:func:`~cairn_migrate.service.state.instance_scope`, the sidecar's own), like
+jobs, so sidecars of several instances share one store.
+
+Tables (created on first use):
+
+- ``cm_sync_profiles``: one row per profile (the validated profile as JSON, ``enabled``).
+- ``cm_sync_slots``: one row per profile, the **run lock**: a run holds it
+  ``FOR UPDATE SKIP LOCKED`` for its whole duration (PostgreSQL, MariaDB) and
+  records the due slot it ran for, so a second sidecar firing for that slot skips.
+  A row apart from the profile's, so editing or pausing a profile never waits for a run.
+- ``cm_sync_watermarks``: per profile, side (``source``/``target``) and collection, the
+  last ``directus_activity.id`` read.
+- ``cm_sync_runs``: the history: job id, trigger, slot, outcome, counts, watermarks
+  before and after, the report, the alert sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+from sqlalchemy.engine import Engine
+
+from ..errors import InvalidInput, MigrateError, NotFound
+from ..masking.profiles import BUILTIN_NAMES
+from ..service.jobs import _state_engine
+from ..service.state import create_tables
+
+#: The content operation's modes (its ``--mode``).
+MODES = ("merge", "skip-existing", "mirror")
+CONFLICTS = ("source-wins", "target-wins", "skip-if-target-modified")
+MISSED = ("run-once", "skip")
+INITIAL = ("full", "from-now")
+#: The masking profiles a sync may name: the built-in ones (a YAML profile is a path, which a stored profile avoids).
+MASK_PROFILES = BUILTIN_NAMES
+NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+#: With ``missed: skip``, a run later than this many seconds after its slot (at most half the period) is dropped.
+SKIP_GRACE_SECONDS = 30
+
+
+class SyncConflict(MigrateError):
+    """A profile of that name exists already."""
+
+    exit_code = 2
+    http_status = 409
+    code = "conflict"
+
+
+metadata = sa.MetaData()
+
+profiles_table = sa.Table(
+    "cm_sync_profiles", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("anchor", sa.String(40), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("instance", "name", name="uq_cm_sync_profiles_instance_name"),
+)
+
+slots_table = sa.Table(
+    "cm_sync_slots", metadata,
+    sa.Column("profile_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("last_slot", sa.String(40), nullable=True),
+)
+
+watermarks_table = sa.Table(
+    "cm_sync_watermarks", metadata,
+    sa.Column("profile_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("side", sa.String(8), primary_key=True),
+    sa.Column("collection", sa.String(64), primary_key=True),
+    sa.Column("activity_id", sa.BigInteger, nullable=False),
+)
+
+runs_table = sa.Table(
+    "cm_sync_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("profile_id", sa.Integer, nullable=False, index=True),
+    sa.Column("job_id", sa.String(64), nullable=True),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("slot", sa.String(40), nullable=True),
+    sa.Column("full", sa.Boolean, nullable=False, default=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("finished_at", sa.String(40), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("counts", sa.Text, nullable=True),
+    sa.Column("watermark_before", sa.Text, nullable=True),
+    sa.Column("watermark_after", sa.Text, nullable=True),
+    sa.Column("report", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("alert", sa.Text, nullable=True),
+)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------- validation
+class _FilterMap(fields.Dict):
+    """collection → a Directus-style filter (a JSON object, or its text)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        loaded = super()._deserialize(value, attr, data, **kwargs)
+        out = {}
+        for collection, spec in loaded.items():
+            if isinstance(spec, str):
+                try:
+                    spec = json.loads(spec)
+                except ValueError:
+                    raise ValidationError(f"the filter of {collection} is not JSON") from None
+            if not isinstance(spec, dict):
+                raise ValidationError(f"the filter of {collection} must be a JSON object")
+            out[collection] = spec
+        return out
+
+
+class ScheduleSchema(Schema):
+    cron = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "A crontab expression (minute hour day month weekday), e.g. \"*/15 * * * *\"."})
+    interval_seconds = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1), metadata={
+        "description": "Run every N seconds (instead of cron)."})
+    timezone = fields.String(load_default="UTC", metadata={"description": "The IANA time zone of the cron expression."})
+
+    @validates("timezone")
+    def _zone(self, value: str, **kwargs: Any) -> None:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError(f"{value!r} is not an IANA time zone (like UTC or Europe/Berlin)") from None
+
+    @validates_schema
+    def _one(self, data: Mapping[str, Any], **kwargs: Any) -> None:
+        if data.get("cron") and data.get("interval_seconds"):
+            raise ValidationError("give cron or interval_seconds, not both", "cron")
+        if data.get("cron"):
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(data["cron"], timezone=ZoneInfo(data.get("timezone") or "UTC"))
+            except (ValueError, ZoneInfoNotFoundError) as exc:
+                raise ValidationError(f"{data['cron']!r} is not a crontab expression: {exc}", "cron") from None
+
+
+def _instance_ref(field_name: str) -> fields.String:
+    return fields.String(required=True, metadata={
+        "description": f"The {field_name} instance's .env file on the sidecar's machine (URLs are refused: a "
+        "schedule is stored and never holds a token).", "host_path": True})
+
+
+class SyncProfileSchema(Schema):
+    """A sync profile as given to ``sync add`` / ``POST /migrate/syncs`` (every field but the name editable)."""
+
+    name = fields.String(required=True, validate=validate.Regexp(NAME, error="letters, digits, '-' and '_' (at most "
+                         "64, starting with a letter or digit)"), metadata={"description": "The profile's name."})
+    source = _instance_ref("source")
+    target = _instance_ref("target")
+    collections = fields.List(fields.String(validate=validate.Length(min=1)), required=True,
+                              validate=validate.Length(min=1), metadata={"description": "The collections to sync."})
+    filters = _FilterMap(keys=fields.String(), load_default=dict, metadata={
+        "description": "Per collection, a Directus-style filter of the rows to sync."})
+    mode = fields.String(load_default="merge", validate=validate.OneOf(MODES), metadata={
+        "description": "The content move's mode: merge, skip-existing, or mirror (deletes propagate)."})
+    max_delete = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0), metadata={
+        "description": "mirror: the most target rows one run may delete per collection (required with mirror)."})
+    conflict = fields.String(load_default="source-wins", validate=validate.OneOf(CONFLICTS), metadata={
+        "description": "Rows changed on both sides: source-wins (the mode as given), target-wins (skip-existing, "
+        "no deletes), skip-if-target-modified (rows the target changed since the last run are left alone)."})
+    initial = fields.String(load_default="full", validate=validate.OneOf(INITIAL), metadata={
+        "description": "A collection's first run: full (re-scan every row its filter selects) or from-now (only "
+        "changes after it, for a target already cloned from the source)."})
+    promote_first = fields.Boolean(load_default=False, metadata={
+        "description": "Run promote (structure) from source to target before the content."})
+    target_token_env = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(r"[A-Z_][A-Z0-9_]*"),
+                                     metadata={"description": "promote_first: the name of the sidecar's environment "
+                                               "variable holding the target's admin token (the token is never stored)."})
+    mask = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(MASK_PROFILES), metadata={
+        "description": "A built-in masking profile's name (pii-basic), passed to the content step."})
+    schedule = fields.Nested(ScheduleSchema, load_default=None, allow_none=True, metadata={
+        "description": "When it runs (none: only when asked)."})
+    missed = fields.String(load_default="run-once", validate=validate.OneOf(MISSED), metadata={
+        "description": "Runs missed while no sidecar ran: run-once (one catch-up run) or skip."})
+    enabled = fields.Boolean(load_default=True, metadata={"description": "false: paused."})
+    alert_webhook = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"},
+                               metadata={"description": "POST the JSON report of a failed run here (e.g. the URL of "
+                                         "a webhook-triggered flow of the target instance)."})
+
+    @validates("source")
+    def _source(self, value: str, **kwargs: Any) -> None:
+        refuse_url(value)
+
+    @validates("target")
+    def _target(self, value: str, **kwargs: Any) -> None:
+        refuse_url(value)
+
+    @validates_schema
+    def _consistent(self, data: Mapping[str, Any], **kwargs: Any) -> None:
+        if kwargs.get("partial"):
+            return  # a change: the changed profile is validated as a whole (SyncStore.update)
+        extra = sorted(set(data.get("filters") or {}) - set(data.get("collections") or []))
+        if extra:
+            raise ValidationError(f"filters name collections the profile does not sync: {', '.join(extra)}", "filters")
+        if data.get("mode") == "mirror" and data.get("max_delete") is None:
+            raise ValidationError("mirror deletes target rows and needs max_delete (the most one run may delete)",
+                                  "max_delete")
+        if data.get("promote_first") and not data.get("target_token_env"):
+            raise ValidationError("promote_first changes the target through its API: name the environment variable "
+                                  "holding its admin token in target_token_env", "target_token_env")
+        if data.get("source") and data.get("source") == data.get("target"):
+            raise ValidationError("source and target are the same instance", "target")
+
+
+def refuse_url(value: str) -> None:
+    """:raises ValidationError: ``value`` is an http(s) URL, not an instance's ``.env``."""
+    if urlsplit(value).scheme in ("http", "https"):
+        raise ValidationError(f"{value} is a URL: a sync reaches its instances by their .env files (a schedule never "
+                              "stores the token a URL would need)")
+
+
+def validate_profile(data: Mapping[str, Any], *, partial: bool = False,
+                     schema: type[Schema] | None = None) -> dict[str, Any]:
+    """The profile ``data`` describes, validated (by ``schema``, default :class:`SyncProfileSchema`).
+
+    :raises InvalidInput: one line naming each bad field.
+    """
+    try:
+        return (schema or SyncProfileSchema)(partial=partial).load(dict(data))
+    except ValidationError as exc:
+        raise InvalidInput(f"Bad sync profile: {_problems(exc)}",
+                           hint="cairn-migrate sync add --help (or GET /migrate/openapi.json) lists the fields") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    messages = exc.normalized_messages()
+
+    def flat(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [item for key, sub in sorted(value.items(), key=lambda kv: str(kv[0]))
+                    for item in flat(f"{prefix}.{key}" if prefix else str(key), sub)]
+        text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        return [f"{prefix}: {text}"]
+
+    return "; ".join(flat("", messages))
+
+
+# --------------------------------------------------------------------------- schedule
+def trigger_of(profile: Mapping[str, Any], anchor: str) -> Any | None:
+    """The APScheduler trigger of a profile's schedule (None: no schedule).
+
+    An interval starts at the profile's ``anchor`` (its creation time), so every
+    sidecar computes the same due slots.
+    """
+    schedule = profile.get("schedule") or {}
+    zone = ZoneInfo(schedule.get("timezone") or "UTC")
+    if schedule.get("cron"):
+        from apscheduler.triggers.cron import CronTrigger
+
+        return CronTrigger.from_crontab(schedule["cron"], timezone=zone)
+    if schedule.get("interval_seconds"):
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        return IntervalTrigger(seconds=int(schedule["interval_seconds"]), start_date=datetime.fromisoformat(anchor),
+                               timezone=zone)
+    return None
+
+
+def misfire_grace(profile: Mapping[str, Any]) -> int | None:
+    """APScheduler's ``misfire_grace_time``: None (any delay: one coalesced catch-up) for ``run-once``;
+    a short grace for ``skip``, so a run missed by more is dropped."""
+    if profile.get("missed", "run-once") == "run-once":
+        return None
+    interval = (profile.get("schedule") or {}).get("interval_seconds")
+    return max(1, min(SKIP_GRACE_SECONDS, int(interval) // 2)) if interval else SKIP_GRACE_SECONDS
+
+
+def due_slot(profile: Mapping[str, Any], anchor: str, now: datetime | None = None) -> str | None:
+    """The latest fire time of the profile's schedule at or before ``now`` (ISO, UTC), or None.
+
+    Two sidecars firing for the same slot compute the same value, which is what
+    the run lock records.
+    """
+    trigger = trigger_of(profile, anchor)
+    if trigger is None:
+        return None
+    now = now or datetime.now(timezone.utc)  # APScheduler never fires early: the slot is the latest fire time
+    interval = (profile.get("schedule") or {}).get("interval_seconds")
+    if interval:
+        start = datetime.fromisoformat(anchor)
+        if now < start:
+            return None
+        steps = int((now - start).total_seconds() // int(interval))
+        return (start + timedelta(seconds=steps * int(interval))).astimezone(timezone.utc).isoformat(timespec="seconds")
+    lookback = timedelta(minutes=1)
+    while lookback < timedelta(days=800):
+        fire = trigger.get_next_fire_time(None, now - lookback)
+        if fire is not None and fire <= now:
+            while True:
+                following = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+                if following is None or following > now:
+                    return fire.astimezone(timezone.utc).isoformat(timespec="seconds")
+                fire = following
+        lookback *= 2
+    return None
+
+
+# --------------------------------------------------------------------------- store
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_of(state_url: str) -> Engine:
+    """One engine per state store in this process, its sync tables created."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(state_url)
+        if engine is None:
+            engine = _state_engine(state_url)
+            create_tables(engine, metadata)
+            _ENGINES[state_url] = engine
+        return engine
+
+
+def dispose(state_url: str) -> None:
+    """Close this process's engine of the state store at ``state_url`` (reopened on next use)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(state_url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _row_profile(row: Mapping[str, Any]) -> dict[str, Any]:
+    spec = json.loads(row["spec"])
+    spec["enabled"] = bool(row["enabled"])
+    return {**spec, "name": row["name"], "id": row["id"], "anchor": row["anchor"], "created_at": row["created_at"],
+            "updated_at": row["updated_at"]}
+
+
+class SyncStore:
+    """The sync records of one instance (``scope``) in the state store at ``state_url``."""
+
+    def __init__(self, state_url: str, scope: str) -> None:
+        self.state_url = state_url
+        self.scope = scope
+        self.engine = engine_of(state_url)
+
+    # profiles ---------------------------------------------------------------
+    def add(self, profile: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a validated profile.
+
+        :raises SyncConflict: (exit 2, 409) a profile of that name exists.
+        """
+        spec = {k: v for k, v in SyncProfileSchema().dump(profile).items() if k not in ("name", "enabled")}
+        stamp = now_iso()
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(profiles_table.insert().values(
+                    instance=self.scope, name=profile["name"], spec=json.dumps(spec, sort_keys=True),
+                    enabled=bool(profile.get("enabled", True)), anchor=datetime.now(timezone.utc).replace(
+                        microsecond=0).isoformat(), created_at=stamp, updated_at=stamp))
+                profile_id = result.inserted_primary_key[0]
+                conn.execute(slots_table.insert().values(profile_id=profile_id, last_slot=None))
+        except sa.exc.IntegrityError:
+            raise SyncConflict(f"There is already a sync profile {profile['name']!r}",
+                               hint=f"choose another name, change it with PATCH /migrate/syncs/{profile['name']}, or "
+                               f"remove it first: cairn-migrate sync remove {profile['name']}") from None
+        return self.get(profile["name"])
+
+    def get(self, name: str) -> dict[str, Any]:
+        """:raises NotFound: no such profile of this instance."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(profiles_table).where(
+                profiles_table.c.instance == self.scope, profiles_table.c.name == name)).mappings().first()
+        if row is None:
+            raise NotFound(f"There is no sync profile {name!r}", hint="cairn-migrate sync list (GET /migrate/syncs) lists them")
+        return _row_profile(row)
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(profiles_table).where(profiles_table.c.instance == self.scope)
+                                .order_by(profiles_table.c.name)).mappings().all()
+        return [_row_profile(row) for row in rows]
+
+    def update(self, name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change fields of a profile (validated as a whole afterwards); the name stays.
+
+        :raises InvalidInput: a rename, or the changed profile is not valid.
+        """
+        current = self.get(name)
+        if "name" in changes and changes["name"] != name:
+            raise InvalidInput("A sync profile cannot be renamed", hint="remove it and add it under the new name")
+        given = {k: v for k, v in SyncProfileSchema().dump(current).items()}
+        given.update({k: v for k, v in changes.items() if k != "name"})
+        profile = validate_profile(given)
+        spec = {k: v for k, v in SyncProfileSchema().dump(profile).items() if k not in ("name", "enabled")}
+        with self.engine.begin() as conn:
+            conn.execute(profiles_table.update().where(profiles_table.c.id == current["id"]).values(
+                spec=json.dumps(spec, sort_keys=True), enabled=bool(profile["enabled"]), updated_at=now_iso()))
+        return self.get(name)
+
+    def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        current = self.get(name)
+        with self.engine.begin() as conn:
+            conn.execute(profiles_table.update().where(profiles_table.c.id == current["id"]).values(
+                enabled=enabled, updated_at=now_iso()))
+        return self.get(name)
+
+    def remove(self, name: str) -> dict[str, Any]:
+        """Delete the profile with its watermarks and history."""
+        current = self.get(name)
+        with self.engine.begin() as conn:
+            for table in (runs_table, watermarks_table, slots_table):
+                conn.execute(table.delete().where(table.c.profile_id == current["id"]))
+            conn.execute(profiles_table.delete().where(profiles_table.c.id == current["id"]))
+        return current
+
+    # watermarks and history ------------------------------------------------
+    def watermarks(self, profile_id: int, side: str = "source", conn: sa.Connection | None = None) -> dict[str, int]:
+        query = sa.select(watermarks_table.c.collection, watermarks_table.c.activity_id).where(
+            watermarks_table.c.profile_id == profile_id, watermarks_table.c.side == side)
+        if conn is not None:
+            return {r.collection: int(r.activity_id) for r in conn.execute(query)}
+        with self.engine.connect() as own:
+            return {r.collection: int(r.activity_id) for r in own.execute(query)}
+
+    @staticmethod
+    def save_watermarks(conn: sa.Connection, profile_id: int, side: str, marks: Mapping[str, int]) -> None:
+        for collection, activity_id in marks.items():
+            key = (watermarks_table.c.profile_id == profile_id, watermarks_table.c.side == side,
+                   watermarks_table.c.collection == collection)
+            if conn.execute(watermarks_table.update().where(*key).values(activity_id=activity_id)).rowcount == 0:
+                conn.execute(watermarks_table.insert().values(profile_id=profile_id, side=side, collection=collection,
+                                                              activity_id=activity_id))
+
+    def history(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        profile = self.get(name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs_table).where(runs_table.c.profile_id == profile["id"])
+                                .order_by(runs_table.c.id.desc()).limit(limit)).mappings().all()
+        return [_run_record(row) for row in rows]
+
+    def last_run(self, profile_id: int, conn: sa.Connection) -> dict[str, Any] | None:
+        row = conn.execute(sa.select(runs_table).where(runs_table.c.profile_id == profile_id, runs_table.c.dry_run
+                                                       .is_(False), runs_table.c.outcome.in_(("ok", "partial")))
+                           .order_by(runs_table.c.id.desc()).limit(1)).mappings().first()
+        return None if row is None else _run_record(row)
+
+    def last_slot(self, profile_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(slots_table.c.last_slot).where(slots_table.c.profile_id == profile_id)).scalar()
+
+    @contextmanager
+    def run_lock(self, profile_id: int) -> Iterator[tuple[sa.Connection, str | None] | None]:
+        """Hold the profile's run row for the run; yields ``(connection, last slot)``, or None when another
+        run holds it.
+
+        PostgreSQL and MariaDB: ``SELECT … FOR UPDATE SKIP LOCKED`` in a transaction kept open for the run,
+        committed with what the run records (slot, watermarks, history): a sidecar killed mid-run releases it
+        and records nothing.  SQLite (one sidecar per store) has no row locks: a lock in this process stands
+        in, and a second process on the same file is kept from running the same slot by the slot check (its
+        write waits for the first's transaction), not from running at the same time.
+        """
+        if self.engine.dialect.name == "sqlite":
+            lock = _local_lock(self.state_url, profile_id)
+            if not lock.acquire(blocking=False):
+                yield None
+                return
+            try:
+                with self.engine.begin() as conn:
+                    last = conn.execute(sa.select(slots_table.c.last_slot).where(
+                        slots_table.c.profile_id == profile_id)).scalar()
+                with self.engine.begin() as conn:
+                    yield conn, last
+            finally:
+                lock.release()
+            return
+        with self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                row = conn.execute(sa.select(slots_table.c.last_slot).where(slots_table.c.profile_id == profile_id)
+                                   .with_for_update(skip_locked=True)).first()
+                if row is None:
+                    transaction.rollback()
+                    yield None
+                    return
+                yield conn, row.last_slot
+                transaction.commit()
+            except BaseException:
+                transaction.rollback()
+                raise
+
+    @staticmethod
+    def record_run(conn: sa.Connection, profile_id: int, record: Mapping[str, Any]) -> None:
+        values = dict(record)
+        for key in ("counts", "watermark_before", "watermark_after", "report", "error", "alert"):
+            if key in values:
+                values[key] = None if values[key] is None else json.dumps(values[key], sort_keys=True, default=str)
+        conn.execute(runs_table.insert().values(profile_id=profile_id, **values))
+        if values.get("slot"):
+            conn.execute(slots_table.update().where(slots_table.c.profile_id == profile_id).values(last_slot=values["slot"]))
+
+
+_LOCAL_LOCKS: dict[tuple[str, int], threading.Lock] = {}
+
+
+def _local_lock(state_url: str, profile_id: int) -> threading.Lock:
+    with _ENGINES_LOCK:
+        return _LOCAL_LOCKS.setdefault((state_url, profile_id), threading.Lock())
+
+
+def _run_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    def load(value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+    return {"id": row["id"], "job_id": row["job_id"], "trigger": row["trigger"], "slot": row["slot"],
+            "full": bool(row["full"]), "dry_run": bool(row["dry_run"]), "started_at": row["started_at"],
+            "finished_at": row["finished_at"], "outcome": row["outcome"], "counts": load(row["counts"]),
+            "watermark_before": load(row["watermark_before"]), "watermark_after": load(row["watermark_after"]),
+            "report": load(row["report"]), "error": load(row["error"]), "alert": load(row["alert"])}
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(NAME, name or ""):
+        raise InvalidInput(f"{name!r} is not a sync profile name", hint="letters, digits, '-' and '_'")
+    return name
