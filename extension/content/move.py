@@ -128,7 +128,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             if failure is not None or walk.refused:
                 idmap.save(walk.new_map)
                 report["partial"] = True
-                report["failed"] = [{"message": str(failure) if failure else "refused after writes began",
+                what = str(failure) if isinstance(failure, MigrateError) else f"{type(failure).__name__}: {failure}"
+                report["failed"] = [{"message": what if failure else "refused after writes began",
                                      "hint": getattr(failure, "hint", None) or "fix the cause and run the move again: "
                                      "the ID map resumes it without duplicating what was written"}]
     report.update(

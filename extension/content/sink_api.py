@@ -80,11 +80,10 @@ class ApiSink:
         assert self.client is not None
         client = self.client
         if name == FILES:
-            for row in rows:
-                self._create_file(row)
-            client.submit(lambda: None, lambda _: done([row[pk] for row in rows]))
+            for offset, row in enumerate(rows):
+                self._create_file(row, lambda _, offset=offset, key=row[pk]: done([key], offset))
             return
-        for chunk in _chunks(rows, self.batch_size):
+        for offset, chunk in zip(range(0, len(rows), self.batch_size), _chunks(rows, self.batch_size)):
             body = [{n: v for n, v in row.items() if not (integer and n == pk)} for row in chunk]
             params = {"fields": pk, "sort": pk, "limit": -1}
 
@@ -96,10 +95,10 @@ class ApiSink:
                                        hint="the token needs read permission on what it creates (an admin's token)")
                 return [item[pk] for item in data]
 
-            if integer:
-                client.submit(post, done)
+            if integer:  # each chunk's keys are recorded as it is acknowledged (a failed chunk records none)
+                client.submit(post, lambda made, offset=offset: done(made, offset))
             else:
-                client.submit(post, lambda _, chunk=chunk: done([row[pk] for row in chunk]))
+                client.submit(post, lambda _, chunk=chunk, offset=offset: done([row[pk] for row in chunk], offset))
 
     def update(self, name: str, pk: str, target_key: Any, values: Mapping[str, Any]) -> None:
         self._pks[name] = pk
@@ -153,7 +152,7 @@ class ApiSink:
         client, file_id = self.client, str(row["id"])
         client.submit(lambda: self._upload("PATCH", f"/files/{file_id}", row, (source, source_name, target, size)))
 
-    def _create_file(self, row: dict[str, Any]) -> None:
+    def _create_file(self, row: dict[str, Any], then: Any) -> None:
         assert self.client is not None
         client, file_id = self.client, str(row["id"])
         metadata = {n: v for n, v in row.items() if n != "id"}
@@ -166,7 +165,7 @@ class ApiSink:
                 self._upload("POST", "/files", row, upload)
             client.request("PATCH", f"/files/{file_id}", json=metadata, params={"fields": "id"})
 
-        client.submit(create)
+        client.submit(create, then)
 
     def _upload(self, method: str, where: str, row: Mapping[str, Any],
                 upload: tuple[Location, str, Location, int]) -> None:

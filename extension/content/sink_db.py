@@ -22,8 +22,8 @@ from ..instance.database import Database
 from ..instance.storage import CHUNK, Location
 from . import keys
 
-#: receives the target keys of created rows, in the order the rows were given
-Done = Callable[[list[Any]], None]
+#: receives the target keys of created rows in the order the rows were given, from the row at ``offset`` on
+Done = Callable[..., None]
 
 
 class DbSink:

@@ -340,8 +340,8 @@ class Walk:
         sources = [source_key for source_key, _ in created]
         resolved = self.resolved[name]
 
-        def done(made: list[Any]) -> None:
-            for source_key, target_key in zip(sources, made):
+        def done(made: list[Any], offset: int = 0) -> None:
+            for source_key, target_key in zip(sources[offset:], made):
                 resolved[source_key] = target_key
                 if integer:
                     self.new_map[(name, source_key)] = target_key

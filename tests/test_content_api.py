@@ -1,0 +1,282 @@
+"""``content move --via api`` on real servers and a real, running CairnCMS 1.0.0-beta.4.
+
+The source is the recorded SQLite instance; two targets are the recorded PostgreSQL instance, populated
+and made different the same way (their articles, authors and tags renamed, so every moved integer key
+collides): one written through the database path, one through the API of CairnCMS booted on it (one
+boot for the module).  The published articles with their closure move onto both; the targets then hold
+the same rows (integer keys compared through each target's ID map), the same references and the same
+bytes.  A flow with an ``items.create`` action hook on the API target logs each article it sees (proof
+that hooks ran), a second API run changes nothing, and a local proxy in front of the CairnCMS that
+**injects failures** (429 with Retry-After, then 503, then a permanent 400) shows the retries and a
+partial move that a re-run completes without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from click.testing import CliRunner
+from conftest import FIXTURES, make_instance
+from live_instance import Platform, free_port, server_env, start_server, stop_process
+
+from cairn_migrate.cli import cli
+from cairn_migrate.content.closure import load_graph
+from cairn_migrate.instance.database import Database
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.testing import build_sqlite_instance
+
+TOKEN = "content-api-admin-token-0123456789"
+PUBLISHED = '{"status": {"_eq": "published"}}'
+DRAFTS = '{"status": {"_eq": "draft"}}'
+MOVED = ("articles", "authors", "tags", "articles_tags", "articles_translations", "article_comments", "languages",
+         "directus_files", "directus_folders")
+#: columns the API sets itself (CairnCMS's date-created/updated specials, what /files controls): the db path
+#: copies the source's values, the api path leaves them to the target, so they are not compared
+SERVER_SET = {"date_created", "date_updated", "filename_disk", "uploaded_by", "modified_on", "modified_by"}
+FLOW_MESSAGE = "content-api-flow-saw-article"
+
+
+def query(env: Path, sql: str, **params: Any) -> list[Any]:
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        result = conn.execute(sa.text(sql), params)
+        return list(result.all()) if result.returns_rows else []
+
+
+# --------------------------------------------------------------------------- a proxy that injects failures
+class Injector:
+    """A local HTTP proxy in front of the real CairnCMS.  It INJECTS FAILURES: the first ``transient`` write
+    requests get 429 (Retry-After: 1) or 503 instead of reaching the server; writes to a path starting with
+    ``refuse`` get a permanent 400.  Everything else is forwarded unchanged."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.transient: list[int] = []
+        self.refuse: str | None = None
+        self.injected: list[tuple[int, str, str]] = []
+        self.forwarded = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    status = None
+                    if self.command != "GET" and proxy.refuse and self.path.startswith(proxy.refuse):
+                        status = 400
+                    elif self.command != "GET" and proxy.transient:
+                        status = proxy.transient.pop(0)
+                    if status:
+                        proxy.injected.append((status, self.command, self.path))
+                    else:
+                        proxy.forwarded += 1
+                if status:
+                    payload = json.dumps({"errors": [{"message": f"injected {status} by the test proxy"}]}).encode()
+                    self.send_response(status)
+                    if status == 429:
+                        self.send_header("Retry-After", "1")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers,
+                                          timeout=60)
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "content-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_SEARCH = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --------------------------------------------------------------------------- the instances
+@dataclass
+class Targets:
+    source: Path
+    by_db: Path
+    by_api: Path
+    url: str
+    state: Path
+    log: Path
+    proxy: Injector
+
+    def move(self, target: Path, *args: str) -> tuple[int, dict[str, Any]]:
+        env = {"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{self.state}"}
+        result = CliRunner(env=env).invoke(cli, ["content", "move", "--from", str(self.source), "--to", str(target),
+                                                 "--collection", "articles", "--json", *args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, json.loads(result.output)
+
+    def api(self, *args: str) -> tuple[int, dict[str, Any]]:
+        return self.move(self.by_api, "--via", "api", "--to-token", TOKEN, *args)
+
+
+def _populated_target(name: str, base: Path, request: pytest.FixtureRequest, url: str) -> Path:
+    target = make_instance("postgres", base / name, request,
+                           extra_env={"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1], "PUBLIC_URL": url,
+                                      "LOG_STYLE": "raw"})
+    query(target, "UPDATE articles SET slug = 'pg-' || slug, title = 'PG ' || title")
+    query(target, "UPDATE authors SET email = 'pg-' || email, name = 'PG ' || name")
+    query(target, "UPDATE tags SET slug = 'pg-' || slug, name = 'PG ' || name")
+    query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
+    return target
+
+
+def _flow(url: str) -> None:
+    """An active flow on the target: an ``items.create`` action hook on articles that logs each key."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    flow = requests.post(url + "/flows", headers=headers, timeout=30, json={
+        "name": "content api proof", "status": "active", "trigger": "event", "accountability": "all",
+        "options": {"type": "action", "scope": ["items.create"], "collections": ["articles"]}})
+    assert flow.status_code == 200, flow.text
+    flow_id = flow.json()["data"]["id"]
+    operation = requests.post(url + "/operations", headers=headers, timeout=30, json={
+        "flow": flow_id, "key": "log_it", "type": "log", "position_x": 19, "position_y": 1,
+        "options": {"message": FLOW_MESSAGE + " {{$trigger.key}}"}})
+    assert operation.status_code == 200, operation.text
+    done = requests.patch(f"{url}/flows/{flow_id}", headers=headers, timeout=30,
+                          json={"operation": operation.json()["data"]["id"]})
+    assert done.status_code == 200, done.text
+
+
+@pytest.fixture(scope="module")
+def targets(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Targets]:
+    base = tmp_path_factory.mktemp("content-api")
+    source = build_sqlite_instance(FIXTURES / "sqlite", base / "src")
+    url = f"http://127.0.0.1:{free_port()}"
+    by_db = _populated_target("by-db", base, request, f"http://127.0.0.1:{free_port()}")  # never booted
+    by_api = _populated_target("by-api", base, request, url)
+    (by_api.parent / "package.json").write_text('{"name": "content-api-target", "private": true}\n')
+    log = base / "cairncms.log"
+    server = start_server(cairncms, by_api.parent, url, server_env(), log)
+    proxy = Injector(url)
+    try:
+        _flow(url)
+        yield Targets(source, by_db, by_api, url, base / "state" / "state.db", log, proxy)
+    finally:
+        proxy.close()
+        stop_process(server)
+
+
+def target_state(env: Path, state: Path) -> dict[str, list[str]]:
+    """Every moved collection's rows, integer keys (own and referenced) replaced by the source keys the ID map
+    says they came from (unmapped: the target's own row), server-set columns left out; sorted JSON lines."""
+    with Database.open(Instance.from_env_file(env)) as db:
+        graph = load_graph(db)
+        scope_rows = sa.create_engine(f"sqlite:///{state}").connect().execute(sa.text(
+            "SELECT target, collection, source_id, target_id FROM cm_content_id_map")).all()
+        from cairn_migrate.service.state import instance_scope
+
+        mine = instance_scope(Instance.from_env_file(env))
+        back = {(r.collection, r.target_id): r.source_id for r in scope_rows if r.target == mine}
+        out: dict[str, list[str]] = {}
+        with db.engine.connect() as conn:
+            for name in MOVED:
+                table = db.table(name)
+                pk = [c.name for c in table.primary_key.columns][0]
+                integer = isinstance(table.c[pk].type, sa.Integer)
+                refs = {link.field: link.one for link in graph.outgoing(name) if link.one}
+                rows = []
+                for row in conn.execute(sa.select(table)).mappings():
+                    item = {k: v for k, v in row.items() if k not in SERVER_SET}
+                    if integer:
+                        item[pk] = back.get((name, str(row[pk])), f"own:{row[pk]}")
+                    for column, one in refs.items():
+                        if item.get(column) is not None and (one, str(item[column])) in back:
+                            item[column] = back[(one, str(item[column]))]
+                    rows.append(json.dumps(item, sort_keys=True, default=str))
+                out[name] = sorted(rows)
+    return out
+
+
+def test_the_api_path_and_the_db_path_give_the_same_target_state(targets: Targets) -> None:
+    code, by_db = targets.move(targets.by_db, "--filter", PUBLISHED)
+    assert code == 0 and by_db["applied"], by_db
+    code, planned = targets.api("--filter", PUBLISHED, "--dry-run")
+    assert code == 1 and planned["plan"] == by_db["plan"]  # the same plan
+    activity = "SELECT count(*) FROM directus_activity WHERE collection = 'articles' AND action = 'create'"
+    before = query(targets.by_api, activity)[0][0]
+    code, by_api = targets.api("--filter", PUBLISHED, "--batch-size", "3", "--concurrency", "4")
+    assert code == 0 and by_api["applied"] and not by_api["partial"], by_api.get("failed")
+    assert by_api["plan"] == by_db["plan"] and by_api["files"] == by_db["files"] and by_api["users"] == by_db["users"]
+    assert by_api["api"]["files_uploaded"] == 3
+    db_state, api_state = target_state(targets.by_db, targets.state), target_state(targets.by_api, targets.state)
+    for name in MOVED:
+        assert api_state[name] == db_state[name], name
+    # the same bytes, served by the API target, stored on the db target
+    for file_id, name in query(targets.source, "SELECT id, filename_disk FROM directus_files"):
+        source_bytes = (FIXTURES / "sqlite" / "uploads" / name).read_bytes()
+        served = requests.get(f"{targets.url}/assets/{file_id}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert served.status_code == 200 and served.content == source_bytes
+        assert (targets.by_db.parent / "uploads" / name).read_bytes() == source_bytes
+    # the API wrote audit rows: CairnCMS's own write path ran
+    assert query(targets.by_api, activity)[0][0] == before + 10
+
+
+def test_the_targets_flow_hook_ran_for_every_created_article(targets: Targets) -> None:
+    moved = {r.id for r in query(targets.source, "SELECT id FROM articles WHERE status = 'published'")}
+    seen = set(re.findall(FLOW_MESSAGE + r" ([0-9a-f-]{36})", targets.log.read_text()))
+    assert moved <= seen, (moved - seen)
+
+
+def test_a_second_api_run_changes_nothing(targets: Targets) -> None:
+    counts = {t: query(targets.by_api, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+    code, report = targets.api("--filter", PUBLISHED)
+    assert code == 0 and not report["changes"], report
+    assert all(c["created"] == c["updated"] == c["deleted"] == 0 for c in report["plan"].values())
+    assert report["files"]["copy"] == 0
+    assert counts == {t: query(targets.by_api, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+
+
+def test_injected_429_and_503_are_retried_and_a_refused_batch_leaves_a_partial_move_a_rerun_completes(
+        targets: Targets) -> None:
+    proxy = targets.proxy
+    # a permanent refusal of the comments' writes: the articles before them are written, the run says partial
+    proxy.refuse = "/items/article_comments"
+    code, report = targets.api("--filter", DRAFTS, "--to-url", proxy.url)
+    assert code == 4 and report["partial"] and "injected 400" in report["failed"][0]["message"], report
+    drafts = query(targets.by_api, "SELECT count(*) FROM articles WHERE status = 'draft' AND slug NOT LIKE 'pg-%'")[0][0]
+    assert drafts == 6
+    # transient failures: 429 (Retry-After 1 s) and 503, retried with backoff; the re-run resumes through the ID map
+    proxy.refuse = None
+    proxy.transient = [429, 503, 503, 429]
+    code, report = targets.api("--filter", DRAFTS, "--to-url", proxy.url)
+    assert code == 0 and report["applied"] and not report["partial"], report
+    assert report["api"]["retried"] >= 4 and [s for s, _, _ in proxy.injected].count(429) == 2
+    assert report["plan"]["articles"]["created"] == 0  # written by the partial run, found again
+    # nothing was duplicated: the target holds each source comment and translation of the drafts once
+    for table, column in (("article_comments", "article"), ("articles_translations", "articles_id")):
+        source = query(targets.source, f"SELECT count(*) FROM {table} t JOIN articles a ON a.id = t.{column} "
+                                       "WHERE a.status = 'draft'")[0][0]
+        target = query(targets.by_api, f"SELECT count(*) FROM {table} t JOIN articles a ON a.id = t.{column} "
+                                       "WHERE a.status = 'draft' AND a.slug NOT LIKE 'pg-%'")[0][0]
+        assert target == source, table
+    code, report = targets.api("--filter", DRAFTS, "--to-url", proxy.url)
+    assert code == 0 and not report["changes"]
