@@ -280,3 +280,24 @@ def test_injected_429_and_503_are_retried_and_a_refused_batch_leaves_a_partial_m
         assert target == source, table
     code, report = targets.api("--filter", DRAFTS, "--to-url", proxy.url)
     assert code == 0 and not report["changes"]
+
+
+def test_mirror_via_api_deletes_through_the_targets_api(targets: Targets) -> None:
+    slugs = sorted(r.slug for r in query(targets.source, "SELECT slug FROM articles WHERE status = 'published'"))
+    mirror = json.dumps({"status": {"_eq": "published"}, "slug": {"_in": slugs}})
+    dropped = query(targets.source, "SELECT c.id, c.text FROM article_comments c JOIN articles a ON a.id = c.article "
+                                    "WHERE a.slug = 'article-1' ORDER BY c.id")[0]
+    query(targets.source, "DELETE FROM article_comments WHERE id = :i", i=dropped.id)
+    query(targets.source, "UPDATE articles SET status = 'draft' WHERE slug = 'article-4'")
+    deletes = "SELECT count(*) FROM directus_activity WHERE action = 'delete' AND collection IN ('articles', 'article_comments')"
+    before = query(targets.by_api, deletes)[0][0]
+    comments = "SELECT count(*) FROM article_comments WHERE text = :t"  # the target's own rows hold the same text
+    comments_before = query(targets.by_api, comments, t=dropped.text)[0][0]
+    code, report = targets.api("--filter", mirror, "--mode", "mirror", "--max-delete", "1")
+    assert code == 2 and "more than --max-delete 1" in report["refused"][0]["message"]
+    code, report = targets.api("--filter", mirror, "--mode", "mirror", "--max-delete", "2")
+    assert code == 0 and report["applied"], (report.get("failed"), report["refused"], report["plan"])
+    assert report["plan"]["articles"]["deleted"] == 1 and report["plan"]["article_comments"]["deleted"] == 1
+    assert query(targets.by_api, "SELECT count(*) FROM articles WHERE slug = 'article-4'")[0][0] == 0
+    assert query(targets.by_api, comments, t=dropped.text)[0][0] == comments_before - 1
+    assert query(targets.by_api, deletes)[0][0] == before + 2  # deleted through the API: CairnCMS logged both

@@ -111,6 +111,11 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                         raise
                     failure = exc  # what the target acknowledged stays: its keys are recorded below
                     sink.settle()
+                except BaseException:  # interrupted or cancelled: record what the target acknowledged, then stop
+                    if transaction is None and write:
+                        sink.settle()
+                        idmap.save(walk.new_map)
+                    raise
                 if transaction is not None:
                     if write and not walk.refused:
                         transaction.commit()
