@@ -301,3 +301,26 @@ def test_mirror_via_api_deletes_through_the_targets_api(targets: Targets) -> Non
     assert query(targets.by_api, "SELECT count(*) FROM articles WHERE slug = 'article-4'")[0][0] == 0
     assert query(targets.by_api, comments, t=dropped.text)[0][0] == comments_before - 1
     assert query(targets.by_api, deletes)[0][0] == before + 2  # deleted through the API: CairnCMS logged both
+
+
+def test_post_migrate_ops_runs_a_move_via_api_as_a_job_without_storing_the_token(targets: Targets) -> None:
+    from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
+
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(targets.by_api), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{targets.state}", HTTP_PATHS: str(targets.source.parent.parent)})
+    try:
+        client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
+        params = {"from": str(targets.source), "to": str(targets.by_api), "collections": ["articles"], "via": "api",
+                  "to_token": TOKEN, "concurrency": 2, "filter": {"status": {"_eq": "archived"}}}
+        planned = client.post("/migrate/ops", json={"op": "content", "params": {**params, "dry_run": True}},
+                              headers=headers)
+        assert planned.status_code == 200 and planned.get_json()["report"]["plan"]["articles"]["created"] == 5
+        started = client.post("/migrate/ops", json={"op": "content", "params": params}, headers=headers)
+        assert started.status_code == 202, started.get_json()
+        job = get_state(app).runner.wait(started.get_json()["id"], timeout=300)
+        assert job["state"] == "succeeded", job
+    finally:
+        get_state(app).close()
+    assert query(targets.by_api, "SELECT count(*) FROM articles WHERE status = 'archived' AND slug NOT LIKE 'pg-%'")[0][0] == 5
+    for stored in targets.state.parent.glob(targets.state.name + "*"):  # the store and any journal beside it
+        assert TOKEN.encode() not in stored.read_bytes()  # a secret: in memory only, never in the job record
