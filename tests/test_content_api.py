@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -324,3 +325,20 @@ def test_post_migrate_ops_runs_a_move_via_api_as_a_job_without_storing_the_token
     assert query(targets.by_api, "SELECT count(*) FROM articles WHERE status = 'archived' AND slug NOT LIKE 'pg-%'")[0][0] == 5
     for stored in targets.state.parent.glob(targets.state.name + "*"):  # the store and any journal beside it
         assert TOKEN.encode() not in stored.read_bytes()  # a secret: in memory only, never in the job record
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    import email.utils
+
+    from cairn_migrate.content.api_client import _retry_after
+
+    def answer(value: str | None) -> requests.Response:
+        response = requests.Response()
+        if value is not None:
+            response.headers["Retry-After"] = value
+        return response
+
+    assert _retry_after(answer("3")) == 3.0 and _retry_after(answer(None)) == 0.0
+    assert _retry_after(answer("soon")) == 0.0
+    later = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert 3.0 <= _retry_after(answer(later)) <= 5.0

@@ -40,8 +40,12 @@ def _retry_after(response: requests.Response) -> float:
     try:
         return max(0.0, float(raw))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(raw) if raw else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else 0.0
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return 0.0  # unreadable: the backoff alone decides
+    return min(MAX_DELAY * 4, max(0.0, parsed.timestamp() - time.time()))
 
 
 def error_text(response: requests.Response) -> str:
