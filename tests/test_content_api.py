@@ -342,3 +342,16 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert _retry_after(answer("soon")) == 0.0
     later = email.utils.formatdate(time.time() + 5, usegmt=True)
     assert 3.0 <= _retry_after(answer(later)) <= 5.0
+
+
+def test_bytes_missing_under_an_existing_file_row_are_uploaded_again(targets: Targets) -> None:
+    file_id, source_name = query(targets.source, "SELECT id, filename_disk FROM directus_files WHERE type = 'image/png'")[0]
+    stored = query(targets.by_api, "SELECT filename_disk FROM directus_files WHERE id = :i", i=file_id)[0][0]
+    (targets.by_api.parent / "uploads" / stored).unlink()
+    code, report = targets.api("--filter", PUBLISHED, "--dry-run")
+    assert code == 1 and report["files"]["copy"] == 1 and report["plan"]["directus_files"]["created"] == 0
+    code, report = targets.api("--filter", PUBLISHED)
+    assert code == 0 and report["api"]["files_uploaded"] == 1, report.get("failed")
+    served = requests.get(f"{targets.url}/assets/{file_id}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert served.content == (FIXTURES / "sqlite" / "uploads" / source_name).read_bytes()
+    assert targets.api("--filter", PUBLISHED)[1]["files"]["copy"] == 0
