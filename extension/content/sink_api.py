@@ -66,6 +66,8 @@ class ApiSink:
                 self._controlled.setdefault(collection, set()).add(name)
         self._updates: dict[str, list[dict[str, Any]]] = {}
         self._uploads: dict[str, tuple[Location, str, Location, int]] = {}
+        #: existing file rows whose bytes are missing: uploaded again before (and in the same task as) their update
+        self._reuploads: dict[str, tuple[Mapping[str, Any], tuple[Location, str, Location, int]]] = {}
         self._pks: dict[str, str] = {}
         self.uploaded: list[str] = []
 
@@ -101,6 +103,9 @@ class ApiSink:
                 client.submit(post, lambda _, chunk=chunk, offset=offset: done([row[pk] for row in chunk], offset))
 
     def update(self, name: str, pk: str, target_key: Any, values: Mapping[str, Any]) -> None:
+        if name == FILES:  # one task per file: its bytes (when missing) first, then its metadata
+            self._update_file(str(target_key), dict(values))
+            return
         self._pks[name] = pk
         pending = self._updates.setdefault(name, [])
         pending.append({pk: target_key, **values})
@@ -123,6 +128,8 @@ class ApiSink:
 
     def flush(self) -> None:
         """Send what is buffered and wait for every answer; the first failure is raised."""
+        for file_id in list(self._reuploads):
+            self._update_file(file_id, {})
         for name in list(self._updates):
             self._send_updates(name)
         if self.client is not None:
@@ -131,6 +138,7 @@ class ApiSink:
     def settle(self) -> None:
         """After a failure: send nothing more, but record the keys of every row the target acknowledged."""
         self._updates.clear()
+        self._reuploads.clear()
         if self.client is not None:
             try:
                 self.client.wait()
@@ -144,13 +152,27 @@ class ApiSink:
     # ------------------------------------------------------------------ files
     def file_bytes(self, row: Mapping[str, Any], exists: bool, source: Location, source_name: str,
                    target: Location, target_name: str, size: int) -> None:
-        """A new row's bytes go with its create; an existing row's missing bytes are re-uploaded now."""
+        """A new row's bytes go with its create; an existing row's missing bytes with its update (or at the flush)."""
         if not exists:
             self._uploads[str(row["id"])] = (source, source_name, target, size)
-            return
+        else:
+            self._reuploads[str(row["id"])] = (dict(row), (source, source_name, target, size))
+
+    def _update_file(self, file_id: str, values: dict[str, Any]) -> None:
         assert self.client is not None
-        client, file_id = self.client, str(row["id"])
-        client.submit(lambda: self._upload("PATCH", f"/files/{file_id}", row, (source, source_name, target, size)))
+        client, reupload = self.client, self._reuploads.pop(file_id, None)
+
+        metadata = dict(values)
+        if reupload is not None:  # new bytes make the server extract metadata again: the source's row wins
+            metadata = {k: v for k, v in reupload[0].items() if k != "id" and k not in FILES_CONTROLLED} | metadata
+
+        def update() -> None:
+            if reupload is not None:
+                self._upload("PATCH", f"/files/{file_id}", *reupload)
+            if metadata:
+                client.request("PATCH", f"/files/{file_id}", json=metadata, params={"fields": "id"})
+
+        client.submit(update)
 
     def _create_file(self, row: dict[str, Any], then: Any) -> None:
         assert self.client is not None
