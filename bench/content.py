@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--out", default="content.json", help="the results file's name in bench/results/")
     parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
     admin = args.admin_url
@@ -197,7 +198,7 @@ def main() -> None:
     native = results["native"]["seconds"]
     for mode in ("db", "api", "native"):
         results[mode]["x_native"] = round(results[mode]["seconds"] / native, 1)
-    out = ROOT / "bench" / "results" / "content.json"
+    out = ROOT / "bench" / "results" / args.out
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{args.articles} articles + closure ({rows} rows) on {results['machine']['cores']} cores")
     print("| path | seconds | rows/s | × native | peak RSS MiB |")
