@@ -6,7 +6,9 @@ numbered, in the order the rows were sent), changes to ``PATCH /items/<c>`` (a b
 ``{pk, …changed}``), deletions to ``DELETE /items/<c>`` (a batch of keys); folders through
 ``/folders``; a file row and its bytes through one multipart ``POST /files`` (its id kept; its bytes
 re-uploaded with ``PATCH /files/<id>`` when only they are missing) followed by a JSON ``PATCH`` of the
-row's metadata, the stored object then checked against the source (size + SHA-256).  Requests run in the
+row's metadata, the stored object then checked against the source (size + SHA-256); a user
+``--create-users`` makes through ``POST /users`` before the walk.  The rows arrive finished (masked, URLs
+rewritten, ``--transform`` applied by the walk), the same rows the database sink writes.  Requests run in the
 client's bounded pool; :meth:`ApiSink.flush` is the barrier the walk calls at the end of a collection.
 
 Columns the target sets itself on this path (``date-created``/``user-created``/``date-updated``/

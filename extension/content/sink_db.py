@@ -1,7 +1,7 @@
 """The direct database writer of a content move: rows through one target transaction, bytes to its storage.
 
 The walk (:mod:`cairn_migrate.content.writer`) decides; a *sink* writes.  This one writes the
-finalised rows with SQL on the target connection the caller commits or rolls back: new rows with
+finished rows with SQL on the target connection the caller commits or rolls back: new rows with
 kept (uuid/string) keys in one ``executemany`` per batch, integer-keyed rows one statement each
 (their new key comes back), updates per row, deletions per key batch; a file's bytes are copied to
 the target's storage location and verified (size + SHA-256) before its row is written.
