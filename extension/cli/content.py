@@ -48,7 +48,13 @@ def render_content(report: dict[str, Any]) -> str:
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
         lines.append(f"  fix: {refusal['fix']}")
-    if not report["refused"]:
+    for failure in report.get("failed") or []:
+        lines.append(f"partial: {failure['message']}")
+        lines.append(f"  fix: {failure['hint']}")
+    if report.get("api"):
+        lines.append(f"  via api {report['api']['url']}: {report['api']['retried']} answers retried, "
+                     f"{report['api']['files_uploaded']} files uploaded")
+    if not report["refused"] and not report.get("partial"):
         lines.append("no changes" if not report["changes"] else ("applied" if report["applied"] else "planned (dry run)"))
     return "\n".join(lines)
 
@@ -71,7 +77,15 @@ def content_group() -> None:
               help="merge: create or update; skip-existing: create only; mirror: also delete (needs --max-delete).")
 @click.option("--max-delete", type=click.IntRange(min=0), help="The most target rows mirror may delete.")
 @click.option("--via", type=click.Choice(CONTENT_VIA), default="db", show_default=True,
-              help="db: the instances' databases (api: not available yet).")
+              help="db: write the target's database in one transaction; api: write through the target's API "
+              "(its validation, hooks and flows run).")
+@click.option("--to-url", metavar="URL", help="via api: the running target's URL (default: PUBLIC_URL of its .env).")
+@click.option("--to-token", envvar="CAIRN_MIGRATE_TO_TOKEN",
+              help="via api: an admin token of the target (or CAIRN_MIGRATE_TO_TOKEN).")
+@click.option("--concurrency", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="via api: requests in flight at once.")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=100, show_default=True,
+              help="via api: rows per request.")
 @click.option("--no-rewrite-urls", is_flag=True,
               help="Keep the source's PUBLIC_URL and asset URLs in text, rich text, markdown and JSON values as they are.")
 @click.option("--mask", metavar="PROFILE", help="Mask people's data before the rows are written: a built-in profile "
@@ -87,25 +101,30 @@ def content_group() -> None:
 @click.pass_obj
 @handle_errors
 def content_move(obj: Context, source: str, target: str, collections: tuple[str, ...], filter_: str | None,
-                 depth: int | None, mode: str, max_delete: int | None, via: str, no_rewrite_urls: bool,
-                 mask: str | None, mask_salt: str | None, transform: str | None, create_users: bool, dry_run: bool,
+                 depth: int | None, mode: str, max_delete: int | None, via: str, to_url: str | None,
+                 to_token: str | None, concurrency: int, batch_size: int, no_rewrite_urls: bool, mask: str | None,
+                 mask_salt: str | None, transform: str | None, create_users: bool, dry_run: bool,
                  as_json: bool) -> None:
     """Move the rows of COLLECTION matching --filter from SRC to DST, with the rows they relate to
     (m2o, o2m, m2m, translations, m2a), their files and bytes; users are matched by email.
 
     Exits 0 when done or nothing to change, 1 for a dry run with changes, 2 when refused (the
-    collections' fields differ, mirror above --max-delete, a required reference the target lacks).
+    collections' fields differ, mirror above --max-delete, a required reference the target lacks),
+    4 when a move --via api stopped part-way (run it again: the ID map resumes it).
     """
     from ..service.state import default_state_url
 
     params = {"from": source, "to": target, "collections": list(collections), "filter": filter_, "depth": depth,
-              "mode": mode, "max_delete": max_delete, "via": via, "dry_run": dry_run, "rewrite_urls": not no_rewrite_urls,
-              "mask": mask, "transform": transform, "create_users": create_users}
+              "mode": mode, "max_delete": max_delete, "via": via, "to_url": to_url, "concurrency": concurrency,
+              "batch_size": batch_size, "dry_run": dry_run, "rewrite_urls": not no_rewrite_urls, "mask": mask,
+              "transform": transform, "create_users": create_users}
     import os
 
     from .. import api
 
     secrets = {"mask_salt": mask_salt or os.environ.get("CAIRN_MIGRATE_MASK_SALT") or None}
+    if to_token:
+        secrets["to_token"] = to_token
     context = OpContext(instance=obj.instance, state_url=default_state_url(), open_instance=api.load_instance,
                         secrets=secrets)
     report, outcome = operations.run("content", context, params)

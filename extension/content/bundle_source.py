@@ -35,6 +35,7 @@ from ..bundle.workdir import scratch
 from ..errors import ConfigError
 from ..instance.database import open_engine
 from ..instance.instance import DatabaseConfig, Instance
+from ..instance.storage import CHUNK
 from ..progress import NullProgress, Progress
 
 #: Tables a move never reads (and may be the largest of a bundle).
@@ -69,6 +70,14 @@ class BundleFiles:
         if path is None:
             raise ConfigError(f"the bundle holds no bytes for {self.storage}:{filename_disk}")
         return path.open("rb")
+
+    def sha256(self, filename_disk: str) -> str:
+        """Hex SHA-256 of the member's bytes (the API sink checks the target's stored object against it)."""
+        digest = hashlib.sha256()
+        with self.open_read(filename_disk) as reader:
+            while block := reader.read(CHUNK):
+                digest.update(block)
+        return digest.hexdigest()
 
 
 @dataclass

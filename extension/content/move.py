@@ -1,10 +1,16 @@
-"""``content move`` over the direct database path: plan, then apply in one target transaction.
+"""``content move``: plan, then apply through the direct database path or through the target's API.
 
 The plan reads the source in one consistent snapshot (the closure and its rows) and the target
 (its rows, users, objects) and writes nothing.  The apply plans first (a refusal stops it before
 any write, bytes included), then walks again writing: file bytes as their rows come (copied and
 verified before the transaction commits), rows in one transaction on the target, mirror deletes
 last, all rolled back on any error or refusal; the ID map is saved only after the commit.
+
+``via="api"`` walks the same way (the source and the target read the same, so the plan is the same) but
+hands the writes to :class:`~cairn_migrate.content.sink_api.ApiSink`: the target's API, in batches, a
+few requests at a time.  That cannot be one transaction: when a request fails for good, the rows the
+target acknowledged stay, their keys are saved to the ID map (so a re-run updates them rather than
+creating them again), the rest of the walk stops, and the report says ``partial`` with the failure.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from . import keys
 from .closure import FILES, USERS, carry_files, compute, load_graph, primary_key
 from .filter import compile_filter, parse
 from .plan import empty_counts, has_changes, match_users, order, schema_differences
+from .sink_api import ApiSink
+from .sink_db import DbSink
 from .writer import Walk
 
 def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
@@ -58,23 +66,27 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
 
 
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
-        progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
+        progress: Progress | None = None, bundle: Any = None, function: Any = None,
+        client: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
     :param function: the operator's ``--transform`` function (:mod:`.transform`).
+    :param client: makes the :class:`~cairn_migrate.content.api_client.ApiClient` of ``via="api"`` (asked only
+        when writing).
     """
     progress = progress or NullProgress()
+    via = params.get("via") or "db"
     roots = list(dict.fromkeys(params["collections"]))
     spec = parse(params.get("filter"))
     depth, mode, max_delete = params.get("depth"), params.get("mode") or "merge", params.get("max_delete")
     report: dict[str, Any] = {
-        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": "db", "mode": mode,
+        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": via, "mode": mode,
         "collections": roots, "filter": spec,
         "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
         "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
         "refused": [], "transform": {},
-        "changes": False, "applied": False}
+        "changes": False, "applied": False, "partial": False}
     with Database.open(source) as src, Database.open(target) as dst:
         graph = load_graph(src)
         tables = set(src.table_names())
@@ -109,8 +121,17 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
         finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing
+        finisher.context["via"] = via
         with consistent_snapshot(src) as sconn, dst.engine.connect() as dconn:
-            transaction = dconn.begin()
+            failure: BaseException | None = None
+            if via == "api":  # the target is read between its own API's commits: no transaction held open
+                dconn.execution_options(isolation_level="AUTOCOMMIT")
+                transaction = None
+                sink: Any = ApiSink(dst, dconn, client() if write and client else None,
+                                    batch_size=params.get("batch_size") or 100)
+            else:
+                transaction = dconn.begin()
+                sink = DbSink(dst, dconn)
             try:
                 closure = compute(src, graph, {r: c(src) for r, c in conditions.items()}, depth, sconn)
                 # --- value transforms (transform.py): files named by asset URLs, masked emails, created users
@@ -126,53 +147,86 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                         defs.update({t.name: t for t in reflect_tables(
                             src.engine, sorted(set(closure.rows) - set(defs)), src.vendor)})
                 users = match_users(src, dst, closure.users, sconn, dconn, email_of=_masked_email(finisher.mask))
-                created = create_missing(src, dst, users, sconn, dconn, mask=finisher.mask, write=write) \
+                created = create_missing(src, dst, users, sconn, dconn, mask=finisher.mask,
+                                         sink=sink if write else None) \
                     if params.get("create_users") else {"created": []}
-                walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress,
+                walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress, sink=sink,
                             finisher=finisher, source_files=bundle.files if bundle is not None else None)
                 walks.append(walk)
                 walk._defs.update({("src", name): definition for name, definition in defs.items()})
                 if created["created"]:
                     walk.counts[USERS] = {**empty_counts(), "created": len(created["created"])}
-                for name in order(graph, closure.rows):
-                    try:
-                        walk.collection(name, sconn, dconn)
-                    except sa.exc.DBAPIError as exc:
-                        if not write:
-                            raise
-                        raise MigrateError(f"The target refused a write to {name}: {str(exc.orig).splitlines()[0]}; "
-                                           "the transaction was rolled back, nothing was written",
-                                           hint="cairn-migrate content move --dry-run shows the plan; align the "
-                                           "target's rows or structure and run again") from None
-                doomed = walk.deletions(dconn, conditions) if mode == "mirror" else {}
-                total = sum(len(rows) for rows in doomed.values())
-                if mode == "mirror" and max_delete is None:
-                    walk.refuse(f"mirror would delete {total} target rows and needs consent",
-                                 "pass --max-delete N (the most rows it may delete)")
-                elif mode == "mirror" and total > max_delete:
-                    walk.refuse(f"mirror would delete {total} target rows, more than --max-delete {max_delete}",
-                                 "check the filter, or raise --max-delete")
-                if write and not walk.refused:
-                    walk.delete(dconn, doomed, roots)
-                if write and not walk.refused:
-                    transaction.commit()
-                else:
-                    transaction.rollback()
+                try:
+                    _walk(walk, graph, closure, sconn, dconn, conditions, mode, max_delete, roots, write)
+                except Exception as exc:  # noqa: BLE001 - the API path records what was written, then says partial
+                    if transaction is not None or not write:
+                        raise
+                    failure = exc  # what the target acknowledged stays: its keys are recorded below
+                    sink.settle()
+                except BaseException:  # interrupted or cancelled: record what the target acknowledged, then stop
+                    if transaction is None and write:
+                        sink.settle()
+                        idmap.save(walk.new_map)
+                    raise
+                if transaction is not None:
+                    if write and not walk.refused:
+                        transaction.commit()
+                    else:
+                        transaction.rollback()
             except BaseException:
-                transaction.rollback()
+                if transaction is not None:
+                    transaction.rollback()
                 raise
+            finally:
+                sink.close()
+        if via == "api" and write:
+            report["api"] = {"url": getattr(sink.client, "url", None), "retried": getattr(sink.client, "retried", 0),
+                             "files_uploaded": len(sink.uploaded)}
+            if failure is not None or walk.refused:
+                idmap.save(walk.new_map)
+                report["partial"] = True
+                what = str(failure) if isinstance(failure, MigrateError) else f"{type(failure).__name__}: {failure}"
+                report["failed"] = [{"message": what if failure else "refused after writes began",
+                                     "hint": getattr(failure, "hint", None) or "fix the cause and run the move again: "
+                                     "the ID map resumes it without duplicating what was written"}]
     report.update(
         plan={name: walk.counts[name] for name in order(graph, walk.counts)},
         users={"matched": len(users.mapping) - len(users.created), "unmatched": users.unmatched,
                **({"created": created["created"]} if params.get("create_users") else {})},
         transform=finisher.report(),
-        files={k: v for k, v in walk.files.items() if k != "copied"}, nulled=walk.nulled, refused=walk.refused,
+        files=dict(walk.files), nulled=walk.nulled, refused=walk.refused,
         matched_on_target=walk.adopted)
     report["changes"] = has_changes(report)
-    if write and not walk.refused:
+    if write and not walk.refused and not report["partial"]:
         idmap.save(walk.new_map)
         report["applied"] = report["changes"]
     return report
+
+
+def _walk(walk: Walk, graph: Any, closure: Any, sconn: sa.Connection, dconn: sa.Connection,
+          conditions: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]], mode: str, max_delete: int | None,
+          roots: list[str], write: bool) -> None:
+    """Every collection parents first, then mirror's deletions (refused without consent or above the ceiling)."""
+    for name in order(graph, closure.rows):
+        try:
+            walk.collection(name, sconn, dconn)
+        except sa.exc.DBAPIError as exc:
+            if not write or walk.sink.via != "db":
+                raise
+            raise MigrateError(f"The target refused a write to {name}: {str(exc.orig).splitlines()[0]}; "
+                               "the transaction was rolled back, nothing was written",
+                               hint="cairn-migrate content move --dry-run shows the plan; align the "
+                               "target's rows or structure and run again") from None
+    doomed = walk.deletions(dconn, conditions) if mode == "mirror" else {}
+    total = sum(len(rows) for rows in doomed.values())
+    if mode == "mirror" and max_delete is None:
+        walk.refuse(f"mirror would delete {total} target rows and needs consent",
+                    "pass --max-delete N (the most rows it may delete)")
+    elif mode == "mirror" and max_delete is not None and total > max_delete:
+        walk.refuse(f"mirror would delete {total} target rows, more than --max-delete {max_delete}",
+                    "check the filter, or raise --max-delete")
+    if write and not walk.refused:
+        walk.delete(doomed, roots)
 
 
 def _masked_email(mask: Any) -> Callable[[str], str] | None:
@@ -195,10 +249,12 @@ def plan(source: Instance, target: Instance, params: Mapping[str, Any], *, state
 
 
 def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
-          progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
-    """Plan, and unless refused, move: bytes first, rows in one target transaction, the ID map after its commit."""
+          progress: Progress | None = None, bundle: Any = None, function: Any = None,
+          client: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Plan, and unless refused, move: via db, bytes first, rows in one target transaction, the ID map after its
+    commit; via api, through ``client``'s requests, the ID map saved even when the run ends partial."""
     planned = plan(source, target, params, state_url=state_url, progress=progress, bundle=bundle, function=function)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
     return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
-               function=function)
+               function=function, client=client)

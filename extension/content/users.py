@@ -15,6 +15,11 @@ is listed.  With ``--create-users`` such a user is created on the target instead
 - the user's id is kept unless the target already uses it (then a new uuid v4);
 - only names, email, title, description, location and language are copied (masked with the move's
   profile when it masks ``directus_users``; the email is then the fake the match used).
+
+The move's sink writes them: a row in the target's transaction (``--via db``), or ``POST /users``
+(``--via api``: CairnCMS's own checks and ``users.create`` hooks run).  On the API path the columns the
+server sets itself (``user_created``, a file's ``uploaded_by``) name the token's user whatever the move
+sends, so a created user keeps only the references held in ordinary user fields there.
 """
 
 from __future__ import annotations
@@ -59,9 +64,12 @@ def _role_twins(src: Database, dst: Database, src_conn: sa.Connection, dst_conn:
 
 
 def create_missing(src: Database, dst: Database, users: Users, src_conn: sa.Connection, dst_conn: sa.Connection, *,
-                   mask: Any = None, write: bool) -> dict[str, Any]:
-    """Create (or with ``write=False`` plan) the unmatched users; ``users`` then maps them to their new ids.
+                   mask: Any = None, sink: Any = None) -> dict[str, Any]:
+    """Create (or without a ``sink`` plan) the unmatched users; ``users`` then maps them to their new ids.
 
+    :param sink: the move's writer (:meth:`~cairn_migrate.content.sink_db.DbSink.create_user`: a row in the
+        target's transaction; :meth:`~cairn_migrate.content.sink_api.ApiSink.create_user`: ``POST /users``, answered
+        before the walk writes the rows that name the user); None in a plan.
     :returns: the report's ``users.created`` entries: ``{email, role, note}`` per user.
     """
     from ..masking import mask_row
@@ -83,7 +91,6 @@ def create_missing(src: Database, dst: Database, users: Users, src_conn: sa.Conn
     taken = {str(v).lower() for v in dst_conn.execute(sa.select(sa.column("id")).select_from(sa.table(USERS)).where(
         keys.in_(dst, USERS, "id", ids))).scalars()} if ids else set()
     created = []
-    table = sa.table(USERS, *[sa.column(c) for c in ("id", "status", "role", "provider", *copied)])
     for email, uid in sorted(users.sources.items()):
         row = rows.get(uid)
         if row is None:
@@ -97,11 +104,8 @@ def create_missing(src: Database, dst: Database, users: Users, src_conn: sa.Conn
         entry = {"email": email, "role": twins.get(role or ""), "status": STATUS}
         if role and role not in twins:
             entry["note"] = missing.get(role, "")
-        if write:
-            dst_conn.execute(sa.insert(table).values(id=keys.value(dst, USERS, "id", new_id), status=STATUS,
-                                                     role=None if entry["role"] is None else keys.value(
-                                                         dst, USERS, "role", entry["role"]),
-                                                     provider="default", **values))
+        if sink is not None:
+            sink.create_user({"id": new_id, "status": STATUS, "role": entry["role"], "provider": "default", **values})
         users.mapping[uid] = new_id
         users.unmatched.remove(email)
         users.created.append(email)

@@ -1,20 +1,24 @@
 """Walk the closure's rows collection by collection, parents first, and plan or write each one on the target.
 
 One walk serves the plan (``write=False``: it counts) and the apply (``write=True``: the same
-decisions, written through one target transaction the caller commits).  Per collection the
-source rows are read in batches of keys; each row gets its target key (kept for uuid and string
+decisions, handed to a *sink* that writes them: :class:`~cairn_migrate.content.sink_db.DbSink`, SQL in
+one target transaction the caller commits, or :class:`~cairn_migrate.content.sink_api.ApiSink`, the
+target's own API); the walk is the same for both, so the plan is too.  Per collection the source rows
+are read in batches of keys; each batch is finished at once, before anything else looks at it
+(:class:`~cairn_migrate.content.transform.Finisher`: masking, URL rewriting, ``--transform``, in source
+keys and neutral values, so the plan and the apply give it the same rows, and a row it leaves out never
+gets a target key), whichever the sink.  Then each row gets its target key (kept for uuid and string
 keys; for integer keys the ID map's row when the target still has it, else a new row numbered
 by the target), its foreign keys rewritten (to the target keys of moved rows, to users matched
 by email, else kept when the target has the row, else NULL or a refusal), and is compared with
 the target's row in the target's own types (:func:`cairn_migrate.bundle.values.comparable`):
 created, updated, unchanged or skipped.  Values are converted once, by the clone import's codecs
 (:mod:`cairn_migrate.bundle.values`).  A file row's bytes are copied (and their size and SHA-256
-checked) before its row is written.
+checked) before its row is written (the database sink), or uploaded with it (the API sink).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +26,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..bundle.table_schema import TableDef, reflect_tables
-from ..bundle.values import comparable, decoder, encoder
+from ..bundle.values import comparable, decoder
 from ..errors import MigrateError
 from ..instance.database import Database
 from ..instance.instance import Instance
-from ..instance.storage import CHUNK, Location, open_location
+from ..instance.storage import Location, open_location
 from ..progress import NullProgress, Progress
 from . import keys
 from .closure import BATCH, FILES, Closure, Graph, Link, USERS
@@ -75,6 +79,8 @@ class Walk:
     mode: str
     write: bool
     progress: Progress = field(default_factory=NullProgress)
+    #: writes the decisions (a DbSink or an ApiSink); its ``controlled`` columns are neither compared nor written
+    sink: Any = None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     #: collection → source key → target key (a :class:`_New` in a plan)
     resolved: dict[str, dict[Any, Any]] = field(default_factory=dict)
@@ -84,12 +90,14 @@ class Walk:
     #: integer-keyed rows matched to an existing target row (a unique column, or a junction row's pair), per collection
     adopted: dict[str, int] = field(default_factory=dict)
     refused: list[dict[str, str]] = field(default_factory=list)
-    files: dict[str, Any] = field(default_factory=lambda: {"copy": 0, "bytes": 0, "storage": {}, "copied": []})
+    files: dict[str, Any] = field(default_factory=lambda: {"copy": 0, "bytes": 0, "storage": {}})
+    #: source keys of rows created in the collection being walked whose write may still be in flight
+    _in_flight: set[Any] = field(default_factory=set)
     _exists: dict[tuple[str, Any], bool] = field(default_factory=dict)
     _defs: dict[tuple[str, str], TableDef] = field(default_factory=dict)
     _locations: dict[tuple[str, str], Location] = field(default_factory=dict)
     # --- value transforms (content/transform.py) --------------------------------------------------------
-    #: masking, URL rewriting, --transform: finishes each batch of source rows before anything else
+    #: masking, URL rewriting, --transform: finishes each batch of source rows before anything else (both sinks)
     finisher: Any = None
     #: storage name → where the source's bytes are read (a bundle's members); None: the source's own locations
     source_files: Callable[[str], Any] | None = None
@@ -171,7 +179,7 @@ class Walk:
         if one == USERS:
             target = self.users.target(ref)
         elif ref in self.closure.rows.get(one, ()):
-            if one == collection and ref not in self.resolved.get(one, {}):
+            if one == collection and (ref not in self.resolved.get(one, {}) or ref in self._in_flight):
                 target = self._outside_target(one, ref)  # a row of this collection the target already has
                 if target is None:
                     deferred.append((source_key, link.field, ref))  # a new row not written yet: set after the rows
@@ -210,8 +218,9 @@ class Walk:
         self.files["storage"][storage] = target
         return target
 
-    def _bytes(self, row: dict[str, Any], source_storage: str) -> None:
-        """Copy a file's bytes when the target lacks them (or holds another size), verifying size and SHA-256."""
+    def _bytes(self, row: dict[str, Any], source_storage: str, current: Mapping[str, Any] | None) -> None:
+        """Copy a file's bytes when the target lacks them (or holds another size); the sink copies and verifies
+        them (size + SHA-256) or uploads them with the row.  ``current`` is the target's row, when it has one."""
         name = row.get("filename_disk")
         if not name:
             return
@@ -222,21 +231,14 @@ class Walk:
             self.refuse(f"directus_files {row['id']}: its bytes {source_storage}:{name} are missing on the source",
                          "cairn-migrate files check / files repair on the source first")
             return
-        if dst.size(name) == size:
+        # The API names the object itself (``<id><ext>``): look for the bytes where the target's row says they are.
+        target_name = name if self.sink.keeps_filename or current is None else current.get("filename_disk")
+        if target_name and dst.size(target_name) == size:
             return
         self.files["copy"] += 1
         self.files["bytes"] += size
-        if not self.write:
-            return
-        digest = hashlib.sha256()
-        with src.open_read(name) as reader, dst.open_write(name) as writer:
-            while block := reader.read(CHUNK):
-                digest.update(block)
-                writer.write(block)
-        if dst.size(name) != size or dst.sha256(name) != digest.hexdigest():
-            raise MigrateError(f"The copy of {name} to the target's {dst.name} does not match the source "
-                               f"(size or SHA-256)", hint="check the target storage and run the move again")
-        self.files["copied"].append(str(row["id"]))
+        if self.write:
+            self.sink.file_bytes(row, current is not None, src, name, dst, target_name or name, size)
 
     # ------------------------------------------------------------------ one collection
     def collection(self, name: str, src_conn: sa.Connection, dst_conn: sa.Connection) -> None:
@@ -247,16 +249,19 @@ class Walk:
         source_columns = {c.name: c for c in src_def.columns}
         columns = [c for c in dst_def.columns if c.name in source_columns]
         names = [c.name for c in columns]
+        controlled = self.sink.controlled(name) - {pk}
+        written = [n for n in names if n not in controlled]
         decode_src = {c.name: decoder(source_columns[c.name].type) for c in columns}
         decode_dst = {c.name: decoder(c.type) for c in columns}
-        encode = {c.name: encoder(c.type, self.dst.vendor) for c in columns}
         kinds = {c.name: c.type for c in columns}
         nullable = {c.name: c.nullable for c in columns}
         links = [link for link in self.graph.outgoing(name) if link.field in names]
         counts = self.counts.setdefault(name, empty_counts())
         resolved = self.resolved.setdefault(name, {})
         deferred: list[tuple[Any, str, Any]] = []
-        table = sa.table(name, *[sa.column(n) for n in names])
+        if self.write:
+            self.sink.prepare(name, dst_def, names)
+        self._in_flight = set()
         self.progress.log(f"content {name}: {len(self.closure.rows.get(name, ()))} rows")
         for batch in _batches(sorted(self.closure.rows.get(name, ()), key=_sort_key)):
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
@@ -264,7 +269,7 @@ class Walk:
             rows = []
             for raw in src_conn.execute(query).mappings():
                 rows.append({n: decode_src[n](raw[n]) for n in names})
-            if self.finisher is not None and self.finisher.active:  # transform.py: mask, URLs, --transform
+            if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
             # target keys
             if integer:
@@ -282,7 +287,6 @@ class Walk:
                                               [v for v in target_keys.values() if v is not None])
             self._prefetch_outside(dst_conn, name, links, rows)
             storages = {}
-            pending: list[dict[str, Any]] = []  # new rows with kept keys: one executemany per batch
             for row in rows:
                 source_key = self.graph.key(name, row[pk])
                 if name == FILES:
@@ -294,28 +298,24 @@ class Walk:
                 self._adopt_junction_rows(dst_conn, name, pk, rows, target_keys)
                 existing_rows.update(self._target_rows(dst_conn, name, pk, names, decode_dst, [
                     v for v in target_keys.values() if v is not None and v not in existing_rows]))
+            created: list[tuple[Any, dict[str, Any]]] = []
             for row in rows:
                 source_key = self.graph.key(name, row[pk])
-                source_storage = storages.get(source_key)
                 target_key = target_keys[source_key]
+                current = existing_rows[target_key] if target_key is not None else None
                 if name == FILES and not self.refused:
-                    self._bytes(row, str(source_storage))
-                if target_key is None:
+                    self._bytes(row, str(storages.get(source_key)), current)
+                if current is None:
                     counts["created"] += 1
                     if not self.write:
                         resolved[source_key] = _New(source_key)
-                    elif integer:  # the target numbers it: one statement, its new key returned
-                        resolved[source_key] = self._insert(dst_conn, table, pk, row, encode)
-                        self.new_map[(name, source_key)] = resolved[source_key]
                     else:
-                        resolved[source_key] = source_key
-                        pending.append({n: self._encoded(encode[n], v) for n, v in row.items()})
+                        created.append((source_key, {n: row[n] for n in written}))
                     continue
                 resolved[source_key] = target_key
                 if integer:
                     self.new_map[(name, source_key)] = target_key
-                current = existing_rows[target_key]
-                changed = [n for n in names if n != pk and not self._same(row[n], current[n], kinds[n])]
+                changed = [n for n in written if n != pk and not self._same(row[n], current[n], kinds[n])]
                 if not changed:
                     counts["unchanged"] += 1
                 elif self.mode == "skip-existing":
@@ -323,17 +323,39 @@ class Walk:
                 else:
                     counts["updated"] += 1
                     if self.write:
-                        dst_conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, target_key)).values(
-                            {n: self._encoded(encode[n], row[n]) for n in changed}))
-            if pending:
-                dst_conn.execute(sa.insert(table), pending)
+                        self.sink.update(name, pk, target_key, {n: row[n] for n in changed})
+            if created:
+                self._create(name, pk, integer, created)
             self.progress.advance(items=len(rows))
             self.progress.check_cancelled()
+        if self.write:
+            self.sink.flush()  # every row of the collection has its target key now
+        self._in_flight = set()
         for source_key, column, ref in deferred:  # self-references, now that every row of the collection has its key
             target = resolved.get(ref)
             if self.write and target is not None:
-                dst_conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, resolved[source_key]))
-                                 .values({column: target}))
+                self.sink.set_later(name, pk, resolved[source_key], column, target)
+        if self.write and deferred:
+            self.sink.flush()
+
+    def _create(self, name: str, pk: str, integer: bool, created: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Hand new rows to the sink; their target keys are recorded when it reports them (at once for SQL,
+        when the request returns for the API)."""
+        sources = [source_key for source_key, _ in created]
+        resolved = self.resolved[name]
+
+        def done(made: list[Any], offset: int = 0) -> None:
+            for source_key, target_key in zip(sources[offset:], made):
+                resolved[source_key] = target_key
+                if integer:
+                    self.new_map[(name, source_key)] = target_key
+
+        if not integer:  # kept keys are known now; the rows may still be in flight
+            for source_key in sources:
+                resolved[source_key] = source_key
+        if self.sink.concurrent:
+            self._in_flight.update(sources)
+        self.sink.create(name, pk, integer, [row for _, row in created], done)
 
     # ------------------------------------------------------------------ value transforms (transform.py)
     def _finish(self, name: str, pk: str, kinds: Mapping[str, str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -427,10 +449,6 @@ class Walk:
             return False
         return comparable(ours, kind, self.dst.vendor) == comparable(theirs, kind, self.dst.vendor)
 
-    @staticmethod
-    def _encoded(codec: Callable[[Any], Any] | None, value: Any) -> Any:
-        return codec(value) if codec is not None else value
-
     def _target_rows(self, conn: sa.Connection, name: str, pk: str, names: list[str],
                      decode: Mapping[str, Callable[[Any], Any]], target_keys: list[Any]) -> dict[Any, dict[str, Any]]:
         if not target_keys:
@@ -441,12 +459,6 @@ class Walk:
         for raw in conn.execute(query).mappings():
             out[self.graph.key(name, raw[pk])] = {n: decode[n](raw[n]) for n in names}
         return out
-
-    def _insert(self, conn: sa.Connection, table: sa.TableClause, pk: str, row: Mapping[str, Any],
-                encode: Mapping[str, Callable[[Any], Any] | None]) -> int:
-        """Insert a row of an integer-keyed collection without its key; the target's next id comes back."""
-        values = {n: self._encoded(encode[n], v) for n, v in row.items() if n != pk}
-        return int(conn.execute(sa.insert(table).values(values).returning(sa.column(pk))).scalar_one())
 
     # ------------------------------------------------------------------ mirror
     def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]]) -> dict[str, list[Any]]:
@@ -475,9 +487,10 @@ class Walk:
             self.counts.setdefault(name, empty_counts())["deleted"] = len(rows)
         return {name: rows for name, rows in doomed.items() if rows}
 
-    def delete(self, conn: sa.Connection, doomed: Mapping[str, list[Any]], roots: Iterable[str]) -> None:
-        """Delete ``doomed`` rows, children before the roots."""
+    def delete(self, doomed: Mapping[str, list[Any]], roots: Iterable[str]) -> None:
+        """Delete ``doomed`` rows through the sink, children before the roots."""
         for name in sorted(doomed, key=lambda n: n in set(roots)):
             pk = self.graph.keys[name]
             for batch in _batches(doomed[name]):
-                conn.execute(sa.delete(sa.table(name)).where(keys.in_(self.dst, name, pk, batch)))
+                self.sink.delete(name, pk, batch)
+            self.sink.flush()

@@ -520,8 +520,9 @@ class ContentMoveParams(Schema):
     from_ = fields.String(required=True, data_key="from", metadata={
         "description": "The source: an instance's .env, or an export --full bundle (a folder, .tar or .tar.gz).",
         "cli": "--from", "host_path": True})
-    to = fields.String(required=True, metadata={"description": "The target instance's .env.", "cli": "--to",
-                                                "host_path": True})
+    to = fields.String(required=True, metadata={
+        "description": "The target instance's .env (read through its database; via api, written through its API).",
+        "cli": "--to", "host_path": True})
     collections = fields.List(fields.String(), required=True, validate=validate.Length(min=1), metadata={
         "description": "The collections to move (their related rows follow).", "cli": "--collection"})
     filter = _FilterField(load_default=None, allow_none=True, metadata={
@@ -534,7 +535,16 @@ class ContentMoveParams(Schema):
     max_delete = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0), metadata={
         "description": "The most target rows mirror may delete (mirror needs it).", "cli": "--max-delete"})
     via = fields.String(load_default="db", validate=validate.OneOf(CONTENT_VIA), metadata={
-        "description": "db (the instances' databases); api is not available yet.", "cli": "--via"})
+        "description": "db: write the target's database (one transaction); api: write through the target's API "
+        "(its validation, permissions, hooks and flows run; batches, retries; a failure leaves a partial move "
+        "that a re-run resumes).", "cli": "--via"})
+    to_url = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "via api: the running target's URL (default: the PUBLIC_URL of its .env).", "cli": "--to-url"})
+    to_token = _secret("via api: an admin token of the target.", "--to-token")
+    concurrency = fields.Integer(load_default=4, validate=validate.Range(min=1, max=32), metadata={
+        "description": "via api: requests in flight at once.", "cli": "--concurrency"})
+    batch_size = fields.Integer(load_default=100, validate=validate.Range(min=1, max=5000), metadata={
+        "description": "via api: rows per request.", "cli": "--batch-size"})
     dry_run = fields.Boolean(load_default=False, metadata={"description": "Only the plan.", "cli": "--dry-run"})
     rewrite_urls = fields.Boolean(load_default=True, metadata={
         "description": "Rewrite the source's PUBLIC_URL and asset URLs (file ids remapped) in text, rich text, "
@@ -776,7 +786,10 @@ def _content_move_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
 
 
 def _content_outcome(report: Report, planned: bool) -> Outcome:
-    """Refused: invalid (exit 2, the plan printed); a dry run with changes: differences (exit 1)."""
+    """Partial (exit 4: the API path stopped after some writes); refused: invalid (exit 2, the plan printed);
+    a dry run with changes: differences (exit 1)."""
+    if report.get("partial"):
+        return Outcome.PARTIAL
     if report["refused"]:
         return Outcome.INVALID
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK

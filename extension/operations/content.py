@@ -1,10 +1,12 @@
 """``content``: move rows (and their related rows, files and bytes) from one instance to another.
 
 The wrapper between the registry and :mod:`cairn_migrate.content`: it reads the two
-instances' ``.env`` files (the direct database path, ``via="db"``), or opens a bundle as the
-source (:mod:`cairn_migrate.content.bundle_source`), resolves the masking profile and the
-``--transform`` function as the shell allows them, and hands the move to
-:func:`cairn_migrate.content.move.plan` / :func:`~cairn_migrate.content.move.apply`.
+instances' ``.env`` files (or opens a bundle as the source, :mod:`cairn_migrate.content.bundle_source`),
+resolves the masking profile and the ``--transform`` function as the shell allows them, and hands the
+move to :func:`cairn_migrate.content.move.plan` / :func:`~cairn_migrate.content.move.apply`.  Both
+instances are read through their databases, so the plan is the same whichever path writes;
+``via="api"`` also needs the running target's URL (``to_url``, else the ``PUBLIC_URL`` of its ``.env``)
+and an admin token (``to_token``, a secret).  Every transform applies on both paths.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..errors import InvalidInput
+from ..errors import ConfigError, InvalidInput
 
 
-def _check_via(p: dict[str, Any]) -> None:
-    if p["via"] != "db":
-        raise InvalidInput("content move --via api is not available yet",
-                           hint="use --via db (the default) with both instances' .env files")
+def _is_url(value: str) -> bool:
+    return urlsplit(value).scheme in ("http", "https")
 
 
 @contextlib.contextmanager
@@ -29,7 +30,12 @@ def _move(ctx: Any, p: dict[str, Any]) -> Iterator[tuple[Any, Any, dict[str, Any
     from ..content.bundle_source import is_bundle_path, open_source
     from ..content.transform import load_function
 
-    _check_via(p)
+    for key, option in (("from_", "--from"), ("to", "--to")):
+        if _is_url(p[key]):
+            raise InvalidInput(f"content move reads both instances' rows from their databases: {option} {p[key]} "
+                               "is a URL, not an instance's .env" + (" or a bundle" if key == "from_" else ""),
+                               hint=f"pass {option} with the instance's .env; for the target's API add --via api "
+                               "--to-token TOKEN (and --to-url URL when its PUBLIC_URL does not reach it)")
     params = dict(p)
     if p.get("mask"):
         from . import MASK_PROFILES
@@ -49,17 +55,37 @@ def _move(ctx: Any, p: dict[str, Any]) -> Iterator[tuple[Any, Any, dict[str, Any
         yield ctx.other_instance(p["from_"]), target, params, {"function": function}
 
 
+def _client(ctx: Any, p: dict[str, Any], target: Any) -> Callable[[], Any] | None:
+    """``via="api"``: what makes the target's API client (checked before any work)."""
+    if p["via"] != "api":
+        return None
+    token = ctx.secret("to_token") or p.get("to_token")
+    if not token:
+        raise InvalidInput("content move --via api writes through the target's API: it needs an admin token",
+                           hint="pass --to-token (to_token) of an admin of the target")
+    url = p.get("to_url") or target.public_url
+    if not url or not _is_url(url):
+        raise ConfigError(f"The target's .env {p['to']} sets no absolute PUBLIC_URL to reach its API at",
+                          hint="pass the running target's URL with --to-url, or set PUBLIC_URL in its .env")
+    from ..content.api_client import ApiClient
+
+    return lambda: ApiClient(url, token, concurrency=p["concurrency"])
+
+
 def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     """The move's plan: per collection created/updated/unchanged/skipped/deleted, users, files; writes nothing."""
     from ..content.move import plan as plan_move
 
     with _move(ctx, p) as (source, target, params, extras):
+        _client(ctx, p, target)  # a missing token or URL is refused in the plan already
         return plan_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress, **extras)
 
 
 def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
-    """Plan, then (unless refused) move: bytes, then rows in one target transaction."""
+    """Plan, then (unless refused) move: via db, bytes then rows in one target transaction; via api, through
+    the target's API in batches (a failure leaves a partial move the ID map resumes)."""
     from ..content.move import apply as apply_move
 
     with _move(ctx, p) as (source, target, params, extras):
-        return apply_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress, **extras)
+        return apply_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress,
+                          client=_client(ctx, p, target), **extras)

@@ -1,0 +1,212 @@
+"""Benchmark: ``content move --via db`` against ``--via api`` against ``pg_dump --data-only | psql``.
+
+Run ``.venv/bin/python bench/content.py [--articles 3000]`` with the test servers up (``scripts/servers
+start``; ``eval "$(scripts/servers env)"``).  Results go to ``bench/results/content.json`` and a table is
+printed.
+
+The source is the recorded PostgreSQL instance with its content rows replaced by generated ones:
+``--articles`` articles (uuid keys, a ~1 KB body), each with its author (one of ``articles / 50``,
+integer keys), one translation and one comment (integer keys).  Three targets are the same recorded
+instance with those tables emptied (so the dump loads without clashes and every path starts from the same
+state); the move carries every article with its closure (authors, translations, comments; languages
+unchanged):
+
+* ``db``: ``cairn-migrate content move --via db`` (one process: plan, then one target transaction);
+* ``api``: the same move ``--via api`` into a running CairnCMS 1.0.0-beta.4 on the second target
+  (``--concurrency``, ``--batch-size``): validation, hooks, activity and revision rows included;
+* ``native``: ``pg_dump --data-only -t <the four tables> SRC | psql DST``: no key remapping, no plan,
+  no ID map, no checks.
+
+Each of our runs is a separate process (start-up and the plan included; the plan is also timed alone);
+peak RSS is its maximum resident set (``/usr/bin/time -f %M``).  items/s counts the rows written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from live_instance import CAIRNCMS, free_port, server_env, start_server, stop_process  # noqa: E402
+
+from cairn_migrate.testing import (  # noqa: E402
+    copy_uploads,
+    create_postgres_database,
+    drop_postgres_database,
+    instance_env,
+    server_env as database_env,
+    write_env,
+)
+
+FIXTURE = ROOT / "tests" / "fixtures" / "postgres"
+CLI = str(Path(sys.executable).with_name("cairn-migrate"))
+TOKEN = "bench-content-admin-token-0123456789"
+TABLES = ("articles", "authors", "articles_translations", "article_comments")
+EMPTIED = ("articles_tags", "article_comments", "articles_translations", "articles", "authors")
+
+
+def engine(admin_url: str, name: str) -> sa.Engine:
+    return sa.create_engine(sa.engine.make_url(admin_url).set(drivername="postgresql+psycopg", database=name))
+
+
+def instance(admin_url: str, folder: Path, extra: dict[str, Any] | None = None) -> tuple[str, Path]:
+    """The recorded instance in a new database, its content tables emptied; (database, .env)."""
+    folder.mkdir(parents=True)
+    name = create_postgres_database(admin_url, FIXTURE / "seeded.sql", prefix="cm_bench")
+    env = write_env(folder / ".env", instance_env(FIXTURE, database_env(admin_url, name, "pg"), extra or {}))
+    copy_uploads(FIXTURE, folder)
+    db = engine(admin_url, name)
+    with db.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(EMPTIED)}"))
+        conn.execute(sa.text("UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'"), {"t": TOKEN})
+    db.dispose()
+    return name, env
+
+
+def generate(admin_url: str, name: str, articles: int) -> None:
+    authors = max(1, articles // 50)
+    db = engine(admin_url, name)
+    body = "lorem ipsum dolor sit amet " * 40
+    with db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO authors (name, email, bio, rating) VALUES (:n, :e, :b, 4.5)"),
+                     [{"n": f"Author {i}", "e": f"author{i}@bench.example", "b": body[:200]} for i in range(authors)])
+        ids = [r[0] for r in conn.execute(sa.text("SELECT id FROM authors ORDER BY id"))]
+        rows = [{"id": str(uuid.uuid4()), "t": f"Article {i}", "s": f"article-{i}", "b": body, "a": ids[i % authors],
+                 "w": 200 + i % 500} for i in range(articles)]
+        conn.execute(sa.text("INSERT INTO articles (id, status, title, slug, body, author, word_count) "
+                             "VALUES (:id, 'published', :t, :s, :b, :a, :w)"), rows)
+        conn.execute(sa.text("INSERT INTO articles_translations (articles_id, languages_code, title, summary) "
+                             "VALUES (:id, 'en-US', :t, :b)"), [{"id": r["id"], "t": r["t"], "b": body[:300]} for r in rows])
+        conn.execute(sa.text("INSERT INTO article_comments (article, author_name, text, approved) "
+                             "VALUES (:id, 'reader', :b, true)"), [{"id": r["id"], "b": body[:150]} for r in rows])
+    db.dispose()
+
+
+def counts(admin_url: str, name: str) -> dict[str, int]:
+    db = engine(admin_url, name)
+    with db.connect() as conn:
+        out = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+    db.dispose()
+    return out
+
+
+def timed(command: list[str], **kwargs: Any) -> tuple[float, int | None, subprocess.CompletedProcess[str]]:
+    """Seconds, peak RSS (KiB, via /usr/bin/time when present) and the finished process."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        prefix = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if Path("/usr/bin/time").exists() else []
+        start = time.perf_counter()
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=7200, **kwargs)
+        seconds = time.perf_counter() - start
+        rss = rss_file.read().strip().splitlines()
+    return seconds, int(rss[-1]) if rss and rss[-1].isdigit() else None, done
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), "?")
+    postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(int(memory) / 1048576, 1),
+            "python": platform.python_version(), "postgres_client": postgres, "cairncms": "1.0.0-beta.4",
+            "note": "one shared 2-core machine: PostgreSQL, CairnCMS and the tool on the same cores, other work running"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--articles", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--out", default="content.json", help="the results file's name in bench/results/")
+    parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    args = parser.parse_args()
+    admin = args.admin_url
+    made: list[str] = []
+    results: dict[str, Any] = {"articles": args.articles, "machine": machine(), "concurrency": args.concurrency,
+                               "batch_size": args.batch_size}
+    with tempfile.TemporaryDirectory(prefix="bench-content-") as tmp:
+        base = Path(tmp)
+        state = {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"}
+        try:
+            source, source_env = instance(admin, base / "src")
+            made.append(source)
+            generate(admin, source, args.articles)
+            results["source_rows"] = counts(admin, source)
+            rows = sum(results["source_rows"].values())
+            move = [CLI, "content", "move", "--from", str(source_env), "--collection", "articles", "--json"]
+
+            db_name, db_env = instance(admin, base / "db")
+            made.append(db_name)
+            plan_s, _, planned = timed([*move, "--to", str(db_env), "--dry-run"], env=state)
+            assert planned.returncode == 1, planned.stdout + planned.stderr
+            seconds, rss, done = timed([*move, "--to", str(db_env)], env=state)
+            assert done.returncode == 0, done.stdout + done.stderr
+            written = sum(c["created"] + c["updated"] for c in json.loads(done.stdout)["plan"].values())
+            results["db"] = {"seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
+                             "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024),
+                             "target_rows": counts(admin, db_name)}
+
+            url = f"http://127.0.0.1:{free_port()}"
+            api_name, api_env = instance(admin, base / "api", {"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1],
+                                                               "PUBLIC_URL": url, "LOG_STYLE": "raw"})
+            made.append(api_name)
+            (api_env.parent / "package.json").write_text('{"name": "bench-content", "private": true}\n')
+            server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
+            try:
+                seconds, rss, done = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN,
+                                            "--concurrency", str(args.concurrency), "--batch-size",
+                                            str(args.batch_size)], env=state)
+                assert done.returncode == 0, done.stdout + done.stderr
+                report = json.loads(done.stdout)
+                written = sum(c["created"] + c["updated"] for c in report["plan"].values())
+                again_s, _, again = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN], env=state)
+                assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
+            finally:
+                stop_process(server)
+            results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
+                              "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
+                              "second_run_seconds": round(again_s, 2), "target_rows": counts(admin, api_name)}
+
+            native_name, _ = instance(admin, base / "native")
+            made.append(native_name)
+            url_src = sa.engine.make_url(admin).set(database=source).render_as_string(hide_password=False)
+            url_dst = sa.engine.make_url(admin).set(database=native_name).render_as_string(hide_password=False)
+            tables = " ".join(f"-t {t}" for t in TABLES)
+            seconds, _, done = timed(["bash", "-o", "pipefail", "-c",
+                                      f"pg_dump --data-only {tables} '{url_src}' | psql -q -v ON_ERROR_STOP=1 '{url_dst}'"])
+            assert done.returncode == 0, done.stderr
+            results["native"] = {"seconds": round(seconds, 2), "rows": rows, "items_per_s": round(rows / seconds),
+                                 "target_rows": counts(admin, native_name)}
+        finally:
+            for name in made:
+                drop_postgres_database(admin, name)
+    for mode in ("db", "api"):
+        assert results[mode]["target_rows"] == results["native"]["target_rows"] == results["source_rows"], results
+    native = results["native"]["seconds"]
+    for mode in ("db", "api", "native"):
+        results[mode]["x_native"] = round(results[mode]["seconds"] / native, 1)
+    out = ROOT / "bench" / "results" / args.out
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{args.articles} articles + closure ({rows} rows) on {results['machine']['cores']} cores")
+    print("| path | seconds | rows/s | × native | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for mode in ("db", "api", "native"):
+        r = results[mode]
+        print(f"| {mode} | {r['seconds']} | {r['items_per_s']} | {r['x_native']} | {r.get('peak_rss_mib') or '-'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The HTTP side of a content move over the target's API: retries with backoff, a small pool, the timeouts.
+
+Every call has the project's timeouts (:mod:`cairn_migrate.instance.timeouts`).  A 429 or 5xx answer
+and a failed connection are retried with exponential backoff and full jitter, waiting at least what a
+``Retry-After`` header asks; a read timeout is not retried (the server may have written).  Work is
+submitted to a thread pool of ``concurrency`` workers with at most twice that many requests queued, so
+memory stays flat however many rows move; :meth:`ApiClient.wait` is the barrier that collects the
+answers and raises the first failure.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import requests
+
+from ..errors import Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
+from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
+
+#: answers worth another try: too many requests, and the server (or a proxy in front of it) failing
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+DEFAULT_CONCURRENCY = 4
+DEFAULT_BATCH = 100
+RETRIES = 6
+BASE_DELAY = 0.25
+MAX_DELAY = 30.0
+
+
+def _retry_after(response: requests.Response) -> float:
+    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), 0 without one."""
+    raw = (response.headers.get("Retry-After") or "").strip()
+    if not raw:
+        return 0.0
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return 0.0  # unreadable: the backoff alone decides
+    return min(MAX_DELAY * 4, max(0.0, parsed.timestamp() - time.time()))
+
+
+def error_text(response: requests.Response) -> str:
+    """CairnCMS's error messages (``errors[].message``), or the start of the body."""
+    try:
+        errors = response.json().get("errors") or []
+    except ValueError:
+        return response.text[:300]
+    return "; ".join(e.get("message", str(e)) if isinstance(e, dict) else str(e) for e in errors) or response.text[:300]
+
+
+class ApiClient:
+    """A running target reached with an admin token."""
+
+    def __init__(self, url: str, token: str, *, concurrency: int = DEFAULT_CONCURRENCY, retries: int = RETRIES,
+                 base_delay: float = BASE_DELAY) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.retries = retries
+        self.base_delay = base_delay
+        self.retried = 0  # how many answers were retried (the report says it)
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="content-api")
+        self._slots = threading.BoundedSemaphore(2 * max(1, concurrency))
+        self._futures: list[tuple[Future[Any], Callable[[Any], None] | None]] = []
+        self._lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._local.session.headers["Authorization"] = f"Bearer {self.token}"
+        return self._local.session
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One call, retried on 429/5xx and failed connections; any other refusal raises naming the fix."""
+        rewind = kwargs.pop("rewind", None)  # re-opens a streamed body for another try
+        attempt = 0
+        while True:
+            if rewind is not None:
+                kwargs["files"] = rewind()
+            try:
+                response = self._session().request(method, self.url + path,
+                                                   timeout=(connect_timeout(), read_timeout()), **kwargs)
+            except requests.RequestException as exc:
+                retryable = isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)) \
+                    and not isinstance(exc, requests.ReadTimeout)
+                if not retryable or attempt >= self.retries:
+                    raise InstanceUnreachable(f"The target {self.url} did not answer {method} {path}: {exc}",
+                                              hint=f"start it, or check the URL; {timeout_hint('CAIRN_MIGRATE_READ_TIMEOUT')}") from None
+                wait = 0.0
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code not in RETRY_STATUS or attempt >= self.retries:
+                    raise self._refusal(method, path, response)
+                wait = _retry_after(response)
+            delay = max(wait, random.uniform(0, min(MAX_DELAY, self.base_delay * 2 ** attempt)))
+            with self._lock:
+                self.retried += 1
+            attempt += 1
+            time.sleep(delay)
+
+    def _refusal(self, method: str, path: str, response: requests.Response) -> MigrateError:
+        status = response.status_code
+        if status == 401:
+            return Unauthorized(f"The target {self.url} refused the token ({method} {path}: 401)",
+                                hint="pass an admin's static token of the target with --to-token")
+        if status == 403:
+            return Forbidden(f"The target {self.url} answered 403 to {method} {path}: {error_text(response)}",
+                             hint="pass the static token of an admin of the target with --to-token")
+        error = InvalidInput if status == 400 else MigrateError
+        return error(f"The target {self.url} answered {status} to {method} {path}: {error_text(response)}",
+                     details={"status": status},
+                     hint="the target's validation refused the row; fix it on the source or the target and run again")
+
+    def submit(self, fn: Callable[[], Any], then: Callable[[Any], None] | None = None) -> None:
+        """Run ``fn`` in the pool (waiting while the queue is full); ``then(result)`` runs at :meth:`wait`."""
+        self._slots.acquire()
+
+        def run() -> Any:
+            try:
+                return fn()
+            finally:
+                self._slots.release()
+
+        self._futures.append((self._pool.submit(run), then))
+
+    def wait(self) -> None:
+        """Every submitted call answered; their ``then`` run in order here; the first failure raised."""
+        futures, self._futures = self._futures, []
+        failure: BaseException | None = None
+        for future, then in futures:
+            try:
+                result = future.result()
+            except BaseException as exc:  # noqa: BLE001 - kept, raised after every call is settled
+                failure = failure or exc
+                continue
+            if then is not None:
+                then(result)
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

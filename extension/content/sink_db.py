@@ -1,0 +1,106 @@
+"""The direct database writer of a content move: rows through one target transaction, bytes to its storage.
+
+The walk (:mod:`cairn_migrate.content.writer`) decides; a *sink* writes.  This one writes the
+finished rows with SQL on the target connection the caller commits or rolls back: new rows with
+kept (uuid/string) keys in one ``executemany`` per batch, integer-keyed rows one statement each
+(their new key comes back), updates per row, deletions per key batch; a file's bytes are copied to
+the target's storage location and verified (size + SHA-256) before its row is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..bundle.table_schema import TableDef
+from ..bundle.values import encoder
+from ..errors import MigrateError
+from ..instance.database import Database
+from ..instance.storage import CHUNK, Location
+from . import keys
+from .closure import USERS
+
+#: receives the target keys of created rows in the order the rows were given, from the row at ``offset`` on
+Done = Callable[..., None]
+
+
+class DbSink:
+    """Writes through ``conn`` (the target's transaction)."""
+
+    via = "db"
+    #: the row's ``filename_disk`` is written as the source's, so the target's bytes are looked up under it
+    keeps_filename = True
+    concurrent = False
+
+    def __init__(self, dst: Database, conn: sa.Connection) -> None:
+        self.dst = dst
+        self.conn = conn
+        self._encoders: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
+        self.copied: list[str] = []
+
+    def controlled(self, name: str) -> frozenset[str]:
+        """Columns the target sets itself on this path (none: SQL writes every column)."""
+        return frozenset()
+
+    def prepare(self, name: str, dst_def: TableDef, names: list[str]) -> None:
+        by_name = {c.name: c for c in dst_def.columns}
+        self._encoders[name] = {n: encoder(by_name[n].type, self.dst.vendor) for n in names}
+
+    def _encoded(self, name: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        codecs = self._encoders[name]
+        return {n: (codecs[n](v) if codecs[n] is not None else v) for n, v in row.items()}
+
+    def create(self, name: str, pk: str, integer: bool, rows: list[dict[str, Any]], done: Done) -> None:
+        if not rows:
+            return
+        table = sa.table(name, *[sa.column(n) for n in rows[0]])
+        if integer:  # the target numbers each row: one statement, its new key returned
+            made = []
+            for row in rows:
+                values = {n: v for n, v in self._encoded(name, row).items() if n != pk}
+                made.append(int(self.conn.execute(sa.insert(table).values(values).returning(sa.column(pk))).scalar_one()))
+            done(made)
+            return
+        self.conn.execute(sa.insert(table), [self._encoded(name, row) for row in rows])
+        done([row[pk] for row in rows])
+
+    def create_user(self, values: Mapping[str, Any]) -> None:
+        """A user ``--create-users`` creates (:mod:`.users`): one row, in the target's transaction."""
+        row = {n: (keys.value(self.dst, USERS, n, v) if n in ("id", "role") and v is not None else v)
+               for n, v in values.items()}
+        self.conn.execute(sa.insert(sa.table(USERS, *[sa.column(n) for n in row])).values(row))
+
+    def update(self, name: str, pk: str, target_key: Any, values: Mapping[str, Any]) -> None:
+        table = sa.table(name, *[sa.column(n) for n in values])
+        self.conn.execute(sa.update(table).where(keys.equals(self.dst, name, pk, target_key)).values(
+            self._encoded(name, values)))
+
+    def set_later(self, name: str, pk: str, target_key: Any, column: str, value: Any) -> None:
+        """A self-reference set once every row of the collection has its key (written as is)."""
+        self.conn.execute(sa.update(sa.table(name, sa.column(column))).where(
+            keys.equals(self.dst, name, pk, target_key)).values({column: value}))
+
+    def file_bytes(self, row: Mapping[str, Any], exists: bool, source: Location, source_name: str,
+                   target: Location, target_name: str, size: int) -> None:
+        """Copy and verify a file's bytes now (before its row is written)."""
+        digest = hashlib.sha256()
+        with source.open_read(source_name) as reader, target.open_write(target_name) as writer:
+            while block := reader.read(CHUNK):
+                digest.update(block)
+                writer.write(block)
+        if target.size(target_name) != size or target.sha256(target_name) != digest.hexdigest():
+            raise MigrateError(f"The copy of {target_name} to the target's {target.name} does not match the source "
+                               f"(size or SHA-256)", hint="check the target storage and run the move again")
+        self.copied.append(str(row["id"]))
+
+    def flush(self) -> None:
+        """Every write so far is done (SQL statements are synchronous)."""
+
+    def delete(self, name: str, pk: str, batch: Iterable[Any]) -> None:
+        self.conn.execute(sa.delete(sa.table(name)).where(keys.in_(self.dst, name, pk, list(batch))))
+
+    def close(self) -> None:
+        """Nothing to release: the caller owns the transaction."""
