@@ -237,6 +237,7 @@ class Walk:
             raise MigrateError(f"The copy of {name} to the target's {dst.name} does not match the source "
                                f"(size or SHA-256)", hint="check the target storage and run the move again")
         self.files["copied"].append(str(row["id"]))
+        self.progress.advance(bytes=size)
 
     # ------------------------------------------------------------------ one collection
     def collection(self, name: str, src_conn: sa.Connection, dst_conn: sa.Connection) -> None:
