@@ -359,10 +359,9 @@ def check_load_failure_is_shown(page: Any, instance: LiveInstance) -> None:
         page.unroute("**/migrate/app/vue")
 
 
-@contextlib.contextmanager
-def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
-    """A second real instance of the same platform, version and vendor: a copy of ``instance``'s folder and
-    SQLite database on a port of its own; yields its URL (its admin token is ``ADMIN_TOKEN`` too)."""
+def copy_instance(instance: LiveInstance, folder: Path) -> str:
+    """A copy of ``instance``'s folder and SQLite database at ``folder`` (its ``.env`` naming its own files and a
+    port of its own), not started; returns the URL its ``.env`` gives it (``PUBLIC_URL``)."""
     shutil.copytree(instance.folder, folder, ignore=shutil.ignore_patterns("data.db*"))
     live, copy = sqlite3.connect(instance.folder / "data.db"), sqlite3.connect(folder / "data.db")
     try:
@@ -376,6 +375,14 @@ def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
     text = env_file.read_text().replace(str(instance.folder), str(folder))
     text = re.sub(r"(?m)^PORT=.*$", f"PORT={port}", text)
     env_file.write_text(re.sub(r"(?m)^PUBLIC_URL=.*$", f"PUBLIC_URL={url}", text))
+    return url
+
+
+@contextlib.contextmanager
+def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
+    """A second real instance of the same platform, version and vendor: a copy of ``instance``'s folder and
+    SQLite database on a port of its own; yields its URL (its admin token is ``ADMIN_TOKEN`` too)."""
+    url = copy_instance(instance, folder)
     server = start_server(instance.platform, folder, url, instance.env, folder / "server.log")
     try:
         yield url

@@ -167,11 +167,18 @@ function countsLine(counts) {
 	return COUNT_KINDS.map((kind) => `${(counts && counts[kind]) || 0} ${kind}`).join(', ');
 }
 
-/* A sync run's counts (per synced collection: the content step's plan, or {changed: 0}) as one line each. */
+/*
+ * A sync run's counts, one line per synced collection: the non-zero counts of each collection its content step
+ * wrote (its related collections too), or "no changes" (the step's plan is all zeros, or {changed: 0}).
+ */
 function syncCountLines(counts) {
-	return Object.entries(counts || {}).flatMap(([collection, plan]) => {
-		if (!plan || plan.changed === 0 || !Object.keys(plan).length) return [`${collection}: no changes`];
-		return Object.entries(plan).map(([name, c]) => `${name}: ${countsLine(c)}`);
+	return Object.entries(counts || {}).map(([collection, plan]) => {
+		const parts = Object.entries(plan || {})
+			.filter(([, c]) => c && typeof c === 'object')
+			.map(([name, c]) => [name, COUNT_KINDS.filter((kind) => c[kind]).map((kind) => `${c[kind]} ${kind}`)])
+			.filter(([, kinds]) => kinds.length)
+			.map(([name, kinds]) => `${name === collection ? '' : `${name} `}${kinds.join(', ')}`);
+		return `${collection}: ${parts.length ? parts.join('; ') : 'no changes'}`;
 	});
 }
 
@@ -1070,8 +1077,9 @@ const MigratePage = {
 			]);
 
 			const lastRun = (run) => (run ? `${run.outcome}${run.dry_run ? ' (dry run)' : ''}, ${run.finished_at}` : 'never');
-			const syncRows = syncs.value.map((s) => h('tr', { key: s.name, 'data-testid': 'sync-row', 'data-name': s.name,
-				'data-enabled': String(!!s.enabled) }, [
+			/* Per profile a tbody: its row, then its actions (or the confirmation of its removal) beneath it. */
+			const syncRows = syncs.value.map((s) => h('tbody', { key: s.name, 'data-testid': 'sync-row', 'data-name': s.name,
+				'data-enabled': String(!!s.enabled) }, [h('tr', [
 				h('td', { style: css.cell }, h('strong', s.name)),
 				h('td', { style: css.cell }, `${s.source} \u2192 ${s.target}`),
 				h('td', { style: css.cell }, (s.collections || []).join(', ')),
@@ -1081,7 +1089,7 @@ const MigratePage = {
 				h('td', { style: css.cell, 'data-testid': 'sync-last-run' }, lastRun(s.last_run)),
 				h('td', { style: css.cell }, s.next_run || (s.schedule && (s.schedule.cron || s.schedule.interval_seconds)
 					? 'not scheduled by this sidecar (serve --scheduler)' : '\u2014')),
-				h('td', { style: css.cell }, confirmRemove.value === s.name
+			]), h('tr', [h('td', { style: css.cell, colspan: 8 }, confirmRemove.value === s.name
 					? h('div', { style: css.row, 'data-testid': 'sync-confirm-remove' }, [
 						h('span', `Remove ${s.name}, its schedule, watermarks and history?`),
 						button('Remove', () => removeSync(s.name), { busy: `sync-remove-${s.name}`, testid: 'sync-remove-yes' }),
@@ -1093,7 +1101,7 @@ const MigratePage = {
 							{ busy: `sync-pause-${s.name}`, testid: 'sync-pause', secondary: true }),
 						button('History', () => showHistory(s.name), { testid: 'sync-history-show', secondary: true }),
 						button('Remove', () => { confirmRemove.value = s.name; }, { testid: 'sync-remove', secondary: true }),
-					])),
+					]))]),
 			]));
 
 			const historyBlock = history.name
@@ -1103,17 +1111,16 @@ const MigratePage = {
 					history.runs.length === 0
 						? h('p', { style: css.muted }, 'No runs yet.')
 						: h('table', { style: css.table }, [
-							h('thead', [h('tr', ['Started', 'Trigger', 'Outcome', 'Counts', 'Job', 'Report'].map((t) => h('th', { style: css.cell }, t)))]),
-							h('tbody', history.runs.map((run) => h('tr', { key: run.id, 'data-testid': 'sync-history-row', 'data-outcome': run.outcome,
-								'data-job-id': run.job_id || '' }, [
+							h('thead', [h('tr', ['Started', 'Trigger', 'Outcome', 'Counts', 'Job'].map((t) => h('th', { style: css.cell }, t)))]),
+							...history.runs.map((run) => h('tbody', { key: run.id, 'data-testid': 'sync-history-row', 'data-outcome': run.outcome,
+								'data-job-id': run.job_id || '' }, [h('tr', [
 								h('td', { style: css.cell }, run.started_at),
 								h('td', { style: css.cell }, `${run.trigger}${run.full ? ', full' : ''}${run.dry_run ? ', dry run' : ''}`),
 								h('td', { style: css.cell }, run.error ? `${run.outcome}: ${run.error.message}` : run.outcome),
 								h('td', { style: css.cell, 'data-testid': 'sync-history-counts' }, syncCountLines(run.counts).join('; ') || '\u2014'),
 								h('td', { style: css.cell }, run.job_id ? h('a', { style: css.link, onClick: () => follow('jobs', run.job_id) }, run.job_id) : ''),
-								h('td', { style: css.cell }, h('details', [h('summary', { style: css.link }, 'report'),
-									h('pre', { style: css.pre, 'data-testid': 'sync-history-report' }, JSON.stringify(run.report, null, 2))])),
-							]))),
+							]), h('tr', [h('td', { style: css.cell, colspan: 5 }, h('details', [h('summary', { style: css.link }, 'Report'),
+								h('pre', { style: css.pre, 'data-testid': 'sync-history-report' }, JSON.stringify(run.report, null, 2))]))])])),
 						]),
 				])
 				: null;
@@ -1129,9 +1136,9 @@ const MigratePage = {
 				syncs.value.length === 0
 					? h('p', { style: css.muted, 'data-testid': 'syncs-empty' }, 'No sync profiles yet.')
 					: h('table', { style: css.table, 'data-testid': 'syncs' }, [
-						h('thead', [h('tr', ['Name', 'Source \u2192 target', 'Collections', 'Mode, conflicts', 'Schedule', 'State', 'Last run', 'Next run', '']
+						h('thead', [h('tr', ['Name', 'Source \u2192 target', 'Collections', 'Mode, conflicts', 'Schedule', 'State', 'Last run', 'Next run']
 							.map((t) => h('th', { style: css.cell }, t)))]),
-						h('tbody', syncRows),
+						...syncRows,
 					]),
 				...jobPanel('sync', { report: false }),
 				historyBlock,
