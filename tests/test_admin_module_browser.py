@@ -148,6 +148,9 @@ def check_module_loads_with_the_apps_vue(page: Any, instance: LiveInstance) -> N
     # The app's own components rendered the page, so h() and resolveComponent() were the app's Vue.
     assert page.locator("header").get_by_text("Migrate", exact=True).count() >= 1
     assert page.locator("[href$='/admin/migrate'], [href$='/migrate']").count() >= 1  # the module bar entry
+    # The live sidecars allow no folder for paths (CAIRN_MIGRATE_HTTP_PATHS): the content move's target stays empty.
+    assert "CAIRN_MIGRATE_HTTP_PATHS is empty" in page.wait_for_selector("[data-testid=paths-none]").inner_text()
+    assert page.input_value("[data-testid=content-to]") == ""
     loaded = page.evaluate("() => performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)")
     assert any(path.endswith(f"/admin/assets/{chunk}") for path in loaded), loaded
     logs = "\n".join(p.read_text(errors="replace") for p in Path(instance.logs).glob("*.log"))
