@@ -11,8 +11,9 @@
  * from the app's globally registered components (<private-view>, <v-button>, <v-notice>).
  * No templates (the app ships Vue's runtime-only build): render functions with h().
  *
- * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar; the one
- * exception is promote's check that this instance has /schema/* and /config/* (it asks the instance itself).
+ * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar; the two
+ * exceptions ask the instance itself: promote's check that it has /schema/* and /config/*, and its own
+ * collections (GET /collections) for the content move's and the sync form's pickers.
  */
 
 /* The app's Vue, bound by loadPage() before the page's setup() first runs. */
@@ -757,6 +758,7 @@ const MigratePage = {
 		}
 
 		async function showHistory(name) {
+			if (history.name !== name) history.runs = []; // never another profile's runs under this name
 			history.name = name;
 			history.error = '';
 			try {
