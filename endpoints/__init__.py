@@ -18,6 +18,6 @@ def blueprint() -> Blueprint:
     Imported here, on first use, rather than at the bottom of this module, so that
     no view module is half-imported when it imports ``bp`` (no import circle).
     """
-    from . import bundles, events, files, freeze, health, imports, inspect, jobs, openapi, ops, syncs  # noqa: F401
+    from . import bundles, events, files, freeze, health, imports, inspect, jobs, openapi, ops, paths, syncs  # noqa: F401
 
     return bp

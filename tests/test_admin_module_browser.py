@@ -148,6 +148,9 @@ def check_module_loads_with_the_apps_vue(page: Any, instance: LiveInstance) -> N
     # The app's own components rendered the page, so h() and resolveComponent() were the app's Vue.
     assert page.locator("header").get_by_text("Migrate", exact=True).count() >= 1
     assert page.locator("[href$='/admin/migrate'], [href$='/migrate']").count() >= 1  # the module bar entry
+    # The live sidecars allow no folder for paths (CAIRN_MIGRATE_HTTP_PATHS): the content move's target stays empty.
+    assert "CAIRN_MIGRATE_HTTP_PATHS is empty" in page.wait_for_selector("[data-testid=paths-none]").inner_text()
+    assert page.input_value("[data-testid=content-to]") == ""
     loaded = page.evaluate("() => performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)")
     assert any(path.endswith(f"/admin/assets/{chunk}") for path in loaded), loaded
     logs = "\n".join(p.read_text(errors="replace") for p in Path(instance.logs).glob("*.log"))
@@ -359,10 +362,9 @@ def check_load_failure_is_shown(page: Any, instance: LiveInstance) -> None:
         page.unroute("**/migrate/app/vue")
 
 
-@contextlib.contextmanager
-def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
-    """A second real instance of the same platform, version and vendor: a copy of ``instance``'s folder and
-    SQLite database on a port of its own; yields its URL (its admin token is ``ADMIN_TOKEN`` too)."""
+def copy_instance(instance: LiveInstance, folder: Path) -> str:
+    """A copy of ``instance``'s folder and SQLite database at ``folder`` (its ``.env`` naming its own files and a
+    port of its own), not started; returns the URL its ``.env`` gives it (``PUBLIC_URL``)."""
     shutil.copytree(instance.folder, folder, ignore=shutil.ignore_patterns("data.db*"))
     live, copy = sqlite3.connect(instance.folder / "data.db"), sqlite3.connect(folder / "data.db")
     try:
@@ -376,6 +378,14 @@ def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
     text = env_file.read_text().replace(str(instance.folder), str(folder))
     text = re.sub(r"(?m)^PORT=.*$", f"PORT={port}", text)
     env_file.write_text(re.sub(r"(?m)^PUBLIC_URL=.*$", f"PUBLIC_URL={url}", text))
+    return url
+
+
+@contextlib.contextmanager
+def running_copy(instance: LiveInstance, folder: Path) -> Iterator[str]:
+    """A second real instance of the same platform, version and vendor: a copy of ``instance``'s folder and
+    SQLite database on a port of its own; yields its URL (its admin token is ``ADMIN_TOKEN`` too)."""
+    url = copy_instance(instance, folder)
     server = start_server(instance.platform, folder, url, instance.env, folder / "server.log")
     try:
         yield url

@@ -314,3 +314,21 @@ def test_export_overwrite_over_http_replaces_only_a_bundle(sidecar: Any, admin_t
     assert sorted(p.name for p in theirs.iterdir()) == ["precious.txt"]
     assert jobs[bundles["inside"]]["state"] == "succeeded", jobs[bundles["inside"]]
     assert (bundles["inside"] / "manifest.json").is_file()
+
+
+def test_paths_names_the_allowed_folders_and_this_instances_env_only_inside_one(
+        sidecar: Any, cairn_instance: CairnSqliteInstance, state_url: str, admin_token: str, allowed: Path) -> None:
+    """``GET /migrate/paths`` (the admin module's default target): the instance's .env only when an admin could name it."""
+    client, headers = sidecar.test_client(), bearer(admin_token)
+    assert client.get("/migrate/paths").status_code == 401
+    outside = client.get("/migrate/paths", headers=headers).get_json()
+    assert outside == {"allowed": [str(allowed.resolve())], "env": None, "env_outside": True}
+    folder = cairn_instance.env_path.resolve().parent
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(cairn_instance.env_path), "CAIRN_MIGRATE_STATE_URL": state_url,
+                      "CAIRN_MIGRATE_SCHEDULER": False, HTTP_PATHS: f"{allowed}{os.pathsep}{folder.parent}"})
+    try:
+        inside = app.test_client().get("/migrate/paths", headers=headers).get_json()
+        assert inside == {"allowed": [str(allowed.resolve()), str(folder.parent)],
+                          "env": str(cairn_instance.env_path.resolve()), "env_outside": False}
+    finally:
+        get_state(app).close()

@@ -11,8 +11,9 @@
  * from the app's globally registered components (<private-view>, <v-button>, <v-notice>).
  * No templates (the app ships Vue's runtime-only build): render functions with h().
  *
- * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar; the one
- * exception is promote's check that this instance has /schema/* and /config/* (it asks the instance itself).
+ * Everything else goes through the instance's /migrate endpoint, which proxies to the sidecar; the two
+ * exceptions ask the instance itself: promote's check that it has /schema/* and /config/*, and its own
+ * collections (GET /collections) for the content move's and the sync form's pickers.
  */
 
 /* The app's Vue, bound by loadPage() before the page's setup() first runs. */
@@ -21,7 +22,7 @@ let computed, h, inject, onMounted, onUnmounted, reactive, ref, resolveComponent
 const FINAL = ['succeeded', 'failed', 'cancelled'];
 const POLL_MS = 1000;
 /* The actions, each with its own job panel and its own polling; "jobs" shows a past job picked from the list. */
-const PANELS = ['export', 'import', 'files', 'promote', 'jobs'];
+const PANELS = ['export', 'import', 'files', 'promote', 'content', 'sync', 'jobs'];
 const FILES_CHECK_KINDS = ['files_check', 'files-check'];
 const REPLACE_LABEL = 'Replace a non-empty instance';
 /* What an import's panel says while a poll fails: a replace recreates the tables the instance answers from. */
@@ -31,6 +32,14 @@ const PROMOTE_KINDS = ['schema', 'config', 'flows', 'dashboards', 'presets', 'se
 /* The target's API promote plans, applies and writes its safety snapshot through (CairnCMS's own). */
 const PROMOTE_API = ['/schema/snapshot', '/config/snapshot'];
 const HEALTH_MS = 10000;
+/* content move's modes (its --mode) and a sync profile's conflict policies. */
+const CONTENT_MODES = ['merge', 'skip-existing', 'mirror'];
+const SYNC_CONFLICTS = ['source-wins', 'target-wins', 'skip-if-target-modified'];
+/* The built-in masking profiles (masking/profiles.py); a content move also takes a YAML profile's path. */
+const MASK_PROFILES = ['pii-basic'];
+/* The columns of a content plan, in the order the CLI prints them. */
+const COUNT_KINDS = ['created', 'updated', 'unchanged', 'skipped', 'deleted'];
+const HISTORY_LIMIT = 10;
 const LOAD_TIMEOUT_MS = 15000;
 
 const css = {
@@ -143,6 +152,71 @@ function promoteLines(report) {
 	return lines;
 }
 
+/* A content move's refusal fix speaks to the command line; on this page its options are the section's fields. */
+function contentFix(fix) {
+	const text = String(fix || '');
+	if (/cairn-migrate promote/.test(text)) {
+		return 'promote the structure first (the \u201cPromote structure\u201d section: the source instance\u2019s URL into this one), then plan again';
+	}
+	return text
+		.replace('pass --max-delete N (the most rows it may delete)', 'fill in \u201cMax delete\u201d (the most target rows the mirror may delete)')
+		.replace('raise --max-delete', 'raise \u201cMax delete\u201d');
+}
+
+/* The counts of one collection as a line: "2 created, 0 updated, …". */
+function countsLine(counts) {
+	return COUNT_KINDS.map((kind) => `${(counts && counts[kind]) || 0} ${kind}`).join(', ');
+}
+
+/*
+ * A sync run's counts, one line per synced collection: the non-zero counts of each collection its content step
+ * wrote (its related collections too), or "no changes" (the step's plan is all zeros, or {changed: 0}).
+ */
+function syncCountLines(counts) {
+	return Object.entries(counts || {}).map(([collection, plan]) => {
+		const parts = Object.entries(plan || {})
+			.filter(([, c]) => c && typeof c === 'object')
+			.map(([name, c]) => [name, COUNT_KINDS.filter((kind) => c[kind]).map((kind) => `${c[kind]} ${kind}`)])
+			.filter(([, kinds]) => kinds.length)
+			.map(([name, kinds]) => `${name === collection ? '' : `${name} `}${kinds.join(', ')}`);
+		return `${collection}: ${parts.length ? parts.join('; ') : 'no changes'}`;
+	});
+}
+
+function scheduleText(schedule) {
+	if (!schedule || (!schedule.cron && !schedule.interval_seconds)) return 'only when run';
+	if (schedule.cron) return `cron ${schedule.cron} (${schedule.timezone || 'UTC'})`;
+	return `every ${schedule.interval_seconds} s`;
+}
+
+/* The text of a JSON field: {value} (undefined when empty) or {error}. */
+function parseJsonField(text, label) {
+	const trimmed = String(text || '').trim();
+	if (!trimmed) return { value: undefined };
+	try {
+		const value = JSON.parse(trimmed);
+		if (!value || typeof value !== 'object' || Array.isArray(value)) return { error: `${label} must be a JSON object` };
+		return { value };
+	} catch (error) {
+		return { error: `${label} is not JSON: ${error.message}` };
+	}
+}
+
+/* The text of a number field: undefined when empty, else a whole number >= 0 (NaN when not). */
+function wholeNumber(text) {
+	const trimmed = String(text ?? '').trim();
+	if (!trimmed) return undefined;
+	return /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
+}
+
+function formatRate(progress) {
+	if (!progress) return '';
+	const parts = [];
+	if (progress.rate_items_per_s) parts.push(`${Number(progress.rate_items_per_s).toFixed(1)} items/s`);
+	if (progress.rate_bytes_per_s) parts.push(`${formatBytes(progress.rate_bytes_per_s)}/s`);
+	return parts.join(', ');
+}
+
 function percent(progress) {
 	if (!progress) return null;
 	if (progress.bytes_total) return Math.min(100, Math.round((100 * progress.bytes_done) / progress.bytes_total));
@@ -174,6 +248,19 @@ const MigratePage = {
 		const promotePlan = ref(null);
 		const promoteError = ref('');
 		const promoteMissing = ref([]); // the PROMOTE_API paths this instance answers 404 to (Directus 9.22.4: both)
+		// Content moves and syncs name .env files on the sidecar's machine: the folders allowed for that, this instance's.
+		const paths = reactive({ loaded: false, allowed: [], env: null, envOutside: false, error: '' });
+		const collections = ref([]); // this instance's user collections (its own GET /collections)
+		const contentForm = reactive({ from: '', to: '', collections: {}, filter: '', depth: '', mode: 'merge', maxDelete: '', mask: '' });
+		const contentPlan = ref(null);
+		const contentError = ref('');
+		const syncs = ref([]);
+		const syncsError = ref('');
+		const syncForm = reactive({ name: '', source: '', target: '', collections: {}, filter: '', mode: 'merge', maxDelete: '',
+			conflict: 'source-wins', cron: '', interval: '', timezone: 'UTC', mask: '' });
+		const syncFormError = ref('');
+		const history = reactive({ name: '', runs: [], error: '' });
+		const confirmRemove = ref(''); // the profile whose "Remove" asks to be confirmed
 		let healthTimer = null;
 
 		const down = computed(() => sidecar.state === 'down');
@@ -212,7 +299,11 @@ const MigratePage = {
 				sidecar.state = 'up';
 				sidecar.message = '';
 				sidecar.version = data.version || '';
-				if (wasDown) refreshLists();
+				if (wasDown) {
+					refreshLists();
+					refreshSyncs();
+					loadPaths();
+				}
 			} catch (error) {
 				noteDown(error);
 			}
@@ -243,6 +334,10 @@ const MigratePage = {
 			if (name === 'files') {
 				filesMessage.value = '';
 				if (FILES_CHECK_KINDS.includes(data.kind)) filesReport.value = data.result;
+			}
+			if (name === 'sync') {
+				refreshSyncs();
+				if (history.name) showHistory(history.name);
 			}
 		}
 
@@ -465,9 +560,220 @@ const MigratePage = {
 			}
 		}
 
+		/* The allowed folders and this instance's .env (the default target), once the sidecar answers. */
+		async function loadPaths() {
+			try {
+				const { data } = await call({ method: 'get', url: '/migrate/paths' });
+				Object.assign(paths, { loaded: true, allowed: data.allowed || [], env: data.env || null,
+					envOutside: !!data.env_outside, error: '' });
+				if (paths.env && !contentForm.to) contentForm.to = paths.env;
+				if (paths.env && !syncForm.target) syncForm.target = paths.env;
+			} catch (error) {
+				const status = error && error.response && error.response.status;
+				paths.error = status === 404 || status === 405
+					? 'This sidecar does not list its allowed folders (GET /migrate/paths): upgrade cairn-migrate.'
+					: errorMessage(error);
+			}
+		}
+
+		/* This instance's user collections (not directus_*, not folders without a table), for the pickers. */
+		async function loadCollections() {
+			try {
+				const { data } = await api.get('/collections');
+				collections.value = (data.data || [])
+					.filter((c) => c.schema && !String(c.collection).startsWith('directus_'))
+					.map((c) => c.collection)
+					.sort();
+			} catch (error) {
+				contentError.value = `GET /collections: ${errorMessage(error)}`;
+			}
+		}
+
+		const picked = (selection) => collections.value.filter((name) => selection[name]);
+
+		/* content's parameters from the form, or {error} naming the field to fix. */
+		function contentParams(dryRun) {
+			const from = contentForm.from.trim();
+			const to = contentForm.to.trim();
+			if (!from || !to) return { error: 'Fill in the source (an instance\u2019s .env or an export --full bundle) and the target .env.' };
+			const chosen = picked(contentForm.collections);
+			if (!chosen.length) return { error: 'Tick at least one collection to move.' };
+			const filter = parseJsonField(contentForm.filter, 'The filter');
+			if (filter.error) return { error: filter.error };
+			const depth = wholeNumber(contentForm.depth);
+			const maxDelete = wholeNumber(contentForm.maxDelete);
+			if (Number.isNaN(depth)) return { error: 'Depth must be a whole number (empty: follow every relation).' };
+			if (Number.isNaN(maxDelete)) return { error: 'Max delete must be a whole number.' };
+			const params = { from, to, collections: chosen, mode: contentForm.mode, dry_run: dryRun };
+			if (filter.value) params.filter = filter.value;
+			if (depth !== undefined) params.depth = depth;
+			if (maxDelete !== undefined) params.max_delete = maxDelete;
+			if (contentForm.mask.trim()) params.mask = contentForm.mask.trim();
+			return { params };
+		}
+
+		/* The dry run: the per-collection plan at once (a refused plan comes back as 422 with the same report). */
+		async function planContent() {
+			contentPlan.value = null;
+			contentError.value = '';
+			const { params, error } = contentParams(true);
+			if (error) {
+				contentError.value = error;
+				return;
+			}
+			busy.value = 'content-plan';
+			try {
+				const { data } = await call({ method: 'post', url: '/migrate/ops', data: { op: 'content', params } });
+				contentPlan.value = data.report;
+			} catch (failure) {
+				const data = failure && failure.response && failure.response.data;
+				if (data && data.report) contentPlan.value = data.report;
+				else contentError.value = errorMessage(failure);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function applyContent() {
+			const { params, error } = contentParams(false);
+			if (error) {
+				contentError.value = error;
+				return;
+			}
+			busy.value = 'content';
+			contentError.value = '';
+			try {
+				const { data } = await call({ method: 'post', url: '/migrate/ops', data: { op: 'content', params } });
+				contentPlan.value = null;
+				started('content', data);
+			} catch (failure) {
+				contentError.value = errorMessage(failure);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function refreshSyncs() {
+			try {
+				const { data } = await call({ method: 'get', url: '/migrate/syncs' });
+				syncs.value = data.syncs || [];
+				syncsError.value = '';
+			} catch (error) {
+				const status = error && error.response && error.response.status;
+				syncsError.value = status === 404 || status === 405
+					? 'This sidecar has no sync profiles yet (GET /migrate/syncs): upgrade cairn-migrate.'
+					: errorMessage(error);
+			}
+		}
+
+		/* A new profile from the form: the filter applies to each ticked collection. */
+		function syncBody() {
+			const name = syncForm.name.trim();
+			const source = syncForm.source.trim();
+			const target = syncForm.target.trim();
+			if (!name || !source || !target) return { error: 'Fill in the name, the source .env and the target .env.' };
+			const chosen = picked(syncForm.collections);
+			if (!chosen.length) return { error: 'Tick at least one collection to sync.' };
+			const filter = parseJsonField(syncForm.filter, 'The filter');
+			if (filter.error) return { error: filter.error };
+			const maxDelete = wholeNumber(syncForm.maxDelete);
+			const interval = wholeNumber(syncForm.interval);
+			if (Number.isNaN(maxDelete)) return { error: 'Max delete must be a whole number.' };
+			if (Number.isNaN(interval)) return { error: 'The interval must be a whole number of seconds.' };
+			const body = { name, source, target, collections: chosen, mode: syncForm.mode, conflict: syncForm.conflict };
+			if (filter.value) body.filters = Object.fromEntries(chosen.map((c) => [c, filter.value]));
+			if (maxDelete !== undefined) body.max_delete = maxDelete;
+			if (syncForm.mask) body.mask = syncForm.mask;
+			if (syncForm.cron.trim() || interval) {
+				body.schedule = { timezone: syncForm.timezone.trim() || 'UTC' };
+				if (syncForm.cron.trim()) body.schedule.cron = syncForm.cron.trim();
+				if (interval) body.schedule.interval_seconds = interval;
+			}
+			return { body };
+		}
+
+		async function addSync() {
+			syncFormError.value = '';
+			const { body, error } = syncBody();
+			if (error) {
+				syncFormError.value = error;
+				return;
+			}
+			busy.value = 'sync-add';
+			try {
+				await call({ method: 'post', url: '/migrate/syncs', data: body });
+				syncForm.name = '';
+				await refreshSyncs();
+			} catch (failure) {
+				syncFormError.value = errorMessage(failure);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		const syncUrl = (name, rest = '') => `/migrate/syncs/${encodeURIComponent(name)}${rest}`;
+
+		/* Pause (enabled false: no scheduled run, "Run now" refused) or resume. */
+		async function setEnabled(name, enabled) {
+			busy.value = `sync-pause-${name}`;
+			syncsError.value = '';
+			try {
+				await call({ method: 'patch', url: syncUrl(name), data: { enabled } });
+				await refreshSyncs();
+			} catch (error) {
+				syncsError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function removeSync(name) {
+			busy.value = `sync-remove-${name}`;
+			syncsError.value = '';
+			try {
+				await call({ method: 'delete', url: syncUrl(name) });
+				confirmRemove.value = '';
+				if (history.name === name) Object.assign(history, { name: '', runs: [], error: '' });
+				await refreshSyncs();
+			} catch (error) {
+				syncsError.value = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		/* "Run now": the sync_run job, followed in the Syncs panel; its end refreshes the list and the history. */
+		async function runSync(name) {
+			busy.value = `sync-run-${name}`;
+			panels.sync.error = '';
+			try {
+				const { data } = await call({ method: 'post', url: syncUrl(name, '/run'), data: {} });
+				started('sync', data);
+				showHistory(name);
+			} catch (error) {
+				panels.sync.error = errorMessage(error);
+			} finally {
+				busy.value = '';
+			}
+		}
+
+		async function showHistory(name) {
+			if (history.name !== name) history.runs = []; // never another profile's runs under this name
+			history.name = name;
+			history.error = '';
+			try {
+				const { data } = await call({ method: 'get', url: syncUrl(name, '/history'), params: { limit: HISTORY_LIMIT } });
+				if (history.name === name) history.runs = data.runs || [];
+			} catch (error) {
+				history.runs = [];
+				history.error = errorMessage(error);
+			}
+		}
+
 		onMounted(() => {
 			checkHealth();
 			probePromoteApi();
+			loadCollections();
 			healthTimer = setInterval(checkHealth, HEALTH_MS);
 		});
 		onUnmounted(() => {
@@ -514,7 +820,8 @@ const MigratePage = {
 						h('strong', `${current.kind} ${current.id}`),
 						h('span', { 'data-testid': 'job-state' }, current.state),
 						p.items_total || p.bytes_total
-							? h('span', { style: css.muted }, `${p.items_done}/${p.items_total ?? '?'} items, ${formatBytes(p.bytes_done)}${p.bytes_total ? ' of ' + formatBytes(p.bytes_total) : ''}`)
+							? h('span', { style: css.muted, 'data-testid': 'job-progress' }, `${p.items_done}/${p.items_total ?? '?'} items, ${formatBytes(p.bytes_done)}${p.bytes_total ? ' of ' + formatBytes(p.bytes_total) : ''}`
+								+ (formatRate(p) ? ` (${formatRate(p)})` : ''))
 							: null,
 						FINAL.includes(current.state) ? null : button('Cancel', () => cancelJob(name), { secondary: true, testid: 'cancel-job' }),
 					]),
@@ -671,6 +978,200 @@ const MigratePage = {
 					: null,
 			]);
 
+			const field = (value, onInput, opts = {}) => h('input', { type: opts.type || 'text', value, placeholder: opts.placeholder,
+				style: `${css.input} ${opts.width ? `min-width: ${opts.width}px;` : ''}`, 'data-testid': opts.testid,
+				autocomplete: 'off', onInput: (e) => onInput(e.target.value) });
+			const select = (value, options, onChange, testid) => h('select', { style: css.input, value, 'data-testid': testid,
+				onChange: (e) => onChange(e.target.value) }, options.map(([v, label]) => h('option', { value: v, selected: v === value }, label)));
+			const labelled = (label, control) => h('label', { style: css.label }, [h('span', { style: css.muted }, label), control]);
+
+			/* Ticks for this instance's user collections; `selection` maps a name to true. */
+			const collectionPicker = (selection, prefix, onChange) => (collections.value.length
+				? h('div', { style: css.row, 'data-testid': `${prefix}-collections` }, collections.value.map((name) => h('label', { style: css.label }, [
+					h('input', { type: 'checkbox', checked: !!selection[name], 'data-testid': `${prefix}-collection-${name}`,
+						onChange: (e) => { selection[name] = e.target.checked; if (onChange) onChange(); } }),
+					name,
+				])))
+				: h('p', { style: css.muted }, 'This instance has no collections of its own to move.'));
+
+			/* Where paths may point: the operator's folders, or a warning that there are none. */
+			const pathsNote = () => {
+				if (paths.error) return h(VNotice, { type: 'warning', 'data-testid': 'paths-error' }, () => paths.error);
+				if (!paths.loaded) return null;
+				if (!paths.allowed.length) {
+					return h(VNotice, { type: 'warning', 'data-testid': 'paths-none' }, () => 'The sidecar allows no folder for paths '
+						+ '(CAIRN_MIGRATE_HTTP_PATHS is empty). Content moves and syncs name .env files on the sidecar\u2019s machine: '
+						+ 'its operator adds the folders holding them to CAIRN_MIGRATE_HTTP_PATHS and restarts it.');
+				}
+				return h('p', { style: css.muted, 'data-testid': 'paths-allowed' }, `Paths on the sidecar\u2019s machine, inside: ${paths.allowed.join(', ')}.`
+					+ (paths.envOutside ? ' This instance\u2019s own .env is not inside them, so type the target\u2019s path.' : ''));
+			};
+
+			/* A content report (plan or result): a row per collection, then users, files, references set NULL. */
+			const contentTable = (report, testid) => {
+				const plan = report.plan || {};
+				const users = report.users || {};
+				const files = report.files || {};
+				const nulled = Object.entries(report.nulled || {});
+				return h('div', { 'data-testid': testid, 'data-changes': String(!!report.changes),
+					'data-refused': String((report.refused || []).length), 'data-applied': String(!!report.applied) }, [
+					...(report.refused || []).map((r) => h(VNotice, { type: 'danger', 'data-testid': 'content-refused' },
+						() => `Refused: ${r.message}. Fix: ${contentFix(r.fix)}.`)),
+					Object.keys(plan).length
+						? h('table', { style: css.table }, [
+							h('thead', [h('tr', ['Collection', ...COUNT_KINDS].map((t) => h('th', { style: css.cell }, t)))]),
+							h('tbody', Object.entries(plan).map(([name, c]) => h('tr', { 'data-testid': 'content-plan-row', 'data-collection': name },
+								[h('td', { style: css.cell }, name), ...COUNT_KINDS.map((kind) => h('td', { style: css.cell, 'data-kind': kind }, String(c[kind] || 0)))]))),
+						])
+						: null,
+					h('p', { 'data-testid': 'content-users' }, `Users: ${users.matched || 0} matched by email, ${(users.unmatched || []).length} unmatched`
+						+ ((users.unmatched || []).length ? ` (${users.unmatched.join(', ')}: their references become NULL)` : '')
+						+ (users.created && users.created.length ? `, ${users.created.length} created` : '') + '.'),
+					h('p', { 'data-testid': 'content-files' }, `Files: ${files.copy || 0} to copy, ${formatBytes(files.bytes || 0)}.`),
+					nulled.length ? h('p', { style: css.muted }, `References set NULL: ${nulled.map(([k, v]) => `${k} (${Array.isArray(v) ? v.length : v})`).join(', ')}.`) : null,
+				]);
+			};
+
+			const contentResult = panels.content.job && panels.content.job.state === 'succeeded' ? panels.content.job.result : null;
+			const clearContentPlan = () => { contentPlan.value = null; };
+			const contentSection = h('section', { style: css.section, id: 'content' }, [
+				h('h2', { style: css.heading }, 'Content move'),
+				h('p', { style: css.muted }, 'Rows of collections matching a filter, with every row they relate to, their files and bytes, '
+					+ 'from a source instance\u2019s database (or an export --full bundle) into a target whose structure matches. '
+					+ 'The plan comes first; nothing changes until you apply it.'),
+				pathsNote(),
+				h('div', { style: css.row }, [
+					field(contentForm.from, (v) => { contentForm.from = v; clearContentPlan(); }, { testid: 'content-from', width: 380,
+						placeholder: 'Source: an instance\u2019s .env or a bundle, on the sidecar\u2019s machine' }),
+					field(contentForm.to, (v) => { contentForm.to = v; clearContentPlan(); }, { testid: 'content-to', width: 380,
+						placeholder: 'Target: an instance\u2019s .env (default: this instance\u2019s)' }),
+				]),
+				collectionPicker(contentForm.collections, 'content', clearContentPlan),
+				h('div', { style: css.row }, [
+					h('textarea', { value: contentForm.filter, rows: 2, style: `${css.input} min-width: 380px; font-family: var(--family-monospace, monospace);`,
+						placeholder: 'Filter (JSON), e.g. {"status": {"_eq": "published"}}', 'data-testid': 'content-filter',
+						onInput: (e) => { contentForm.filter = e.target.value; clearContentPlan(); } }),
+				]),
+				h('div', { style: css.row }, [
+					labelled('Depth', field(contentForm.depth, (v) => { contentForm.depth = v; clearContentPlan(); }, { testid: 'content-depth', placeholder: 'all' })),
+					labelled('Mode', select(contentForm.mode, CONTENT_MODES.map((m) => [m, m]), (v) => { contentForm.mode = v; clearContentPlan(); }, 'content-mode')),
+					labelled('Max delete', field(contentForm.maxDelete, (v) => { contentForm.maxDelete = v; clearContentPlan(); }, { testid: 'content-max-delete', placeholder: 'mirror only' })),
+					labelled('Mask', h('input', { value: contentForm.mask, list: 'cairn-migrate-masks', style: css.input, 'data-testid': 'content-mask',
+						placeholder: 'none', autocomplete: 'off', onInput: (e) => { contentForm.mask = e.target.value; clearContentPlan(); } })),
+					h('datalist', { id: 'cairn-migrate-masks' }, MASK_PROFILES.map((m) => h('option', { value: m }))),
+				]),
+				button('Show the plan', planContent, { busy: 'content-plan', testid: 'plan-content', secondary: true }),
+				contentError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;', 'data-testid': 'content-error' }, () => contentError.value) : null,
+				contentPlan.value
+					? h('div', { style: 'margin-top: 12px;' }, [
+						contentPlan.value.refused.length
+							? null
+							: (contentPlan.value.changes
+								? h(VNotice, { type: 'warning' }, () => `Read the plan. Applying it writes into ${contentPlan.value.to} in one transaction.`)
+								: h(VNotice, { type: 'success', 'data-testid': 'content-no-changes' }, () => 'No changes: the target already holds these rows.')),
+						contentTable(contentPlan.value, 'content-plan'),
+						button('Apply', applyContent, { busy: 'content', testid: 'apply-content',
+							disabled: !contentPlan.value.changes || contentPlan.value.refused.length > 0 }),
+					])
+					: null,
+				...jobPanel('content', { report: false }),
+				contentResult ? contentTable(contentResult, 'content-report') : null,
+			]);
+
+			const lastRun = (run) => (run ? `${run.outcome}${run.dry_run ? ' (dry run)' : ''}, ${run.finished_at}` : 'never');
+			/* Per profile a tbody: its row, then its actions (or the confirmation of its removal) beneath it. */
+			const syncRows = syncs.value.map((s) => h('tbody', { key: s.name, 'data-testid': 'sync-row', 'data-name': s.name,
+				'data-enabled': String(!!s.enabled) }, [h('tr', [
+				h('td', { style: css.cell }, h('strong', s.name)),
+				h('td', { style: css.cell }, `${s.source} \u2192 ${s.target}`),
+				h('td', { style: css.cell }, (s.collections || []).join(', ')),
+				h('td', { style: css.cell }, `${s.mode}${s.mode === 'mirror' ? ` (max ${s.max_delete})` : ''}, ${s.conflict}`),
+				h('td', { style: css.cell }, scheduleText(s.schedule)),
+				h('td', { style: css.cell, 'data-testid': 'sync-state' }, s.enabled ? 'active' : 'paused'),
+				h('td', { style: css.cell, 'data-testid': 'sync-last-run' }, lastRun(s.last_run)),
+				h('td', { style: css.cell }, s.next_run || (s.schedule && (s.schedule.cron || s.schedule.interval_seconds)
+					? 'not scheduled by this sidecar (serve --scheduler)' : '\u2014')),
+			]), h('tr', [h('td', { style: css.cell, colspan: 8 }, confirmRemove.value === s.name
+					? h('div', { style: css.row, 'data-testid': 'sync-confirm-remove' }, [
+						h('span', `Remove ${s.name}, its schedule, watermarks and history?`),
+						button('Remove', () => removeSync(s.name), { busy: `sync-remove-${s.name}`, testid: 'sync-remove-yes' }),
+						button('Keep', () => { confirmRemove.value = ''; }, { secondary: true, testid: 'sync-remove-no' }),
+					])
+					: h('div', { style: css.row }, [
+						button('Run now', () => runSync(s.name), { busy: `sync-run-${s.name}`, testid: 'sync-run', disabled: !s.enabled }),
+						button(s.enabled ? 'Pause' : 'Resume', () => setEnabled(s.name, !s.enabled),
+							{ busy: `sync-pause-${s.name}`, testid: 'sync-pause', secondary: true }),
+						button('History', () => showHistory(s.name), { testid: 'sync-history-show', secondary: true }),
+						button('Remove', () => { confirmRemove.value = s.name; }, { testid: 'sync-remove', secondary: true }),
+					]))]),
+			]));
+
+			const historyBlock = history.name
+				? h('div', { 'data-testid': 'sync-history', 'data-name': history.name, style: 'margin-top: 12px;' }, [
+					h('h3', { style: `${css.heading} font-size: 15px;` }, `Last runs of ${history.name}`),
+					history.error ? h(VNotice, { type: 'danger' }, () => history.error) : null,
+					history.runs.length === 0
+						? h('p', { style: css.muted }, 'No runs yet.')
+						: h('table', { style: css.table }, [
+							h('thead', [h('tr', ['Started', 'Trigger', 'Outcome', 'Counts', 'Job'].map((t) => h('th', { style: css.cell }, t)))]),
+							...history.runs.map((run) => h('tbody', { key: run.id, 'data-testid': 'sync-history-row', 'data-outcome': run.outcome,
+								'data-job-id': run.job_id || '' }, [h('tr', [
+								h('td', { style: css.cell }, run.started_at),
+								h('td', { style: css.cell }, `${run.trigger}${run.full ? ', full' : ''}${run.dry_run ? ', dry run' : ''}`),
+								h('td', { style: css.cell }, run.error ? `${run.outcome}: ${run.error.message}` : run.outcome),
+								h('td', { style: css.cell, 'data-testid': 'sync-history-counts' }, syncCountLines(run.counts).join('; ') || '\u2014'),
+								h('td', { style: css.cell }, run.job_id ? h('a', { style: css.link, onClick: () => follow('jobs', run.job_id) }, run.job_id) : ''),
+							]), h('tr', [h('td', { style: css.cell, colspan: 5 }, h('details', [h('summary', { style: css.link }, 'Report'),
+								h('pre', { style: css.pre, 'data-testid': 'sync-history-report' }, JSON.stringify(run.report, null, 2))]))])])),
+						]),
+				])
+				: null;
+
+			const syncTimezone = h('input', { value: syncForm.timezone, style: `${css.input} width: 140px;`, 'data-testid': 'sync-timezone',
+				placeholder: 'UTC', onInput: (e) => { syncForm.timezone = e.target.value; } });
+			const syncsSection = h('section', { style: css.section, id: 'syncs' }, [
+				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Syncs'),
+					button('Refresh', refreshSyncs, { secondary: true, testid: 'refresh-syncs' })]),
+				h('p', { style: css.muted }, 'Recurring content moves: each run moves the rows changed on the source since the last run '
+					+ '(its activity), on a schedule or when you run it.'),
+				syncsError.value ? h(VNotice, { type: 'danger', 'data-testid': 'syncs-error' }, () => syncsError.value) : null,
+				syncs.value.length === 0
+					? h('p', { style: css.muted, 'data-testid': 'syncs-empty' }, 'No sync profiles yet.')
+					: h('table', { style: css.table, 'data-testid': 'syncs' }, [
+						h('thead', [h('tr', ['Name', 'Source \u2192 target', 'Collections', 'Mode, conflicts', 'Schedule', 'State', 'Last run', 'Next run']
+							.map((t) => h('th', { style: css.cell }, t)))]),
+						...syncRows,
+					]),
+				...jobPanel('sync', { report: false }),
+				historyBlock,
+				h('h3', { style: `${css.heading} font-size: 15px; margin-top: 24px;` }, 'Add a sync profile'),
+				h('div', { style: css.row }, [
+					field(syncForm.name, (v) => { syncForm.name = v; }, { testid: 'sync-name', placeholder: 'Name (letters, digits, - and _)' }),
+					field(syncForm.source, (v) => { syncForm.source = v; }, { testid: 'sync-source', width: 320, placeholder: 'Source .env on the sidecar\u2019s machine' }),
+					field(syncForm.target, (v) => { syncForm.target = v; }, { testid: 'sync-target', width: 320, placeholder: 'Target .env (default: this instance\u2019s)' }),
+				]),
+				collectionPicker(syncForm.collections, 'sync'),
+				h('div', { style: css.row }, [
+					h('textarea', { value: syncForm.filter, rows: 2, style: `${css.input} min-width: 380px; font-family: var(--family-monospace, monospace);`,
+						placeholder: 'Filter (JSON), applied to each ticked collection', 'data-testid': 'sync-filter',
+						onInput: (e) => { syncForm.filter = e.target.value; } }),
+				]),
+				h('div', { style: css.row }, [
+					labelled('Mode', select(syncForm.mode, CONTENT_MODES.map((m) => [m, m]), (v) => { syncForm.mode = v; }, 'sync-mode')),
+					labelled('Max delete', field(syncForm.maxDelete, (v) => { syncForm.maxDelete = v; }, { testid: 'sync-max-delete', placeholder: 'mirror only' })),
+					labelled('Conflicts', select(syncForm.conflict, SYNC_CONFLICTS.map((c) => [c, c]), (v) => { syncForm.conflict = v; }, 'sync-conflict')),
+					labelled('Mask', select(syncForm.mask, [['', 'none'], ...MASK_PROFILES.map((m) => [m, m])], (v) => { syncForm.mask = v; }, 'sync-mask')),
+				]),
+				h('div', { style: css.row }, [
+					labelled('Cron', field(syncForm.cron, (v) => { syncForm.cron = v; }, { testid: 'sync-cron', placeholder: '*/15 * * * *' })),
+					labelled('or every', field(syncForm.interval, (v) => { syncForm.interval = v; }, { testid: 'sync-interval', placeholder: 'seconds' })),
+					labelled('Time zone', syncTimezone),
+					h('span', { style: css.muted }, 'Neither: it runs only when you run it.'),
+				]),
+				button('Add the profile', addSync, { busy: 'sync-add', testid: 'add-sync' }),
+				syncFormError.value ? h(VNotice, { type: 'danger', style: 'margin-top: 12px;', 'data-testid': 'sync-form-error' }, () => syncFormError.value) : null,
+			]);
+
 			const jobsSection = h('section', { style: css.section, id: 'jobs' }, [
 				h('div', { style: css.row }, [h('h2', { style: `${css.heading} margin: 0;` }, 'Past jobs'), button('Refresh', refreshLists, { secondary: true, testid: 'refresh-jobs' })]),
 				listsError.value ? h(VNotice, { type: 'danger', 'data-testid': 'lists-error' }, () => listsError.value) : null,
@@ -692,7 +1193,8 @@ const MigratePage = {
 			]);
 
 			const nav = h('div', { style: 'padding: 12px;' }, [
-				['Export', '#export'], ['Import', '#import'], ['Files check', '#files'], ['Promote structure', '#promote'], ['Past jobs', '#jobs'],
+				['Export', '#export'], ['Import', '#import'], ['Files check', '#files'], ['Promote structure', '#promote'],
+				['Content move', '#content'], ['Syncs', '#syncs'], ['Past jobs', '#jobs'],
 			].map(([label, href]) => h('a', { href, style: 'display: block; padding: 8px 12px; color: var(--foreground-normal);' }, label)));
 
 			return h(PrivateView, { title: 'Migrate' }, {
@@ -703,6 +1205,8 @@ const MigratePage = {
 					importSection,
 					filesSection,
 					promoteSection,
+					contentSection,
+					syncsSection,
 					jobsSection,
 				]),
 			});

@@ -156,6 +156,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 walk._defs.update({("src", name): definition for name, definition in defs.items()})
                 if created["created"]:
                     walk.counts[USERS] = {**empty_counts(), "created": len(created["created"])}
+                # the job's counters for this pass: every row of the closure, the bytes copied (writer.py)
+                progress.progress(items_done=0, items_total=sum(len(rows) for rows in closure.rows.values()),
+                                  bytes_done=0)
                 try:
                     _walk(walk, graph, closure, sconn, dconn, conditions, mode, max_delete, roots, write)
                 except Exception as exc:  # noqa: BLE001 - the API path records what was written, then says partial
@@ -256,5 +259,6 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
     planned = plan(source, target, params, state_url=state_url, progress=progress, bundle=bundle, function=function)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
+    (progress or NullProgress()).progress(bytes_total=planned["files"]["bytes"])
     return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
                function=function, client=client)

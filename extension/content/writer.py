@@ -239,6 +239,7 @@ class Walk:
         self.files["bytes"] += size
         if self.write:
             self.sink.file_bytes(row, current is not None, src, name, dst, target_name or name, size)
+            self.progress.advance(bytes=size)
 
     # ------------------------------------------------------------------ one collection
     def collection(self, name: str, src_conn: sa.Connection, dst_conn: sa.Connection) -> None:

@@ -336,7 +336,7 @@ def _collection_step(ctx: Any, operations: Any, profile: Mapping[str, Any], coll
         if "content" not in {op.name for op in operations.all_operations()}:
             raise MigrateError("This cairn-migrate has no content operation, so a sync's content step cannot run",
                                hint="upgrade cairn-migrate to a version with `cairn-migrate content move`")
-        report, outcome = operations.run("content", ctx, params)
+        report, outcome = operations.run("content", _with_progress(ctx, StepProgress(ctx.progress)), params)
     except MigrateError as exc:
         if exc.code == "cancelled":
             raise
@@ -346,6 +346,34 @@ def _collection_step(ctx: Any, operations: Any, profile: Mapping[str, Any], coll
     step.update(outcome=outcome.value, counts=report.get("plan") or {}, report=report,
                 refused=report.get("refused") or [])
     return step
+
+
+class StepProgress:
+    """A content step's progress inside a run: the run counts collections as its items, so the step's own row
+    counters are not passed on; its copied bytes, log lines and cancel checks are."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def progress(self, items_done: int | None = None, items_total: int | None = None, bytes_done: int | None = None,
+                 bytes_total: int | None = None) -> None:
+        return None
+
+    def advance(self, items: int = 0, bytes: int = 0) -> None:  # noqa: A002 - the Progress protocol's name
+        if bytes:
+            self.run.advance(bytes=bytes)
+
+    def log(self, message: str) -> None:
+        self.run.log(message)
+
+    def check_cancelled(self) -> None:
+        self.run.check_cancelled()
+
+
+def _with_progress(ctx: Any, progress: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(ctx, progress=progress)
 
 
 def send_alert(url: str, report: Mapping[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,17 @@ class HealthSchema(Schema):
     instance = fields.Nested(HealthInstanceSchema, required=True)
 
 
+class HttpPathsSchema(Schema):
+    """``GET /migrate/paths``: where an admin may name files on the sidecar's machine (CAIRN_MIGRATE_HTTP_PATHS)."""
+
+    allowed = fields.List(fields.String(), required=True, metadata={
+        "description": "The folders (resolved) inside which request fields may name paths; empty: none."})
+    env = fields.String(required=True, allow_none=True, metadata={
+        "description": "The .env of this sidecar's instance, when it lies inside an allowed folder (else null)."})
+    env_outside = fields.Boolean(required=True, metadata={
+        "description": "true: this instance's .env is not inside an allowed folder, so it cannot be named over HTTP."})
+
+
 class InspectSchema(Schema):
     """Placeholder for the inspect report: any JSON object passes through unchanged."""
 
