@@ -78,6 +78,24 @@ def render_run(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def outside_http_paths(profile: dict[str, Any]) -> list[str]:
+    """Why a sidecar would refuse the profile's ``.env`` files (outside ``CAIRN_MIGRATE_HTTP_PATHS`` as this
+    environment sets it): its scheduled runs would end ``invalid``.  ``sync run`` here is not affected."""
+    import os
+    from pathlib import Path
+
+    setting = "CAIRN_MIGRATE_HTTP_PATHS"
+    folders = [Path(p).expanduser().resolve() for p in os.environ.get(setting, "").split(os.pathsep) if p.strip()]
+    out = []
+    for side in ("source", "target"):
+        path = Path(profile[side])
+        if not any(folder in path.parents for folder in folders):
+            out.append(f"the {side} {path} is outside {setting} ({os.environ.get(setting) or 'not set here'}): a "
+                       f"sidecar (serve --scheduler) refuses it and its scheduled runs end invalid; `sync run` from "
+                       f"this command line is not affected. Fix: add its folder to {setting} of the sidecar")
+    return out
+
+
 def _filters(values: tuple[str, ...]) -> dict[str, str]:
     from ..errors import InvalidInput
 
@@ -138,7 +156,8 @@ def register(cli: click.Group) -> None:
             "initial": initial, "promote_first": promote_first, "target_token_env": target_token_env, "mask": mask, "schedule": schedule,
             "missed": missed, "enabled": not paused, "alert_webhook": alert_webhook})
         added = _describe(_store(obj).add(profile))
-        _emit(added, as_json, render_profile)
+        added["warnings"] = outside_http_paths(added)
+        _emit(added, as_json, lambda p: "\n".join([render_profile(p), *(f"warning: {w}" for w in p["warnings"])]))
 
     @sync_group.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
