@@ -131,7 +131,7 @@ def register(cli: click.Group) -> None:
                   help="A collection's first run: re-scan everything, or only changes from now on (a cloned target).")
     @click.option("--promote-first", is_flag=True, help="Promote the structure before the content.")
     @click.option("--target-token-env", metavar="VAR", help="With --promote-first: the sidecar's environment variable "
-                  "holding the target's admin token (never stored).")
+                  "holding the target's admin token (never stored); its name must start CAIRN_MIGRATE_TOKEN_.")
     @click.option("--mask", metavar="PROFILE", help="A masking profile's name, passed to the content step.")
     @click.option("--cron", metavar="EXPR", help="A crontab schedule, e.g. '*/15 * * * *'.")
     @click.option("--interval", "interval_seconds", type=int, metavar="SECONDS", help="Run every SECONDS instead.")
@@ -139,7 +139,8 @@ def register(cli: click.Group) -> None:
     @click.option("--missed", type=click.Choice(MISSED), default="run-once", show_default=True,
                   help="Runs missed while no sidecar ran: one catch-up run, or none.")
     @click.option("--paused", is_flag=True, help="Add it paused.")
-    @click.option("--alert-webhook", metavar="URL", help="POST the JSON report of a failed run here.")
+    @click.option("--alert-webhook", metavar="URL", help="POST the JSON report of a failed run here: a URL under "
+                  "the source's or target's PUBLIC_URL, or on a host listed in CAIRN_MIGRATE_WEBHOOK_HOSTS.")
     @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
     @click.pass_obj
     @handle_errors
@@ -148,7 +149,12 @@ def register(cli: click.Group) -> None:
                     promote_first: bool,
                     target_token_env: str | None, mask: str | None, cron: str | None, interval_seconds: int | None,
                     zone: str, missed: str, paused: bool, alert_webhook: str | None, as_json: bool) -> None:
-        """Add sync profile NAME (exit 2 when it is not valid)."""
+        """Add sync profile NAME (exit 2 when it is not valid).
+
+        The .env paths are stored absolute; source and target must be different databases. A path outside
+        CAIRN_MIGRATE_HTTP_PATHS (as this environment sets it) is added with a warning: a sidecar refuses it,
+        so its scheduled runs would end invalid.
+        """
         schedule = {"cron": cron, "interval_seconds": interval_seconds, "timezone": zone} if cron or interval_seconds else None
         profile = validate_profile({
             "name": name, "source": source, "target": target, "collections": list(collections),

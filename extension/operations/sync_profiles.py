@@ -300,8 +300,10 @@ def _where(instance: Any) -> tuple[str, str]:
 def check_instances(profile: Mapping[str, Any], *, hosts: set[str] | None = None) -> dict[str, Any]:
     """The profile with its ``.env`` paths made absolute (symlinks resolved), after reading both instances.
 
-    :raises InvalidInput: an ``.env`` cannot be read, source and target use the same database, or the
-        alert webhook is not allowed (:func:`webhook_refusal`).
+    An ``.env`` that cannot be read now is stored as named (its runs end ``invalid``, saying why).
+
+    :raises InvalidInput: source and target use the same database, or the alert webhook is not allowed
+        (:func:`webhook_refusal`).
     """
     from pathlib import Path
 
@@ -313,12 +315,11 @@ def check_instances(profile: Mapping[str, Any], *, hosts: set[str] | None = None
         if not out.get(side):
             continue
         path = Path(out[side]).expanduser().resolve()
+        out[side] = str(path)
         try:
             instances[side] = Instance.from_env_file(path)
-        except MigrateError as exc:
-            raise InvalidInput(f"Bad sync profile: {side}: {path} cannot be read as an instance's .env: "
-                               f"{exc.message}", hint=f"name the {side} instance's .env file") from None
-        out[side] = str(path)
+        except (MigrateError, OSError):
+            continue  # not readable now (its runs end invalid, naming it); nothing to compare
     if len(instances) == 2 and _where(instances["source"]) == _where(instances["target"]):
         vendor, where = _where(instances["source"])
         raise InvalidInput(f"Bad sync profile: source and target are the same instance (both .env files use the "
