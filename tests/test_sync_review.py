@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -292,3 +293,34 @@ def test_target_modified_filters_dates_in_sql_and_key_lists_are_chunked(pair: Pa
     code, report = _cli(state, source, "run", "arts", "--json")
     step = report["steps"]["articles"]
     assert code == 0 and step["batches"] == 3 and len(step["params"]["filter"]["id"]["_in"]) == sync_module.CHUNK, step
+
+
+# --------------------------------------------------------------------------- W2
+def test_edits_of_related_rows_re_move_their_roots(pair: Pair, tmp_path: Path) -> None:
+    """An edited translation (o2m child), junction row, and a file a root references: each re-moves its article."""
+    source, target = pair
+    for instance in pair:  # the files' bytes, as the recorded instance has them
+        shutil.copytree(Path(__file__).parent / "fixtures" / "sqlite" / "uploads", instance.folder / "uploads",
+                        dirs_exist_ok=True)
+    state = tmp_path / "state.db"
+    assert _cli(state, source, "add", "arts", "--from", str(source.env_path), "--to", str(target.env_path),
+                "--collection", "articles", "--initial", "from-now", "--json")[0] == 0
+    assert _cli(state, source, "run", "arts", "--json")[0] == 0
+    article2, article1 = "2f499235-1d0a-4141-86b2-7643dd1c2dda", "343736c0-78a6-40dc-9988-5354d3c09f24"
+    _sql(source, "UPDATE articles_translations SET title = 'Article 2, translated again' WHERE id = 3")
+    cover = _sql(source, "SELECT cover_image FROM articles WHERE id = :a", a=article1)[0][0]
+    assert cover
+    users = [k for (k,) in _sql(source, "SELECT id FROM articles WHERE cover_image = :f OR attachment = :f", f=cover)]
+    _sql(source, "UPDATE directus_files SET title = 'Cover, replaced' WHERE id = :f", f=cover)
+    _activity(source, ("update", "articles_translations", "3"), ("update", "directus_files", cover),
+              ("update", "articles_translations", "999999"))  # a child gone since: nothing to map
+    code, report = _cli(state, source, "run", "arts", "--json")
+    step = report["steps"]["articles"]
+    assert code == 0 and report["status"] == "ok", json.dumps({k: v for k, v in step.items() if k != "report"})[:3000]
+    assert set(step["changed"]["upsert"]) == {article2, *users}, step
+    assert step["related"]["rows"] == {"articles_translations": 2, "directus_files": 1}
+    assert _sql(target, "SELECT title FROM articles_translations WHERE articles_id = :a AND languages_code = 'en-US'",
+                a=article2) == [("Article 2, translated again",)]
+    assert _sql(target, "SELECT title FROM directus_files WHERE id = :f", f=cover) == [("Cover, replaced",)]
+    code, idle = _cli(state, source, "run", "arts", "--json", env={"CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS": "0"})
+    assert code == 0 and idle["steps"]["articles"].get("skipped") == "no changes"

@@ -95,6 +95,74 @@ def read_changes(engine: sa.Engine, collections: list[str], marks: Mapping[str, 
     return changes
 
 
+FILES = "directus_files"
+
+
+def _links(conn: sa.Connection, root: str) -> tuple[list[tuple[str, str]], list[tuple[str, str, str | None]]]:
+    """The source's relations (``directus_relations``) that tie rows of other collections to ``root``'s rows:
+    ``children`` ``(collection, field)`` whose ``field`` holds a root key (o2m children: translations,
+    junction rows, comments), and ``files`` ``(collection, file field, root field)``: files referenced by a
+    root (``collection`` = root, root field None) or by one of its children."""
+    relations = sa.table("directus_relations", sa.column("many_collection"), sa.column("many_field"),
+                         sa.column("one_collection"))
+    rows = conn.execute(sa.select(relations.c.many_collection, relations.c.many_field,
+                                  relations.c.one_collection)).all()
+    children = sorted({(m, f) for m, f, one in rows if one == root and m and f and m != root
+                       and not m.startswith("directus_")})
+    by_child = dict(children)
+    files = sorted({(m, f, None if m == root else by_child[m]) for m, f, one in rows
+                    if one == FILES and m and f and (m == root or m in by_child)}, key=str)
+    return children, files
+
+
+def related_changes(engine: sa.Engine, root: str, mark: int, upto: int, since: datetime | None) -> dict[str, Any]:
+    """Root keys of ``root`` whose related rows the activity after ``mark`` (the same window as
+    :func:`read_changes`) names: an edited child (translation, junction row, comment) gives the root its
+    foreign key points at, an edited file the roots (or the roots of the children) referencing it.
+
+    A deleted child is gone from the source, so its root is not found here (a delete through the root's own
+    API writes the root's activity too).  :returns: ``{"keys": [...], "rows": {collection: n}}``.
+    """
+    activity = sa.table("directus_activity", sa.column("id"), sa.column("action"), sa.column("collection"),
+                        sa.column("item"), sa.column("timestamp"))
+    keys: set[str] = set()
+    counts: dict[str, int] = {}
+    with engine.connect() as conn:
+        children, files = _links(conn, root)
+        watched = sorted({c for c, _ in children} | ({FILES} if files else set()))
+        if not watched:
+            return {"keys": [], "rows": {}}
+        after = activity.c.id > mark
+        if since is not None:
+            after = sa.or_(after, sa.and_(activity.c.id > mark - OVERLAP_IDS,
+                                          _dated_after(engine, activity.c.timestamp, since)))
+        items: dict[str, set[str]] = {}
+        for collection, item in conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(
+                sa.select(activity.c.collection, activity.c.item).where(
+                    activity.c.collection.in_(watched), after, activity.c.id <= upto,
+                    activity.c.action.in_(("create", "update")))):
+            items.setdefault(collection, set()).add(str(item))
+        for collection, found in items.items():
+            counts[collection] = len(found)
+        for child, field in children:
+            if child not in items:
+                continue
+            pk, integer = _key_column(engine, child)
+            table = sa.table(child, sa.column(pk), sa.column(field))
+            for chunk in _chunks(_keys(sorted(items[child]), integer)):
+                keys |= {str(v) for (v,) in conn.execute(sa.select(table.c[field]).where(
+                    table.c[pk].in_(chunk), table.c[field].is_not(None)))}
+        for collection, field, root_field in files:
+            if FILES not in items:
+                continue
+            table = sa.table(collection, sa.column(field), sa.column(root_field or _key_column(engine, root)[0]))
+            pointer = table.c[root_field] if root_field else table.c[_key_column(engine, root)[0]]
+            for chunk in _chunks(sorted(items[FILES])):
+                keys |= {str(v) for (v,) in conn.execute(sa.select(pointer).where(
+                    table.c[field].in_(chunk), pointer.is_not(None)))}
+    return {"keys": sorted(keys), "rows": counts}
+
+
 def high_mark(engine: sa.Engine) -> int:
     """The newest ``directus_activity.id`` (0 when there is none)."""
     with engine.connect() as conn:
@@ -313,6 +381,12 @@ def _steps(ctx: Any, operations: Any, store: SyncStore, conn: sa.Connection, pro
         since = (datetime.fromisoformat(last["started_at"]) - timedelta(seconds=lookback_seconds())
                  if last and before else None)
         changes = read_changes(source_engine, collections, marks, upto, since)
+        for collection, change in changes.items():  # edits of related rows re-move the roots they belong to
+            related = related_changes(source_engine, collection, marks[collection], upto, since)
+            extra = sorted(set(related["keys"]) - set(change["upsert"]) - set(change["delete"]))
+            if related["rows"]:
+                change["related"] = {"rows": related["rows"], "keys": extra}
+            change["upsert"] = sorted(set(change["upsert"]) | set(extra))
         if profile["conflict"] == "skip-if-target-modified":
             target_engine = open_engine(ctx.other_instance(profile["target"]))
             target_upto = high_mark(target_engine)
@@ -411,6 +485,8 @@ def _collection_step(ctx: Any, operations: Any, profile: Mapping[str, Any], coll
         if change is not None:
             step["changed"] = {"upsert": upserts, "delete": deletes if mode == "mirror" else [],
                                "delete_ignored": [] if mode == "mirror" else deletes}
+            if change.get("related"):
+                step["related"] = change["related"]
         conflicts: set[str] = set()
         if target_engine is not None and (change is None or upserts or deletes):
             modified = target_modified(target_engine, collection, target_mark, target_upto, since)
