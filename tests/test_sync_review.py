@@ -241,7 +241,7 @@ def test_a_dry_run_does_not_hold_the_run_lock(pair: Pair, pg_admin_url: str) -> 
 # --------------------------------------------------------------------------- W1, R1
 def test_an_activity_row_committed_after_a_run_read_past_it_is_still_seen(pair: Pair, tmp_path: Path) -> None:
     """A transaction took activity id N, another took N+1 and committed, a run read up to N+1; then the
-    first committed.  The next run reads N again (dated within the lookback before the last run's start)."""
+    first committed.  The run recorded N as missing, so the next run reads it."""
     source, target = pair
     state = tmp_path / "state.db"
     assert _cli(state, source, "add", "tags", "--from", str(source.env_path), "--to", str(target.env_path),
@@ -253,16 +253,25 @@ def test_an_activity_row_committed_after_a_run_read_past_it_is_still_seen(pair: 
          "VALUES (:id, 'create', :ts, '127.0.0.1', 'articles', 'other')", id=mark + 2, ts=now_ms)
     code, second = _cli(state, source, "run", "tags", "--json")
     assert code == 0 and second["watermark_after"]["tags"] == mark + 2
-    # the late transaction: id mark+1, written before the second run started, committed after it
+    assert [gap for gap, _ in second["activity_gaps"]] == [mark + 1]
+    # the late transaction commits: id mark+1
     _sql(source, "UPDATE tags SET name = 'Late commit' WHERE id = 4")
     _sql(source, "INSERT INTO directus_activity (id, action, timestamp, ip, collection, item) "
          "VALUES (:id, 'update', :ts, '127.0.0.1', 'tags', '4')", id=mark + 1, ts=now_ms)
     code, third = _cli(state, source, "run", "tags", "--json")
     assert code == 0 and third["steps"]["tags"]["changed"]["upsert"] == ["4"], third["steps"]["tags"]
-    assert ("Late commit",) in _sql(target, "SELECT name FROM tags")
-    # beyond the lookback (CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS) an old row is not read again
-    code, fourth = _cli(state, source, "run", "tags", "--json", env={"CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS": "0"})
+    assert ("Late commit",) in _sql(target, "SELECT name FROM tags") and third["activity_gaps"] == []
+    code, fourth = _cli(state, source, "run", "tags", "--json")
     assert code == 0 and fourth["steps"]["tags"].get("skipped") == "no changes", fourth["steps"]["tags"]
+
+    # a gap older than the lookback (CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS) is given up: the bound of the race
+    _sql(source, "INSERT INTO directus_activity (id, action, timestamp, ip, collection, item) "
+         "VALUES (:id, 'create', :ts, '127.0.0.1', 'articles', 'other')", id=mark + 5, ts=now_ms)
+    code, fifth = _cli(state, source, "run", "tags", "--json")
+    assert [gap for gap, _ in fifth["activity_gaps"]] == [mark + 3, mark + 4]
+    time.sleep(1.1)
+    code, sixth = _cli(state, source, "run", "tags", "--json", env={"CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS": "1"})
+    assert code == 0 and sixth["activity_gaps"] == []
 
 
 def test_target_modified_filters_dates_in_sql_and_key_lists_are_chunked(pair: Pair, tmp_path: Path) -> None:

@@ -40,59 +40,88 @@ MAX_KEYS = 5000
 CHUNK = 500
 #: Rows fetched at a time from the activity and the target's table (never all at once).
 STREAM_ROWS = 1000
-#: How many activity ids below a watermark the lookback re-read may reach (an index range, never the whole table).
-OVERLAP_IDS = 10000
+#: The most missing activity ids a run keeps for the next runs to read again (see :func:`activity_gaps`).
+MAX_GAPS = 2000
 
 
 def lookback_seconds() -> float:
-    """``CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS`` (default 60): how long before the previous run's start an
-    activity row may be dated and still be read again (see :func:`read_changes`)."""
+    """``CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS`` (default 300): how long an activity id missing when a run read
+    past it is looked for again by the following runs (see :func:`activity_gaps`)."""
     raw = os.environ.get("CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS", "").strip()
     try:
-        return max(0.0, float(raw)) if raw else 60.0
+        return max(0.0, float(raw)) if raw else 300.0
     except ValueError:
         raise InvalidInput(f"CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS={raw!r} is not a number of seconds",
                            hint="set it to a number like 60") from None
 
 
 def read_changes(engine: sa.Engine, collections: list[str], marks: Mapping[str, int], upto: int,
-                 since: datetime | None = None) -> dict[str, Any]:
-    """Per collection, the keys the activity rows after its watermark (up to ``upto``) name.
+                 gaps: list[int] | None = None) -> dict[str, Any]:
+    """Per collection, the keys the activity rows after its watermark (up to ``upto``) name, and the rows
+    of ``gaps``.
 
     The watermark (the previous run's ``MAX(id)``) alone would skip an id taken by a transaction that
-    committed only after that run read it.  With ``since`` (the previous run's start minus the lookback),
-    the activity rows at or below the watermark dated at or after ``since`` are read again (among the
-    :data:`OVERLAP_IDS` ids below it, so the re-read is an index range): a transaction whose activity row
-    was written at most the lookback before the previous run started, and committed after, is seen by
-    this run.  Re-moving a key is harmless (a move is idempotent).
+    committed only after that run read past it: ``gaps`` are such ids, missing when a recent run read
+    (:func:`activity_gaps`), read again here in case their transaction has committed since.
 
     :returns: ``{collection: {"upsert": [...], "delete": [...], "rows": n}}``, the last action of a key
         deciding its side; collections without a watermark are left out (they are re-scanned).
     """
     activity = sa.table("directus_activity", sa.column("id"), sa.column("action"), sa.column("collection"),
-                        sa.column("item"), sa.column("timestamp"))
+                        sa.column("item"))
     changes: dict[str, Any] = {}
     with engine.connect() as conn:
         for collection in collections:
             if collection not in marks:
                 continue
             mark = marks[collection]
+            last: dict[str, str] = {}
+            count = 0
+            for chunk in _chunks(sorted(g for g in gaps or () if g <= mark)):  # older than the rows after the mark
+                for action, item in conn.execute(sa.select(activity.c.action, activity.c.item).where(
+                        activity.c.collection == collection, activity.c.id.in_(chunk),
+                        activity.c.action.in_(ACTIONS)).order_by(activity.c.id)):
+                    last[str(item)] = action
+                    count += 1
             after = activity.c.id > mark
-            if since is not None:
-                after = sa.or_(after, sa.and_(activity.c.id > mark - OVERLAP_IDS,
-                                              _dated_after(engine, activity.c.timestamp, since)))
             rows = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(
                 sa.select(activity.c.action, activity.c.item).where(
                     activity.c.collection == collection, after, activity.c.id <= upto,
                     activity.c.action.in_(ACTIONS)).order_by(activity.c.id))
-            last: dict[str, str] = {}
-            count = 0
             for action, item in rows:
                 last[str(item)] = action
                 count += 1
             changes[collection] = {"upsert": sorted(k for k, a in last.items() if a != "delete"),
                                    "delete": sorted(k for k, a in last.items() if a == "delete"), "rows": count}
     return changes
+
+
+def activity_gaps(engine: sa.Engine, low: int, upto: int, carried: list[list[Any]], now: str) -> list[list[Any]]:
+    """The activity ids in ``(low, upto]`` that no row has now (an uncommitted transaction's, or a rolled-back
+    one's), each with when it was first seen missing, plus the ``carried`` ones (``[id, first seen]``)
+    still missing and first seen at most :func:`lookback_seconds` ago.
+
+    This bounds the race of a watermark: a transaction that commits at most the lookback after a run read
+    past its id is read by a later run; one that takes longer is missed (until a ``full`` run).  At most
+    :data:`MAX_GAPS` are kept (the newest).
+    """
+    horizon = datetime.fromisoformat(now) - timedelta(seconds=lookback_seconds())
+    wanted = {int(i): t for i, t in carried if datetime.fromisoformat(t) >= horizon}
+    present: set[int] = set()
+    with engine.connect() as conn:
+        expected = low + 1
+        if low < upto:
+            ids = sa.text("SELECT id FROM directus_activity WHERE id > :low AND id <= :upto ORDER BY id")
+            for (found,) in conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(
+                    ids, {"low": low, "upto": upto}):
+                for missing in range(expected, int(found)):
+                    wanted.setdefault(missing, now)
+                expected = int(found) + 1
+        old_ids = sa.text("SELECT id FROM directus_activity WHERE id IN :ids").bindparams(
+            sa.bindparam("ids", expanding=True))
+        for chunk in _chunks(sorted(i for i in wanted if i <= low)):
+            present |= {int(i) for (i,) in conn.execute(old_ids, {"ids": chunk})}
+    return [[i, wanted[i]] for i in sorted(wanted) if i not in present][-MAX_GAPS:]
 
 
 FILES = "directus_files"
@@ -115,7 +144,7 @@ def _links(conn: sa.Connection, root: str) -> tuple[list[tuple[str, str]], list[
     return children, files
 
 
-def related_changes(engine: sa.Engine, root: str, mark: int, upto: int, since: datetime | None) -> dict[str, Any]:
+def related_changes(engine: sa.Engine, root: str, mark: int, upto: int, gaps: list[int] | None = None) -> dict[str, Any]:
     """Root keys of ``root`` whose related rows the activity after ``mark`` (the same window as
     :func:`read_changes`) names: an edited child (translation, junction row, comment) gives the root its
     foreign key points at, an edited file the roots (or the roots of the children) referencing it.
@@ -133,9 +162,9 @@ def related_changes(engine: sa.Engine, root: str, mark: int, upto: int, since: d
         if not watched:
             return {"keys": [], "rows": {}}
         after = activity.c.id > mark
-        if since is not None:
-            after = sa.or_(after, sa.and_(activity.c.id > mark - OVERLAP_IDS,
-                                          _dated_after(engine, activity.c.timestamp, since)))
+        older = sorted(g for g in gaps or () if g <= mark)
+        if older:
+            after = sa.or_(after, activity.c.id.in_(older[-CHUNK:]))  # at most CHUNK bound ids
         items: dict[str, set[str]] = {}
         for collection, item in conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(
                 sa.select(activity.c.collection, activity.c.item).where(
@@ -216,21 +245,6 @@ def target_modified(engine: sa.Engine, collection: str, mark: int | None, upto: 
                     if _after(updated, stamp):
                         found.add(str(key))
     return found
-
-
-def _dated_after(engine: sa.Engine, column: sa.ColumnClause[Any], stamp: datetime) -> sa.ColumnElement[bool]:
-    """``column >= stamp`` for a CairnCMS timestamp column (``stamp`` aware or naive UTC): SQLite's epoch
-    milliseconds or text (its text compared by its ``YYYY-MM-DD HH:MM:SS`` prefix, a superset), the
-    servers' timestamps in the session's UTC."""
-    naive = stamp.astimezone(timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
-    if engine.dialect.name == "sqlite":
-        kind = sa.func.typeof(column)
-        epoch_ms = int(naive.replace(tzinfo=timezone.utc).timestamp() * 1000)
-        return sa.or_(sa.and_(kind.in_(("integer", "real")), column >= epoch_ms),
-                      sa.and_(kind == "text", column >= naive.strftime("%Y-%m-%d %H:%M:%S")))
-    if engine.dialect.name == "postgresql":
-        return column >= naive.replace(tzinfo=timezone.utc)
-    return column >= naive
 
 
 def _updated_after(engine: sa.Engine, column: sa.ColumnClause[Any], stamp: datetime) -> sa.ColumnElement[bool]:
@@ -378,11 +392,13 @@ def _steps(ctx: Any, operations: Any, store: SyncStore, conn: sa.Connection, pro
         start = {c: upto for c in collections} if profile.get("initial") == "from-now" else {}
         marks = {} if full else {**start, **before}
         last = store.last_run(profile["id"], conn)
-        since = (datetime.fromisoformat(last["started_at"]) - timedelta(seconds=lookback_seconds())
-                 if last and before else None)
-        changes = read_changes(source_engine, collections, marks, upto, since)
+        carried = ((last.get("report") or {}).get("activity_gaps") or []) if last else []
+        low = min((marks[c] for c in collections if c in marks), default=None)
+        report["activity_gaps"] = activity_gaps(source_engine, low, upto, carried, now_iso()) if low is not None else []
+        recheck = [int(g) for g, _ in carried]
+        changes = read_changes(source_engine, collections, marks, upto, recheck)
         for collection, change in changes.items():  # edits of related rows re-move the roots they belong to
-            related = related_changes(source_engine, collection, marks[collection], upto, since)
+            related = related_changes(source_engine, collection, marks[collection], upto, recheck)
             extra = sorted(set(related["keys"]) - set(change["upsert"]) - set(change["delete"]))
             if related["rows"]:
                 change["related"] = {"rows": related["rows"], "keys": extra}
