@@ -333,3 +333,34 @@ def test_edits_of_related_rows_re_move_their_roots(pair: Pair, tmp_path: Path) -
     assert _sql(target, "SELECT title FROM directus_files WHERE id = :f", f=cover) == [("Cover, replaced",)]
     code, idle = _cli(state, source, "run", "arts", "--json", env={"CAIRN_MIGRATE_SYNC_LOOKBACK_SECONDS": "0"})
     assert code == 0 and idle["steps"]["articles"].get("skipped") == "no changes"
+
+
+def test_a_mirror_of_integer_keys_touches_the_mapped_target_rows_only(pair: Pair, tmp_path: Path) -> None:
+    """tags (integer keys) in mirror mode: the source's tags are the target's 6-10; the target's own 1-5 (other
+    slugs) are outside the profile's filter.  An update and a delete on the source reach the mapped rows; the
+    target's own rows with the same numbers stay."""
+    source, target = pair
+    state = tmp_path / "state.db"
+    _sql(target, "UPDATE tags SET slug = 'own-' || slug, name = 'Own ' || name, color = NULL")
+    assert _sql(source, "SELECT COUNT(*) FROM tags WHERE color IS NULL") == [(0,)]
+    code, _ = _cli(state, source, "add", "tags", "--from", str(source.env_path), "--to", str(target.env_path),
+                   "--collection", "tags", "--filter", 'tags={"color": {"_nnull": true}}',
+                   "--mode", "mirror", "--max-delete", "3", "--json")
+    assert code == 0
+    code, first = _cli(state, source, "run", "tags", "--json")
+    assert code == 0, json.dumps(first)[:3000]
+    mapped = dict(_sql(target, "SELECT slug, id FROM tags WHERE slug NOT LIKE 'own-%'"))
+    slug2, slug3 = (_sql(source, "SELECT slug FROM tags WHERE id = :i", i=i)[0][0] for i in (2, 3))
+    assert mapped[slug2] != 2 and mapped[slug3] != 3
+    own = _sql(target, "SELECT id, name FROM tags WHERE slug LIKE 'own-%' ORDER BY id")
+    assert [i for i, _ in own] == [1, 2, 3, 4, 5]
+
+    _sql(source, "UPDATE tags SET color = '#UPDATED' WHERE id = 3")
+    _sql(source, "DELETE FROM articles_tags WHERE tags_id = 2")
+    _sql(source, "DELETE FROM tags WHERE id = 2")
+    _activity(source, ("update", "tags", "3"), ("delete", "tags", "2"))
+    code, report = _cli(state, source, "run", "tags", "--json")
+    assert code == 0 and report["status"] == "ok", report
+    assert _sql(target, "SELECT color FROM tags WHERE id = :i", i=mapped[slug3]) == [("#UPDATED",)]
+    assert _sql(target, "SELECT id FROM tags WHERE id = :i", i=mapped[slug2]) == []  # the mapped row is gone
+    assert _sql(target, "SELECT id, name FROM tags WHERE slug LIKE 'own-%' ORDER BY id") == own  # untouched

@@ -513,30 +513,54 @@ def _collection_step(ctx: Any, operations: Any, profile: Mapping[str, Any], coll
             step["conflicts"] = sorted(conflicts)
             if integer:
                 step["conflicts_target"] = sorted(by_source[k] for k in conflicts)
-        batches: list[dict[str, Any] | None] = [None]
+        # The content moves to run: (key filter, exclusion, mode).  A content move applies its filter to the
+        # source's rows and, for a mirror's deletions, to the target's: a filter on integer keys (which the
+        # move renumbers) would pick unrelated target rows there, so integer-keyed collections never run a
+        # key-filtered mirror: their upserts run as merge, their deletions as a mirror of the profile's filter.
+        remapped_mirror = integer and mode == "mirror"
+        moves: list[tuple[dict[str, Any] | None, dict[str, Any] | None, str]] = []
         if change is not None:
             wanted = [k for k in upserts + (deletes if mode == "mirror" else []) if k not in conflicts]
             if not wanted:
                 step.update(outcome="ok", counts={"changed": 0}, skipped="no changes")
                 return step
+            doomed = [k for k in deletes if k not in conflicts] if mode == "mirror" else []
             if len(wanted) > MAX_KEYS:
                 step["rescan"] = True  # too many keys for key filters: the collection's rows, as a re-scan
+            elif remapped_mirror:
+                ups = [k for k in upserts if k not in conflicts]
+                moves += [({pk: {"_in": chunk}}, None, "merge") for chunk in _chunks(_keys(ups, integer))]
+                if doomed and conflicts:
+                    step["delete_deferred"] = doomed  # a mirror of the whole filter would take the conflicts too
+                elif doomed:
+                    step["delete_rescan"] = True
+                    moves.append((None, None, "mirror"))
             else:  # one content move per CHUNK keys, so no statement binds more parameters than SQLite allows
-                batches = [{pk: {"_in": chunk}} for chunk in _chunks(_keys(wanted, integer))]
-        excluded = None
-        if conflicts and batches == [None]:
-            # The re-scan leaves the conflicting rows out: NOT IN lists of at most CHUNK keys each.
-            excluded = {"_and": [{pk: {"_nin": chunk}} for chunk in _chunks(_keys(sorted(conflicts), integer))]}
+                moves += [({pk: {"_in": chunk}}, None, mode) for chunk in _chunks(_keys(wanted, integer))]
+        if change is None or step.get("rescan"):
+            excluded = None
+            rescan_mode = mode
+            if conflicts:
+                # The re-scan leaves the conflicting rows out: NOT IN lists of at most CHUNK keys each.
+                excluded = {"_and": [{pk: {"_nin": chunk}} for chunk in _chunks(_keys(sorted(conflicts), integer))]}
+                if remapped_mirror:  # the exclusion (source keys) cannot be applied to the target's deletions
+                    rescan_mode = "merge"
+                    step["deletes_skipped"] = "integer keys are renumbered on the target and rows changed on it " \
+                        "are left out: this re-scan merges; run it again once the conflicts are settled"
+            moves.append((None, excluded, rescan_mode))
+        if not moves:
+            step.update(outcome="ok", counts={})
+            return step
         if "content" not in {op.name for op in operations.all_operations()}:
             raise MigrateError("This cairn-migrate has no content operation, so a sync's content step cannot run",
                                hint="upgrade cairn-migrate to a version with `cairn-migrate content move`")
         reports, outcomes = [], []
-        for keys_filter in batches:
+        for keys_filter, excluded, move_mode in moves:
             params: dict[str, Any] = {"from": profile["source"], "to": profile["target"], "collections": [collection],
                                       "filter": _combine((profile.get("filters") or {}).get(collection), keys_filter,
                                                          excluded),
-                                      "mode": mode, "dry_run": dry_run}
-            if mode == "mirror":
+                                      "mode": move_mode, "dry_run": dry_run}
+            if move_mode == "mirror":
                 params["max_delete"] = profile["max_delete"]
             if profile.get("mask"):
                 content = next((op for op in operations.all_operations() if op.name == "content"), None)
@@ -559,7 +583,7 @@ def _collection_step(ctx: Any, operations: Any, profile: Mapping[str, Any], coll
         step.update(outcome="invalid" if exc.exit_code == 2 else "failed", counts={},
                     error={"code": exc.code, "message": first_line(exc.message), "hint": exc.hint})
         return step
-    if len(batches) > 1:
+    if len(moves) > 1:
         step["batches"] = len(reports)
     worst = next((o for o in ("invalid", "failed", "partial", "differences") if o in outcomes), "ok")
     counts: dict[str, Any] = {}
