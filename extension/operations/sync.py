@@ -7,15 +7,18 @@ A run, under the profile's run lock (:meth:`~.sync_profiles.SyncStore.run_lock`)
 
 1. reads the source's newest ``directus_activity.id`` (the high mark of this run);
 2. per collection, the activity rows after the collection's watermark up to that mark
-   (``action`` create/update/delete, ``collection``, ``item``): the changed keys.  A
-   collection without a watermark, or a ``full`` run, re-scans every row its filter selects;
+   (``action`` create/update/delete, ``collection``, ``item``), and those of the ids recent runs found
+   missing (:func:`activity_gaps`): the changed keys, plus the keys of the rows whose related rows
+   (o2m children, referenced files) changed (:func:`related_changes`).  A collection without a
+   watermark, or a ``full`` run, re-scans every row its filter selects;
 3. the conflict policy: ``source-wins`` moves with the profile's mode; ``target-wins``
    moves with ``skip-existing`` (rows the target has are kept; no deletes);
    ``skip-if-target-modified`` leaves out the keys the target changed since the last run
    (the target's own activity after its watermark, and rows whose ``date_updated`` is
-   later than the last run's start);
-4. per collection, one ``content`` move filtered to those keys (``{"<pk>": {"_in": [...]}}``
-   AND the profile's filter; deleted keys only in ``mirror`` mode);
+   later than the last run's start), integer keys translated through the content move's ID map;
+4. per collection, ``content`` moves filtered to those keys (``{"<pk>": {"_in": [...]}}``, at most
+   :data:`CHUNK` keys each, AND the profile's filter; deleted keys only in ``mirror`` mode; an
+   integer-keyed collection never runs a key-filtered mirror);
 5. advances each collection's watermark only when its step succeeded, records the
    run in the history (with the due slot it ran for) in the lock's transaction,
    and on failure POSTs the report to the profile's ``alert_webhook``.
