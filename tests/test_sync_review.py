@@ -367,3 +367,20 @@ def test_a_mirror_of_integer_keys_touches_the_mapped_target_rows_only(pair: Pair
     assert _sql(target, "SELECT color FROM tags WHERE id = :i", i=mapped[slug3]) == [("#UPDATED",)]
     assert _sql(target, "SELECT id FROM tags WHERE id = :i", i=mapped[slug2]) == []  # the mapped row is gone
     assert _sql(target, "SELECT id, name FROM tags WHERE slug LIKE 'own-%' ORDER BY id") == own  # untouched
+
+
+def test_a_created_integer_key_never_deletes_the_targets_row_of_that_number(pair: Pair, tmp_path: Path) -> None:
+    """The reviewer's repro: a mirror of tags; the target has its own tag 6, the source creates its tag 6."""
+    source, target = pair
+    state = tmp_path / "state.db"
+    assert _cli(state, source, "add", "tags", "--from", str(source.env_path), "--to", str(target.env_path),
+                "--collection", "tags", "--mode", "mirror", "--max-delete", "5", "--initial", "from-now",
+                "--json")[0] == 0
+    assert _cli(state, source, "run", "tags", "--json")[0] == 0
+    _sql(target, "INSERT INTO tags (id, name, slug) VALUES (6, 'Target only', 'target-only')")
+    _sql(source, "INSERT INTO tags (id, name, slug) VALUES (6, 'Fresh on source', 'fresh')")
+    _activity(source, ("create", "tags", "6"))
+    code, report = _cli(state, source, "run", "tags", "--json")
+    assert code == 0 and report["counts"]["tags"]["tags"]["deleted"] == 0, report
+    assert _sql(target, "SELECT id, name FROM tags WHERE id > 5 ORDER BY id") == [(6, "Target only"),
+                                                                                (7, "Fresh on source")]
