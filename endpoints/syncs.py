@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from .. import operations
 from ..errors import InvalidInput
 from ..hooks.schedule import next_run, reconcile_syncs
-from ..operations.sync_profiles import SyncStore, validate_profile
+from ..operations.sync_profiles import WEBHOOK_HOSTS, SyncStore, validate_profile, webhook_hosts
 from ..service.app import MigrateState, get_state
 from ..service.schemas import SyncHistoryQuerySchema, SyncHistorySchema, SyncListSchema, SyncRunRequestSchema
 from ..service.service_jobs import operation_context
@@ -34,6 +34,11 @@ def _store() -> SyncStore:
 def _shown(state: MigrateState, store: SyncStore, profile: dict[str, Any]) -> dict[str, Any]:
     runs = store.history(profile["name"], limit=1)
     return {**profile, "next_run": next_run(state, profile["name"]), "last_run": runs[0] if runs else None}
+
+
+def _hosts(state: MigrateState) -> set[str]:
+    """The alert webhook hosts the sidecar's operator allows (``CAIRN_MIGRATE_WEBHOOK_HOSTS``)."""
+    return webhook_hosts(state.config.get(WEBHOOK_HOSTS) or "")
 
 
 def _body() -> dict[str, Any]:
@@ -86,7 +91,7 @@ def add_sync() -> ResponseReturnValue:
     state = get_state()
     profile = validate_profile(_body(), schema=SyncProfileRequestSchema)  # source, target: allowed paths only
     store = _store()
-    added = store.add(profile)
+    added = store.add(profile, hosts=_hosts(state))
     _reconcile(state)
     return _shown(state, store, added), 201
 
@@ -126,7 +131,7 @@ def update_sync(sync_name: str) -> ResponseReturnValue:
     """
     state, store = get_state(), _store()
     body = validate_profile(_body(), partial=True, schema=SyncProfileRequestSchema)  # source, target: allowed paths
-    changed = store.update(sync_name, body)
+    changed = store.update(sync_name, body, hosts=_hosts(state))
     _reconcile(state)
     return _shown(state, store, changed)
 
@@ -142,6 +147,8 @@ def remove_sync(sync_name: str) -> ResponseReturnValue:
         "200":
           description: The removed profile.
         "404": Error
+        "409":
+          description: A run of the profile holds its run lock (answered at once, never waiting for the run).
     """
     state, store = get_state(), _store()
     removed = store.remove(sync_name)
@@ -152,7 +159,8 @@ def remove_sync(sync_name: str) -> ResponseReturnValue:
 @bp.post("/syncs/<sync_name>/run")
 @admin_required
 def run_sync(sync_name: str) -> ResponseReturnValue:
-    """Run a sync profile now: its plan at once with ``dry_run``, otherwise a job.
+    """Run a sync profile now: its plan at once with ``dry_run`` (without the run lock, so a scheduled run of
+    the slot still happens), otherwise a job.
     ---
     post:
       summary: Run a sync profile

@@ -26,6 +26,7 @@ from cairn_migrate import operations
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.instance import Instance
 from cairn_migrate.operations import OpContext
+from cairn_migrate.operations import sync as sync_module
 from cairn_migrate.operations.sync_profiles import SyncStore, dispose, due_slot, validate_profile
 from cairn_migrate.service.app import create_app, get_state
 from cairn_migrate.service.jobs import JobCancelled, JobContext, JobStore
@@ -331,7 +332,19 @@ def test_a_run_over_http_is_a_job_and_a_failure_is_posted_to_the_webhook(
         client, headers = sidecar.test_client(), bearer(TOKEN)
         hook = f"http://127.0.0.1:{server.server_port}/flows/trigger/0d2c9f5e"
         profile = _profile(pair, initial="from-now", alert_webhook=hook, target=str(_broken(target, tmp_path / "gone")))
+        # S2: a URL under neither instance's PUBLIC_URL nor on a host the operator lists is refused
+        refused = client.post("/migrate/syncs", json=profile, headers=headers)
+        assert refused.status_code == 422 and "alert_webhook" in refused.get_json()["error"]["message"]
+        assert "CAIRN_MIGRATE_WEBHOOK_HOSTS" in refused.get_json()["error"]["hint"]
+        for internal in ("http://169.254.169.254/latest/meta-data/", f"http://localhost:{server.server_port}/x",
+                         f"http://user:pw@127.0.0.1:{server.server_port}/x"):
+            assert client.post("/migrate/syncs", json={**profile, "alert_webhook": internal},
+                               headers=headers).status_code == 422
+        get_state(sidecar).config["CAIRN_MIGRATE_WEBHOOK_HOSTS"] = f"hooks.example.org, 127.0.0.1:{server.server_port}"
         assert client.post("/migrate/syncs", json=profile, headers=headers).status_code == 201
+        # an unreachable webhook: the history says only that, never the connection error's text
+        assert sync_module.send_alert("http://127.0.0.1:9/", {"steps": {}}) == {
+            "url": "http://127.0.0.1:9/", "error": "alert failed (unreachable)"}
         first = client.post("/migrate/syncs/articles-nightly/run", json={}, headers=headers)
         assert first.status_code == 202
         job = get_state(sidecar).runner.wait(first.get_json()["id"], timeout=60)

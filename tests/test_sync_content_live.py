@@ -8,7 +8,9 @@ same rows, ``articles`` keyed by uuid), each served by real CairnCMS 1.0.0-beta.
 writes the instance's own ``directus_activity`` rows.  In order, on one pair: a from-now start,
 creates and updates reach the target, a delete reaches it in mirror mode, an article edited on
 both sides follows skip-if-target-modified (the target's edit stays), target-wins never
-overwrites, a paused profile does nothing.
+overwrites, a paused profile does nothing, an article created with an uploaded image arrives with the
+image's bytes (served by the target), and tags (integer keys) arrive renumbered and follow their updates
+and deletes through the ID map, the target's own tag untouched.
 """
 
 from __future__ import annotations
@@ -174,3 +176,54 @@ def test_a_paused_profile_does_nothing_and_a_full_run_finds_drift(pair: Pair) ->
     code, report = pair.sync("run", "mirror", "--full", "--json")
     assert code == 0 and report["steps"]["articles"]["rescan"], report["steps"]["articles"]
     assert pair.target.title(later) == "drifted again"
+
+
+def test_an_article_with_an_image_reaches_the_target_with_its_bytes(pair: Pair) -> None:
+    png = (FIXTURES / "sqlite" / "uploads").glob("*.png").__next__().read_bytes()
+    uploaded = pair.source.call("POST", "/files", files={"file": ("sync-cover.png", png, "image/png")},
+                                data={"title": "sync cover"})
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["data"]["id"]
+    key = str(uuid.uuid4())
+    created = pair.source.call("POST", "/items/articles", json={"id": key, "title": "sync with an image",
+                                                               "slug": f"sync-{key[:8]}", "cover_image": file_id})
+    assert created.status_code == 200, created.text
+    code, report = pair.sync("run", "mirror", "--json")
+    assert code == 0 and key in report["steps"]["articles"]["changed"]["upsert"], report
+    assert pair.target.rows("SELECT cover_image FROM articles WHERE id = :id", id=key)[0][0] in (file_id, uuid.UUID(file_id))
+    served = pair.target.call("GET", f"/assets/{file_id}")
+    assert served.status_code == 200 and served.content == png  # the bytes, served by the target's CairnCMS
+
+
+def test_an_integer_keyed_collection_syncs_with_remapped_keys(pair: Pair) -> None:
+    """tags: the target creates its own tag first, so the source's next tag gets another number there."""
+    own = pair.target.call("POST", "/items/tags", json={"name": "target own", "slug": "target-own", "color": "#000"})
+    assert own.status_code == 200, own.text
+    own_id = own.json()["data"]["id"]
+    code, added = pair.sync("add", "tags", "--from", str(pair.source.env), "--to", str(pair.target.env),
+                            "--collection", "tags", "--filter", 'tags={"slug": {"_contains": "sync-"}}',
+                            "--mode", "mirror", "--max-delete", "2", "--initial", "from-now", "--json")
+    assert code == 0, added
+    assert pair.sync("run", "tags", "--json")[0] == 0
+    made = pair.source.call("POST", "/items/tags", json={"name": "sync tag", "slug": "sync-tag", "color": "#111"})
+    assert made.status_code == 200, made.text
+    source_id = made.json()["data"]["id"]
+    code, report = pair.sync("run", "tags", "--json")
+    assert code == 0 and report["steps"]["tags"]["changed"]["upsert"] == [str(source_id)], report
+    target_rows = pair.target.rows("SELECT id, name, color FROM tags WHERE slug = 'sync-tag'")
+    assert len(target_rows) == 1 and target_rows[0][1:] == ("sync tag", "#111")
+    target_id = target_rows[0][0]
+    assert target_id != source_id and target_id > own_id  # remapped
+
+    assert pair.source.call("PATCH", f"/items/tags/{source_id}", json={"color": "#222"}).status_code == 200
+    code, report = pair.sync("run", "tags", "--json")
+    assert code == 0, report
+    assert pair.target.rows("SELECT id, color FROM tags WHERE slug = 'sync-tag'") == [(target_id, "#222")]
+
+    assert pair.source.call("DELETE", f"/items/tags/{source_id}").status_code == 204
+    code, report = pair.sync("run", "tags", "--json")
+    assert code == 0 and report["steps"]["tags"]["changed"]["delete"] == [str(source_id)], report
+    assert pair.target.rows("SELECT id FROM tags WHERE id = :id", id=target_id) == []
+    assert pair.target.rows("SELECT name FROM tags WHERE id = :id", id=own_id) == [("target own",)]
+    if source_id == own_id:  # the source's number is the target's own tag: never touched
+        assert pair.target.rows("SELECT slug FROM tags WHERE id = :id", id=source_id) == [("target-own",)]

@@ -78,6 +78,24 @@ def render_run(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def outside_http_paths(profile: dict[str, Any]) -> list[str]:
+    """Why a sidecar would refuse the profile's ``.env`` files (outside ``CAIRN_MIGRATE_HTTP_PATHS`` as this
+    environment sets it): its scheduled runs would end ``invalid``.  ``sync run`` here is not affected."""
+    import os
+    from pathlib import Path
+
+    setting = "CAIRN_MIGRATE_HTTP_PATHS"
+    folders = [Path(p).expanduser().resolve() for p in os.environ.get(setting, "").split(os.pathsep) if p.strip()]
+    out = []
+    for side in ("source", "target"):
+        path = Path(profile[side])
+        if not any(folder in path.parents for folder in folders):
+            out.append(f"the {side} {path} is outside {setting} ({os.environ.get(setting) or 'not set here'}): a "
+                       f"sidecar (serve --scheduler) refuses it and its scheduled runs end invalid; `sync run` from "
+                       f"this command line is not affected. Fix: add its folder to {setting} of the sidecar")
+    return out
+
+
 def _filters(values: tuple[str, ...]) -> dict[str, str]:
     from ..errors import InvalidInput
 
@@ -113,7 +131,7 @@ def register(cli: click.Group) -> None:
                   help="A collection's first run: re-scan everything, or only changes from now on (a cloned target).")
     @click.option("--promote-first", is_flag=True, help="Promote the structure before the content.")
     @click.option("--target-token-env", metavar="VAR", help="With --promote-first: the sidecar's environment variable "
-                  "holding the target's admin token (never stored).")
+                  "holding the target's admin token (never stored); its name must start CAIRN_MIGRATE_TOKEN_.")
     @click.option("--mask", metavar="PROFILE", help="A masking profile's name, passed to the content step.")
     @click.option("--cron", metavar="EXPR", help="A crontab schedule, e.g. '*/15 * * * *'.")
     @click.option("--interval", "interval_seconds", type=int, metavar="SECONDS", help="Run every SECONDS instead.")
@@ -121,7 +139,8 @@ def register(cli: click.Group) -> None:
     @click.option("--missed", type=click.Choice(MISSED), default="run-once", show_default=True,
                   help="Runs missed while no sidecar ran: one catch-up run, or none.")
     @click.option("--paused", is_flag=True, help="Add it paused.")
-    @click.option("--alert-webhook", metavar="URL", help="POST the JSON report of a failed run here.")
+    @click.option("--alert-webhook", metavar="URL", help="POST the JSON report of a failed run here: a URL under "
+                  "the source's or target's PUBLIC_URL, or on a host listed in CAIRN_MIGRATE_WEBHOOK_HOSTS.")
     @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
     @click.pass_obj
     @handle_errors
@@ -130,7 +149,12 @@ def register(cli: click.Group) -> None:
                     promote_first: bool,
                     target_token_env: str | None, mask: str | None, cron: str | None, interval_seconds: int | None,
                     zone: str, missed: str, paused: bool, alert_webhook: str | None, as_json: bool) -> None:
-        """Add sync profile NAME (exit 2 when it is not valid)."""
+        """Add sync profile NAME (exit 2 when it is not valid).
+
+        The .env paths are stored absolute; source and target must be different databases. A path outside
+        CAIRN_MIGRATE_HTTP_PATHS (as this environment sets it) is added with a warning: a sidecar refuses it,
+        so its scheduled runs would end invalid.
+        """
         schedule = {"cron": cron, "interval_seconds": interval_seconds, "timezone": zone} if cron or interval_seconds else None
         profile = validate_profile({
             "name": name, "source": source, "target": target, "collections": list(collections),
@@ -138,7 +162,8 @@ def register(cli: click.Group) -> None:
             "initial": initial, "promote_first": promote_first, "target_token_env": target_token_env, "mask": mask, "schedule": schedule,
             "missed": missed, "enabled": not paused, "alert_webhook": alert_webhook})
         added = _describe(_store(obj).add(profile))
-        _emit(added, as_json, render_profile)
+        added["warnings"] = outside_http_paths(added)
+        _emit(added, as_json, lambda p: "\n".join([render_profile(p), *(f"warning: {w}" for w in p["warnings"])]))
 
     @sync_group.command("list")
     @click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")

@@ -51,6 +51,11 @@ INITIAL = ("full", "from-now")
 #: The masking profiles a sync may name: the built-in ones (a YAML profile is a path, which a stored profile avoids).
 MASK_PROFILES = BUILTIN_NAMES
 NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+#: The sidecar's setting listing the hosts (``host`` or ``host:port``, comma-separated) an alert webhook may name
+#: besides the profile's instances' ``PUBLIC_URL``.
+WEBHOOK_HOSTS = "CAIRN_MIGRATE_WEBHOOK_HOSTS"
+#: ``target_token_env`` may name only the sidecar's environment variables starting with this.
+TOKEN_ENV_PREFIX = "CAIRN_MIGRATE_TOKEN_"
 #: With ``missed: skip``, a run later than this many seconds after its slot (at most half the period) is dropped.
 SKIP_GRACE_SECONDS = 30
 
@@ -61,6 +66,19 @@ class SyncConflict(MigrateError):
     exit_code = 2
     http_status = 409
     code = "conflict"
+
+
+class SyncRunning(MigrateError):
+    """The profile is running: it cannot be removed now."""
+
+    exit_code = 2
+    http_status = 409
+    code = "running"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The sync profile {name!r} is running; it cannot be removed while a run holds it",
+                         hint="wait for the run to finish (GET /migrate/jobs, cairn-migrate sync history), then "
+                         "remove it again; pause it first so no new run starts")
 
 
 metadata = sa.MetaData()
@@ -192,9 +210,11 @@ class SyncProfileSchema(Schema):
         "changes after it, for a target already cloned from the source)."})
     promote_first = fields.Boolean(load_default=False, metadata={
         "description": "Run promote (structure) from source to target before the content."})
-    target_token_env = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(r"[A-Z_][A-Z0-9_]*"),
-                                     metadata={"description": "promote_first: the name of the sidecar's environment "
-                                               "variable holding the target's admin token (the token is never stored)."})
+    target_token_env = fields.String(load_default=None, allow_none=True, validate=validate.Regexp(
+        TOKEN_ENV_PREFIX + r"[A-Z0-9_]+", error=f"the name must start {TOKEN_ENV_PREFIX} (only those variables of the "
+        "sidecar's environment may be named), e.g. CAIRN_MIGRATE_TOKEN_STAGING"),
+        metadata={"description": "promote_first: the name of the sidecar's environment variable holding the "
+                  f"target's admin token (the token is never stored); it must start {TOKEN_ENV_PREFIX}."})
     mask = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(MASK_PROFILES), metadata={
         "description": "A built-in masking profile's name (pii-basic), passed to the content step."})
     schedule = fields.Nested(ScheduleSchema, load_default=None, allow_none=True, metadata={
@@ -203,8 +223,9 @@ class SyncProfileSchema(Schema):
         "description": "Runs missed while no sidecar ran: run-once (one catch-up run) or skip."})
     enabled = fields.Boolean(load_default=True, metadata={"description": "false: paused."})
     alert_webhook = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"},
-                               metadata={"description": "POST the JSON report of a failed run here (e.g. the URL of "
-                                         "a webhook-triggered flow of the target instance)."})
+                               metadata={"description": "POST the JSON report of a failed run here: a URL under the "
+                                         "source's or target's PUBLIC_URL (e.g. a webhook-triggered flow), or on a host "
+                                         f"the sidecar's operator lists in {WEBHOOK_HOSTS}."})
 
     @validates("source")
     def _source(self, value: str, **kwargs: Any) -> None:
@@ -229,6 +250,88 @@ class SyncProfileSchema(Schema):
                                   "holding its admin token in target_token_env", "target_token_env")
         if data.get("source") and data.get("source") == data.get("target"):
             raise ValidationError("source and target are the same instance", "target")
+
+
+def webhook_hosts(raw: str | None = None) -> set[str]:
+    """The hosts of :data:`WEBHOOK_HOSTS` (``raw``, else the process environment), lower case."""
+    import os
+
+    text = os.environ.get(WEBHOOK_HOSTS, "") if raw is None else str(raw)
+    return {part.strip().lower() for part in re.split(r"[,\s]+", text) if part.strip()}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def webhook_refusal(url: str, public_urls: list[str], hosts: set[str]) -> str | None:
+    """Why ``url`` may not be an alert webhook (None: allowed): it must lie under one of ``public_urls`` (same
+    scheme, host, port and path prefix) or on a host (``host`` or ``host:port``) of ``hosts``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return "it is not a plain http(s) URL"
+    for public in public_urls:
+        base = urlsplit(public)
+        if base.scheme in ("http", "https") and _origin(public) == _origin(url):
+            prefix = base.path.rstrip("/") + "/"
+            if (parts.path or "/").startswith(prefix) or parts.path == base.path.rstrip("/"):
+                return None
+    host = parts.hostname.lower()
+    if host in hosts or f"{host}:{_origin(url)[2]}" in hosts:
+        return None
+    return "it is under neither instance's PUBLIC_URL nor on a host the sidecar's operator allows"
+
+
+def _where(instance: Any) -> tuple[str, str]:
+    """The database ``instance`` uses: vendor and location (a SQLite file's real path, or host:port/name)."""
+    from pathlib import Path
+
+    database = instance.database
+    url = database.url
+    if database.vendor == "sqlite":
+        return database.vendor, str(Path(url.database or "").expanduser().resolve())
+    host = (url.host or "").lower()
+    host = "localhost" if host in ("127.0.0.1", "::1", "[::1]") else host
+    return database.vendor, f"{host}:{url.port or ''}/{url.database or ''}"
+
+
+def check_instances(profile: Mapping[str, Any], *, hosts: set[str] | None = None) -> dict[str, Any]:
+    """The profile with its ``.env`` paths made absolute (symlinks resolved), after reading both instances.
+
+    An ``.env`` that cannot be read now is stored as named (its runs end ``invalid``, saying why).
+
+    :raises InvalidInput: source and target use the same database, or the alert webhook is not allowed
+        (:func:`webhook_refusal`).
+    """
+    from pathlib import Path
+
+    from ..instance.instance import Instance
+
+    out = dict(profile)
+    instances = {}
+    for side in ("source", "target"):
+        if not out.get(side):
+            continue
+        path = Path(out[side]).expanduser().resolve()
+        out[side] = str(path)
+        try:
+            instances[side] = Instance.from_env_file(path)
+        except (MigrateError, OSError):
+            continue  # not readable now (its runs end invalid, naming it); nothing to compare
+    if len(instances) == 2 and _where(instances["source"]) == _where(instances["target"]):
+        vendor, where = _where(instances["source"])
+        raise InvalidInput(f"Bad sync profile: source and target are the same instance (both .env files use the "
+                           f"{vendor} database {where})", hint="name the .env of another instance as the target")
+    if out.get("alert_webhook"):
+        publics = [i.public_url for i in instances.values()]
+        reason = webhook_refusal(out["alert_webhook"], publics, webhook_hosts() if hosts is None else hosts)
+        if reason:
+            raise InvalidInput(f"Bad sync profile: alert_webhook: {out['alert_webhook']} is not allowed: {reason}",
+                               hint=f"use a URL under the source's or target's PUBLIC_URL (a webhook flow), or have "
+                               f"the sidecar's operator list its host in {WEBHOOK_HOSTS}")
+    return out
 
 
 def refuse_url(value: str) -> None:
@@ -364,11 +467,13 @@ class SyncStore:
         self.engine = engine_of(state_url)
 
     # profiles ---------------------------------------------------------------
-    def add(self, profile: Mapping[str, Any]) -> dict[str, Any]:
-        """Store a validated profile.
+    def add(self, profile: Mapping[str, Any], *, hosts: set[str] | None = None) -> dict[str, Any]:
+        """Store a validated profile (its instances checked and their paths made absolute: :func:`check_instances`,
+        ``hosts`` the alert webhook hosts the shell allows, default :data:`WEBHOOK_HOSTS` of the environment).
 
         :raises SyncConflict: (exit 2, 409) a profile of that name exists.
         """
+        profile = check_instances(profile, hosts=hosts)
         spec = {k: v for k, v in SyncProfileSchema().dump(profile).items() if k not in ("name", "enabled")}
         stamp = now_iso()
         try:
@@ -400,7 +505,7 @@ class SyncStore:
                                 .order_by(profiles_table.c.name)).mappings().all()
         return [_row_profile(row) for row in rows]
 
-    def update(self, name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    def update(self, name: str, changes: Mapping[str, Any], *, hosts: set[str] | None = None) -> dict[str, Any]:
         """Change fields of a profile (validated as a whole afterwards); the name stays.
 
         :raises InvalidInput: a rename, or the changed profile is not valid.
@@ -410,7 +515,7 @@ class SyncStore:
             raise InvalidInput("A sync profile cannot be renamed", hint="remove it and add it under the new name")
         given = {k: v for k, v in SyncProfileSchema().dump(current).items()}
         given.update({k: v for k, v in changes.items() if k != "name"})
-        profile = validate_profile(given)
+        profile = check_instances(validate_profile(given), hosts=hosts)
         spec = {k: v for k, v in SyncProfileSchema().dump(profile).items() if k not in ("name", "enabled")}
         with self.engine.begin() as conn:
             conn.execute(profiles_table.update().where(profiles_table.c.id == current["id"]).values(
@@ -427,7 +532,19 @@ class SyncStore:
     def remove(self, name: str) -> dict[str, Any]:
         """Delete the profile with its watermarks and history."""
         current = self.get(name)
+        if self.engine.dialect.name == "sqlite":
+            lock = _local_lock(self.state_url, current["id"])
+            if not lock.acquire(blocking=False):
+                raise SyncRunning(name)
+            lock.release()  # a run starting now finds the profile gone
         with self.engine.begin() as conn:
+            if self.engine.dialect.name != "sqlite":
+                # A run holds its lock row for its whole duration: answer at once instead of waiting for it.
+                held = conn.execute(sa.select(slots_table.c.profile_id).where(slots_table.c.profile_id == current["id"])
+                                    .with_for_update(skip_locked=True)).first()
+                if held is None and conn.execute(sa.select(sa.func.count()).select_from(slots_table).where(
+                        slots_table.c.profile_id == current["id"])).scalar():
+                    raise SyncRunning(name)
             for table in (runs_table, watermarks_table, slots_table):
                 conn.execute(table.delete().where(table.c.profile_id == current["id"]))
             conn.execute(profiles_table.delete().where(profiles_table.c.id == current["id"]))
@@ -467,6 +584,13 @@ class SyncStore:
     def last_slot(self, profile_id: int) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(slots_table.c.last_slot).where(slots_table.c.profile_id == profile_id)).scalar()
+
+    @contextmanager
+    def without_lock(self, profile_id: int) -> Iterator[tuple[sa.Connection, str | None]]:
+        """What :meth:`run_lock` yields, without holding the lock (a dry run: it records no slot)."""
+        with self.engine.begin() as conn:
+            yield conn, conn.execute(sa.select(slots_table.c.last_slot).where(
+                slots_table.c.profile_id == profile_id)).scalar()
 
     @contextmanager
     def run_lock(self, profile_id: int) -> Iterator[tuple[sa.Connection, str | None] | None]:

@@ -54,6 +54,7 @@ def _defaults() -> dict[str, Any]:
         "CAIRN_MIGRATE_BUNDLE_DIR": None,
         HTTP_PATHS: "",
         TRANSFORMS: "",
+        "CAIRN_MIGRATE_WEBHOOK_HOSTS": "",
         "CAIRN_MIGRATE_HEALTH_CACHE_SECONDS": 5,
         "CAIRN_MIGRATE_HEALTH_TIMEOUT": 2,
     }

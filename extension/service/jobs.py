@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -131,6 +132,22 @@ def _state_engine(url: str | sa.URL) -> Engine:
         else:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    elif parsed.get_backend_name() == "postgresql":
+        # A held row lock (a sync's run lock) must end when its holder's host dies: TCP keepalives on both
+        # ends (libpq's for a dead server, the session's tcp_keepalives_* for the server to drop a dead
+        # client and its locks) find a dead peer within about a minute and a half; connect_timeout bounds
+        # the login.
+        from ..instance.timeouts import connect_timeout
+
+        kwargs = {"connect_args": {"connect_timeout": max(2, math.ceil(connect_timeout())), "keepalives": 1,
+                                   "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 6,
+                                   "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
+                                              "-c tcp_keepalives_count=6"},
+                  "pool_pre_ping": True}
+    elif parsed.get_backend_name() in ("mysql", "mariadb"):
+        from ..instance.timeouts import connect_timeout
+
+        kwargs = {"connect_args": {"connect_timeout": connect_timeout()}, "pool_pre_ping": True}
     return sa.create_engine(parsed, **kwargs)
 
 
