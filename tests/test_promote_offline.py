@@ -500,3 +500,39 @@ def test_a_new_m2o_on_an_existing_collection(vendor: str, tmp_path: Path, reques
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
     after = next(r for r in target_snapshot(env)["relations"] if r["field"] == "favourite_of")
     assert (after["schema"]["foreign_key_table"], after["schema"]["on_delete"]) == ("authors", "SET NULL")
+
+
+def _field(schema: dict[str, Any], collection: str, field: str) -> dict[str, Any]:
+    return next(f for f in schema["fields"] if (f["collection"], f["field"]) == (collection, field))
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgres"])
+def test_a_narrower_column_or_another_type_of_a_populated_one_is_data_loss(vendor: str, tmp_path: Path,
+                                                                           request: pytest.FixtureRequest) -> None:
+    """Trial items 1 and 7: a shorter max_length counts the longer values (characters), another type every
+    non-null value; both refused (exit 2) before any write, naming the count, until --allow-data-loss."""
+    env = fresh_target(vendor, tmp_path / "dst", free_port(), request)
+    force = () if vendor == "sqlite" else ("--force",)
+    assert promote(source_dir(tmp_path / "base", sqlite_schema()), str(env), "--only", "schema", *force)[0] == 0
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        for n, color in enumerate(["red", "blué", "violet", None]):
+            conn.execute(sa.text("INSERT INTO tags (name, slug, color) VALUES (:n, :s, :c)"),
+                         {"n": f"t{n}", "s": f"t{n}", "c": color})
+    before = target_snapshot(env)
+    schema = sqlite_schema()
+    _field(schema, "tags", "color")["schema"]["max_length"] = 4
+    code, output = promote(source_dir(tmp_path / "short", schema), str(env), "--only", "schema", *force)
+    assert code == 2, output
+    assert "refused: the schema diff changes tags.color (max_length 255 -> 4): 1 row would not fit" in output, output
+    assert target_snapshot(env) == before
+    code, plan = promote(source_dir(tmp_path / "short", schema), str(env), "--only", "schema", "--json", "--dry-run",
+                         "--allow-data-loss", *force)
+    assert code == 1 and json.loads(plan)["refused"] == [], plan
+
+    schema = sqlite_schema()
+    _field(schema, "tags", "color").update(type="integer")
+    _field(schema, "tags", "color")["schema"].update(data_type="integer", max_length=None, numeric_precision=None)
+    code, output = promote(source_dir(tmp_path / "typed", schema), str(env), "--only", "schema", *force)
+    assert code == 2, output
+    assert "changes tags.color (type string -> integer): 3 rows would not fit" in output, output
+    assert target_snapshot(env) == before

@@ -9,7 +9,7 @@ import click
 
 from .. import operations
 from ..operations import OpContext
-from ..operations.promote import KINDS
+from ..operations.promote import KINDS, rows_word
 from .base import Context, exit_with, handle_errors
 
 
@@ -25,13 +25,16 @@ def render_promote(report: dict[str, Any]) -> str:
             lines.append(f"  ignored: {schema['vendor_noise']} differences that are only the vendors' spelling of the same types")
         for key, values in (schema.get("mismatch") or {}).items():
             lines.append(f"  {'version' if key == 'directus' else key}: source {values['source']}, target {values['target']}")
-        lines += [f"  data loss: {loss['kind']} {loss['name']} holds "
-                  f"{'an unknown number of' if loss['rows'] is None else loss['rows']} rows" for loss in schema["data_loss"]]
+        lines += [f"  data loss: {loss['kind']} {loss['name']} holds {rows_word(loss['rows'])}"
+                  if "change" not in loss else f"  data loss: {loss['name']} {loss['change']}: "
+                  f"{rows_word(loss['rows'])} would not fit" for loss in schema["data_loss"]]
     if config is not None:
         lines.append("config: " + ("changes" if config["changes"] else "no changes"))
         planned = config.get("plan")
         deleting, keeping = config.get("delete") or {}, config.get("kept") or {}
         lines += [f"  - role {key} (with its permissions and presets; its users suspended)" for key in deleting.get("roles", [])]
+        lines += [f"    suspends {u['email']} ({u['role']}{', admin' if u.get('admin') else ''}"
+                  f"{', the user of --to-token' if u.get('caller') else ''})" for u in config.get("suspend") or []]
         lines += [f"  - permission {name}" for name in deleting.get("permissions", [])]
         if planned:
             for action in ("created", "updated"):
@@ -112,12 +115,14 @@ def register(cli: click.Group) -> None:
     @click.option("--destructive", is_flag=True,
                   help="Delete what SRC lacks from DST (roles, permissions, flows, dashboards, presets, translation "
                   "strings), as CairnCMS's config apply --destructive; without it they are kept and listed.")
+    @click.option("--allow-suspend-admins", is_flag=True,
+                  help="With --destructive: delete roles holding users with admin access (they are suspended).")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.pass_obj
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
                         engine: str, dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool,
-                        include_secrets: bool, destructive: bool, as_json: bool) -> None:
+                        include_secrets: bool, destructive: bool, allow_suspend_admins: bool, as_json: bool) -> None:
         """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
         translation strings) onto the CairnCMS DST.
 
@@ -129,7 +134,7 @@ def register(cli: click.Group) -> None:
         """
         params = {"from": source, "to": target, "engine": engine, "dry_run": dry_run, "only": list(only),
                   "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets,
-                  "destructive": destructive}
+                  "destructive": destructive, "allow_suspend_admins": allow_suspend_admins}
         from ..service.state import default_state_url
 
         # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).

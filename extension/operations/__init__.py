@@ -505,6 +505,10 @@ class PromoteParams(Schema):
         "config apply --destructive: a role's permissions and presets go with it, its users are suspended; the last "
         "admin role never), flows, operations, dashboards, panels, role/global presets and translation strings. "
         "Without it they are kept and listed as kept (target only).", "cli": "--destructive"})
+    allow_suspend_admins = fields.Boolean(load_default=False, metadata={
+        "description": "With destructive: delete roles that hold users with admin access (they are suspended, as "
+        "CairnCMS does); without it such a plan is refused. The user of to_token is never suspended: a role holding "
+        "it is always refused.", "cli": "--allow-suspend-admins"})
 
 
 class _FilterField(fields.Field):

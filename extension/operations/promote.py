@@ -26,8 +26,10 @@ with the steps applied.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -114,6 +116,15 @@ class Remote:
         value = rows[0]["count"] if rows else 0
         return int(value[field] if isinstance(value, Mapping) else value)
 
+    def count_not_fitting(self, collection: str, field: str, narrowing: Mapping[str, Any]) -> int | None:
+        """The rows whose ``field`` would not fit :func:`narrowed`'s narrower column, read through the items API
+        (its filters have no length or scale test, so the non-null values are read and tested here)."""
+        response = self.call("GET", f"/items/{quote(collection)}?fields={quote(field)}&limit=-1"
+                             f"&filter[{quote(field)}][_nnull]=true", ok=(200, 400, 403, 404))
+        if response.status_code != 200:
+            return None
+        return sum(1 for row in response.json()["data"] if not fits(row.get(field), narrowing))
+
 
 @dataclass
 class DbTarget:
@@ -175,6 +186,12 @@ class DbTarget:
         with self._open() as db:
             return count_rows(db.engine, collection, field)
 
+    def count_not_fitting(self, collection: str, field: str, narrowing: Mapping[str, Any]) -> int | None:
+        from .schema_engine import count_not_fitting
+
+        with self._open() as db:
+            return count_not_fitting(db.engine, collection, field, narrowing)
+
     def apply(self, diff: Mapping[str, Any], progress: Any = None) -> list[str]:
         """Apply ``diff`` (planned against :attr:`planned`); a target changed since is refused, like a stale hash."""
         from ..bundle.schema_snapshot import schema_snapshot
@@ -186,6 +203,22 @@ class DbTarget:
                 raise InvalidInput(f"The schema of the target {self.url} changed since the plan was made",
                                    hint="promote again: the new plan is made against the target as it is now")
             return apply_diff(db.engine, db.vendor, current, diff, progress)
+
+
+def fits(value: Any, narrowing: Mapping[str, Any]) -> bool:
+    """Whether one value read through the API fits :func:`narrowed`'s narrower column (a type change: none does)."""
+    if value is None:
+        return True
+    if narrowing["kind"] == "length":
+        return len(value if isinstance(value, str) else json.dumps(value)) <= narrowing["max_length"]
+    if narrowing["kind"] == "precision":
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            return False
+        scale, precision = narrowing["scale"], narrowing["precision"]
+        return number == round(number, scale) and abs(number) < Decimal(10) ** (precision - scale)
+    return False
 
 
 def _error_text(response: requests.Response) -> str:
@@ -229,7 +262,16 @@ def read_source(ctx: Any, value: str, token: str | None, only: list[str]) -> Sou
     if (path / "snapshot").is_dir():  # an unpacked bundle (export writes snapshot/schema-snapshot.yaml + config/)
         path = path / "snapshot"
     if path.is_dir():
-        return _source_of_directory(path, only)
+        source = _source_of_directory(path, only)
+        if (path / SAFETY_EXTRAS).is_file():  # a safety snapshot: a complete source, extras included
+            from .promote_bundle import BundleSource
+
+            import hashlib
+
+            rows = json.loads((path / SAFETY_EXTRAS).read_text(encoding="utf-8"))
+            scope = "safety-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+            source.bundle = BundleSource(source.schema, source.config, rows, scope)
+        return source
     raise ConfigError(f"The source {value} is neither a URL, an instance's .env, a bundle directory nor a snapshot "
                       "directory", hint="pass a running instance's URL, a .env file, an unpacked bundle, or a folder "
                       "holding schema.yaml and config/")
@@ -332,7 +374,8 @@ def _plan(ctx: Any, p: dict[str, Any], only: list[str], target: Any) -> tuple[di
     if source.schema is not None:
         report["schema"] = _schema_plan(target, source.schema, target_schema, p, report["refused"])
     if source.config is not None:
-        report["config"] = _config_plan(target, source.config, report["refused"], bool(p.get("destructive")))
+        report["config"] = _config_plan(target, source.config, report["refused"], bool(p.get("destructive")),
+                                        bool(p.get("allow_suspend_admins")))
     extras = [kind for kind in only if kind in EXTRA_KINDS]
     if extras:
         from . import promote_extras
@@ -373,13 +416,25 @@ def _schema_plan(target: Remote | DbTarget, snapshot: Mapping[str, Any], current
         if is_empty(data["diff"]):
             return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": [],
                     "vendor_noise": noise}
-    losses = data_loss(target, data["diff"])
+    fields = {(f["collection"], f["field"]): f for f in current.get("fields") or []}
+    losses = data_loss(target, data["diff"], fields)
     if losses and not p["allow_data_loss"]:
-        refused.append({"code": "data_loss", "message": "the schema diff drops " + ", ".join(
-            f"{loss['name']} ({loss['rows']} rows)" for loss in losses),
-            "fix": "pass --allow-data-loss to drop them (a safety snapshot of the target's structure is written first)"})
+        refused.append({"code": "data_loss", "message": "the schema diff " + ", ".join(map(loss_text, losses)),
+            "fix": "pass --allow-data-loss to drop or cut them (a safety snapshot of the target is written first)"})
     return {"changes": True, "mismatch": mismatch, "diff": data["diff"], "hash": data["hash"],
             "steps": schema_steps(data["diff"]), "data_loss": losses, "vendor_noise": noise}
+
+
+def rows_word(count: int | None) -> str:
+    """``1 row``, ``2 rows``, ``an unknown number of rows``."""
+    return "an unknown number of rows" if count is None else f"{count} row" if count == 1 else f"{count} rows"
+
+
+def loss_text(loss: Mapping[str, Any]) -> str:
+    """One data loss in words: ``drops tags.color (2 rows)``, ``changes t.c (max_length 255 -> 2): 1 row would not fit``."""
+    if "change" in loss:
+        return f"changes {loss['name']} ({loss['change']}): {rows_word(loss['rows'])} would not fit"
+    return f"drops {loss['name']} ({rows_word(loss['rows'])})"
 
 
 def schema_steps(diff: Mapping[str, Any]) -> list[str]:
@@ -397,8 +452,11 @@ def schema_steps(diff: Mapping[str, Any]) -> list[str]:
     return steps
 
 
-def data_loss(target: Remote | DbTarget, diff: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The tables and columns the diff drops that hold rows on the target (non-null values for a column).
+def data_loss(target: Remote | DbTarget, diff: Mapping[str, Any],
+              current: Mapping[tuple[str, str], Any] | None = None) -> list[dict[str, Any]]:
+    """The tables and columns the diff drops that hold rows on the target (non-null values for a column), and the
+    columns it narrows with values that would not fit (:func:`narrowed`: a shorter ``max_length``, a smaller
+    decimal, another type of a populated column).
 
     Counted through the target's API (``aggregate[count]``), or in SQL on a database target
     (``COUNT(*)``/``COUNT(col)``); a count the API refuses is reported as unknown (None) and
@@ -415,17 +473,60 @@ def data_loss(target: Remote | DbTarget, diff: Mapping[str, Any]) -> list[dict[s
         if rows != 0:
             losses.append({"kind": "collection", "name": entry["collection"], "rows": rows})
     for entry in diff.get("fields") or []:
+        name = f"{entry['collection']}.{entry['field']}"
         drop = next((r for r in entry["diff"] if r["kind"] == "D" and not r.get("path")), None)
-        if drop is None or entry["collection"] in dropped_collections or not (drop.get("lhs") or {}).get("schema"):
-            continue  # not a drop, counted with its table, or an alias (no column)
+        if drop is None:
+            narrowing = narrowed(entry, (current or {}).get((entry["collection"], entry["field"])))
+            if narrowing is not None and entry["collection"] not in dropped_collections:
+                rows = target.count_not_fitting(entry["collection"], entry["field"], narrowing)
+                if rows != 0:
+                    losses.append({"kind": narrowing["kind"], "name": name, "rows": rows,
+                                   "change": narrowing["change"]})
+            continue
+        if entry["collection"] in dropped_collections or not (drop.get("lhs") or {}).get("schema"):
+            continue  # counted with its table, or an alias (no column)
         rows = target.count(entry["collection"], entry["field"])
         if rows != 0:
-            losses.append({"kind": "field", "name": f"{entry['collection']}.{entry['field']}", "rows": rows})
+            losses.append({"kind": "field", "name": name, "rows": rows})
     return losses
 
 
+#: Type changes that keep every value (a wider type of the same kind); any other change of a populated column
+#: counts as data loss (CairnCMS casts, truncates or refuses, vendor by vendor).
+WIDENING = {("string", "text"), ("integer", "bigInteger"), ("float", "decimal"), ("uuid", "string")}
+
+
+def narrowed(entry: Mapping[str, Any], field: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a field update makes narrower, as the values that would no longer fit:
+    ``{"kind": "type", "from", "to"}`` (every non-null value), ``{"kind": "length", "max_length": n}`` (longer
+    strings) or ``{"kind": "precision", "precision": p, "scale": s}`` (numbers out of range or with more decimals);
+    None when nothing narrows.  ``field`` is the target's current field (the values the diff leaves unchanged)."""
+    edits = {tuple(r.get("path") or ()): r for r in entry["diff"] if r["kind"] in ("E", "N", "D")}
+    schema = (field or {}).get("schema") or {}
+    if ("type",) in edits:
+        before, after = edits[("type",)].get("lhs"), edits[("type",)].get("rhs")
+        if before != after and (before, after) not in WIDENING and "alias" not in (before, after):
+            return {"kind": "type", "from": before, "to": after, "change": f"type {before} -> {after}"}
+    length = edits.get(("schema", "max_length"))
+    if length is not None and isinstance(length.get("rhs"), int) and (
+            length.get("lhs") is None or (isinstance(length.get("lhs"), int) and length["rhs"] < length["lhs"])):
+        return {"kind": "length", "max_length": length["rhs"],
+                "change": f"max_length {length.get('lhs')} -> {length['rhs']}"}
+    precision, scale = edits.get(("schema", "numeric_precision")), edits.get(("schema", "numeric_scale"))
+    if precision is not None or scale is not None:
+        old_p, old_s = schema.get("numeric_precision"), schema.get("numeric_scale")
+        new_p = precision.get("rhs") if precision is not None else old_p
+        new_s = scale.get("rhs") if scale is not None else old_s
+        if isinstance(new_p, int) and isinstance(new_s, int) and (
+                not isinstance(old_p, int) or not isinstance(old_s, int)
+                or new_s < old_s or new_p - new_s < old_p - old_s):
+            return {"kind": "precision", "precision": new_p, "scale": new_s,
+                    "change": f"decimal({old_p}, {old_s}) -> decimal({new_p}, {new_s})"}
+    return None
+
+
 def _config_plan(target: Remote | DbTarget, config: Mapping[str, Any], refused: list[dict[str, Any]],
-                 destructive: bool = False) -> dict[str, Any]:
+                 destructive: bool = False, allow_suspend_admins: bool = False) -> dict[str, Any]:
     """``POST /config/apply?dry_run=true[&destructive=true]``: CairnCMS's own plan of the roles and permissions,
     plus what the target has that the config lacks (``kept``: deleted only with ``destructive``).  On a
     database target ``config_rows.plan`` answers what that call would."""
@@ -451,12 +552,45 @@ def _config_plan(target: Remote | DbTarget, config: Mapping[str, Any], refused: 
                         "fix": "correct the source's roles and permissions"})
         return {"changes": False, "plan": None, "errors": errors}
     roles, permissions = result["roles"], result["permissions"]
+    suspended = _suspended_users(target, list(roles["deleted"])) if destructive and roles["deleted"] else []
+    yours = [u["email"] for u in suspended if u.get("caller")]
+    admins = [u["email"] for u in suspended if u.get("admin") and not u.get("caller")]
+    if yours:
+        refused.append({"code": "suspends_caller", "message": "deleting the role " + ", ".join(
+            sorted({u["role"] for u in suspended if u.get("caller")})) + f" suspends {yours[0]}, the user of the "
+            "target's token that runs this promote (every later step would be refused)",
+            "fix": "give that user a role the source has, or promote with another admin's token"})
+    if admins and not allow_suspend_admins:
+        refused.append({"code": "suspends_admins", "message": "deleting roles suspends users with admin access: "
+                        + ", ".join(admins), "fix": "give them a role the source has, or pass --allow-suspend-admins "
+                        "(allow_suspend_admins) to suspend them"})
     changes = bool(roles["created"] or roles["updated"] or permissions["created"] or permissions["updated"]
                    or roles["deleted"] or permissions["deleted"])
     target_only = config_rows.kept(config_rows.compute_plan(current, config))
     return {"changes": changes, "plan": result, "errors": [], "destructive": destructive,
             "kept": {"roles": [], "permissions": []} if destructive else target_only,
-            "delete": target_only if destructive else {"roles": [], "permissions": []}}
+            "delete": target_only if destructive else {"roles": [], "permissions": []}, "suspend": suspended}
+
+
+def _suspended_users(target: Remote | DbTarget, roles: list[str]) -> list[dict[str, Any]]:
+    """The users of the roles a destructive config apply deletes (CairnCMS suspends them, role NULL): email, role
+    key, status, whether their role has admin access, and whether it is the user of the target's token."""
+    if isinstance(target, DbTarget):
+        import sqlalchemy as sa
+
+        with target.database().engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT u.email, u.status, r.key, r.admin_access FROM directus_users u JOIN directus_roles r "
+                "ON u.role = r.id WHERE r.key IN :keys ORDER BY u.email").bindparams(
+                sa.bindparam("keys", expanding=True)), {"keys": roles}).all()
+        return [{"email": r[0], "status": r[1], "role": r[2], "admin": bool(r[3]), "caller": False} for r in rows]
+    me = target.data("/users/me?fields=id").get("id")
+    keys = ",".join(quote(k) for k in roles)
+    users = target.data(f"/users?limit=-1&fields=id,email,status,role.key,role.admin_access"
+                        f"&filter[role][key][_in]={keys}")
+    return sorted(({"email": u.get("email"), "status": u.get("status"), "role": (u.get("role") or {}).get("key"),
+                    "admin": bool((u.get("role") or {}).get("admin_access")), "caller": u.get("id") == me}
+                   for u in users), key=lambda u: str(u["email"]))
 
 
 # --------------------------------------------------------------------------- apply
@@ -475,12 +609,64 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
         _close(target)
 
 
+def _phases(report: dict[str, Any], source: Source) -> list[str]:
+    """The write phases of a plan, in order: ``schema``, ``config``, then each extras kind with changes."""
+    phases = [kind for kind in ("schema", "config") if (report[kind] or {}).get("changes")]
+    if source.extras is not None and (report.get("extras") or {}).get("changes"):
+        from .promote_extras import apply_phases
+
+        phases += apply_phases(source.extras)
+    return phases
+
+
 def _apply(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, target: Any) -> dict[str, Any]:
     if report["refused"] or not report["changes"]:
         return report
-    report["safety_snapshot"] = str(write_safety_snapshot(ctx, target))
+    phases = _phases(report, source)
+    report["steps_done"], report["steps_total"] = [], len(phases)
+    ctx.progress.check_cancelled()  # a cancel before the first write writes nothing (not even the safety snapshot)
+    report["safety_snapshot"] = str(write_safety_snapshot(ctx, target, report, source))
+
+    def begin(phase: str) -> None:
+        """Before each write phase: a requested cancel stops here, with the report of what was applied."""
+        ctx.progress.progress(items_done=len(report["steps_done"]), items_total=len(phases))
+        try:
+            ctx.progress.check_cancelled()
+        except MigrateError as exc:
+            report["cancelled"] = {"before": phase, "message": exc.message}
+            exc.report = report  # type: ignore[attr-defined]  # the job keeps it as its result
+            raise
+        report["current_step"] = phase
+
+    def done(phase: str) -> None:
+        report["steps_done"].append(phase)
+        report.pop("current_step", None)
+        report["applied"] = True
+        ctx.progress.progress(items_done=len(report["steps_done"]), items_total=len(phases))
+
+    try:
+        _apply_phases(ctx, p, report, source, target, begin, done)
+    except KeyboardInterrupt:
+        step = report.pop("current_step", None)
+        report["failed"] = {"code": "interrupted", "step": step, "message": f"interrupted during the {step} step"
+                            if step else "interrupted", "hint": f"the safety snapshot {report['safety_snapshot']} "
+                            "holds the target as it was; promote again to finish"}
+        report["interrupted"] = True
+        return report
+    except MigrateError as exc:
+        step = report.pop("current_step", None)
+        if not report["steps_done"] or getattr(exc, "code", None) == "cancelled":
+            raise
+        report["failed"] = exc.to_dict() | {"step": step}
+    report.pop("current_step", None)
+    return report
+
+
+def _apply_phases(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, target: Any,
+                  begin: Any, done: Any) -> None:
     schema, config = report["schema"], report["config"]
     if schema and schema["changes"]:
+        begin("schema")
         ctx.progress.log(f"applying {len(schema['steps'])} schema changes to {target.url}")
         if isinstance(target, DbTarget):
             from .schema_engine import PartialApply
@@ -489,51 +675,48 @@ def _apply(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, 
                 schema["applied_steps"] = target.apply(schema["diff"], ctx.progress)
             except PartialApply as exc:
                 schema["applied_steps"] = exc.details["applied"]
-                if not exc.details["applied"]:
-                    raise
-                report["applied"] = True
-                report["failed"] = exc.to_dict()
-                return report
+                if exc.details["applied"]:
+                    report["applied"] = True
+                    report["steps_done"].append("schema (in part)")
+                raise
         else:
             target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
-        report["applied"] = True
+        done("schema")
         if "vendor" in schema["mismatch"]:  # forced across vendors: what the target really made of the source's types
             report["type_drift"] = type_drift(source.schema or {}, target.schema_snapshot())
     if config and config["changes"]:
+        begin("config")
         ctx.progress.log(f"applying roles and permissions to {target.url}")
-        try:
-            if isinstance(target, DbTarget):
-                from . import config_rows
+        if isinstance(target, DbTarget):
+            from . import config_rows
 
-                config["result"] = config_rows.apply(target.database(), source.config, bool(p.get("destructive")))
-            else:
-                query = "?destructive=true" if p.get("destructive") else ""
-                config["result"] = target.call("POST", "/config/apply" + query, json=source.config).json()["data"]
-        except MigrateError as exc:
-            if not report["applied"]:
-                raise
-            report["failed"] = exc.to_dict()
-            return report
+            config["result"] = config_rows.apply(target.database(), source.config, bool(p.get("destructive")))
+        else:
+            query = "?destructive=true" if p.get("destructive") else ""
+            config["result"] = target.call("POST", "/config/apply" + query, json=source.config).json()["data"]
+        done("config")
     if source.extras is not None and report["extras"]["changes"]:
         from . import promote_extras
 
         ctx.progress.log(f"applying flows, dashboards, presets and settings to {target.url}")
-        try:
-            promote_extras.apply_plan(source.extras)
-        except MigrateError as exc:
-            if not report["applied"]:
-                raise
-            report["failed"] = exc.to_dict()
-            return report
-    report["applied"] = True
-    return report
+        promote_extras.apply_plan(source.extras, begin=begin, done=done)
 
 
-def write_safety_snapshot(ctx: Any, target: Remote | DbTarget) -> Path:
-    """The target's schema snapshot and config directory, before any write, in CairnCMS's own formats.
+#: What a safety snapshot holds beside ``schema.yaml`` and ``config/``: the extras' rows and the users a
+#: destructive config apply suspends (``promote --from`` reads the folder back as a complete source).
+SAFETY_EXTRAS, SAFETY_USERS, SAFETY_README = "extras.json", "users.json", "RESTORE.txt"
 
-    In the sidecar they go to the instance's bundle folder; from the command line beside the
-    state store (``promote-safety/``), like ``import --replace``'s safety bundles.
+
+def write_safety_snapshot(ctx: Any, target: Remote | DbTarget, report: Mapping[str, Any] | None = None,
+                          source: Source | None = None) -> Path:
+    """The target as it is, before any write: a complete ``promote`` source of it.
+
+    ``schema.yaml`` and ``config/`` in CairnCMS's own formats (``cairncms schema apply`` / ``config apply`` take
+    them), ``extras.json`` (its flows, operations, dashboards, panels, presets, settings and translation strings,
+    as the extras read them) and ``users.json`` (the users of the roles the plan deletes: email, role key and
+    status), with ``RESTORE.txt`` saying how to put it all back.  In the sidecar they go to the instance's bundle
+    folder (``<bundle folder>/promote-safety/``); from the command line beside the state store (the folder of
+    its SQLite file, else the working directory), like ``import --replace``'s safety bundles.
     """
     import sqlalchemy as sa
 
@@ -548,7 +731,32 @@ def write_safety_snapshot(ctx: Any, target: Remote | DbTarget) -> Path:
     folder = base / "promote-safety" / f"{target.label}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}"
     write_schema_snapshot(target.schema_snapshot(), folder / "schema.yaml")
     config = target.config_snapshot()  # None: a Directus target has no roles/permissions config format
-    if config is not None:
-        write_config_directory(config, folder / "config")
+    if config is None:
+        return folder
+    write_config_directory(config, folder / "config")
+    from . import promote_extras
+
+    if source is not None and source.extras is not None:
+        rows = source.extras.dst
+    elif isinstance(target, DbTarget):
+        rows = promote_extras.rows_of_database(target.database())
+    else:
+        rows = promote_extras.rows_of_remote(target)
+    (folder / SAFETY_EXTRAS).write_text(json.dumps(rows, indent=1, default=str), encoding="utf-8")
+    users = [{"email": u["email"], "role": u["role"], "status": u["status"]}
+             for u in ((report or {}).get("config") or {}).get("suspend") or []]
+    (folder / SAFETY_USERS).write_text(json.dumps(users, indent=1), encoding="utf-8")
+    (folder / SAFETY_README).write_text(
+        f"The target {target.url} before a promote, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC.\n\n"
+        "Put it back (schema, roles and permissions, flows, dashboards, presets, settings, translation strings):\n"
+        f"  cairn-migrate promote --from {folder} --to <the target> --destructive --allow-data-loss\n"
+        "(the columns and tables the promote dropped come back empty: their rows are not in this folder).\n\n"
+        "Then give back the users the promote suspended (users.json: email, role key, status before):\n"
+        f"  cairn-migrate promote --from {folder} --to <the target> --restore-users\n", encoding="utf-8")
     return folder
 
+
+def read_safety_users(folder: Path) -> list[dict[str, Any]]:
+    """``users.json`` of a safety snapshot (empty when there is none)."""
+    users = folder / SAFETY_USERS
+    return json.loads(users.read_text(encoding="utf-8")) if users.is_file() else []

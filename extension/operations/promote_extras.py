@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -555,17 +555,29 @@ class DbWriter:
 
 
 # --------------------------------------------------------------------------- apply
-def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap) -> None:
+def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap,
+                 phases: set[str] | None = None, begin: Callable[[str], None] = lambda phase: None,
+                 done: Callable[[str], None] = lambda phase: None) -> None:
     """Write the planned creates and updates with ``writer`` (:class:`ApiWriter` or :class:`DbWriter`), recording
-    every id in the ID map, then (only when planned with ``destructive``) delete what the source lacks."""
-    if "flows" in kinds:
+    every id in the ID map, then (only when planned with ``destructive``) delete what the source lacks.
+    ``begin(phase)`` runs before and ``done(phase)`` after each of ``phases`` (flows, dashboards, presets,
+    settings, deletes)."""
+    def phase(name: str) -> bool:
+        if phases is None or name in phases:
+            begin(name)
+            return True
+        return False
+
+    if "flows" in kinds and phase("flows"):
         _apply_flows(writer, src, dst, kinds["flows"], kinds["operations"], idmap)
-    if "dashboards" in kinds:
+        done("flows")
+    if "dashboards" in kinds and phase("dashboards"):
         _apply_rows(writer, "dashboards", kinds["dashboards"], idmap)
         for step in kinds["panels"].create + kinds["panels"].update:
             step["values"]["dashboard"] = idmap.get("dashboards", step["values"].pop("_dashboard"))
         _apply_rows(writer, "panels", kinds["panels"], idmap)
-    if "presets" in kinds:
+        done("dashboards")
+    if "presets" in kinds and phase("presets"):
         role_ids = writer.role_ids()  # config may have added some
         for step in kinds["presets"].create + kinds["presets"].update:
             role = step["values"].pop("_role")
@@ -574,6 +586,7 @@ def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: d
                                    hint="promote the config too (--only config), or create that role on the target")
             step["values"]["role"] = role_ids.get(role) if role else None
         _apply_rows(writer, "presets", kinds["presets"], idmap)
+        done("presets")
     patch: dict[str, Any] = {}
     if "settings" in kinds:
         for step in kinds["settings"].update:
@@ -586,9 +599,13 @@ def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: d
         for step in translations.delete:
             merged.pop(step["label"], None)
         patch["translation_strings"] = list(merged.values())
-    if patch:
+    if patch and phase("settings"):
         writer.patch_settings(patch)
-    _apply_deletes(writer, kinds)
+        done("settings")
+    if phases is None or "deletes" in phases:
+        begin("deletes")
+        _apply_deletes(writer, kinds)
+        done("deletes")
     writer.finish()
 
 
@@ -710,5 +727,26 @@ def prepare(ctx: Any, p: Mapping[str, Any], writer: Any, kinds: list[str],
     return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap, writer)
 
 
-def apply_plan(planned: ExtrasPlan) -> None:
-    apply_extras(planned.writer, planned.src, planned.dst, planned.kinds, planned.idmap)
+def apply_phases(planned: ExtrasPlan) -> list[str]:
+    """The write phases :func:`apply_plan` goes through, in order (each a kind with something to write)."""
+    kinds = planned.kinds
+
+    def writes(*names: str) -> bool:
+        return any(name in kinds and (kinds[name].create or kinds[name].update) for name in names)
+
+    phases = [name for name, parts in (("flows", ("flows", "operations")), ("dashboards", ("dashboards", "panels")),
+                                       ("presets", ("presets",)), ("settings", ("settings", "translations")))
+              if writes(*parts)]
+    if "translations" in kinds and kinds["translations"].delete and "settings" not in phases:
+        phases.append("settings")
+    if any(kind.delete for name, kind in kinds.items() if name != "translations"):
+        phases.append("deletes")
+    return phases
+
+
+def apply_plan(planned: ExtrasPlan, begin: Callable[[str], None] | None = None,
+               done: Callable[[str], None] | None = None) -> None:
+    """Apply the plan, phase by phase (:func:`apply_phases`), ``begin``/``done`` called around each one (a
+    cancellation check, the progress)."""
+    apply_extras(planned.writer, planned.src, planned.dst, planned.kinds, planned.idmap,
+                 set(apply_phases(planned)), begin or (lambda phase: None), done or (lambda phase: None))
