@@ -46,6 +46,10 @@ def render_promote(report: dict[str, Any]) -> str:
         lines += [f"  kept (target only; --destructive deletes it): permission {name}"
                   for name in keeping.get("permissions", [])]
     lines += render_extras(report.get("extras"))
+    for user in report.get("users") or []:
+        state = (f"missing on the target: its {user['missing']}" if user["missing"] else
+                 "unchanged" if not user["change"] else f"was {user['now']['role']}/{user['now']['status']}")
+        lines.append(f"user {user['email']}: role {user['role']}, {user['status']} ({state})")
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
         lines.append(f"  fix: {refusal['fix']}")
@@ -60,9 +64,14 @@ def render_promote(report: dict[str, Any]) -> str:
         lines.append("written to the target's database: if it is running, clear its cache "
                      "(POST /utils/cache/clear as an admin) or restart it")
     if report.get("failed"):
-        what = "the schema was applied, the config failed" if report.get("engine") != "db" else \
-            f"the schema was applied in part ({len((schema or {}).get('applied_steps') or [])} steps)"
-        lines.append(f"{what}: {report['failed']['message']}")
+        failed = report["failed"]
+        done = ", ".join(report.get("steps_done") or []) or "nothing"
+        if (schema or {}).get("applied_steps") and "schema (in part)" in (report.get("steps_done") or []):
+            done += f" ({len(schema['applied_steps'])} schema steps)"
+        what = "interrupted" if report.get("interrupted") else f"the {failed.get('step') or 'next'} step failed"
+        lines.append(f"partial: applied {done}; {what}: {failed['message']}")
+        if failed.get("hint"):
+            lines.append(f"  fix: {failed['hint']}")
     elif not report["changes"]:
         lines.append("no changes")
     elif report["applied"]:
@@ -117,12 +126,16 @@ def register(cli: click.Group) -> None:
                   "strings), as CairnCMS's config apply --destructive; without it they are kept and listed.")
     @click.option("--allow-suspend-admins", is_flag=True,
                   help="With --destructive: delete roles holding users with admin access (they are suspended).")
+    @click.option("--restore-users", is_flag=True,
+                  help="With a safety snapshot as --from: give the users a destructive promote suspended back their "
+                  "role and status.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.pass_obj
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
                         engine: str, dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool,
-                        include_secrets: bool, destructive: bool, allow_suspend_admins: bool, as_json: bool) -> None:
+                        include_secrets: bool, destructive: bool, allow_suspend_admins: bool, restore_users: bool,
+                        as_json: bool) -> None:
         """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
         translation strings) onto the CairnCMS DST.
 
@@ -134,7 +147,8 @@ def register(cli: click.Group) -> None:
         """
         params = {"from": source, "to": target, "engine": engine, "dry_run": dry_run, "only": list(only),
                   "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets,
-                  "destructive": destructive, "allow_suspend_admins": allow_suspend_admins}
+                  "destructive": destructive, "allow_suspend_admins": allow_suspend_admins,
+                  "restore_users": restore_users}
         from ..service.state import default_state_url
 
         # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).

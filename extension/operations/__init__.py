@@ -509,6 +509,9 @@ class PromoteParams(Schema):
         "description": "With destructive: delete roles that hold users with admin access (they are suspended, as "
         "CairnCMS does); without it such a plan is refused. The user of to_token is never suspended: a role holding "
         "it is always refused.", "cli": "--allow-suspend-admins"})
+    restore_users = fields.Boolean(load_default=False, metadata={
+        "description": "With a promote safety snapshot as the source: give the users it lists (those a destructive "
+        "promote suspended) back their role and status.", "cli": "--restore-users"})
 
 
 class _FilterField(fields.Field):

@@ -383,8 +383,11 @@ def _plan(ctx: Any, p: dict[str, Any], only: list[str], target: Any) -> tuple[di
         writer = (promote_extras.DbWriter(target.database()) if isinstance(target, DbTarget)
                   else promote_extras.ApiWriter(target))
         report["extras"], source.extras = promote_extras.prepare(ctx, p, writer, extras, source.bundle)
+    if p.get("restore_users"):
+        report["users"] = _users_plan(ctx, p, target)
     report["changes"] = bool((report["schema"] or {}).get("changes") or (report["config"] or {}).get("changes")
-                             or (report.get("extras") or {}).get("changes"))
+                             or (report.get("extras") or {}).get("changes")
+                             or any(u["change"] for u in report.get("users") or []))
     return report, source, target
 
 
@@ -572,6 +575,63 @@ def _config_plan(target: Remote | DbTarget, config: Mapping[str, Any], refused: 
             "delete": target_only if destructive else {"roles": [], "permissions": []}, "suspend": suspended}
 
 
+def _users_plan(ctx: Any, p: Mapping[str, Any], target: Remote | DbTarget) -> list[dict[str, Any]]:
+    """``restore_users``: the users a safety snapshot (``users.json``) lists, each given back its role (by key) and
+    status; ``change`` is false for a user already so, ``missing`` names what the target lacks (the user, or the
+    role: promote the folder's config first)."""
+    folder = None if is_url(p["from_"]) else ctx.path("from", p["from_"])
+    if folder is None or not (folder / SAFETY_USERS).is_file():
+        raise InvalidInput(f"The source {p['from_']} is not a promote safety snapshot (it holds no {SAFETY_USERS})",
+                           hint="pass the folder a promote printed as its safety snapshot as --from")
+    wanted = read_safety_users(folder)
+    current = {u["email"]: u for u in _users_now(target, [u["email"] for u in wanted])}
+    plan = []
+    for user in wanted:
+        now = current.get(user["email"])
+        missing = "user" if now is None else "role" if now["role_ids"].get(user["role"]) is None else None
+        change = missing is None and (now["role"] != user["role"] or now["status"] != user["status"])
+        plan.append({**user, "change": change, "missing": missing,
+                     "now": None if now is None else {"role": now["role"], "status": now["status"]}})
+    return plan
+
+
+def _users_now(target: Remote | DbTarget, emails: list[str]) -> list[dict[str, Any]]:
+    """The target's users of ``emails``: id, email, role key, status, and every role's id by key."""
+    if not emails:
+        return []
+    if isinstance(target, DbTarget):
+        import sqlalchemy as sa
+
+        with target.database().engine.connect() as conn:
+            role_ids = {r[0]: r[1] for r in conn.execute(sa.text("SELECT key, id FROM directus_roles"))}
+            rows = conn.execute(sa.text(
+                "SELECT u.id, u.email, r.key, u.status FROM directus_users u LEFT JOIN directus_roles r ON u.role = r.id "
+                "WHERE u.email IN :emails").bindparams(sa.bindparam("emails", expanding=True)), {"emails": emails}).all()
+        return [{"id": r[0], "email": r[1], "role": r[2], "status": r[3], "role_ids": role_ids} for r in rows]
+    role_ids = {r.get("key"): r["id"] for r in target.data("/roles?limit=-1&fields=id,key")}
+    users = target.data("/users?limit=-1&fields=id,email,status,role.key&filter[email][_in]="
+                        + ",".join(quote(e) for e in emails))
+    return [{"id": u["id"], "email": u["email"], "role": (u.get("role") or {}).get("key"), "status": u["status"],
+             "role_ids": role_ids} for u in users]
+
+
+def _restore_users(target: Remote | DbTarget, plan: list[dict[str, Any]]) -> None:
+    """Give each planned user back its role (by key, the role's id on the target now) and status."""
+    current = {u["email"]: u for u in _users_now(target, [u["email"] for u in plan if u["change"]])}
+    for user in plan:
+        now = current.get(user["email"])
+        if not user["change"] or now is None:
+            continue
+        values = {"role": now["role_ids"][user["role"]], "status": user["status"]}
+        if isinstance(target, DbTarget):
+            from .config_rows import update_rows
+
+            with target.database().engine.begin() as conn:
+                update_rows(conn, "directus_users", values, {"id": now["id"]})
+        else:
+            target.call("PATCH", f"/users/{now['id']}", json=values)
+
+
 def _suspended_users(target: Remote | DbTarget, roles: list[str]) -> list[dict[str, Any]]:
     """The users of the roles a destructive config apply deletes (CairnCMS suspends them, role NULL): email, role
     key, status, whether their role has admin access, and whether it is the user of the target's token."""
@@ -616,6 +676,8 @@ def _phases(report: dict[str, Any], source: Source) -> list[str]:
         from .promote_extras import apply_phases
 
         phases += apply_phases(source.extras)
+    if any(u["change"] for u in report.get("users") or []):
+        phases.append("users")
     return phases
 
 
@@ -700,6 +762,10 @@ def _apply_phases(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: S
 
         ctx.progress.log(f"applying flows, dashboards, presets and settings to {target.url}")
         promote_extras.apply_plan(source.extras, begin=begin, done=done)
+    if any(u["change"] for u in report.get("users") or []):
+        begin("users")
+        _restore_users(target, report["users"])
+        done("users")
 
 
 #: What a safety snapshot holds beside ``schema.yaml`` and ``config/``: the extras' rows and the users a

@@ -1,0 +1,104 @@
+"""A destructive ``promote`` into a real PostgreSQL CairnCMS database (the offline engine) and its way back.
+
+Trial items 2 and 3: deleting a role that holds a user with admin access is refused (exit 2) and its users are
+listed, unless ``--allow-suspend-admins``; the safety snapshot is then a complete source of the target as it
+was: ``promote --from <safety> --destructive`` brings back the deleted role, flow and translation string, and
+``--restore-users`` the suspended user's role and status.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from conftest import make_instance
+from live_instance import free_port
+from test_promote_extras_live import ONLY, TRANSLATIONS, source_with_extras
+
+from cairn_migrate.cli import cli
+from cairn_migrate.instance.database import Database
+from cairn_migrate.instance.instance import Instance
+from cairn_migrate.operations.promote_extras import DbWriter, rows_of_database
+
+
+class Url:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@pytest.fixture(autouse=True)
+def state_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CAIRN_MIGRATE_STATE_URL", f"sqlite:///{tmp_path / 'state' / 'state.db'}")
+    return tmp_path / "state"
+
+
+def promote(source: Path, target: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["promote", "--from", str(source), "--to", str(target), *args])
+    return result.exit_code, result.output
+
+
+def query(env: Path, sql: str, **params: Any) -> list[Any]:
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        result = conn.execute(sa.text(sql), params)
+        return [tuple(r) for r in result] if result.returns_rows else []
+
+
+def test_a_destructive_promote_is_refused_for_admins_and_undone_from_its_safety_snapshot(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    source = source_with_extras(tmp_path / "src", request, Url(url))  # type: ignore[arg-type]
+    target = make_instance("postgres", tmp_path / "dst", request, sql="fresh.sql", extra_env={"PUBLIC_URL": url})
+    code, output = promote(source, target, *ONLY)
+    assert code == 0, output
+
+    role, email = str(uuid.uuid4()), f"ops-{uuid.uuid4().hex[:6]}@example.com"
+    query(target, "INSERT INTO directus_roles (id, name, key, icon, admin_access, app_access, enforce_tfa) "
+          "VALUES (:id, 'Ops admin', 'ops_admin', 'x', true, true, false)", id=role)
+    query(target, "INSERT INTO directus_users (id, email, role, status) VALUES (:id, :email, :role, 'active')",
+          id=str(uuid.uuid4()), email=email, role=role)
+    with Database.open(Instance.from_env_file(target)) as db:
+        writer = DbWriter(db)
+        writer.create("flows", {"name": "Target only", "trigger": "manual", "status": "active", "options": {}})
+        writer.patch_settings({"translation_strings": TRANSLATIONS + [{"key": "farewell",
+                                                                       "translations": {"en-US": "Bye"}}]})
+
+    code, output = promote(source, target, *ONLY, "--destructive")
+    assert code == 2, output
+    assert f"refused: deleting roles suspends users with admin access: {email}" in output, output
+    assert f"    suspends {email} (ops_admin, admin)" in output.splitlines(), output
+    assert query(target, "SELECT status FROM directus_users WHERE email = :e", e=email) == [("active",)]
+
+    code, output = promote(source, target, *ONLY, "--destructive", "--allow-suspend-admins", "--json")
+    assert code == 0, output
+    report = json.loads(output)
+    safety = Path(report["safety_snapshot"])
+    assert report["steps_done"] == ["config", "settings", "deletes"] and report["steps_total"] == len(report["steps_done"])
+    assert query(target, "SELECT status, role FROM directus_users WHERE email = :e", e=email) == [("suspended", None)]
+    with Database.open(Instance.from_env_file(target)) as db:
+        rows = rows_of_database(db)
+    assert "Target only" not in {f["name"] for f in rows["flows"]}
+    assert rows["settings"]["translation_strings"] == TRANSLATIONS
+    assert json.loads((safety / "users.json").read_text()) == [{"email": email, "role": "ops_admin",
+                                                                "status": "active"}]
+    assert "--restore-users" in (safety / "RESTORE.txt").read_text()
+
+    # Back from the safety snapshot: the role, the flow and the translation string, then the user.
+    code, output = promote(safety, target, *ONLY, "--destructive")
+    assert code == 0, output
+    with Database.open(Instance.from_env_file(target)) as db:
+        rows = rows_of_database(db)
+    assert "Target only" in {f["name"] for f in rows["flows"]}
+    assert "farewell" in {t["key"] for t in rows["settings"]["translation_strings"]}
+    assert query(target, "SELECT count(*) FROM directus_roles WHERE key = 'ops_admin'") == [(1,)]
+    code, output = promote(safety, target, *ONLY, "--restore-users")
+    assert code == 0, output
+    assert f"user {email}: role ops_admin, active (was None/suspended)" in output, output
+    assert query(target, "SELECT u.status, r.key FROM directus_users u JOIN directus_roles r ON u.role = r.id "
+                 "WHERE u.email = :e", e=email) == [("active", "ops_admin")]
+    code, output = promote(safety, target, *ONLY, "--restore-users")
+    assert (code, output.splitlines()[-1]) == (0, "no changes"), output
