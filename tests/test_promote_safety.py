@@ -102,3 +102,59 @@ def test_a_destructive_promote_is_refused_for_admins_and_undone_from_its_safety_
                  "WHERE u.email = :e", e=email) == [("active", "ops_admin")]
     code, output = promote(safety, target, *ONLY, "--restore-users")
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+
+
+class CancelAt:
+    """A job's progress whose cancel is requested at the ``n``-th check (the job runner's ``check_cancelled``)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.checks, self.reported = n, 0, []
+
+    def progress(self, items_done: Any = None, items_total: Any = None, **_: Any) -> None:
+        self.reported.append((items_done, items_total))
+
+    def advance(self, items: int = 0, bytes: int = 0) -> None:
+        return None
+
+    def log(self, message: str) -> None:
+        return None
+
+    def check_cancelled(self) -> None:
+        from cairn_migrate.service.jobs import JobCancelled
+
+        self.checks += 1
+        if self.checks >= self.n:
+            raise JobCancelled("Job j was cancelled")
+
+
+def test_a_cancel_stops_promote_between_its_write_phases(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Trial item 4: a cancel before the first write writes nothing (not even the safety snapshot); one later
+    stops before the next phase, and the report (the job's result) says what was applied."""
+    from cairn_migrate import operations
+    from cairn_migrate.operations import OpContext
+    from cairn_migrate.service.jobs import JobCancelled
+
+    url = f"http://127.0.0.1:{free_port()}"
+    source = source_with_extras(tmp_path / "src", request, Url(url))  # type: ignore[arg-type]
+    target = make_instance("postgres", tmp_path / "dst", request, sql="fresh.sql", extra_env={"PUBLIC_URL": url})
+    state = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    params = {"from": str(source), "to": str(target), "only": [o for o in ONLY if o != "--only"]}
+
+    def roles() -> list[Any]:
+        return query(target, "SELECT key FROM directus_roles ORDER BY key")
+
+    before = roles()
+    with pytest.raises(JobCancelled):
+        operations.run("promote", OpContext(instance=lambda: None, state_url=state, progress=CancelAt(1)), params)
+    assert roles() == before and not (tmp_path / "state" / "promote-safety").exists()
+
+    progress = CancelAt(3)  # 1: before the safety snapshot, 2: before config, 3: before the first extras phase
+    with pytest.raises(JobCancelled) as stopped:
+        operations.run("promote", OpContext(instance=lambda: None, state_url=state, progress=progress), params)
+    report = stopped.value.report  # type: ignore[attr-defined]
+    assert report["steps_done"] == ["config"] and report["cancelled"]["before"] == "flows", report
+    assert report["applied"] and Path(report["safety_snapshot"]).is_dir()
+    assert ("editor",) in roles() and ("editor",) not in before
+    with Database.open(Instance.from_env_file(target)) as db:
+        assert "Ping" not in {f["name"] for f in rows_of_database(db)["flows"]}
+    assert (1, report["steps_total"]) in progress.reported
