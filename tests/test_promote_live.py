@@ -186,6 +186,7 @@ def test_another_vendor_is_refused_without_force(target: Target, tmp_path: Path)
     assert code == 2, output
     assert "refused: the source's vendor sqlite differs from the target's postgres" in output
     assert "fix: pass --force" in output
+    assert "schema: no changes" not in output and "  + collection article_comments" in output.splitlines(), output
     assert target.get("/schema/snapshot") == before
 
 

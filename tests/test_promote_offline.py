@@ -29,6 +29,7 @@ from cairn_migrate.bundle.schema_snapshot import schema_snapshot, write_schema_s
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.database import Database
 from cairn_migrate.instance.instance import Instance
+from cairn_migrate.operations.promote import platform_version
 from cairn_migrate.operations.promote_noise import drop_vendor_noise, is_empty
 from cairn_migrate.operations.schema_diff import deep_diff, snapshot_diff
 from cairn_migrate.testing import create_mariadb_database, drop_mariadb_database
@@ -326,7 +327,7 @@ def test_directus_9_gets_a_schema_through_its_database_and_its_url_says_how(
     env = directus_instance.folder / ".env"
     with Database.open(Instance.from_env_file(env)) as db:
         platform = db.platform()
-        base = schema_snapshot(db, version=platform.version or "unknown")
+        base = schema_snapshot(db, version=platform_version(db, env))
     assert platform.product == "directus"
     source = source_dir(tmp_path / "src", small_schema(base))
 
@@ -536,3 +537,35 @@ def test_a_narrower_column_or_another_type_of_a_populated_one_is_data_loss(vendo
     assert code == 2, output
     assert "changes tags.color (type string -> integer): 3 rows would not fit" in output, output
     assert target_snapshot(env) == before
+
+
+def test_another_vendor_is_refused_with_the_whole_diff_shown(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Trial item 6: without --force the plan still shows every schema change (not "no changes"), refused."""
+    env = fresh_target("postgres", tmp_path / "dst", free_port(), request)
+    code, output = promote(source_dir(tmp_path / "src", sqlite_schema()), str(env), "--only", "schema", "--json")
+    plan = json.loads(output)
+    assert code == 2 and [r["code"] for r in plan["refused"]] == ["mismatch"], output
+    assert plan["schema"]["changes"] and "+ collection articles" in plan["schema"]["steps"], output
+    assert target_snapshot(env)["collections"] == []
+
+
+def test_directus_system_tables_are_never_diffed_and_its_release_is_named(
+        directus_instance: LiveInstance, tmp_path: Path) -> None:
+    """Trial item 8: a CairnCMS source (no ``directus_webhooks``) onto Directus 9.22.4's database: no
+    ``- collection directus_webhooks``, and the plan names Directus's release from the package its folder installs."""
+    from live_instance import CACHE
+
+    env = directus_instance.folder / ".env"
+    modules = directus_instance.folder / "node_modules"
+    if not modules.exists():  # a Directus project's layout: the package beside its .env
+        modules.symlink_to(CACHE / "directus-9.22.4" / "node_modules")
+    with Database.open(Instance.from_env_file(env)) as db:
+        base = schema_snapshot(db, version="9")
+    assert "directus_webhooks" in {c["collection"] for c in base["collections"]}  # what our reader sees of it
+    schema = small_schema(base)
+    schema.update(collections=[c for c in schema["collections"] if not c["collection"].startswith("directus_")])
+    code, output = promote(source_dir(tmp_path / "src", schema), str(env), "--engine", "db", "--only", "schema",
+                           "--dry-run", "--json")
+    plan = json.loads(output)
+    assert not any("directus_" in step for step in plan["schema"]["steps"]), output
+    assert plan["schema"]["mismatch"]["directus"]["target"] == "9.22.4", output

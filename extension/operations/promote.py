@@ -172,7 +172,7 @@ class DbTarget:
         from ..bundle.schema_snapshot import schema_snapshot
 
         with self._open() as db:
-            return schema_snapshot(db, version=db.platform().version or "unknown")
+            return schema_snapshot(db, version=platform_version(db, self.env))
 
     def config_snapshot(self) -> dict[str, Any] | None:
         from ..bundle.config_snapshot import config_snapshot
@@ -198,7 +198,7 @@ class DbTarget:
         from .schema_engine import apply_diff
 
         with self._open() as db:
-            current = schema_snapshot(db, version=db.platform().version or "unknown")
+            current = schema_snapshot(db, version=platform_version(db, self.env))
             if self.planned is not None and current != self.planned:
                 raise InvalidInput(f"The schema of the target {self.url} changed since the plan was made",
                                    hint="promote again: the new plan is made against the target as it is now")
@@ -219,6 +219,23 @@ def fits(value: Any, narrowing: Mapping[str, Any]) -> bool:
         scale, precision = narrowing["scale"], narrowing["precision"]
         return number == round(number, scale) and abs(number) < Decimal(10) ** (precision - scale)
     return False
+
+
+def platform_version(db: Any, env: Path) -> str:
+    """The release of the instance whose database ``db`` is: CairnCMS's from its migrations; Directus's from the
+    ``directus`` package its folder installs (``node_modules/directus/package.json`` beside the ``.env`` or above
+    it), else its major line (``9``: the migrations ledger does not name the release)."""
+    platform = db.platform()
+    if platform.product != "directus":
+        return platform.version or "unknown"
+    for folder in [env.resolve().parent, *env.resolve().parent.parents][:4]:
+        package = folder / "node_modules" / "directus" / "package.json"
+        if package.is_file():
+            try:
+                return str(json.loads(package.read_text(encoding="utf-8"))["version"])
+            except (ValueError, KeyError, OSError):
+                break
+    return platform.version or "unknown"
 
 
 def _error_text(response: requests.Response) -> str:
@@ -286,7 +303,7 @@ def _source_of_instance(env_file: Path, only: list[str]) -> Source:
 
     with Database.open(Instance.from_env_file(env_file)) as db:
         platform = db.platform()
-        schema = schema_snapshot(db, version=platform.version or "unknown") if "schema" in only else None
+        schema = schema_snapshot(db, version=platform_version(db, env_file)) if "schema" in only else None
         config = config_snapshot(db) if "config" in only and platform.product == "cairncms" else None
     return Source(str(env_file), schema, config)
 
@@ -399,8 +416,7 @@ def _schema_plan(target: Remote | DbTarget, snapshot: Mapping[str, Any], current
     if mismatch and not p["force"]:
         refused.append({"code": "mismatch", "message": "the source's " + " and ".join(
             f"{'version' if k == 'directus' else k} {v['source']} differs from the target's {v['target']}"
-            for k, v in mismatch.items()), "fix": "pass --force (the schema is then diffed with ?force)"})
-        return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": []}
+            for k, v in mismatch.items()), "fix": "pass --force (force) to apply the diff below across them"})
     if isinstance(target, DbTarget):  # the offline engine: CairnCMS's diff computed here, no hash to round-trip
         from .schema_diff import snapshot_diff
 
