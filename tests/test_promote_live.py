@@ -169,7 +169,7 @@ def test_a_column_drop_with_rows_on_the_target_is_refused(target: Target, tmp_pa
 
     code, output = promote(source, target)
     assert code == 2, output
-    assert "refused: the schema diff drops articles.word_count (1 rows)" in output
+    assert "refused: the schema diff drops articles.word_count (1 row)" in output
     assert "fix: pass --allow-data-loss" in output
     assert ("articles", "word_count") in user_fields(target)
 
@@ -186,7 +186,8 @@ def test_another_vendor_is_refused_without_force(target: Target, tmp_path: Path)
     assert code == 2, output
     assert "refused: the source's vendor sqlite differs from the target's postgres" in output
     assert "fix: pass --force" in output
-    assert "schema: no changes" not in output and "  + collection article_comments" in output.splitlines(), output
+    assert "schema: no changes" not in output and any(line.startswith(("  + ", "  ~ ", "  - "))
+                                                      for line in output.splitlines()), output
     assert target.get("/schema/snapshot") == before
 
 

@@ -42,6 +42,8 @@ def render_promote(report: dict[str, Any]) -> str:
                     lines.append(f"  roles {action}: {', '.join(planned['roles'][action])}")
                 if planned["permissions"][action]:
                     lines.append(f"  permissions {action}: {planned['permissions'][action]}")
+        lines += [f"  warning: permission {name} is on a collection the target does not have (it grants nothing)"
+                  for name in config.get("warnings") or []]
         lines += [f"  kept (target only; --destructive deletes it): role {key}" for key in keeping.get("roles", [])]
         lines += [f"  kept (target only; --destructive deletes it): permission {name}"
                   for name in keeping.get("permissions", [])]

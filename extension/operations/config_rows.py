@@ -176,11 +176,32 @@ def validate(plan: Mapping[str, Any], desired: Mapping[str, Any], current: Mappi
     return errors
 
 
+def key_errors(config: Mapping[str, Any]) -> list[str]:
+    """The role keys CairnCMS's ``RolesService`` refuses when it creates the role (after the schema went in, on
+    the API path): a key is valid iff ``normalizeRoleKey(key) == key`` and not empty.  Checked in the plan."""
+    errors = []
+    for role in config.get("roles") or []:
+        key = role["key"]
+        if not key or normalize_role_key(key) != key:
+            errors.append(f'Invalid role key "{key}": a key is lowercase letters, digits and "_", not starting with '
+                          f'a digit or "_" (normalized: "{normalize_role_key(key)}").')
+    return errors
+
+
+def check(config: Any) -> list[str]:
+    """What the plan refuses of a config before asking the target: its shape, then its role keys."""
+    try:
+        _check_shape(config)
+    except InvalidInput as exc:
+        return [exc.message]
+    return key_errors(config)
+
+
 def _checked_plan(db: Any, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     _check_shape(config)
     current = config_snapshot(db)
     planned = compute_plan(current, config)
-    errors = validate(planned, config, current)
+    errors = key_errors(config) + validate(planned, config, current)
     if errors:
         raise InvalidInput("The target refuses the config: " + "; ".join(errors), details={"errors": errors},
                            hint="correct the source's roles and permissions (keep at least one admin role)")

@@ -393,6 +393,9 @@ def _plan(ctx: Any, p: dict[str, Any], only: list[str], target: Any) -> tuple[di
     if source.config is not None:
         report["config"] = _config_plan(target, source.config, report["refused"], bool(p.get("destructive")),
                                         bool(p.get("allow_suspend_admins")))
+        collections = {c["collection"] for c in [*(target_schema.get("collections") or []),
+                                                 *((source.schema or {}).get("collections") or [])]}
+        report["config"]["warnings"] = unknown_collections(source.config, collections)
     extras = [kind for kind in only if kind in EXTRA_KINDS]
     if extras:
         from . import promote_extras
@@ -558,6 +561,8 @@ def _config_plan(target: Remote | DbTarget, config: Mapping[str, Any], refused: 
         except InvalidInput as exc:
             errors = list((exc.details or {}).get("errors") or [exc.message])
         current = config_rows.config_snapshot(target.database()) if not errors else None
+    elif config_rows.check(config):  # a shape or role key CairnCMS would refuse only while applying
+        errors = config_rows.check(config)
     else:
         query = "?dry_run=true" + ("&destructive=true" if destructive else "")
         response = target.call("POST", "/config/apply" + query, json=dict(config), ok=(200, 400))
@@ -646,6 +651,17 @@ def _restore_users(target: Remote | DbTarget, plan: list[dict[str, Any]]) -> Non
                 update_rows(conn, "directus_users", values, {"id": now["id"]})
         else:
             target.call("PATCH", f"/users/{now['id']}", json=values)
+
+
+def unknown_collections(config: Mapping[str, Any], collections: set[str]) -> list[str]:
+    """Permissions on a collection the target will not have (neither now nor from the promoted schema), as
+    ``role/collection/action``.  CairnCMS's config apply creates them without a word (a permission names its
+    collection by text); they grant nothing until such a collection exists, so the plan lists them as warnings
+    rather than refusing: a role may be prepared before its collection, but a typo shows here."""
+    return [f"{s['role']}/{perm['collection']}/{perm['action']}" for s in config.get("permissions") or []
+            if isinstance(s, Mapping) for perm in s.get("permissions") or []
+            if isinstance(perm, Mapping) and not str(perm.get("collection", "")).startswith("directus_")
+            and perm.get("collection") not in collections]
 
 
 def _suspended_users(target: Remote | DbTarget, roles: list[str]) -> list[dict[str, Any]]:
