@@ -194,10 +194,37 @@ def test_another_vendor_is_refused_without_force(target: Target, tmp_path: Path)
 def test_bad_sources_are_one_line_with_the_fix(target: Target, tmp_path: Path) -> None:
     code, output = promote(tmp_path / "nowhere", target)
     assert code == 2
-    assert "is neither a URL, an instance's .env, a bundle directory nor a snapshot directory" in output
+    assert f"The source {tmp_path / 'nowhere'} does not exist" in output and ".tar or .tar.gz" in output, output
+    (tmp_path / "empty").mkdir()
+    code, output = promote(tmp_path / "empty", target)
+    assert code == 2 and "holds no schema file" in output, output
     result = CliRunner().invoke(cli, ["promote", "--from", target.url, "--to", target.url, "--to-token", TOKEN])
     assert result.exit_code == 2
     assert "needs an admin token" in result.output and "fix: pass --from-token" in result.output
+
+
+def test_the_trials_confusing_messages_name_the_problem(target: Target, tmp_path: Path) -> None:
+    """Trial items 13 and 14: an app page as the source, a wrong token, a refused connection, a missing .env, and
+    --json errors on stdout as JSON."""
+    source = str(tmp_path / "nowhere")
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["promote", *args])
+
+    result = run("--from", target.url + "/admin", "--from-token", TOKEN, "--to", target.url, "--to-token", TOKEN)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "is probably not the instance's API root" in result.stderr and "JSONDecodeError" not in result.stderr
+    result = run("--from", target.url, "--from-token", "wrong", "--to", target.url, "--to-token", TOKEN)
+    assert result.exit_code == 2 and f"The source {target.url} refused the source's token" in result.stderr, result.stderr
+    result = run("--from", source, "--to", "http://127.0.0.1:9", "--to-token", "t")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    result = run("--from", str(FIXTURE), "--to", "http://127.0.0.1:9", "--to-token", "t", "--only", "schema")
+    assert result.exit_code == 3 and "cannot be reached (GET /schema/snapshot): Connection refused" in result.stderr
+    assert "fix: start it, or check the URL (scheme, host and port)" in result.stderr, result.stderr
+    result = run("--from", str(FIXTURE), "--to", str(tmp_path / "none" / ".env"))
+    assert result.exit_code == 2 and "does not exist" in result.stderr and "--env" not in result.stderr, result.stderr
+    result = run("--from", source, "--to", target.url, "--to-token", TOKEN, "--json")
+    assert result.exit_code == 2 and json.loads(result.stdout)["error"]["code"] == "invalid_input", result.stdout
 
 
 def test_a_running_instance_as_its_own_source_has_no_changes(target: Target, tmp_path: Path) -> None:

@@ -84,8 +84,12 @@ class OutcomeError(MigrateError):
     """An operation that finished but not well (partial, failed, invalid): its job fails and keeps the report."""
 
     def __init__(self, name: str, outcome: Outcome, report: Report) -> None:
-        super().__init__(f"{name} finished {outcome.value}: the report lists what did not succeed",
-                         hint=f"see the job's result; a retry of {name} resumes where it stopped")
+        if outcome.value == "invalid":  # refused before any write (a plan's refusals): nothing to resume
+            super().__init__(f"{name} was refused before any write: the report lists why",
+                             hint="see the job's result (refused: each with its fix), then submit it again")
+        else:
+            super().__init__(f"{name} finished {outcome.value}: the report lists what did not succeed",
+                             hint=f"see the job's result; a retry of {name} resumes where it stopped")
         self.code = outcome.value
         self.exit_code = outcome.exit_code
         self.http_status = outcome.http_status
@@ -163,7 +167,7 @@ class OpContext:
             if name == "safety_bundle":
                 self.safety_bundle(params)
             else:
-                self.path(name, params[name])
+                self.path(schema_field.data_key or name, params[name])  # the caller's name: "from", not "from_"
 
     def safety_bundle(self, params: Mapping[str, Any]) -> Path | None:
         """Where ``import --replace`` writes its safety bundle (None: the default beside the state store)."""

@@ -36,8 +36,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
-from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
+from ..errors import first_line, ConfigError, InstanceUnreachable, InvalidInput, MigrateError, RemoteRefused
+from ..instance.timeouts import CONNECT_ENV, READ_ENV, connect_timeout, hint as timeout_hint, read_timeout
 from .promote_noise import drop_vendor_noise, is_empty, type_drift
 
 from .promote_extras import EXTRA_KINDS
@@ -68,18 +68,28 @@ class Remote:
         try:
             response = requests.request(method, self.url.rstrip("/") + path, headers=headers,
                                         timeout=(connect_timeout(), read_timeout()), **kwargs)
+        except requests.Timeout as exc:
+            raise InstanceUnreachable(f"The {self.role} {self.url} did not answer {method} {path} in time: {exc}",
+                                      hint=timeout_hint(CONNECT_ENV, READ_ENV)) from None
+        except requests.ConnectionError as exc:
+            raise InstanceUnreachable(f"The {self.role} {self.url} cannot be reached ({method} {path}): "
+                                      f"{_reason(exc)}", hint="start it, or check the URL (scheme, host and port)") from None
         except requests.RequestException as exc:
             raise InstanceUnreachable(f"The {self.role} {self.url} did not answer {method} {path}: {exc}",
-                                      hint=f"start it, or check the URL; {timeout_hint()}") from None
+                                      hint="check the URL") from None
         if response.status_code in ok:
             return response
-        option = "--from-token" if self.role == "source" else "--to-token"
+        option = "--from-token (from_token)" if self.role == "source" else "--to-token (to_token)"
         if response.status_code == 401:
-            raise Unauthorized(f"The {self.role} {self.url} refused the token ({method} {path}: 401)",
-                               hint=f"pass an admin's static token with {option}")
+            raise RemoteRefused(f"The {self.role} {self.url} refused the {self.role}'s token ({method} {path}: 401)",
+                                hint=f"pass an admin's static token of the {self.role} with {option}")
         if response.status_code == 403:
-            raise Forbidden(f"The {self.role} {self.url} answered 403 to {method} {path}",
-                            hint=f"pass the static token of an admin of that instance with {option}")
+            raise RemoteRefused(f"The {self.role} {self.url} answered 403 to {method} {path}: its token is not an "
+                                "admin's", hint=f"pass the static token of an admin of the {self.role} with {option}")
+        if response.status_code == 404 and urlsplit(self.url).path.strip("/"):
+            raise InvalidInput(f"The {self.role} {self.url} answered 404 to {method} {path.split('?')[0]}: "
+                               f"{self.url} is probably not the instance's API root",
+                               hint="pass the instance's root URL (its PUBLIC_URL, without /admin or another path)")
         if response.status_code == 404 and path.startswith(("/schema/", "/config/")) and self.role == "target":
             raise ConfigError(f"The target {self.url} has no {path.split('?')[0]} endpoint (Directus 9.22.4 has none): "
                               "its API cannot apply a schema",
@@ -91,7 +101,14 @@ class Remote:
                     hint="the source's structure is not valid for the target" if response.status_code == 400 else None)
 
     def data(self, path: str) -> Any:
-        return self.call("GET", path).json()["data"]
+        response = self.call("GET", path)
+        try:
+            return response.json()["data"]
+        except (ValueError, KeyError, TypeError):
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            raise InvalidInput(f"The {self.role} {self.url} answered GET {path.split('?')[0]} with something that is "
+                               f"not the API's JSON ({kind}): {self.url} is probably not the instance's API root",
+                               hint="pass the instance's root URL (its PUBLIC_URL, without /admin or another path)") from None
 
     # What promote asks of any target (``DbTarget`` answers the same from the database).
     engine = "api"
@@ -238,6 +255,15 @@ def platform_version(db: Any, env: Path) -> str:
     return platform.version or "unknown"
 
 
+def _reason(exc: BaseException) -> str:
+    """The innermost reason of a connection error (``Connection refused``), not urllib3's nested retries text."""
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "No route to host", "Temporary failure in name resolution"):
+        if marker in text:
+            return marker
+    return first_line(text)
+
+
 def _error_text(response: requests.Response) -> str:
     """CairnCMS's error messages (``errors[].message``, or plain strings from ``/config/apply``)."""
     try:
@@ -269,6 +295,10 @@ def read_source(ctx: Any, value: str, token: str | None, only: list[str]) -> Sou
         return Source(value, remote.data("/schema/snapshot") if "schema" in only else None,
                       remote.data("/config/snapshot") if "config" in only else None)
     path = ctx.path("from", value)
+    if not Path(path).exists():
+        raise InvalidInput(f"The source {value} does not exist", details={"from": value},
+                           hint="pass a running instance's URL (with --from-token), an instance's .env, a bundle (a "
+                           "directory, .tar or .tar.gz written by export) or a snapshot folder (schema.yaml + config/)")
     from .promote_bundle import is_bundle, read_bundle
 
     if is_bundle(path):  # export's bundle, a directory or an archive: opened safely, its snapshot/ and rows read
@@ -339,6 +369,10 @@ def open_target(ctx: Any, value: str, token: str | None, engine: str = "auto") -
         from ..instance.instance import Instance
 
         env = ctx.path("to", value)
+        if not Path(env).is_file():
+            raise InvalidInput(f"The target {value} does not exist" if not Path(env).exists() else
+                               f"The target {value} is not a file (a running instance's URL or its .env)",
+                               details={"to": value}, hint="pass the target's URL (with --to-token) or its .env file")
         instance = Instance.from_env_file(env)
         if engine == "db" or (engine == "auto" and not token):
             return DbTarget(Path(env), instance)
