@@ -276,3 +276,32 @@ def test_an_instance_env_and_its_bundle_are_sources_too(target: Target, tmp_path
         result = CliRunner().invoke(cli, ["promote", "--from", str(source), "--to", str(target.env), "--to-token", TOKEN,
                                           "--only", "schema", "--only", "config", "--dry-run"])  # the extras: its own test
         assert (result.exit_code, result.output.splitlines()[-1]) == (0, "no changes"), result.output
+
+
+def test_a_type_change_is_data_loss_and_not_applied_by_cairncms_is_said(target: Target, tmp_path: Path) -> None:
+    """Trial items 7 and 10: another type of a populated column is refused as data loss (the rows counted); allowed,
+    the apply is checked by diffing again, and exit 0 means nothing planned is left."""
+    assert promote(fixture_source(tmp_path / "base"), target)[0] == 0
+    created = requests.post(target.url + "/items/articles", json={"title": "typed", "word_count": 12},
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert created.status_code == 200, created.text
+    schema = fixture_schema()
+    field = next(f for f in schema["fields"] if (f["collection"], f["field"]) == ("articles", "word_count"))
+    field["type"] = "string"
+    field["schema"].update(data_type="character varying", max_length=255, numeric_precision=None,
+                           numeric_scale=None)
+    source = fixture_source(tmp_path / "src", schema)
+    code, output = promote(source, target, "--only", "schema")
+    assert code == 2, output
+    assert "changes articles.word_count (type integer -> string): " in output and "would not fit" in output, output
+
+    # Allowed: on PostgreSQL CairnCMS 1.0.0-beta.4 does change this column; the apply is re-diffed, so "applied"
+    # and exit 0 are said only because nothing of the plan is left (a change it skipped would be "not applied", 4).
+    code, output = promote(source, target, "--only", "schema", "--allow-data-loss", "--json")
+    report = json.loads(output)
+    assert (code, report["schema"]["not_applied"], report["applied"]) == (0, [], True), output
+    served = next(f for f in target.get("/fields/articles") if f["field"] == "word_count")
+    assert served["schema"]["data_type"] == "character varying"
+    code, output = promote(source, target, "--only", "schema", "--allow-data-loss")
+    assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+    promote(fixture_source(tmp_path / "back"), target, "--only", "schema", "--allow-data-loss")

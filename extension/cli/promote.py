@@ -57,9 +57,11 @@ def render_promote(report: dict[str, Any]) -> str:
         lines.append(f"  fix: {refusal['fix']}")
     drifted = report.get("type_drift") or []
     if drifted:
-        lines.append(f"type drift on the target ({sum(d['lossy'] for d in drifted)} lossy):")
-        lines += [f"  {d['field']}: {d['source']} -> {d['target']}" + (f" LOSSY: {'; '.join(d['reasons'])}"
-                  if d["lossy"] else "") for d in drifted]
+        lossy = [d for d in drifted if d["lossy"]]
+        lines.append(f"type drift on the target: {len(lossy)} lossy, {len(drifted) - len(lossy)} only the vendor's "
+                     "spelling (not listed)")
+        lines += [f"  {d['field']}: {d['source']} -> {d['target']} LOSSY: {'; '.join(d['reasons'])}" for d in lossy]
+    lines += [f"  {line}" for line in (schema or {}).get("not_applied") or []]
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
     if report.get("engine") == "db" and report["applied"]:
@@ -74,6 +76,8 @@ def render_promote(report: dict[str, Any]) -> str:
         lines.append(f"partial: applied {done}; {what}: {failed['message']}")
         if failed.get("hint"):
             lines.append(f"  fix: {failed['hint']}")
+    elif (schema or {}).get("not_applied"):
+        lines.append(f"partial: {len(schema['not_applied'])} schema changes not applied (listed above)")
     elif not report["changes"]:
         lines.append("no changes")
     elif report["applied"]:

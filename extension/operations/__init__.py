@@ -763,14 +763,13 @@ def _promote_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
 
 
 def _promote_outcome(report: Report, planned: bool) -> Outcome:
-    """Refused: invalid (exit 2, the plan printed); schema applied but config failed: partial;
-    applied across vendors with lossy type drift: differences (exit 1, problems found)."""
+    """Refused: invalid (exit 2, the plan printed); a step failed, was interrupted, or a schema change the target
+    did not take (``not_applied``): partial (exit 4); everything planned applied: ok (exit 0), the type drift of a
+    forced cross-vendor apply listed in the report (the plan refused any column change that loses values)."""
     if report["refused"]:
         return Outcome.INVALID
-    if report.get("failed"):
-        return Outcome.PARTIAL
-    if any(drift["lossy"] for drift in report.get("type_drift") or []):
-        return Outcome.DIFFERENCES
+    if report.get("failed") or (report.get("schema") or {}).get("not_applied"):
+        return Outcome.PARTIAL  # something planned was not applied: never ok
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
 
 

@@ -810,8 +810,10 @@ def _apply_phases(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: S
         else:
             target.call("POST", "/schema/apply", json={"hash": schema["hash"], "diff": schema["diff"]}, ok=(200, 204))
         done("schema")
+        after = target.schema_snapshot()
         if "vendor" in schema["mismatch"]:  # forced across vendors: what the target really made of the source's types
-            report["type_drift"] = type_drift(source.schema or {}, target.schema_snapshot())
+            report["type_drift"] = type_drift(source.schema or {}, after)
+        schema["not_applied"] = not_applied(target, source.schema or {}, after, schema)
     if config and config["changes"]:
         begin("config")
         ctx.progress.log(f"applying roles and permissions to {target.url}")
@@ -837,6 +839,37 @@ def _apply_phases(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: S
 #: What a safety snapshot holds beside ``schema.yaml`` and ``config/``: the extras' rows and the users a
 #: destructive config apply suspends (``promote --from`` reads the folder back as a complete source).
 SAFETY_EXTRAS, SAFETY_USERS, SAFETY_README = "extras.json", "users.json", "RESTORE.txt"
+
+
+def not_applied(target: Remote | DbTarget, snapshot: Mapping[str, Any], after: Mapping[str, Any],
+                schema: Mapping[str, Any]) -> list[str]:
+    """What of the planned schema diff the target still lacks after the apply, diffed again (as the plan was).
+
+    CairnCMS's ``applyDiff`` updates a field's metadata but does not change an existing column's type (nor its
+    length): the apply answers 200 and the next promote shows the same change.  Each such step is named here,
+    so the report says "not applied" and the outcome is ``partial`` rather than ``ok``."""
+    from .schema_diff import snapshot_diff
+
+    if isinstance(target, DbTarget):
+        diff = snapshot_diff(after, snapshot)
+    else:
+        response = target.call("POST", "/schema/diff" + ("?force" if schema["mismatch"] else ""), json=dict(snapshot),
+                               ok=(200, 204))
+        diff = response.json()["data"]["diff"] if response.status_code == 200 else {}
+    if "vendor" in schema["mismatch"]:
+        diff = drop_vendor_noise(diff, snapshot)[0]
+    planned = set(schema["steps"])
+    left = []
+    for step in schema_steps(diff):
+        if step not in planned:
+            continue  # not part of this promote's plan (changed meanwhile): the next plan shows it
+        entry = step.split(" ", 2)
+        if entry[1] == "field" and any(part in step for part in ("type", "schema.data_type", "schema.max_length",
+                                                                   "schema.numeric_")):
+            left.append(f"{step}: CairnCMS's apply does not change an existing column's type or size: not applied")
+        else:
+            left.append(f"{step}: not applied")
+    return left
 
 
 def write_safety_snapshot(ctx: Any, target: Remote | DbTarget, report: Mapping[str, Any] | None = None,
