@@ -233,6 +233,17 @@ def test_a_permission_on_a_collection_the_target_lacks_is_named(target: Target, 
     assert result.exit_code == 1, result.output
     assert ("  warning: permission editor/ghost/read is on a collection the target does not have (it grants nothing)"
             in result.output.splitlines()), result.output
+    assert "    + permission editor/ghost/read" in result.output.splitlines(), result.output  # trial item 16: named
+
+    changed = read_config_directory(FIXTURE / "config")  # an update names what of the permission changes
+    editor = next(s for s in changed["permissions"] if s["role"] == "editor")
+    editor["permissions"][0]["fields"] = ["id"]
+    first = editor["permissions"][0]
+    write_config_directory(changed, tmp_path / "changed" / "config")
+    result = CliRunner().invoke(cli, ["promote", "--from", str(tmp_path / "changed"), "--to", target.url,
+                                      "--to-token", TOKEN, "--only", "config", "--dry-run"])
+    assert f"    ~ permission editor/{first['collection']}/{first['action']} (fields)" in result.output.splitlines(), \
+        result.output
 
 
 def test_deleting_the_role_of_the_callers_own_user_is_refused(target: Target, tmp_path: Path) -> None:  # noqa: F811

@@ -195,6 +195,9 @@ def test_bad_sources_are_one_line_with_the_fix(target: Target, tmp_path: Path) -
     code, output = promote(tmp_path / "nowhere", target)
     assert code == 2
     assert f"The source {tmp_path / 'nowhere'} does not exist" in output and ".tar or .tar.gz" in output, output
+    code, output = promote(fixture_source(tmp_path / "snap"), target, "--dry-run")
+    assert ("extras: not available from a snapshot folder (flows, dashboards, presets, settings, translations): name "
+            "the source by its URL, .env or bundle to promote them") in output.splitlines(), output
     (tmp_path / "empty").mkdir()
     code, output = promote(tmp_path / "empty", target)
     assert code == 2 and "holds no schema file" in output, output

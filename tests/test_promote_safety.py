@@ -158,3 +158,19 @@ def test_a_cancel_stops_promote_between_its_write_phases(tmp_path: Path, request
     with Database.open(Instance.from_env_file(target)) as db:
         assert "Ping" not in {f["name"] for f in rows_of_database(db)["flows"]}
     assert (1, report["steps_total"]) in progress.reported
+
+
+def test_a_renamed_flow_is_one_change_of_its_name(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Trial item 19: after a promote, renaming the source's flow is an update of its name only; its first
+    operation and the links between its operations did not move (they compare as remapped ids)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    source = source_with_extras(tmp_path / "src", request, Url(url))  # type: ignore[arg-type]
+    target = make_instance("postgres", tmp_path / "dst", request, sql="fresh.sql", extra_env={"PUBLIC_URL": url})
+    assert promote(source, target, *ONLY)[0] == 0
+    query(source, "UPDATE directus_flows SET name = 'Pong' WHERE name = 'Ping'")
+    code, output = promote(source, target, *ONLY, "--dry-run", "--json")
+    plan = json.loads(output)
+    assert code == 1 and plan["extras"]["flows"]["update"] == ["Pong (webhook) (name)"], plan["extras"]["flows"]
+    assert plan["extras"]["operations"]["update"] == [], plan["extras"]["operations"]
+    assert promote(source, target, *ONLY)[0] == 0
+    assert promote(source, target, *ONLY, "--dry-run")[1].splitlines()[-1] == "no changes"

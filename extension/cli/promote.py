@@ -42,6 +42,8 @@ def render_promote(report: dict[str, Any]) -> str:
                     lines.append(f"  roles {action}: {', '.join(planned['roles'][action])}")
                 if planned["permissions"][action]:
                     lines.append(f"  permissions {action}: {planned['permissions'][action]}")
+                    sign = "+" if action == "created" else "~"
+                    lines += [f"    {sign} permission {name}" for name in (config.get("permissions") or {}).get(action, [])]
         lines += [f"  warning: permission {name} is on a collection the target does not have (it grants nothing)"
                   for name in config.get("warnings") or []]
         lines += [f"  kept (target only; --destructive deletes it): role {key}" for key in keeping.get("roles", [])]
@@ -90,7 +92,7 @@ def render_extras(extras: dict[str, Any] | None) -> list[str]:
     if not extras:
         return []
     if extras.get("skipped"):
-        return [f"extras: skipped: {extras['skipped']}"]
+        return [f"extras: {extras['skipped']}"]
     lines = []
     for kind, plan in extras.items():
         if not isinstance(plan, dict) or "counts" not in plan:

@@ -241,6 +241,21 @@ def dry_run_result(planned: Mapping[str, Any], destructive: bool) -> dict[str, A
                             if destructive else 0}}
 
 
+def permission_changes(current: Mapping[str, Any], planned: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The permissions a plan creates and updates by name, ``role/collection/action``, an update with what of it
+    changes (``editor/articles/read (fields, permissions)``): CairnCMS's result gives only their counts."""
+    current_perms = {_perm_key(s["role"], p): p for s in current.get("permissions") or [] for p in s["permissions"]}
+    created = [f"{c['role']}/{c['permission']['collection']}/{c['permission']['action']}"
+               for c in planned["permissions"]["create"]]
+    updated = []
+    for change in planned["permissions"]["update"]:
+        perm = change["permission"]
+        existing = current_perms.get(_perm_key(change["role"], perm), {})
+        fields = [f for f in PERMISSION_FIELDS if not _same(existing.get(f, _MISSING), perm.get(f, _MISSING))]
+        updated.append(f"{change['role']}/{perm['collection']}/{perm['action']} ({', '.join(fields)})")
+    return {"created": created, "updated": updated}
+
+
 def kept(planned: Mapping[str, Any]) -> dict[str, Any]:
     """What a plan deletes only with ``destructive``: role keys and ``role/collection/action`` of permissions
     (those of a deleted role go with it and are not listed apart)."""

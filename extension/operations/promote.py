@@ -624,10 +624,13 @@ def _config_plan(target: Remote | DbTarget, config: Mapping[str, Any], refused: 
                         "(allow_suspend_admins) to suspend them"})
     changes = bool(roles["created"] or roles["updated"] or permissions["created"] or permissions["updated"]
                    or roles["deleted"] or permissions["deleted"])
-    target_only = config_rows.kept(config_rows.compute_plan(current, config))
+    computed = config_rows.compute_plan(current, config)
+    target_only = config_rows.kept(computed)
+    listed = config_rows.permission_changes(current, computed)
     return {"changes": changes, "plan": result, "errors": [], "destructive": destructive,
             "kept": {"roles": [], "permissions": []} if destructive else target_only,
-            "delete": target_only if destructive else {"roles": [], "permissions": []}, "suspend": suspended}
+            "delete": target_only if destructive else {"roles": [], "permissions": []}, "suspend": suspended,
+            "permissions": listed}
 
 
 def _users_plan(ctx: Any, p: Mapping[str, Any], target: Remote | DbTarget) -> list[dict[str, Any]]:

@@ -76,8 +76,9 @@ ID_MAP = sa.Table(
 
 # --------------------------------------------------------------------------- reading rows
 def _decoded(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row with its JSON columns parsed (SQLite and MySQL hand them over as text)."""
-    out = dict(row)
+    """A row with its JSON columns parsed (SQLite and MySQL hand them over as text) and its uuids as text
+    (PostgreSQL hands them over as ``uuid.UUID``, which the ID map's text ids would never find)."""
+    out = {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in dict(row).items()}
     for name in JSON_COLUMNS & out.keys():
         if isinstance(out[name], str):
             try:
@@ -296,24 +297,32 @@ def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_
                 "options": split_secrets(mapped.get("options"), False)[0]}
         operations.match(label, op["id"], {k: op.get(k) for k in OPERATION_FIELDS} | {"options": options},
                          dst_ops_by_id, dst_ops, (flow_key, op["key"]), compare)
-    # The links (flow.operation, resolve, reject) compare as natural keys; a changed link is an update.
-    src_op_keys = {r["id"]: (src_flow_names.get(r["flow"]), r["key"]) for r in src["operations"]}
-    dst_op_keys = {r["id"]: (dst_flow_names.get(r["flow"]), r["key"]) for r in dst["operations"]}
-    _plan_links(flows, src["flows"], dst_flows_by_id, ("operation",), src_op_keys, dst_op_keys)
-    _plan_links(operations, src["operations"], dst_ops_by_id, ("resolve", "reject"), src_op_keys, dst_op_keys)
+    # The links (flow.operation, resolve, reject) compare as remapped ids: the target row the source's linked
+    # operation matched (by the ID map or its natural key) against the target's link.  Natural keys would differ
+    # for a renamed flow (its operations' keys carry the flow's name) while no link moved.
+    _plan_links(flows, src["flows"], dst_flows_by_id, ("operation",), operations.matched)
+    _plan_links(operations, src["operations"], dst_ops_by_id, ("resolve", "reject"), operations.matched)
     notes["operations"] = {"secrets_left_out": left_out}
     return flows, operations
 
 
 def _plan_links(kind: Kind, rows: list[dict[str, Any]], targets: Mapping[Any, Mapping[str, Any]],
-                links: tuple[str, ...], src_op_keys: Mapping[Any, Any], dst_op_keys: Mapping[Any, Any]) -> None:
-    """Add the links that point elsewhere on the target to the row's update (an unchanged row becomes one)."""
+                links: tuple[str, ...], op_matched: Mapping[Any, Any]) -> None:
+    """Add the links that point elsewhere on the target to the row's update (an unchanged row becomes one).
+
+    ``op_matched``: source operation id → the target operation it matched (none: it is created, so a link to it
+    differs)."""
     steps = {step["source_id"]: step for step in kind.update}
+
+    def remapped(source_id: Any) -> Any:
+        return None if source_id is None else op_matched.get(source_id, ("new", source_id))
+
     for row in rows:
         target_row = targets.get(kind.matched.get(row["id"]))
         if target_row is None:
             continue  # created: its links are written with it
-        differs = [link for link in links if src_op_keys.get(row.get(link)) != dst_op_keys.get(target_row.get(link))]
+        differs = [link for link in links if str(remapped(row.get(link))) != str(target_row.get(link))
+                   if not (row.get(link) is None and target_row.get(link) is None)]
         if not differs:
             continue
         if row["id"] in steps:
@@ -718,8 +727,8 @@ def prepare(ctx: Any, p: Mapping[str, Any], writer: Any, kinds: list[str],
     else:
         src = source_rows(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"))
         if src is None:
-            return {"changes": False, "skipped": "a snapshot directory carries no flows, dashboards, presets "
-                    "or settings: name the source by its URL, .env or bundle to promote them"}, None
+            return {"changes": False, "skipped": "not available from a snapshot folder (flows, dashboards, presets, "
+                    "settings, translations): name the source by its URL, .env or bundle to promote them"}, None
         source_scope = scope_of(ctx, p["from_"], "from")
     dst = writer.rows()
     idmap = IdMap(ctx.state_url, (source_scope, scope_of(ctx, p["to"], "to")))
