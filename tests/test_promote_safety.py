@@ -174,3 +174,35 @@ def test_a_renamed_flow_is_one_change_of_its_name(tmp_path: Path, request: pytes
     assert plan["extras"]["operations"]["update"] == [], plan["extras"]["operations"]
     assert promote(source, target, *ONLY)[0] == 0
     assert promote(source, target, *ONLY, "--dry-run")[1].splitlines()[-1] == "no changes"
+
+
+def test_one_instance_is_one_identity_in_the_id_map_however_it_is_named(tmp_path: Path,
+                                                                         request: pytest.FixtureRequest) -> None:
+    """Trial item 5: the source promoted by its .env, then by its export bundle (and the URL forms of one
+    origin) is one identity: a renamed flow is updated, not created twice; older map rows are migrated."""
+    from cairn_migrate.operations.promote_extras import IdMap, canonical_origin, url_scope
+
+    assert canonical_origin("http://localhost:8055/") == canonical_origin("http://127.0.0.1:8055") \
+        == "http://loopback:8055"
+    assert url_scope("https://127.0.0.1/cms/") == url_scope("https://localhost:443/cms")
+    assert url_scope("http://127.0.0.1:8055") != url_scope("http://127.0.0.1:8056")
+
+    url = f"http://127.0.0.1:{free_port()}"
+    source = source_with_extras(tmp_path / "src", request, Url(url))  # type: ignore[arg-type]
+    lines = [line for line in source.read_text().splitlines() if not line.startswith("PUBLIC_URL=")]
+    source.write_text("\n".join([*lines, "PUBLIC_URL=http://localhost:18055/"]) + "\n")
+    target = make_instance("postgres", tmp_path / "dst", request, sql="fresh.sql", extra_env={"PUBLIC_URL": url})
+    assert promote(source, target, *ONLY)[0] == 0
+    query(source, "UPDATE directus_flows SET name = 'Pong' WHERE name = 'Ping'")
+    bundle = tmp_path / "bundle"
+    exported = CliRunner().invoke(cli, ["--env", str(source), "export", "--full", "-o", str(bundle)])
+    assert exported.exit_code == 0, exported.output
+    code, output = promote(bundle, target, *ONLY, "--dry-run", "--json")
+    plan = json.loads(output)
+    assert plan["extras"]["flows"]["create"] == [], plan["extras"]["flows"]
+    assert plan["extras"]["flows"]["update"] == ["Pong (webhook) (name)"], plan["extras"]["flows"]
+
+    state = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    IdMap(state, ("old-src", "old-dst")).put("flows", "a", "b")
+    moved = IdMap(state, ("new-src", "new-dst"), [("old-src", "old-dst")])
+    assert moved.get("flows", "a") == "b" and IdMap(state, ("old-src", "old-dst")).get("flows", "a") is None

@@ -114,23 +114,71 @@ def rows_of_database(db: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the ID map
 def url_scope(url: str) -> str:
-    """The identity of a running instance named by URL in the ID map (32 hex digits, like ``instance_scope``)."""
+    """The identity of a running instance named by URL in the ID map (32 hex digits, like ``instance_scope``):
+    its canonical origin (:func:`canonical_origin`), so ``localhost`` and ``127.0.0.1``, ``:80`` or not, a
+    trailing ``/``, and its ``.env``'s ``PUBLIC_URL`` all name the same instance."""
+    return hashlib.sha256(canonical_origin(url).encode("utf-8")).hexdigest()[:32]
+
+
+def legacy_url_scope(url: str) -> str:
+    """The URL identity of the ID map's rows before canonical origins (the URL as written): migrated on use."""
     parts = urlsplit(url)
     text = f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def canonical_origin(url: str) -> str:
+    """``scheme://address:port/path``: the host resolved to its address (the lowest IPv4 one, else IPv6; any
+    loopback address is ``loopback``), the scheme's default port written out, the path without its last ``/``.
+    A host that does not resolve keeps its lower-cased name."""
+    import ipaddress
+    import socket
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        addresses = sorted({ipaddress.ip_address(info[4][0]) for info in infos},
+                           key=lambda a: (a.version, a.packed))
+    except (OSError, ValueError, UnicodeError):
+        addresses = []
+    if addresses:
+        address = addresses[0]
+        host = "loopback" if any(a.is_loopback for a in addresses) else str(address)
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
 class IdMap:
     """The ID map of one (source, target) pair in the state store."""
 
-    def __init__(self, state_url: str, scope: tuple[str, str]) -> None:
+    def __init__(self, state_url: str, scope: tuple[str, str], legacy: list[tuple[str, str]] | None = None) -> None:
+        """``legacy``: the pair's identities as older versions wrote them; their rows move to ``scope`` once."""
         self.engine = _state_engine(state_url)
         create_tables(self.engine, _META)
         self.scope = scope
+        self._migrate([pair for pair in legacy or [] if pair != scope])
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id, ID_MAP.c.target_id).where(
                 ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
             self.known = {(r.kind, r.source_id): r.target_id for r in rows}
+
+    def _migrate(self, pairs: list[tuple[str, str]]) -> None:
+        """Rows recorded under an older identity of this pair become this pair's (those it already has win)."""
+        if not pairs:
+            return
+        with self.engine.begin() as conn:
+            have = {(r.kind, r.source_id) for r in conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id).where(
+                ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1]))}
+            for source, target in pairs:
+                rows = conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id, ID_MAP.c.target_id).where(
+                    ID_MAP.c.source == source, ID_MAP.c.target == target)).all()
+                for row in rows:
+                    if (row.kind, row.source_id) not in have:
+                        conn.execute(ID_MAP.insert().values(source=self.scope[0], target=self.scope[1], kind=row.kind,
+                                                            source_id=row.source_id, target_id=row.target_id))
+                        have.add((row.kind, row.source_id))
+                conn.execute(ID_MAP.delete().where(ID_MAP.c.source == source, ID_MAP.c.target == target))
 
     def get(self, kind: str, source_id: Any) -> str | None:
         return self.known.get((kind, str(source_id)))
@@ -689,7 +737,9 @@ class ExtrasPlan:
 
 
 def scope_of(ctx: Any, value: str, name: str) -> str:
-    """Who a source or target is in the ID map: its ``instance_scope`` when named by ``.env``, else its URL."""
+    """Who a source or target is in the ID map, however it is named: a URL by its canonical origin; a ``.env`` by
+    its ``PUBLIC_URL``'s canonical origin when it sets an absolute one (so the URL and the ``.env`` of one
+    instance are one identity), else by its database (``instance_scope``)."""
     from .promote import is_url
 
     if is_url(value):
@@ -697,7 +747,24 @@ def scope_of(ctx: Any, value: str, name: str) -> str:
     from ..instance.instance import Instance
     from ..service.state import instance_scope
 
-    return instance_scope(Instance.from_env_file(ctx.path(name, value)))
+    instance = Instance.from_env_file(ctx.path(name, value))
+    public = getattr(instance, "public_url", None)
+    return url_scope(public) if isinstance(public, str) and is_url(public) else instance_scope(instance)
+
+
+def legacy_scopes(ctx: Any, value: str, name: str) -> list[str]:
+    """The identities older versions gave this source or target (the URL as written; a ``.env``'s database)."""
+    from .promote import is_url
+
+    if is_url(value):
+        return [legacy_url_scope(value)]
+    from ..instance.instance import Instance
+    from ..service.state import instance_scope
+
+    try:
+        return [instance_scope(Instance.from_env_file(ctx.path(name, value)))]
+    except Exception:  # noqa: BLE001 - only a migration hint: the .env was read already
+        return []
 
 
 def source_rows(ctx: Any, value: str, token: str | None) -> dict[str, Any] | None:
@@ -731,7 +798,11 @@ def prepare(ctx: Any, p: Mapping[str, Any], writer: Any, kinds: list[str],
                     "settings, translations): name the source by its URL, .env or bundle to promote them"}, None
         source_scope = scope_of(ctx, p["from_"], "from")
     dst = writer.rows()
-    idmap = IdMap(ctx.state_url, (source_scope, scope_of(ctx, p["to"], "to")))
+    target_scope = scope_of(ctx, p["to"], "to")
+    old_sources = ([bundle.legacy_scope] if bundle.legacy_scope else []) if bundle is not None else \
+        legacy_scopes(ctx, p["from_"], "from")
+    legacy = [(s, t) for s in [source_scope, *old_sources] for t in [target_scope, *legacy_scopes(ctx, p["to"], "to")]]
+    idmap = IdMap(ctx.state_url, (source_scope, target_scope), legacy)
     report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")), bool(p.get("destructive")))
     return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap, writer)
 
