@@ -206,3 +206,26 @@ def test_one_instance_is_one_identity_in_the_id_map_however_it_is_named(tmp_path
     IdMap(state, ("old-src", "old-dst")).put("flows", "a", "b")
     moved = IdMap(state, ("new-src", "new-dst"), [("old-src", "old-dst")])
     assert moved.get("flows", "a") == "b" and IdMap(state, ("old-src", "old-dst")).get("flows", "a") is None
+
+
+def test_the_plan_names_bookmarks_left_out_webhook_urls_and_per_instance_settings(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Trial's cosmetic items: bookmarks are counted as left out, a webhook flow's trigger URL on the target is
+    said to differ, project_url/project_name are named, and --exclude-setting keeps the target's."""
+    url = f"http://127.0.0.1:{free_port()}"
+    source = source_with_extras(tmp_path / "src", request, Url(url))  # type: ignore[arg-type]
+    query(source, "UPDATE directus_settings SET project_url = 'https://dev.example.com'")
+    target = make_instance("postgres", tmp_path / "dst", request, sql="fresh.sql", extra_env={"PUBLIC_URL": url})
+    code, output = promote(source, target, *ONLY, "--dry-run")
+    lines = output.splitlines()
+    assert code == 1, output
+    assert "  bookmarks and users' own presets are never promoted: 2 left out" in lines, output
+    assert any(line.startswith("  note: Ping (webhook): triggered at the target's own URL, /flows/trigger/<its new id>")
+               for line in lines), output
+    assert "  project_url usually differs per instance: --exclude-setting project_url keeps the target's" in lines
+    code, output = promote(source, target, *ONLY, "--exclude-setting", "project_url", "--json")
+    assert code == 0, output
+    assert json.loads(output)["extras"]["settings"]["excluded"] == ["project_url"]
+    assert query(target, "SELECT project_url FROM directus_settings") != [("https://dev.example.com",)]
+    code, output = promote(source, target, *ONLY, "--exclude-setting", "nope")
+    assert code == 2 and "exclude_settings names settings promote does not copy: nope" in output, output

@@ -105,6 +105,12 @@ def render_extras(extras: dict[str, Any] | None) -> list[str]:
         lines += [f"  + {label}" for label in plan["create"]] + [f"  ~ {label}" for label in plan["update"]]
         lines += [f"  kept (target only; --destructive deletes it): {label}" for label in plan.get("kept", [])]
         lines += [f"  secret not copied (--include-secrets copies it): {name}" for name in plan.get("secrets_left_out", [])]
+        lines += [f"  note: {webhook}" for webhook in plan.get("webhooks", [])]
+        if plan.get("left_out"):
+            lines.append(f"  bookmarks and users' own presets are never promoted: {plan['left_out']} left out")
+        lines += [f"  {name} usually differs per instance: --exclude-setting {name} keeps the target's"
+                  for name in plan.get("per_instance", [])]
+        lines += [f"  excluded (kept as the target has it): {name}" for name in plan.get("excluded", [])]
     return lines
 
 
@@ -134,6 +140,8 @@ def register(cli: click.Group) -> None:
                   "strings), as CairnCMS's config apply --destructive; without it they are kept and listed.")
     @click.option("--allow-suspend-admins", is_flag=True,
                   help="With --destructive: delete roles holding users with admin access (they are suspended).")
+    @click.option("--exclude-setting", "exclude_settings", multiple=True, metavar="NAME",
+                  help="Leave this setting as DST has it (repeatable), e.g. project_url.")
     @click.option("--restore-users", is_flag=True,
                   help="With a safety snapshot as --from: give the users a destructive promote suspended back their "
                   "role and status.")
@@ -142,8 +150,8 @@ def register(cli: click.Group) -> None:
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
                         engine: str, dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool,
-                        include_secrets: bool, destructive: bool, allow_suspend_admins: bool, restore_users: bool,
-                        as_json: bool) -> None:
+                        include_secrets: bool, destructive: bool, allow_suspend_admins: bool, exclude_settings: tuple[str, ...],
+                        restore_users: bool, as_json: bool) -> None:
         """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
         translation strings) onto the CairnCMS DST.
 
@@ -156,7 +164,7 @@ def register(cli: click.Group) -> None:
         params = {"from": source, "to": target, "engine": engine, "dry_run": dry_run, "only": list(only),
                   "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets,
                   "destructive": destructive, "allow_suspend_admins": allow_suspend_admins,
-                  "restore_users": restore_users}
+                  "restore_users": restore_users, "exclude_settings": list(exclude_settings)}
         from ..service.state import default_state_url
 
         # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).

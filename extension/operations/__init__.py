@@ -513,6 +513,10 @@ class PromoteParams(Schema):
         "description": "With destructive: delete roles that hold users with admin access (they are suspended, as "
         "CairnCMS does); without it such a plan is refused. The user of to_token is never suspended: a role holding "
         "it is always refused.", "cli": "--allow-suspend-admins"})
+    exclude_settings = fields.List(fields.String(), load_default=list, metadata={
+        "description": "Settings (directus_settings fields) to leave as the target has them, e.g. project_url; by "
+        "default every non-secret setting is copied (project_url and project_name are named in the plan).",
+        "cli": "--exclude-setting"})
     restore_users = fields.Boolean(load_default=False, metadata={
         "description": "With a promote safety snapshot as the source: give the users it lists (those a destructive "
         "promote suspended) back their role and status.", "cli": "--restore-users"})

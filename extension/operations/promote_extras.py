@@ -299,8 +299,14 @@ def _panel_key(dashboard_name: str, panel: Mapping[str, Any]) -> tuple[str, str]
 
 
 # --------------------------------------------------------------------------- the plan
+#: Settings that usually differ per instance: still promoted by default (the source is the reference), but named
+#: in the plan with the way to keep the target's (``exclude_settings``).
+PER_INSTANCE_SETTINGS = ("project_url", "project_name")
+
+
 def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap: IdMap,
-                include_secrets: bool, destructive: bool = False) -> tuple[dict[str, Any], dict[str, Kind]]:
+                include_secrets: bool, destructive: bool = False,
+                exclude_settings: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Kind]]:
     """The plan of every extra kind in ``only``: per kind create/update/unchanged, plus secrets left out, and the
     target's rows the source lacks (``delete`` with ``destructive``, else ``kept``)."""
     notes: dict[str, Any] = {}
@@ -311,8 +317,23 @@ def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap
         kinds["dashboards"], kinds["panels"] = _plan_dashboards(src, dst, idmap)
     if "presets" in only:
         kinds["presets"] = _plan_presets(src, dst, idmap)
+        personal = [r for r in src["presets"] if r.get("user") or r.get("bookmark")]
+        if personal:  # never promoted: a person's own bookmarks and layouts
+            notes["presets"] = {"left_out": len(personal)}
     if "settings" in only:
-        kinds["settings"] = _plan_settings(src, dst, idmap)
+        kinds["settings"] = _plan_settings(src, dst, idmap, exclude_settings)
+        notes["settings"] = {"excluded": [n for n in exclude_settings if n in SETTINGS_FIELDS],
+                             "per_instance": [step["label"] for step in kinds["settings"].update
+                                              if step["label"] in PER_INSTANCE_SETTINGS]}
+    if "flows" in kinds:  # a webhook flow created or updated: it is triggered at its own id on each instance
+        created = {step["source_id"] for step in kinds["flows"].create}
+        written = created | {step["source_id"] for step in kinds["flows"].update}
+        notes.setdefault("flows", {})["webhooks"] = [
+            f"{kinds['flows'].labels[f['id']]}: triggered at the target's own URL, /flows/trigger/"
+            + ("<its new id>" if f["id"] in created else str(kinds["flows"].matched.get(f["id"])))
+            + f" (the source's: /flows/trigger/{f['id']})"
+            for f in src["flows"] if f.get("trigger") == "webhook" and f["id"] in written
+            and (f["id"] in created or str(kinds["flows"].matched.get(f["id"])) != str(f["id"]))]
     if "translations" in only:
         kinds["translations"] = _plan_translations(src, dst, idmap)
     _plan_target_only(dst, kinds, destructive)
@@ -423,12 +444,14 @@ def _plan_presets(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kin
     return presets
 
 
-def _plan_settings(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kind:
-    """The singleton's non-secret fields; a source without a settings row has nothing to promote."""
+def _plan_settings(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, exclude: tuple[str, ...] = ()) -> Kind:
+    """The singleton's non-secret fields but ``exclude``; a source without a settings row has nothing to promote."""
     settings = Kind("settings", idmap)
     if not src["settings"]:
         return settings
     for name in SETTINGS_FIELDS:
+        if name in exclude:
+            continue
         wanted, current = src["settings"].get(name), dst["settings"].get(name)
         step = {"label": name, "source_id": name, "values": {name: wanted}, "target_id": "settings"}
         if _norm(wanted) == _norm(current):
@@ -803,7 +826,13 @@ def prepare(ctx: Any, p: Mapping[str, Any], writer: Any, kinds: list[str],
         legacy_scopes(ctx, p["from_"], "from")
     legacy = [(s, t) for s in [source_scope, *old_sources] for t in [target_scope, *legacy_scopes(ctx, p["to"], "to")]]
     idmap = IdMap(ctx.state_url, (source_scope, target_scope), legacy)
-    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")), bool(p.get("destructive")))
+    exclude = tuple(p.get("exclude_settings") or ())
+    unknown = [name for name in exclude if name not in SETTINGS_FIELDS]
+    if unknown:
+        raise InvalidInput(f"exclude_settings names settings promote does not copy: {', '.join(unknown)}",
+                           hint=f"name one of: {', '.join(SETTINGS_FIELDS)}")
+    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")), bool(p.get("destructive")),
+                                  exclude)
     return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap, writer)
 
 
