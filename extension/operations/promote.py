@@ -476,7 +476,8 @@ def _schema_plan(target: Remote | DbTarget, snapshot: Mapping[str, Any], current
     losses = data_loss(target, data["diff"], fields)
     if losses and not p["allow_data_loss"]:
         refused.append({"code": "data_loss", "message": "the schema diff " + ", ".join(map(loss_text, losses)),
-            "fix": "pass --allow-data-loss to drop or cut them (a safety snapshot of the target is written first)"})
+            "fix": "pass --allow-data-loss (allow_data_loss) to drop or cut them (a safety snapshot of the target is "
+            "written first)"})
     return {"changes": True, "mismatch": mismatch, "diff": data["diff"], "hash": data["hash"],
             "steps": schema_steps(data["diff"]), "data_loss": losses, "vendor_noise": noise}
 
