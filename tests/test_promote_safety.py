@@ -229,3 +229,35 @@ def test_the_plan_names_bookmarks_left_out_webhook_urls_and_per_instance_setting
     assert query(target, "SELECT project_url FROM directus_settings") != [("https://dev.example.com",)]
     code, output = promote(source, target, *ONLY, "--exclude-setting", "nope")
     assert code == 2 and "exclude_settings names settings promote does not copy: nope" in output, output
+
+
+class InterruptAt(CancelAt):
+    """Ctrl-C (SIGINT's KeyboardInterrupt) arriving at the ``n``-th check."""
+
+    def check_cancelled(self) -> None:
+        self.checks += 1
+        if self.checks >= self.n:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_mid_apply_is_a_partial_report(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Trial item 12: Ctrl-C after the config went in: no traceback but a partial report (exit 4) naming what was
+    applied, the step it stopped at and the safety snapshot."""
+    from cairn_migrate import operations
+    from cairn_migrate.operations import OpContext, Outcome
+
+    url = f"http://127.0.0.1:{free_port()}"
+    source = source_with_extras(tmp_path / "src", request, Url(url))  # type: ignore[arg-type]
+    target = make_instance("postgres", tmp_path / "dst", request, sql="fresh.sql", extra_env={"PUBLIC_URL": url})
+    state = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
+    params = {"from": str(source), "to": str(target), "only": [o for o in ONLY if o != "--only"]}
+    report, outcome = operations.run("promote", OpContext(instance=lambda: None, state_url=state,
+                                                          progress=InterruptAt(3)), params)
+    assert outcome is Outcome.PARTIAL and outcome.exit_code == 4
+    assert report["steps_done"] == ["config"] and report["interrupted"], report
+    assert report["failed"]["step"] == "flows" and report["safety_snapshot"] in report["failed"]["hint"]
+
+    from cairn_migrate.cli.promote import render_promote
+
+    text = render_promote(report)
+    assert "partial: applied config; interrupted: interrupted at the flows step (it may be applied in part)" in text

@@ -762,13 +762,14 @@ def _apply(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, 
     def begin(phase: str) -> None:
         """Before each write phase: a requested cancel stops here, with the report of what was applied."""
         ctx.progress.progress(items_done=len(report["steps_done"]), items_total=len(phases))
+        report["current_step"] = phase
         try:
             ctx.progress.check_cancelled()
         except MigrateError as exc:
+            report.pop("current_step", None)
             report["cancelled"] = {"before": phase, "message": exc.message}
             exc.report = report  # type: ignore[attr-defined]  # the job keeps it as its result
             raise
-        report["current_step"] = phase
 
     def done(phase: str) -> None:
         report["steps_done"].append(phase)
@@ -780,8 +781,8 @@ def _apply(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, 
         _apply_phases(ctx, p, report, source, target, begin, done)
     except KeyboardInterrupt:
         step = report.pop("current_step", None)
-        report["failed"] = {"code": "interrupted", "step": step, "message": f"interrupted during the {step} step"
-                            if step else "interrupted", "hint": f"the safety snapshot {report['safety_snapshot']} "
+        report["failed"] = {"code": "interrupted", "step": step, "message": f"interrupted at the {step} step (it "
+                            "may be applied in part)" if step else "interrupted", "hint": f"the safety snapshot {report['safety_snapshot']} "
                             "holds the target as it was; promote again to finish"}
         report["interrupted"] = True
         return report
