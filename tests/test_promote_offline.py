@@ -569,3 +569,25 @@ def test_directus_system_tables_are_never_diffed_and_its_release_is_named(
     plan = json.loads(output)
     assert not any("directus_" in step for step in plan["schema"]["steps"]), output
     assert plan["schema"]["mismatch"]["directus"]["target"] == "9.22.4", output
+
+
+def test_a_failing_type_conversion_on_mariadb_stops_before_any_drop(tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """Trial item 7: MariaDB does not roll DDL back, so the changes of existing columns go first: a value the new
+    type refuses stops the apply (failed, exit 3: nothing applied) while the column the same diff drops is still
+    there."""
+    env = fresh_target("mariadb", tmp_path / "dst", free_port(), request)
+    assert promote(source_dir(tmp_path / "base", sqlite_schema()), str(env), "--only", "schema", "--force")[0] == 0
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO tags (name, slug, color) VALUES ('t', 't', 'not a number')"))
+        conn.execute(sa.text("INSERT INTO authors (name, bio) VALUES ('a', 'kept')"))
+    schema = sqlite_schema()
+    _field(schema, "tags", "color").update(type="integer")
+    _field(schema, "tags", "color")["schema"].update(data_type="integer", max_length=None)
+    schema["fields"] = [f for f in schema["fields"] if (f["collection"], f["field"]) != ("authors", "bio")]
+    code, output = promote(source_dir(tmp_path / "src", schema), str(env), "--only", "schema", "--force",
+                           "--allow-data-loss")
+    assert code == 3, output  # nothing was applied: failed, not partial
+    assert "The offline apply stopped at '~ field tags.color'" in output, output
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT bio FROM authors")).scalars().all() == ["kept"]

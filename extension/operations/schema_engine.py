@@ -624,6 +624,11 @@ class Applier:
         self._all_new_fields = [e for e in self.diff["fields"] if self._new_entry(e)]
         steps = self.plan()
         applied: list[str] = []
+        if self.vendor != "postgres":
+            # No DDL rollback here: the changes of existing columns (a type conversion that the values may refuse)
+            # go first, so a failing one stops the apply before any table or column was dropped or created.
+            steps = [s for s in steps if s.label.startswith("~ field")] + \
+                    [s for s in steps if not s.label.startswith("~ field")]
         if self.vendor == "postgres":
             with self.engine.begin() as conn:
                 for step in steps:
