@@ -98,6 +98,14 @@ class InvalidInput(MigrateError):
     code = "invalid_input"
 
 
+class RemoteRefused(InvalidInput):
+    """Another instance (a promote's source or target) refused the token it was given: bad input (exit 2), and over
+    HTTP 424 (a dependency failed), never 401, which would say the caller's own login to the sidecar failed."""
+
+    http_status = 424
+    code = "remote_refused"
+
+
 class FreezeNotEnforced(ConfigError):
     """``--freeze`` could not prove that the instance's hook holds writes (``--no-freeze-guarantee`` proceeds anyway)."""
 

@@ -462,7 +462,7 @@ def check_promote(page: Any, instance: LiveInstance, tmp_path: Path, shots: str)
             assert source_request(source, "DELETE", f"/collections/{NOTES}").status_code == 204
             show_promote_plan(page)
             refused = page.inner_text("[data-testid=promote-refused]")
-            assert f"{NOTES} (1 rows)" in refused and "tick \u201cAllow data loss\u201d" in refused, refused
+            assert f"{NOTES} (1 row)" in refused and "tick \u201cAllow data loss\u201d" in refused, refused
             assert "--allow-data-loss" not in refused
             assert page.is_disabled("[data-testid=apply-promote] button")
             assert instance.request("GET", f"/items/{NOTES}").json()["data"][0]["title"] == "kept"

@@ -20,8 +20,8 @@ def test_uncaught_error_is_exit_3_with_one_line(sqlite_instance: Path, monkeypat
     monkeypatch.setattr(api, "inspect", bug)
     result = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "inspect"])
     assert result.exit_code == 3  # never 1, which means "differences found"
-    assert result.output.splitlines() == ["Error: unexpected RuntimeError: ghosts", "  fix: run again with --traceback "
-                                          "and report the traceback"]
+    assert result.output.splitlines() == ["Error: unexpected RuntimeError: ghosts", "  fix: run again as: cairn-migrate "
+                                          "--traceback inspect … and report the traceback"]
     traced = CliRunner().invoke(cli, ["--env", str(sqlite_instance), "--traceback", "inspect"])
     assert isinstance(traced.exception, RuntimeError)
 

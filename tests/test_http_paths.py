@@ -156,7 +156,9 @@ def test_every_path_field_is_refused_outside_the_allowed_folders(sidecar: Any, a
             assert error["code"] == "invalid_input"
             assert error["message"] == (f"'{field}' {value} is outside the folders the sidecar's operator allows "
                                         f"HTTP callers to name ({HTTP_PATHS})")
-            assert HTTP_PATHS in error["hint"] and "'bundle'" in error["hint"]
+            assert HTTP_PATHS in error["hint"]
+            # from/to name an instance (promote rejects 'bundle'); the others may name a server-side bundle instead
+            assert ("'bundle'" in error["hint"]) == (field not in ("from", "to")), (field, error["hint"])
             assert error["details"] == {"field": field, "path": value, "setting": HTTP_PATHS}
         response = client.open(route, method=method, json={**base_body(method, route, allowed),
                                                            field: str(bundles["inside"])}, headers=headers)
@@ -250,12 +252,19 @@ def test_every_host_path_parameter_of_an_operation_is_refused_outside_the_allowe
     inside = str(bundles["inside"])
     for op, name in params:
         base = {"path": inside} if name != "path" and op in ("import", "verify") else {}
+        if op == "promote":  # the other side a URL (not a host path), so the named one is what is refused
+            base = {"to" if name == "from_" else "from": "http://127.0.0.1:9"}
         if name == "safety_bundle":
             value, base = str(tmp_path / "elsewhere" / "safety"), {**base, "replace": True}  # a path, not a name
         else:
             value = str(bundles["outside"]) if name == "path" else str(tmp_path / "elsewhere" / name)
-        response = client.post("/migrate/ops", json={"op": op, "params": {**base, name: value}}, headers=headers)
+        key = name.rstrip("_")  # the parameter as a caller names it ("from", the schema's data key)
+        response = client.post("/migrate/ops", json={"op": op, "params": {**base, key: value}}, headers=headers)
         assert response.status_code == 422, (op, name, response.get_json())
+        error = response.get_json()["error"]
+        if op == "promote":  # the caller's name of the parameter ("from"), never its attribute ("from_")
+            assert (error.get("details") or {}).get("field") == name.rstrip("_"), error
+            assert error["message"].startswith(f"'{name.rstrip('_')}' "), error
     assert get_state(sidecar).store.list() == []  # no job was started
 
 

@@ -90,6 +90,12 @@ def wait_for_cancel(ctx: JobContext) -> dict[str, Any]:
     return {"gave_up": True}
 
 
+def cancelled_with_report(ctx: JobContext) -> dict[str, Any]:
+    stopped = JobCancelled("stopped between phases")
+    stopped.report = {"steps_done": ["schema"]}  # type: ignore[attr-defined]
+    raise stopped
+
+
 def register_test_kinds(runner: JobRunner) -> None:
     for kind, fn in {
         "test.copy": copy_things,
@@ -98,6 +104,7 @@ def register_test_kinds(runner: JobRunner) -> None:
         "test.garbage": return_garbage,
         "test.unserialisable": return_unserialisable,
         "test.wait": wait_for_cancel,
+        "test.cancelled_with_report": cancelled_with_report,
     }.items():
         runner.register(kind, fn, replace=True)
 
@@ -363,6 +370,12 @@ def test_running_job_gets_cancelled(runner: JobRunner, store: JobStore) -> None:
     assert record["state"] == "cancelled"
     assert record["error"]["code"] == "cancelled"
     assert record["result"] is None
+
+
+def test_an_operation_stopped_by_a_cancel_keeps_its_report(runner: JobRunner) -> None:
+    """A promote cancelled between its write phases says what it applied: the job's result is its report."""
+    record = runner.wait(runner.submit("test.cancelled_with_report"), timeout=5)
+    assert record["state"] == "cancelled" and record["result"] == {"steps_done": ["schema"]}, record
 
 
 def test_cancelled_while_queued_never_runs(store: JobStore) -> None:

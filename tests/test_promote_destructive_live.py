@@ -196,3 +196,77 @@ def test_an_encrypted_bundle_is_refused_with_the_fix(tmp_path: Path, request: py
     result = CliRunner().invoke(cli, ["promote", "--from", str(archive), "--to", "http://127.0.0.1:9", "--to-token",
                                       "t", "--dry-run"])
     assert result.exit_code == 2 and "is encrypted: promote reads unencrypted bundles only" in result.output, result.output
+
+
+def test_an_invalid_role_key_is_refused_in_the_plan_on_both_engines(target: Target, tmp_path: Path) -> None:  # noqa: F811
+    """Trial item 9: CairnCMS's dry run accepts a role key its RolesService refuses on create (after the schema
+    went in); the plan refuses it (exit 2) on the API path and offline, before any write."""
+    from test_promote_live import FIXTURE
+
+    from cairn_migrate.bundle.config_snapshot import read_config_directory, write_config_directory
+
+    config = read_config_directory(FIXTURE / "config")
+    config["roles"].append({"key": "Bad Key!", "name": "Bad", "admin_access": False, "app_access": True})
+    write_config_directory(config, tmp_path / "src" / "config")
+    before = call(target, "GET", "/config/snapshot")
+    for to, extra in ((target.url, ("--to-token", TOKEN)), (str(target.env), ("--engine", "db"))):
+        result = CliRunner().invoke(cli, ["promote", "--from", str(tmp_path / "src"), "--to", to, *extra,
+                                          "--only", "config"])
+        assert result.exit_code == 2, result.output
+        assert 'refused: the target refuses the config: Invalid role key "Bad Key!"' in result.output, result.output
+    assert call(target, "GET", "/config/snapshot") == before
+
+
+def test_a_permission_on_a_collection_the_target_lacks_is_named(target: Target, tmp_path: Path) -> None:  # noqa: F811
+    """Trial item 11: CairnCMS creates it silently; the plan names it as a warning (it grants nothing)."""
+    from test_promote_live import FIXTURE
+
+    from cairn_migrate.bundle.config_snapshot import read_config_directory, write_config_directory
+
+    config = read_config_directory(FIXTURE / "config")
+    editor = next(s for s in config["permissions"] if s["role"] == "editor")
+    editor["permissions"].append({"collection": "ghost", "action": "read", "fields": ["*"], "permissions": {},
+                                  "validation": None, "presets": None})
+    write_config_directory(config, tmp_path / "src" / "config")
+    result = CliRunner().invoke(cli, ["promote", "--from", str(tmp_path / "src"), "--to", target.url, "--to-token",
+                                      TOKEN, "--only", "config", "--dry-run"])
+    assert result.exit_code == 1, result.output
+    assert ("  warning: permission editor/ghost/read is on a collection the target does not have (it grants nothing)"
+            in result.output.splitlines()), result.output
+    assert "    + permission editor/ghost/read" in result.output.splitlines(), result.output  # trial item 16: named
+
+    changed = read_config_directory(FIXTURE / "config")  # an update names what of the permission changes
+    editor = next(s for s in changed["permissions"] if s["role"] == "editor")
+    editor["permissions"][0]["fields"] = ["id"]
+    first = editor["permissions"][0]
+    write_config_directory(changed, tmp_path / "changed" / "config")
+    result = CliRunner().invoke(cli, ["promote", "--from", str(tmp_path / "changed"), "--to", target.url,
+                                      "--to-token", TOKEN, "--only", "config", "--dry-run"])
+    assert f"    ~ permission editor/{first['collection']}/{first['action']} (fields)" in result.output.splitlines(), \
+        result.output
+
+
+def test_deleting_the_role_of_the_callers_own_user_is_refused(target: Target, tmp_path: Path) -> None:  # noqa: F811
+    """Trial item 2: a source whose admin role has another key would delete the target's, whose user runs the
+    promote: refused (exit 2) naming the user, even with --allow-suspend-admins; nothing is written."""
+    from test_promote_live import FIXTURE
+
+    from cairn_migrate.bundle.config_snapshot import read_config_directory, write_config_directory
+
+    config = read_config_directory(FIXTURE / "config")
+    admin = next(r for r in config["roles"] if r["admin_access"])
+    for permission_set in config["permissions"]:
+        if permission_set["role"] == admin["key"]:
+            permission_set["role"] = "ops_admin"
+    admin["key"] = "ops_admin"
+    write_config_directory(config, tmp_path / "src" / "config")
+    me = call(target, "GET", "/users/me")
+    before = call(target, "GET", "/config/snapshot")
+    result = CliRunner().invoke(cli, ["promote", "--from", str(tmp_path / "src"), "--to", target.url, "--to-token",
+                                      TOKEN, "--only", "config", "--destructive", "--allow-suspend-admins"])
+    assert result.exit_code == 2, result.output
+    assert f"suspends {me['email']}, the user of the target's token that runs this promote" in result.output
+    assert any(line.startswith(f"    suspends {me['email']} (") and line.endswith(", the user of --to-token)")
+               for line in result.output.splitlines()), result.output
+    assert call(target, "GET", "/config/snapshot") == before
+    assert call(target, "GET", "/users/me")["status"] == "active"

@@ -169,7 +169,7 @@ def test_a_column_drop_with_rows_on_the_target_is_refused(target: Target, tmp_pa
 
     code, output = promote(source, target)
     assert code == 2, output
-    assert "refused: the schema diff drops articles.word_count (1 rows)" in output
+    assert "refused: the schema diff drops articles.word_count (1 row)" in output
     assert "fix: pass --allow-data-loss" in output
     assert ("articles", "word_count") in user_fields(target)
 
@@ -186,16 +186,48 @@ def test_another_vendor_is_refused_without_force(target: Target, tmp_path: Path)
     assert code == 2, output
     assert "refused: the source's vendor sqlite differs from the target's postgres" in output
     assert "fix: pass --force" in output
+    assert "schema: no changes" not in output and any(line.startswith(("  + ", "  ~ ", "  - "))
+                                                      for line in output.splitlines()), output
     assert target.get("/schema/snapshot") == before
 
 
 def test_bad_sources_are_one_line_with_the_fix(target: Target, tmp_path: Path) -> None:
     code, output = promote(tmp_path / "nowhere", target)
     assert code == 2
-    assert "is neither a URL, an instance's .env, a bundle directory nor a snapshot directory" in output
+    assert f"The source {tmp_path / 'nowhere'} does not exist" in output and ".tar or .tar.gz" in output, output
+    code, output = promote(fixture_source(tmp_path / "snap"), target, "--dry-run")
+    assert ("extras: not available from a snapshot folder (flows, dashboards, presets, settings, translations): name "
+            "the source by its URL, .env or bundle to promote them") in output.splitlines(), output
+    (tmp_path / "empty").mkdir()
+    code, output = promote(tmp_path / "empty", target)
+    assert code == 2 and "holds no schema file" in output, output
     result = CliRunner().invoke(cli, ["promote", "--from", target.url, "--to", target.url, "--to-token", TOKEN])
     assert result.exit_code == 2
     assert "needs an admin token" in result.output and "fix: pass --from-token" in result.output
+
+
+def test_the_trials_confusing_messages_name_the_problem(target: Target, tmp_path: Path) -> None:
+    """Trial items 13 and 14: an app page as the source, a wrong token, a refused connection, a missing .env, and
+    --json errors on stdout as JSON."""
+    source = str(tmp_path / "nowhere")
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["promote", *args])
+
+    result = run("--from", target.url + "/admin", "--from-token", TOKEN, "--to", target.url, "--to-token", TOKEN)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "is probably not the instance's API root" in result.stderr and "JSONDecodeError" not in result.stderr
+    result = run("--from", target.url, "--from-token", "wrong", "--to", target.url, "--to-token", TOKEN)
+    assert result.exit_code == 2 and f"The source {target.url} refused the source's token" in result.stderr, result.stderr
+    result = run("--from", source, "--to", "http://127.0.0.1:9", "--to-token", "t")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    result = run("--from", str(FIXTURE), "--to", "http://127.0.0.1:9", "--to-token", "t", "--only", "schema")
+    assert result.exit_code == 3 and "cannot be reached (GET /schema/snapshot): Connection refused" in result.stderr
+    assert "fix: start it, or check the URL (scheme, host and port)" in result.stderr, result.stderr
+    result = run("--from", str(FIXTURE), "--to", str(tmp_path / "none" / ".env"))
+    assert result.exit_code == 2 and "does not exist" in result.stderr and "--env" not in result.stderr, result.stderr
+    result = run("--from", source, "--to", target.url, "--to-token", TOKEN, "--json")
+    assert result.exit_code == 2 and json.loads(result.stdout)["error"]["code"] == "invalid_input", result.stdout
 
 
 def test_a_running_instance_as_its_own_source_has_no_changes(target: Target, tmp_path: Path) -> None:
@@ -247,3 +279,59 @@ def test_an_instance_env_and_its_bundle_are_sources_too(target: Target, tmp_path
         result = CliRunner().invoke(cli, ["promote", "--from", str(source), "--to", str(target.env), "--to-token", TOKEN,
                                           "--only", "schema", "--only", "config", "--dry-run"])  # the extras: its own test
         assert (result.exit_code, result.output.splitlines()[-1]) == (0, "no changes"), result.output
+
+
+def test_a_type_change_is_data_loss_and_not_applied_by_cairncms_is_said(target: Target, tmp_path: Path) -> None:
+    """Trial items 7 and 10: another type of a populated column is refused as data loss (the rows counted); allowed,
+    the apply is checked by diffing again, and exit 0 means nothing planned is left."""
+    assert promote(fixture_source(tmp_path / "base"), target)[0] == 0
+    created = requests.post(target.url + "/items/articles", json={"title": "typed", "word_count": 12},
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert created.status_code == 200, created.text
+    schema = fixture_schema()
+    field = next(f for f in schema["fields"] if (f["collection"], f["field"]) == ("articles", "word_count"))
+    field["type"] = "string"
+    field["schema"].update(data_type="character varying", max_length=255, numeric_precision=None,
+                           numeric_scale=None)
+    source = fixture_source(tmp_path / "src", schema)
+    code, output = promote(source, target, "--only", "schema")
+    assert code == 2, output
+    assert "changes articles.word_count (type integer -> string): " in output and "would not fit" in output, output
+
+    # Allowed: on PostgreSQL CairnCMS 1.0.0-beta.4 does change this column; the apply is re-diffed, so "applied"
+    # and exit 0 are said only because nothing of the plan is left (a change it skipped would be "not applied", 4).
+    code, output = promote(source, target, "--only", "schema", "--allow-data-loss", "--json")
+    report = json.loads(output)
+    assert (code, report["schema"]["not_applied"], report["applied"]) == (0, [], True), output
+    served = next(f for f in target.get("/fields/articles") if f["field"] == "word_count")
+    assert served["schema"]["data_type"] == "character varying"
+    code, output = promote(source, target, "--only", "schema", "--allow-data-loss")
+    assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+    promote(fixture_source(tmp_path / "back"), target, "--only", "schema", "--allow-data-loss")
+
+
+def test_over_http_a_wrong_source_token_and_a_refusal_say_what_they_are(target: Target, tmp_path: Path) -> None:
+    """Trial item 15: through POST /migrate/ops a wrong *source* token is 424 naming the source (never 401, the
+    caller's own login), and a refused job's error does not promise a resume."""
+    from instance_fixtures import ADMIN_EMAIL, bearer, restore_sqlite_instance
+
+    from cairn_migrate.operations import Outcome, OutcomeError
+    from cairn_migrate.service.app import create_app, get_state
+
+    instance = restore_sqlite_instance(tmp_path / "sidecar")
+    instance.set_token(ADMIN_EMAIL, "sidecar-admin-token-0123456789")
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(instance.env_path),
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'sidecar-state.db'}",
+                      "CAIRN_MIGRATE_SCHEDULER": False})
+    try:
+        response = app.test_client().post("/migrate/ops", headers=bearer("sidecar-admin-token-0123456789"), json={
+            "op": "promote", "params": {"from": target.url, "from_token": "wrong", "to": target.url,
+                                        "to_token": TOKEN, "dry_run": True}})
+        assert response.status_code == 424, response.get_json()
+        error = response.get_json()["error"]
+        assert error["code"] == "remote_refused" and "refused the source's token" in error["message"], error
+        assert "from_token" in error["hint"], error
+    finally:
+        get_state(app).close()
+    refused = OutcomeError("promote", Outcome.INVALID, {"refused": [{"code": "data_loss"}]})
+    assert "resumes" not in str(refused) and "refused before any write" in refused.message

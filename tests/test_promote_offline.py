@@ -29,6 +29,7 @@ from cairn_migrate.bundle.schema_snapshot import schema_snapshot, write_schema_s
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.database import Database
 from cairn_migrate.instance.instance import Instance
+from cairn_migrate.operations.promote import platform_version
 from cairn_migrate.operations.promote_noise import drop_vendor_noise, is_empty
 from cairn_migrate.operations.schema_diff import deep_diff, snapshot_diff
 from cairn_migrate.testing import create_mariadb_database, drop_mariadb_database
@@ -326,7 +327,7 @@ def test_directus_9_gets_a_schema_through_its_database_and_its_url_says_how(
     env = directus_instance.folder / ".env"
     with Database.open(Instance.from_env_file(env)) as db:
         platform = db.platform()
-        base = schema_snapshot(db, version=platform.version or "unknown")
+        base = schema_snapshot(db, version=platform_version(db, env))
     assert platform.product == "directus"
     source = source_dir(tmp_path / "src", small_schema(base))
 
@@ -500,3 +501,93 @@ def test_a_new_m2o_on_an_existing_collection(vendor: str, tmp_path: Path, reques
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
     after = next(r for r in target_snapshot(env)["relations"] if r["field"] == "favourite_of")
     assert (after["schema"]["foreign_key_table"], after["schema"]["on_delete"]) == ("authors", "SET NULL")
+
+
+def _field(schema: dict[str, Any], collection: str, field: str) -> dict[str, Any]:
+    return next(f for f in schema["fields"] if (f["collection"], f["field"]) == (collection, field))
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgres"])
+def test_a_narrower_column_or_another_type_of_a_populated_one_is_data_loss(vendor: str, tmp_path: Path,
+                                                                           request: pytest.FixtureRequest) -> None:
+    """Trial items 1 and 7: a shorter max_length counts the longer values (characters), another type every
+    non-null value; both refused (exit 2) before any write, naming the count, until --allow-data-loss."""
+    env = fresh_target(vendor, tmp_path / "dst", free_port(), request)
+    force = () if vendor == "sqlite" else ("--force",)
+    assert promote(source_dir(tmp_path / "base", sqlite_schema()), str(env), "--only", "schema", *force)[0] == 0
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        for n, color in enumerate(["red", "blué", "violet", None]):
+            conn.execute(sa.text("INSERT INTO tags (name, slug, color) VALUES (:n, :s, :c)"),
+                         {"n": f"t{n}", "s": f"t{n}", "c": color})
+    before = target_snapshot(env)
+    schema = sqlite_schema()
+    _field(schema, "tags", "color")["schema"]["max_length"] = 4
+    code, output = promote(source_dir(tmp_path / "short", schema), str(env), "--only", "schema", *force)
+    assert code == 2, output
+    assert "refused: the schema diff changes tags.color (max_length 255 -> 4): 1 row would not fit" in output, output
+    assert target_snapshot(env) == before
+    code, plan = promote(source_dir(tmp_path / "short", schema), str(env), "--only", "schema", "--json", "--dry-run",
+                         "--allow-data-loss", *force)
+    assert code == 1 and json.loads(plan)["refused"] == [], plan
+
+    schema = sqlite_schema()
+    _field(schema, "tags", "color").update(type="integer")
+    _field(schema, "tags", "color")["schema"].update(data_type="integer", max_length=None, numeric_precision=None)
+    code, output = promote(source_dir(tmp_path / "typed", schema), str(env), "--only", "schema", *force)
+    assert code == 2, output
+    assert "changes tags.color (type string -> integer): 3 rows would not fit" in output, output
+    assert target_snapshot(env) == before
+
+
+def test_another_vendor_is_refused_with_the_whole_diff_shown(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Trial item 6: without --force the plan still shows every schema change (not "no changes"), refused."""
+    env = fresh_target("postgres", tmp_path / "dst", free_port(), request)
+    code, output = promote(source_dir(tmp_path / "src", sqlite_schema()), str(env), "--only", "schema", "--json")
+    plan = json.loads(output)
+    assert code == 2 and [r["code"] for r in plan["refused"]] == ["mismatch"], output
+    assert plan["schema"]["changes"] and "+ collection articles" in plan["schema"]["steps"], output
+    assert target_snapshot(env)["collections"] == []
+
+
+def test_directus_system_tables_are_never_diffed_and_its_release_is_named(
+        directus_instance: LiveInstance, tmp_path: Path) -> None:
+    """Trial item 8: a CairnCMS source (no ``directus_webhooks``) onto Directus 9.22.4's database: no
+    ``- collection directus_webhooks``, and the plan names Directus's release from the package its folder installs."""
+    from live_instance import CACHE
+
+    env = directus_instance.folder / ".env"
+    modules = directus_instance.folder / "node_modules"
+    if not modules.exists():  # a Directus project's layout: the package beside its .env
+        modules.symlink_to(CACHE / "directus-9.22.4" / "node_modules")
+    with Database.open(Instance.from_env_file(env)) as db:
+        base = schema_snapshot(db, version="9")
+    assert "directus_webhooks" in {c["collection"] for c in base["collections"]}  # what our reader sees of it
+    schema = small_schema(base)
+    schema.update(collections=[c for c in schema["collections"] if not c["collection"].startswith("directus_")])
+    code, output = promote(source_dir(tmp_path / "src", schema), str(env), "--engine", "db", "--only", "schema",
+                           "--dry-run", "--json")
+    plan = json.loads(output)
+    assert not any("directus_" in step for step in plan["schema"]["steps"]), output
+    assert plan["schema"]["mismatch"]["directus"]["target"] == "9.22.4", output
+
+
+def test_a_failing_type_conversion_on_mariadb_stops_before_any_drop(tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """Trial item 7: MariaDB does not roll DDL back, so the changes of existing columns go first: a value the new
+    type refuses stops the apply (failed, exit 3: nothing applied) while the column the same diff drops is still
+    there."""
+    env = fresh_target("mariadb", tmp_path / "dst", free_port(), request)
+    assert promote(source_dir(tmp_path / "base", sqlite_schema()), str(env), "--only", "schema", "--force")[0] == 0
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO tags (name, slug, color) VALUES ('t', 't', 'not a number')"))
+        conn.execute(sa.text("INSERT INTO authors (name, bio) VALUES ('a', 'kept')"))
+    schema = sqlite_schema()
+    _field(schema, "tags", "color").update(type="integer")
+    _field(schema, "tags", "color")["schema"].update(data_type="integer", max_length=None)
+    schema["fields"] = [f for f in schema["fields"] if (f["collection"], f["field"]) != ("authors", "bio")]
+    code, output = promote(source_dir(tmp_path / "src", schema), str(env), "--only", "schema", "--force",
+                           "--allow-data-loss")
+    assert code == 3, output  # nothing was applied: failed, not partial
+    assert "The offline apply stopped at '~ field tags.color'" in output, output
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT bio FROM authors")).scalars().all() == ["kept"]

@@ -108,6 +108,7 @@ function instanceUrl() {
 /* A refusal's fix speaks to the command line; on this page its options are the boxes of the section. */
 function promoteFix(fix) {
 	return String(fix || '')
+		.replace(/ \((allow_data_loss|force)\)/g, '')  // the HTTP parameter's name beside the CLI option
 		.replace('pass --allow-data-loss', 'tick \u201cAllow data loss\u201d')
 		.replace('pass --force', 'tick \u201cForce across vendors or versions\u201d')
 		.replace('pass --destructive', 'tick \u201cDestructive\u201d');

@@ -83,9 +83,17 @@ def handle_errors(func: F) -> F:
             if obj is not None and obj.traceback:
                 raise
             error = exc if isinstance(exc, MigrateError) else unexpected(exc)
+            hint = error.hint
+            if not isinstance(exc, MigrateError):  # name where --traceback goes: before the verb
+                verb = " ".join(ctx.command_path.split()[1:])
+                hint = f"run again as: cairn-migrate --traceback {verb} … and report the traceback"
             click.echo(f"Error: {first_line(error.message)}", err=True)
-            if error.hint:
-                click.echo(f"  fix: {error.hint}", err=True)
+            if hint:
+                click.echo(f"  fix: {hint}", err=True)
+            if kwargs.get("as_json"):  # --json: the error as JSON on stdout too (a script reads stdout only)
+                click.echo(json.dumps({"error": {**error.to_dict(), "message": first_line(error.message),
+                                                 **({"hint": hint} if hint else {}), "exit_code": error.exit_code}},
+                                      indent=2, default=str))
             ctx.exit(error.exit_code)
 
     return wrapper  # type: ignore[return-value]

@@ -9,7 +9,7 @@ import click
 
 from .. import operations
 from ..operations import OpContext
-from ..operations.promote import KINDS
+from ..operations.promote import KINDS, rows_word
 from .base import Context, exit_with, handle_errors
 
 
@@ -25,13 +25,16 @@ def render_promote(report: dict[str, Any]) -> str:
             lines.append(f"  ignored: {schema['vendor_noise']} differences that are only the vendors' spelling of the same types")
         for key, values in (schema.get("mismatch") or {}).items():
             lines.append(f"  {'version' if key == 'directus' else key}: source {values['source']}, target {values['target']}")
-        lines += [f"  data loss: {loss['kind']} {loss['name']} holds "
-                  f"{'an unknown number of' if loss['rows'] is None else loss['rows']} rows" for loss in schema["data_loss"]]
+        lines += [f"  data loss: {loss['kind']} {loss['name']} holds {rows_word(loss['rows'])}"
+                  if "change" not in loss else f"  data loss: {loss['name']} {loss['change']}: "
+                  f"{rows_word(loss['rows'])} would not fit" for loss in schema["data_loss"]]
     if config is not None:
         lines.append("config: " + ("changes" if config["changes"] else "no changes"))
         planned = config.get("plan")
         deleting, keeping = config.get("delete") or {}, config.get("kept") or {}
         lines += [f"  - role {key} (with its permissions and presets; its users suspended)" for key in deleting.get("roles", [])]
+        lines += [f"    suspends {u['email']} ({u['role']}{', admin' if u.get('admin') else ''}"
+                  f"{', the user of --to-token' if u.get('caller') else ''})" for u in config.get("suspend") or []]
         lines += [f"  - permission {name}" for name in deleting.get("permissions", [])]
         if planned:
             for action in ("created", "updated"):
@@ -39,27 +42,44 @@ def render_promote(report: dict[str, Any]) -> str:
                     lines.append(f"  roles {action}: {', '.join(planned['roles'][action])}")
                 if planned["permissions"][action]:
                     lines.append(f"  permissions {action}: {planned['permissions'][action]}")
+                    sign = "+" if action == "created" else "~"
+                    lines += [f"    {sign} permission {name}" for name in (config.get("permissions") or {}).get(action, [])]
+        lines += [f"  warning: permission {name} is on a collection the target does not have (it grants nothing)"
+                  for name in config.get("warnings") or []]
         lines += [f"  kept (target only; --destructive deletes it): role {key}" for key in keeping.get("roles", [])]
         lines += [f"  kept (target only; --destructive deletes it): permission {name}"
                   for name in keeping.get("permissions", [])]
     lines += render_extras(report.get("extras"))
+    for user in report.get("users") or []:
+        state = (f"missing on the target: its {user['missing']}" if user["missing"] else
+                 "unchanged" if not user["change"] else f"was {user['now']['role']}/{user['now']['status']}")
+        lines.append(f"user {user['email']}: role {user['role']}, {user['status']} ({state})")
     for refusal in report["refused"]:
         lines.append(f"refused: {refusal['message']}")
         lines.append(f"  fix: {refusal['fix']}")
     drifted = report.get("type_drift") or []
     if drifted:
-        lines.append(f"type drift on the target ({sum(d['lossy'] for d in drifted)} lossy):")
-        lines += [f"  {d['field']}: {d['source']} -> {d['target']}" + (f" LOSSY: {'; '.join(d['reasons'])}"
-                  if d["lossy"] else "") for d in drifted]
+        lossy = [d for d in drifted if d["lossy"]]
+        lines.append(f"type drift on the target: {len(lossy)} lossy, {len(drifted) - len(lossy)} only the vendor's "
+                     "spelling (not listed)")
+        lines += [f"  {d['field']}: {d['source']} -> {d['target']} LOSSY: {'; '.join(d['reasons'])}" for d in lossy]
+    lines += [f"  {line}" for line in (schema or {}).get("not_applied") or []]
     if report.get("safety_snapshot"):
         lines.append(f"safety snapshot of the target: {report['safety_snapshot']}")
     if report.get("engine") == "db" and report["applied"]:
         lines.append("written to the target's database: if it is running, clear its cache "
                      "(POST /utils/cache/clear as an admin) or restart it")
     if report.get("failed"):
-        what = "the schema was applied, the config failed" if report.get("engine") != "db" else \
-            f"the schema was applied in part ({len((schema or {}).get('applied_steps') or [])} steps)"
-        lines.append(f"{what}: {report['failed']['message']}")
+        failed = report["failed"]
+        done = ", ".join(report.get("steps_done") or []) or "nothing"
+        if (schema or {}).get("applied_steps") and "schema (in part)" in (report.get("steps_done") or []):
+            done += f" ({len(schema['applied_steps'])} schema steps)"
+        what = "interrupted" if report.get("interrupted") else f"the {failed.get('step') or 'next'} step failed"
+        lines.append(f"partial: applied {done}; {what}: {failed['message']}")
+        if failed.get("hint"):
+            lines.append(f"  fix: {failed['hint']}")
+    elif (schema or {}).get("not_applied"):
+        lines.append(f"partial: {len(schema['not_applied'])} schema changes not applied (listed above)")
     elif not report["changes"]:
         lines.append("no changes")
     elif report["applied"]:
@@ -72,7 +92,7 @@ def render_extras(extras: dict[str, Any] | None) -> list[str]:
     if not extras:
         return []
     if extras.get("skipped"):
-        return [f"extras: skipped: {extras['skipped']}"]
+        return [f"extras: {extras['skipped']}"]
     lines = []
     for kind, plan in extras.items():
         if not isinstance(plan, dict) or "counts" not in plan:
@@ -85,6 +105,12 @@ def render_extras(extras: dict[str, Any] | None) -> list[str]:
         lines += [f"  + {label}" for label in plan["create"]] + [f"  ~ {label}" for label in plan["update"]]
         lines += [f"  kept (target only; --destructive deletes it): {label}" for label in plan.get("kept", [])]
         lines += [f"  secret not copied (--include-secrets copies it): {name}" for name in plan.get("secrets_left_out", [])]
+        lines += [f"  note: {webhook}" for webhook in plan.get("webhooks", [])]
+        if plan.get("left_out"):
+            lines.append(f"  bookmarks and users' own presets are never promoted: {plan['left_out']} left out")
+        lines += [f"  {name} usually differs per instance: --exclude-setting {name} keeps the target's"
+                  for name in plan.get("per_instance", [])]
+        lines += [f"  excluded (kept as the target has it): {name}" for name in plan.get("excluded", [])]
     return lines
 
 
@@ -112,12 +138,20 @@ def register(cli: click.Group) -> None:
     @click.option("--destructive", is_flag=True,
                   help="Delete what SRC lacks from DST (roles, permissions, flows, dashboards, presets, translation "
                   "strings), as CairnCMS's config apply --destructive; without it they are kept and listed.")
+    @click.option("--allow-suspend-admins", is_flag=True,
+                  help="With --destructive: delete roles holding users with admin access (they are suspended).")
+    @click.option("--exclude-setting", "exclude_settings", multiple=True, metavar="NAME",
+                  help="Leave this setting as DST has it (repeatable), e.g. project_url.")
+    @click.option("--restore-users", is_flag=True,
+                  help="With a safety snapshot as --from: give the users a destructive promote suspended back their "
+                  "role and status.")
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
     @click.pass_obj
     @handle_errors
     def promote_command(obj: Context, source: str, from_token: str | None, target: str, to_token: str | None,
                         engine: str, dry_run: bool, only: tuple[str, ...], allow_data_loss: bool, force: bool,
-                        include_secrets: bool, destructive: bool, as_json: bool) -> None:
+                        include_secrets: bool, destructive: bool, allow_suspend_admins: bool, exclude_settings: tuple[str, ...],
+                        restore_users: bool, as_json: bool) -> None:
         """Promote the structure of SRC (schema, roles and permissions, flows, dashboards, presets, settings,
         translation strings) onto the CairnCMS DST.
 
@@ -129,7 +163,8 @@ def register(cli: click.Group) -> None:
         """
         params = {"from": source, "to": target, "engine": engine, "dry_run": dry_run, "only": list(only),
                   "allow_data_loss": allow_data_loss, "force": force, "include_secrets": include_secrets,
-                  "destructive": destructive}
+                  "destructive": destructive, "allow_suspend_admins": allow_suspend_admins,
+                  "restore_users": restore_users, "exclude_settings": list(exclude_settings)}
         from ..service.state import default_state_url
 
         # No --env needed: both instances are named by --from and --to (obj.instance is read only if asked).

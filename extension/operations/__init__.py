@@ -84,8 +84,12 @@ class OutcomeError(MigrateError):
     """An operation that finished but not well (partial, failed, invalid): its job fails and keeps the report."""
 
     def __init__(self, name: str, outcome: Outcome, report: Report) -> None:
-        super().__init__(f"{name} finished {outcome.value}: the report lists what did not succeed",
-                         hint=f"see the job's result; a retry of {name} resumes where it stopped")
+        if outcome.value == "invalid":  # refused before any write (a plan's refusals): nothing to resume
+            super().__init__(f"{name} was refused before any write: the report lists why",
+                             hint="see the job's result (refused: each with its fix), then submit it again")
+        else:
+            super().__init__(f"{name} finished {outcome.value}: the report lists what did not succeed",
+                             hint=f"see the job's result; a retry of {name} resumes where it stopped")
         self.code = outcome.value
         self.exit_code = outcome.exit_code
         self.http_status = outcome.http_status
@@ -163,7 +167,7 @@ class OpContext:
             if name == "safety_bundle":
                 self.safety_bundle(params)
             else:
-                self.path(name, params[name])
+                self.path(schema_field.data_key or name, params[name])  # the caller's name: "from", not "from_"
 
     def safety_bundle(self, params: Mapping[str, Any]) -> Path | None:
         """Where ``import --replace`` writes its safety bundle (None: the default beside the state store)."""
@@ -505,6 +509,17 @@ class PromoteParams(Schema):
         "config apply --destructive: a role's permissions and presets go with it, its users are suspended; the last "
         "admin role never), flows, operations, dashboards, panels, role/global presets and translation strings. "
         "Without it they are kept and listed as kept (target only).", "cli": "--destructive"})
+    allow_suspend_admins = fields.Boolean(load_default=False, metadata={
+        "description": "With destructive: delete roles that hold users with admin access (they are suspended, as "
+        "CairnCMS does); without it such a plan is refused. The user of to_token is never suspended: a role holding "
+        "it is always refused.", "cli": "--allow-suspend-admins"})
+    exclude_settings = fields.List(fields.String(), load_default=list, metadata={
+        "description": "Settings (directus_settings fields) to leave as the target has them, e.g. project_url; by "
+        "default every non-secret setting is copied (project_url and project_name are named in the plan).",
+        "cli": "--exclude-setting"})
+    restore_users = fields.Boolean(load_default=False, metadata={
+        "description": "With a promote safety snapshot as the source: give the users it lists (those a destructive "
+        "promote suspended) back their role and status.", "cli": "--restore-users"})
 
 
 class _FilterField(fields.Field):
@@ -762,14 +777,13 @@ def _promote_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
 
 
 def _promote_outcome(report: Report, planned: bool) -> Outcome:
-    """Refused: invalid (exit 2, the plan printed); schema applied but config failed: partial;
-    applied across vendors with lossy type drift: differences (exit 1, problems found)."""
+    """Refused: invalid (exit 2, the plan printed); a step failed, was interrupted, or a schema change the target
+    did not take (``not_applied``): partial (exit 4); everything planned applied: ok (exit 0), the type drift of a
+    forced cross-vendor apply listed in the report (the plan refused any column change that loses values)."""
     if report["refused"]:
         return Outcome.INVALID
-    if report.get("failed"):
-        return Outcome.PARTIAL
-    if any(drift["lossy"] for drift in report.get("type_drift") or []):
-        return Outcome.DIFFERENCES
+    if report.get("failed") or (report.get("schema") or {}).get("not_applied"):
+        return Outcome.PARTIAL  # something planned was not applied: never ok
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
 
 

@@ -176,11 +176,32 @@ def validate(plan: Mapping[str, Any], desired: Mapping[str, Any], current: Mappi
     return errors
 
 
+def key_errors(config: Mapping[str, Any]) -> list[str]:
+    """The role keys CairnCMS's ``RolesService`` refuses when it creates the role (after the schema went in, on
+    the API path): a key is valid iff ``normalizeRoleKey(key) == key`` and not empty.  Checked in the plan."""
+    errors = []
+    for role in config.get("roles") or []:
+        key = role["key"]
+        if not key or normalize_role_key(key) != key:
+            errors.append(f'Invalid role key "{key}": a key is lowercase letters, digits and "_", not starting with '
+                          f'a digit or "_" (normalized: "{normalize_role_key(key)}").')
+    return errors
+
+
+def check(config: Any) -> list[str]:
+    """What the plan refuses of a config before asking the target: its shape, then its role keys."""
+    try:
+        _check_shape(config)
+    except InvalidInput as exc:
+        return [exc.message]
+    return key_errors(config)
+
+
 def _checked_plan(db: Any, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     _check_shape(config)
     current = config_snapshot(db)
     planned = compute_plan(current, config)
-    errors = validate(planned, config, current)
+    errors = key_errors(config) + validate(planned, config, current)
     if errors:
         raise InvalidInput("The target refuses the config: " + "; ".join(errors), details={"errors": errors},
                            hint="correct the source's roles and permissions (keep at least one admin role)")
@@ -218,6 +239,21 @@ def dry_run_result(planned: Mapping[str, Any], destructive: bool) -> dict[str, A
                             "updated": len(planned["permissions"]["update"]),
                             "deleted": len([d for d in planned["permissions"]["delete"] if d["role"] not in deleted_roles])
                             if destructive else 0}}
+
+
+def permission_changes(current: Mapping[str, Any], planned: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The permissions a plan creates and updates by name, ``role/collection/action``, an update with what of it
+    changes (``editor/articles/read (fields, permissions)``): CairnCMS's result gives only their counts."""
+    current_perms = {_perm_key(s["role"], p): p for s in current.get("permissions") or [] for p in s["permissions"]}
+    created = [f"{c['role']}/{c['permission']['collection']}/{c['permission']['action']}"
+               for c in planned["permissions"]["create"]]
+    updated = []
+    for change in planned["permissions"]["update"]:
+        perm = change["permission"]
+        existing = current_perms.get(_perm_key(change["role"], perm), {})
+        fields = [f for f in PERMISSION_FIELDS if not _same(existing.get(f, _MISSING), perm.get(f, _MISSING))]
+        updated.append(f"{change['role']}/{perm['collection']}/{perm['action']} ({', '.join(fields)})")
+    return {"created": created, "updated": updated}
 
 
 def kept(planned: Mapping[str, Any]) -> dict[str, Any]:

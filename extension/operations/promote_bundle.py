@@ -33,6 +33,7 @@ class BundleSource:
     rows: dict[str, Any] | None
     scope: str
     rows_missing: str | None = None
+    legacy_scope: str | None = None  # its identity in the ID map before canonical origins (its rows migrate)
 
 
 def is_bundle(path: Path) -> bool:
@@ -58,9 +59,15 @@ def read_bundle(path: Path, only: list[str]) -> BundleSource:
         rows, missing = _extras_rows(bundle_dir, manifest)
         digest = hashlib.sha256((bundle_dir / "manifest.json").read_bytes()).hexdigest()
     key = (manifest.get("source") or {}).get("key")
-    # The ID map's identity of the bundle's source: its KEY (the instance it was exported from), else the bundle.
-    scope = hashlib.sha256(f"key:{key}".encode()).hexdigest()[:32] if key else digest[:32]
-    return BundleSource(source.schema, source.config, rows, scope, missing)
+    public = (manifest.get("source") or {}).get("public_url")
+    # The ID map's identity of the bundle's source: the canonical origin of its PUBLIC_URL (the same identity as
+    # the instance named by URL or .env), else its KEY (the instance it was exported from), else the bundle.
+    from .promote import is_url
+    from .promote_extras import url_scope
+
+    legacy = hashlib.sha256(f"key:{key}".encode()).hexdigest()[:32] if key else digest[:32]
+    scope = url_scope(public) if isinstance(public, str) and is_url(public) else legacy
+    return BundleSource(source.schema, source.config, rows, scope, missing, legacy)
 
 
 def _extras_rows(bundle_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

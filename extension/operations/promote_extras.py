@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,8 +76,9 @@ ID_MAP = sa.Table(
 
 # --------------------------------------------------------------------------- reading rows
 def _decoded(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row with its JSON columns parsed (SQLite and MySQL hand them over as text)."""
-    out = dict(row)
+    """A row with its JSON columns parsed (SQLite and MySQL hand them over as text) and its uuids as text
+    (PostgreSQL hands them over as ``uuid.UUID``, which the ID map's text ids would never find)."""
+    out = {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in dict(row).items()}
     for name in JSON_COLUMNS & out.keys():
         if isinstance(out[name], str):
             try:
@@ -113,23 +114,71 @@ def rows_of_database(db: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the ID map
 def url_scope(url: str) -> str:
-    """The identity of a running instance named by URL in the ID map (32 hex digits, like ``instance_scope``)."""
+    """The identity of a running instance named by URL in the ID map (32 hex digits, like ``instance_scope``):
+    its canonical origin (:func:`canonical_origin`), so ``localhost`` and ``127.0.0.1``, ``:80`` or not, a
+    trailing ``/``, and its ``.env``'s ``PUBLIC_URL`` all name the same instance."""
+    return hashlib.sha256(canonical_origin(url).encode("utf-8")).hexdigest()[:32]
+
+
+def legacy_url_scope(url: str) -> str:
+    """The URL identity of the ID map's rows before canonical origins (the URL as written): migrated on use."""
     parts = urlsplit(url)
     text = f"{parts.scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def canonical_origin(url: str) -> str:
+    """``scheme://address:port/path``: the host resolved to its address (the lowest IPv4 one, else IPv6; any
+    loopback address is ``loopback``), the scheme's default port written out, the path without its last ``/``.
+    A host that does not resolve keeps its lower-cased name."""
+    import ipaddress
+    import socket
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        addresses = sorted({ipaddress.ip_address(info[4][0]) for info in infos},
+                           key=lambda a: (a.version, a.packed))
+    except (OSError, ValueError, UnicodeError):
+        addresses = []
+    if addresses:
+        address = addresses[0]
+        host = "loopback" if any(a.is_loopback for a in addresses) else str(address)
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
 class IdMap:
     """The ID map of one (source, target) pair in the state store."""
 
-    def __init__(self, state_url: str, scope: tuple[str, str]) -> None:
+    def __init__(self, state_url: str, scope: tuple[str, str], legacy: list[tuple[str, str]] | None = None) -> None:
+        """``legacy``: the pair's identities as older versions wrote them; their rows move to ``scope`` once."""
         self.engine = _state_engine(state_url)
         create_tables(self.engine, _META)
         self.scope = scope
+        self._migrate([pair for pair in legacy or [] if pair != scope])
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id, ID_MAP.c.target_id).where(
                 ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
             self.known = {(r.kind, r.source_id): r.target_id for r in rows}
+
+    def _migrate(self, pairs: list[tuple[str, str]]) -> None:
+        """Rows recorded under an older identity of this pair become this pair's (those it already has win)."""
+        if not pairs:
+            return
+        with self.engine.begin() as conn:
+            have = {(r.kind, r.source_id) for r in conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id).where(
+                ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1]))}
+            for source, target in pairs:
+                rows = conn.execute(sa.select(ID_MAP.c.kind, ID_MAP.c.source_id, ID_MAP.c.target_id).where(
+                    ID_MAP.c.source == source, ID_MAP.c.target == target)).all()
+                for row in rows:
+                    if (row.kind, row.source_id) not in have:
+                        conn.execute(ID_MAP.insert().values(source=self.scope[0], target=self.scope[1], kind=row.kind,
+                                                            source_id=row.source_id, target_id=row.target_id))
+                        have.add((row.kind, row.source_id))
+                conn.execute(ID_MAP.delete().where(ID_MAP.c.source == source, ID_MAP.c.target == target))
 
     def get(self, kind: str, source_id: Any) -> str | None:
         return self.known.get((kind, str(source_id)))
@@ -250,8 +299,14 @@ def _panel_key(dashboard_name: str, panel: Mapping[str, Any]) -> tuple[str, str]
 
 
 # --------------------------------------------------------------------------- the plan
+#: Settings that usually differ per instance: still promoted by default (the source is the reference), but named
+#: in the plan with the way to keep the target's (``exclude_settings``).
+PER_INSTANCE_SETTINGS = ("project_url", "project_name")
+
+
 def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap: IdMap,
-                include_secrets: bool, destructive: bool = False) -> tuple[dict[str, Any], dict[str, Kind]]:
+                include_secrets: bool, destructive: bool = False,
+                exclude_settings: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Kind]]:
     """The plan of every extra kind in ``only``: per kind create/update/unchanged, plus secrets left out, and the
     target's rows the source lacks (``delete`` with ``destructive``, else ``kept``)."""
     notes: dict[str, Any] = {}
@@ -262,8 +317,23 @@ def plan_extras(src: dict[str, Any], dst: dict[str, Any], only: list[str], idmap
         kinds["dashboards"], kinds["panels"] = _plan_dashboards(src, dst, idmap)
     if "presets" in only:
         kinds["presets"] = _plan_presets(src, dst, idmap)
+        personal = [r for r in src["presets"] if r.get("user") or r.get("bookmark")]
+        if personal:  # never promoted: a person's own bookmarks and layouts
+            notes["presets"] = {"left_out": len(personal)}
     if "settings" in only:
-        kinds["settings"] = _plan_settings(src, dst, idmap)
+        kinds["settings"] = _plan_settings(src, dst, idmap, exclude_settings)
+        notes["settings"] = {"excluded": [n for n in exclude_settings if n in SETTINGS_FIELDS],
+                             "per_instance": [step["label"] for step in kinds["settings"].update
+                                              if step["label"] in PER_INSTANCE_SETTINGS]}
+    if "flows" in kinds:  # a webhook flow created or updated: it is triggered at its own id on each instance
+        created = {step["source_id"] for step in kinds["flows"].create}
+        written = created | {step["source_id"] for step in kinds["flows"].update}
+        notes.setdefault("flows", {})["webhooks"] = [
+            f"{kinds['flows'].labels[f['id']]}: triggered at the target's own URL, /flows/trigger/"
+            + ("<its new id>" if f["id"] in created else str(kinds["flows"].matched.get(f["id"])))
+            + f" (the source's: /flows/trigger/{f['id']})"
+            for f in src["flows"] if f.get("trigger") == "webhook" and f["id"] in written
+            and (f["id"] in created or str(kinds["flows"].matched.get(f["id"])) != str(f["id"]))]
     if "translations" in only:
         kinds["translations"] = _plan_translations(src, dst, idmap)
     _plan_target_only(dst, kinds, destructive)
@@ -296,24 +366,32 @@ def _plan_flows(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, include_
                 "options": split_secrets(mapped.get("options"), False)[0]}
         operations.match(label, op["id"], {k: op.get(k) for k in OPERATION_FIELDS} | {"options": options},
                          dst_ops_by_id, dst_ops, (flow_key, op["key"]), compare)
-    # The links (flow.operation, resolve, reject) compare as natural keys; a changed link is an update.
-    src_op_keys = {r["id"]: (src_flow_names.get(r["flow"]), r["key"]) for r in src["operations"]}
-    dst_op_keys = {r["id"]: (dst_flow_names.get(r["flow"]), r["key"]) for r in dst["operations"]}
-    _plan_links(flows, src["flows"], dst_flows_by_id, ("operation",), src_op_keys, dst_op_keys)
-    _plan_links(operations, src["operations"], dst_ops_by_id, ("resolve", "reject"), src_op_keys, dst_op_keys)
+    # The links (flow.operation, resolve, reject) compare as remapped ids: the target row the source's linked
+    # operation matched (by the ID map or its natural key) against the target's link.  Natural keys would differ
+    # for a renamed flow (its operations' keys carry the flow's name) while no link moved.
+    _plan_links(flows, src["flows"], dst_flows_by_id, ("operation",), operations.matched)
+    _plan_links(operations, src["operations"], dst_ops_by_id, ("resolve", "reject"), operations.matched)
     notes["operations"] = {"secrets_left_out": left_out}
     return flows, operations
 
 
 def _plan_links(kind: Kind, rows: list[dict[str, Any]], targets: Mapping[Any, Mapping[str, Any]],
-                links: tuple[str, ...], src_op_keys: Mapping[Any, Any], dst_op_keys: Mapping[Any, Any]) -> None:
-    """Add the links that point elsewhere on the target to the row's update (an unchanged row becomes one)."""
+                links: tuple[str, ...], op_matched: Mapping[Any, Any]) -> None:
+    """Add the links that point elsewhere on the target to the row's update (an unchanged row becomes one).
+
+    ``op_matched``: source operation id → the target operation it matched (none: it is created, so a link to it
+    differs)."""
     steps = {step["source_id"]: step for step in kind.update}
+
+    def remapped(source_id: Any) -> Any:
+        return None if source_id is None else op_matched.get(source_id, ("new", source_id))
+
     for row in rows:
         target_row = targets.get(kind.matched.get(row["id"]))
         if target_row is None:
             continue  # created: its links are written with it
-        differs = [link for link in links if src_op_keys.get(row.get(link)) != dst_op_keys.get(target_row.get(link))]
+        differs = [link for link in links if str(remapped(row.get(link))) != str(target_row.get(link))
+                   if not (row.get(link) is None and target_row.get(link) is None)]
         if not differs:
             continue
         if row["id"] in steps:
@@ -366,12 +444,14 @@ def _plan_presets(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kin
     return presets
 
 
-def _plan_settings(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap) -> Kind:
-    """The singleton's non-secret fields; a source without a settings row has nothing to promote."""
+def _plan_settings(src: dict[str, Any], dst: dict[str, Any], idmap: IdMap, exclude: tuple[str, ...] = ()) -> Kind:
+    """The singleton's non-secret fields but ``exclude``; a source without a settings row has nothing to promote."""
     settings = Kind("settings", idmap)
     if not src["settings"]:
         return settings
     for name in SETTINGS_FIELDS:
+        if name in exclude:
+            continue
         wanted, current = src["settings"].get(name), dst["settings"].get(name)
         step = {"label": name, "source_id": name, "values": {name: wanted}, "target_id": "settings"}
         if _norm(wanted) == _norm(current):
@@ -555,17 +635,29 @@ class DbWriter:
 
 
 # --------------------------------------------------------------------------- apply
-def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap) -> None:
+def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: dict[str, Kind], idmap: IdMap,
+                 phases: set[str] | None = None, begin: Callable[[str], None] = lambda phase: None,
+                 done: Callable[[str], None] = lambda phase: None) -> None:
     """Write the planned creates and updates with ``writer`` (:class:`ApiWriter` or :class:`DbWriter`), recording
-    every id in the ID map, then (only when planned with ``destructive``) delete what the source lacks."""
-    if "flows" in kinds:
+    every id in the ID map, then (only when planned with ``destructive``) delete what the source lacks.
+    ``begin(phase)`` runs before and ``done(phase)`` after each of ``phases`` (flows, dashboards, presets,
+    settings, deletes)."""
+    def phase(name: str) -> bool:
+        if phases is None or name in phases:
+            begin(name)
+            return True
+        return False
+
+    if "flows" in kinds and phase("flows"):
         _apply_flows(writer, src, dst, kinds["flows"], kinds["operations"], idmap)
-    if "dashboards" in kinds:
+        done("flows")
+    if "dashboards" in kinds and phase("dashboards"):
         _apply_rows(writer, "dashboards", kinds["dashboards"], idmap)
         for step in kinds["panels"].create + kinds["panels"].update:
             step["values"]["dashboard"] = idmap.get("dashboards", step["values"].pop("_dashboard"))
         _apply_rows(writer, "panels", kinds["panels"], idmap)
-    if "presets" in kinds:
+        done("dashboards")
+    if "presets" in kinds and phase("presets"):
         role_ids = writer.role_ids()  # config may have added some
         for step in kinds["presets"].create + kinds["presets"].update:
             role = step["values"].pop("_role")
@@ -574,6 +666,7 @@ def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: d
                                    hint="promote the config too (--only config), or create that role on the target")
             step["values"]["role"] = role_ids.get(role) if role else None
         _apply_rows(writer, "presets", kinds["presets"], idmap)
+        done("presets")
     patch: dict[str, Any] = {}
     if "settings" in kinds:
         for step in kinds["settings"].update:
@@ -586,9 +679,13 @@ def apply_extras(writer: Any, src: dict[str, Any], dst: dict[str, Any], kinds: d
         for step in translations.delete:
             merged.pop(step["label"], None)
         patch["translation_strings"] = list(merged.values())
-    if patch:
+    if patch and phase("settings"):
         writer.patch_settings(patch)
-    _apply_deletes(writer, kinds)
+        done("settings")
+    if phases is None or "deletes" in phases:
+        begin("deletes")
+        _apply_deletes(writer, kinds)
+        done("deletes")
     writer.finish()
 
 
@@ -663,7 +760,9 @@ class ExtrasPlan:
 
 
 def scope_of(ctx: Any, value: str, name: str) -> str:
-    """Who a source or target is in the ID map: its ``instance_scope`` when named by ``.env``, else its URL."""
+    """Who a source or target is in the ID map, however it is named: a URL by its canonical origin; a ``.env`` by
+    its ``PUBLIC_URL``'s canonical origin when it sets an absolute one (so the URL and the ``.env`` of one
+    instance are one identity), else by its database (``instance_scope``)."""
     from .promote import is_url
 
     if is_url(value):
@@ -671,7 +770,24 @@ def scope_of(ctx: Any, value: str, name: str) -> str:
     from ..instance.instance import Instance
     from ..service.state import instance_scope
 
-    return instance_scope(Instance.from_env_file(ctx.path(name, value)))
+    instance = Instance.from_env_file(ctx.path(name, value))
+    public = getattr(instance, "public_url", None)
+    return url_scope(public) if isinstance(public, str) and is_url(public) else instance_scope(instance)
+
+
+def legacy_scopes(ctx: Any, value: str, name: str) -> list[str]:
+    """The identities older versions gave this source or target (the URL as written; a ``.env``'s database)."""
+    from .promote import is_url
+
+    if is_url(value):
+        return [legacy_url_scope(value)]
+    from ..instance.instance import Instance
+    from ..service.state import instance_scope
+
+    try:
+        return [instance_scope(Instance.from_env_file(ctx.path(name, value)))]
+    except Exception:  # noqa: BLE001 - only a migration hint: the .env was read already
+        return []
 
 
 def source_rows(ctx: Any, value: str, token: str | None) -> dict[str, Any] | None:
@@ -701,14 +817,45 @@ def prepare(ctx: Any, p: Mapping[str, Any], writer: Any, kinds: list[str],
     else:
         src = source_rows(ctx, p["from_"], ctx.secret("from_token") or p.get("from_token"))
         if src is None:
-            return {"changes": False, "skipped": "a snapshot directory carries no flows, dashboards, presets "
-                    "or settings: name the source by its URL, .env or bundle to promote them"}, None
+            return {"changes": False, "skipped": "not available from a snapshot folder (flows, dashboards, presets, "
+                    "settings, translations): name the source by its URL, .env or bundle to promote them"}, None
         source_scope = scope_of(ctx, p["from_"], "from")
     dst = writer.rows()
-    idmap = IdMap(ctx.state_url, (source_scope, scope_of(ctx, p["to"], "to")))
-    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")), bool(p.get("destructive")))
+    target_scope = scope_of(ctx, p["to"], "to")
+    old_sources = ([bundle.legacy_scope] if bundle.legacy_scope else []) if bundle is not None else \
+        legacy_scopes(ctx, p["from_"], "from")
+    legacy = [(s, t) for s in [source_scope, *old_sources] for t in [target_scope, *legacy_scopes(ctx, p["to"], "to")]]
+    idmap = IdMap(ctx.state_url, (source_scope, target_scope), legacy)
+    exclude = tuple(p.get("exclude_settings") or ())
+    unknown = [name for name in exclude if name not in SETTINGS_FIELDS]
+    if unknown:
+        raise InvalidInput(f"exclude_settings names settings promote does not copy: {', '.join(unknown)}",
+                           hint=f"name one of: {', '.join(SETTINGS_FIELDS)}")
+    report, planned = plan_extras(src, dst, kinds, idmap, bool(p.get("include_secrets")), bool(p.get("destructive")),
+                                  exclude)
     return {"changes": has_changes(planned), **report}, ExtrasPlan(src, dst, planned, idmap, writer)
 
 
-def apply_plan(planned: ExtrasPlan) -> None:
-    apply_extras(planned.writer, planned.src, planned.dst, planned.kinds, planned.idmap)
+def apply_phases(planned: ExtrasPlan) -> list[str]:
+    """The write phases :func:`apply_plan` goes through, in order (each a kind with something to write)."""
+    kinds = planned.kinds
+
+    def writes(*names: str) -> bool:
+        return any(name in kinds and (kinds[name].create or kinds[name].update) for name in names)
+
+    phases = [name for name, parts in (("flows", ("flows", "operations")), ("dashboards", ("dashboards", "panels")),
+                                       ("presets", ("presets",)), ("settings", ("settings", "translations")))
+              if writes(*parts)]
+    if "translations" in kinds and kinds["translations"].delete and "settings" not in phases:
+        phases.append("settings")
+    if any(kind.delete for name, kind in kinds.items() if name != "translations"):
+        phases.append("deletes")
+    return phases
+
+
+def apply_plan(planned: ExtrasPlan, begin: Callable[[str], None] | None = None,
+               done: Callable[[str], None] | None = None) -> None:
+    """Apply the plan, phase by phase (:func:`apply_phases`), ``begin``/``done`` called around each one (a
+    cancellation check, the progress)."""
+    apply_extras(planned.writer, planned.src, planned.dst, planned.kinds, planned.idmap,
+                 set(apply_phases(planned)), begin or (lambda phase: None), done or (lambda phase: None))

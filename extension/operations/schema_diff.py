@@ -143,7 +143,16 @@ def _pair(kind: str, current: Mapping[str, Any] | None, after: Mapping[str, Any]
 
 
 def snapshot_diff(current: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """``getSnapshotDiff(current, after)``: what applying ``after`` changes on a target whose snapshot is ``current``."""
+    """``getSnapshotDiff(current, after)``: what applying ``after`` changes on a target whose snapshot is ``current``.
+
+    A ``directus_*`` collection is never diffed (nor its fields and relations): a system table of one product
+    or release that the other lacks (Directus 9's ``directus_webhooks``) is not the user's structure, and
+    CairnCMS's own snapshot never lists one.  Fields a user added to a system collection (no ``collections``
+    entry) are diffed as CairnCMS diffs them.
+    """
+    system = {c["collection"] for c in [*(current.get("collections") or []), *(after.get("collections") or [])]
+              if str(c["collection"]).startswith("directus_")}
+    current, after = _without(current, system), _without(after, system)
     diff = {
         "collections": _entries("collections", current.get("collections") or [], after.get("collections") or [],
                                 ("collection",)),
@@ -155,6 +164,14 @@ def snapshot_diff(current: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
     diff["fields"] = [e for e in diff["fields"] if e["collection"] not in deleted]
     diff["relations"] = [e for e in diff["relations"] if e["collection"] not in deleted]
     return diff
+
+
+def _without(snapshot: Mapping[str, Any], collections: set[str]) -> dict[str, Any]:
+    """``snapshot`` without the entries of ``collections``."""
+    if not collections:
+        return dict(snapshot)
+    return {**snapshot, **{kind: [e for e in snapshot.get(kind) or [] if e["collection"] not in collections]
+                           for kind in ("collections", "fields", "relations")}}
 
 
 def apply_records(entry: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

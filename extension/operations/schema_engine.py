@@ -624,6 +624,11 @@ class Applier:
         self._all_new_fields = [e for e in self.diff["fields"] if self._new_entry(e)]
         steps = self.plan()
         applied: list[str] = []
+        if self.vendor != "postgres":
+            # No DDL rollback here: the changes of existing columns (a type conversion that the values may refuse)
+            # go first, so a failing one stops the apply before any table or column was dropped or created.
+            steps = [s for s in steps if s.label.startswith("~ field")] + \
+                    [s for s in steps if not s.label.startswith("~ field")]
         if self.vendor == "postgres":
             with self.engine.begin() as conn:
                 for step in steps:
@@ -667,3 +672,23 @@ def count_rows(engine: sa.Engine, collection: str, field: str) -> int:
     what = sa.func.count() if field == "*" else sa.func.count(sa.column(field))
     with engine.connect() as conn:
         return int(conn.execute(sa.select(what).select_from(table)).scalar() or 0)
+
+
+def count_not_fitting(engine: sa.Engine, collection: str, field: str, narrowing: Mapping[str, Any]) -> int:
+    """The rows of ``collection`` whose ``field`` would not fit a narrower column (``promote.narrowed``), in SQL:
+    a type change counts every non-null value; a shorter ``max_length`` the longer strings (``char_length`` on
+    PostgreSQL/MariaDB, ``length`` on SQLite: characters, not bytes); a smaller decimal the values out of its
+    range (``abs >= 10^(precision-scale)``) or with more decimals than its scale (``ROUND(v, scale) <> v``)."""
+    column = sa.column(field)
+    if narrowing["kind"] == "length":
+        length = sa.func.length if engine.dialect.name == "sqlite" else sa.func.char_length
+        condition = length(sa.cast(column, sa.Text)) > int(narrowing["max_length"])
+    elif narrowing["kind"] == "precision":
+        precision, scale = int(narrowing["precision"]), int(narrowing["scale"])
+        condition = sa.or_(sa.func.abs(column) >= sa.literal(10 ** (precision - scale)),
+                           sa.func.round(column, scale) != column)
+    else:
+        condition = column.is_not(None)
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(collection, column))
+                                .where(condition)).scalar() or 0)

@@ -276,8 +276,10 @@ class MigrateState:
         if not any(resolved.is_relative_to(folder) for folder in self.http_paths):
             raise InvalidInput(f"'{field}' {value} is outside the folders the sidecar's operator allows HTTP callers "
                                f"to name ({HTTP_PATHS})",
-                               hint=f"upload the bundle or name a server-side one by 'bundle'; to allow a folder, the "
-                               f"sidecar's operator adds it to {HTTP_PATHS} ('{os.pathsep}'-separated)",
+                               # promote's/content's from and to name instances (a URL or .env), never a bundle id
+                               hint=("upload the bundle or name a server-side one by 'bundle'; " if field not in
+                                     ("from", "to") else "") + f"to allow a folder, the sidecar's operator adds it to {HTTP_PATHS} "
+                               f"('{os.pathsep}'-separated)",
                                details={"field": field, "path": value, "setting": HTTP_PATHS})
         return resolved
 

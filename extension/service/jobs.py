@@ -671,7 +671,8 @@ class JobRunner:
             result = dict(result)
             json.dumps(result)  # a result that cannot be stored must not count as success
         except JobCancelled as exc:
-            self._final(ctx, "cancelled", error=exc.to_dict())
+            # An operation stopped between its write phases keeps its report of what it applied (``exc.report``).
+            self._final(ctx, "cancelled", result=getattr(exc, "report", None), error=exc.to_dict())
             raised = exc
         except MigrateError as exc:
             log.info("job %s failed: %s", job_id, exc)
