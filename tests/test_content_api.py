@@ -193,9 +193,9 @@ def target_state(env: Path, state: Path) -> dict[str, list[str]]:
         graph = load_graph(db)
         scope_rows = sa.create_engine(f"sqlite:///{state}").connect().execute(sa.text(
             "SELECT target, collection, source_id, target_id FROM cm_content_id_map")).all()
-        from cairn_migrate.service.state import instance_scope
+        from cairn_migrate.service.state import database_identity
 
-        mine = instance_scope(Instance.from_env_file(env))
+        mine = database_identity(Instance.from_env_file(env))
         back = {(r.collection, r.target_id): r.source_id for r in scope_rows if r.target == mine}
         out: dict[str, list[str]] = {}
         with db.engine.connect() as conn:

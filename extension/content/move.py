@@ -67,7 +67,7 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
 
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
         progress: Progress | None = None, bundle: Any = None, function: Any = None,
-        client: Callable[[], Any] | None = None) -> dict[str, Any]:
+        client: Callable[[], Any] | None = None, record: bool = False) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
@@ -159,6 +159,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress, sink=sink,
                             finisher=finisher, source_files=bundle.files if bundle is not None else None)
                 walks.append(walk)
+                walk.children_followed = depth is None or depth >= 1
                 walk._defs.update({("src", name): definition for name, definition in defs.items()})
                 if created["created"]:
                     walk.counts[USERS] = {**empty_counts(), "created": len(created["created"])}
@@ -217,6 +218,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     if write and not walk.refused and not report["partial"]:
         if via == "api":
             idmap.save(walk.new_map)
+    elif record and not walk.refused and not report["changes"]:
+        idmap.save(walk.new_map)  # nothing to write: the rows the target already holds (adopted) are the pair's now
         report["applied"] = report["changes"]
     if committed:
         removed, kept = _remove_replaced(walk, idmap)
@@ -317,7 +320,8 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
           client: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Plan, and unless refused, move: via db, bytes first, rows in one target transaction, the ID map after its
     commit; via api, through ``client``'s requests, the ID map saved even when the run ends partial."""
-    planned = plan(source, target, params, state_url=state_url, progress=progress, bundle=bundle, function=function)
+    planned = run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
+                  function=function, record=True)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
     return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,

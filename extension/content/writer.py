@@ -37,6 +37,20 @@ from .closure import BATCH, FILES, Closure, Graph, Link, USERS
 from .plan import Users, empty_counts
 
 
+def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) -> list[dict[str, Any]]:
+    """The table's foreign keys with their ``ondelete`` (SQLite's reflection leaves it out: read its pragma)."""
+    if vendor != "sqlite":
+        return list(inspector.get_foreign_keys(table))
+    grouped: dict[int, dict[str, Any]] = {}
+    quoted = table.replace('"', '""')
+    for row in conn.exec_driver_sql(f'PRAGMA foreign_key_list("{quoted}")').all():
+        fk = grouped.setdefault(row[0], {"constrained_columns": [], "referred_table": row[2], "referred_columns": [],
+                                         "options": {"ondelete": row[6]}})
+        fk["constrained_columns"].append(row[3])
+        fk["referred_columns"].append(row[4])
+    return list(grouped.values())
+
+
 class _New:
     """The target key of a row the plan would create (the target numbers it only when written)."""
 
@@ -114,6 +128,8 @@ class Walk:
         #: collection → source keys (lower-cased text) the ID map gave this pair before this run
         self.owned_before: dict[str, set[str]] = {FILES: {s.lower() for s in self.idmap.owned(FILES)}}
         self.gone: list[tuple[str, str]] = []
+        #: whether the closure follows the roots' one-to-many children (a depth of at least 1)
+        self.children_followed = True
 
     def _def(self, db: Database, side: str, name: str) -> TableDef:
         if (side, name) not in self._defs:
@@ -230,7 +246,7 @@ class Walk:
         self.files["storage"][storage] = target
         return target
 
-    def _bytes(self, row: dict[str, Any], source_storage: str, current: Mapping[str, Any] | None,
+    def _bytes(self, row: dict[str, Any], name: Any, source_storage: str, current: Mapping[str, Any] | None,
                changed: bool) -> bool:
         """Decide and hand over a file's bytes, for a row being created or updated (the caller decided that).
 
@@ -239,7 +255,6 @@ class Walk:
         target row points at before the commit: an updated row's bytes (and a new row's whose name is taken)
         go under a fresh ``filename_disk`` that the row is pointed at in the same transaction.  Returns
         whether bytes are copied."""
-        name = row.get("filename_disk")
         if not name:
             return False
         src = self._location(self.src_instance, "src", source_storage)
@@ -250,7 +265,7 @@ class Walk:
                          "cairn-migrate files check / files repair on the source first")
             return False
         # The API names the object itself (``<id><ext>``): look for the bytes where the target's row says they are.
-        target_name = name if self.sink.keeps_filename or current is None else current.get("filename_disk")
+        target_name = name if current is None else current.get("filename_disk")
         held = dst.size(target_name) if target_name else None
         if held == size and not changed:
             return False
@@ -331,12 +346,15 @@ class Walk:
                 source_key = self.graph.key(name, row[pk])
                 target_key = target_keys[source_key]
                 current = existing_rows[target_key] if target_key is not None else None
+                source_disk = row.get("filename_disk") if name == FILES else None
+                if name == FILES and current is not None and "filename_disk" in written:
+                    row["filename_disk"] = current["filename_disk"]  # the target's object name (maybe a fresh one)
                 changed = [] if current is None else \
                     [n for n in written if n != pk and not self._same(row[n], current[n], kinds[n])]
                 if name == FILES and not self.refused and (current is None or self.mode != "skip-existing"):
                     # bytes only for a row being created or updated (decided first): W4, D3
-                    if self._bytes(row, str(storages.get(source_key)), current, bool(changed)) and current is not None \
-                            and "filename_disk" in written and "filename_disk" not in changed \
+                    if self._bytes(row, source_disk, str(storages.get(source_key)), current, bool(changed)) \
+                            and current is not None and "filename_disk" in written and "filename_disk" not in changed \
                             and not self._same(row["filename_disk"], current["filename_disk"], kinds["filename_disk"]):
                         changed.append("filename_disk")  # the fresh object the row now points at
                 if current is None:
@@ -573,9 +591,9 @@ class Walk:
         for root, parents in roots_done.items():
             for link in self.graph.incoming(root):
                 child = link.many
-                if child not in self.graph.keys or child not in self.resolved or link.m2a or not parents:
+                if child not in self.graph.keys or not self.children_followed or link.m2a or not parents:
                     continue
-                carried = set(self.resolved[child])
+                carried = set(self.resolved.get(child, {}))
                 owned = {s: t for s, t in self.idmap.owned(child).items() if self.graph.key(child, s) not in carried}
                 targets = self._owned_targets(conn, child, owned, link.field, parents)
                 if not targets:
@@ -617,7 +635,7 @@ class Walk:
         cascading: list[tuple[str, str, str, str]] = []  # (child, column, parent, parent column)
         for table in self.dst.table_names():
             try:
-                fks = inspector.get_foreign_keys(table)
+                fks = _foreign_keys(conn, inspector, self.dst.vendor, table)
             except sa.exc.SQLAlchemyError:
                 continue
             for fk in fks:
