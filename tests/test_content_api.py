@@ -305,10 +305,12 @@ def test_mirror_via_api_deletes_through_the_targets_api(targets: Targets) -> Non
 
 
 def test_post_migrate_ops_runs_a_move_via_api_as_a_job_without_storing_the_token(targets: Targets) -> None:
-    from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
+    from cairn_migrate.service.app import HTTP_PATHS, PEERS, create_app, get_state
 
+    # the sidecar of the target; the source is another instance its operator trusts (CAIRN_MIGRATE_PEERS)
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(targets.by_api), "CAIRN_MIGRATE_SCHEDULER": False,
-                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{targets.state}", HTTP_PATHS: str(targets.source.parent.parent)})
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{targets.state}", HTTP_PATHS: str(targets.source.parent.parent),
+                      PEERS: str(targets.source)})
     try:
         client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
         params = {"from": str(targets.source), "to": str(targets.by_api), "collections": ["articles"], "via": "api",

@@ -273,7 +273,7 @@ def _walk(walk: Walk, graph: Any, closure: Any, sconn: sa.Connection, dconn: sa.
                                "the transaction was rolled back, nothing was written",
                                hint="cairn-migrate content move --dry-run shows the plan; align the "
                                "target's rows or structure and run again") from None
-    doomed = walk.deletions(dconn, conditions) if mode == "mirror" else {}
+    doomed = walk.deletions(dconn, conditions, sconn) if mode == "mirror" else {}
     cascaded = sum(len(rows) for rows in walk.cascaded.values())
     total = sum(len(rows) for rows in doomed.values()) + cascaded
     also = f" ({cascaded} of them by ON DELETE CASCADE: " + ", ".join(

@@ -570,7 +570,19 @@ class Walk:
         return out
 
     # ------------------------------------------------------------------ mirror
-    def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]]) -> dict[str, list[Any]]:
+    def _source_has(self, conn: sa.Connection, name: str, source_ids: list[str]) -> set[str]:
+        """Which of ``source_ids`` (ID map text) the source still holds."""
+        pk = self.graph.keys[name]
+        have: set[str] = set()
+        for batch in _batches(sorted(source_ids)):
+            values = [self.graph.key(name, v) for v in batch]
+            found = {str(self.graph.key(name, v)) for v in conn.execute(sa.select(sa.column(pk)).select_from(
+                sa.table(name)).where(keys.in_(self.src, name, pk, values))).scalars()}
+            have |= {v for v in batch if str(self.graph.key(name, v)) in found}
+        return have
+
+    def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]],
+                  src_conn: sa.Connection) -> dict[str, list[Any]]:
         """The target rows a mirror deletes: only rows this pair's moves wrote or adopted (the ID map), never a
         row created on the target.  A root's row goes when its source row is gone or no longer matches the
         filter (it was not carried by this run); a one-to-many child's row (comments, junction rows,
@@ -580,10 +592,15 @@ class Walk:
         doomed: dict[str, list[Any]] = {}
         self.gone: list[tuple[str, str]] = []
         roots_done: dict[str, set[Any]] = {}
-        for root in roots:
+        for root, condition in roots.items():
             carried = set(self.resolved.get(root, {}))
             owned = {s: t for s, t in self.idmap.owned(root).items() if self.graph.key(root, s) not in carried}
-            targets = self._owned_targets(conn, root, owned)
+            # a source row that still exists but left the filter: only when its target row is in the mirror's
+            # scope (matches the filter there too), so rows moved by another filter are not swept up
+            still = self._source_has(src_conn, root, list(owned))
+            targets = self._owned_targets(conn, root, {s: t for s, t in owned.items() if s not in still})
+            targets |= self._owned_targets(conn, root, {s: t for s, t in owned.items() if s in still},
+                                           where=condition(self.dst))
             doomed[root] = sorted(targets, key=_sort_key)
             self.gone += [(root, s) for s, t in owned.items() if self._target_key(root, t) in targets]
             kept = {v for v in self.resolved.get(root, {}).values() if not isinstance(v, _New)}
@@ -610,15 +627,18 @@ class Walk:
         return int(value) if name in self.graph.integer else self.graph.key(name, value)
 
     def _owned_targets(self, conn: sa.Connection, name: str, owned: Mapping[str, str], field: str | None = None,
-                       parents: set[Any] | None = None) -> set[Any]:
-        """Which of ``owned``'s target rows the target still has (and, with ``field``, pointing into ``parents``)."""
+                       parents: set[Any] | None = None, where: sa.ColumnElement[bool] | None = None) -> set[Any]:
+        """Which of ``owned``'s target rows the target still has (with ``field``, pointing into ``parents``;
+        with ``where``, matching it)."""
         pk = self.graph.keys[name]
         wanted = sorted({self._target_key(name, t) for t in owned.values()}, key=_sort_key)
         found: set[Any] = set()
         columns = [sa.column(pk)] + ([sa.column(field)] if field else [])
         for batch in _batches(wanted):
-            for raw in conn.execute(sa.select(*columns).select_from(sa.table(name)).where(
-                    keys.in_(self.dst, name, pk, batch))).all():
+            condition = keys.in_(self.dst, name, pk, batch)
+            if where is not None:
+                condition = sa.and_(condition, where)
+            for raw in conn.execute(sa.select(*columns).select_from(sa.table(name)).where(condition)).all():
                 if field is None:
                     found.add(self.graph.key(name, raw[0]))
                     continue

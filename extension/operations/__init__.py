@@ -186,7 +186,6 @@ class OpContext:
         """
         if op.needs_bundle or params.get("bundle") or params.get("path"):
             self.bundle(params)
-        self.check_instances(op, params)
         for name, schema_field in op.schema().fields.items():
             if schema_field.metadata.get("code") and params.get(name):
                 self.check_code(name, params[name])
@@ -201,6 +200,7 @@ class OpContext:
                 self.safety_bundle(params)
             else:
                 self.path(name, params[name])
+        self.check_instances(op, params)  # the paths are allowed: now whether the caller may name those instances
 
     def safety_bundle(self, params: Mapping[str, Any]) -> Path | None:
         """Where ``import --replace`` writes its safety bundle (None: the default beside the state store)."""
