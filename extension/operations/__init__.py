@@ -155,9 +155,16 @@ class OpContext:
 
             path = Path(value) if trusted else self.path("from_env", value)
             assert path is not None
-            if path.is_dir() or is_bundle_path(str(path)):
+            try:
+                bundle = path.is_dir() or is_bundle_path(str(path))
+            except InvalidInput:
+                bundle = False  # a file with another suffix: read as a .env
+            if bundle:
                 return None  # a bundle or a snapshot folder: not an instance
-            return _Instance.from_env_file(path)
+            try:
+                return _Instance.from_env_file(path)
+            except MigrateError:
+                return rule.UNREADABLE  # no instance we can tell is the sidecar's or a peer: refused as another one
 
         rule.check(own, peers, sides, open_env=open_env)
         self._confined.add(key)

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, Forbidden
 
 PEERS = "CAIRN_MIGRATE_PEERS"
+#: what ``open_env`` answers for a ``.env`` it cannot read: neither the sidecar's instance nor a peer
+UNREADABLE = object()
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ def check(own: Any, peers: Iterable[Path], sides: Sequence[Side], *, open_env: A
         instance = open_env(side.value)
         if instance is None:  # a bundle or snapshot folder: a host path, not an instance
             continue
-        if database_identity(instance) == own_id:
+        if instance is UNREADABLE:
+            others.append((side, instance))
+        elif database_identity(instance) == own_id:
             own_seen = True
         else:
             others.append((side, instance))
@@ -121,17 +125,16 @@ def check(own: Any, peers: Iterable[Path], sides: Sequence[Side], *, open_env: A
                         hint="an instance's admin is trusted for that instance only: run it from the sidecar of "
                         "one of those instances, or from the CLI on the host")
     for side, instance in others:
-        url = side.url or (side.value if instance is None else instance.public_url)
+        url = side.url or (side.value if instance is None else getattr(instance, "public_url", None))
         if side.token and url and _is_url(url) and is_admin(url, side.token):
             continue
-        if instance is not None:
+        if instance is not None and instance is not UNREADABLE:
             if peer_ids is None:
                 peer_ids = set()
                 for path in peers:
-                    try:
-                        peer_ids.add(database_identity(open_env(str(path), trusted=True)))
-                    except Exception:  # noqa: BLE001 - an unreadable peer trusts nothing
-                        continue
+                    peer = open_env(str(path), trusted=True)
+                    if peer is not None and peer is not UNREADABLE:  # an unreadable peer trusts nothing
+                        peer_ids.add(database_identity(peer))
             if database_identity(instance) in peer_ids:
                 continue
         raise Forbidden(f"'{side.field}' {side.value} is another instance, and the caller has not shown to be its "
