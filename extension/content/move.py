@@ -218,9 +218,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     if write and not walk.refused and not report["partial"]:
         if via == "api":
             idmap.save(walk.new_map)
+        report["applied"] = report["changes"]
     elif record and not walk.refused and not report["changes"]:
         idmap.save(walk.new_map)  # nothing to write: the rows the target already holds (adopted) are the pair's now
-        report["applied"] = report["changes"]
     if committed:
         removed, kept = _remove_replaced(walk, idmap)
         if removed or kept:  # the objects updated file rows stopped pointing at (kept: not ours, files check lists them)
