@@ -160,7 +160,9 @@ def test_one_instance_cannot_reach_another_through_a_shared_state_store(sidecars
     ledger = CopyLedger(state_url)
     ids = {"running": running, "export": export["id"], "bundle": export["result"]["bundle_id"], "move": "a-move-0001",
            "sync_name": "a-nightly-sync"}
-    # A's sync profile (its .env files as source and target's stand-in: a profile is only stored here).
+    # A's sync profile (its .env files as source and target's stand-in: a profile is only stored here; the
+    # stand-in is a copy of A's .env, so the confinement over HTTP sees A's own database on both sides).
+    shutil.copyfile(a.instance.env_path, a.instance.folder / "other.env")
     added = a.client.post("/migrate/syncs", headers=a_headers, json={
         "name": ids["sync_name"], "source": str(a.instance.env_path), "target": str(a.instance.folder / "other.env"),
         "collections": ["articles"], "schedule": {"cron": "0 3 * * *"}})
