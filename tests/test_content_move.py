@@ -394,7 +394,8 @@ def test_post_migrate_ops_plans_at_once_and_runs_the_move_as_a_job(tmp_path: Pat
     query(target, "DELETE FROM articles")
     query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(target), "CAIRN_MIGRATE_SCHEDULER": False,
-                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}", HTTP_PATHS: str(allowed)})
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}", HTTP_PATHS: str(allowed),
+                      "CAIRN_MIGRATE_PEERS": str(source)})  # the source: a peer the sidecar's operator trusts
     try:
         client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
         params = {"from": str(source), "to": str(target), "collections": ["articles"],
