@@ -182,17 +182,17 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                         # that the next run keeps only when the target holds what was written
                         idmap.save(walk.new_map, pending=True, digests=walk.digests)
                         transaction.commit()
+                        committed = True  # from here on the pending entries are right: never discarded
                         idmap.commit()
                         idmap.forget(getattr(walk, "gone", []))
-                        committed = True
                     else:
                         transaction.rollback()
             except BaseException:
-                if transaction is not None:
+                if transaction is not None and not committed:
                     transaction.rollback()
                     if write:
-                        idmap.discard()
                         _remove_fresh(sink)  # D3: the objects this run wrote are no row's: delete them
+                        idmap.discard()  # (a state store down here leaves pending entries the next run resolves)
                 raise
             finally:
                 sink.close()

@@ -375,7 +375,8 @@ class Walk:
                     counts["updated"] += 1
                     if self.write:
                         self.sink.update(name, pk, target_key, {n: row[n] for n in changed})
-                after = {n: (row[n] if n in changed else current[n]) for n in written}
+                skipped = bool(changed) and self.mode == "skip-existing"  # the target keeps its row as it is
+                after = {n: (row[n] if n in changed and not skipped else current[n]) for n in written}
                 self.digests[(name, source_key)] = self._digest(pk, kinds, after)
             if created:
                 self._create(name, pk, integer, created)
