@@ -48,6 +48,13 @@ def _body() -> dict[str, Any]:
     return body
 
 
+def _confine(state: MigrateState, profile: dict[str, Any]) -> None:
+    """A profile stores no token: its other instance must be one the operator lists in CAIRN_MIGRATE_PEERS (403)."""
+    from ..operations.confine import Side
+
+    operation_context(state).confine([Side("source", profile["source"]), Side("target", profile["target"])])
+
+
 def _reconcile(state: MigrateState) -> None:
     reconcile_syncs(state)
 
@@ -90,6 +97,7 @@ def add_sync() -> ResponseReturnValue:
     """
     state = get_state()
     profile = validate_profile(_body(), schema=SyncProfileRequestSchema)  # source, target: allowed paths only
+    _confine(state, profile)
     store = _store()
     added = store.add(profile, hosts=_hosts(state))
     _reconcile(state)
@@ -131,6 +139,8 @@ def update_sync(sync_name: str) -> ResponseReturnValue:
     """
     state, store = get_state(), _store()
     body = validate_profile(_body(), partial=True, schema=SyncProfileRequestSchema)  # source, target: allowed paths
+    if "source" in body or "target" in body:
+        _confine(state, {**store.get(sync_name), **body})
     changed = store.update(sync_name, body, hosts=_hosts(state))
     _reconcile(state)
     return _shown(state, store, changed)

@@ -193,9 +193,9 @@ def target_state(env: Path, state: Path) -> dict[str, list[str]]:
         graph = load_graph(db)
         scope_rows = sa.create_engine(f"sqlite:///{state}").connect().execute(sa.text(
             "SELECT target, collection, source_id, target_id FROM cm_content_id_map")).all()
-        from cairn_migrate.service.state import instance_scope
+        from cairn_migrate.service.state import database_identity
 
-        mine = instance_scope(Instance.from_env_file(env))
+        mine = database_identity(Instance.from_env_file(env))
         back = {(r.collection, r.target_id): r.source_id for r in scope_rows if r.target == mine}
         out: dict[str, list[str]] = {}
         with db.engine.connect() as conn:
@@ -219,7 +219,7 @@ def target_state(env: Path, state: Path) -> dict[str, list[str]]:
 
 def test_the_api_path_and_the_db_path_give_the_same_target_state(targets: Targets) -> None:
     code, by_db = targets.move(targets.by_db, "--filter", PUBLISHED)
-    assert code == 0 and by_db["applied"], by_db
+    assert code == 0 and by_db["applied"], (by_db["plan"], by_db["refused"], by_db["files"])
     code, planned = targets.api("--filter", PUBLISHED, "--dry-run")
     assert code == 1 and planned["plan"] == by_db["plan"]  # the same plan
     activity = "SELECT count(*) FROM directus_activity WHERE collection = 'articles' AND action = 'create'"
@@ -296,19 +296,22 @@ def test_mirror_via_api_deletes_through_the_targets_api(targets: Targets) -> Non
     comments_before = query(targets.by_api, comments, t=dropped.text)[0][0]
     code, report = targets.api("--filter", mirror, "--mode", "mirror", "--max-delete", "1")
     assert code == 2 and "more than --max-delete 1" in report["refused"][0]["message"]
-    code, report = targets.api("--filter", mirror, "--mode", "mirror", "--max-delete", "2")
+    code, report = targets.api("--filter", mirror, "--mode", "mirror", "--max-delete", "4")
     assert code == 0 and report["applied"], (report.get("failed"), report["refused"], report["plan"])
     assert report["plan"]["articles"]["deleted"] == 1 and report["plan"]["article_comments"]["deleted"] == 1
+    assert report["cascaded"] == {"articles_translations": 2}  # the article's translations (ON DELETE CASCADE)
     assert query(targets.by_api, "SELECT count(*) FROM articles WHERE slug = 'article-4'")[0][0] == 0
     assert query(targets.by_api, comments, t=dropped.text)[0][0] == comments_before - 1
     assert query(targets.by_api, deletes)[0][0] == before + 2  # deleted through the API: CairnCMS logged both
 
 
 def test_post_migrate_ops_runs_a_move_via_api_as_a_job_without_storing_the_token(targets: Targets) -> None:
-    from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
+    from cairn_migrate.service.app import HTTP_PATHS, PEERS, create_app, get_state
 
+    # the sidecar of the target; the source is another instance its operator trusts (CAIRN_MIGRATE_PEERS)
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(targets.by_api), "CAIRN_MIGRATE_SCHEDULER": False,
-                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{targets.state}", HTTP_PATHS: str(targets.source.parent.parent)})
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{targets.state}", HTTP_PATHS: str(targets.source.parent.parent),
+                      PEERS: str(targets.source)})
     try:
         client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
         params = {"from": str(targets.source), "to": str(targets.by_api), "collections": ["articles"], "via": "api",
@@ -458,3 +461,23 @@ def test_a_masked_move_from_a_bundle_via_api_creates_the_missing_user_through_po
     assert f'<img src="{targets.url}/assets/{inline}?width=64"' in body and OLD not in body  # the bundle's PUBLIC_URL
     served = requests.get(f"{targets.url}/assets/{inline}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert served.status_code == 200 and served.content == png  # uploaded from the bundle's member
+
+
+def test_over_http_a_token_the_other_instances_api_accepts_proves_admin_there(targets: Targets) -> None:
+    """S1: the sidecar of the source; the target is another instance, not listed in CAIRN_MIGRATE_PEERS: its
+    admin token, checked against its running API (GET /users/me), lets the move through; another token does not."""
+    from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
+
+    query(targets.source, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(targets.source), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{targets.state}", HTTP_PATHS: str(targets.source.parent.parent)})
+    try:
+        client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
+        params = {"from": str(targets.source), "to": str(targets.by_api), "collections": ["articles"], "via": "api",
+                  "filter": {"status": {"_eq": "published"}}, "dry_run": True}
+        for token, status in (("no-admin-token-of-the-target-000000", 403), (TOKEN, 200)):
+            answer = client.post("/migrate/ops", json={"op": "content", "params": {**params, "to_token": token}},
+                                 headers=headers)
+            assert answer.status_code == status, answer.get_json()
+    finally:
+        get_state(app).close()

@@ -179,6 +179,8 @@ def test_depth_zero_moves_only_the_rows_and_nulls_what_the_target_lacks(pair: Pa
 def test_mirror_deletes_only_what_the_source_dropped_and_refuses_above_max_delete(pair: Pair) -> None:
     slugs = published_slugs(pair.source)
     mirror = json.dumps({"status": {"_eq": "published"}, "slug": {"_in": slugs}})
+    code, _ = pair.move("--collection", "articles", "--filter", mirror)  # the rows mirror may later delete are ours
+    assert code in (0, 1), _
     dropped_comment = query(pair.source, "SELECT c.id, c.text FROM article_comments c JOIN articles a ON a.id = c.article "
                                          "WHERE a.slug = 'article-1' ORDER BY c.id")[0]
     query(pair.source, "DELETE FROM article_comments WHERE id = :i", i=dropped_comment.id)
@@ -186,17 +188,20 @@ def test_mirror_deletes_only_what_the_source_dropped_and_refuses_above_max_delet
     before = query(pair.target, "SELECT count(*) FROM articles")[0][0]
 
     code, output = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror")
-    assert code == 2 and "needs consent" in str(output)
+    assert code == 2 and "needs consent" in str(output), output
     code, report = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror", "--max-delete", "1",
                              "--json")
     assert code == 2 and isinstance(report, dict)
     assert "more than --max-delete 1" in report["refused"][0]["message"]
     assert report["plan"]["articles"]["deleted"] == 1 and report["plan"]["article_comments"]["deleted"] == 1
+    # the article's two translations go with it (ON DELETE CASCADE on the target): counted against --max-delete
+    assert report["cascaded"] == {"articles_translations": 2}
+    assert "mirror would delete 4 target rows (2 of them by ON DELETE CASCADE" in report["refused"][0]["message"]
     assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before  # refused: nothing deleted
 
-    code, report = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror", "--max-delete", "2",
+    code, report = pair.move("--collection", "articles", "--filter", mirror, "--mode", "mirror", "--max-delete", "4",
                              "--json")
-    assert code == 0 and isinstance(report, dict)
+    assert code == 0 and isinstance(report, dict), (report["refused"], report.get("cascaded"))
     assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before - 1
     assert not query(pair.target, "SELECT id FROM articles WHERE slug = 'article-4'")
     comments = {r.slug: r.text for r in query(pair.target, "SELECT a.slug, c.text FROM article_comments c "
@@ -293,7 +298,9 @@ def test_many_to_any_items_follow_with_their_keys_remapped_on_a_sqlite_target(tm
     assert report["plan"]["articles_blocks"]["created"] == 2 and report["plan"]["tags"]["created"] == 1
     assert report["plan"]["articles"]["unchanged"] == 1  # the same uuid row on both sides
     # The target is a clone: authors are found by their unique email, junction rows by the pair they link.
-    assert report["matched_on_target"] == {"authors": 2, "tags": 2, "articles_tags": 2, "articles_translations": 2}
+    # The comment (no unique column) is the clone's row with every column equal: adopted, not duplicated.
+    assert report["matched_on_target"] == {"authors": 2, "tags": 2, "articles_tags": 2, "articles_translations": 2,
+                                           "article_comments": 1}
     assert report["plan"]["articles_tags"]["unchanged"] == report["plan"]["articles_translations"]["unchanged"] == 2
     new_tag = query(target, "SELECT id FROM tags WHERE slug = 'fresh'")[0][0]
     assert new_tag != fresh
@@ -387,7 +394,8 @@ def test_post_migrate_ops_plans_at_once_and_runs_the_move_as_a_job(tmp_path: Pat
     query(target, "DELETE FROM articles")
     query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(target), "CAIRN_MIGRATE_SCHEDULER": False,
-                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}", HTTP_PATHS: str(allowed)})
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}", HTTP_PATHS: str(allowed),
+                      "CAIRN_MIGRATE_PEERS": str(source)})  # the source: a peer the sidecar's operator trusts
     try:
         client, headers = app.test_client(), {"Authorization": f"Bearer {TOKEN}"}
         params = {"from": str(source), "to": str(target), "collections": ["articles"],

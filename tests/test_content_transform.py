@@ -284,7 +284,7 @@ def test_transform_from_the_cli_changes_and_leaves_out_rows(tmp_path: Path) -> N
 
 
 def test_transform_over_http_is_refused_unless_the_operator_allows_it(tmp_path: Path) -> None:
-    from cairn_migrate.service.app import HTTP_PATHS, TRANSFORMS, create_app, get_state
+    from cairn_migrate.service.app import HTTP_PATHS, PEERS, TRANSFORMS, create_app, get_state
 
     allowed = tmp_path / "allowed"
     source = build_sqlite_instance(FIXTURES / "sqlite", allowed / "src")
@@ -297,7 +297,7 @@ def test_transform_over_http_is_refused_unless_the_operator_allows_it(tmp_path: 
     for listed, expected in (("", 422), ("content_transforms:other", 422), ("content_transforms:shout_and_skip", 200)):
         app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(target), "CAIRN_MIGRATE_SCHEDULER": False,
                           "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}",
-                          HTTP_PATHS: str(allowed), TRANSFORMS: listed})
+                          HTTP_PATHS: str(allowed), TRANSFORMS: listed, PEERS: str(source)})
         try:
             client = app.test_client()
             planned = client.post("/migrate/ops", json={"op": "content", "params": {**params, "dry_run": True}},

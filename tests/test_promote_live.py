@@ -254,11 +254,13 @@ def test_a_collection_drop_with_rows_is_refused_with_its_count(target: Target, t
 
 
 def test_the_sidecar_plans_a_promote_and_confines_host_paths(target: Target, client: Any, admin_token: str) -> None:
-    """``POST /migrate/ops``: URLs pass the host-path rule; a path outside CAIRN_MIGRATE_HTTP_PATHS answers 422."""
+    """``POST /migrate/ops``: URLs pass the host-path rule; a path outside CAIRN_MIGRATE_HTTP_PATHS answers 422.
+    The sidecar's own instance is neither side (another instance, named by URL, even with its admin token on both
+    sides): 403, an instance's admin is trusted for that instance only (test_confine_http.py)."""
     params = {"from": target.url, "from_token": TOKEN, "to": target.url, "to_token": TOKEN, "dry_run": True}
     planned = client.post("/migrate/ops", json={"op": "promote", "params": params}, headers=bearer(admin_token))
-    assert planned.status_code == 200, planned.get_json()
-    assert planned.get_json()["outcome"] == "ok" and planned.get_json()["report"]["changes"] is False
+    assert planned.status_code == 403, planned.get_json()
+    assert "must be this sidecar's own instance" in planned.get_json()["error"]["message"]
     confined = client.post("/migrate/ops", json={"op": "promote", "params": {**params, "from": str(FIXTURE)}},
                            headers=bearer(admin_token))
     assert confined.status_code == 422, confined.get_json()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import threading
@@ -93,6 +94,9 @@ def shared_state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def sidecars(tmp_path: Path, shared_state_url: str) -> Iterator[tuple[Sidecar, Sidecar]]:
     made = []
+    # A third instance both sidecars' operators list as a trusted peer: the other side of A's sync profile.
+    peer = restore_sqlite_instance(tmp_path / "instance-peer")
+    _own_identity(peer, "peer")
     for name in ("a", "b"):
         instance = restore_sqlite_instance(tmp_path / f"instance-{name}")
         shutil.copytree(FIXTURES / "uploads", instance.folder / "uploads", dirs_exist_ok=True)
@@ -104,7 +108,8 @@ def sidecars(tmp_path: Path, shared_state_url: str) -> Iterator[tuple[Sidecar, S
             "CAIRN_MIGRATE_ENV": str(instance.env_path),
             "CAIRN_MIGRATE_STATE_URL": shared_state_url,
             "CAIRN_MIGRATE_BUNDLE_DIR": str(tmp_path / "shared-bundles"),
-            "CAIRN_MIGRATE_HTTP_PATHS": str(instance.folder),  # where its sync profiles' .env files are
+            "CAIRN_MIGRATE_HTTP_PATHS": os.pathsep.join((str(instance.folder), str(peer.folder))),
+            "CAIRN_MIGRATE_PEERS": str(peer.env_path),  # the sync profile's other instance
         })
         made.append(Sidecar(instance, app, token))
     yield made[0], made[1]
@@ -160,12 +165,13 @@ def test_one_instance_cannot_reach_another_through_a_shared_state_store(sidecars
     ledger = CopyLedger(state_url)
     ids = {"running": running, "export": export["id"], "bundle": export["result"]["bundle_id"], "move": "a-move-0001",
            "sync_name": "a-nightly-sync"}
-    # A's sync profile (its .env files as source and target's stand-in: a profile is only stored here).
-    added = a.client.post("/migrate/syncs", headers=a_headers, json={
-        "name": ids["sync_name"], "source": str(a.instance.env_path), "target": str(a.instance.folder / "other.env"),
-        "collections": ["articles"], "schedule": {"cron": "0 3 * * *"}})
-    assert added.status_code == 201, added.get_json()
     try:
+        # A's sync profile, from A to the peer its operator trusts (CAIRN_MIGRATE_PEERS); only stored here.
+        peer_env = Path(str(get_state(a.app).config["CAIRN_MIGRATE_PEERS"]))
+        added = a.client.post("/migrate/syncs", headers=a_headers, json={
+            "name": ids["sync_name"], "source": str(a.instance.env_path), "target": str(peer_env),
+            "collections": ["articles"], "schedule": {"cron": "0 3 * * *"}})
+        assert added.status_code == 201, added.get_json()
         ledger.start(ids["move"], a.scope, "local", "other", "{}")
         ledger.save(ids["move"], [{"id": "f1", "src_name": "x.jpg", "dst_name": "x.jpg", "size": 1, "sha256": "0" * 64,
                                    "action": "copied", "state": "switched"}])

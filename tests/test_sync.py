@@ -55,10 +55,12 @@ def pair(tmp_path: Path) -> tuple[CairnSqliteInstance, CairnSqliteInstance]:
 
 @pytest.fixture
 def sidecar(pair: tuple[CairnSqliteInstance, CairnSqliteInstance], tmp_path: Path) -> Any:
-    source, _ = pair
+    source, target = pair
+    # the profiles' targets (the pair's, and a broken one's) are peers the sidecar's operator trusts
     app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(source.env_path),
                       "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state' / 'state.db'}",
-                      "CAIRN_MIGRATE_HTTP_PATHS": str(tmp_path)})
+                      "CAIRN_MIGRATE_HTTP_PATHS": str(tmp_path),
+                      "CAIRN_MIGRATE_PEERS": f"{target.env_path}:{tmp_path / 'gone' / '.env'}"})
     yield app
     get_state(app).close()
 

@@ -35,12 +35,13 @@ INTERVAL = 2
 class Sidecar:
     """One ``cairn-migrate serve --scheduler`` process of ``env_path``, in its own process group."""
 
-    def __init__(self, env_path: Path, state_url: str, allowed: Path, log: Path) -> None:
+    def __init__(self, env_path: Path, state_url: str, allowed: Path, log: Path, peers: str = "") -> None:
         self.env_path, self.log = env_path, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # the profile's other instance is a peer the sidecar's operator trusts (CAIRN_MIGRATE_PEERS)
         self.env = {**server_env(), "CAIRN_MIGRATE_STATE_URL": state_url, "CAIRN_MIGRATE_HTTP_PATHS": str(allowed),
-                    "CAIRN_MIGRATE_SYNC_POLL_SECONDS": "1"}
+                    "CAIRN_MIGRATE_SYNC_POLL_SECONDS": "1", "CAIRN_MIGRATE_PEERS": peers}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -121,7 +122,7 @@ def _consecutive(runs: list[dict[str, Any]]) -> bool:
 
 def test_a_killed_sidecar_keeps_its_schedule_and_catches_up_once(
         pair: tuple[CairnSqliteInstance, CairnSqliteInstance], state_url: str, tmp_path: Path) -> None:
-    sidecar = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "sidecar.log")
+    sidecar = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "sidecar.log", peers=str(pair[1].env_path))
     sidecar.start()
     try:
         added = sidecar.call("POST", "/migrate/syncs", json=_profile(pair, "every-2s"))
@@ -175,8 +176,8 @@ def test_a_killed_sidecar_keeps_its_schedule_and_catches_up_once(
 
 def test_two_sidecars_on_one_state_store_run_each_slot_once(
         pair: tuple[CairnSqliteInstance, CairnSqliteInstance], state_url: str, tmp_path: Path) -> None:
-    first = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "first.log")
-    second = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "second.log")
+    first = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "first.log", peers=str(pair[1].env_path))
+    second = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "second.log", peers=str(pair[1].env_path))
     first.start()
     second.start()
     try:

@@ -23,8 +23,14 @@ def render_content(report: dict[str, Any]) -> str:
     if files["copy"] or files["storage"]:
         lines.append(f"  files: {files['copy']} to copy ({files['bytes']} bytes)" + "".join(
             f"; storage {a} -> {b}" for a, b in files["storage"].items() if a != b))
-    lines += [f"  {name}: {count} rows matched to existing target rows (a unique field, or the pair a junction row links)"
-              for name, count in report.get("matched_on_target", {}).items()]
+    lines += [f"  {name}: {count} rows matched to existing target rows (a unique field, the pair a junction row "
+              "links, or every other column equal)" for name, count in report.get("matched_on_target", {}).items()]
+    lines += [f"  {name}: {count} rows a target ON DELETE CASCADE takes with mirror's deletions (counted)"
+              for name, count in (report.get("cascaded") or {}).items()]
+    replaced = files.get("replaced")
+    if replaced:
+        lines.append(f"  replaced file objects: {replaced['removed']} removed (ours), {replaced['kept']} kept "
+                     "(not written by a move: files check lists them)")
     users = report["users"]
     if users["matched"] or users["unmatched"]:
         lines.append(f"  users matched by email: {users['matched']}")

@@ -9,6 +9,8 @@ creating them again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -19,7 +21,12 @@ from ..instance.database import Database
 from ..service.state import create_tables
 
 _META = sa.MetaData()
-#: source key → target key of every row a content move wrote, per (source, target) pair and collection.
+#: source key → target key of every row a content move wrote or adopted, per (source, target) pair and
+#: collection: integer keys as remapped, kept uuid/string keys as identity entries (source_id = target_id), so
+#: the map says which target rows are the pair's own (mirror deletes only those).  ``state`` is ``pending``
+#: (with the ``run_id`` that wrote it and the ``digest`` of the row as written) from before the target's commit
+#: until after it, NULL once committed: a later run keeps a pending entry only when the target row holds what
+#: was written (:meth:`IdMap.confirm`).
 ID_MAP = sa.Table(
     "cm_content_id_map", _META,
     sa.Column("source", sa.String(64), primary_key=True),
@@ -27,6 +34,9 @@ ID_MAP = sa.Table(
     sa.Column("collection", sa.String(64), primary_key=True),
     sa.Column("source_id", sa.String(255), primary_key=True),
     sa.Column("target_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=True),
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("digest", sa.String(64), nullable=True),
 )
 
 
@@ -68,26 +78,110 @@ def is_integer(db: Database, table: str, name: str) -> bool:
     return isinstance(db.table(table).c[name].type, sa.Integer)
 
 
-class IdMap:
-    """The ID map of one (source, target) pair: read once, written after the target's commit."""
+def row_digest(values: Mapping[str, Any]) -> str:
+    """A digest of a row as written (its columns' comparable values), to recognise it on the target later."""
+    text = json.dumps(sorted((k, repr(v)) for k, v in values.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def __init__(self, state_url: str, scope: tuple[str, str]) -> None:
+
+class IdMap:
+    """The ID map of one (source, target) pair.
+
+    :param scope: the pair's identities (:func:`~cairn_migrate.service.state.database_identity` of each side).
+    :param legacy: the pair as earlier versions named it (``instance_scope``, tied to the host's spelling):
+        its rows are moved to ``scope`` the first time, so an upgrade keeps the map.
+    """
+
+    def __init__(self, state_url: str, scope: tuple[str, str], legacy: tuple[str, str] | None = None) -> None:
         from ..service.jobs import _state_engine
+        from ..service.state import add_missing_column
 
         self.engine = _state_engine(state_url)
         create_tables(self.engine, _META)
+        for name in ("state", "run_id", "digest"):
+            add_missing_column(self.engine, ID_MAP, name)
         self.scope = scope
+        if legacy is not None and legacy != scope:
+            self._adopt_legacy(legacy)
+        self.known: dict[tuple[str, str], str] = {}
+        #: (collection, source_id) → digest of the row a run wrote but did not confirm committed
+        self.pending: dict[tuple[str, str], str | None] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ID_MAP.c.collection, ID_MAP.c.source_id, ID_MAP.c.target_id).where(
+            rows = conn.execute(sa.select(ID_MAP.c.collection, ID_MAP.c.source_id, ID_MAP.c.target_id,
+                                          ID_MAP.c.state, ID_MAP.c.digest).where(
                 ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
-            self.known: dict[tuple[str, str], str] = {(r.collection, r.source_id): r.target_id for r in rows}
+            for r in rows:
+                self.known[(r.collection, r.source_id)] = r.target_id
+                if r.state == "pending":
+                    self.pending[(r.collection, r.source_id)] = r.digest
+        self.run_id = uuid.uuid4().hex
+        self._mine: set[tuple[str, str]] = set()
+
+    def _adopt_legacy(self, legacy: tuple[str, str]) -> None:
+        """Move the rows recorded under the pair's old identity to its stable one (those it lacks)."""
+        where = (ID_MAP.c.source == legacy[0]) & (ID_MAP.c.target == legacy[1])
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(ID_MAP).where(where)).mappings().all()
+            if not old:
+                return
+            have = {(r.collection, r.source_id) for r in conn.execute(sa.select(
+                ID_MAP.c.collection, ID_MAP.c.source_id).where(
+                ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1]))}
+            moved = [{**dict(r), "source": self.scope[0], "target": self.scope[1]} for r in old
+                     if (r["collection"], r["source_id"]) not in have]
+            if moved:
+                conn.execute(ID_MAP.insert(), moved)
+            conn.execute(ID_MAP.delete().where(where))
 
     def get(self, collection: str, source_id: Any) -> str | None:
         return self.known.get((collection, str(source_id)))
 
-    def save(self, entries: Mapping[tuple[str, Any], Any]) -> int:
-        """Record where source rows went (``(collection, source_id) → target_id``); returns how many changed."""
-        changed = {(c, str(s)): str(t) for (c, s), t in entries.items() if self.known.get((c, str(s))) != str(t)}
+    def is_pending(self, collection: str, source_id: Any) -> bool:
+        return (collection, str(source_id)) in self.pending
+
+    def confirm(self, collection: str, source_id: Any, digest: str | None) -> bool:
+        """Resolve a pending entry: kept (and committed) when the target row's ``digest`` is the one written,
+        else forgotten (the write it records never committed).  Returns whether it is kept."""
+        key = (collection, str(source_id))
+        if key not in self.pending:
+            return key in self.known
+        ok = digest is not None and digest == self.pending[key]
+        with self.engine.begin() as conn:
+            where = (ID_MAP.c.source == self.scope[0]) & (ID_MAP.c.target == self.scope[1]) & \
+                (ID_MAP.c.collection == key[0]) & (ID_MAP.c.source_id == key[1])
+            if ok:
+                conn.execute(ID_MAP.update().where(where).values(state=None, run_id=None))
+            else:
+                conn.execute(ID_MAP.delete().where(where))
+                self.known.pop(key, None)
+        self.pending.pop(key)
+        return ok
+
+    def owned(self, collection: str) -> dict[str, str]:
+        """source_id → target_id of the rows of ``collection`` this pair's moves wrote or adopted."""
+        return {s: t for (c, s), t in self.known.items() if c == collection}
+
+    def forget(self, entries: Iterable[tuple[str, Any]]) -> None:
+        """Drop entries (rows a mirror deleted)."""
+        gone = [(c, str(s)) for c, s in entries if (c, str(s)) in self.known]
+        if not gone:
+            return
+        with self.engine.begin() as conn:
+            for collection, source_id in gone:
+                conn.execute(ID_MAP.delete().where(
+                    ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
+                    ID_MAP.c.collection == collection, ID_MAP.c.source_id == source_id))
+                self.known.pop((collection, source_id), None)
+
+    def save(self, entries: Mapping[tuple[str, Any], Any], *, pending: bool = False,
+             digests: Mapping[tuple[str, Any], str] | None = None) -> int:
+        """Record where source rows went (``(collection, source_id) → target_id``); returns how many changed.
+
+        ``pending``: before the target's commit, marked with this run's id and the rows' digests
+        (:meth:`commit` clears the mark after the commit)."""
+        digests = {(c, str(s)): d for (c, s), d in (digests or {}).items()}
+        changed = {(c, str(s)): str(t) for (c, s), t in entries.items()
+                   if self.known.get((c, str(s))) != str(t)}
         if not changed:
             return 0
         with self.engine.begin() as conn:
@@ -96,7 +190,33 @@ class IdMap:
                     ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
                     ID_MAP.c.collection == collection, ID_MAP.c.source_id == source_id))
             conn.execute(ID_MAP.insert(), [
-                {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": t}
+                {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": t,
+                 "state": "pending" if pending else None, "run_id": self.run_id if pending else None,
+                 "digest": digests.get((c, s)) if pending else None}
                 for (c, s), t in changed.items()])
         self.known.update(changed)
+        if pending:
+            self.pending.update({k: digests.get(k) for k in changed})
+            self._mine.update(changed)
         return len(changed)
+
+    def commit(self) -> None:
+        """The target committed: this run's pending entries are the pair's now."""
+        with self.engine.begin() as conn:
+            conn.execute(ID_MAP.update().where(
+                ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
+                ID_MAP.c.run_id == self.run_id).values(state=None, run_id=None))
+        for key in self._mine:
+            self.pending.pop(key, None)
+        self._mine = set()
+
+    def discard(self) -> None:
+        """The target rolled back: forget this run's pending entries."""
+        with self.engine.begin() as conn:
+            conn.execute(ID_MAP.delete().where(
+                ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
+                ID_MAP.c.run_id == self.run_id, ID_MAP.c.state == "pending"))
+        for key in self._mine:
+            self.known.pop(key, None)
+            self.pending.pop(key, None)
+        self._mine = set()

@@ -24,7 +24,7 @@ from ..errors import InvalidInput, MigrateError
 from ..instance.database import Database, consistent_snapshot
 from ..instance.instance import Instance
 from ..progress import NullProgress, Progress
-from ..service.state import instance_scope
+from ..service.state import database_identity, instance_scope
 from . import keys
 from .closure import FILES, USERS, carry_files, compute, load_graph, primary_key
 from .filter import compile_filter, parse
@@ -67,7 +67,7 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
 
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
         progress: Progress | None = None, bundle: Any = None, function: Any = None,
-        client: Callable[[], Any] | None = None) -> dict[str, Any]:
+        client: Callable[[], Any] | None = None, record: bool = False) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
@@ -87,6 +87,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
         "refused": [], "transform": {},
         "changes": False, "applied": False, "partial": False}
+    if bundle is None and database_identity(source) == database_identity(target):
+        raise InvalidInput(f"The source {source.label} and the target {target.label} are the same instance "
+                           "(the same database)", hint="name another instance's .env with --to (or --from)")
     with Database.open(source) as src, Database.open(target) as dst:
         graph = load_graph(src)
         tables = set(src.table_names())
@@ -116,14 +119,17 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 "fix": "align the target's structure first: cairn-migrate promote --from SRC --to DST"})
             return report
         conditions = {root: _condition(spec, root) for root in roots}
-        idmap = keys.IdMap(state_url, (bundle.scope if bundle is not None else instance_scope(source),
-                                       instance_scope(target)))
+        idmap = keys.IdMap(state_url, (bundle.scope if bundle is not None else database_identity(source),
+                                       database_identity(target)),
+                           legacy=(bundle.scope if bundle is not None else instance_scope(source),
+                                   instance_scope(target)))
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
         finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing
         finisher.context["via"] = via
         with consistent_snapshot(src) as sconn, dst.engine.connect() as dconn:
             failure: BaseException | None = None
+            committed = False
             if via == "api":  # the target is read between its own API's commits: no transaction held open
                 dconn.execution_options(isolation_level="AUTOCOMMIT")
                 transaction = None
@@ -153,6 +159,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress, sink=sink,
                             finisher=finisher, source_files=bundle.files if bundle is not None else None)
                 walks.append(walk)
+                walk.children_followed = depth is None or depth >= 1
                 walk._defs.update({("src", name): definition for name, definition in defs.items()})
                 if created["created"]:
                     walk.counts[USERS] = {**empty_counts(), "created": len(created["created"])}
@@ -173,12 +180,22 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                     raise
                 if transaction is not None:
                     if write and not walk.refused:
+                        # D4: the map entries first, as pending (this run's id, the rows' digests), then the
+                        # commit, then the entries marked committed: a stop in between leaves pending entries
+                        # that the next run keeps only when the target holds what was written
+                        idmap.save(walk.new_map, pending=True, digests=walk.digests)
                         transaction.commit()
+                        committed = True  # from here on the pending entries are right: never discarded
+                        idmap.commit()
+                        idmap.forget(getattr(walk, "gone", []))
                     else:
                         transaction.rollback()
             except BaseException:
-                if transaction is not None:
+                if transaction is not None and not committed:
                     transaction.rollback()
+                    if write:
+                        _remove_fresh(sink)  # D3: the objects this run wrote are no row's: delete them
+                        idmap.discard()  # (a state store down here leaves pending entries the next run resolves)
                 raise
             finally:
                 sink.close()
@@ -199,11 +216,50 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         transform=finisher.report(),
         files=dict(walk.files), nulled=walk.nulled, refused=walk.refused,
         matched_on_target=walk.adopted)
+    report["cascaded"] = {name: len(rows) for name, rows in walk.cascaded.items()}
     report["changes"] = has_changes(report)
     if write and not walk.refused and not report["partial"]:
-        idmap.save(walk.new_map)
+        if via == "api":
+            idmap.save(walk.new_map)
         report["applied"] = report["changes"]
+    elif record and not walk.refused and not report["changes"]:
+        idmap.save(walk.new_map)  # nothing to write: the rows the target already holds (adopted) are the pair's now
+    if committed:
+        removed, kept = _remove_replaced(walk, idmap)
+        if removed or kept:  # the objects updated file rows stopped pointing at (kept: not ours, files check lists them)
+            report["files"]["replaced"] = {"removed": removed, "kept": kept}
+    elif write and via == "db" and walk.refused and sink.copied:
+        _remove_fresh(sink)
     return report
+
+
+def _remove_fresh(sink: Any) -> None:
+    """Delete the objects a failed database-path run wrote (each under a name no committed row points at)."""
+    for location, name in getattr(sink, "written", []):
+        try:
+            location.delete(name)
+        except Exception:  # noqa: BLE001 - best effort: files check lists what is left
+            pass
+    if hasattr(sink, "written"):
+        sink.written.clear()
+
+
+def _remove_replaced(walk: Walk, idmap: Any) -> tuple[int, int]:
+    """After the commit: the objects updated file rows stopped pointing at are deleted when the row was this
+    pair's (the ID map knew it before this run), else kept (``files check`` lists them)."""
+    removed = kept = 0
+    for _storage, old_storage, old_name, file_id in walk.replaced:
+        if not old_name or not old_storage:
+            continue
+        if file_id.lower() not in walk.owned_before.get(FILES, set()):
+            kept += 1
+            continue
+        try:
+            walk._location(walk.dst_instance, "dst", str(old_storage)).delete(str(old_name))
+            removed += 1
+        except Exception:  # noqa: BLE001 - best effort: files check lists what is left
+            kept += 1
+    return removed, kept
 
 
 def _walk(walk: Walk, graph: Any, closure: Any, sconn: sa.Connection, dconn: sa.Connection,
@@ -220,16 +276,27 @@ def _walk(walk: Walk, graph: Any, closure: Any, sconn: sa.Connection, dconn: sa.
                                "the transaction was rolled back, nothing was written",
                                hint="cairn-migrate content move --dry-run shows the plan; align the "
                                "target's rows or structure and run again") from None
-    doomed = walk.deletions(dconn, conditions) if mode == "mirror" else {}
-    total = sum(len(rows) for rows in doomed.values())
+    doomed = walk.deletions(dconn, conditions, sconn) if mode == "mirror" else {}
+    cascaded = sum(len(rows) for rows in walk.cascaded.values())
+    total = sum(len(rows) for rows in doomed.values()) + cascaded
+    also = f" ({cascaded} of them by ON DELETE CASCADE: " + ", ".join(
+        f"{n} {', '.join(map(str, rows[:10]))}" for n, rows in walk.cascaded.items()) + ")" if cascaded else ""
     if mode == "mirror" and max_delete is None:
-        walk.refuse(f"mirror would delete {total} target rows and needs consent",
+        walk.refuse(f"mirror would delete {total} target rows{also} and needs consent",
                     "pass --max-delete N (the most rows it may delete)")
     elif mode == "mirror" and max_delete is not None and total > max_delete:
-        walk.refuse(f"mirror would delete {total} target rows, more than --max-delete {max_delete}",
+        walk.refuse(f"mirror would delete {total} target rows{also}, more than --max-delete {max_delete}",
                     "check the filter, or raise --max-delete")
     if write and not walk.refused:
-        walk.delete(doomed, roots)
+        try:
+            walk.delete(doomed, roots)
+        except sa.exc.DBAPIError as exc:  # R3: a refused delete (a foreign key) is named, and rolled back
+            if walk.sink.via != "db":
+                raise
+            raise MigrateError(f"The target refused mirror's deletions: {str(exc.orig).splitlines()[0]}; "
+                               "the transaction was rolled back, nothing was written",
+                               hint="rows created on the target still point at a row the mirror deletes: "
+                               "re-point or delete them there, or narrow --filter") from None
 
 
 def _masked_email(mask: Any) -> Callable[[str], str] | None:
@@ -256,7 +323,8 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
           client: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Plan, and unless refused, move: via db, bytes first, rows in one target transaction, the ID map after its
     commit; via api, through ``client``'s requests, the ID map saved even when the run ends partial."""
-    planned = plan(source, target, params, state_url=state_url, progress=progress, bundle=bundle, function=function)
+    planned = run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
+                  function=function, record=True)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
     (progress or NullProgress()).progress(bytes_total=planned["files"]["bytes"])

@@ -40,6 +40,8 @@ class DbSink:
         self.conn = conn
         self._encoders: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
         self.copied: list[str] = []
+        #: (location, name) of every object this run wrote: always a name no committed row points at
+        self.written: list[tuple[Location, str]] = []
 
     def controlled(self, name: str) -> frozenset[str]:
         """Columns the target sets itself on this path (none: SQL writes every column)."""
@@ -85,8 +87,11 @@ class DbSink:
 
     def file_bytes(self, row: Mapping[str, Any], exists: bool, source: Location, source_name: str,
                    target: Location, target_name: str, size: int) -> None:
-        """Copy and verify a file's bytes now (before its row is written)."""
+        """Copy and verify a file's bytes now, before its row is written: under a name no committed target row
+        points at (the walk picks a fresh ``filename_disk`` when the name is taken), so a rollback leaves the
+        target's objects as they were once :attr:`written` is deleted."""
         digest = hashlib.sha256()
+        self.written.append((target, target_name))  # removed again if the transaction rolls back
         with source.open_read(source_name) as reader, target.open_write(target_name) as writer:
             while block := reader.read(CHUNK):
                 digest.update(block)

@@ -37,6 +37,20 @@ from .closure import BATCH, FILES, Closure, Graph, Link, USERS
 from .plan import Users, empty_counts
 
 
+def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) -> list[dict[str, Any]]:
+    """The table's foreign keys with their ``ondelete`` (SQLite's reflection leaves it out: read its pragma)."""
+    if vendor != "sqlite":
+        return list(inspector.get_foreign_keys(table))
+    grouped: dict[int, dict[str, Any]] = {}
+    quoted = table.replace('"', '""')
+    for row in conn.exec_driver_sql(f'PRAGMA foreign_key_list("{quoted}")').all():
+        fk = grouped.setdefault(row[0], {"constrained_columns": [], "referred_table": row[2], "referred_columns": [],
+                                         "options": {"ondelete": row[6]}})
+        fk["constrained_columns"].append(row[3])
+        fk["referred_columns"].append(row[4])
+    return list(grouped.values())
+
+
 class _New:
     """The target key of a row the plan would create (the target numbers it only when written)."""
 
@@ -84,8 +98,15 @@ class Walk:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     #: collection → source key → target key (a :class:`_New` in a plan)
     resolved: dict[str, dict[Any, Any]] = field(default_factory=dict)
-    #: (collection, source key) → target key of integer-keyed rows, saved to the ID map after the commit
+    #: (collection, source key) → target key of every row the move wrote or adopted (integer keys remapped, kept
+    #: keys as identity entries), saved to the ID map as pending before the commit and confirmed after it
     new_map: dict[tuple[str, Any], Any] = field(default_factory=dict)
+    #: (collection, source key) → digest of the row as the target holds it after this run (keys.row_digest)
+    digests: dict[tuple[str, Any], str] = field(default_factory=dict)
+    #: (target storage, old storage, old filename_disk, file id) of objects an updated file row stopped pointing at
+    replaced: list[tuple[str, Any, Any, str]] = field(default_factory=list)
+    #: collection → target keys of rows a mirror deletes that a database cascade takes with them
+    cascaded: dict[str, list[Any]] = field(default_factory=dict)
     nulled: dict[str, int] = field(default_factory=dict)
     #: integer-keyed rows matched to an existing target row (a unique column, or a junction row's pair), per collection
     adopted: dict[str, int] = field(default_factory=dict)
@@ -103,6 +124,13 @@ class Walk:
     source_files: Callable[[str], Any] | None = None
 
     # ------------------------------------------------------------------ helpers
+    def __post_init__(self) -> None:
+        #: collection → source keys (lower-cased text) the ID map gave this pair before this run
+        self.owned_before: dict[str, set[str]] = {FILES: {s.lower() for s in self.idmap.owned(FILES)}}
+        self.gone: list[tuple[str, str]] = []
+        #: whether the closure follows the roots' one-to-many children (a depth of at least 1)
+        self.children_followed = True
+
     def _def(self, db: Database, side: str, name: str) -> TableDef:
         if (side, name) not in self._defs:
             self._defs[(side, name)] = reflect_tables(db.engine, [name], db.vendor)[0]
@@ -218,28 +246,41 @@ class Walk:
         self.files["storage"][storage] = target
         return target
 
-    def _bytes(self, row: dict[str, Any], source_storage: str, current: Mapping[str, Any] | None) -> None:
-        """Copy a file's bytes when the target lacks them (or holds another size); the sink copies and verifies
-        them (size + SHA-256) or uploads them with the row.  ``current`` is the target's row, when it has one."""
-        name = row.get("filename_disk")
+    def _bytes(self, row: dict[str, Any], name: Any, source_storage: str, current: Mapping[str, Any] | None,
+               changed: bool) -> bool:
+        """Decide and hand over a file's bytes, for a row being created or updated (the caller decided that).
+
+        Copied when the target lacks them, holds another size, or the source's file row changed (any column:
+        same-size new bytes are seen by ``modified_on``).  The database sink never overwrites an object a
+        target row points at before the commit: an updated row's bytes (and a new row's whose name is taken)
+        go under a fresh ``filename_disk`` that the row is pointed at in the same transaction.  Returns
+        whether bytes are copied."""
         if not name:
-            return
+            return False
         src = self._location(self.src_instance, "src", source_storage)
         dst = self._location(self.dst_instance, "dst", row["storage"])
         size = src.size(name)
         if size is None:
             self.refuse(f"directus_files {row['id']}: its bytes {source_storage}:{name} are missing on the source",
                          "cairn-migrate files check / files repair on the source first")
-            return
+            return False
         # The API names the object itself (``<id><ext>``): look for the bytes where the target's row says they are.
-        target_name = name if self.sink.keeps_filename or current is None else current.get("filename_disk")
-        if target_name and dst.size(target_name) == size:
-            return
+        target_name = name if current is None else current.get("filename_disk")
+        held = dst.size(target_name) if target_name else None
+        if held == size and not changed:
+            return False
+        if self.sink.keeps_filename and (current is not None or held is not None):
+            stem, dot, ext = str(name).rpartition(".")
+            fresh = f"{stem}.{self.idmap.run_id[:12]}.{ext}" if dot and "/" not in ext else f"{name}.{self.idmap.run_id[:12]}"
+            if current is not None:
+                self.replaced.append((row["storage"], current.get("storage"), current.get("filename_disk"), str(row["id"])))
+            row["filename_disk"] = target_name = fresh
         self.files["copy"] += 1
         self.files["bytes"] += size
         if self.write:
             self.sink.file_bytes(row, current is not None, src, name, dst, target_name or name, size)
             self.progress.advance(bytes=size)
+        return True
 
     # ------------------------------------------------------------------ one collection
     def collection(self, name: str, src_conn: sa.Connection, dst_conn: sa.Connection) -> None:
@@ -273,6 +314,7 @@ class Walk:
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
             # target keys
+            self._settle_pending(dst_conn, name, pk, names, decode_dst, kinds, written, rows)
             if integer:
                 mapped = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows}
                 self._target_exists(dst_conn, name, [int(v) for v in mapped.values() if v is not None])
@@ -297,6 +339,7 @@ class Walk:
                     self._rewrite(name, link, row, nullable[link.field], deferred, source_key)
             if integer:
                 self._adopt_junction_rows(dst_conn, name, pk, rows, target_keys)
+                self._adopt_equal(dst_conn, name, pk, names, decode_dst, kinds, written, rows, target_keys)
                 existing_rows.update(self._target_rows(dst_conn, name, pk, names, decode_dst, [
                     v for v in target_keys.values() if v is not None and v not in existing_rows]))
             created: list[tuple[Any, dict[str, Any]]] = []
@@ -304,19 +347,27 @@ class Walk:
                 source_key = self.graph.key(name, row[pk])
                 target_key = target_keys[source_key]
                 current = existing_rows[target_key] if target_key is not None else None
-                if name == FILES and not self.refused:
-                    self._bytes(row, str(storages.get(source_key)), current)
+                source_disk = row.get("filename_disk") if name == FILES else None
+                if name == FILES and current is not None and "filename_disk" in written:
+                    row["filename_disk"] = current["filename_disk"]  # the target's object name (maybe a fresh one)
+                changed = [] if current is None else \
+                    [n for n in written if n != pk and not self._same(row[n], current[n], kinds[n])]
+                if name == FILES and not self.refused and (current is None or self.mode != "skip-existing"):
+                    # bytes only for a row being created or updated (decided first): W4, D3
+                    if self._bytes(row, source_disk, str(storages.get(source_key)), current, bool(changed)) \
+                            and current is not None and "filename_disk" in written and "filename_disk" not in changed \
+                            and not self._same(row["filename_disk"], current["filename_disk"], kinds["filename_disk"]):
+                        changed.append("filename_disk")  # the fresh object the row now points at
                 if current is None:
                     counts["created"] += 1
                     if not self.write:
                         resolved[source_key] = _New(source_key)
                     else:
                         created.append((source_key, {n: row[n] for n in written}))
+                        self.digests[(name, source_key)] = self._digest(pk, kinds, {n: row[n] for n in written})
                     continue
                 resolved[source_key] = target_key
-                if integer:
-                    self.new_map[(name, source_key)] = target_key
-                changed = [n for n in written if n != pk and not self._same(row[n], current[n], kinds[n])]
+                self.new_map[(name, source_key)] = target_key
                 if not changed:
                     counts["unchanged"] += 1
                 elif self.mode == "skip-existing":
@@ -325,6 +376,9 @@ class Walk:
                     counts["updated"] += 1
                     if self.write:
                         self.sink.update(name, pk, target_key, {n: row[n] for n in changed})
+                skipped = bool(changed) and self.mode == "skip-existing"  # the target keeps its row as it is
+                after = {n: (row[n] if n in changed and not skipped else current[n]) for n in written}
+                self.digests[(name, source_key)] = self._digest(pk, kinds, after)
             if created:
                 self._create(name, pk, integer, created)
             self.progress.advance(items=len(rows))
@@ -348,8 +402,7 @@ class Walk:
         def done(made: list[Any], offset: int = 0) -> None:
             for source_key, target_key in zip(sources[offset:], made):
                 resolved[source_key] = target_key
-                if integer:
-                    self.new_map[(name, source_key)] = target_key
+                self.new_map[(name, source_key)] = target_key  # kept keys too: identity entries (ownership)
 
         if not integer:  # kept keys are known now; the rows may still be in flight
             for source_key in sources:
@@ -397,6 +450,63 @@ class Walk:
                         taken.add(target_key)
                         self._exists[(name, target_key)] = True
                         self.adopted[name] = self.adopted.get(name, 0) + 1
+
+    def _digest(self, pk: str, kinds: Mapping[str, Any], values: Mapping[str, Any]) -> str:
+        """The digest of a row as the target holds it (its written columns but the key, comparable forms)."""
+        return keys.row_digest({n: comparable(v, kinds[n], self.dst.vendor) for n, v in values.items()
+                                if n != pk and not isinstance(v, _New)})
+
+    def _settle_pending(self, conn: sa.Connection, name: str, pk: str, names: list[str],
+                        decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
+                        rows: list[dict[str, Any]]) -> None:
+        """ID map entries an earlier run left pending (it stopped between its own record and the target's
+        commit): kept when the target row holds what that run wrote, else forgotten (it never committed)."""
+        todo = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows
+                if self.idmap.is_pending(name, r[pk])}
+        if not todo:
+            return
+        found = self._target_rows(conn, name, pk, names, decode,
+                                  [int(t) if name in self.graph.integer else self.graph.key(name, t)
+                                   for t in todo.values() if t is not None])
+        for source_key, target in todo.items():
+            key = int(target) if name in self.graph.integer else self.graph.key(name, target)
+            current = found.get(key)
+            digest = self._digest(pk, kinds, {n: current[n] for n in written}) if current is not None else None
+            self.idmap.confirm(name, source_key, digest)
+
+    def _adopt_equal(self, conn: sa.Connection, name: str, pk: str, names: list[str],
+                     decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
+                     rows: list[dict[str, Any]], target_keys: dict[Any, Any]) -> None:
+        """Integer-keyed rows nothing else matched take a target row whose every other column equals theirs
+        (after their foreign keys were rewritten): a cloned target's comments are not duplicated by the first
+        merge.  Target rows the ID map gives another source row are never taken."""
+        pending = [r for r in rows if target_keys[self.graph.key(name, r[pk])] is None]
+        others = [n for n in written if n != pk]
+        if not pending or not others:
+            return
+        probe = next((n for n in others if all(isinstance(r.get(n), (str, int)) and not isinstance(r.get(n), bool)
+                                                 for r in pending)), None)
+        if probe is None:
+            return
+        owned = {int(t) for t in self.idmap.owned(name).values()}
+        taken = {v for v in target_keys.values() if v is not None} | owned
+        candidates: dict[Any, dict[str, Any]] = {}
+        for batch in _batches(sorted({r[probe] for r in pending}, key=_sort_key)):
+            query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
+                keys.in_(self.dst, name, probe, batch))
+            for raw in conn.execute(query).mappings():
+                candidates[int(raw[pk])] = {n: decode[n](raw[n]) for n in names}
+        for row in pending:
+            source_key = self.graph.key(name, row[pk])
+            for target_key, current in sorted(candidates.items()):
+                if target_key in taken:
+                    continue
+                if all(self._same(row[n], current[n], kinds[n]) for n in others):
+                    target_keys[source_key] = target_key
+                    taken.add(target_key)
+                    self._exists[(name, target_key)] = True
+                    self.adopted[name] = self.adopted.get(name, 0) + 1
+                    break
 
     def _adopt_junction_rows(self, conn: sa.Connection, name: str, pk: str, rows: list[dict[str, Any]],
                              target_keys: dict[Any, Any]) -> None:
@@ -462,31 +572,136 @@ class Walk:
         return out
 
     # ------------------------------------------------------------------ mirror
-    def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]]) -> dict[str, list[Any]]:
-        """The target rows a mirror deletes: the roots' rows matching the filter that the source set lacks,
-        and the rows of their one-to-many children (comments, junction rows, translations) pointing at a kept
-        root that the source set lacks."""
+    def _source_has(self, conn: sa.Connection, name: str, source_ids: list[str]) -> set[str]:
+        """Which of ``source_ids`` (ID map text) the source still holds."""
+        pk = self.graph.keys[name]
+        have: set[str] = set()
+        for batch in _batches(sorted(source_ids)):
+            values = [self.graph.key(name, v) for v in batch]
+            found = {str(self.graph.key(name, v)) for v in conn.execute(sa.select(sa.column(pk)).select_from(
+                sa.table(name)).where(keys.in_(self.src, name, pk, values))).scalars()}
+            have |= {v for v in batch if str(self.graph.key(name, v)) in found}
+        return have
+
+    def deletions(self, conn: sa.Connection, roots: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]],
+                  src_conn: sa.Connection) -> dict[str, list[Any]]:
+        """The target rows a mirror deletes: only rows this pair's moves wrote or adopted (the ID map), never a
+        row created on the target.  A root's row goes when its source row is gone or no longer matches the
+        filter (it was not carried by this run); a one-to-many child's row (comments, junction rows,
+        translations) when it points at a moved root and its source row is no longer carried.  Rows a database
+        cascade would take with them are counted too (``cascaded``); a cascade reaching a row the ID map does
+        not own is refused."""
         doomed: dict[str, list[Any]] = {}
+        self.gone: list[tuple[str, str]] = []
+        roots_done: dict[str, set[Any]] = {}
         for root, condition in roots.items():
-            pk = self.graph.keys[root]
+            carried = set(self.resolved.get(root, {}))
+            owned = {s: t for s, t in self.idmap.owned(root).items() if self.graph.key(root, s) not in carried}
+            # a source row that still exists but left the filter: only when its target row is in the mirror's
+            # scope (matches the filter there too), so rows moved by another filter are not swept up
+            still = self._source_has(src_conn, root, list(owned))
+            targets = self._owned_targets(conn, root, {s: t for s, t in owned.items() if s not in still})
+            targets |= self._owned_targets(conn, root, {s: t for s, t in owned.items() if s in still},
+                                           where=condition(self.dst))
+            doomed[root] = sorted(targets, key=_sort_key)
+            self.gone += [(root, s) for s, t in owned.items() if self._target_key(root, t) in targets]
             kept = {v for v in self.resolved.get(root, {}).values() if not isinstance(v, _New)}
-            query = sa.select(sa.column(pk)).select_from(sa.table(root)).where(condition(self.dst))
-            doomed[root] = sorted((k for k in (self.graph.key(root, v) for v in conn.execute(query).scalars())
-                                   if k not in kept), key=_sort_key)
+            roots_done[root] = kept  # a deleted root's children: as the target's foreign keys say (cascades counted)
+        for root, parents in roots_done.items():
             for link in self.graph.incoming(root):
                 child = link.many
-                if child not in self.graph.keys or child not in self.resolved:
+                if child not in self.graph.keys or not self.children_followed or link.m2a or not parents:
                     continue
-                child_pk = self.graph.keys[child]
-                child_kept = {v for v in self.resolved[child].values() if not isinstance(v, _New)}
-                for batch in _batches(sorted(kept, key=_sort_key)):
-                    query = sa.select(sa.column(child_pk)).select_from(sa.table(child)).where(
-                        keys.in_(self.dst, child, link.field, batch))
-                    doomed.setdefault(child, []).extend(
-                        k for k in (self.graph.key(child, v) for v in conn.execute(query).scalars()) if k not in child_kept)
+                carried = set(self.resolved.get(child, {}))
+                owned = {s: t for s, t in self.idmap.owned(child).items() if self.graph.key(child, s) not in carried}
+                targets = self._owned_targets(conn, child, owned, link.field, parents)
+                if not targets:
+                    continue
+                already = set(doomed.get(child, ()))
+                doomed[child] = sorted(already | targets, key=_sort_key)
+                self.gone += [(child, s) for s, t in owned.items() if self._target_key(child, t) in targets]
+        self.cascaded = self._cascades(conn, {n: rows for n, rows in doomed.items() if rows})
         for name, rows in doomed.items():
             self.counts.setdefault(name, empty_counts())["deleted"] = len(rows)
         return {name: rows for name, rows in doomed.items() if rows}
+
+    def _target_key(self, name: str, value: Any) -> Any:
+        return int(value) if name in self.graph.integer else self.graph.key(name, value)
+
+    def _owned_targets(self, conn: sa.Connection, name: str, owned: Mapping[str, str], field: str | None = None,
+                       parents: set[Any] | None = None, where: sa.ColumnElement[bool] | None = None) -> set[Any]:
+        """Which of ``owned``'s target rows the target still has (with ``field``, pointing into ``parents``;
+        with ``where``, matching it)."""
+        pk = self.graph.keys[name]
+        wanted = sorted({self._target_key(name, t) for t in owned.values()}, key=_sort_key)
+        found: set[Any] = set()
+        columns = [sa.column(pk)] + ([sa.column(field)] if field else [])
+        for batch in _batches(wanted):
+            condition = keys.in_(self.dst, name, pk, batch)
+            if where is not None:
+                condition = sa.and_(condition, where)
+            for raw in conn.execute(sa.select(*columns).select_from(sa.table(name)).where(condition)).all():
+                if field is None:
+                    found.add(self.graph.key(name, raw[0]))
+                    continue
+                parent = raw[1]
+                one = next((link.one for link in self.graph.outgoing(name) if link.field == field), None)
+                if parent is not None and one in self.graph.keys and self.graph.key(one, parent) in (parents or set()):
+                    found.add(self.graph.key(name, raw[0]))
+        return found
+
+    def _cascades(self, conn: sa.Connection, doomed: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+        """The rows the target's ``ON DELETE CASCADE`` foreign keys would take with ``doomed`` (transitively);
+        a row the ID map does not own is refused (the mirror would destroy what it did not write)."""
+        inspector = sa.inspect(conn)
+        cascading: list[tuple[str, str, str, str]] = []  # (child, column, parent, parent column)
+        for table in self.dst.table_names():
+            try:
+                fks = _foreign_keys(conn, inspector, self.dst.vendor, table)
+            except sa.exc.SQLAlchemyError:
+                continue
+            for fk in fks:
+                if (fk.get("options") or {}).get("ondelete", "").upper() == "CASCADE" and \
+                        len(fk["constrained_columns"]) == 1 and len(fk.get("referred_columns") or []) == 1:
+                    cascading.append((table, fk["constrained_columns"][0], fk["referred_table"],
+                                      fk["referred_columns"][0]))
+        if not cascading:
+            return {}
+        taken: dict[str, set[Any]] = {n: set(rows) for n, rows in doomed.items()}
+        out: dict[str, set[Any]] = {}
+        todo = dict(taken)
+        while todo:
+            nxt: dict[str, set[Any]] = {}
+            for child, column, parent, parent_column in cascading:
+                if parent not in todo:
+                    continue
+                child_pk = self.graph.keys.get(child) or (inspector.get_pk_constraint(child).get(
+                    "constrained_columns") or [None])[0]
+                parent_pk = self.graph.keys.get(parent) or (inspector.get_pk_constraint(parent).get(
+                    "constrained_columns") or [None])[0]
+                if child_pk is None or parent_column != parent_pk:
+                    continue
+                for batch in _batches(sorted(todo[parent], key=_sort_key)):
+                    for raw in conn.execute(sa.select(sa.column(child_pk)).select_from(sa.table(child)).where(
+                            keys.in_(self.dst, child, column, batch))).scalars():
+                        key = self.graph.key(child, raw) if child in self.graph.keys else str(raw).lower()
+                        if key in taken.setdefault(child, set()):
+                            continue
+                        taken[child].add(key)
+                        out.setdefault(child, set()).add(key)
+                        nxt.setdefault(child, set()).add(key)
+            todo = nxt
+        for child, rows in out.items():
+            owned = {self._target_key(child, t) if child in self.graph.keys else str(t)
+                     for t in self.idmap.owned(child).values()}
+            foreign = sorted((r for r in rows if r not in owned), key=_sort_key)
+            if foreign:
+                self.refuse(f"mirror's deletions would cascade (ON DELETE CASCADE) to {len(foreign)} {child} rows "
+                            f"this move did not write ({', '.join(map(str, foreign[:5]))}"
+                            f"{' …' if len(foreign) > 5 else ''})",
+                            "those rows were created on the target: delete or re-point them there first, or narrow "
+                            "the --filter so their parents stay")
+        return {n: sorted(rows, key=_sort_key) for n, rows in out.items()}
 
     def delete(self, doomed: Mapping[str, list[Any]], roots: Iterable[str]) -> None:
         """Delete ``doomed`` rows through the sink, children before the roots."""

@@ -134,6 +134,49 @@ class OpContext:
     host_path: Callable[[str, str], Path] | None = None
     place_safety_bundle: Callable[[Mapping[str, Any]], Path | None] | None = None
     allow_code: Callable[[str, str], None] | None = None
+    #: the sidecar's confinement: ``() → (its own instance, the peer .env files CAIRN_MIGRATE_PEERS lists)``;
+    #: None: the CLI (its user is the host's operator).  See :meth:`confine`.
+    confinement: Callable[[], tuple[Instance, list[Path]]] | None = None
+    _confined: set[tuple[Any, ...]] = field(default_factory=set)
+
+    def confine(self, sides: Sequence[Any]) -> None:
+        """Refuse (403) a pair of instances the shell does not trust its caller with (:mod:`.confine`): over
+        HTTP one side must be the sidecar's own instance, the other proven by an admin token for it or listed
+        by the operator in ``CAIRN_MIGRATE_PEERS``.  The one place the rule is applied (content, promote and
+        sync runs, their dry runs, jobs and schedules, and ``/migrate/syncs``)."""
+        if self.confinement is None or not sides:
+            return
+        key = tuple((s.field, s.value, s.token, s.url) for s in sides)
+        if key in self._confined:
+            return
+        from . import confine as rule
+
+        own, peers = self.confinement()
+
+        def open_env(value: str, trusted: bool = False) -> Instance | None:
+            from ..content.bundle_source import is_bundle_path
+            from ..instance.instance import Instance as _Instance
+
+            path = Path(value) if trusted else self.path("from_env", value)
+            assert path is not None
+            try:
+                bundle = path.is_dir() or is_bundle_path(str(path))
+            except InvalidInput:
+                bundle = False  # a file with another suffix: read as a .env
+            if bundle:
+                return None  # a bundle or a snapshot folder: not an instance
+            try:
+                return _Instance.from_env_file(path)
+            except MigrateError:
+                return rule.UNREADABLE  # no instance we can tell is the sidecar's or a peer: refused as another one
+
+        rule.check(own, peers, sides, open_env=open_env)
+        self._confined.add(key)
+
+    def check_instances(self, op: Operation, params: Mapping[str, Any]) -> None:
+        """:meth:`confine` the instances the operation's parameters name (nothing for one-instance operations)."""
+        if op.sides is not None and self.confinement is not None:
+            self.confine(op.sides(self, params))
 
     def check_code(self, field_name: str, value: str) -> None:
         """Refuse code on this host that the shell does not allow (the CLI allows its user's)."""
@@ -168,6 +211,7 @@ class OpContext:
                 self.safety_bundle(params)
             else:
                 self.path(schema_field.data_key or name, params[name])  # the caller's name: "from", not "from_"
+        self.check_instances(op, params)  # the paths are allowed: now whether the caller may name those instances
 
     def safety_bundle(self, params: Mapping[str, Any]) -> Path | None:
         """Where ``import --replace`` writes its safety bundle (None: the default beside the state store)."""
@@ -224,6 +268,8 @@ class Operation:
     #: False: the operation writes outside the instance's data (code into its extensions folder), which only
     #: the host's operator may do: the CLI runs it, ``POST /migrate/ops`` refuses it.
     http: bool = True
+    #: ``(ctx, params) → [confine.Side]``: the instances the operation reads or writes (:meth:`OpContext.confine`)
+    sides: Callable[[OpContext, dict[str, Any]], list[Any]] | None = None
 
     @property
     def needs_bundle(self) -> bool:
@@ -284,6 +330,7 @@ def run(name: str, ctx: OpContext, params: Mapping[str, Any], *, dry_run: bool =
     """
     op = get(name)
     loaded = dict(params) if validated else op.load(params)
+    ctx.check_instances(op, loaded)  # over HTTP (and schedules): the pair of instances the caller may name
     planned = bool(dry_run or loaded.get("dry_run"))
     if planned:
         if op.plan is None:
@@ -807,6 +854,29 @@ def _content_outcome(report: Report, planned: bool) -> Outcome:
     if report["refused"]:
         return Outcome.INVALID
     return Outcome.DIFFERENCES if planned and report["changes"] else Outcome.OK
+def _content_sides(ctx: OpContext, p: dict[str, Any]) -> list[Any]:
+    from .confine import Side
+
+    return [Side("from", p["from_"]), Side("to", p["to"], ctx.secret("to_token") or p.get("to_token"), p.get("to_url"))]
+
+
+def _promote_sides(ctx: OpContext, p: dict[str, Any]) -> list[Any]:
+    from .confine import Side
+
+    return [Side("from", p["from_"], ctx.secret("from_token") or p.get("from_token")),
+            Side("to", p["to"], ctx.secret("to_token") or p.get("to_token"))]
+
+
+def _sync_sides(ctx: OpContext, p: dict[str, Any]) -> list[Any]:
+    """A sync profile's source and target (it stores no token: over HTTP the other side is a listed peer)."""
+    from ..service.state import instance_scope
+    from .confine import Side
+    from .sync_profiles import SyncStore
+
+    profile = SyncStore(ctx.state_url, instance_scope(ctx.instance())).get(p["name"])
+    return [Side("source", profile["source"]), Side("target", profile["target"])]
+
+
 def _sync_run(ctx: OpContext, p: dict[str, Any]) -> Report:
     from .sync import run
 
@@ -870,8 +940,11 @@ register(Operation("install_extension", "Write (or remove) the /migrate endpoint
                    lambda r, planned: Outcome.DIFFERENCES if r.get("problems") else Outcome.OK, cli="install-extension",
                    http=False))
 register(Operation("promote", "Promote the structure (schema, roles and permissions) of one instance onto another.",
-                   PromoteParams, _promote, _promote_outcome, plan=_promote_plan, cli="promote"))
+                   PromoteParams, _promote, _promote_outcome, plan=_promote_plan, cli="promote",
+                   sides=_promote_sides))
 register(Operation("content", "Move rows of collections, with their related rows, files and bytes, to another instance.",
-                   ContentMoveParams, _content_move, _content_outcome, plan=_content_move_plan, cli="content move"))
+                   ContentMoveParams, _content_move, _content_outcome, plan=_content_move_plan, cli="content move",
+                   sides=_content_sides))
 register(Operation("sync_run", "Run a sync profile once: optionally promote, then move the content changed since its "
-                   "watermark.", SyncRunParams, _sync_run, _sync_outcome, plan=_sync_plan, cli="sync run"))
+                   "watermark.", SyncRunParams, _sync_run, _sync_outcome, plan=_sync_plan, cli="sync run",
+                   sides=_sync_sides))

@@ -35,6 +35,9 @@ EXTENSION_KEY = "cairn_migrate"
 ENV_PREFIX = "CAIRN_MIGRATE_"
 #: The folders (colon-separated) an HTTP caller may name by path; none by default.
 HTTP_PATHS = "CAIRN_MIGRATE_HTTP_PATHS"
+#: The peer instances' ``.env`` files (``os.pathsep``-separated) the operator trusts as the other side of a
+#: content move, promote or sync profile run over HTTP (:mod:`cairn_migrate.operations.confine`); none by default.
+PEERS = "CAIRN_MIGRATE_PEERS"
 #: The ``module:function`` strings HTTP callers may name as a content move's ``transform`` (none by default).
 TRANSFORMS = "CAIRN_MIGRATE_TRANSFORMS"
 
@@ -55,6 +58,7 @@ def _defaults() -> dict[str, Any]:
         HTTP_PATHS: "",
         TRANSFORMS: "",
         "CAIRN_MIGRATE_WEBHOOK_HOSTS": "",
+        PEERS: "",
         "CAIRN_MIGRATE_HEALTH_CACHE_SECONDS": 5,
         "CAIRN_MIGRATE_HEALTH_TIMEOUT": 2,
     }
@@ -282,6 +286,13 @@ class MigrateState:
                                f"('{os.pathsep}'-separated)",
                                details={"field": field, "path": value, "setting": HTTP_PATHS})
         return resolved
+
+    def confinement(self) -> tuple[Instance, list[Path]]:
+        """What HTTP callers are confined to: this sidecar's instance, and the peers ``CAIRN_MIGRATE_PEERS`` lists
+        (:meth:`~cairn_migrate.operations.OpContext.confine`)."""
+        from ..operations.confine import peer_paths
+
+        return self.instance(), peer_paths(self.config.get(PEERS))
 
     def allow_transform(self, field: str, value: str) -> None:
         """Refuse code an HTTP caller names (``transform``) unless the sidecar's operator lists it in ``CAIRN_MIGRATE_TRANSFORMS``.

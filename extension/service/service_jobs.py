@@ -107,7 +107,7 @@ def operation_context(state: MigrateState, *, progress: Progress | None = None, 
                      locate_bundle=partial(_bundle_of, state), secrets=dict(secrets or {}),
                      scripts_dir=Path(str(scripts)) if scripts else None, host_path=state.http_path,
                      place_safety_bundle=lambda params: safety_bundle_of(state, dict(params), job_id),
-                     allow_code=state.allow_transform)
+                     allow_code=state.allow_transform, confinement=state.confinement)
 
 
 def operation_job(ctx: JobContext, *, name: str, state: MigrateState) -> dict[str, Any]:

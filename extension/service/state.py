@@ -11,7 +11,9 @@ it.  Records written before scoping existed have no instance: nobody sees them
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +58,42 @@ def instance_scope(instance: Instance) -> str:
         where = f"{(url.host or '').lower()}:{port}/{url.database or ''}"
     ident = "\n".join([instance.key or "", database.vendor, where])
     return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:32]
+
+
+def database_identity(instance: Instance) -> str:
+    """Where ``instance``'s data lives, spelled one way (32 hex digits): two ``.env`` files naming the same
+    database give the same value, whatever their host spelling.
+
+    The vendor and, for SQLite, the file's absolute path (symlinks resolved); for a server database its host
+    resolved to an address (``localhost`` and ``127.0.0.1`` are one host; a name that does not resolve stays
+    as written, lower-cased), the port (the vendor's default when none is given) and the database name.
+    ``KEY`` is left out: the rows are the database's, whichever instance reads them.  The content ID map
+    (:mod:`cairn_migrate.content.keys`) and the same-instance checks use it; jobs keep :func:`instance_scope`.
+    """
+    database = instance.database
+    url = database.url
+    if database.vendor == "sqlite":
+        where = str(Path(url.database or "").expanduser().resolve())
+    else:
+        port = url.port or _DEFAULT_PORTS.get(database.vendor, 0)
+        where = f"{canonical_host(url.host or 'localhost')}:{port}/{url.database or ''}"
+    ident = "\n".join(["database", database.vendor, where])
+    return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:32]
+
+
+def canonical_host(host: str) -> str:
+    """``host`` as one address: loopback names are ``127.0.0.1``; a name resolves to its first address (sorted)."""
+    host = host.strip("[]").lower()
+    if host.startswith("/"):  # a Unix socket directory
+        return str(Path(host).resolve())
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return host
+    addresses = sorted({info[4][0] for info in infos})
+    if any(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return "127.0.0.1"
+    return addresses[0] if addresses else host
 
 
 def legacy_instance_label(instance: Instance) -> str:
