@@ -48,7 +48,6 @@ from .limits import DEFAULT_WORKERS
 from ..progress import NullProgress, Progress
 from ..ledger.scripts import id_values
 from ..service.state import create_tables, default_state_url, instance_scope
-from ..instance import s3_lean
 from ..instance import storage as _storage
 from ..instance.storage import CHUNK, PART, Location, open_location
 
@@ -130,6 +129,12 @@ class CopyLedger:
         with self.engine.connect() as conn:
             for row in conn.execute(query):
                 yield dict(row._mapping)
+
+    def source_names(self, move_id: str, state: str) -> list[str]:
+        """``src_name`` of the move's objects in ``state`` (one column as plain tuples: cheap for 100k entries)."""
+        query = sa.select(OBJECTS.c.src_name).where(OBJECTS.c.move_id == move_id, OBJECTS.c.state == state)
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(query)]
 
     def save(self, move_id: str, results: Sequence[dict[str, Any]]) -> None:
         """Upsert verified objects (one transaction); ``copies`` grows by one per real copy."""
@@ -346,7 +351,7 @@ class _AsyncCopier:
         self.part_slots: asyncio.Semaphore | None = None
         # Local → S3 that checks checksums: small objects go up through the lean client, from threads of their
         # own (they may wait on the loop for the other cases, which may wait on ``threads``: never the same pool).
-        self.lean = s3_lean.for_location(dst) if self.checked_puts and src.container is None else None
+        self.lean = dst.lean if self.checked_puts and src.container is None else None
         self.lean_threads = (ThreadPoolExecutor(self.workers, thread_name_prefix="move-s3")
                              if self.lean is not None else None)
         self.lean_slots = threading.Semaphore(self.workers)
