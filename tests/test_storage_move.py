@@ -237,13 +237,16 @@ def test_prune_from_an_unknown_location_is_refused_like_move(sqlite_instance: Pa
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("server_checks", [True, False], ids=["checksummed", "read-back"])
-def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tmp_path: Path,
+@pytest.mark.parametrize("server_checks", [True, "streamed", False], ids=["checksummed", "streamed-put", "read-back"])
+def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool | str, tmp_path: Path,
                                                         request: pytest.FixtureRequest,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large objects: checksummed multipart, one streamed PUT (the lean client), or copied and read back."""
     from cairn_migrate.instance import storage
     from cairn_migrate.operations import storage_move
 
+    if server_checks is True:  # multipart for every large object
+        monkeypatch.setattr(storage_move, "LEAN_PUT_MAX", storage_move.SMALL)
     if not server_checks:  # an S3 service that ignores checksums: every copy is read back
         monkeypatch.setattr(storage, "s3_verifies_checksums", lambda location: False)
         monkeypatch.setattr(storage, "s3_put_verified", None)  # never used then

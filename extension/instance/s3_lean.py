@@ -60,6 +60,32 @@ class S3Error(Exception):
         self.code = code
 
 
+_BLOCK = 1024 * 1024
+
+
+class _Body:
+    """The first ``size`` bytes of an open file as a request body http.client streams; fails if the file got shorter."""
+
+    def __init__(self, fh: Any, size: int) -> None:
+        self.fh, self.size, self.left = fh, size, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def rewind(self) -> None:
+        self.fh.seek(0)
+        self.left = self.size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        block = self.fh.read(min(self.left, _BLOCK if n is None or n < 0 else n))
+        if not block:
+            raise OSError("the source file got shorter while it was sent")
+        self.left -= len(block)
+        return block
+
+
 def _close_all(conns: set[http.client.HTTPConnection], lock: threading.Lock) -> None:
     with lock:
         closing = list(conns)
@@ -107,7 +133,7 @@ class LeanS3:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.sock is None:  # none yet, or closed by :meth:`close`
             cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            conn = cls(self.host, self.port, timeout=timeouts.connect_timeout())
+            conn = cls(self.host, self.port, timeout=timeouts.connect_timeout(), blocksize=_BLOCK)
             conn.connect()
             conn.sock.settimeout(timeouts.read_timeout())  # connected: from now on a silent server is a read timeout
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -159,12 +185,14 @@ class LeanS3:
         return self.prefix + quote(key, safe="/~")
 
     # requests --------------------------------------------------------------
-    def _request(self, method: str, key: str, headers: dict[str, str], body: bytes | None,
+    def _request(self, method: str, key: str, headers: dict[str, str], body: bytes | _Body | None,
                  payload_sha256: str, query: str = "") -> tuple[int, http.client.HTTPResponse, bytes]:
         path = self.path(key)
         target = f"{path}?{query}" if query else path
         for attempt in (1, 2):
             signed = self._signed(method, path, headers, payload_sha256, query)
+            if isinstance(body, _Body):
+                body.rewind()
             if body is not None:
                 signed["content-length"] = str(len(body))
             try:
@@ -198,6 +226,19 @@ class LeanS3:
         """
         headers = {"x-amz-checksum-sha256": base64.b64encode(digest).decode("ascii"), **self.extra}
         status, response, body = self._request("PUT", key, headers, data, digest.hex())
+        if status != 200:
+            raise S3Error(status, _error_code(body) or response.reason)
+        return response.getheader("x-amz-checksum-sha256")
+
+    def put_file(self, key: str, path: str, size: int, digest: bytes) -> str | None:
+        """:meth:`put` of the first ``size`` bytes of a local file, streamed (1 MiB blocks, never all in memory).
+
+        ``digest`` is their SHA-256, from a first read: bytes that changed since
+        do not hash to it and the service refuses them (a checking service only).
+        """
+        headers = {"x-amz-checksum-sha256": base64.b64encode(digest).decode("ascii"), **self.extra}
+        with open(path, "rb") as fh:
+            status, response, body = self._request("PUT", key, headers, _Body(fh, size), digest.hex())
         if status != 200:
             raise S3Error(status, _error_code(body) or response.reason)
         return response.getheader("x-amz-checksum-sha256")

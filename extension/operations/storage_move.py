@@ -297,6 +297,21 @@ def _transfer(src: Location, dst: Location, row: dict[str, Any], entry: dict[str
         return {**result, "action": "failed", "error": exc.message}
 
 
+#: Objects up to this size go up in one streamed PUT through the lean client (rclone's default
+#: ``--s3-upload-cutoff``); larger ones as a checksummed multipart upload.
+LEAN_PUT_MAX = 200 * CHUNK
+
+
+def _local_sha256(path: str) -> tuple[int, str]:
+    """Size read and hex SHA-256 of a local file, streamed."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
 def _local_size(location: Location, name: str) -> int | None:
     """:meth:`Location.size` of a local location without fsspec: one ``stat``."""
     import stat
@@ -394,11 +409,12 @@ class _AsyncCopier:
                       check_target: bool) -> dict[str, Any]:
         """:meth:`_transfer` for a local source and a checksum-checking S3 target, in the calling thread.
 
-        Small objects: a ``stat``, one read, one SHA-256 and one signed PUT
-        through :mod:`.s3_lean` carrying that SHA-256 (a HEAD first only when
-        the target is checked), the same verification as
-        :func:`.storage.s3_put_verified`.  Everything else (adoption of an
-        object already there, large objects) runs :meth:`_transfer` on the loop.
+        Objects up to :data:`LEAN_PUT_MAX`: a ``stat``, a read and SHA-256 (in
+        memory up to :data:`SMALL`, streamed above), one signed PUT through
+        :mod:`.s3_lean` carrying that SHA-256 (a HEAD first only when the target
+        is checked), the same verification as :func:`.storage.s3_put_verified`.
+        Everything else (adoption of an object already there, larger objects:
+        checksummed multipart) runs :meth:`_transfer` on the loop.
         """
         src, dst, lean = self.src, self.dst, self.lean
         assert lean is not None
@@ -418,20 +434,29 @@ class _AsyncCopier:
                     present = lean.head(key)
             if entry is not None and entry.get("sha256") and present == size == entry.get("size"):
                 return {**result, "action": "skipped", "sha256": entry["sha256"]}
-            if present == size or size > SMALL:
+            if present == size or size > LEAN_PUT_MAX:
                 return asyncio.run_coroutine_threadsafe(
                     self._loop_transfer(row, entry, dst_name, check_target), self.loop).result()
-            with src._errors("read", name), open(src.path_for(name), "rb") as fh:
-                data = fh.read()
-            if len(data) != size:
-                return {**result, "action": "failed", "error": "the source changed while it was copied"}
-            digest = hashlib.sha256(data).digest()
-            source_sha = digest.hex()
-            with dst._errors("write", dst_name):
-                answered = lean.put(key, data, digest)
+            if size > SMALL:  # one streamed PUT, hashed by a first read (as rclone below its 200 MiB cutoff)
+                with src._errors("read", name):
+                    read, source_sha = _local_sha256(src.path_for(name))
+                if read != size:
+                    return {**result, "action": "failed", "error": "the source changed while it was copied"}
+                digest = bytes.fromhex(source_sha)
+                with dst._errors("write", dst_name), src._errors("read", name):
+                    answered = lean.put_file(key, src.path_for(name), size, digest)
+            else:
+                with src._errors("read", name), open(src.path_for(name), "rb") as fh:
+                    data = fh.read()
+                if len(data) != size:
+                    return {**result, "action": "failed", "error": "the source changed while it was copied"}
+                digest = hashlib.sha256(data).digest()
+                source_sha = digest.hex()
+                with dst._errors("write", dst_name):
+                    answered = lean.put(key, data, digest)
+                del data
             if answered == _storage._b64(digest):
                 return {**result, "action": "copied", "sha256": source_sha}
-            del data
             if _read_back(dst, dst_name, size) != (size, source_sha):
                 return {**result, "action": "failed", "error": "the copy on the target does not match (size/sha256)"}
             return {**result, "action": "copied", "sha256": source_sha}
