@@ -268,7 +268,7 @@ class LeanS3:
             raise S3Error(status, response.reason)
         return True
 
-    def list(self, prefix: str = "") -> Iterator[list[tuple[str, int]]]:
+    def list(self, prefix: str = "", page_size: int = 1000) -> Iterator[list[tuple[str, int]]]:
         """``(key, size)`` of every object whose key starts with ``prefix``, a ListObjectsV2 page at a time.
 
         :raises FileNotFoundError: the bucket does not exist.
@@ -276,7 +276,7 @@ class LeanS3:
         """
         token: str | None = None
         while True:
-            params = {"list-type": "2", "max-keys": "1000", "prefix": prefix}
+            params = {"list-type": "2", "max-keys": str(page_size), "prefix": prefix}
             if token:
                 params["continuation-token"] = token
             query = "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted(params.items()))
