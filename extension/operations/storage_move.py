@@ -443,7 +443,7 @@ class _AsyncCopier:
                 if read != size:
                     return {**result, "action": "failed", "error": "the source changed while it was copied"}
                 digest = bytes.fromhex(source_sha)
-                with dst._errors("write", dst_name), src._errors("read", name):
+                with dst._errors("write", dst_name):  # the target's errors name the target's settings
                     answered = lean.put_file(key, src.path_for(name), size, digest)
             else:
                 with src._errors("read", name), open(src.path_for(name), "rb") as fh:
