@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -236,13 +237,16 @@ def test_prune_from_an_unknown_location_is_refused_like_move(sqlite_instance: Pa
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("server_checks", [True, False], ids=["checksummed", "read-back"])
-def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tmp_path: Path,
+@pytest.mark.parametrize("server_checks", [True, "streamed", False], ids=["checksummed", "streamed-put", "read-back"])
+def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool | str, tmp_path: Path,
                                                         request: pytest.FixtureRequest,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large objects: checksummed multipart, one streamed PUT (the lean client), or copied and read back."""
     from cairn_migrate.instance import storage
     from cairn_migrate.operations import storage_move
 
+    if server_checks is True:  # multipart for every large object
+        monkeypatch.setattr(storage_move, "LEAN_PUT_MAX", storage_move.SMALL)
     if not server_checks:  # an S3 service that ignores checksums: every copy is read back
         monkeypatch.setattr(storage, "s3_verifies_checksums", lambda location: False)
         monkeypatch.setattr(storage, "s3_put_verified", None)  # never used then
@@ -265,15 +269,20 @@ def test_move_to_s3_large_objects_and_both_verifications(server_checks: bool, tm
     assert all(shas[name] == sha(local.read_bytes(name)) for _, name in before.values())
 
 
-@pytest.mark.parametrize("driver", REMOTES)
+@pytest.mark.parametrize("driver", [*REMOTES, pytest.param("s3-botocore", marks=pytest.mark.s3)])
 def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: pytest.FixtureRequest,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from cairn_migrate.instance import storage
+    """Every copy path refuses bytes that changed on the way: S3's lean client, S3 through aiobotocore, GCS, Azure."""
+    from cairn_migrate.instance import s3_lean, storage
 
+    if driver == "s3-botocore":
+        monkeypatch.setenv(s3_lean.LEAN_ENV, "0")
+        driver = "s3"
     env = remote_instance("sqlite", driver, tmp_path, request)
     add_files(env, 4)
     bad = sorted(n for _, n in rows(env).values())[0]
-    real_put, real_pipe = storage.s3_put_verified, storage.apipe
+    real_put, real_pipe, real_lean_put = storage.s3_put_verified, storage.apipe, s3_lean.LeanS3.put
+    lean_puts: list[str] = []
 
     async def corrupt_put(location, name, data, digest):  # the bytes change on the way; the service must notice
         return await real_put(location, name, data[:-1] + b"!" if name == bad else data, digest)
@@ -281,8 +290,13 @@ def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: py
     async def corrupt_pipe(location, name, data):  # a target that stores other bytes than it was sent
         await real_pipe(location, name, data[:-1] + b"!" if name == bad else data)
 
+    def corrupt_lean_put(self, key, data, digest):  # the same on the lean client's way
+        lean_puts.append(key)
+        return real_lean_put(self, key, data[:-1] + b"!" if key.endswith(bad) else data, digest)
+
     monkeypatch.setattr(storage, "s3_put_verified", corrupt_put)
     monkeypatch.setattr(storage, "apipe", corrupt_pipe)
+    monkeypatch.setattr(s3_lean.LeanS3, "put", corrupt_lean_put)
     state = f"sqlite:///{tmp_path / 'state.db'}"
     before = rows(env)
     report = move(inst(env), "local", "remote", state_url=state)
@@ -290,6 +304,8 @@ def test_corrupted_copy_is_not_switched(driver: str, tmp_path: Path, request: py
     assert report["switched"] == len(before) - 1
     after = rows(env)
     assert [i for i in before if after[i][0] == "local"] == [i for i in before if before[i][1] == bad]
+    # the lean client carried the S3 copies unless it was turned off; never the others
+    assert bool(lean_puts) == (driver == "s3" and os.environ.get(s3_lean.LEAN_ENV) != "0")
 
 
 @pytest.mark.s3

@@ -213,16 +213,27 @@ class Location:
     CairnCMS stores them in ``directus_files``.
     """
 
-    def __init__(self, config: LocationConfig, fs: fsspec.AbstractFileSystem, *, container: str | None,
-                 root: str, endpoint: str | None, identity: tuple[Any, ...]) -> None:
+    def __init__(self, config: LocationConfig, fs: fsspec.AbstractFileSystem | Callable[[], Any], *,
+                 container: str | None, root: str, endpoint: str | None, identity: tuple[Any, ...]) -> None:
         self.config = config
-        self.fs = fs
+        # a filesystem, or a function building it on first use (s3fs costs a second of imports)
+        self._fs: Any = None if callable(fs) and not isinstance(fs, fsspec.AbstractFileSystem) else fs
+        self._fs_factory = fs if self._fs is None else None
+        #: The lean S3 client (:mod:`.s3_lean`) for sizes, listings and the bucket check, where it applies.
+        self.lean: Any = None
         self.container = container
         self.root = root
         self.endpoint = endpoint
         #: Two locations with the same identity can copy server-side.
         self.identity = identity
         self._probed_at = float("-inf")
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (built on first use)."""
+        if self._fs is None:
+            self._fs = self._fs_factory()
+        return self._fs
 
     # naming ------------------------------------------------------------
     @property
@@ -322,6 +333,8 @@ class Location:
                 raise self._missing_container()
 
     def _container_exists(self) -> bool:
+        if self.lean is not None:
+            return bool(self.lean.head_bucket())
         fs: Any = self.fs
         if self.driver == "s3":
             try:
@@ -366,6 +379,9 @@ class Location:
     def size(self, name: str) -> int | None:
         """Size in bytes, or ``None`` when there is no such object."""
         self._reachable()
+        if self.lean is not None:
+            with self._errors("look up", name):
+                return self.lean.head(object_key(self.root, name))
         with self._errors("look up", name):
             try:
                 info = self.fs.info(self.path_for(name))
@@ -436,8 +452,12 @@ class Location:
         base = f"{self.root}/" if self.root else ""
         self._reachable()
         with self._errors("list"):
-            if self.driver == "s3":
-                entries: Iterator[dict[str, Any]] = self._iter_s3(base + prefix)
+            if self.lean is not None:
+                entries: Iterator[dict[str, Any]] = (
+                    {"name": f"{self.container}/{key}", "size": size, "type": "file"}
+                    for page in self.lean.list(base + prefix) for key, size in page)
+            elif self.driver == "s3":
+                entries = self._iter_s3(base + prefix)
             else:
                 path = self._base()
                 if not self.fs.exists(self.container):
@@ -538,8 +558,6 @@ def _open_local(config: LocationConfig) -> Location:
 
 
 def _open_s3(config: LocationConfig) -> Location:
-    import s3fs
-
     opts = config.options
     bucket = _require(config, "bucket", "BUCKET")
     key, secret = _text(opts, "key"), _text(opts, "secret")
@@ -563,13 +581,21 @@ def _open_s3(config: LocationConfig) -> Location:
         extra["ACL"] = _text(opts, "acl")
     if _text(opts, "serverSideEncryption"):
         extra["ServerSideEncryption"] = _text(opts, "serverSideEncryption")
-    fs = s3fs.S3FileSystem(
-        key=key, secret=secret, anon=False, client_kwargs=client_kwargs, config_kwargs=config_kwargs,
-        s3_additional_kwargs=extra or None, skip_instance_cache=True, use_listings_cache=False,
-    )
+    def build() -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=key, secret=secret, anon=False, client_kwargs=client_kwargs, config_kwargs=config_kwargs,
+            s3_additional_kwargs=extra or None, skip_instance_cache=True, use_listings_cache=False,
+        )
+
     identity = ("s3", endpoint, client_kwargs.get("region_name"), key, secret)
-    return Location(config, fs, container=bucket, root=normalize_root(_text(opts, "root")), endpoint=endpoint,
-                    identity=identity)
+    location = Location(config, build, container=bucket, root=normalize_root(_text(opts, "root")),
+                        endpoint=endpoint, identity=identity)
+    from . import s3_lean
+
+    location.lean = s3_lean.for_location(location)
+    return location
 
 
 def _open_gcs(config: LocationConfig) -> Location:

@@ -185,8 +185,8 @@ def _load_retained(scan: Scan, instance: Instance, state_url: str | None) -> Non
     try:
         moves = ledger.moves(instance_scope(instance)) + ledger.moves(legacy_instance_label(instance))
         for move in moves:
-            batch = [(move["src"], normalized(e["src_name"]), stem_of(e["src_name"]))
-                     for e in ledger.all_entries(move["move_id"], "switched")]
+            batch = [(move["src"], normalized(name), stem_of(name))
+                     for name in ledger.source_names(move["move_id"], "switched")]
             scan.conn.executemany("INSERT INTO retained VALUES (?,?,?)", batch)
         scan.conn.execute("CREATE INDEX retained_name ON retained (loc, name)")
         scan.conn.execute("CREATE INDEX retained_stem ON retained (loc, stem)")
@@ -303,17 +303,21 @@ def _classify(db: Database, scan: Scan, instance: Instance, usable: dict[str, Lo
             progress.check_cancelled()
         scan.add("missing", missing)
         scan.add("size_mismatch", mismatched)
+    # whether a move kept the object itself is answered in the same query (one indexed probe per object,
+    # not one query each: 10k kept objects took 0.5 s that way); a transform's original by _retained
     orphan_sql = (
-        "SELECT o.loc, o.name, o.size, o.tstem FROM objects o LEFT JOIN rows r ON r.storage = o.loc AND r.name = o.name "
+        "SELECT o.loc, o.name, o.size, o.tstem, "
+        "EXISTS (SELECT 1 FROM retained k WHERE k.loc = o.loc AND k.name = o.name) "
+        "FROM objects o LEFT JOIN rows r ON r.storage = o.loc AND r.name = o.name "
         "WHERE r.id IS NULL")
     ignored = {"transforms": 0, "health_probes": 0, "quarantined": 0, "kept_after_move": 0}
     orphans: list[tuple[Any, ...]] = []
-    for loc, name, size, tstem in scan.query(orphan_sql):
+    for loc, name, size, tstem, kept in scan.query(orphan_sql):
         if _HEALTH.match(name):
             ignored["health_probes"] += 1
         elif name.startswith(QUARANTINE_PREFIX + "/"):
             ignored["quarantined"] += 1
-        elif _retained(scan, loc, name, tstem):
+        elif kept or (tstem is not None and _retained(scan, loc, name, tstem)):
             ignored["kept_after_move"] += 1
         elif tstem is not None and scan.conn.execute(
                 "SELECT 1 FROM rows WHERE storage = ? AND stem = ? LIMIT 1", (loc, tstem)).fetchone():

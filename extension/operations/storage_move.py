@@ -32,6 +32,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -128,6 +129,12 @@ class CopyLedger:
         with self.engine.connect() as conn:
             for row in conn.execute(query):
                 yield dict(row._mapping)
+
+    def source_names(self, move_id: str, state: str) -> list[str]:
+        """``src_name`` of the move's objects in ``state`` (one column as plain tuples: cheap for 100k entries)."""
+        query = sa.select(OBJECTS.c.src_name).where(OBJECTS.c.move_id == move_id, OBJECTS.c.state == state)
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(query)]
 
     def save(self, move_id: str, results: Sequence[dict[str, Any]]) -> None:
         """Upsert verified objects (one transaction); ``copies`` grows by one per real copy."""
@@ -290,6 +297,35 @@ def _transfer(src: Location, dst: Location, row: dict[str, Any], entry: dict[str
         return {**result, "action": "failed", "error": exc.message}
 
 
+#: Objects up to this size go up in one streamed PUT through the lean client (rclone's default
+#: ``--s3-upload-cutoff``); larger ones as a checksummed multipart upload.
+LEAN_PUT_MAX = 200 * CHUNK
+
+
+def _local_sha256(path: str) -> tuple[int, str]:
+    """Size read and hex SHA-256 of a local file, streamed."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def _local_size(location: Location, name: str) -> int | None:
+    """:meth:`Location.size` of a local location without fsspec: one ``stat``."""
+    import stat
+
+    try:
+        st = os.stat(location.path_for(name))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MigrateError(f"could not look up {name!r} on storage location {location.name!r}: "
+                           f"{type(exc).__name__}") from exc
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 # --------------------------------------------------------------------------- copying on the event loop
 #: Bytes of large-object parts in memory at once, over all copies of one move.
 PARTS_IN_FLIGHT = 6 * PART
@@ -328,6 +364,12 @@ class _AsyncCopier:
         self.threads = ThreadPoolExecutor(self.workers, thread_name_prefix="move")
         self.slots: asyncio.Semaphore | None = None
         self.part_slots: asyncio.Semaphore | None = None
+        # Local → S3 that checks checksums: small objects go up through the lean client, from threads of their
+        # own (they may wait on the loop for the other cases, which may wait on ``threads``: never the same pool).
+        self.lean = dst.lean if self.checked_puts and src.container is None else None
+        self.lean_threads = (ThreadPoolExecutor(self.workers, thread_name_prefix="move-s3")
+                             if self.lean is not None else None)
+        self.lean_slots = threading.Semaphore(self.workers)
 
     @staticmethod
     def usable(src: Location, dst: Location) -> bool:
@@ -335,11 +377,99 @@ class _AsyncCopier:
         return loop is not None and (src.container is None or _storage.async_loop(src) is loop)
 
     def close(self) -> None:
+        if self.lean_threads is not None:
+            self.lean_threads.shutdown(wait=True, cancel_futures=True)
+            assert self.lean is not None
+            self.lean.close()
         self.threads.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
                check_target: bool) -> Future[dict[str, Any]]:
+        if self.lean_threads is not None:
+            return self.lean_threads.submit(self._slotted, row, entry, dst_name, check_target)
         return asyncio.run_coroutine_threadsafe(self._run(row, entry, dst_name, check_target), self.loop)
+
+    def _slotted(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+                 check_target: bool) -> dict[str, Any]:
+        """:meth:`transfer_lean` holding one of ``workers`` slots, released by :meth:`done` (as :meth:`_run`)."""
+        self.lean_slots.acquire()
+        try:
+            return self.transfer_lean(row, entry, dst_name, check_target)
+        except BaseException:
+            self.lean_slots.release()
+            raise
+
+    def copy_batch(self, items: list[tuple[dict[str, Any], dict[str, Any] | None, str, bool]]) -> list[dict[str, Any]]:
+        """Copy and verify a batch (``workers`` at a time); one result per item, in order."""
+        if self.lean_threads is not None:
+            return list(self.lean_threads.map(lambda item: self.transfer_lean(*item), items))
+        return asyncio.run_coroutine_threadsafe(_copy_batch(self, items), self.loop).result()
+
+    def transfer_lean(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+                      check_target: bool) -> dict[str, Any]:
+        """:meth:`_transfer` for a local source and a checksum-checking S3 target, in the calling thread.
+
+        Objects up to :data:`LEAN_PUT_MAX`: a ``stat``, a read and SHA-256 (in
+        memory up to :data:`SMALL`, streamed above), one signed PUT through
+        :mod:`.s3_lean` carrying that SHA-256 (a HEAD first only when the target
+        is checked), the same verification as :func:`.storage.s3_put_verified`.
+        Everything else (adoption of an object already there, larger objects:
+        checksummed multipart) runs :meth:`_transfer` on the loop.
+        """
+        src, dst, lean = self.src, self.dst, self.lean
+        assert lean is not None
+        name = str(row["filename_disk"])
+        result = {"id": row["id"], "src_name": name, "dst_name": dst_name, "size": None, "sha256": None}
+        try:
+            size = _local_size(src, name)
+            if size is None:
+                return {**result, "action": "failed", "error": "source bytes are missing"}
+            result["size"] = size
+            if row.get("filesize") is not None and int(row["filesize"]) != size:
+                return {**result, "action": "failed", "error": f"source has {size} bytes, the row says {row['filesize']}"}
+            key = _storage.object_key(dst.root, dst_name)
+            present = None
+            if check_target:
+                with dst._errors("look up", dst_name):
+                    present = lean.head(key)
+            if entry is not None and entry.get("sha256") and present == size == entry.get("size"):
+                return {**result, "action": "skipped", "sha256": entry["sha256"]}
+            if present == size or size > LEAN_PUT_MAX:
+                return asyncio.run_coroutine_threadsafe(
+                    self._loop_transfer(row, entry, dst_name, check_target), self.loop).result()
+            if size > SMALL:  # one streamed PUT, hashed by a first read (as rclone below its 200 MiB cutoff)
+                with src._errors("read", name):
+                    read, source_sha = _local_sha256(src.path_for(name))
+                if read != size:
+                    return {**result, "action": "failed", "error": "the source changed while it was copied"}
+                digest = bytes.fromhex(source_sha)
+                with dst._errors("write", dst_name):  # the target's errors name the target's settings
+                    answered = lean.put_file(key, src.path_for(name), size, digest)
+            else:
+                with src._errors("read", name), open(src.path_for(name), "rb") as fh:
+                    data = fh.read()
+                if len(data) != size:
+                    return {**result, "action": "failed", "error": "the source changed while it was copied"}
+                digest = hashlib.sha256(data).digest()
+                source_sha = digest.hex()
+                with dst._errors("write", dst_name):
+                    answered = lean.put(key, data, digest)
+                del data
+            if answered == _storage._b64(digest):
+                return {**result, "action": "copied", "sha256": source_sha}
+            if _read_back(dst, dst_name, size) != (size, source_sha):
+                return {**result, "action": "failed", "error": "the copy on the target does not match (size/sha256)"}
+            return {**result, "action": "copied", "sha256": source_sha}
+        except MigrateError as exc:
+            if exc.code in ("unreachable", "config_error"):
+                raise  # the location itself is broken: stop the whole move
+            return {**result, "action": "failed", "error": exc.message}
+
+    async def _loop_transfer(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
+                             check_target: bool) -> dict[str, Any]:
+        if self.part_slots is None:  # made on the loop it belongs to
+            self.part_slots = asyncio.Semaphore(max(2, self.parts_in_flight // PART))
+        return await self._transfer(row, entry, dst_name, check_target)
 
     async def _run(self, row: dict[str, Any], entry: dict[str, Any] | None, dst_name: str,
                    check_target: bool) -> dict[str, Any]:
@@ -359,6 +489,11 @@ class _AsyncCopier:
         Holding the slot until then bounds the objects written but not yet
         seen by the move's thread (its progress, its ledger) to ``workers``.
         """
+        if self.lean_threads is not None:
+            for _ in range(count):
+                self.lean_slots.release()
+            return
+
         def release() -> None:
             assert self.slots is not None
             for _ in range(count):
@@ -460,7 +595,7 @@ def _worker_copy(items: list[tuple[dict[str, Any], dict[str, Any] | None, str, b
     """
     copier = _worker_copier
     assert copier is not None, "worker process without its copier"
-    return asyncio.run_coroutine_threadsafe(_copy_batch(copier, items), copier.loop).result()
+    return copier.copy_batch(items)
 
 
 async def _copy_batch(copier: _AsyncCopier, items: list[tuple[dict[str, Any], dict[str, Any] | None, str, bool]],
