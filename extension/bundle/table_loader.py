@@ -9,7 +9,6 @@ end.  Values are converted only where the target needs it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from ..instance.database import Database
 from .drift import FieldFlags
 from ..progress import Progress
 from .table_schema import TableDef, build_tables, foreign_key_constraints, mysql_database_collation
-from .values import decoder, encoder
+from .values import decoder, encoder, loads_line
 
 BATCH = 5000
 
@@ -53,10 +52,9 @@ def _row_transform(table: TableDef, storage_map: Mapping[str, str],
 
 def jsonl_rows(path: Path) -> Iterator[list[Any]]:
     """The neutral rows of a table member."""
-    loads = json.JSONDecoder().decode
     with path.open("rb") as fh:
         for line in fh:
-            yield loads(line.decode("utf-8"))
+            yield loads_line(line)
 
 
 def database_rows(db: Database, table: TableDef) -> Iterator[list[Any]]:

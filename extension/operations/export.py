@@ -39,7 +39,7 @@ from ..progress import NullProgress, Progress
 from ..service.state import instance_scope
 from ..instance.storage import Location, open_location
 from ..bundle.table_schema import TableDef, load_order, reflect_tables
-from ..bundle.values import SQLITE_STORED, fast_decoder
+from ..bundle.values import SQLITE_STORED, dumps_row, dumps_rows, fast_decoder, finite
 from ..bundle.workdir import scratch
 from ..masking import MaskProfile, Profile, ProfileError, prepare, row_masker
 from ..masking import load as load_profile
@@ -53,7 +53,7 @@ _SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN", "CREDENTIALS")
 
 def row_line(values: Any) -> bytes:
     """One JSON line of the bundle (a row as an array, in the table definition's column order)."""
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+    return dumps_row(values)
 
 
 def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress,
@@ -63,11 +63,17 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
     names = [column.name for column in table.columns]
     converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := fast_decoder(column.type, db.vendor))]
     masker = row_masker(mask, table.name, names) if mask is not None else None
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+    floats = [i for i, column in enumerate(table.columns) if column.type in ("float", "double")]
+    if mask is None and floats:  # NaN/Infinity keep the standard library's spelling (orjson writes null)
+        converting += [(i, finite) for i in floats]
+    elif floats:
+        inner = masker
+        masker = lambda values: (None if (out := inner(values)) is None  # noqa: E731
+                                 else [finite(v) if i in floats else v for i, v in enumerate(out)])
     member = f"tables/{table.name}.jsonl"
     rows = dropped = 0
     with writer.open(member) as out:
-        buffer: list[str] = []
+        buffer: list[list[Any]] = []
         for row in db.stream_tuples(table.name, names, connection=conn):
             values: list[Any] | None = list(row)  # an SQLAlchemy Row is not a JSON array
             for i, codec in converting:
@@ -77,17 +83,17 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
                 if values is None:
                     dropped += 1
                     continue
-            buffer.append(dumps(values))
+            buffer.append(values)
             if len(buffer) == 5000:
-                out.write(("\n".join(buffer) + "\n").encode("utf-8"))
-                rows += len(buffer)
+                out.write(dumps_rows(buffer))
+                rows += 5000
                 buffer.clear()
                 progress.advance(items=5000)
                 progress.check_cancelled()
         if buffer:
-            out.write(("\n".join(buffer) + "\n").encode("utf-8"))
             rows += len(buffer)
             progress.advance(items=len(buffer))
+            out.write(dumps_rows(buffer))
     progress.advance(items=dropped)
     return {"rows": rows, "member": member, **({"dropped_by_mask": dropped} if dropped else {})}
 
