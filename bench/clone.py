@@ -71,16 +71,22 @@ ANALYZE bench_items;
 """
 
 
+CPU: dict[str, float] = {}  # the last timed command's user+sys CPU seconds (/usr/bin/time), under load a steadier figure
+
+
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run ``command``; return (seconds, peak RSS in KiB of that child)."""
+    """Run ``command``; return (seconds, peak RSS in KiB of that child); its CPU seconds land in ``CPU["last"]``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.monotonic()
-    runner = ["/usr/bin/time", "-f", "%M"] if shutil.which("time") or Path("/usr/bin/time").exists() else []
+    runner = ["/usr/bin/time", "-f", "%U %S %M"] if shutil.which("time") or Path("/usr/bin/time").exists() else []
     result = subprocess.run(runner + command, env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    rss = int(result.stderr.strip().splitlines()[-1]) if runner else max(0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss - before)
+    if runner:
+        user, system, _ = result.stderr.strip().splitlines()[-1].split()
+        CPU["last"] = float(user) + float(system)
+    rss = int(result.stderr.strip().splitlines()[-1].split()[-1]) if runner else max(0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss - before)
     return elapsed, rss
 
 
@@ -171,13 +177,16 @@ def run_once(admin_url: str, rows: int, work: Path, modes: list[str], verify: bo
             bundle = work / f"{mode}-{rows}"
             extra = ["--native"] if mode == "fast" else []
             t_export, rss_export = timed(CLI + ["--env", str(source_env), "export", "--full", "-o", str(bundle), *extra])
+            cpu_export = CPU.get("last", 0.0)
             target, target_env = empty_target(admin_url, work, f"{mode}-{rows}-dst-{time.monotonic_ns()}")
             databases.append(target)
             t_import, rss_import = timed(CLI + ["--env", str(target_env), "import", str(bundle)])
+            cpu_import = CPU.get("last", 0.0)
             t_verify = timed(CLI + ["--env", str(target_env), "verify", str(bundle)])[0] if verify else 0.0
             size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
             result[mode] = {
-                "export_s": round(t_export, 2), "import_s": round(t_import, 2), "total_s": round(t_export + t_import, 2),
+                "export_s": round(t_export, 2), "import_s": round(t_import, 2),
+                "export_cpu_s": round(cpu_export, 2), "import_cpu_s": round(cpu_import, 2), "total_s": round(t_export + t_import, 2),
                 "verify_s": round(t_verify, 2), "export_peak_rss_mib": round(rss_export / 1024, 1),
                 "import_peak_rss_mib": round(rss_import / 1024, 1), "size_bytes": size,
             }
