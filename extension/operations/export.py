@@ -39,7 +39,7 @@ from ..progress import NullProgress, Progress
 from ..service.state import instance_scope
 from ..instance.storage import Location, open_location
 from ..bundle.table_schema import TableDef, load_order, reflect_tables
-from ..bundle.values import SQLITE_STORED, fast_decoder
+from ..bundle.values import SQLITE_STORED, dumps_row, dumps_rows, fast_decoder, finite
 from ..bundle.workdir import scratch
 from ..masking import MaskProfile, Profile, ProfileError, prepare, row_masker
 from ..masking import load as load_profile
@@ -53,7 +53,62 @@ _SECRET_WORDS = ("SECRET", "PASSWORD", "KEY", "TOKEN", "CREDENTIALS")
 
 def row_line(values: Any) -> bytes:
     """One JSON line of the bundle (a row as an array, in the table definition's column order)."""
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+    return dumps_row(values)
+
+
+#: PostgreSQL types (OIDs) whose ``json_build_array`` element is the value the row-by-row export writes:
+#: as they are (booleans, integers) or through their text (the same text psycopg hands out for them,
+#: :func:`~cairn_migrate.instance.database.Database.stream_tuples`). Others (floats: ``NaN`` becomes a
+#: string; ``bytea``: base64; char(n), arrays, domains, …) keep the row-by-row path.
+_PG_JSON_AS_IS = {16, 20, 21, 23}  # bool, int8, int2, int4
+_PG_JSON_AS_TEXT = {25, 1043, 2950, 114, 3802, 1184, 1114, 1082, 1083, 1700}  # text, varchar, uuid, json, jsonb,
+# timestamptz, timestamp, date, time, numeric
+_PG_MAX_ARGS = 100  # a function's argument limit (FUNC_MAX_ARGS)
+_BLOCK = 1 << 20
+
+
+def _pg_json_lines(conn: sa.Connection, table: TableDef) -> Iterator[bytes] | None:
+    """The table's JSON lines written by PostgreSQL itself (``COPY (SELECT json_build_array(…)) TO STDOUT``),
+    in blocks of whole lines, or ``None`` where a column's type is not one it writes in our neutral form.
+
+    In the same transaction (snapshot) as ``conn``. ``FORMAT csv`` with control characters as delimiter and
+    quote passes each JSON text through unchanged: PostgreSQL's JSON escapes every control character, so no
+    value needs quoting. Python touches no value: each block is read, hashed and written.
+    """
+    raw = conn.connection.driver_connection  # type: ignore[union-attr]
+    if str(raw.info.encoding).replace("-", "").lower() != "utf8" or len(table.columns) > _PG_MAX_ARGS:  # type: ignore[union-attr]
+        return None
+    quote = conn.dialect.identifier_preparer.quote
+    columns = [quote(c.name) for c in table.columns]
+    with raw.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(f"SELECT {', '.join(columns)} FROM {quote(table.name)} LIMIT 0")
+        oids = [column.type_code for column in cursor.description or ()]
+    elements = []
+    for column, oid in zip(columns, oids):
+        if oid in _PG_JSON_AS_IS:
+            elements.append(column)
+        elif oid in _PG_JSON_AS_TEXT:
+            elements.append(f"{column}::text")
+        else:
+            return None
+    query = (f"COPY (SELECT json_build_array({', '.join(elements)}) FROM {quote(table.name)}) TO STDOUT "
+             "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
+
+    def blocks() -> Iterator[bytes]:
+        with raw.cursor() as cursor, cursor.copy(query) as copy:  # type: ignore[union-attr]
+            buffer = bytearray()
+            for data in copy:  # COPY's messages are small: gather ~1 MiB of whole lines per write
+                buffer += data
+                if len(buffer) >= _BLOCK:
+                    cut = buffer.rfind(b"\n") + 1
+                    yield bytes(buffer[:cut])
+                    del buffer[:cut]
+            if buffer:
+                if not buffer.endswith(b"\n"):  # pragma: no cover - COPY ends every row with a newline
+                    raise MigrateError(f"{table.name}: PostgreSQL's COPY ended inside a row")
+                yield bytes(buffer)
+
+    return blocks()
 
 
 def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: BundleDirWriter, progress: Progress,
@@ -63,11 +118,29 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
     names = [column.name for column in table.columns]
     converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := fast_decoder(column.type, db.vendor))]
     masker = row_masker(mask, table.name, names) if mask is not None else None
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+    lines = _pg_json_lines(conn, table) if db.vendor == "postgres" and mask is None and not converting else None
+    if lines is not None:
+        member = f"tables/{table.name}.jsonl"
+        rows = 0
+        with writer.open(member) as out:
+            for block in lines:
+                out.write(block)
+                count = block.count(b"\n")
+                rows += count
+                progress.advance(items=count)
+                progress.check_cancelled()
+        return {"rows": rows, "member": member}
+    floats = [i for i, column in enumerate(table.columns) if column.type in ("float", "double")]
+    if mask is None and floats:  # NaN/Infinity keep the standard library's spelling (orjson writes null)
+        converting += [(i, finite) for i in floats]
+    elif floats:
+        inner = masker
+        masker = lambda values: (None if (out := inner(values)) is None  # noqa: E731
+                                 else [finite(v) if i in floats else v for i, v in enumerate(out)])
     member = f"tables/{table.name}.jsonl"
     rows = dropped = 0
     with writer.open(member) as out:
-        buffer: list[str] = []
+        buffer: list[list[Any]] = []
         for row in db.stream_tuples(table.name, names, connection=conn):
             values: list[Any] | None = list(row)  # an SQLAlchemy Row is not a JSON array
             for i, codec in converting:
@@ -77,17 +150,17 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
                 if values is None:
                     dropped += 1
                     continue
-            buffer.append(dumps(values))
+            buffer.append(values)
             if len(buffer) == 5000:
-                out.write(("\n".join(buffer) + "\n").encode("utf-8"))
-                rows += len(buffer)
+                out.write(dumps_rows(buffer))
+                rows += 5000
                 buffer.clear()
                 progress.advance(items=5000)
                 progress.check_cancelled()
         if buffer:
-            out.write(("\n".join(buffer) + "\n").encode("utf-8"))
             rows += len(buffer)
             progress.advance(items=len(buffer))
+            out.write(dumps_rows(buffer))
     progress.advance(items=dropped)
     return {"rows": rows, "member": member, **({"dropped_by_mask": dropped} if dropped else {})}
 
