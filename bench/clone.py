@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,7 +108,7 @@ def pg_args(admin_url: str) -> list[str]:
     return ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
 
 
-def run(admin_url: str, rows: int, work: Path, modes: list[str]) -> dict[str, object]:
+def run(admin_url: str, rows: int, work: Path, modes: list[str], repeat: int = 1) -> dict[str, object]:
     source, source_env = make_source(admin_url, rows, work)
     result: dict[str, object] = {"rows_generated": rows}
     databases = [source]
@@ -124,15 +125,27 @@ def run(admin_url: str, rows: int, work: Path, modes: list[str]) -> dict[str, ob
             bundle = work / f"{mode}-{rows}"
             extra = ["--native"] if mode == "fast" else []
             t_export, rss_export = timed(CLI + ["--env", str(source_env), "export", "--full", "-o", str(bundle), *extra])
-            target, target_env = empty_target(admin_url, work, f"{mode}-{rows}-dst")
-            databases.append(target)
-            t_import, rss_import = timed(CLI + ["--env", str(target_env), "import", str(bundle)])
-            t_verify, _ = timed(CLI + ["--env", str(target_env), "verify", str(bundle)])
+            imports, verifies, rss_imports, rss_verifies = [], [], [], []
+            for attempt in range(repeat):  # interleaved: import, then verify of that import, `repeat` times
+                target, target_env = empty_target(admin_url, work, f"{mode}-{rows}-dst{attempt}")
+                databases.append(target)
+                t_import, rss_import = timed(CLI + ["--env", str(target_env), "import", str(bundle)])
+                t_verify, rss_verify = timed(CLI + ["--env", str(target_env), "verify", str(bundle)])
+                imports.append(t_import)
+                verifies.append(t_verify)
+                rss_imports.append(rss_import)
+                rss_verifies.append(rss_verify)
+                drop_postgres_database(admin_url, target)
+                databases.remove(target)
+            t_import, t_verify = statistics.median(imports), statistics.median(verifies)
             size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
             result[mode] = {
                 "export_s": round(t_export, 2), "import_s": round(t_import, 2), "total_s": round(t_export + t_import, 2),
-                "verify_s": round(t_verify, 2), "export_peak_rss_mib": round(rss_export / 1024, 1),
-                "import_peak_rss_mib": round(rss_import / 1024, 1), "size_bytes": size,
+                "verify_s": round(t_verify, 2), "verify_vs_import": round(t_verify / t_import, 2),
+                "import_runs_s": [round(t, 2) for t in imports], "verify_runs_s": [round(t, 2) for t in verifies],
+                "export_peak_rss_mib": round(rss_export / 1024, 1),
+                "import_peak_rss_mib": round(max(rss_imports) / 1024, 1),
+                "verify_peak_rss_mib": round(max(rss_verifies) / 1024, 1), "size_bytes": size,
             }
             shutil.rmtree(bundle, ignore_errors=True)
     finally:
@@ -151,20 +164,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000, help="a second, smaller run for the RSS comparison (0: skip)")
     parser.add_argument("--modes", default="native,neutral,fast")
+    parser.add_argument("--repeat", type=int, default=1, help="imports + verifies per mode, interleaved (medians)")
+    parser.add_argument("--out", default="clone.json", help="file name under bench/results/")
     parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
     modes = args.modes.split(",")
     work = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
-    results = {"machine": {"cpus": os.cpu_count()}, "runs": []}
+    results = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "runs": []}
     try:
         for rows in [r for r in (args.small, args.rows) if r]:
             print(f"== {rows:,} rows", flush=True)
-            run_result = run(args.admin_url, rows, work, modes)
+            run_result = run(args.admin_url, rows, work, modes, args.repeat)
             print(json.dumps(run_result, indent=2), flush=True)
             results["runs"].append(run_result)  # type: ignore[attr-defined]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = ROOT / "bench" / "results" / "clone.json"
+    results["machine"]["load_after"] = os.getloadavg()  # type: ignore[index]
+    out = ROOT / "bench" / "results" / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {out.relative_to(ROOT)}")
