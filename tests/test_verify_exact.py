@@ -87,3 +87,33 @@ def test_bytes_that_differ_but_mean_the_same_fall_back_to_the_full_comparison(
     articles = next(t for t in report["tables"] if t["table"] == "articles")
     assert "compared" not in articles  # the full path said ok
     assert next(t for t in report["tables"] if t["table"] == "tags")["compared"] == "exact"
+
+
+def test_rows_read_ahead_keep_their_order_their_errors_and_stop_when_abandoned() -> None:
+    """The target's rows are read by a second thread (:func:`verify._prefetched`): every row once, in order;
+    the reader's error raised in the reader's caller; an abandoned read stops the thread."""
+    import threading
+
+    assert [row for batch in verify._prefetched(iter(range(12_345))) for row in batch] == list(range(12_345))
+
+    def failing():
+        yield from range(7_000)
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(RuntimeError, match="connection lost"):
+        for _ in verify._prefetched(failing()):
+            pass
+
+    read = 0
+
+    def endless():
+        nonlocal read
+        while True:
+            read += 1
+            yield read
+
+    batches = verify._prefetched(endless())
+    next(batches)
+    batches.close()
+    assert not any(t.name == "verify-read" for t in threading.enumerate())
+    assert read <= 4 * verify._BATCH  # two batches waiting, one being filled, one handed over
