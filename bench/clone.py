@@ -6,8 +6,9 @@ Side by side in one run, on the same database:
   * fast:    cairn-migrate export --native (pg_dump in our snapshot) + import (pg_restore)
 and the peak RSS of our export and import at two sizes, to show memory does not grow with rows.
 
-Usage: .venv/bin/python bench/clone.py [--rows 1000000] [--small 100000] [--admin-url URL]
+Usage: .venv/bin/python bench/clone.py [--rows 1000000] [--small 100000]   (PostgreSQL: $CAIRN_TEST_PG_URL)
 Writes bench/results/clone.json and prints a table.  Needs PostgreSQL (scripts/servers start).
+bench/run runs this comparison (and the others) interleaved, as medians; this script is the one-shot form.
 """
 
 from __future__ import annotations
@@ -15,119 +16,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import sqlalchemy as sa
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from cairn_migrate.testing import (  # noqa: E402
-    create_postgres_database,
-    drop_postgres_database,
-    instance_env,
-    server_env,
-    write_env,
-)
-
-FIXTURE = ROOT / "tests" / "fixtures" / "postgres"
-CLI = [str(Path(sys.executable).with_name("cairn-migrate"))]
-
-GENERATE = """
-CREATE TABLE bench_items (
-    id uuid PRIMARY KEY,
-    status varchar(255) NOT NULL DEFAULT 'draft',
-    title varchar(255) NOT NULL,
-    body text,
-    published_at timestamp with time zone,
-    date_created timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
-    seo json,
-    views integer,
-    featured boolean DEFAULT false,
-    cover_image uuid REFERENCES directus_files (id) ON DELETE SET NULL
-);
-INSERT INTO bench_items
-SELECT md5(i::text)::uuid,
-       (ARRAY['draft','published','archived'])[1 + i % 3],
-       'Item number ' || i,
-       repeat('Lorem ipsum dolor sit amet, consectetur adipiscing elit. ', 1 + i % 4) || i,
-       timestamptz '2024-01-01 00:00:00+00' + (i || ' minutes')::interval,
-       timestamptz '2023-06-01 12:00:00+00' + (i || ' seconds')::interval,
-       json_build_object('title', 'Item ' || i, 'keywords', json_build_array('a', 'b', i % 7), 'score', i % 100),
-       i % 10000,
-       i % 5 = 0,
-       CASE WHEN i % 2 = 0 THEN (SELECT id FROM directus_files ORDER BY id LIMIT 1) END
-FROM generate_series(1, :rows) AS i;
-ANALYZE bench_items;
-"""
+from common import CLI, ROOT, empty_target, make_source, pg_args, timed  # noqa: E402  (the rows: common.GENERATE_PG)
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run ``command``; return (seconds, peak RSS in KiB of that child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.monotonic()
-    runner = ["/usr/bin/time", "-f", "%M"] if shutil.which("time") or Path("/usr/bin/time").exists() else []
-    result = subprocess.run(runner + command, env=env, capture_output=True, text=True)
-    elapsed = time.monotonic() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    rss = int(result.stderr.strip().splitlines()[-1]) if runner else max(0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss - before)
-    return elapsed, rss
-
-
-def make_source(admin_url: str, rows: int, work: Path) -> tuple[str, Path]:
-    name = create_postgres_database(admin_url, FIXTURE / "seeded.sql", prefix="cm_bench_src")
-    engine = sa.create_engine(sa.engine.make_url(admin_url).set(drivername="postgresql+psycopg", database=name))
-    with engine.begin() as conn:
-        for statement in GENERATE.split(";\n"):
-            if statement.strip():
-                conn.execute(sa.text(statement), {"rows": rows} if ":rows" in statement else {})
-    engine.dispose()
-    folder = work / f"src-{rows}"
-    folder.mkdir()
-    shutil.copytree(FIXTURE / "uploads", folder / "uploads")
-    return name, write_env(folder / ".env", instance_env(FIXTURE, server_env(admin_url, name, "pg")))
-
-
-def empty_target(admin_url: str, work: Path, label: str) -> tuple[str, Path]:
-    name = create_postgres_database(admin_url, prefix="cm_bench_dst")
-    folder = work / label
-    folder.mkdir()
-    return name, write_env(folder / ".env", instance_env(FIXTURE, server_env(admin_url, name, "pg")))
-
-
-def pg_args(admin_url: str) -> list[str]:
-    url = sa.engine.make_url(admin_url)
-    return ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
-
-
-def run(admin_url: str, rows: int, work: Path, modes: list[str]) -> dict[str, object]:
-    source, source_env = make_source(admin_url, rows, work)
+def run(rows: int, work: Path, modes: list[str]) -> dict[str, object]:
+    src = make_source("pg", rows, work)
+    source, source_env = src.database, src.env
     result: dict[str, object] = {"rows_generated": rows}
-    databases = [source]
+    databases = [src]
     try:
         if "native" in modes:
             dump = work / f"native-{rows}.dump"
-            t_dump, _ = timed(["pg_dump", *pg_args(admin_url), "-Fc", "--no-owner", "--no-privileges", "-f", str(dump), source])
-            target, _env = empty_target(admin_url, work, f"native-{rows}")
-            databases.append(target)
-            t_restore, _ = timed(["pg_restore", *pg_args(admin_url), "--no-owner", "--no-privileges", "-d", target, str(dump)])
+            t_dump, _ = timed(["pg_dump", *pg_args(), "-Fc", "--no-owner", "--no-privileges", "-f", str(dump), source])
+            dst = empty_target("pg", work, f"native-{rows}")
+            databases.append(dst)
+            t_restore, _ = timed(["pg_restore", *pg_args(), "--no-owner", "--no-privileges", "-d", dst.database, str(dump)])
             result["native"] = {"export_s": round(t_dump, 2), "import_s": round(t_restore, 2), "total_s": round(t_dump + t_restore, 2),
                                 "size_bytes": dump.stat().st_size}
         for mode in [m for m in modes if m != "native"]:
             bundle = work / f"{mode}-{rows}"
             extra = ["--native"] if mode == "fast" else []
-            t_export, rss_export = timed(CLI + ["--env", str(source_env), "export", "--full", "-o", str(bundle), *extra])
-            target, target_env = empty_target(admin_url, work, f"{mode}-{rows}-dst")
-            databases.append(target)
-            t_import, rss_import = timed(CLI + ["--env", str(target_env), "import", str(bundle)])
-            t_verify, _ = timed(CLI + ["--env", str(target_env), "verify", str(bundle)])
+            t_export, rss_export = timed([CLI, "--env", str(source_env), "export", "--full", "-o", str(bundle), *extra])
+            dst = empty_target("pg", work, f"{mode}-{rows}-dst")
+            databases.append(dst)
+            t_import, rss_import = timed([CLI, "--env", str(dst.env), "import", str(bundle)])
+            t_verify, _ = timed([CLI, "--env", str(dst.env), "verify", str(bundle)])
             size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
             result[mode] = {
                 "export_s": round(t_export, 2), "import_s": round(t_import, 2), "total_s": round(t_export + t_import, 2),
@@ -136,8 +56,8 @@ def run(admin_url: str, rows: int, work: Path, modes: list[str]) -> dict[str, ob
             }
             shutil.rmtree(bundle, ignore_errors=True)
     finally:
-        for name in databases:
-            drop_postgres_database(admin_url, name)
+        for database in databases:
+            database.drop()
     native = result.get("native")
     if isinstance(native, dict):
         for mode in ("neutral", "fast"):
@@ -151,7 +71,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000, help="a second, smaller run for the RSS comparison (0: skip)")
     parser.add_argument("--modes", default="native,neutral,fast")
-    parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
     modes = args.modes.split(",")
     work = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
@@ -159,7 +78,7 @@ def main() -> None:
     try:
         for rows in [r for r in (args.small, args.rows) if r]:
             print(f"== {rows:,} rows", flush=True)
-            run_result = run(args.admin_url, rows, work, modes)
+            run_result = run(rows, work, modes)
             print(json.dumps(run_result, indent=2), flush=True)
             results["runs"].append(run_result)  # type: ignore[attr-defined]
     finally:

@@ -328,3 +328,44 @@ def machine() -> dict[str, Any]:
                  "root": root_dev},
         "kernel": platform.release(), "versions": server_versions(),
     }
+
+
+def make_files(folder: Path, small: int, large: int, large_mib: int) -> list[tuple[str, str, int]]:
+    """``small`` files of 1-8 KiB and ``large`` of ``large_mib`` MiB, random bytes (nothing compresses).
+
+    Returns (id, filename_disk, size) per file, the ids fixed (uuid4 form of 1, 2, …) so runs are alike.
+    """
+    import uuid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    with open("/dev/urandom", "rb") as rng:
+        for n in range(small + large):
+            file_id = str(uuid.UUID(int=n + 1, version=4))
+            size = (large_mib << 20) if n >= small else 1024 + (n * 37) % 7168
+            name = f"{file_id}.bin"
+            with (folder / name).open("wb") as fh:
+                remaining = size
+                while remaining:
+                    chunk = rng.read(min(remaining, 8 << 20))
+                    fh.write(chunk)
+                    remaining -= len(chunk)
+            out.append((file_id, name, size))
+    return out
+
+
+def rclone(work: Path) -> tuple[list[str], dict[str, str]]:
+    """``rclone --config <a temporary file>`` with a remote ``bench:`` on the test S3 server, and its env.
+
+    The S3 endpoint and keys come from ``scripts/servers env`` (``CAIRN_TEST_S3_*``).  ``AWS_CA_BUNDLE`` is
+    left out of the env: rclone 1.60 refuses a custom CA bundle with its own transport.
+    """
+    config = work / "rclone.conf"
+    config.write_text("[bench]\ntype = s3\nprovider = SeaweedFS\n"
+                      f"access_key_id = {os.environ.get('CAIRN_TEST_S3_KEY', 'cairn-test-key')}\n"
+                      f"secret_access_key = {os.environ.get('CAIRN_TEST_S3_SECRET', 'cairn-test-secret')}\n"
+                      f"endpoint = {os.environ.get('CAIRN_TEST_S3_ENDPOINT', 'http://127.0.0.1:8333')}\n"
+                      f"region = {os.environ.get('CAIRN_TEST_S3_REGION', 'us-east-1')}\n")
+    config.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    return ["rclone", "--config", str(config)], env

@@ -30,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402  (files and the rclone remote, shared with bench/run)
 
 from storage_servers import S3_ENDPOINT, S3_KEY, S3_REGION, S3_SECRET, create_container, remove_container  # noqa: E402
 
@@ -43,30 +46,21 @@ log = logging.getLogger("bench")
 
 
 def make_files(uploads: Path, db: Path, small: int, large: int, large_mb: int) -> int:
-    """Write the files and their rows; return the byte total."""
-    rows, total = [], 0
-    for n in range(small + large):
-        file_id = str(uuid.uuid4())
-        size = (large_mb << 20) if n >= small else 1024 + (n * 37) % 7168
-        with (uploads / f"{file_id}.bin").open("wb") as fh:
-            fh.write(os.urandom(size))
-        rows.append((file_id, "local", f"{file_id}.bin", f"f{n}.bin", "application/octet-stream", size))
-        total += size
+    """Write the files (``common.make_files``) and their rows; return the byte total."""
+    made = common.make_files(uploads, small, large, large_mb)
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO directus_files (id, storage, filename_disk, filename_download, type, filesize) "
-                         "VALUES (?,?,?,?,?,?)", rows)
-    return total
+                         "VALUES (?, 'local', ?, ?, 'application/octet-stream', ?)",
+                         [(i, name, f"f{n}.bin", size) for n, (i, name, size) in enumerate(made)])
+    return sum(size for _, _, size in made)
 
 
-def run_rclone(uploads: Path, bucket: str, transfers: int) -> float | None:
+def run_rclone(uploads: Path, bucket: str, transfers: int, work: Path) -> float | None:
     if shutil.which("rclone") is None:
         return None
-    env = {**os.environ, "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
-           "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": S3_KEY, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": S3_SECRET,
-           "RCLONE_CONFIG_BENCH_ENDPOINT": S3_ENDPOINT, "RCLONE_CONFIG_BENCH_REGION": S3_REGION}
-    env.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 refuses a custom CA bundle with its own transport
+    command, env = common.rclone(work)
     started = time.monotonic()
-    subprocess.run(["rclone", "copy", str(uploads), f"bench:{bucket}", "--transfers", str(transfers),
+    subprocess.run([*command, "copy", str(uploads), f"bench:{bucket}", "--transfers", str(transfers),
                     "--checkers", str(transfers * 2)], check=True, env=env)
     return time.monotonic() - started
 
@@ -115,7 +109,7 @@ def main() -> None:
         total = make_files(uploads, work / "instance" / "data.db", args.small, args.large, args.large_mb)
         count = args.small + args.large + 3
         log.info("rclone copy (--transfers %d)", args.workers)
-        rclone_s = run_rclone(uploads, rclone_bucket, args.workers)
+        rclone_s = run_rclone(uploads, rclone_bucket, args.workers, work)
         log.info("cairn-migrate storage move (--workers %d)", args.workers)
         started = time.monotonic()
         report = move(instance, "local", "s3", workers=args.workers, state_url=f"sqlite:///{work / 'state.db'}",
