@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -24,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -224,13 +225,16 @@ class Failed(RuntimeError):
 
 def timed_pipeline(commands: Sequence[Sequence[str]], *, stdin: Path | None = None, stdout: Path | None = None,
                    env: dict[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> tuple[float, int]:
-    """Run ``commands`` as one pipeline (``a | b | …``); return (wall seconds, largest peak RSS in KiB)."""
-    with tempfile.TemporaryDirectory(prefix="cairn-bench-time-") as tmp:
+    """Run ``commands`` as one pipeline (``a | b | …``); return (wall seconds, largest peak RSS in KiB).
+
+    Raises :class:`Failed` (with that command's stderr tail) when any command exits outside ``ok_codes``.
+    """
+    with tempfile.TemporaryDirectory(prefix="cairn-bench-time-") as tmp, contextlib.ExitStack() as files:
         rss_files = [Path(tmp) / f"rss{n}" for n in range(len(commands))]
-        err_files = [open(Path(tmp) / f"err{n}", "w+b") for n in range(len(commands))]
+        err_files = [files.enter_context(open(Path(tmp) / f"err{n}", "w+b")) for n in range(len(commands))]
+        fin: Any = files.enter_context(open(stdin, "rb")) if stdin else subprocess.DEVNULL
+        fout: Any = files.enter_context(open(stdout, "wb")) if stdout else subprocess.DEVNULL
         procs: list[subprocess.Popen[bytes]] = []
-        fin: IO[bytes] | None = open(stdin, "rb") if stdin else subprocess.DEVNULL  # type: ignore[assignment]
-        fout: IO[bytes] | None = open(stdout, "wb") if stdout else subprocess.DEVNULL  # type: ignore[assignment]
         started = time.perf_counter()
         previous = fin
         for n, command in enumerate(commands):
@@ -238,21 +242,16 @@ def timed_pipeline(commands: Sequence[Sequence[str]], *, stdin: Path | None = No
             proc = subprocess.Popen([TIME, "-f", "%M", "-o", str(rss_files[n]), *command], env=env, stdin=previous,
                                     stdout=fout if last else subprocess.PIPE, stderr=err_files[n])
             if n and procs[-1].stdout is not None:
-                procs[-1].stdout.close()
+                procs[-1].stdout.close()  # the next command owns the pipe now
             procs.append(proc)
-            previous = proc.stdout  # type: ignore[assignment]
+            previous = proc.stdout
         codes = [p.wait() for p in procs]
         elapsed = time.perf_counter() - started
-        for handle in (fin, fout):
-            if hasattr(handle, "close"):
-                handle.close()  # type: ignore[union-attr]
         for code, command, err in zip(codes, commands, err_files):
             if code not in ok_codes:
                 err.seek(0)
                 tail = err.read().decode(errors="replace")[-1500:]
                 raise Failed(f"{' '.join(command)} exited {code}: {tail}")
-        for err in err_files:
-            err.close()
         rss = 0
         for f in rss_files:
             numbers = re.findall(r"^\d+$", f.read_text(), re.M) if f.exists() else []
