@@ -131,9 +131,9 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
                 progress.check_cancelled()
         return {"rows": rows, "member": member}
     floats = [i for i, column in enumerate(table.columns) if column.type in ("float", "double")]
-    if mask is None and floats:  # NaN/Infinity keep the standard library's spelling (orjson writes null)
+    if masker is None and floats:  # NaN/Infinity keep the standard library's spelling (orjson writes null)
         converting += [(i, finite) for i in floats]
-    elif floats:
+    elif floats:  # a masked table: the masker's output is made finite (masking may drop or change the row)
         inner = masker
         masker = lambda values: (None if (out := inner(values)) is None  # noqa: E731
                                  else [finite(v) if i in floats else v for i, v in enumerate(out)])
