@@ -4,7 +4,8 @@ The target is the live instance (``live_instance``); the source is a copy of its
 database (``copy_instance``: same version, same structure, not started: a content move and a sync read the
 source's database, not its API), given new rows with ``sqlite3``.  Both ``.env`` files are named by path, so
 for this module the live sidecar runs with ``CAIRN_MIGRATE_HTTP_PATHS`` allowing the two instances' folders
-(restored afterwards).  Screenshots: ``test-output/admin-module-content.png``, ``…-syncs.png``.
+and ``CAIRN_MIGRATE_PEERS`` listing the source's ``.env`` (the operator's consent to move from another instance;
+both restored afterwards).  Screenshots: ``test-output/admin-module-content.png``, ``…-syncs.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from live_instance import COLLECTION, LiveInstance
 from test_admin_module_browser import CHROMIUM_ARGS, OUTPUT, copy_instance, log_in, open_module
 
 HTTP_PATHS = "CAIRN_MIGRATE_HTTP_PATHS"
+PEERS = "CAIRN_MIGRATE_PEERS"
 MOVED = "moved from the source"
 SYNCED = "synced from the source"
 PROFILE = "articles-sync"
@@ -37,14 +39,17 @@ def source(live_instance: LiveInstance, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def instance(live_instance: LiveInstance, source: Path) -> Iterator[LiveInstance]:
-    """The live instance, its sidecar allowing HTTP callers the folders of both instances' ``.env`` files."""
+    """The live instance, its sidecar allowing HTTP callers the folders of both instances' ``.env`` files and
+    trusting the source as a peer (without it a move or sync from another instance is refused, 403)."""
     live_instance.env[HTTP_PATHS] = os.pathsep.join([str(live_instance.folder), str(source.parent)])
+    live_instance.env[PEERS] = str(source.resolve())
     live_instance.stop_sidecar()
     live_instance.start_sidecar()
     try:
         yield live_instance
     finally:
         live_instance.env.pop(HTTP_PATHS, None)
+        live_instance.env.pop(PEERS, None)
         live_instance.stop_sidecar()
         live_instance.start_sidecar()
 
@@ -62,6 +67,23 @@ def page(chromium_path: str, instance: LiveInstance) -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+def stranger_env(source: Path) -> Path:
+    """An ``.env`` inside the allowed folders naming another database (a third instance, not in
+    ``CAIRN_MIGRATE_PEERS``): over HTTP a move or a sync from it is refused (403)."""
+    env = source.parent / "stranger" / ".env"
+    env.parent.mkdir(exist_ok=True)
+    text = source.read_text()
+    assert "data.db" in text, text
+    env.write_text(text.replace(str(source.parent / "data.db"), str(env.parent / "data.db")))
+    return env
+
+
+def assert_peers_refusal(text: str, env: Path) -> None:
+    """The page's wording of the confinement refusal: which side, and what the operator sets."""
+    assert "is another instance" in text and str(env) in text, text
+    assert "CAIRN_MIGRATE_PEERS" in text and "restart the sidecar" in text, text
 
 
 def add_source_rows(source: Path, titles: list[str]) -> None:
@@ -118,9 +140,13 @@ def test_content_move_plans_first_then_applies(page: Any, instance: LiveInstance
         open_module(page, instance)
         wait_for_default_target(page, "content-to", instance)
         assert str(source.parent) in page.inner_text("[data-testid=paths-allowed]")
-        page.fill("[data-testid=content-from]", str(source))
         page.check(f"[data-testid=content-collection-{COLLECTION}]")
         page.fill("[data-testid=content-filter]", json.dumps({"title": {"_contains": MOVED}}))
+        stranger = stranger_env(source)  # another instance the operator has not listed: refused, what to set
+        page.fill("[data-testid=content-from]", str(stranger))
+        page.click("[data-testid=plan-content] button")
+        assert_peers_refusal(page.wait_for_selector("[data-testid=content-error]").inner_text(), stranger)
+        page.fill("[data-testid=content-from]", str(source))
         plan = show_content_plan(page)
         assert plan.get_attribute("data-changes") == "true" and plan.get_attribute("data-refused") == "0", plan.inner_text()
         assert counts(page, "content-plan", COLLECTION) == {"created": 3, "updated": 0, "unchanged": 0, "skipped": 0, "deleted": 0}
@@ -202,6 +228,12 @@ def test_sync_profile_created_run_now_history_paused_removed(page: Any, instance
         page.check(f"[data-testid=sync-collection-{COLLECTION}]")
         page.fill("[data-testid=sync-filter]", json.dumps({"title": {"_contains": SYNCED}}))
         page.fill("[data-testid=sync-interval]", "3600")
+        stranger = stranger_env(source)  # another instance the operator has not listed: refused, what to set
+        page.fill("[data-testid=sync-source]", str(stranger))
+        page.click("[data-testid=add-sync] button")
+        assert_peers_refusal(page.wait_for_selector("[data-testid=sync-form-error]").inner_text(), stranger)
+        assert instance.request("GET", f"/migrate/syncs/{PROFILE}").status_code == 404
+        page.fill("[data-testid=sync-source]", str(source))
         page.click("[data-testid=add-sync] button")
         row = page.locator(f"[data-testid=sync-row][data-name={PROFILE}]")
         row.wait_for()

@@ -314,19 +314,20 @@ def test_a_type_change_is_data_loss_and_not_applied_by_cairncms_is_said(target: 
 
 def test_over_http_a_wrong_source_token_and_a_refusal_say_what_they_are(target: Target, tmp_path: Path) -> None:
     """Trial item 15: through POST /migrate/ops a wrong *source* token is 424 naming the source (never 401, the
-    caller's own login), and a refused job's error does not promise a resume."""
-    from instance_fixtures import ADMIN_EMAIL, bearer, restore_sqlite_instance
+    caller's own login), and a refused job's error does not promise a resume.
+
+    The sidecar is the target's own (its ``.env``): over HTTP one side must be the sidecar's instance
+    (confinement), and a wrong token for a side that is the sidecar's own still reaches the source's API."""
+    from instance_fixtures import bearer
 
     from cairn_migrate.operations import Outcome, OutcomeError
     from cairn_migrate.service.app import create_app, get_state
 
-    instance = restore_sqlite_instance(tmp_path / "sidecar")
-    instance.set_token(ADMIN_EMAIL, "sidecar-admin-token-0123456789")
-    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(instance.env_path),
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(target.env),
                       "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'sidecar-state.db'}",
                       "CAIRN_MIGRATE_SCHEDULER": False})
     try:
-        response = app.test_client().post("/migrate/ops", headers=bearer("sidecar-admin-token-0123456789"), json={
+        response = app.test_client().post("/migrate/ops", headers=bearer(TOKEN), json={
             "op": "promote", "params": {"from": target.url, "from_token": "wrong", "to": target.url,
                                         "to_token": TOKEN, "dry_run": True}})
         assert response.status_code == 424, response.get_json()

@@ -61,8 +61,16 @@ const css = {
 /*
  * The sidecar's hints speak to the command line.  A refused import says "pass --replace …, or --resume …";
  * on this page replacing is the "Replace" box, and resuming an interrupted import is done with the CLI.
+ * A move or sync from another instance refused over HTTP (403) names CAIRN_MIGRATE_PEERS or an admin token;
+ * the content move and sync forms have no token field for the other side, so the operator's setting comes first.
  */
 function pageHint(message, hint) {
+	if (hint && hint.includes('CAIRN_MIGRATE_PEERS')) {
+		/* Confinement (403): only Promote has a token field for another instance; elsewhere the operator consents. */
+		return 'ask the sidecar\'s operator to add that instance\'s .env (its absolute path) to CAIRN_MIGRATE_PEERS '
+			+ 'in the sidecar\'s environment and restart the sidecar (for Promote, a source admin token of that '
+			+ 'instance also proves it)';
+	}
 	if (!hint || !hint.includes('pass --replace')) return hint;
 	const resume = /interrupted import/.test(message)
 		? '; to finish the interrupted import instead, run cairn-migrate import <bundle> --resume on the sidecar\'s machine'

@@ -84,6 +84,19 @@ def row_digest(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[str, str]:
+    """The (source, target) pair as the ID map names it: the one way content moves write the map and sync
+    reads it.  ``source`` is an ``Instance``, or a bundle's ``scope`` (the source it was exported from).
+
+    :param legacy: the pair as earlier versions named it (``instance_scope``), to adopt their rows.
+    """
+    from ..service.state import database_identity, instance_scope
+
+    ident = instance_scope if legacy else database_identity
+    first = source if isinstance(source, str) else ident(source)
+    return first, ident(target)
+
+
 class IdMap:
     """The ID map of one (source, target) pair.
 

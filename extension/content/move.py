@@ -24,7 +24,7 @@ from ..errors import InvalidInput, MigrateError
 from ..instance.database import Database, consistent_snapshot
 from ..instance.instance import Instance
 from ..progress import NullProgress, Progress
-from ..service.state import database_identity, instance_scope
+from ..service.state import database_identity
 from . import keys
 from .closure import FILES, USERS, carry_files, compute, load_graph, primary_key
 from .filter import compile_filter, parse
@@ -119,10 +119,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 "fix": "align the target's structure first: cairn-migrate promote --from SRC --to DST"})
             return report
         conditions = {root: _condition(spec, root) for root in roots}
-        idmap = keys.IdMap(state_url, (bundle.scope if bundle is not None else database_identity(source),
-                                       database_identity(target)),
-                           legacy=(bundle.scope if bundle is not None else instance_scope(source),
-                                   instance_scope(target)))
+        origin = bundle.scope if bundle is not None else source
+        idmap = keys.IdMap(state_url, keys.pair_identity(origin, target),
+                           legacy=keys.pair_identity(origin, target, legacy=True))
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
         finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing

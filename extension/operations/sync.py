@@ -264,12 +264,11 @@ def _updated_after(engine: sa.Engine, column: sa.ColumnClause[Any], stamp: datet
 def source_keys(ctx: Any, profile: Mapping[str, Any], collection: str, target_ids: set[str]) -> dict[str, str]:
     """``{source key: target key}`` of the ``target_ids`` the content move's ID map (per instance pair, in the
     state store) records for ``collection``; target rows it does not know are left out."""
-    from ..content.keys import ID_MAP
-    from ..service.state import instance_scope
+    from ..content.keys import ID_MAP, pair_identity
 
     if not target_ids:
         return {}
-    scope = (instance_scope(ctx.other_instance(profile["source"])), instance_scope(ctx.other_instance(profile["target"])))
+    scope = pair_identity(ctx.other_instance(profile["source"]), ctx.other_instance(profile["target"]))
     from .sync_profiles import engine_of
 
     found: dict[str, str] = {}
