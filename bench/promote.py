@@ -109,6 +109,18 @@ def timed(command: list[str], **kwargs: Any) -> tuple[float, subprocess.Complete
     return time.perf_counter() - start, done
 
 
+def promote_timings(promote: list[str], env: dict[str, str]) -> dict[str, float]:
+    """The dry run (the plan), the promote (plan again + apply) and a second promote (no changes), timed."""
+    plan_s, planned = timed([*promote, "--dry-run"], env=env)
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    total_s, applied = timed(promote, env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    again_s, again = timed(promote, env=env)
+    assert again.stdout.splitlines()[-1] == "no changes", again.stdout
+    return {"plan_seconds": round(plan_s, 2), "promote_seconds": round(total_s, 2),
+            "apply_seconds": round(total_s - plan_s, 2), "second_promote_seconds": round(again_s, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collections", type=int, default=200)
@@ -123,32 +135,11 @@ def main() -> None:
         for mode in ("ours", "offline", "native"):
             name, url, server = fresh_instance(args.admin_url, base / mode, start=mode != "offline")
             try:
-                if mode == "ours":
-                    promote = [CLI, "promote", "--from", str(base / "src"), "--to", url, "--to-token", TOKEN,
-                               "--only", "schema"]
-                    env = {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"}
-                    plan_s, planned = timed([*promote, "--dry-run"], env=env)
-                    assert planned.returncode == 1, planned.stdout + planned.stderr
-                    total_s, applied = timed(promote, env=env)
-                    assert applied.returncode == 0, applied.stdout + applied.stderr
-                    again_s, again = timed(promote, env=env)
-                    assert again.stdout.splitlines()[-1] == "no changes", again.stdout
-                    results["ours"] = {"plan_seconds": round(plan_s, 2), "promote_seconds": round(total_s, 2),
-                                       "apply_seconds": round(total_s - plan_s, 2),
-                                       "second_promote_seconds": round(again_s, 2)}
-                elif mode == "offline":
-                    promote = [CLI, "promote", "--from", str(base / "src"), "--to", str(base / mode / ".env"),
-                               "--engine", "db", "--only", "schema"]
-                    env = {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"}
-                    plan_s, planned = timed([*promote, "--dry-run"], env=env)
-                    assert planned.returncode == 1, planned.stdout + planned.stderr
-                    total_s, applied = timed(promote, env=env)
-                    assert applied.returncode == 0, applied.stdout + applied.stderr
-                    again_s, again = timed(promote, env=env)
-                    assert again.stdout.splitlines()[-1] == "no changes", again.stdout
-                    results["offline"] = {"plan_seconds": round(plan_s, 2), "promote_seconds": round(total_s, 2),
-                                          "apply_seconds": round(total_s - plan_s, 2),
-                                          "second_promote_seconds": round(again_s, 2)}
+                if mode in ("ours", "offline"):
+                    to = ["--to", url, "--to-token", TOKEN] if mode == "ours" else \
+                        ["--to", str(base / mode / ".env"), "--engine", "db"]
+                    results[mode] = promote_timings([CLI, "promote", "--from", str(base / "src"), *to, "--only", "schema"],
+                                                    {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"})
                 else:
                     native_s, native = timed([str(ROOT / "scripts" / "cairncms"), "cli", str(base / mode), "schema",
                                               "apply", "--yes", str(base / "src" / "schema.yaml")],

@@ -29,14 +29,10 @@ from click.testing import CliRunner
 from conftest import FIXTURES, make_instance
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
-from cairn_migrate import operations
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.database import Database
 from cairn_migrate.instance.instance import Instance
 from cairn_migrate.testing import build_sqlite_instance
-
-if "content" not in {op.name for op in operations.all_operations()}:
-    pytest.skip("the content operation is not merged yet (tests/test_sync.py covers the rest)", allow_module_level=True)
 
 TOKEN = "sync-content-admin-token-0123456789"
 
