@@ -104,14 +104,34 @@ def counts(admin_url: str, name: str) -> dict[str, int]:
 
 
 def timed(command: list[str], **kwargs: Any) -> tuple[float, int | None, subprocess.CompletedProcess[str]]:
-    """Seconds, peak RSS (KiB, via /usr/bin/time when present) and the finished process."""
+    """Seconds, peak RSS (KiB, via /usr/bin/time when present) and the finished process (its CPU seconds,
+    user + system, in ``LAST_CPU``)."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
-        prefix = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if Path("/usr/bin/time").exists() else []
+        prefix = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file.name] if Path("/usr/bin/time").exists() else []
         start = time.perf_counter()
         done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=7200, **kwargs)
         seconds = time.perf_counter() - start
         rss = rss_file.read().strip().splitlines()
-    return seconds, int(rss[-1]) if rss and rss[-1].isdigit() else None, done
+    fields = rss[-1].split() if rss else []
+    LAST_CPU[0] = round(float(fields[1]) + float(fields[2]), 2) if len(fields) == 3 else None
+    return seconds, int(fields[0]) if fields and fields[0].isdigit() else None, done
+
+
+LAST_CPU: list[float | None] = [None]
+
+
+def session_cpu(session: int) -> float:
+    """CPU seconds (user + system) of every live process in ``session`` (the CMS server and its children)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 (session id) counted after the ")"
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / tick
 
 
 def machine() -> dict[str, Any]:
@@ -165,7 +185,8 @@ def main() -> None:
                 written = sum(c["created"] + c["updated"] for c in report["plan"].values())
                 results["db"] = {"seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
                                  "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024),
-                                 "target_rows": counts(admin, db_name), "profiled": bool(args.profile)}
+                                 "target_rows": counts(admin, db_name), "profiled": bool(args.profile),
+                                 "our_cpu_seconds": LAST_CPU[0]}
 
             if "api" in paths:
                 url = f"http://127.0.0.1:{free_port()}"
@@ -175,9 +196,12 @@ def main() -> None:
                 (api_env.parent / "package.json").write_text('{"name": "bench-content", "private": true}\n')
                 server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
                 try:
+                    server_cpu = session_cpu(server.pid)
                     seconds, rss, done = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN,
                                                 "--concurrency", str(args.concurrency), "--batch-size",
                                                 str(args.batch_size)], env=state)
+                    server_cpu = round(session_cpu(server.pid) - server_cpu, 2)
+                    client_cpu = LAST_CPU[0]
                     assert done.returncode == 0, done.stdout + done.stderr
                     report = json.loads(done.stdout)
                     written = sum(c["created"] + c["updated"] for c in report["plan"].values())
@@ -187,7 +211,8 @@ def main() -> None:
                     stop_process(server)
                 results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
                                   "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
-                                  "second_run_seconds": round(again_s, 2), "target_rows": counts(admin, api_name)}
+                                  "second_run_seconds": round(again_s, 2), "cairncms_cpu_seconds": server_cpu,
+                                  "our_cpu_seconds": client_cpu, "target_rows": counts(admin, api_name)}
 
             native_name, _ = instance(admin, base / "native")
             made.append(native_name)

@@ -51,6 +51,10 @@ def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) 
     return list(grouped.values())
 
 
+class PlanFirst(Exception):
+    """A one-pass database move met a refusal or files: rolled back, it is planned first instead."""
+
+
 class _New:
     """The target key of a row the plan would create (the target numbers it only when written)."""
 
@@ -130,6 +134,8 @@ class Walk:
         self.gone: list[tuple[str, str]] = []
         #: whether the closure follows the roots' one-to-many children (a depth of at least 1)
         self.children_followed = True
+        #: writing without a plan first (the database path): a refusal stops the walk (PlanFirst)
+        self.one_pass = False
 
     def _def(self, db: Database, side: str, name: str) -> TableDef:
         if (side, name) not in self._defs:
@@ -137,6 +143,8 @@ class Walk:
         return self._defs[(side, name)]
 
     def refuse(self, message: str, fix: str) -> None:
+        if self.write and self.one_pass:
+            raise PlanFirst(message)  # nothing committed: the move is planned first, and refused there
         if not any(r["message"] == message for r in self.refused):
             self.refused.append({"message": message, "fix": fix})
 
