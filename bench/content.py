@@ -104,14 +104,34 @@ def counts(admin_url: str, name: str) -> dict[str, int]:
 
 
 def timed(command: list[str], **kwargs: Any) -> tuple[float, int | None, subprocess.CompletedProcess[str]]:
-    """Seconds, peak RSS (KiB, via /usr/bin/time when present) and the finished process."""
+    """Seconds, peak RSS (KiB, via /usr/bin/time when present) and the finished process (its CPU seconds,
+    user + system, in ``LAST_CPU``)."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
-        prefix = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] if Path("/usr/bin/time").exists() else []
+        prefix = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file.name] if Path("/usr/bin/time").exists() else []
         start = time.perf_counter()
         done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=7200, **kwargs)
         seconds = time.perf_counter() - start
         rss = rss_file.read().strip().splitlines()
-    return seconds, int(rss[-1]) if rss and rss[-1].isdigit() else None, done
+    fields = rss[-1].split() if rss else []
+    LAST_CPU[0] = round(float(fields[1]) + float(fields[2]), 2) if len(fields) == 3 else None
+    return seconds, int(fields[0]) if fields and fields[0].isdigit() else None, done
+
+
+LAST_CPU: list[float | None] = [None]
+
+
+def session_cpu(session: int) -> float:
+    """CPU seconds (user + system) of every live process in ``session`` (the CMS server and its children)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 (session id) counted after the ")"
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / tick
 
 
 def machine() -> dict[str, Any]:
@@ -130,10 +150,14 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--paths", default="db,api,native",
+                        help="which of db, api, native to run (comma-separated; native is always run for the ratio)")
+    parser.add_argument("--profile", metavar="SVG", help="record the db move with py-spy into this flame graph")
     parser.add_argument("--out", default="content.json", help="the results file's name in bench/results/")
     parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
     admin = args.admin_url
+    paths = {p.strip() for p in args.paths.split(",") if p.strip()} | {"native"}
     made: list[str] = []
     results: dict[str, Any] = {"articles": args.articles, "machine": machine(), "concurrency": args.concurrency,
                                "batch_size": args.batch_size}
@@ -148,37 +172,47 @@ def main() -> None:
             rows = sum(results["source_rows"].values())
             move = [CLI, "content", "move", "--from", str(source_env), "--collection", "articles", "--json"]
 
-            db_name, db_env = instance(admin, base / "db")
-            made.append(db_name)
-            plan_s, _, planned = timed([*move, "--to", str(db_env), "--dry-run"], env=state)
-            assert planned.returncode == 1, planned.stdout + planned.stderr
-            seconds, rss, done = timed([*move, "--to", str(db_env)], env=state)
-            assert done.returncode == 0, done.stdout + done.stderr
-            written = sum(c["created"] + c["updated"] for c in json.loads(done.stdout)["plan"].values())
-            results["db"] = {"seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
-                             "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024),
-                             "target_rows": counts(admin, db_name)}
-
-            url = f"http://127.0.0.1:{free_port()}"
-            api_name, api_env = instance(admin, base / "api", {"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1],
-                                                               "PUBLIC_URL": url, "LOG_STYLE": "raw"})
-            made.append(api_name)
-            (api_env.parent / "package.json").write_text('{"name": "bench-content", "private": true}\n')
-            server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
-            try:
-                seconds, rss, done = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN,
-                                            "--concurrency", str(args.concurrency), "--batch-size",
-                                            str(args.batch_size)], env=state)
+            if "db" in paths:
+                db_name, db_env = instance(admin, base / "db")
+                made.append(db_name)
+                plan_s, _, planned = timed([*move, "--to", str(db_env), "--dry-run"], env=state)
+                assert planned.returncode == 1, planned.stdout + planned.stderr
+                spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-o", args.profile, "--"] \
+                    if args.profile else []
+                seconds, rss, done = timed([*spy, *move, "--to", str(db_env)], env=state)
                 assert done.returncode == 0, done.stdout + done.stderr
-                report = json.loads(done.stdout)
+                report = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("\n{") + 1:] if spy else done.stdout)[0]
                 written = sum(c["created"] + c["updated"] for c in report["plan"].values())
-                again_s, _, again = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN], env=state)
-                assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
-            finally:
-                stop_process(server)
-            results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
-                              "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
-                              "second_run_seconds": round(again_s, 2), "target_rows": counts(admin, api_name)}
+                results["db"] = {"seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
+                                 "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024),
+                                 "target_rows": counts(admin, db_name), "profiled": bool(args.profile),
+                                 "our_cpu_seconds": LAST_CPU[0]}
+
+            if "api" in paths:
+                url = f"http://127.0.0.1:{free_port()}"
+                api_name, api_env = instance(admin, base / "api", {"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1],
+                                                                   "PUBLIC_URL": url, "LOG_STYLE": "raw"})
+                made.append(api_name)
+                (api_env.parent / "package.json").write_text('{"name": "bench-content", "private": true}\n')
+                server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
+                try:
+                    server_cpu = session_cpu(server.pid)
+                    seconds, rss, done = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN,
+                                                "--concurrency", str(args.concurrency), "--batch-size",
+                                                str(args.batch_size)], env=state)
+                    server_cpu = round(session_cpu(server.pid) - server_cpu, 2)
+                    client_cpu = LAST_CPU[0]
+                    assert done.returncode == 0, done.stdout + done.stderr
+                    report = json.loads(done.stdout)
+                    written = sum(c["created"] + c["updated"] for c in report["plan"].values())
+                    again_s, _, again = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN], env=state)
+                    assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
+                finally:
+                    stop_process(server)
+                results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
+                                  "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
+                                  "second_run_seconds": round(again_s, 2), "cairncms_cpu_seconds": server_cpu,
+                                  "our_cpu_seconds": client_cpu, "target_rows": counts(admin, api_name)}
 
             native_name, _ = instance(admin, base / "native")
             made.append(native_name)
@@ -193,17 +227,18 @@ def main() -> None:
         finally:
             for name in made:
                 drop_postgres_database(admin, name)
-    for mode in ("db", "api"):
+    ran = [mode for mode in ("db", "api", "native") if mode in results]
+    for mode in ran[:-1]:
         assert results[mode]["target_rows"] == results["native"]["target_rows"] == results["source_rows"], results
     native = results["native"]["seconds"]
-    for mode in ("db", "api", "native"):
+    for mode in ran:
         results[mode]["x_native"] = round(results[mode]["seconds"] / native, 1)
     out = ROOT / "bench" / "results" / args.out
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{args.articles} articles + closure ({rows} rows) on {results['machine']['cores']} cores")
     print("| path | seconds | rows/s | × native | peak RSS MiB |")
     print("|---|---|---|---|---|")
-    for mode in ("db", "api", "native"):
+    for mode in ran:
         r = results[mode]
         print(f"| {mode} | {r['seconds']} | {r['items_per_s']} | {r['x_native']} | {r.get('peak_rss_mib') or '-'} |")
 

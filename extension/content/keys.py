@@ -198,10 +198,14 @@ class IdMap:
         if not changed:
             return 0
         with self.engine.begin() as conn:
-            for (collection, source_id), target_id in changed.items():
-                conn.execute(ID_MAP.delete().where(
-                    ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
-                    ID_MAP.c.collection == collection, ID_MAP.c.source_id == source_id))
+            stale: dict[str, list[str]] = {}  # the entries replaced, deleted in batches per collection
+            for collection, source_id in changed:
+                stale.setdefault(collection, []).append(source_id)
+            for collection, source_ids in stale.items():
+                for start in range(0, len(source_ids), 500):
+                    conn.execute(ID_MAP.delete().where(
+                        ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
+                        ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_(source_ids[start:start + 500])))
             conn.execute(ID_MAP.insert(), [
                 {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": t,
                  "state": "pending" if pending else None, "run_id": self.run_id if pending else None,

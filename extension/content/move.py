@@ -31,7 +31,7 @@ from .filter import compile_filter, parse
 from .plan import empty_counts, has_changes, match_users, order, schema_differences
 from .sink_api import ApiSink
 from .sink_db import DbSink
-from .writer import Walk
+from .writer import PlanFirst, Walk
 
 def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
     def on(db: Database) -> sa.ColumnElement[bool]:
@@ -67,7 +67,7 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
 
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
         progress: Progress | None = None, bundle: Any = None, function: Any = None,
-        client: Callable[[], Any] | None = None, record: bool = False) -> dict[str, Any]:
+        client: Callable[[], Any] | None = None, record: bool = False, one_pass: bool = False) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
@@ -151,6 +151,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                     if carry_files(src, graph, closure, named, sconn):
                         defs.update({t.name: t for t in reflect_tables(
                             src.engine, sorted(set(closure.rows) - set(defs)), src.vendor)})
+                if one_pass and closure.rows.get(FILES):
+                    raise PlanFirst  # rolled back: nothing was written yet
                 users = match_users(src, dst, closure.users, sconn, dconn, email_of=_masked_email(finisher.mask))
                 created = create_missing(src, dst, users, sconn, dconn, mask=finisher.mask,
                                          sink=sink if write else None) \
@@ -159,6 +161,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                             finisher=finisher, source_files=bundle.files if bundle is not None else None)
                 walks.append(walk)
                 walk.children_followed = depth is None or depth >= 1
+                walk.one_pass = one_pass
                 walk._defs.update({("src", name): definition for name, definition in defs.items()})
                 if created["created"]:
                     walk.counts[USERS] = {**empty_counts(), "created": len(created["created"])}
@@ -322,6 +325,14 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
           client: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Plan, and unless refused, move: via db, bytes first, rows in one target transaction, the ID map after its
     commit; via api, through ``client``'s requests, the ID map saved even when the run ends partial."""
+    if (params.get("via") or "db") == "db" and not params.get("create_users"):
+        # One pass in the target's transaction: a refusal rolls every row back before the commit, so nothing is
+        # written; a closure with files (bytes go to storage before the commit) is planned first instead.
+        try:
+            return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
+                       function=function, client=client, one_pass=True)
+        except PlanFirst:
+            pass
     planned = run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
                   function=function, record=True)
     if planned["refused"] or not planned["changes"]:

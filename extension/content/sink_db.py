@@ -2,9 +2,10 @@
 
 The walk (:mod:`cairn_migrate.content.writer`) decides; a *sink* writes.  This one writes the
 finished rows with SQL on the target connection the caller commits or rolls back: new rows with
-kept (uuid/string) keys in one ``executemany`` per batch, integer-keyed rows one statement each
-(their new key comes back), updates per row, deletions per key batch; a file's bytes are copied to
-the target's storage location and verified (size + SHA-256) before its row is written.
+kept (uuid/string) keys in one ``executemany`` per batch, integer-keyed rows likewise on PostgreSQL (their
+keys drawn first from the column's own sequence, one ``nextval`` query per batch), one ``INSERT … RETURNING``
+each elsewhere, updates per row, deletions per key batch; a file's bytes are copied to the target's storage location and
+verified (size + SHA-256) before its row is written.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class DbSink:
         self.conn = conn
         self._encoders: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
         self.copied: list[str] = []
+        self._sequences: dict[tuple[str, str], str | None] = {}
         #: (location, name) of every object this run wrote: always a name no committed row points at
         self.written: list[tuple[Location, str]] = []
 
@@ -59,15 +61,31 @@ class DbSink:
         if not rows:
             return
         table = sa.table(name, *[sa.column(n) for n in rows[0]])
-        if integer:  # the target numbers each row: one statement, its new key returned
-            made = []
-            for row in rows:
-                values = {n: v for n, v in self._encoded(name, row).items() if n != pk}
-                made.append(int(self.conn.execute(sa.insert(table).values(values).returning(sa.column(pk))).scalar_one()))
-            done(made)
+        if integer:  # the target numbers each row
+            values = [{n: v for n, v in self._encoded(name, row).items() if n != pk} for row in rows]
+            sequence = self._sequence(name, pk)
+            if sequence is not None:  # PostgreSQL: the batch's keys drawn from the column's own sequence, one insert
+                made = sorted(int(k) for k in self.conn.execute(sa.text(
+                    "SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"), {"s": sequence, "n": len(rows)}
+                ).scalars())
+                self.conn.execute(sa.insert(table), [{**v, pk: k} for v, k in zip(values, made)])
+                done(made)
+                return
+            done([int(self.conn.execute(sa.insert(table).values(v).returning(sa.column(pk))).scalar_one())
+                  for v in values])  # elsewhere one statement each, its new key returned
             return
         self.conn.execute(sa.insert(table), [self._encoded(name, row) for row in rows])
         done([row[pk] for row in rows])
+
+    def _sequence(self, name: str, pk: str) -> str | None:
+        """The sequence numbering ``name.pk`` on a PostgreSQL target (serial or identity), else None."""
+        if self.dst.vendor != "postgres":
+            return None
+        if (name, pk) not in self._sequences:
+            quoted = '"' + name.replace('"', '""') + '"'
+            self._sequences[(name, pk)] = self.conn.execute(sa.text("SELECT pg_get_serial_sequence(:t, :c)"),
+                                                            {"t": quoted, "c": pk}).scalar_one()
+        return self._sequences[(name, pk)]
 
     def create_user(self, values: Mapping[str, Any]) -> None:
         """A user ``--create-users`` creates (:mod:`.users`): one row, in the target's transaction."""

@@ -51,6 +51,10 @@ def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) 
     return list(grouped.values())
 
 
+class PlanFirst(Exception):
+    """A one-pass database move met a refusal or files: rolled back, it is planned first instead."""
+
+
 class _New:
     """The target key of a row the plan would create (the target numbers it only when written)."""
 
@@ -130,6 +134,8 @@ class Walk:
         self.gone: list[tuple[str, str]] = []
         #: whether the closure follows the roots' one-to-many children (a depth of at least 1)
         self.children_followed = True
+        #: writing without a plan first (the database path): a refusal stops the walk (PlanFirst)
+        self.one_pass = False
 
     def _def(self, db: Database, side: str, name: str) -> TableDef:
         if (side, name) not in self._defs:
@@ -137,6 +143,8 @@ class Walk:
         return self._defs[(side, name)]
 
     def refuse(self, message: str, fix: str) -> None:
+        if self.write and self.one_pass:
+            raise PlanFirst(message)  # nothing committed: the move is planned first, and refused there
         if not any(r["message"] == message for r in self.refused):
             self.refused.append({"message": message, "fix": fix})
 
@@ -484,10 +492,12 @@ class Walk:
         others = [n for n in written if n != pk]
         if not pending or not others:
             return
-        probe = next((n for n in others if all(isinstance(r.get(n), (str, int)) and not isinstance(r.get(n), bool)
-                                                 for r in pending)), None)
-        if probe is None:
+        eligible = [n for n in others if all(isinstance(r.get(n), (str, int)) and not isinstance(r.get(n), bool)
+                                             for r in pending)]
+        if not eligible:
             return
+        # the most selective column narrows the target's candidates (a comment's article, not its author's name)
+        probe = max(eligible, key=lambda n: (len({r[n] for r in pending}), -eligible.index(n)))
         owned = {int(t) for t in self.idmap.owned(name).values()}
         taken = {v for v in target_keys.values() if v is not None} | owned
         candidates: dict[Any, dict[str, Any]] = {}
@@ -496,12 +506,34 @@ class Walk:
                 keys.in_(self.dst, name, probe, batch))
             for raw in conn.execute(query).mappings():
                 candidates[int(raw[pk])] = {n: decode[n](raw[n]) for n in names}
+        if not candidates:
+            return
+        vendor = self.dst.vendor
+
+        def signature(values: Mapping[str, Any]) -> Any:
+            """Every other column in comparable form: equal signatures are equal rows (None: not hashable)."""
+            try:
+                out = tuple(comparable(values[n], kinds[n], vendor) for n in others)
+                hash(out)
+                return out
+            except TypeError:
+                return None
+
+        by_signature: dict[Any, list[Any]] = {}
+        unhashable: list[Any] = []
+        for target_key in sorted(candidates):
+            sig = signature(candidates[target_key])
+            (unhashable if sig is None else by_signature.setdefault(sig, [])).append(target_key)
         for row in pending:
+            if any(isinstance(row[n], _New) for n in others):
+                continue  # a row pointing at a row not yet created matches no target row
             source_key = self.graph.key(name, row[pk])
-            for target_key, current in sorted(candidates.items()):
+            sig = signature(row)
+            pool = sorted(by_signature.get(sig, []) + unhashable) if sig is not None else sorted(candidates)
+            for target_key in pool:
                 if target_key in taken:
                     continue
-                if all(self._same(row[n], current[n], kinds[n]) for n in others):
+                if all(self._same(row[n], candidates[target_key][n], kinds[n]) for n in others):
                     target_keys[source_key] = target_key
                     taken.add(target_key)
                     self._exists[(name, target_key)] = True
