@@ -39,36 +39,12 @@ from cairn_migrate.testing import (  # noqa: E402
     write_env,
 )
 
+from common import GENERATE_PG  # noqa: E402  (bench/ is the script's folder, first on sys.path)
+
 FIXTURE = ROOT / "tests" / "fixtures" / "postgres"
 CLI = [str(Path(sys.executable).with_name("cairn-migrate"))]
 
-GENERATE = """
-CREATE TABLE bench_items (
-    id uuid PRIMARY KEY,
-    status varchar(255) NOT NULL DEFAULT 'draft',
-    title varchar(255) NOT NULL,
-    body text,
-    published_at timestamp with time zone,
-    date_created timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
-    seo json,
-    views integer,
-    featured boolean DEFAULT false,
-    cover_image uuid REFERENCES directus_files (id) ON DELETE SET NULL
-);
-INSERT INTO bench_items
-SELECT md5(i::text)::uuid,
-       (ARRAY['draft','published','archived'])[1 + i % 3],
-       'Item number ' || i,
-       repeat('Lorem ipsum dolor sit amet, consectetur adipiscing elit. ', 1 + i % 4) || i,
-       timestamptz '2024-01-01 00:00:00+00' + (i || ' minutes')::interval,
-       timestamptz '2023-06-01 12:00:00+00' + (i || ' seconds')::interval,
-       json_build_object('title', 'Item ' || i, 'keywords', json_build_array('a', 'b', i % 7), 'score', i % 100),
-       i % 10000,
-       i % 5 = 0,
-       CASE WHEN i % 2 = 0 THEN (SELECT id FROM directus_files ORDER BY id LIMIT 1) END
-FROM generate_series(1, :rows) AS i;
-ANALYZE bench_items;
-"""
+GENERATE = GENERATE_PG  # the same bench_items as bench/run (common.py), in the PostgreSQL fixture
 
 
 CPU: dict[str, float] = {}  # the last timed command's user+sys CPU seconds (/usr/bin/time), under load a steadier figure
