@@ -14,6 +14,8 @@ unchanged):
 * ``db``: ``cairn-migrate content move --via db`` (one process: plan, then one target transaction);
 * ``api``: the same move ``--via api`` into a running CairnCMS 1.0.0-beta.4 on the second target
   (``--concurrency``, ``--batch-size``): validation, hooks, activity and revision rows included;
+* ``api_replay`` (``--replay N``): after the api move, N plain new articles POSTed straight to the same CairnCMS
+  (no cairn-migrate, same batch size and concurrency): the server's own ceiling for any api path;
 * ``native``: ``pg_dump --data-only -t <the four tables> SRC | psql DST``: no key remapping, no plan,
   no ID map, no checks.
 
@@ -134,6 +136,35 @@ def session_cpu(session: int) -> float:
     return total / tick
 
 
+def replay_items(url: str, session: int, n: int, batch: int, concurrency: int) -> dict[str, Any]:
+    """HTTP replay without cairn-migrate: ``n`` new plain articles (no relations but the author they name) POSTed
+    to ``url`` in batches, ``concurrency`` at a time.  What the server alone sustains for the simplest write is
+    the ceiling of any api path, ours included: validation, hooks, activity and revision rows per item."""
+    import concurrent.futures
+
+    import requests
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    author = requests.get(f"{url}/items/authors?fields=id&limit=1", headers=headers, timeout=30).json()["data"][0]["id"]
+    body = "lorem ipsum dolor sit amet " * 40
+    items = [{"id": str(uuid.uuid4()), "status": "published", "title": f"Replay {i}", "slug": f"replay-{i}",
+              "body": body, "author": author, "word_count": 200 + i % 500} for i in range(n)]
+
+    def post(chunk: list[dict[str, Any]]) -> None:
+        answer = requests.post(f"{url}/items/articles?fields=id", headers=headers, json=chunk, timeout=300)
+        answer.raise_for_status()
+
+    before = session_cpu(session)
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(post, [items[i:i + batch] for i in range(0, n, batch)]))
+    seconds = time.perf_counter() - start
+    cpu = session_cpu(session) - before
+    return {"items": n, "seconds": round(seconds, 2), "items_per_s": round(n / seconds),
+            "cairncms_cpu_seconds": round(cpu, 2), "cairncms_cpu_ms_per_item": round(1000 * cpu / n, 2),
+            "load_average": os.getloadavg()[0]}
+
+
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -152,6 +183,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--paths", default="db,api,native",
                         help="which of db, api, native to run (comma-separated; native is always run for the ratio)")
+    parser.add_argument("--replay", type=int, default=2000, metavar="N",
+                        help="after the api move, POST N plain new articles straight to the same CairnCMS (no "
+                             "cairn-migrate): the server's own write ceiling for the api path (0: skip)")
     parser.add_argument("--profile", metavar="SVG", help="record the db move with py-spy into this flame graph")
     parser.add_argument("--out", default="content.json", help="the results file's name in bench/results/")
     parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
@@ -207,12 +241,19 @@ def main() -> None:
                     written = sum(c["created"] + c["updated"] for c in report["plan"].values())
                     again_s, _, again = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN], env=state)
                     assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
+                    api_rows = counts(admin, api_name)
+                    if args.replay:
+                        replay = replay_items(url, server.pid, min(args.replay, args.articles), args.batch_size,
+                                              args.concurrency)
                 finally:
                     stop_process(server)
                 results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
                                   "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
                                   "second_run_seconds": round(again_s, 2), "cairncms_cpu_seconds": server_cpu,
-                                  "our_cpu_seconds": client_cpu, "target_rows": counts(admin, api_name)}
+                                  "our_cpu_seconds": client_cpu, "target_rows": api_rows}
+                if args.replay:
+                    results["api_replay"] = replay
+                    results["api"]["x_replay"] = round(results["api"]["items_per_s"] / replay["items_per_s"], 2)
 
             native_name, _ = instance(admin, base / "native")
             made.append(native_name)
@@ -241,6 +282,10 @@ def main() -> None:
     for mode in ran:
         r = results[mode]
         print(f"| {mode} | {r['seconds']} | {r['items_per_s']} | {r['x_native']} | {r.get('peak_rss_mib') or '-'} |")
+    if "api_replay" in results:
+        r = results["api_replay"]
+        print(f"CairnCMS alone (plain articles POSTed, no cairn-migrate): {r['items_per_s']} items/s, "
+              f"{r['cairncms_cpu_ms_per_item']} ms server CPU per item; our api path = {results['api']['x_replay']}× that")
 
 
 if __name__ == "__main__":
