@@ -33,7 +33,8 @@ from .sink_api import ApiSink
 from .sink_db import DbSink
 from .writer import PlanFirst, Walk
 
-def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
+def condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
+    """The move's filter on ``root`` as a condition on a source database (bound values, typed per vendor)."""
     def on(db: Database) -> sa.ColumnElement[bool]:
         def convert(name: str, value: Any) -> Any:
             try:
@@ -44,6 +45,33 @@ def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database]
 
         return compile_filter(spec, root, db.columns(root), column=lambda n: keys.column(db, root, n), value=convert)
     return on
+
+
+def source_graph(src: Database, roots: list[str]) -> Any:
+    """The source's relation graph with every linked collection's key (and which keys are integers).
+
+    Every linked collection gets its key, so references beyond the depth are still rewritten; the
+    structure must match for the collections the rows may reach or name.
+
+    :raises InvalidInput: a root that is not a user collection of the source, or has no single key column.
+    """
+    graph = load_graph(src)
+    tables = set(src.table_names())
+    for root in roots:
+        if root not in tables or root.startswith("directus_"):
+            raise InvalidInput(f"{root} is not a user collection of the source",
+                               hint="name a collection of the source with --collection (not a directus_* table)")
+    linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
+    for name in sorted((linked | set(roots)) & tables - {USERS}):
+        try:
+            graph.keys[name] = primary_key(src, name)
+        except InvalidInput:
+            if name in roots:
+                raise
+            continue  # not followed: a collection without one key column is never part of a move
+        if keys.is_integer(src, name, graph.keys[name]):
+            graph.integer.add(name)
+    return graph
 
 
 def _finisher(src: Database, source: Instance, target: Instance, params: Mapping[str, Any], bundle: Any,
@@ -91,24 +119,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         raise InvalidInput(f"The source {source.label} and the target {target.label} are the same instance "
                            "(the same database)", hint="name another instance's .env with --to (or --from)")
     with Database.open(source) as src, Database.open(target) as dst:
-        graph = load_graph(src)
+        graph = source_graph(src, roots)
         tables = set(src.table_names())
-        for root in roots:
-            if root not in tables or root.startswith("directus_"):
-                raise InvalidInput(f"{root} is not a user collection of the source",
-                                   hint="name a collection of the source with --collection (not a directus_* table)")
-        # Every linked collection gets its key, so references beyond the depth are still rewritten;
-        # the structure must match for the collections the rows may reach or name.
-        linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
-        for name in sorted((linked | set(roots)) & tables - {USERS}):
-            try:
-                graph.keys[name] = primary_key(src, name)
-            except InvalidInput:
-                if name in roots:
-                    raise
-                continue  # not followed: a collection without one key column is never part of a move
-            if keys.is_integer(src, name, graph.keys[name]):
-                graph.integer.add(name)
         involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
         problems = schema_differences(src, dst, involved,
                                       source_snapshot=bundle.schema_snapshot() if bundle is not None else None)
@@ -118,7 +130,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 "message": f"The fields of the moved collections differ between source and target: {'; '.join(problems)}",
                 "fix": "align the target's structure first: cairn-migrate promote --from SRC --to DST"})
             return report
-        conditions = {root: _condition(spec, root) for root in roots}
+        conditions = {root: condition(spec, root) for root in roots}
         origin = bundle.scope if bundle is not None else source
         idmap = keys.IdMap(state_url, keys.pair_identity(origin, target),
                            legacy=keys.pair_identity(origin, target, legacy=True))

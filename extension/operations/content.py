@@ -1,7 +1,8 @@
 """``content``: move rows (and their related rows, files and bytes) from one instance to another.
 
 The wrapper between the registry and :mod:`cairn_migrate.content`: it reads the two
-instances' ``.env`` files (or opens a bundle as the source, :mod:`cairn_migrate.content.bundle_source`),
+instances' ``.env`` files (or opens a bundle as the source, :mod:`cairn_migrate.content.bundle_source`, or
+reads a running source named by URL + ``from_token`` through its API, :mod:`cairn_migrate.content.api_source`),
 resolves the masking profile and the ``--transform`` function as the shell allows them, and hands the
 move to :func:`cairn_migrate.content.move.plan` / :func:`~cairn_migrate.content.move.apply`.  Both
 instances are read through their databases, so the plan is the same whichever path writes;
@@ -30,12 +31,11 @@ def _move(ctx: Any, p: dict[str, Any]) -> Iterator[tuple[Any, Any, dict[str, Any
     from ..content.bundle_source import is_bundle_path, open_source
     from ..content.transform import load_function
 
-    for key, option in (("from_", "--from"), ("to", "--to")):
-        if _is_url(p[key]):
-            raise InvalidInput(f"content move reads both instances' rows from their databases: {option} {p[key]} "
-                               "is a URL, not an instance's .env" + (" or a bundle" if key == "from_" else ""),
-                               hint=f"pass {option} with the instance's .env; for the target's API add --via api "
-                               "--to-token TOKEN (and --to-url URL when its PUBLIC_URL does not reach it)")
+    if _is_url(p["to"]):
+        raise InvalidInput(f"content move reads the target's rows from its database: --to {p['to']} is a URL, not "
+                           "an instance's .env",
+                           hint="pass --to with the instance's .env; for the target's API add --via api "
+                           "--to-token TOKEN (and --to-url URL when its PUBLIC_URL does not reach it)")
     params = dict(p)
     if p.get("mask"):
         from . import MASK_PROFILES
@@ -47,6 +47,14 @@ def _move(ctx: Any, p: dict[str, Any]) -> Iterator[tuple[Any, Any, dict[str, Any
         ctx.check_code("transform", p["transform"])  # the sidecar refuses what its operator did not list
         function = load_function(p["transform"])
     target = ctx.other_instance(p["to"])
+    if _is_url(p["from_"]):  # a running instance: read through its API into a scratch copy (api_source.py)
+        from ..content.api_source import check_distinct, open_source as open_api_source
+
+        check_distinct(p["from_"], target, p.get("to_url"))
+        with open_api_source(p["from_"], ctx.secret("from_token") or p.get("from_token"), params,
+                             progress=ctx.progress) as remote:
+            yield remote.instance, target, params, {"bundle": remote, "function": function}
+        return
     source_path = str(ctx.path("from_", p["from_"]))
     if is_bundle_path(source_path):
         with open_source(source_path, progress=ctx.progress) as bundle:
@@ -78,7 +86,8 @@ def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
 
     with _move(ctx, p) as (source, target, params, extras):
         _client(ctx, p, target)  # a missing token or URL is refused in the plan already
-        return plan_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress, **extras)
+        return _read(plan_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress, **extras),
+                     extras)
 
 
 def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
@@ -87,5 +96,13 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     from ..content.move import apply as apply_move
 
     with _move(ctx, p) as (source, target, params, extras):
-        return apply_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress,
-                          client=_client(ctx, p, target), **extras)
+        return _read(apply_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress,
+                                client=_client(ctx, p, target), **extras), extras)
+
+
+def _read(report: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
+    """A URL source's report says what was read through its API (rows per collection)."""
+    read = getattr(extras.get("bundle"), "read", None)
+    if read is not None:
+        report["source_api"] = {"url": extras["bundle"].api.url, "rows_read": dict(read)}
+    return report
