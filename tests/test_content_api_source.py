@@ -200,3 +200,30 @@ def test_a_second_run_from_the_url_changes_nothing(live: Live) -> None:
     assert code == 0 and not report["changes"], output
     assert all(c["created"] == c["updated"] == c["deleted"] == 0 for c in report["plan"].values())
     assert counts == {t: query(live.target, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+
+
+def test_over_http_a_url_source_needs_a_token_its_api_accepts_as_an_admins(live: Live) -> None:
+    """``POST /migrate/ops`` op content (what the admin module sends) with the sidecar's own instance as the
+    target: the URL source is allowed only with a token the source's own API accepts as an administrator's
+    (operations/confine.py, the same rule as promote's), and then the plan reads it through that API."""
+    from cairn_migrate.service.app import HTTP_PATHS, create_app, get_state
+
+    app = create_app({"TESTING": True, "CAIRN_MIGRATE_ENV": str(live.target), "CAIRN_MIGRATE_SCHEDULER": False,
+                      "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{live.state}", HTTP_PATHS: str(live.target.parent)})
+    try:
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        params = {"from": live.source_url, "to": str(live.target), "collections": ["articles"],
+                  "filter": {"status": {"_eq": "published"}}, "dry_run": True}
+        for token in (None, "not-the-token"):
+            answer = client.post("/migrate/ops", json={"op": "content", "params": {**params, "from_token": token}},
+                                 headers=headers)
+            assert answer.status_code == 403, answer.get_json()
+            assert "admin token" in answer.get_json()["error"]["hint"]
+        answer = client.post("/migrate/ops", json={"op": "content", "params": {**params, "from_token": TOKEN}},
+                             headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        report = answer.get_json()["report"]
+        assert report["source_api"]["url"] == live.source_url and not report["changes"], report
+    finally:
+        get_state(app).close()
