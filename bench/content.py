@@ -14,6 +14,9 @@ unchanged):
 * ``db``: ``cairn-migrate content move --via db`` (one process: plan, then one target transaction);
 * ``api``: the same move ``--via api`` into a running CairnCMS 1.0.0-beta.4 on the second target
   (``--concurrency``, ``--batch-size``): validation, hooks, activity and revision rows included;
+* ``url``: ``content move --from URL --from-token T`` into a third target by its database: the source read
+  through its running CairnCMS's API only (keyset paging into a scratch copy); on the same server, the
+  articles alone read by keyset paging and by ``offset`` paging;
 * ``native``: ``pg_dump --data-only -t <the four tables> SRC | psql DST``: no key remapping, no plan,
   no ID map, no checks.
 
@@ -95,6 +98,50 @@ def generate(admin_url: str, name: str, articles: int) -> None:
     db.dispose()
 
 
+def url_source(admin_url: str, base: Path, source_env: Path, source_url: str, state: dict[str, str]) -> dict[str, Any]:
+    """``content move --from URL`` (the source read through its running CairnCMS's API, keyset paging) into a
+    third target by its database; and, on the same running source, the articles read alone by keyset paging and
+    by ``offset`` paging (500 a page), the ratio issue 12 names."""
+    from cairn_migrate.content.api_source import SourceApi
+
+    name, env = instance(admin_url, base / "url")
+    (source_env.parent / "package.json").write_text('{"name": "bench-content-source", "private": true}\n')
+    server = start_server(CAIRNCMS, source_env.parent, source_url, server_env(), base / "cairncms-source.log")
+    try:
+        move = [CLI, "content", "move", "--from", source_url, "--from-token", TOKEN, "--collection", "articles",
+                "--json", "--to", str(env)]
+        plan_s, _, planned = timed([*move, "--dry-run"], env=state)
+        assert planned.returncode == 1, planned.stdout + planned.stderr
+        seconds, rss, done = timed(move, env=state)
+        assert done.returncode == 0, done.stdout + done.stderr
+        cpu = LAST_CPU[0]
+        report = json.loads(done.stdout)
+        again_s, _, again = timed(move, env=state)
+        assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
+        api = SourceApi(source_url, TOKEN)
+        start = time.perf_counter()
+        keyset = sum(len(page) for page in api.pages("articles", "id"))
+        keyset_s = time.perf_counter() - start
+        start, offset, got = time.perf_counter(), 0, None
+        while got != 0:
+            got = len(api.data("/items/articles", {"fields": "*", "sort": "id", "limit": 500, "offset": offset}))
+            offset += got
+        offset_s = time.perf_counter() - start
+        assert keyset == offset
+    finally:
+        stop_process(server)
+    written = sum(c["created"] + c["updated"] for c in report["plan"].values())
+    read = sum(report["source_api"]["rows_read"].values())
+    return {"database": name, "seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
+            "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024), "our_cpu_seconds": cpu,
+            "rows_read_through_api": read, "second_run_seconds": round(again_s, 2),
+            "articles_read_alone": {"rows": keyset, "keyset_seconds": round(keyset_s, 2),
+                                    "offset_seconds": round(offset_s, 2),
+                                    "keyset_rows_per_s": round(keyset / keyset_s),
+                                    "offset_rows_per_s": round(offset / offset_s)},
+            "target_rows": counts(admin_url, name)}
+
+
 def counts(admin_url: str, name: str) -> dict[str, int]:
     db = engine(admin_url, name)
     with db.connect() as conn:
@@ -151,7 +198,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--paths", default="db,api,native",
-                        help="which of db, api, native to run (comma-separated; native is always run for the ratio)")
+                        help="which of db, api, url, native to run (comma-separated; native is always run for the ratio)")
     parser.add_argument("--profile", metavar="SVG", help="record the db move with py-spy into this flame graph")
     parser.add_argument("--out", default="content.json", help="the results file's name in bench/results/")
     parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
@@ -165,7 +212,9 @@ def main() -> None:
         base = Path(tmp)
         state = {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"}
         try:
-            source, source_env = instance(admin, base / "src")
+            source_url = f"http://127.0.0.1:{free_port()}"
+            source, source_env = instance(admin, base / "src", {"HOST": "127.0.0.1", "PORT": source_url.rsplit(":", 1)[1],
+                                                                "PUBLIC_URL": source_url, "LOG_STYLE": "raw"})
             made.append(source)
             generate(admin, source, args.articles)
             results["source_rows"] = counts(admin, source)
@@ -214,6 +263,10 @@ def main() -> None:
                                   "second_run_seconds": round(again_s, 2), "cairncms_cpu_seconds": server_cpu,
                                   "our_cpu_seconds": client_cpu, "target_rows": counts(admin, api_name)}
 
+            if "url" in paths:
+                results["url"] = url_source(admin, base, source_env, source_url, state)
+                made.append(results["url"].pop("database"))
+
             native_name, _ = instance(admin, base / "native")
             made.append(native_name)
             url_src = sa.engine.make_url(admin).set(database=source).render_as_string(hide_password=False)
@@ -227,7 +280,7 @@ def main() -> None:
         finally:
             for name in made:
                 drop_postgres_database(admin, name)
-    ran = [mode for mode in ("db", "api", "native") if mode in results]
+    ran = [mode for mode in ("db", "api", "url", "native") if mode in results]
     for mode in ran[:-1]:
         assert results[mode]["target_rows"] == results["native"]["target_rows"] == results["source_rows"], results
     native = results["native"]["seconds"]

@@ -42,8 +42,9 @@ class Recorder:
 
     ROWS = [{"id": i, "name": f"thing {i}"} for i in (2, 3, 5, 8, 13, 21, 34)]
 
-    def __init__(self, admin: bool = True) -> None:
+    def __init__(self, admin: bool = True, rows: list[dict[str, Any]] | None = None) -> None:
         self.queries: list[dict[str, list[str]]] = []
+        self.ROWS = rows or self.ROWS
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,12 +61,18 @@ class Recorder:
                     rows = list(recorder.ROWS)
                     spec = json.loads(query["filter"][0]) if "filter" in query else {}
                     for clause in spec.get("_and", [spec]):
-                        if "id" in clause:
+                        if "_gt" in clause.get("id", {}):
                             rows = [r for r in rows if r["id"] > clause["id"]["_gt"]]
+                        if "_in" in clause.get("id", {}):
+                            rows = [r for r in rows if r["id"] in clause["id"]["_in"]]
                     rows.sort(key=lambda r: r[query.get("sort", ["id"])[0]])
-                    start = int(query.get("offset", ["0"])[0]) + (int(query.get("page", ["1"])[0]) - 1) * int(
-                        query.get("limit", ["100"])[0])
-                    body = {"data": rows[start:start + int(query.get("limit", ["100"])[0])]}
+                    limit = int(query.get("limit", ["100"])[0])
+                    limit = len(rows) if limit == -1 else limit
+                    start = int(query.get("offset", ["0"])[0]) + (int(query.get("page", ["1"])[0]) - 1) * limit
+                    rows = rows[start:start + limit]
+                    if query.get("fields") == ["id"]:
+                        rows = [{"id": r["id"]} for r in rows]
+                    body = {"data": rows}
                 payload = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -100,6 +107,26 @@ def test_the_reader_pages_by_key_never_by_offset() -> None:
     assert lasts[2] == {"_and": [{"name": {"_nnull": True}}, {"id": {"_gt": 21}}]}
 
 
+def test_uuid_keys_which_cairncms_cannot_compare_are_read_by_key_lists_never_by_offset() -> None:
+    """CairnCMS refuses ``_gt`` on uuid and string fields: the key column is listed once (streamed) and the rows
+    of each page asked for by ``_in``."""
+    import uuid
+
+    rows = [{"id": str(uuid.UUID(int=i * 7919)), "name": f"thing {i}"} for i in range(1, 2000)]
+    recorder = Recorder(rows=rows)
+    try:
+        pages = list(SourceApi(recorder.url, "t").pages("things", "id", limit=500, ordered=False))
+    finally:
+        recorder.close()
+    assert [r["id"] for page in pages for r in page] == sorted(r["id"] for r in rows)
+    assert [len(page) for page in pages] == [500, 500, 500, 499]
+    listing, *lookups = recorder.queries
+    assert listing["fields"] == ["id"] and listing["limit"] == ["-1"] and listing["sort"] == ["id"]
+    for query in recorder.queries:
+        assert "offset" not in query and "page" not in query, query
+    assert all(len(json.loads(q["filter"][0])["id"]["_in"]) == int(q["limit"][0]) for q in lookups)
+
+
 def test_a_token_that_is_not_an_admins_is_refused() -> None:
     recorder = Recorder(admin=False)
     try:
@@ -118,6 +145,8 @@ class Live:
     target_url: str
     reference: Path
     state: Path
+    by_url: Path
+    by_url_url: str
 
     def move(self, source: str, target: Path, *args: str) -> tuple[int, dict[str, Any], str]:
         env = {"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{self.state}"}
@@ -145,12 +174,14 @@ def live(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: 
     query(source, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
     target = _populated_target("target", base, request, target_url)
     reference = _populated_target("reference", base, request, f"http://127.0.0.1:{free_port()}")  # never booted
+    by_url_url = f"http://127.0.0.1:{free_port()}"
+    by_url = _populated_target("by-url", base, request, by_url_url)  # written through its API, named by URL only
     servers = []
     try:
-        for env, url in ((source, source_url), (target, target_url)):
+        for env, url in ((source, source_url), (target, target_url), (by_url, by_url_url)):
             (env.parent / "package.json").write_text('{"name": "content-api-source", "private": true}\n')
             servers.append(start_server(cairncms, env.parent, url, server_env(), base / f"{env.parent.name}.log"))
-        yield Live(source, source_url, target, target_url, reference, base / "state" / "state.db")
+        yield Live(source, source_url, target, target_url, reference, base / "state" / "state.db", by_url, by_url_url)
     finally:
         for server in servers:
             stop_process(server)
@@ -224,6 +255,56 @@ def test_over_http_a_url_source_needs_a_token_its_api_accepts_as_an_admins(live:
                              headers=headers)
         assert answer.status_code == 200, answer.get_json()
         report = answer.get_json()["report"]
-        assert report["source_api"]["url"] == live.source_url and not report["changes"], report
+        assert report["source_api"]["url"] == live.source_url and report["dry_run"] and "articles" in report["plan"], report
     finally:
         get_state(app).close()
+
+
+# --------------------------------------------------------------------------- the target by URL too (--via api)
+def test_from_url_to_url_via_api_moves_what_the_env_moves_and_a_rerun_changes_nothing(live: Live) -> None:
+    """Neither side named by a .env: the source read through its API, the target mirrored through its API before
+    the walk and written through it.  The rows end as the reference target's (moved from the source's .env by
+    its database), the target serves the article's image, a second run changes nothing, and a wrong target
+    token fails before anything is written."""
+    from cairn_migrate.content.api_source import normal_url
+
+    def to_url(*args: str, token: str = TOKEN) -> tuple[int, dict[str, Any], str]:
+        env = {"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{live.state}"}
+        result = CliRunner(env=env).invoke(cli, ["content", "move", "--from", live.source_url, "--from-token", TOKEN,
+                                                 "--to", live.by_url_url, "--to-token", token, "--via", "api",
+                                                 "--collection", "articles", "--filter", PUBLISHED, "--json", *args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        try:
+            report = json.loads(result.output)
+        except ValueError:
+            report = {}
+        return result.exit_code, report, result.output
+
+    counts = {t: query(live.by_url, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+    code, _, output = to_url(token="not-the-token")
+    assert code == 3 and "The target" in output and "refused the token" in output and "--to-token" in output, output
+    assert counts == {t: query(live.by_url, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+    code, _, output = live.move(live.source_url, Path(live.by_url_url), "--from-token", TOKEN)  # --via db
+    assert code == 2 and "--via api" in output, output
+
+    code, _, output = live.move(str(live.source_env), live.reference)  # the reference (done once: then no changes)
+    assert code == 0, output
+    code, by_url, output = to_url()
+    assert code == 0 and by_url["applied"] and not by_url["partial"], output
+    assert by_url["api"]["files_uploaded"] == by_url["files"]["copy"] > 0
+    assert by_url["target_api"]["url"] == live.by_url_url and by_url["target_api"]["rows_read"]["articles"] > 0
+    scope = __import__("hashlib").sha256(("api\n" + normal_url(live.by_url_url)).encode()).hexdigest()[:32]
+    expected, moved = target_state(live.reference, live.state), target_state(live.by_url, live.state, scope=scope)
+    for name in MOVED:
+        assert moved[name] == expected[name], name
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for file_id, name in query(live.source_env, "SELECT f.id, f.filename_disk FROM directus_files f JOIN articles a "
+                                                "ON a.cover_image = f.id WHERE a.status = 'published'"):
+        served = requests.get(f"{live.by_url_url}/assets/{file_id}", headers=headers, timeout=30)
+        assert served.status_code == 200 and served.content == (FIXTURES / "sqlite" / "uploads" / name).read_bytes()
+
+    counts = {t: query(live.by_url, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+    code, again, output = to_url()
+    assert code == 0 and not again["changes"], output
+    assert counts == {t: query(live.by_url, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}

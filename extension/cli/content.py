@@ -81,8 +81,8 @@ def content_group() -> None:
               ".env, or an export --full bundle (a folder, .tar or .tar.gz).")
 @click.option("--from-token", envvar="CAIRN_MIGRATE_FROM_TOKEN",
               help="An admin token of the source when --from is a URL (or CAIRN_MIGRATE_FROM_TOKEN).")
-@click.option("--to", "target", required=True, metavar="DST", type=click.Path(dir_okay=False),
-              help="The target instance's .env.")
+@click.option("--to", "target", required=True, metavar="DST",
+              help="The target instance's .env; with --via api also a running target's URL (with --to-token).")
 @click.option("--collection", "collections", required=True, multiple=True,
               help="A collection to move (repeatable); its related rows follow.")
 @click.option("--filter", "filter_", metavar="JSON", help='Which rows, e.g. {"status": {"_eq": "published"}}.')

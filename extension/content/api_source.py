@@ -12,10 +12,12 @@ What is read, and how:
   are not columns), ``GET /relations`` (the rows of ``directus_relations``: the walk's graph) and
   ``GET /schema/snapshot`` (the precondition compares the source's own snapshot, as for a bundle);
 * the rows of the collections the move may reach (the roots, what their links reach up to ``--depth``,
-  files, folders, users and roles) with **keyset paging**: ``sort=<pk>``,
-  ``filter[<pk>][_gt]=<last key>``, ``limit=N``, ``fields=*``: never ``offset``/``page``, whose cost
-  grows with the offset (issue 12: 10.9k items/s at the start, 893/s at offset 500k on CairnCMS).
-  Each page is written to SQLite before the next is asked for, so memory stays flat;
+  files, folders, users and roles) never by ``offset``/``page``, whose cost grows with the offset (issue
+  12: 10.9k items/s at the start, 893/s at offset 500k on CairnCMS): an integer (or date) key by **keyset
+  paging**, ``sort=<pk>``, ``filter[<pk>][_gt]=<last key>``, ``limit=N``, ``fields=*``; a uuid or string
+  key, which CairnCMS's filters cannot compare (no ``_gt``), by its key list (``fields=<pk>``, one streamed
+  answer parsed as it arrives) and the rows of each N keys by ``filter[<pk>][_in]``.  Each page is written
+  to SQLite before the next is asked for, so memory stays flat;
 * the roots' rows through the move's filter as the API's ``filter`` (only the matching rows travel);
   a row the other collections then reference (a self-reference, a junction) that the filter left out
   is read by key afterwards, so the walk sees every row it would see on the source's database;
@@ -30,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -40,11 +43,11 @@ import requests
 import sqlalchemy as sa
 
 from ..bundle.table_loader import TableLoader
-from ..bundle.table_schema import Column, Index, TableDef
+from ..bundle.table_schema import Column, ForeignKey, Index, TableDef
 from ..bundle.workdir import scratch
 from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
 from ..instance.database import Database, open_engine
-from ..instance.instance import DatabaseConfig, Instance
+from ..instance.instance import DatabaseConfig, Instance, LocationConfig
 from ..instance.storage import CHUNK
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
 from ..progress import NullProgress, Progress
@@ -81,10 +84,13 @@ def items_path(collection: str) -> str:
 
 
 class SourceApi:
-    """The source's API with an admin token: GETs with the project's timeouts and errors naming the fix."""
+    """A source's (or a URL target's) API with an admin token: GETs with the project's timeouts and errors naming
+    the fix."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, *, side: str = "source") -> None:
         self.url = url.rstrip("/")
+        self.side = side
+        self.option = "--from" if side == "source" else "--to"
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -93,8 +99,9 @@ class SourceApi:
             response = self.session.get(self.url + path, params=params, stream=stream,
                                         timeout=(connect_timeout(), read_timeout()))
         except requests.RequestException as exc:
-            raise InstanceUnreachable(f"The source {self.url} did not answer GET {path}: {exc}",
-                                      hint=f"start it, or check --from; {timeout_hint('CAIRN_MIGRATE_READ_TIMEOUT')}") from None
+            raise InstanceUnreachable(f"The {self.side} {self.url} did not answer GET {path}: {exc}",
+                                      hint=f"start it, or check {self.option}; "
+                                      f"{timeout_hint('CAIRN_MIGRATE_READ_TIMEOUT')}") from None
         if response.status_code < 400:
             return response
         from .api_client import error_text
@@ -102,34 +109,42 @@ class SourceApi:
         text = error_text(response)
         response.close()
         if response.status_code == 401:
-            raise Unauthorized(f"The source {self.url} refused the token (GET {path}: 401)",
-                               hint="pass an admin's static token of the source with --from-token")
+            raise Unauthorized(f"The {self.side} {self.url} refused the token (GET {path}: 401)",
+                               hint=f"pass an admin's static token of the {self.side} with {self.option}-token")
         if response.status_code == 403:
-            raise Forbidden(f"The source {self.url} answered 403 to GET {path}: {text}",
-                            hint="pass the static token of an admin of the source with --from-token")
-        raise MigrateError(f"The source {self.url} answered {response.status_code} to GET {path}: {text}",
+            raise Forbidden(f"The {self.side} {self.url} answered 403 to GET {path}: {text}",
+                            hint=f"pass the static token of an admin of the {self.side} with {self.option}-token")
+        raise MigrateError(f"The {self.side} {self.url} answered {response.status_code} to GET {path}: {text}",
                            details={"status": response.status_code},
-                           hint="check the source instance (its log says why)")
+                           hint=f"check the {self.side} instance (its log says why)")
 
     def data(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         response = self.get(path, params)
         try:
             return response.json()["data"]
         except (ValueError, KeyError, TypeError):
-            raise MigrateError(f"The source {self.url} answered GET {path} with something that is not CairnCMS's "
-                               "JSON", hint="check --from: it must be the CairnCMS instance's own URL") from None
+            raise MigrateError(f"The {self.side} {self.url} answered GET {path} with something that is not CairnCMS's "
+                               f"JSON", hint=f"check {self.option}: it must be the CairnCMS instance's own URL") from None
 
     def check_admin(self) -> None:
         """The token must be an administrator's (a move reads every row, users and files included)."""
         me = self.data("/users/me", {"fields": "id,role.admin_access"}) or {}
         if (me.get("role") or {}).get("admin_access") is not True:
-            raise Forbidden(f"The token for the source {self.url} is not an administrator's",
-                            hint="pass the static token of an admin of the source with --from-token")
+            raise Forbidden(f"The token for the {self.side} {self.url} is not an administrator's",
+                            hint=f"pass the static token of an admin of the {self.side} with {self.option}-token")
 
     def pages(self, collection: str, pk: str, *, where: Mapping[str, Any] | None = None,
-              limit: int = PAGE) -> Iterator[list[dict[str, Any]]]:
-        """Every row of ``collection`` (matching ``where``) in key order, a page at a time, by **keyset paging**:
-        each page asks for the keys after the last one seen (``filter[pk][_gt]``), never for an offset."""
+              limit: int = PAGE, ordered: bool = True) -> Iterator[list[dict[str, Any]]]:
+        """Every row of ``collection`` (matching ``where``) in key order, a page at a time, never by offset.
+
+        ``ordered`` (a key CairnCMS compares: integer, decimal, date and time types): **keyset paging**, each page
+        the keys after the last one seen (``filter[pk][_gt]``).  CairnCMS refuses ``_gt`` on uuid and string
+        fields (``getFilterOperatorsForType``), so for those keys the key column alone is read in one streamed
+        answer (``fields=<pk>&sort=<pk>&limit=-1``, parsed as it arrives) and the rows of each ``limit`` keys
+        are asked for by key (``filter[pk][_in]``): every page is an index lookup whatever its position."""
+        if not ordered:
+            yield from self._pages_by_keys(collection, pk, where, limit)
+            return
         last: Any = None
         while True:
             clauses = [dict(where)] if where else []
@@ -147,16 +162,76 @@ class SourceApi:
                 return
             last = rows[-1][pk]
 
+    def _pages_by_keys(self, collection: str, pk: str, where: Mapping[str, Any] | None,
+                       limit: int) -> Iterator[list[dict[str, Any]]]:
+        params: dict[str, Any] = {"fields": pk, "sort": pk, "limit": -1}
+        if where:
+            params["filter"] = json.dumps(dict(where))
+        response = self.get(items_path(collection), params, stream=True)
+        try:
+            batch: list[Any] = []
+            for key in _stream_values(response, pk):
+                batch.append(key)
+                if len(batch) >= limit:
+                    yield self._rows_of(collection, pk, batch)
+                    batch = []
+            if batch:
+                yield self._rows_of(collection, pk, batch)
+        finally:
+            response.close()
+
+    def _rows_of(self, collection: str, pk: str, batch: list[Any]) -> list[dict[str, Any]]:
+        rows = self.data(items_path(collection), {"fields": "*", "sort": pk, "limit": len(batch),
+                                                  "filter": json.dumps({pk: {"_in": batch}})}) or []
+        return [rows] if isinstance(rows, dict) else rows
+
+
+def _stream_values(response: requests.Response, field: str) -> Iterator[Any]:
+    """The ``field`` of each object of CairnCMS's ``{"data": [{…}, …]}`` answer, parsed while it streams in (one
+    object at a time: memory stays flat however many rows the answer lists)."""
+    decoder = json.JSONDecoder()
+    response.encoding = "utf-8"
+    buffer, started = "", False
+    for chunk in response.iter_content(65536, decode_unicode=True):
+        buffer += chunk
+        if not started:
+            at = buffer.find("[")
+            if at < 0:
+                continue
+            buffer, started = buffer[at + 1:], True
+        while True:
+            buffer = buffer.lstrip(" \t\r\n,")
+            if buffer.startswith("]"):
+                return
+            try:
+                item, end = decoder.raw_decode(buffer)
+            except ValueError:
+                break  # the object is not complete yet: read on
+            yield item[field] if isinstance(item, dict) else item
+            buffer = buffer[end:]
+    if not started:
+        raise MigrateError("The instance's answer to a key listing holds no data array",
+                           hint="check the URL: it must be the CairnCMS instance's own")
+
+
+#: field types CairnCMS compares with ``_gt`` (keyset paging on such a key); the others are read by key lists
+ORDERED = frozenset({"integer", "bigInteger", "decimal", "float", "dateTime", "date", "time", "timestamp"})
+
 
 class ApiFiles:
-    """The source's file bytes as its API serves them (``GET /assets/<id>``): the walk's source location.
+    """An instance's file bytes as its API serves them (``GET /assets/<id>``): the walk's source location (or, for
+    a target given by URL, where it checks what the target stores).
 
     The walk names a file by ``(storage, filename_disk)``; the file rows read into the scratch copy say which
     id that is."""
 
-    def __init__(self, api: SourceApi, storage: str, ids: Mapping[tuple[str, str], str]) -> None:
+    def __init__(self, api: SourceApi, storage: str, ids: dict[tuple[str, str], str]) -> None:
         self.api, self.storage, self._ids = api, storage, ids
         self.name = f"api:{storage}"
+
+    def learn(self, filename_disk: str, file_id: str) -> None:
+        """A file the move just uploaded to a target given by URL: its object is found by its id from now on."""
+        self._ids[(self.storage, filename_disk)] = file_id
 
     def _id(self, filename_disk: str) -> str | None:
         return self._ids.get((self.storage, filename_disk))
@@ -170,8 +245,8 @@ class ApiFiles:
             response = self.api.session.head(f"{self.api.url}/assets/{file_id}",
                                              timeout=(connect_timeout(), read_timeout()))
         except requests.RequestException as exc:
-            raise InstanceUnreachable(f"The source {self.api.url} did not answer HEAD /assets/{file_id}: {exc}",
-                                      hint="start it, or check --from") from None
+            raise InstanceUnreachable(f"The {self.api.side} {self.api.url} did not answer HEAD /assets/{file_id}: "
+                                      f"{exc}", hint=f"start it, or check {self.api.option}") from None
         if response.status_code in (403, 404) or response.status_code >= 500:
             return None  # CairnCMS answers 403/404/503 for an object its storage lacks
         length = response.headers.get("Content-Length")
@@ -282,21 +357,23 @@ def _converters(table: TableDef, fields: Mapping[str, Mapping[str, Any]]) -> lis
     return out
 
 
-def _relations(api: SourceApi) -> tuple[TableDef, list[list[Any]]]:
-    """``directus_relations`` as the source's database holds it: the relations that have a meta row."""
+def _relations(api: SourceApi) -> tuple[TableDef, list[list[Any]], list[dict[str, Any]]]:
+    """``directus_relations`` as the instance's database holds it (the relations that have a meta row), and every
+    relation as the API gave it (their ``schema``: the foreign keys)."""
     names = ["id", "many_collection", "many_field", "one_collection", "one_field", "one_collection_field",
              "one_allowed_collections", "junction_field", "sort_field", "one_deselect_action"]
     table = TableDef("directus_relations", [Column("id", "integer", nullable=False, autoincrement=True),
                                             *(Column(n, "string") for n in names[1:])], ["id"])
     rows = []
-    for relation in api.data("/relations") or []:
+    raw = api.data("/relations") or []
+    for relation in raw:
         meta = relation.get("meta")
         if not meta or meta.get("system") or meta.get("id") is None:
             continue
         allowed = meta.get("one_allowed_collections")
         meta = {**meta, "one_allowed_collections": ",".join(allowed) if isinstance(allowed, list) else allowed}
         rows.append([meta.get(n) for n in names])
-    return table, rows
+    return table, rows, raw
 
 
 def _fields_rows(fields: Sequence[Mapping[str, Any]]) -> tuple[TableDef, list[list[Any]]]:
@@ -322,6 +399,52 @@ def _roots_restrictable(graph: Any, root: str) -> bool:
                    for link in graph.links)
 
 
+def _connect(url: str, token: str | None, side: str) -> tuple[SourceApi, list[dict[str, Any]], dict[str, Any]]:
+    """The API of ``side`` (``source``/``target``) checked (token, admin role, reachability), its ``/fields`` and
+    its schema snapshot."""
+    option = "--from-token (from_token)" if side == "source" else "--to-token (to_token)"
+    if not token:
+        raise InvalidInput(f"content move reads the {side} {url} through its API: it needs an admin token",
+                           hint=f"pass {option} of an admin of the {side}")
+    api = SourceApi(url, token, side=side)
+    api.check_admin()
+    fields = api.data("/fields") or []
+    snapshot = api.data("/schema/snapshot")
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("fields"), list):
+        raise MigrateError(f"The {side} {api.url} answered /schema/snapshot without a CairnCMS schema snapshot",
+                           hint=f"the {side} must be a CairnCMS instance (Directus 9 has no /schema/snapshot)")
+    return api, fields, snapshot
+
+
+def _scratch_structure(api: SourceApi, fields: list[dict[str, Any]], workdir: Path, progress: Progress) \
+        -> tuple[DatabaseConfig, sa.Engine, Any, dict[str, TableDef], dict[str, list[dict[str, Any]]], list[Any]]:
+    """The scratch database with ``directus_relations`` and ``directus_fields`` loaded; the instance's graph,
+    every collection's table definition and fields, and its relations as the API gave them."""
+    by_collection: dict[str, list[dict[str, Any]]] = {}
+    for entry in fields:
+        by_collection.setdefault(entry["collection"], []).append(entry)
+    config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(workdir / "copy.db")))
+    engine = open_engine(config, check=False, create=True)
+    relations, relation_rows, raw = _relations(api)
+    field_table, field_rows = _fields_rows(fields)
+    meta_loader = TableLoader(engine, "sqlite", [relations, field_table])
+    try:
+        meta_loader.load(relations.name, iter(relation_rows), {}, progress, False)
+        meta_loader.load(field_table.name, iter(field_rows), {}, progress, False)
+    finally:
+        meta_loader.close()
+    probe = Instance(env_path=None, folder=workdir, env={}, database=config, locations=())
+    with Database.open(probe) as db:
+        graph = load_graph(db)
+    defs = {name: d for name in by_collection if (d := _table(name, by_collection[name])) is not None}
+    graph.keys.update({name: d.primary_key[0] for name, d in defs.items()})
+    # the m2o columns get an index: the closure (and the target's lookups) find rows by them
+    for link in graph.links:
+        if link.many in defs and link.field in {c.name for c in defs[link.many].columns}:
+            defs[link.many].indexes.append(Index(f"ix_{link.many}_{link.field}"[:60], [link.field]))
+    return config, engine, graph, defs, by_collection, raw
+
+
 @contextmanager
 def open_source(url: str, token: str | None, params: Mapping[str, Any], *,
                 progress: Progress | None = None, page: int = PAGE) -> Iterator[ApiSource]:
@@ -331,73 +454,99 @@ def open_source(url: str, token: str | None, params: Mapping[str, Any], *,
     :raises Unauthorized/Forbidden/InstanceUnreachable: the token, its role, the URL.
     """
     progress = progress or NullProgress()
-    if not token:
-        raise InvalidInput(f"content move --from {url} reads the source through its API: it needs an admin token",
-                           hint="pass --from-token (from_token) of an admin of the source")
-    api = SourceApi(url, token)
-    api.check_admin()
-    fields = api.data("/fields") or []
-    by_collection: dict[str, list[dict[str, Any]]] = {}
-    for entry in fields:
-        by_collection.setdefault(entry["collection"], []).append(entry)
-    snapshot = api.data("/schema/snapshot")
-    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("fields"), list):
-        raise MigrateError(f"The source {api.url} answered /schema/snapshot without a CairnCMS schema snapshot",
-                           hint="the source must be a CairnCMS instance (Directus 9 has no /schema/snapshot)")
+    api, fields, snapshot = _connect(url, token, "source")
     roots = list(dict.fromkeys(params["collections"]))
     depth, spec = params.get("depth"), parse(params.get("filter"))
     with scratch() as workdir:
-        database = workdir / "source.db"
-        config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(database)))
-        engine = open_engine(config, check=False, create=True)
+        config, engine, graph, defs, by_collection, _raw = _scratch_structure(api, fields, workdir, progress)
         read: dict[str, int] = {}
         restricted: set[str] = set()
         file_ids: dict[tuple[str, str], str] = {}
-        tables: list[TableDef] = []
         try:
-            relations, relation_rows = _relations(api)
-            field_table, field_rows = _fields_rows(fields)
-            meta_loader = TableLoader(engine, "sqlite", [relations, field_table])
-            try:
-                meta_loader.load(relations.name, iter(relation_rows), {}, progress, False)
-                meta_loader.load(field_table.name, iter(field_rows), {}, progress, False)
-            finally:
-                meta_loader.close()
-            instance = Instance(env_path=None, folder=workdir, env={"PUBLIC_URL": api.url}, database=config,
-                                locations=())
-            with Database.open(instance) as db:
-                graph = load_graph(db)
-            defs = {name: d for name in by_collection if (d := _table(name, by_collection[name])) is not None}
             for root in roots:
                 if root.startswith("directus_") or root not in defs:
                     raise InvalidInput(f"{root} is not a user collection of the source {api.url}",
                                        hint="name a collection of the source with --collection (not a directus_* "
                                        "table)")
-            graph.keys.update({name: d.primary_key[0] for name, d in defs.items()})
             wanted = [n for n in graph.reachable(roots, None if depth is None else depth + 1) if n in defs]
-            wanted = list(dict.fromkeys([*wanted, FILES, FOLDERS, USERS, ROLES]))
-            wanted = [n for n in wanted if n in defs]
-            # the m2o columns get an index: the closure looks children up by them
-            for link in graph.links:
-                if link.many in defs and link.many in wanted and link.field in {c.name for c in defs[link.many].columns}:
-                    defs[link.many].indexes.append(Index(f"ix_{link.many}_{link.field}"[:60], [link.field]))
+            wanted = [n for n in dict.fromkeys([*wanted, FILES, FOLDERS, USERS, ROLES]) if n in defs]
             tables = [defs[n] for n in wanted]
-            loader = TableLoader(engine, "sqlite", tables)
             restricted = {r for r in roots if spec and _roots_restrictable(graph, r)}
-            try:
-                for name in wanted:
-                    table = defs[name]
-                    where = spec if name in restricted else None
-                    read[name] = loader.load(name, _rows(api, table, by_collection[name], where, page, file_ids),
-                                             {}, progress, False)
-                    progress.check_cancelled()
-            finally:
-                loader.close()
+            _load(api, engine, tables, by_collection, {r: spec for r in restricted}, page, file_ids, read, progress)
         finally:
             engine.dispose()
-        if spec and any(root in restricted for root in roots):
+        instance = Instance(env_path=None, folder=workdir, env={"PUBLIC_URL": api.url}, database=config, locations=())
+        if spec and restricted:
             _missing_roots(api, instance, defs, roots, spec, depth, by_collection, page, file_ids, read)
         yield ApiSource(instance, api, tables, f"{api.url} (API)", snapshot, file_ids, read)
+
+
+@contextmanager
+def open_target(url: str, token: str | None, collections: Iterable[str], *, progress: Progress | None = None,
+                page: int = PAGE) -> Iterator[ApiSource]:
+    """A read-only mirror of the running target at ``url`` for a move ``--via api`` (no ``.env``): the rows of
+    ``collections`` (what the move may reach), of the collections whose foreign keys lead to them (mirror's
+    ``ON DELETE CASCADE`` count), and its files, folders, users and roles, read by keyset paging into a scratch
+    SQLite database, with the target's foreign keys.  The walk reads it where it reads a target's database; its
+    writes go to the target's API (:class:`~cairn_migrate.content.sink_api.ApiSink`), and it is read once,
+    before the walk, as the database path reads the target once inside its transaction.
+
+    :raises Unauthorized/Forbidden/InstanceUnreachable: the token, its role, the URL.
+    """
+    progress = progress or NullProgress()
+    api, fields, snapshot = _connect(url, token, "target")
+    with scratch() as workdir:
+        config, engine, _graph, defs, by_collection, raw = _scratch_structure(api, fields, workdir, progress)
+        read: dict[str, int] = {}
+        file_ids: dict[tuple[str, str], str] = {}
+        try:
+            wanted = [n for n in dict.fromkeys([*collections, FILES, FOLDERS, USERS, ROLES]) if n in defs]
+            foreign = [r.get("schema") for r in raw if r.get("schema") and r["schema"].get("foreign_key_table")]
+            # the user tables whose foreign keys lead (transitively) to rows a move may delete (not users or roles,
+            # which it never deletes): the cascades mirror counts
+            deletable = set(wanted) - {USERS, ROLES}
+            while True:
+                more = [f["table"] for f in foreign if f["foreign_key_table"] in deletable and f["table"] in defs
+                        and f["table"] not in wanted and not f["table"].startswith("directus_")]
+                if not more:
+                    break
+                wanted.extend(dict.fromkeys(more))
+                deletable.update(more)
+            for key in foreign:
+                table = defs.get(key["table"])
+                if table is not None and key["foreign_key_table"] in wanted and key.get("column") in {
+                        c.name for c in table.columns}:
+                    table.foreign_keys.append(ForeignKey([key["column"]], key["foreign_key_table"],
+                                                         [key.get("foreign_key_column") or "id"],
+                                                         key.get("constraint_name"),
+                                                         (key.get("on_delete") or "NO ACTION").upper()))
+            tables = [defs[n] for n in wanted]
+            _load(api, engine, tables, by_collection, {}, page, file_ids, read, progress)
+            with engine.connect() as conn:
+                storages = sorted({str(s) for (s,) in conn.execute(sa.text(f'SELECT DISTINCT storage FROM "{FILES}"'))
+                                   if s}) if FILES in wanted else []
+        finally:
+            engine.dispose()
+        # the storage names the target's file rows use (the walk picks a moved file's storage among them)
+        locations = tuple(LocationConfig(name, "api") for name in storages or ["local"])
+        instance = Instance(env_path=None, folder=workdir, env={"PUBLIC_URL": api.url}, database=config,
+                            locations=locations)
+        yield ApiSource(instance, api, tables, f"{api.url} (API)", snapshot, file_ids, read)
+
+
+def _load(api: SourceApi, engine: sa.Engine, tables: Sequence[TableDef], by_collection: Mapping[str, Any],
+          where: Mapping[str, Any], page: int, file_ids: dict[tuple[str, str], str], read: dict[str, int],
+          progress: Progress) -> None:
+    """Create ``tables`` in the scratch database and stream their rows into it, page after page."""
+    loader = TableLoader(engine, "sqlite", tables)
+    try:
+        for table in tables:
+            read[table.name] = loader.load(table.name, _rows(api, table, by_collection[table.name],
+                                                             where.get(table.name), page, file_ids),
+                                           {}, progress, False)
+            progress.check_cancelled()
+    finally:
+        loader.close()
 
 
 def _rows(api: SourceApi, table: TableDef, fields: Sequence[Mapping[str, Any]], where: Mapping[str, Any] | None,
@@ -407,7 +556,9 @@ def _rows(api: SourceApi, table: TableDef, fields: Sequence[Mapping[str, Any]], 
     by_name = {f["field"]: f for f in fields}
     convert = _converters(table, by_name)
     names = [c.name for c in table.columns]
-    for rows in pages if pages is not None else api.pages(table.name, table.primary_key[0], where=where, limit=page):
+    pk = table.primary_key[0]
+    ordered = str((by_name.get(pk) or {}).get("type")) in ORDERED
+    for rows in pages if pages is not None else api.pages(table.name, pk, where=where, limit=page, ordered=ordered):
         for row in rows:
             if table.name == FILES and row.get("filename_disk"):
                 file_ids[(str(row.get("storage")), str(row["filename_disk"]))] = str(row["id"])
@@ -478,11 +629,15 @@ def _fetch(api: SourceApi, db: Database, table: TableDef, fields: Sequence[Mappi
     return count
 
 
-def check_distinct(source_url: str, target: Instance, to_url: str | None) -> None:
-    """The same instance on both sides is refused (by URL: the target's ``--to-url`` or ``PUBLIC_URL``)."""
-    theirs = to_url or target.public_url
-    if theirs and is_url(theirs) and normal_url(theirs) == normal_url(source_url):
-        raise InvalidInput(f"The source {source_url} and the target {target.label} are the same instance (the same URL)",
-                           hint="name another instance with --to (or --from)")
+def check_distinct(source: str | Instance, target: str | Instance, to_url: str | None = None) -> None:
+    """The same instance on both sides is refused (by URL: a side given by URL, a ``.env``'s ``PUBLIC_URL``, or
+    the target's ``--to-url``)."""
+    def url(side: str | Instance, override: str | None = None) -> str | None:
+        value = override or (side if isinstance(side, str) else side.public_url)
+        return normal_url(value) if value and is_url(value) else None
 
-
+    ours, theirs = url(source), url(target, to_url)
+    if ours is not None and ours == theirs:
+        label = lambda side: side if isinstance(side, str) else side.label  # noqa: E731
+        raise InvalidInput(f"The source {label(source)} and the target {label(target)} are the same instance "
+                           "(the same URL)", hint="name another instance with --to (or --from)")

@@ -95,13 +95,16 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
 
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
         progress: Progress | None = None, bundle: Any = None, function: Any = None,
-        client: Callable[[], Any] | None = None, record: bool = False, one_pass: bool = False) -> dict[str, Any]:
+        client: Callable[[], Any] | None = None, record: bool = False, one_pass: bool = False,
+        target_view: Any = None) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
     :param function: the operator's ``--transform`` function (:mod:`.transform`).
     :param client: makes the :class:`~cairn_migrate.content.api_client.ApiClient` of ``via="api"`` (asked only
         when writing).
+    :param target_view: a :class:`~cairn_migrate.content.api_source.ApiSource` when ``target`` is the scratch
+        mirror of a target given by URL (``via="api"``): its identity, snapshot and bytes are the running target's.
     """
     progress = progress or NullProgress()
     via = params.get("via") or "db"
@@ -109,13 +112,14 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     spec = parse(params.get("filter"))
     depth, mode, max_delete = params.get("depth"), params.get("mode") or "merge", params.get("max_delete")
     report: dict[str, Any] = {
-        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": via, "mode": mode,
+        "from": bundle.label if bundle is not None else source.label,
+        "to": target_view.label if target_view is not None else target.label, "via": via, "mode": mode,
         "collections": roots, "filter": spec,
         "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
         "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
         "refused": [], "transform": {},
         "changes": False, "applied": False, "partial": False}
-    if bundle is None and database_identity(source) == database_identity(target):
+    if bundle is None and target_view is None and database_identity(source) == database_identity(target):
         raise InvalidInput(f"The source {source.label} and the target {target.label} are the same instance "
                            "(the same database)", hint="name another instance's .env with --to (or --from)")
     with Database.open(source) as src, Database.open(target) as dst:
@@ -123,7 +127,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         tables = set(src.table_names())
         involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
         problems = schema_differences(src, dst, involved,
-                                      source_snapshot=bundle.schema_snapshot() if bundle is not None else None)
+                                      source_snapshot=bundle.schema_snapshot() if bundle is not None else None,
+                                      target_snapshot=target_view.schema_snapshot() if target_view is not None else None)
         if problems:
             report["schema"]["differences"] = problems
             report["refused"].append({
@@ -132,8 +137,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             return report
         conditions = {root: condition(spec, root) for root in roots}
         origin = bundle.scope if bundle is not None else source
-        idmap = keys.IdMap(state_url, keys.pair_identity(origin, target),
-                           legacy=keys.pair_identity(origin, target, legacy=True))
+        ending = target_view.scope if target_view is not None else target
+        idmap = keys.IdMap(state_url, keys.pair_identity(origin, ending),
+                           legacy=keys.pair_identity(origin, target, legacy=True) if target_view is None else None)
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
         finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing
@@ -170,7 +176,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                                          sink=sink if write else None) \
                     if params.get("create_users") else {"created": []}
                 walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress, sink=sink,
-                            finisher=finisher, source_files=bundle.files if bundle is not None else None)
+                            finisher=finisher, source_files=bundle.files if bundle is not None else None,
+                            target_files=target_view.files if target_view is not None else None)
                 walks.append(walk)
                 walk.children_followed = depth is None or depth >= 1
                 walk.one_pass = one_pass
@@ -326,15 +333,16 @@ def _masked_email(mask: Any) -> Callable[[str], str] | None:
 
 
 def plan(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
-         progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
+         progress: Progress | None = None, bundle: Any = None, function: Any = None,
+         target_view: Any = None) -> dict[str, Any]:
     """What the move would do; writes nothing."""
     return run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
-               function=function)
+               function=function, target_view=target_view)
 
 
 def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
           progress: Progress | None = None, bundle: Any = None, function: Any = None,
-          client: Callable[[], Any] | None = None) -> dict[str, Any]:
+          client: Callable[[], Any] | None = None, target_view: Any = None) -> dict[str, Any]:
     """Plan, and unless refused, move: via db, bytes first, rows in one target transaction, the ID map after its
     commit; via api, through ``client``'s requests, the ID map saved even when the run ends partial."""
     if (params.get("via") or "db") == "db" and not params.get("create_users"):
@@ -342,13 +350,13 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
         # written; a closure with files (bytes go to storage before the commit) is planned first instead.
         try:
             return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
-                       function=function, client=client, one_pass=True)
+                       function=function, client=client, one_pass=True, target_view=target_view)
         except PlanFirst:
             pass
     planned = run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
-                  function=function, record=True)
+                  function=function, record=True, target_view=target_view)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
     (progress or NullProgress()).progress(bytes_total=planned["files"]["bytes"])
     return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
-               function=function, client=client)
+               function=function, client=client, target_view=target_view)

@@ -585,8 +585,9 @@ class ContentMoveParams(Schema):
         "cli": "--from", "host_path": True, "or_url": True})
     from_token = _secret("An admin token of the source, when it is a URL.", "--from-token")
     to = fields.String(required=True, metadata={
-        "description": "The target instance's .env (read through its database; via api, written through its API).",
-        "cli": "--to", "host_path": True})
+        "description": "The target instance's .env (read through its database; via api, written through its API), "
+        "or with via api a running target's URL (read through its API too, with to_token).",
+        "cli": "--to", "host_path": True, "or_url": True})
     collections = fields.List(fields.String(), required=True, validate=validate.Length(min=1), metadata={
         "description": "The collections to move (their related rows follow).", "cli": "--collection"})
     filter = _FilterField(load_default=None, allow_none=True, metadata={
