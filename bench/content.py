@@ -15,8 +15,9 @@ unchanged):
 * ``api``: the same move ``--via api`` into a running CairnCMS 1.0.0-beta.4 on the second target
   (``--concurrency``, ``--batch-size``): validation, hooks, activity and revision rows included;
 * ``url``: ``content move --from URL --from-token T`` into a third target by its database: the source read
-  through its running CairnCMS's API only (keyset paging into a scratch copy); on the same server, the
-  articles alone read by keyset paging and by ``offset`` paging;
+  through its running CairnCMS's API only (into a scratch copy, no offsets); on the same server, the comments
+  (integer keys: keyset paging) and the articles (uuid keys: key list + ``_in``) read alone, and by ``offset``
+  paging, 500 a page;
 * ``native``: ``pg_dump --data-only -t <the four tables> SRC | psql DST``: no key remapping, no plan,
   no ID map, no checks.
 
@@ -119,15 +120,20 @@ def url_source(admin_url: str, base: Path, source_env: Path, source_url: str, st
         again_s, _, again = timed(move, env=state)
         assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
         api = SourceApi(source_url, TOKEN)
-        start = time.perf_counter()
-        keyset = sum(len(page) for page in api.pages("articles", "id"))
-        keyset_s = time.perf_counter() - start
-        start, offset, got = time.perf_counter(), 0, None
-        while got != 0:
-            got = len(api.data("/items/articles", {"fields": "*", "sort": "id", "limit": 500, "offset": offset}))
-            offset += got
-        offset_s = time.perf_counter() - start
-        assert keyset == offset
+        alone = {}
+        for collection, ordered in (("article_comments", True), ("articles", False)):  # integer, uuid keys
+            start = time.perf_counter()
+            ours = sum(len(page) for page in api.pages(collection, "id", ordered=ordered))
+            ours_s = time.perf_counter() - start
+            start, offset, got = time.perf_counter(), 0, None
+            while got != 0:
+                got = len(api.data(f"/items/{collection}", {"fields": "*", "sort": "id", "limit": 500, "offset": offset}))
+                offset += got
+            offset_s = time.perf_counter() - start
+            assert ours == offset
+            alone[collection] = {"rows": ours, "how": "keyset _gt" if ordered else "key list + _in",
+                                 "seconds": round(ours_s, 2), "offset_seconds": round(offset_s, 2),
+                                 "rows_per_s": round(ours / ours_s), "offset_rows_per_s": round(offset / offset_s)}
     finally:
         stop_process(server)
     written = sum(c["created"] + c["updated"] for c in report["plan"].values())
@@ -135,10 +141,7 @@ def url_source(admin_url: str, base: Path, source_env: Path, source_url: str, st
     return {"database": name, "seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
             "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024), "our_cpu_seconds": cpu,
             "rows_read_through_api": read, "second_run_seconds": round(again_s, 2),
-            "articles_read_alone": {"rows": keyset, "keyset_seconds": round(keyset_s, 2),
-                                    "offset_seconds": round(offset_s, 2),
-                                    "keyset_rows_per_s": round(keyset / keyset_s),
-                                    "offset_rows_per_s": round(offset / offset_s)},
+            "read_alone": alone,
             "target_rows": counts(admin_url, name)}
 
 

@@ -181,9 +181,35 @@ class SourceApi:
             response.close()
 
     def _rows_of(self, collection: str, pk: str, batch: list[Any]) -> list[dict[str, Any]]:
-        rows = self.data(items_path(collection), {"fields": "*", "sort": pk, "limit": len(batch),
-                                                  "filter": json.dumps({pk: {"_in": batch}})}) or []
-        return [rows] if isinstance(rows, dict) else rows
+        """The rows with the keys ``batch``, in as many requests as keep each URL under :data:`MAX_FILTER`
+        characters (Node refuses a request line over 16 KB: 500 uuids are ~21 KB once encoded)."""
+        out: list[dict[str, Any]] = []
+        for part in _url_sized(batch):
+            rows = self.data(items_path(collection), {"fields": "*", "sort": pk, "limit": len(part),
+                                                      "filter": json.dumps({pk: {"_in": part}})}) or []
+            out.extend([rows] if isinstance(rows, dict) else rows)
+        return out
+
+
+#: the longest ``filter`` a key lookup sends (its URL-encoded JSON), well under Node's 16 KB request line
+MAX_FILTER = 6000
+
+
+def _url_sized(keys: list[Any]) -> Iterator[list[Any]]:
+    """``keys`` in runs whose URL-encoded ``_in`` list stays under :data:`MAX_FILTER` characters."""
+    from urllib.parse import quote
+
+    part: list[Any] = []
+    size = 0
+    for key in keys:
+        cost = len(quote(json.dumps(key))) + 3
+        if part and size + cost > MAX_FILTER:
+            yield part
+            part, size = [], 0
+        part.append(key)
+        size += cost
+    if part:
+        yield part
 
 
 def _stream_values(response: requests.Response, field: str) -> Iterator[Any]:
@@ -352,8 +378,9 @@ def _converters(table: TableDef, fields: Mapping[str, Mapping[str, Any]]) -> lis
             out.append(lambda v: ",".join(map(str, v)) if isinstance(v, list) else v)
         elif column.type == "json":
             out.append(lambda v: None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":")))
-        else:
-            out.append(lambda v: None if v == CONCEALED else v)
+        else:  # a geometry's GeoJSON (or any structured value) in a text column: its JSON text
+            out.append(lambda v: None if v == CONCEALED else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+                       if isinstance(v, (dict, list)) else v)
     return out
 
 
@@ -617,9 +644,9 @@ def _fetch(api: SourceApi, db: Database, table: TableDef, fields: Sequence[Mappi
     names = ", ".join(f'"{c.name}"' for c in table.columns)
     sql = f'INSERT OR IGNORE INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(table.columns))})'
     count = 0
-    for start in range(0, len(wanted), page):
+    for part in _url_sized(wanted):
         batch = api.data(items_path(table.name), {"fields": "*", "limit": -1,
-                                                  "filter": json.dumps({pk: {"_in": wanted[start:start + page]}})})
+                                                  "filter": json.dumps({pk: {"_in": part}})})
         rows = [tuple(c(v) if c else v for c, v in zip(codecs, row))
                 for row in _rows(api, table, fields, None, page, file_ids, iter([batch or []]))]
         if rows:
