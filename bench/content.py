@@ -16,6 +16,10 @@ unchanged):
   (``--concurrency``, ``--batch-size``): validation, hooks, activity and revision rows included;
 * ``api_replay`` (``--replay N``): after the api move, N plain new articles POSTed straight to the same CairnCMS
   (no cairn-migrate, same batch size and concurrency): the server's own ceiling for any api path;
+* ``url``: ``content move --from URL --from-token T`` into a third target by its database: the source read
+  through its running CairnCMS's API only (into a scratch copy, no offsets); on the same server, the comments
+  (integer keys: keyset paging) and the articles (uuid keys: key list + ``_in``) read alone, and by ``offset``
+  paging, 500 a page;
 * ``native``: ``pg_dump --data-only -t <the four tables> SRC | psql DST``: no key remapping, no plan,
   no ID map, no checks.
 
@@ -95,6 +99,52 @@ def generate(admin_url: str, name: str, articles: int) -> None:
         conn.execute(sa.text("INSERT INTO article_comments (article, author_name, text, approved) "
                              "VALUES (:id, 'reader', :b, true)"), [{"id": r["id"], "b": body[:150]} for r in rows])
     db.dispose()
+
+
+def url_source(admin_url: str, base: Path, source_env: Path, source_url: str, state: dict[str, str]) -> dict[str, Any]:
+    """``content move --from URL`` (the source read through its running CairnCMS's API, keyset paging) into a
+    third target by its database; and, on the same running source, the articles read alone by keyset paging and
+    by ``offset`` paging (500 a page), the ratio issue 12 names."""
+    from cairn_migrate.content.api_source import SourceApi
+
+    name, env = instance(admin_url, base / "url")
+    (source_env.parent / "package.json").write_text('{"name": "bench-content-source", "private": true}\n')
+    server = start_server(CAIRNCMS, source_env.parent, source_url, server_env(), base / "cairncms-source.log")
+    try:
+        move = [CLI, "content", "move", "--from", source_url, "--from-token", TOKEN, "--collection", "articles",
+                "--json", "--to", str(env)]
+        plan_s, _, planned = timed([*move, "--dry-run"], env=state)
+        assert planned.returncode == 1, planned.stdout + planned.stderr
+        seconds, rss, done = timed(move, env=state)
+        assert done.returncode == 0, done.stdout + done.stderr
+        cpu = LAST_CPU[0]
+        report = json.loads(done.stdout)
+        again_s, _, again = timed(move, env=state)
+        assert again.returncode == 0 and not json.loads(again.stdout)["changes"], again.stdout
+        api = SourceApi(source_url, TOKEN)
+        alone = {}
+        for collection, ordered in (("article_comments", True), ("articles", False)):  # integer, uuid keys
+            start = time.perf_counter()
+            ours = sum(len(page) for page in api.pages(collection, "id", ordered=ordered))
+            ours_s = time.perf_counter() - start
+            start, offset, got = time.perf_counter(), 0, None
+            while got != 0:
+                got = len(api.data(f"/items/{collection}", {"fields": "*", "sort": "id", "limit": 500, "offset": offset}))
+                offset += got
+            offset_s = time.perf_counter() - start
+            assert ours == offset
+            alone[collection] = {"rows": ours, "how": "keyset _gt" if ordered else "key list + _in",
+                                 "seconds": round(ours_s, 2), "offset_seconds": round(offset_s, 2),
+                                 "rows_per_s": round(ours / ours_s), "offset_rows_per_s": round(offset / offset_s)}
+    finally:
+        stop_process(server)
+    written = sum(c["created"] + c["updated"] for c in report["plan"].values())
+    read = sum(report["source_api"]["rows_read"].values())
+    return {"database": name, "seconds": round(seconds, 2), "plan_seconds": round(plan_s, 2), "rows": written,
+            "items_per_s": round(written / seconds), "peak_rss_mib": rss and round(rss / 1024), "our_cpu_seconds": cpu,
+            "rows_read_through_api": read, "second_run_seconds": round(again_s, 2),
+            "read_alone": alone,
+            "target_rows": counts(admin_url, name)}
 
 
 def counts(admin_url: str, name: str) -> dict[str, int]:
@@ -182,7 +232,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--paths", default="db,api,native",
-                        help="which of db, api, native to run (comma-separated; native is always run for the ratio)")
+                        help="which of db, api, url, native to run (comma-separated; native is always run for the ratio)")
     parser.add_argument("--replay", type=int, default=2000, metavar="N",
                         help="after the api move, POST N plain new articles straight to the same CairnCMS (no "
                              "cairn-migrate): the server's own write ceiling for the api path (0: skip)")
@@ -199,7 +249,9 @@ def main() -> None:
         base = Path(tmp)
         state = {**server_env(), "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{base / 'state.db'}"}
         try:
-            source, source_env = instance(admin, base / "src")
+            source_url = f"http://127.0.0.1:{free_port()}"
+            source, source_env = instance(admin, base / "src", {"HOST": "127.0.0.1", "PORT": source_url.rsplit(":", 1)[1],
+                                                                "PUBLIC_URL": source_url, "LOG_STYLE": "raw"})
             made.append(source)
             generate(admin, source, args.articles)
             results["source_rows"] = counts(admin, source)
@@ -255,6 +307,10 @@ def main() -> None:
                     results["api_replay"] = replay
                     results["api"]["x_replay"] = round(results["api"]["items_per_s"] / replay["items_per_s"], 2)
 
+            if "url" in paths:
+                results["url"] = url_source(admin, base, source_env, source_url, state)
+                made.append(results["url"].pop("database"))
+
             native_name, _ = instance(admin, base / "native")
             made.append(native_name)
             url_src = sa.engine.make_url(admin).set(database=source).render_as_string(hide_password=False)
@@ -268,7 +324,7 @@ def main() -> None:
         finally:
             for name in made:
                 drop_postgres_database(admin, name)
-    ran = [mode for mode in ("db", "api", "native") if mode in results]
+    ran = [mode for mode in ("db", "api", "url", "native") if mode in results]
     for mode in ran[:-1]:
         assert results[mode]["target_rows"] == results["native"]["target_rows"] == results["source_rows"], results
     native = results["native"]["seconds"]

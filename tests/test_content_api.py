@@ -186,16 +186,17 @@ def targets(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, reques
         stop_process(server)
 
 
-def target_state(env: Path, state: Path) -> dict[str, list[str]]:
+def target_state(env: Path, state: Path, scope: str | None = None) -> dict[str, list[str]]:
     """Every moved collection's rows, integer keys (own and referenced) replaced by the source keys the ID map
-    says they came from (unmapped: the target's own row), server-set columns left out; sorted JSON lines."""
+    says they came from (unmapped: the target's own row), server-set columns left out; sorted JSON lines.
+    ``scope``: the target's identity in the ID map when it was named by URL (default: its database's)."""
     with Database.open(Instance.from_env_file(env)) as db:
         graph = load_graph(db)
         scope_rows = sa.create_engine(f"sqlite:///{state}").connect().execute(sa.text(
             "SELECT target, collection, source_id, target_id FROM cm_content_id_map")).all()
         from cairn_migrate.service.state import database_identity
 
-        mine = database_identity(Instance.from_env_file(env))
+        mine = scope or database_identity(Instance.from_env_file(env))
         back = {(r.collection, r.target_id): r.source_id for r in scope_rows if r.target == mine}
         out: dict[str, list[str]] = {}
         with db.engine.connect() as conn:

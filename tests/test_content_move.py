@@ -223,12 +223,14 @@ def test_a_schema_mismatch_is_refused_naming_the_field(pair: Pair, tmp_path: Pat
     assert query(pair.target, "SELECT count(*) FROM articles")[0][0] == before
 
 
-def test_via_api_needs_a_token_and_the_targets_env(pair: Pair) -> None:
+def test_via_api_needs_a_token_and_via_db_the_targets_env(pair: Pair) -> None:
     code, output = pair.move("--collection", "articles", "--via", "api")
     assert code == 2 and "needs an admin token" in str(output) and "--to-token" in str(output)
+    # a target named by URL is read and written through its API only (tests/test_content_api_source.py): --via db
+    # writes its database, which a URL does not name
     result = CliRunner().invoke(cli, ["content", "move", "--from", str(pair.source), "--to", pair.url,
-                                      "--collection", "articles", "--via", "api", "--to-token", TOKEN])
-    assert result.exit_code == 2 and "is a URL, not an instance's .env" in result.output
+                                      "--collection", "articles", "--to-token", TOKEN])
+    assert result.exit_code == 2 and "is a URL, not an instance's .env" in result.output and "--via api" in result.output
 
 
 def test_filters_compile_to_conditions_and_refuse_unknown_fields(tmp_path: Path) -> None:

@@ -62,13 +62,14 @@ const css = {
  * The sidecar's hints speak to the command line.  A refused import says "pass --replace …, or --resume …";
  * on this page replacing is the "Replace" box, and resuming an interrupted import is done with the CLI.
  * A move or sync from another instance refused over HTTP (403) names CAIRN_MIGRATE_PEERS or an admin token;
- * the content move and sync forms have no token field for the other side, so the operator's setting comes first.
+ * the sync form has no token field for the other side (the content move form has one for a source given by URL),
+ * so the operator's setting comes first.
  */
 function pageHint(message, hint) {
 	if (hint && hint.includes('CAIRN_MIGRATE_PEERS')) {
-		/* Confinement (403): only Promote has a token field for another instance; elsewhere the operator consents. */
+		/* Confinement (403): Promote and a content move from a URL take a token for another instance; elsewhere the operator consents. */
 		return 'ask the sidecar\'s operator to add that instance\'s .env (its absolute path) to CAIRN_MIGRATE_PEERS '
-			+ 'in the sidecar\'s environment and restart the sidecar (for Promote, a source admin token of that '
+			+ 'in the sidecar\'s environment and restart the sidecar (for Promote or a content move from a URL, a source admin token of that '
 			+ 'instance also proves it)';
 	}
 	if (!hint || !hint.includes('pass --replace')) return hint;
@@ -260,7 +261,7 @@ const MigratePage = {
 		// Content moves and syncs name .env files on the sidecar's machine: the folders allowed for that, this instance's.
 		const paths = reactive({ loaded: false, allowed: [], env: null, envOutside: false, error: '' });
 		const collections = ref([]); // this instance's user collections (its own GET /collections)
-		const contentForm = reactive({ from: '', to: '', collections: {}, filter: '', depth: '', mode: 'merge', maxDelete: '', mask: '' });
+		const contentForm = reactive({ from: '', fromToken: '', to: '', collections: {}, filter: '', depth: '', mode: 'merge', maxDelete: '', mask: '' });
 		const contentPlan = ref(null);
 		const contentError = ref('');
 		const syncs = ref([]);
@@ -604,7 +605,8 @@ const MigratePage = {
 		function contentParams(dryRun) {
 			const from = contentForm.from.trim();
 			const to = contentForm.to.trim();
-			if (!from || !to) return { error: 'Fill in the source (an instance\u2019s .env or an export --full bundle) and the target .env.' };
+			if (!from || !to) return { error: 'Fill in the source (a running instance\u2019s URL with an admin token of it, an instance\u2019s .env or an export --full bundle) and the target .env.' };
+			if (/^https?:\/\//i.test(from) && !contentForm.fromToken.trim()) return { error: 'A source given by URL is read through its API: type an admin token of it.' };
 			const chosen = picked(contentForm.collections);
 			if (!chosen.length) return { error: 'Tick at least one collection to move.' };
 			const filter = parseJsonField(contentForm.filter, 'The filter');
@@ -618,6 +620,8 @@ const MigratePage = {
 			if (depth !== undefined) params.depth = depth;
 			if (maxDelete !== undefined) params.max_delete = maxDelete;
 			if (contentForm.mask.trim()) params.mask = contentForm.mask.trim();
+			/* A URL source's admin token: a secret parameter (the sidecar keeps it in memory only) that also proves the caller may read it. */
+			if (/^https?:\/\//i.test(from)) params.from_token = contentForm.fromToken.trim();
 			return { params };
 		}
 
@@ -1051,7 +1055,10 @@ const MigratePage = {
 				pathsNote(),
 				h('div', { style: css.row }, [
 					field(contentForm.from, (v) => { contentForm.from = v; clearContentPlan(); }, { testid: 'content-from', width: 380,
-						placeholder: 'Source: an instance\u2019s .env or a bundle, on the sidecar\u2019s machine' }),
+						placeholder: 'Source: a running instance\u2019s URL, or an instance\u2019s .env or a bundle on the sidecar\u2019s machine' }),
+					h('input', { type: 'password', placeholder: 'An admin token of the source (when it is a URL)', value: contentForm.fromToken,
+						style: `${css.input} min-width: 260px;`, autocomplete: 'off', 'data-testid': 'content-from-token',
+						onInput: (e) => { contentForm.fromToken = e.target.value; clearContentPlan(); } }),
 					field(contentForm.to, (v) => { contentForm.to = v; clearContentPlan(); }, { testid: 'content-to', width: 380,
 						placeholder: 'Target: an instance\u2019s .env (default: this instance\u2019s)' }),
 				]),

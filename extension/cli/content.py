@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -57,6 +58,10 @@ def render_content(report: dict[str, Any]) -> str:
     for failure in report.get("failed") or []:
         lines.append(f"partial: {failure['message']}")
         lines.append(f"  fix: {failure['hint']}")
+    if report.get("source_api"):
+        read = report["source_api"]["rows_read"]
+        lines.append(f"  read through the source's API {report['source_api']['url']}: "
+                     + ", ".join(f"{name} {count}" for name, count in read.items()) + " rows (keyset paging)")
     if report.get("api"):
         lines.append(f"  via api {report['api']['url']}: {report['api']['retried']} answers retried, "
                      f"{report['api']['files_uploaded']} files uploaded")
@@ -71,10 +76,13 @@ def content_group() -> None:
 
 
 @content_group.command("move")
-@click.option("--from", "source", required=True, metavar="SRC", type=click.Path(exists=True),
-              help="The source: an instance's .env, or an export --full bundle (a folder, .tar or .tar.gz).")
-@click.option("--to", "target", required=True, metavar="DST", type=click.Path(dir_okay=False),
-              help="The target instance's .env.")
+@click.option("--from", "source", required=True, metavar="SRC",
+              help="The source: a running instance's URL (with --from-token; read through its API), an instance's "
+              ".env, or an export --full bundle (a folder, .tar or .tar.gz).")
+@click.option("--from-token", envvar="CAIRN_MIGRATE_FROM_TOKEN",
+              help="An admin token of the source when --from is a URL (or CAIRN_MIGRATE_FROM_TOKEN).")
+@click.option("--to", "target", required=True, metavar="DST",
+              help="The target instance's .env; with --via api also a running target's URL (with --to-token).")
 @click.option("--collection", "collections", required=True, multiple=True,
               help="A collection to move (repeatable); its related rows follow.")
 @click.option("--filter", "filter_", metavar="JSON", help='Which rows, e.g. {"status": {"_eq": "published"}}.')
@@ -106,7 +114,7 @@ def content_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 @handle_errors
-def content_move(obj: Context, source: str, target: str, collections: tuple[str, ...], filter_: str | None,
+def content_move(obj: Context, source: str, from_token: str | None, target: str, collections: tuple[str, ...], filter_: str | None,
                  depth: int | None, mode: str, max_delete: int | None, via: str, to_url: str | None,
                  to_token: str | None, concurrency: int, batch_size: int, no_rewrite_urls: bool, mask: str | None,
                  mask_salt: str | None, transform: str | None, create_users: bool, dry_run: bool,
@@ -118,19 +126,26 @@ def content_move(obj: Context, source: str, target: str, collections: tuple[str,
     collections' fields differ, mirror above --max-delete, a required reference the target lacks),
     4 when a move --via api stopped part-way (run it again: the ID map resumes it).
     """
+    from urllib.parse import urlsplit
+
+    from ..errors import InvalidInput
     from ..service.state import default_state_url
 
+    if urlsplit(source).scheme not in ("http", "https") and not os.path.exists(source):
+        raise InvalidInput(f"--from {source} does not exist",
+                           hint="name the source's .env, an export --full bundle, or a running instance's URL "
+                           "with --from-token")
     params = {"from": source, "to": target, "collections": list(collections), "filter": filter_, "depth": depth,
               "mode": mode, "max_delete": max_delete, "via": via, "to_url": to_url, "concurrency": concurrency,
               "batch_size": batch_size, "dry_run": dry_run, "rewrite_urls": not no_rewrite_urls, "mask": mask,
               "transform": transform, "create_users": create_users}
-    import os
-
     from .. import api
 
     secrets = {"mask_salt": mask_salt or os.environ.get("CAIRN_MIGRATE_MASK_SALT") or None}
     if to_token:
         secrets["to_token"] = to_token
+    if from_token:
+        secrets["from_token"] = from_token
     context = OpContext(instance=obj.instance, state_url=default_state_url(), open_instance=api.load_instance,
                         secrets=secrets)
     report, outcome = operations.run("content", context, params)

@@ -86,7 +86,8 @@ def row_digest(values: Mapping[str, Any]) -> str:
 
 def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[str, str]:
     """The (source, target) pair as the ID map names it: the one way content moves write the map and sync
-    reads it.  ``source`` is an ``Instance``, or a bundle's ``scope`` (the source it was exported from).
+    reads it.  ``source`` is an ``Instance``, or a bundle's or URL source's ``scope`` (the source it was exported
+    from, its URL); ``target`` an ``Instance`` or a URL target's ``scope``.
 
     :param legacy: the pair as earlier versions named it (``instance_scope``), to adopt their rows.
     """
@@ -94,7 +95,7 @@ def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[st
 
     ident = instance_scope if legacy else database_identity
     first = source if isinstance(source, str) else ident(source)
-    return first, ident(target)
+    return first, target if isinstance(target, str) else ident(target)
 
 
 class IdMap:

@@ -33,7 +33,8 @@ from .sink_api import ApiSink
 from .sink_db import DbSink
 from .writer import PlanFirst, Walk
 
-def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
+def condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
+    """The move's filter on ``root`` as a condition on a source database (bound values, typed per vendor)."""
     def on(db: Database) -> sa.ColumnElement[bool]:
         def convert(name: str, value: Any) -> Any:
             try:
@@ -44,6 +45,33 @@ def _condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database]
 
         return compile_filter(spec, root, db.columns(root), column=lambda n: keys.column(db, root, n), value=convert)
     return on
+
+
+def source_graph(src: Database, roots: list[str]) -> Any:
+    """The source's relation graph with every linked collection's key (and which keys are integers).
+
+    Every linked collection gets its key, so references beyond the depth are still rewritten; the
+    structure must match for the collections the rows may reach or name.
+
+    :raises InvalidInput: a root that is not a user collection of the source, or has no single key column.
+    """
+    graph = load_graph(src)
+    tables = set(src.table_names())
+    for root in roots:
+        if root not in tables or root.startswith("directus_"):
+            raise InvalidInput(f"{root} is not a user collection of the source",
+                               hint="name a collection of the source with --collection (not a directus_* table)")
+    linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
+    for name in sorted((linked | set(roots)) & tables - {USERS}):
+        try:
+            graph.keys[name] = primary_key(src, name)
+        except InvalidInput:
+            if name in roots:
+                raise
+            continue  # not followed: a collection without one key column is never part of a move
+        if keys.is_integer(src, name, graph.keys[name]):
+            graph.integer.add(name)
+    return graph
 
 
 def _finisher(src: Database, source: Instance, target: Instance, params: Mapping[str, Any], bundle: Any,
@@ -67,13 +95,16 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
 
 def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
         progress: Progress | None = None, bundle: Any = None, function: Any = None,
-        client: Callable[[], Any] | None = None, record: bool = False, one_pass: bool = False) -> dict[str, Any]:
+        client: Callable[[], Any] | None = None, record: bool = False, one_pass: bool = False,
+        target_view: Any = None) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
     :param function: the operator's ``--transform`` function (:mod:`.transform`).
     :param client: makes the :class:`~cairn_migrate.content.api_client.ApiClient` of ``via="api"`` (asked only
         when writing).
+    :param target_view: a :class:`~cairn_migrate.content.api_source.ApiSource` when ``target`` is the scratch
+        mirror of a target given by URL (``via="api"``): its identity, snapshot and bytes are the running target's.
     """
     progress = progress or NullProgress()
     via = params.get("via") or "db"
@@ -81,47 +112,34 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     spec = parse(params.get("filter"))
     depth, mode, max_delete = params.get("depth"), params.get("mode") or "merge", params.get("max_delete")
     report: dict[str, Any] = {
-        "from": bundle.label if bundle is not None else source.label, "to": target.label, "via": via, "mode": mode,
+        "from": bundle.label if bundle is not None else source.label,
+        "to": target_view.label if target_view is not None else target.label, "via": via, "mode": mode,
         "collections": roots, "filter": spec,
         "depth": depth, "dry_run": not write, "schema": {"differences": []}, "plan": {}, "users": {"matched": 0,
         "unmatched": []}, "files": {"copy": 0, "bytes": 0, "storage": {}}, "nulled": {}, "matched_on_target": {},
         "refused": [], "transform": {},
         "changes": False, "applied": False, "partial": False}
-    if bundle is None and database_identity(source) == database_identity(target):
+    if bundle is None and target_view is None and database_identity(source) == database_identity(target):
         raise InvalidInput(f"The source {source.label} and the target {target.label} are the same instance "
                            "(the same database)", hint="name another instance's .env with --to (or --from)")
     with Database.open(source) as src, Database.open(target) as dst:
-        graph = load_graph(src)
+        graph = source_graph(src, roots)
         tables = set(src.table_names())
-        for root in roots:
-            if root not in tables or root.startswith("directus_"):
-                raise InvalidInput(f"{root} is not a user collection of the source",
-                                   hint="name a collection of the source with --collection (not a directus_* table)")
-        # Every linked collection gets its key, so references beyond the depth are still rewritten;
-        # the structure must match for the collections the rows may reach or name.
-        linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
-        for name in sorted((linked | set(roots)) & tables - {USERS}):
-            try:
-                graph.keys[name] = primary_key(src, name)
-            except InvalidInput:
-                if name in roots:
-                    raise
-                continue  # not followed: a collection without one key column is never part of a move
-            if keys.is_integer(src, name, graph.keys[name]):
-                graph.integer.add(name)
         involved = [name for name in graph.reachable(roots, None if depth is None else depth + 1) if name in tables]
         problems = schema_differences(src, dst, involved,
-                                      source_snapshot=bundle.schema_snapshot() if bundle is not None else None)
+                                      source_snapshot=bundle.schema_snapshot() if bundle is not None else None,
+                                      target_snapshot=target_view.schema_snapshot() if target_view is not None else None)
         if problems:
             report["schema"]["differences"] = problems
             report["refused"].append({
                 "message": f"The fields of the moved collections differ between source and target: {'; '.join(problems)}",
                 "fix": "align the target's structure first: cairn-migrate promote --from SRC --to DST"})
             return report
-        conditions = {root: _condition(spec, root) for root in roots}
+        conditions = {root: condition(spec, root) for root in roots}
         origin = bundle.scope if bundle is not None else source
-        idmap = keys.IdMap(state_url, keys.pair_identity(origin, target),
-                           legacy=keys.pair_identity(origin, target, legacy=True))
+        ending = target_view.scope if target_view is not None else target
+        idmap = keys.IdMap(state_url, keys.pair_identity(origin, ending),
+                           legacy=keys.pair_identity(origin, target, legacy=True) if target_view is None else None)
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
         finisher.context["write"] = write  # False in the plan (and the apply's first pass), True when writing
@@ -158,7 +176,8 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                                          sink=sink if write else None) \
                     if params.get("create_users") else {"created": []}
                 walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress, sink=sink,
-                            finisher=finisher, source_files=bundle.files if bundle is not None else None)
+                            finisher=finisher, source_files=bundle.files if bundle is not None else None,
+                            target_files=target_view.files if target_view is not None else None)
                 walks.append(walk)
                 walk.children_followed = depth is None or depth >= 1
                 walk.one_pass = one_pass
@@ -314,15 +333,16 @@ def _masked_email(mask: Any) -> Callable[[str], str] | None:
 
 
 def plan(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
-         progress: Progress | None = None, bundle: Any = None, function: Any = None) -> dict[str, Any]:
+         progress: Progress | None = None, bundle: Any = None, function: Any = None,
+         target_view: Any = None) -> dict[str, Any]:
     """What the move would do; writes nothing."""
     return run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
-               function=function)
+               function=function, target_view=target_view)
 
 
 def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str,
           progress: Progress | None = None, bundle: Any = None, function: Any = None,
-          client: Callable[[], Any] | None = None) -> dict[str, Any]:
+          client: Callable[[], Any] | None = None, target_view: Any = None) -> dict[str, Any]:
     """Plan, and unless refused, move: via db, bytes first, rows in one target transaction, the ID map after its
     commit; via api, through ``client``'s requests, the ID map saved even when the run ends partial."""
     if (params.get("via") or "db") == "db" and not params.get("create_users"):
@@ -330,13 +350,13 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
         # written; a closure with files (bytes go to storage before the commit) is planned first instead.
         try:
             return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
-                       function=function, client=client, one_pass=True)
+                       function=function, client=client, one_pass=True, target_view=target_view)
         except PlanFirst:
             pass
     planned = run(source, target, params, state_url=state_url, write=False, progress=progress, bundle=bundle,
-                  function=function, record=True)
+                  function=function, record=True, target_view=target_view)
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
     (progress or NullProgress()).progress(bytes_total=planned["files"]["bytes"])
     return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
-               function=function, client=client)
+               function=function, client=client, target_view=target_view)

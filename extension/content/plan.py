@@ -38,16 +38,19 @@ def _fields(snapshot: Mapping[str, Any], collections: Iterable[str]) -> dict[str
 
 
 def schema_differences(src: Database, dst: Database, collections: Sequence[str],
-                       source_snapshot: Mapping[str, Any] | None = None) -> list[str]:
+                       source_snapshot: Mapping[str, Any] | None = None,
+                       target_snapshot: Mapping[str, Any] | None = None) -> list[str]:
     """One line per field of ``collections`` (user collections) that differs between source and target.
 
-    ``source_snapshot``: the source's own snapshot (a bundle's, taken on its instance) instead of ``src``'s.
+    ``source_snapshot``: the source's own snapshot (a bundle's, taken on its instance; a URL source's, from its
+    API) instead of ``src``'s; ``target_snapshot`` likewise for a target given by URL.
     """
     user = [c for c in collections if not c.startswith("directus_")]
     if not user:
         return []
     ours = _fields(source_snapshot if source_snapshot is not None else schema_snapshot(src, version="content"), user)
-    theirs = _fields(schema_snapshot(dst, version="content"), user)
+    theirs = _fields(target_snapshot if target_snapshot is not None else schema_snapshot(dst, version="content"),
+                     user)
     dst_tables = set(dst.table_names())
     problems = []
     for collection in sorted(user):

@@ -226,6 +226,8 @@ class ApiSink:
             for reader in opened:
                 reader.close()
         stored = (response.json().get("data") or {}).get("filename_disk") if response.content else None
+        if stored and hasattr(target, "learn"):  # a target read through its API finds the object by the file's id
+            target.learn(stored, str(row["id"]))
         if not stored or target.size(stored) != size or target.sha256(stored) != source.sha256(source_name):
             raise MigrateError(f"The target's copy of file {row['id']} ({stored}) does not match the source's "
                                f"{source_name} (size or SHA-256)",

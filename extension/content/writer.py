@@ -126,6 +126,9 @@ class Walk:
     finisher: Any = None
     #: storage name → where the source's bytes are read (a bundle's members); None: the source's own locations
     source_files: Callable[[str], Any] | None = None
+    #: storage name → where the target's stored bytes are read (a target given by URL: its ``/assets``); None: its
+    #: own locations
+    target_files: Callable[[str], Any] | None = None
 
     # ------------------------------------------------------------------ helpers
     def __post_init__(self) -> None:
@@ -241,6 +244,8 @@ class Walk:
     def _location(self, instance: Instance, side: str, name: str) -> Location:
         if side == "src" and self.source_files is not None:  # transform.py: a bundle as the source
             return self.source_files(name)  # type: ignore[no-any-return]
+        if side == "dst" and self.target_files is not None:  # api_source.py: a target given by URL
+            return self.target_files(name)  # type: ignore[no-any-return]
         if (side, name) not in self._locations:
             self._locations[(side, name)] = open_location(instance.location(name))
         return self._locations[(side, name)]

@@ -580,11 +580,14 @@ class _FilterField(fields.Field):
 
 class ContentMoveParams(Schema):
     from_ = fields.String(required=True, data_key="from", metadata={
-        "description": "The source: an instance's .env, or an export --full bundle (a folder, .tar or .tar.gz).",
-        "cli": "--from", "host_path": True})
+        "description": "The source: a running instance's URL (with from_token: read through its API, keyset "
+        "paging), an instance's .env, or an export --full bundle (a folder, .tar or .tar.gz).",
+        "cli": "--from", "host_path": True, "or_url": True})
+    from_token = _secret("An admin token of the source, when it is a URL.", "--from-token")
     to = fields.String(required=True, metadata={
-        "description": "The target instance's .env (read through its database; via api, written through its API).",
-        "cli": "--to", "host_path": True})
+        "description": "The target instance's .env (read through its database; via api, written through its API), "
+        "or with via api a running target's URL (read through its API too, with to_token).",
+        "cli": "--to", "host_path": True, "or_url": True})
     collections = fields.List(fields.String(), required=True, validate=validate.Length(min=1), metadata={
         "description": "The collections to move (their related rows follow).", "cli": "--collection"})
     filter = _FilterField(load_default=None, allow_none=True, metadata={
@@ -857,7 +860,8 @@ def _content_outcome(report: Report, planned: bool) -> Outcome:
 def _content_sides(ctx: OpContext, p: dict[str, Any]) -> list[Any]:
     from .confine import Side
 
-    return [Side("from", p["from_"]), Side("to", p["to"], ctx.secret("to_token") or p.get("to_token"), p.get("to_url"))]
+    return [Side("from", p["from_"], ctx.secret("from_token") or p.get("from_token")),
+            Side("to", p["to"], ctx.secret("to_token") or p.get("to_token"), p.get("to_url"))]
 
 
 def _promote_sides(ctx: OpContext, p: dict[str, Any]) -> list[Any]:
