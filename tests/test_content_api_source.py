@@ -30,7 +30,7 @@ from test_content_api import MOVED, PUBLISHED, TOKEN, _populated_target, query, 
 
 from cairn_migrate.cli import cli
 from cairn_migrate.content.api_source import SourceApi
-from cairn_migrate.errors import Forbidden
+from cairn_migrate.errors import RemoteRefused
 from cairn_migrate.testing import build_sqlite_instance
 
 
@@ -134,7 +134,7 @@ def test_uuid_keys_which_cairncms_cannot_compare_are_read_by_key_lists_never_by_
 def test_a_token_that_is_not_an_admins_is_refused() -> None:
     recorder = Recorder(admin=False)
     try:
-        with pytest.raises(Forbidden, match="not an administrator"):
+        with pytest.raises(RemoteRefused, match="not an administrator"):
             SourceApi(recorder.url, "t").check_admin()
     finally:
         recorder.close()
@@ -194,7 +194,7 @@ def live(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: 
 def test_a_wrong_token_or_an_unreachable_url_fails_clearly_and_writes_nothing(live: Live) -> None:
     counts = {t: query(live.target, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
     code, _, output = live.from_url(token="not-the-token")
-    assert code == 3 and "refused the token" in output and "--from-token" in output, output
+    assert code == 2 and "refused the token" in output and "--from-token" in output, output
     code, _, output = live.move(f"http://127.0.0.1:{free_port()}", live.target, "--from-token", TOKEN)
     assert code == 3 and "did not answer" in output, output
     code, _, output = live.move(live.source_url, live.target)
@@ -287,7 +287,7 @@ def test_from_url_to_url_via_api_moves_what_the_env_moves_and_a_rerun_changes_no
 
     counts = {t: query(live.by_url, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
     code, _, output = to_url(token="not-the-token")
-    assert code == 3 and "The target" in output and "refused the token" in output and "--to-token" in output, output
+    assert code == 2 and "The target" in output and "refused the token" in output and "--to-token" in output, output
     assert counts == {t: query(live.by_url, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
     code, _, output = live.move(live.source_url, Path(live.by_url_url), "--from-token", TOKEN)  # --via db
     assert code == 2 and "--via api" in output, output

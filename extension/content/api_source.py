@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from ..bundle.table_loader import TableLoader
 from ..bundle.table_schema import Column, ForeignKey, Index, TableDef
 from ..bundle.workdir import scratch
-from ..errors import ConfigError, Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
+from ..errors import ConfigError, InstanceUnreachable, InvalidInput, MigrateError, RemoteRefused
 from ..instance.database import Database, open_engine
 from ..instance.instance import DatabaseConfig, Instance, LocationConfig
 from ..instance.storage import CHUNK
@@ -109,11 +109,11 @@ class SourceApi:
         text = error_text(response)
         response.close()
         if response.status_code == 401:
-            raise Unauthorized(f"The {self.side} {self.url} refused the token (GET {path}: 401)",
-                               hint=f"pass an admin's static token of the {self.side} with {self.option}-token")
+            raise RemoteRefused(f"The {self.side} {self.url} refused the token (GET {path}: 401)",
+                                 hint=f"pass an admin's static token of the {self.side} with {self.option}-token")
         if response.status_code == 403:
-            raise Forbidden(f"The {self.side} {self.url} answered 403 to GET {path}: {text}",
-                            hint=f"pass the static token of an admin of the {self.side} with {self.option}-token")
+            raise RemoteRefused(f"The {self.side} {self.url} answered 403 to GET {path}: {text}",
+                                hint=f"pass the static token of an admin of the {self.side} with {self.option}-token")
         raise MigrateError(f"The {self.side} {self.url} answered {response.status_code} to GET {path}: {text}",
                            details={"status": response.status_code},
                            hint=f"check the {self.side} instance (its log says why)")
@@ -130,7 +130,7 @@ class SourceApi:
         """The token must be an administrator's (a move reads every row, users and files included)."""
         me = self.data("/users/me", {"fields": "id,role.admin_access"}) or {}
         if (me.get("role") or {}).get("admin_access") is not True:
-            raise Forbidden(f"The token for the {self.side} {self.url} is not an administrator's",
+            raise RemoteRefused(f"The token for the {self.side} {self.url} is not an administrator's",
                             hint=f"pass the static token of an admin of the {self.side} with {self.option}-token")
 
     def pages(self, collection: str, pk: str, *, where: Mapping[str, Any] | None = None,
