@@ -1,10 +1,10 @@
 """The direct database writer of a content move: rows through one target transaction, bytes to its storage.
 
 The walk (:mod:`cairn_migrate.content.writer`) decides; a *sink* writes.  This one writes the
-finished rows with SQL on the target connection the caller commits or rolls back: new rows with
-kept (uuid/string) keys in one ``executemany`` per batch, integer-keyed rows likewise on PostgreSQL (their
-keys drawn first from the column's own sequence, one ``nextval`` query per batch), one ``INSERT … RETURNING``
-each elsewhere, updates per row, deletions per key batch; a file's bytes are copied to the target's storage location and
+finished rows with SQL on the target connection the caller commits or rolls back: new rows in one ``COPY``
+per batch on PostgreSQL (integer keys drawn first from the column's own sequence, one ``nextval`` query per
+batch); elsewhere kept (uuid/string) keys in one ``executemany`` per batch and integer-keyed rows one
+``INSERT … RETURNING`` each; updates per row, deletions per key batch; a file's bytes are copied to the target's storage location and
 verified (size + SHA-256) before its row is written.
 """
 
