@@ -242,3 +242,32 @@ def test_a_refused_mirror_delete_is_named_and_rolled_back(tmp_path: Path) -> Non
                         "--max-delete", "1")
     assert code == 3 and "The target refused mirror's deletions" in str(output), output
     assert query(dst, "SELECT count(*) FROM tags WHERE slug = 'fresh'")[0][0] == 1
+
+
+def test_equal_source_rows_in_different_batches_stay_two_target_rows(tmp_path: Path) -> None:
+    """Equal-row adoption (D2) takes a target row a clone already held, never one this run created in an
+    earlier batch of the same collection: two equal source comments 501 keys apart (one batch is 500 keys)
+    become two target comments, and the plan counts what the apply writes."""
+    src, dst, state = pair(tmp_path)
+    article = query(src, "SELECT id FROM articles WHERE slug = 'article-1'")[0][0]
+    comment = {"a": article, "n": "twin", "t": "the same words", "d": "2024-01-01 00:00:00"}
+    query(src, "INSERT INTO article_comments (article, author_name, text, approved, date_created) "
+               "VALUES (:a, :n, :t, 1, :d)", **comment)
+    filler = [{"a": article, "n": f"reader {i}", "t": f"comment {i}", "d": comment["d"]} for i in range(500)]
+    engine = sa.create_engine(f"sqlite:///{src.parent / 'data.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO article_comments (article, author_name, text, approved, date_created) "
+                             "VALUES (:a, :n, :t, 1, :d)"), filler)
+        conn.execute(sa.text("INSERT INTO article_comments (article, author_name, text, approved, date_created) "
+                             "VALUES (:a, :n, :t, 1, :d)"), comment)
+    engine.dispose()
+    keys = [r[0] for r in query(src, "SELECT id FROM article_comments WHERE author_name = 'twin' ORDER BY id")]
+    assert len(keys) == 2 and keys[1] - keys[0] > 500  # in two batches
+    before = query(dst, "SELECT count(*) FROM article_comments WHERE author_name = 'twin'")[0][0]
+    code, planned = move(src, dst, state, "--collection", "articles", "--filter", ONE, "--dry-run")
+    assert code == 1, planned
+    code, report = move(src, dst, state, "--collection", "articles", "--filter", ONE)
+    assert code == 0, report
+    assert report["plan"]["article_comments"]["created"] == planned["plan"]["article_comments"]["created"]
+    assert query(dst, "SELECT count(*) FROM article_comments WHERE author_name = 'twin'")[0][0] == before + 2
+    assert move(src, dst, state, "--collection", "articles", "--filter", ONE)[1]["changes"] is False

@@ -1,10 +1,10 @@
 """The direct database writer of a content move: rows through one target transaction, bytes to its storage.
 
 The walk (:mod:`cairn_migrate.content.writer`) decides; a *sink* writes.  This one writes the
-finished rows with SQL on the target connection the caller commits or rolls back: new rows with
-kept (uuid/string) keys in one ``executemany`` per batch, integer-keyed rows likewise on PostgreSQL (their
-keys drawn first from the column's own sequence, one ``nextval`` query per batch), one ``INSERT … RETURNING``
-each elsewhere, updates per row, deletions per key batch; a file's bytes are copied to the target's storage location and
+finished rows with SQL on the target connection the caller commits or rolls back: new rows in one ``COPY``
+per batch on PostgreSQL (integer keys drawn first from the column's own sequence, one ``nextval`` query per
+batch); elsewhere kept (uuid/string) keys in one ``executemany`` per batch and integer-keyed rows one
+``INSERT … RETURNING`` each; updates per row, deletions per key batch; a file's bytes are copied to the target's storage location and
 verified (size + SHA-256) before its row is written.
 """
 
@@ -64,18 +64,41 @@ class DbSink:
         if integer:  # the target numbers each row
             values = [{n: v for n, v in self._encoded(name, row).items() if n != pk} for row in rows]
             sequence = self._sequence(name, pk)
-            if sequence is not None:  # PostgreSQL: the batch's keys drawn from the column's own sequence, one insert
+            if sequence is not None:  # PostgreSQL: the batch's keys drawn from the column's own sequence, one COPY
                 made = sorted(int(k) for k in self.conn.execute(sa.text(
                     "SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"), {"s": sequence, "n": len(rows)}
                 ).scalars())
-                self.conn.execute(sa.insert(table), [{**v, pk: k} for v, k in zip(values, made)])
+                self._copy(name, [{**v, pk: k} for v, k in zip(values, made)])
                 done(made)
                 return
             done([int(self.conn.execute(sa.insert(table).values(v).returning(sa.column(pk))).scalar_one())
                   for v in values])  # elsewhere one statement each, its new key returned
             return
-        self.conn.execute(sa.insert(table), [self._encoded(name, row) for row in rows])
+        encoded = [self._encoded(name, row) for row in rows]
+        if self.dst.vendor == "postgres":
+            self._copy(name, encoded)
+        else:
+            self.conn.execute(sa.insert(table), encoded)
         done([row[pk] for row in rows])
+
+    def _copy(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """New rows on PostgreSQL with ``COPY … FROM STDIN`` on the transaction's own connection: several
+        times cheaper than an ``INSERT`` per row for the server and for us (no statement per row to bind).
+        The values are the ones the ``INSERT`` took (its columns are untyped, so the driver adapted them
+        the same way); a refused row (a constraint) is raised as the ``INSERT``'s error would be."""
+        import psycopg
+        from psycopg import sql
+
+        columns = list(rows[0])
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+        raw = self.conn.connection.driver_connection
+        try:
+            with raw.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        except psycopg.Error as exc:
+            raise sa.exc.DBAPIError(statement.as_string(raw), None, exc) from exc
 
     def _sequence(self, name: str, pk: str) -> str | None:
         """The sequence numbering ``name.pk`` on a PostgreSQL target (serial or identity), else None."""

@@ -41,6 +41,8 @@ TRANSFORMS_SETTING = "CAIRN_MIGRATE_TRANSFORMS"
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 #: What may follow a URL's base: the end of the URL (a path, query, fragment, quote, bracket, space or the end).
 _END = r"(?=[/?#\s\"'<>)\]\\,;]|$)"
+#: the part every asset URL the pattern finds holds (a cheap test before the full pattern)
+_ASSETS = re.compile("/assets/", re.IGNORECASE)
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 RowFunction = Callable[[str, dict[str, Any], Mapping[str, Any]], "dict[str, Any] | None"]
@@ -153,6 +155,8 @@ class UrlRewriter:
         else:
             texts = (value,) if isinstance(value, str) else ()
         for text in texts:
+            if not _ASSETS.search(text):
+                continue  # an asset URL always holds "/assets/" (the pattern is case-blind): no regex over the rest
             for match in self.pattern.finditer(text):
                 asset = match.group("aid") if match.groupdict().get("abs") else match.group("rid")
                 if asset:

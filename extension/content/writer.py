@@ -119,6 +119,11 @@ class Walk:
     #: source keys of rows created in the collection being walked whose write may still be in flight
     _in_flight: set[Any] = field(default_factory=set)
     _exists: dict[tuple[str, Any], bool] = field(default_factory=dict)
+    #: collection → target keys this run gave a source row (created, adopted or matched): never adopted again,
+    #: so two equal source rows in different batches stay two target rows
+    _claimed: dict[str, set[Any]] = field(default_factory=dict)
+    #: collection → target keys the ID map gave this pair's source rows before this run (read once per collection)
+    _owned: dict[str, set[int]] = field(default_factory=dict)
     _defs: dict[tuple[str, str], TableDef] = field(default_factory=dict)
     _locations: dict[tuple[str, str], Location] = field(default_factory=dict)
     # --- value transforms (content/transform.py) --------------------------------------------------------
@@ -317,6 +322,11 @@ class Walk:
         if self.write:
             self.sink.prepare(name, dst_def, names)
         self._in_flight = set()
+        claimed = self._claimed.setdefault(name, set())
+        # A collection the target holds no rows of (looked at once, before its first batch): every row is
+        # created, so none of the per-batch lookups of target rows (existence, adoption, unique holders,
+        # current values) can find anything but rows this run created, which are never matched again.
+        empty = dst_conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
         self.progress.log(f"content {name}: {len(self.closure.rows.get(name, ()))} rows")
         for batch in _batches(sorted(self.closure.rows.get(name, ()), key=_sort_key)):
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
@@ -327,8 +337,10 @@ class Walk:
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
             # target keys
-            self._settle_pending(dst_conn, name, pk, names, decode_dst, kinds, written, rows)
-            if integer:
+            self._settle_pending(dst_conn, name, pk, names, decode_dst, kinds, written, rows, empty)
+            if empty:
+                target_keys = {self.graph.key(name, r[pk]): None for r in rows}
+            elif integer:
                 mapped = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows}
                 self._target_exists(dst_conn, name, [int(v) for v in mapped.values() if v is not None])
                 target_keys = {k: (int(v) if v is not None and self._exists.get((name, int(v))) else None)
@@ -339,8 +351,8 @@ class Walk:
                 target_keys = {k: (k if self._exists.get((name, k)) else None)
                                for k in (self.graph.key(name, r[pk]) for r in rows)}
                 self._unique_conflicts(dst_conn, name, pk, dst_def, rows, target_keys)
-            existing_rows = self._target_rows(dst_conn, name, pk, names, decode_dst,
-                                              [v for v in target_keys.values() if v is not None])
+            existing_rows = {} if empty else self._target_rows(dst_conn, name, pk, names, decode_dst,
+                                                               [v for v in target_keys.values() if v is not None])
             self._prefetch_outside(dst_conn, name, links, rows)
             storages = {}
             for row in rows:
@@ -350,7 +362,7 @@ class Walk:
                     row["storage"] = self._target_storage(str(storages[source_key]))
                 for link in links:
                     self._rewrite(name, link, row, nullable[link.field], deferred, source_key)
-            if integer:
+            if integer and not empty:
                 self._adopt_junction_rows(dst_conn, name, pk, rows, target_keys)
                 self._adopt_equal(dst_conn, name, pk, names, decode_dst, kinds, written, rows, target_keys)
                 existing_rows.update(self._target_rows(dst_conn, name, pk, names, decode_dst, [
@@ -380,6 +392,7 @@ class Walk:
                         self.digests[(name, source_key)] = self._digest(pk, kinds, {n: row[n] for n in written})
                     continue
                 resolved[source_key] = target_key
+                claimed.add(target_key)
                 self.new_map[(name, source_key)] = target_key
                 if not changed:
                     counts["unchanged"] += 1
@@ -411,10 +424,13 @@ class Walk:
         when the request returns for the API)."""
         sources = [source_key for source_key, _ in created]
         resolved = self.resolved[name]
+        claimed = self._claimed.setdefault(name, set())
 
         def done(made: list[Any], offset: int = 0) -> None:
             for source_key, target_key in zip(sources[offset:], made):
                 resolved[source_key] = target_key
+                if integer:
+                    claimed.add(target_key)
                 self.new_map[(name, source_key)] = target_key  # kept keys too: identity entries (ownership)
 
         if not integer:  # kept keys are known now; the rows may still be in flight
@@ -445,7 +461,7 @@ class Walk:
                target_keys: dict[Any, Any]) -> None:
         """Integer-keyed rows the ID map does not know take the target row holding the same value of a unique
         column (``authors.email``), so the move neither duplicates it nor breaks the unique index."""
-        taken = {v for v in target_keys.values() if v is not None}
+        taken = {v for v in target_keys.values() if v is not None} | self._claimed.get(name, set())
         for index in dst_def.indexes:
             if not index.unique or len(index.columns) != 1 or index.columns[0] == pk:
                 continue
@@ -471,21 +487,32 @@ class Walk:
 
     def _settle_pending(self, conn: sa.Connection, name: str, pk: str, names: list[str],
                         decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
-                        rows: list[dict[str, Any]]) -> None:
+                        rows: list[dict[str, Any]], empty: bool = False) -> None:
         """ID map entries an earlier run left pending (it stopped between its own record and the target's
-        commit): kept when the target row holds what that run wrote, else forgotten (it never committed)."""
+        commit): kept when the target row holds what that run wrote, else forgotten (it never committed).
+        ``empty``: the target holds no row of ``name``, so every pending entry of it is forgotten unread."""
+        if not self.idmap.pending:
+            return  # the usual case: nothing left pending by an earlier run
         todo = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows
                 if self.idmap.is_pending(name, r[pk])}
         if not todo:
             return
-        found = self._target_rows(conn, name, pk, names, decode,
-                                  [int(t) if name in self.graph.integer else self.graph.key(name, t)
-                                   for t in todo.values() if t is not None])
+        found = {} if empty else self._target_rows(conn, name, pk, names, decode,
+                                                   [int(t) if name in self.graph.integer else self.graph.key(name, t)
+                                                    for t in todo.values() if t is not None])
         for source_key, target in todo.items():
             key = int(target) if name in self.graph.integer else self.graph.key(name, target)
             current = found.get(key)
             digest = self._digest(pk, kinds, {n: current[n] for n in written}) if current is not None else None
-            self.idmap.confirm(name, source_key, digest)
+            if not self.idmap.confirm(name, source_key, digest) and name in self._owned and target is not None:
+                self._owned[name].discard(key)  # forgotten: its target row is no longer the pair's
+
+    def _owned_targets_before(self, name: str) -> set[int]:
+        """The target keys the ID map gives this pair's rows of ``name`` (integer keys), read once per collection
+        rather than per batch (``IdMap.owned`` walks the whole map)."""
+        if name not in self._owned:
+            self._owned[name] = {int(t) for t in self.idmap.owned(name).values()}
+        return self._owned[name]
 
     def _adopt_equal(self, conn: sa.Connection, name: str, pk: str, names: list[str],
                      decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
@@ -503,8 +530,8 @@ class Walk:
             return
         # the most selective column narrows the target's candidates (a comment's article, not its author's name)
         probe = max(eligible, key=lambda n: (len({r[n] for r in pending}), -eligible.index(n)))
-        owned = {int(t) for t in self.idmap.owned(name).values()}
-        taken = {v for v in target_keys.values() if v is not None} | owned
+        taken = {v for v in target_keys.values() if v is not None} | self._owned_targets_before(name) | \
+            self._claimed.get(name, set())
         candidates: dict[Any, dict[str, Any]] = {}
         for batch in _batches(sorted({r[probe] for r in pending}, key=_sort_key)):
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
@@ -550,7 +577,7 @@ class Walk:
         """New junction rows (m2m, translations, m2a) take the target's row linking the same two rows,
         so a target that already has the link (a clone, an earlier import) keeps one row per link."""
         pairs = {(link.field, link.junction) for link in self.graph.outgoing(name) if link.junction}
-        taken = {v for v in target_keys.values() if v is not None}
+        taken = {v for v in target_keys.values() if v is not None} | self._claimed.get(name, set())
         for first, second in sorted(pairs):
             wanted: dict[tuple[str, str], Any] = {}
             for row in rows:
