@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 import logging
@@ -67,13 +68,13 @@ _PG_MAX_ARGS = 100  # a function's argument limit (FUNC_MAX_ARGS)
 _BLOCK = 1 << 20
 
 
-def _pg_json_lines(conn: sa.Connection, table: TableDef) -> Iterator[bytes] | None:
-    """The table's JSON lines written by PostgreSQL itself (``COPY (SELECT json_build_array(…)) TO STDOUT``),
-    in blocks of whole lines, or ``None`` where a column's type is not one it writes in our neutral form.
+def pg_json_line(conn: sa.Connection, table: TableDef) -> str | None:
+    """The SQL expression (``json_build_array(…)``) whose text is the table's JSON line as the export writes it,
+    or ``None`` where PostgreSQL cannot write it byte for byte (a column type it does not write in our
+    neutral form, more columns than a function takes, a connection or server not in UTF-8).
 
-    In the same transaction (snapshot) as ``conn``. ``FORMAT csv`` with control characters as delimiter and
-    quote passes each JSON text through unchanged: PostgreSQL's JSON escapes every control character, so no
-    value needs quoting. Python touches no value: each block is read, hashed and written.
+    Shared by the export (:func:`_pg_json_lines`) and ``verify``, which hashes the same text on the server
+    (:func:`~cairn_migrate.operations.verify._server_digests`): one definition keeps them byte-equal.
     """
     raw = conn.connection.driver_connection  # type: ignore[union-attr]
     if str(raw.info.encoding).replace("-", "").lower() != "utf8" or len(table.columns) > _PG_MAX_ARGS:  # type: ignore[union-attr]
@@ -91,7 +92,57 @@ def _pg_json_lines(conn: sa.Connection, table: TableDef) -> Iterator[bytes] | No
             elements.append(f"{column}::text")
         else:
             return None
-    query = (f"COPY (SELECT json_build_array({', '.join(elements)}) FROM {quote(table.name)}) TO STDOUT "
+    return f"json_build_array({', '.join(elements)})"
+
+
+class LinesDigest:
+    """An order-independent digest of a table's JSON lines: the row count and the sums of each line's MD5
+    read as two signed 64-bit integers (high and low half).
+
+    Chosen so the database can compute the same figure from its rows (PostgreSQL: ``md5`` of the line's
+    text, halves cast through ``bit(64)`` to ``bigint``, summed as ``numeric``: exact, no overflow): the
+    export records it per table in the manifest (``lines_md5``), and ``verify`` compares it with the
+    target's aggregate without fetching a row (:func:`~cairn_migrate.operations.verify._server_digests`).
+    Sums, not a hash of the concatenation, because vendors return rows in different orders.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.high = 0
+        self.low = 0
+
+    def add_block(self, block: bytes) -> None:
+        """Whole lines, each ending in a newline (blank lines are not rows)."""
+        md5, from_bytes = hashlib.md5, int.from_bytes
+        high = low = rows = 0
+        for line in block.split(b"\n"):
+            if line.strip():
+                digest = md5(line.rstrip(b"\r")).digest()
+                high += from_bytes(digest[:8], "big", signed=True)
+                low += from_bytes(digest[8:], "big", signed=True)
+                rows += 1
+        self.high += high
+        self.low += low
+        self.rows += rows
+
+    def to_manifest(self) -> dict[str, Any]:
+        """As the manifest keeps it: strings (the sums pass 2⁵³, which a JSON reader in JavaScript would round)."""
+        return {"rows": self.rows, "high": str(self.high), "low": str(self.low)}
+
+
+def _pg_json_lines(conn: sa.Connection, table: TableDef) -> Iterator[bytes] | None:
+    """The table's JSON lines written by PostgreSQL itself (``COPY (SELECT json_build_array(…)) TO STDOUT``),
+    in blocks of whole lines, or ``None`` where a column's type is not one it writes in our neutral form.
+
+    In the same transaction (snapshot) as ``conn``. ``FORMAT csv`` with control characters as delimiter and
+    quote passes each JSON text through unchanged: PostgreSQL's JSON escapes every control character, so no
+    value needs quoting. Python touches no value: each block is read, hashed and written.
+    """
+    line = pg_json_line(conn, table)
+    if line is None:
+        return None
+    raw = conn.connection.driver_connection  # type: ignore[union-attr]
+    query = (f"COPY (SELECT {line} FROM {conn.dialect.identifier_preparer.quote(table.name)}) TO STDOUT "
              "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')")
 
     def blocks() -> Iterator[bytes]:
@@ -122,14 +173,16 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
     if lines is not None:
         member = f"tables/{table.name}.jsonl"
         rows = 0
+        digest = LinesDigest()  # what verify asks the target's PostgreSQL to compute of its rows
         with writer.open(member) as out:
             for block in lines:
                 out.write(block)
+                digest.add_block(block)
                 count = block.count(b"\n")
                 rows += count
                 progress.advance(items=count)
                 progress.check_cancelled()
-        return {"rows": rows, "member": member}
+        return {"rows": rows, "member": member, "lines_md5": digest.to_manifest()}
     floats = [i for i, column in enumerate(table.columns) if column.type in ("float", "double")]
     if masker is None and floats:  # NaN/Infinity keep the standard library's spelling (orjson writes null)
         converting += [(i, finite) for i in floats]

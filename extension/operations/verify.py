@@ -7,7 +7,9 @@ SQLite milliseconds, so a correct cross-vendor clone compares equal and a
 real difference does not.  A cross-vendor import's rewrite of ``directus_fields.special``
 (:func:`~cairn_migrate.bundle.drift.field_flags`) is applied to the bundle's rows too,
 and reported as expected drift.  A bundle of the target's own vendor (neutral, or a native SQLite
-file on SQLite) is compared byte for byte first (:func:`_exact_wants`): the target's rows written as
+file on SQLite) is compared byte for byte first: on PostgreSQL by the database itself (:func:`_server_digests`:
+it hashes its rows written as the export wrote the lines and sums the hashes, against the digest the export
+recorded of the lines; no row is fetched, tables in parallel), elsewhere (:func:`_exact_wants`): the target's rows written as
 the export writes its lines, no value parsed or reduced, the bundle's side hashed by a second process
 for large bundles; only a table whose bytes differ takes the comparison above.  Every file's bytes are hashed in place.  With a URL,
 the running instance is asked too: ``/server/ping``, a login or token check,
@@ -424,6 +426,75 @@ def _worker_main() -> None:
         sys.stdout.flush()
 
 
+#: Tables whose digests the target's database computes at once (one connection each): the aggregates are the
+#: server's CPU, so more than the cores it has only queue; PostgreSQL may also split one large table itself.
+SERVER_WORKERS = 2
+
+
+def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], definitions: Mapping[str, TableDef],
+                    names: Collection[str]) -> dict[str, tuple[int, int, int]]:
+    """Per table of ``names`` that PostgreSQL can write as the bundle's lines, the target's
+    :class:`~cairn_migrate.operations.export.LinesDigest` computed by the database itself (rows, high, low),
+    in parallel per table; tables it cannot compute are left out (their rows take the Python paths).
+
+    Why this proves the target holds the bundle's rows: the same ``json_build_array`` expression the export
+    used to write the lines (:func:`~cairn_migrate.operations.export.pg_json_line`) writes each target row,
+    PostgreSQL hashes that text (``md5``) and sums the hashes; the bundle's side is the digest of the member's
+    lines the export recorded in the manifest (the member's SHA-256 pins those bytes), or, for a bundle
+    written before that, computed here from the member.  Equal counts and sums mean the same multiset of
+    lines, byte for byte.  No row crosses the wire: the work is the database's C, not Python per row.
+    """
+    if db.vendor != "postgres" or manifest.get("data") == "native" or manifest["source"]["vendor"] != "postgres":
+        return {}
+    from .export import pg_json_line
+
+    def one(name: str) -> tuple[str, tuple[int, int, int] | None]:
+        table = definitions[name]
+        try:
+            with db.engine.connect() as conn:
+                encoding = conn.exec_driver_sql("SHOW server_encoding").scalar()
+                line = pg_json_line(conn, table) if str(encoding).upper() in ("UTF8", "UTF-8") else None
+                if line is None:
+                    return name, None
+                quoted = conn.dialect.identifier_preparer.quote(table.name)
+                rows, high, low = conn.exec_driver_sql(
+                    "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
+                    "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
+                    f"FROM (SELECT md5({line}::text) AS h FROM {quoted}) AS lines").one()
+                conn.rollback()
+        except Exception as exc:  # a column gone, a type changed: the Python paths compare and name it
+            log.debug("%s: no server-side digest (%s)", name, exc)
+            return name, None
+        return name, (int(rows), int(high), int(low))
+
+    results: dict[str, tuple[int, int, int]] = {}
+    candidates = [n for n in names if n in definitions]
+    if not candidates:
+        return results
+    with ThreadPoolExecutor(max_workers=min(SERVER_WORKERS, len(candidates))) as pool:
+        for name, digest in pool.map(one, candidates):
+            if digest is not None:
+                results[name] = digest
+    return results
+
+
+def _bundle_lines_digest(bundle_dir: Path, manifest: Mapping[str, Any], name: str) -> tuple[int, int, int]:
+    """The bundle's side of :func:`_server_digests`: the manifest's ``lines_md5`` (recorded by the export), else
+    computed from the member's lines (a bundle written before the export recorded it)."""
+    entry = manifest["tables"][name]
+    recorded = entry.get("lines_md5")
+    if isinstance(recorded, Mapping):
+        return int(recorded["rows"]), int(recorded["high"]), int(recorded["low"])
+    from .export import LinesDigest
+
+    digest = LinesDigest()
+    with member_path(bundle_dir, manifest, entry["member"], field=f"tables.{name}.member").open("rb") as fh:
+        while block := fh.read(1 << 20):
+            block += fh.readline()  # whole lines only
+            digest.add_block(block)
+    return digest.rows, digest.high, digest.low
+
+
 def _exact_match(entry: dict[str, Any], side: tuple[Callable[[], RowHash], bool], db: Database, table: TableDef,
                  expected: int) -> bool:
     """Compare the bundle's rows with the target's byte for byte; on a match fill ``entry`` (ok)."""
@@ -488,7 +559,13 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
     results = []
     worker = None
     try:
-        wants, worker = _exact_wants(db, bundle_dir, manifest, definitions, present, storage_map, reference_db)
+        # the database's own digests first (PostgreSQL): a table they prove equal needs nothing else
+        same = [n for n in manifest["load_order"] if n in present and not (n == "directus_files" and storage_map)]
+        server = {name: have for name, have in _server_digests(db, bundle_dir, manifest, definitions, same).items()
+                  if have == _bundle_lines_digest(bundle_dir, manifest, name)
+                  and have[0] == manifest["tables"][name]["rows"]}
+        wants, worker = _exact_wants(db, bundle_dir, manifest, definitions, present - set(server), storage_map,
+                                     reference_db)
         for name in manifest["load_order"]:
             expected = manifest["tables"][name]["rows"]
             entry: dict[str, Any] = {"table": name, "expected_rows": expected}
@@ -504,6 +581,10 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                     entry["problem"] = "row count differs" if have["rows"] != expected else "content differs"
             elif missing := sorted(set(c.name for c in table.columns) - set(db.columns(name))):
                 entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing)}")
+            elif name in server:  # the target's rows are the bundle's lines, as PostgreSQL hashed them
+                rows, high, low = server[name]
+                entry.update(rows=rows, hash=f"md5sum:{high}:{low}", expected_hash=f"md5sum:{high}:{low}", ok=True,
+                             compared="server")
             elif name in wants and _exact_match(entry, wants[name], db, table, expected):
                 pass  # the target's rows are the bundle's, byte for byte
             else:
