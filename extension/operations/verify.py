@@ -432,49 +432,108 @@ SERVER_WORKERS = 2
 
 
 def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], definitions: Mapping[str, TableDef],
-                    names: Collection[str]) -> dict[str, tuple[int, int, int]]:
-    """Per table of ``names`` that PostgreSQL can write as the bundle's lines, the target's
-    :class:`~cairn_migrate.operations.export.LinesDigest` computed by the database itself (rows, high, low),
-    in parallel per table; tables it cannot compute are left out (their rows take the Python paths).
+                    names: Collection[str]) -> dict[str, tuple[int, int]]:
+    """Per table of ``names`` whose digest the database itself can compute against the bundle's: (rows, digest)
+    when it equals the bundle's side, in parallel per table; the others are left out (the Python paths compare
+    them, and name what differs).
 
-    Why this proves the target holds the bundle's rows: the same ``json_build_array`` expression the export
-    used to write the lines (:func:`~cairn_migrate.operations.export.pg_json_line`) writes each target row,
-    PostgreSQL hashes that text (``md5``) and sums the hashes; the bundle's side is the digest of the member's
-    lines the export recorded in the manifest (the member's SHA-256 pins those bytes), or, for a bundle
-    written before that, computed here from the member.  Equal counts and sums mean the same multiset of
-    lines, byte for byte.  No row crosses the wire: the work is the database's C, not Python per row.
+    PostgreSQL: the export recorded each table's ``row_hash`` (:func:`~cairn_migrate.operations.export.pg_row_hash_query`)
+    from the snapshot it wrote the lines from; the same query on the target hashes its rows in C, no row
+    fetched.  SQLite (:func:`_sqlite_digests`): the bundle's lines' MD5s (the manifest's ``lines_md5``, or
+    computed from the member) against the target's rows written as those lines by SQLite's ``json_array``.
     """
-    if db.vendor != "postgres" or manifest.get("data") == "native" or manifest["source"]["vendor"] != "postgres":
+    if manifest.get("data") == "native" or manifest["source"]["vendor"] != db.vendor:
         return {}
-    from .export import pg_json_line
+    if db.vendor == "sqlite":
+        found = _sqlite_digests(db, definitions, names)
+        return {name: (have[0], have[1] * 2**64 + have[2]) for name, have in found.items()
+                if have == _bundle_lines_digest(bundle_dir, manifest, name)}
+    if db.vendor != "postgres":
+        return {}
+    from .export import PG_ROW_HASH, pg_row_hash_query
 
-    def one(name: str) -> tuple[str, tuple[int, int, int] | None]:
+    def one(name: str) -> tuple[str, tuple[int, int] | None]:
         table = definitions[name]
         try:
             with db.engine.connect() as conn:
-                encoding = conn.exec_driver_sql("SHOW server_encoding").scalar()
-                line = pg_json_line(conn, table) if str(encoding).upper() in ("UTF8", "UTF-8") else None
-                if line is None:
+                query = pg_row_hash_query(conn, table)
+                if query is None:
                     return name, None
-                quoted = conn.dialect.identifier_preparer.quote(table.name)
-                rows, high, low = conn.exec_driver_sql(
-                    "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
-                    "coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
-                    f"FROM (SELECT md5({line}::text) AS h FROM {quoted}) AS lines").one()
+                rows, total = conn.exec_driver_sql(query).one()
                 conn.rollback()
         except Exception as exc:  # a column gone, a type changed: the Python paths compare and name it
             log.debug("%s: no server-side digest (%s)", name, exc)
             return name, None
-        return name, (int(rows), int(high), int(low))
+        return name, (int(rows), int(total))
+
+    wanted = {}
+    for name in names:
+        recorded = manifest["tables"][name].get("row_hash")
+        if name in definitions and isinstance(recorded, Mapping) and recorded.get("kind") == PG_ROW_HASH:
+            wanted[name] = (int(recorded["rows"]), int(recorded["sum"]))
+    results: dict[str, tuple[int, int]] = {}
+    if not wanted:
+        return results
+    with ThreadPoolExecutor(max_workers=min(SERVER_WORKERS, len(wanted))) as pool:
+        for name, digest in pool.map(one, list(wanted)):
+            if digest is not None and digest == wanted[name]:
+                results[name] = digest
+    return results
+
+
+def _sqlite_json_line(table: TableDef, quote: Callable[[str], str]) -> str | None:
+    """SQLite's ``json_array(…)`` of a row that is the export's line for it, or ``None`` where a column's
+    neutral form is not its stored value (binary, decimal, dates…).  The values the export writes as SQLite
+    holds them (text, numbers, and the stored booleans and timestamps) are passed as they are, a uuid
+    lower-cased as the export's decoder does.  Where SQLite spells a value otherwise (a float's digits, an
+    escape) the bytes differ and the table is compared by the Python paths: slower, never blind."""
+    elements = []
+    for column in table.columns:
+        if fast_decoder(column.type, "sqlite") is None:
+            elements.append(quote(column.name))
+        elif column.type == "uuid":
+            elements.append(f"lower({quote(column.name)})")
+        else:
+            return None
+    return f"json_array({', '.join(elements)})"
+
+
+def _sqlite_digests(db: Database, definitions: Mapping[str, TableDef],
+                    names: Collection[str]) -> dict[str, tuple[int, int, int]]:
+    """:func:`_server_digests` on SQLite, which has no hash function: SQLite writes each row's line in C
+    (:func:`_sqlite_json_line`), Python only hashes the text it hands over (one ``md5`` per row, no row object,
+    no value decoded or encoded in Python)."""
+    from .export import LinesDigest
 
     results: dict[str, tuple[int, int, int]] = {}
-    candidates = [n for n in names if n in definitions]
-    if not candidates:
-        return results
-    with ThreadPoolExecutor(max_workers=min(SERVER_WORKERS, len(candidates))) as pool:
-        for name, digest in pool.map(one, candidates):
-            if digest is not None:
-                results[name] = digest
+    raw = db.engine.raw_connection()
+    try:
+        quote = db.engine.dialect.identifier_preparer.quote
+        cursor = raw.cursor()
+        for name in names:
+            table = definitions.get(name)
+            line = _sqlite_json_line(table, quote) if table is not None else None
+            if line is None:
+                continue
+            digest = LinesDigest()
+            md5, from_bytes = hashlib.md5, int.from_bytes
+            high = low = rows = 0
+            try:
+                cursor.execute(f"SELECT {line} FROM {quote(name)}")
+                while batch := cursor.fetchmany(_BATCH):
+                    for (text,) in batch:
+                        value = md5(text.encode("utf-8")).digest()
+                        high += from_bytes(value[:8], "big", signed=True)
+                        low += from_bytes(value[8:], "big", signed=True)
+                    rows += len(batch)
+            except Exception as exc:  # a blob, a column gone: the Python paths compare and name it
+                log.debug("%s: no SQLite-written lines (%s)", name, exc)
+                continue
+            digest.rows, digest.high, digest.low = rows, high, low
+            results[name] = (digest.rows, digest.high, digest.low)
+        cursor.close()
+    finally:
+        raw.close()
     return results
 
 
@@ -562,8 +621,7 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
         # the database's own digests first (PostgreSQL): a table they prove equal needs nothing else
         same = [n for n in manifest["load_order"] if n in present and not (n == "directus_files" and storage_map)]
         server = {name: have for name, have in _server_digests(db, bundle_dir, manifest, definitions, same).items()
-                  if have == _bundle_lines_digest(bundle_dir, manifest, name)
-                  and have[0] == manifest["tables"][name]["rows"]}
+                  if have[0] == manifest["tables"][name]["rows"]}
         wants, worker = _exact_wants(db, bundle_dir, manifest, definitions, present - set(server), storage_map,
                                      reference_db)
         for name in manifest["load_order"]:
@@ -581,10 +639,9 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                     entry["problem"] = "row count differs" if have["rows"] != expected else "content differs"
             elif missing := sorted(set(c.name for c in table.columns) - set(db.columns(name))):
                 entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing)}")
-            elif name in server:  # the target's rows are the bundle's lines, as PostgreSQL hashed them
-                rows, high, low = server[name]
-                entry.update(rows=rows, hash=f"md5sum:{high}:{low}", expected_hash=f"md5sum:{high}:{low}", ok=True,
-                             compared="server")
+            elif name in server:  # the target's rows are the bundle's lines, as the database wrote them
+                rows, digest = server[name]
+                entry.update(rows=rows, hash=f"{digest:x}", expected_hash=f"{digest:x}", ok=True, compared="server")
             elif name in wants and _exact_match(entry, wants[name], db, table, expected):
                 pass  # the target's rows are the bundle's, byte for byte
             else:
