@@ -46,7 +46,7 @@ def test_exact_path_catches_a_changed_value_a_missing_row_and_an_extra_row(
     assert {t["table"] for t in report["tables"] if t.get("compared") not in ("exact", "server")} == set()
     # the target's database hashes (PostgreSQL) or writes as lines (SQLite) its own rows; the rest in Python
     by_server = {t["table"] for t in report["tables"] if t.get("compared") == "server"}
-    assert ("articles" in by_server) == (vendor in ("postgres", "sqlite") and not native)
+    assert ("articles" in by_server) == (not native)
 
     with Database.open(instance(dst)) as db, db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE articles SET title = 'Article 1: changed' WHERE slug = 'article-1'"))
@@ -92,11 +92,11 @@ def test_bytes_that_differ_but_mean_the_same_fall_back_to_the_full_comparison(
     assert next(t for t in report["tables"] if t["table"] == "tags")["compared"] == "server"
 
 
-@pytest.mark.parametrize("vendor", ["postgres", "sqlite"])
+@pytest.mark.parametrize("vendor", ["postgres", "mariadb", "sqlite"])
 def test_the_digest_the_export_records_is_the_one_the_target_database_computes(
         vendor: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """PostgreSQL: the export records each table's ``row_hash`` from its snapshot, and the same query on the
-    imported target gives the same figures.  SQLite: the manifest's ``lines_md5`` of the lines the export wrote,
+    """PostgreSQL and MariaDB: the export records each table's ``row_hash`` from its snapshot, and the same
+    query on the imported target gives the same figures.  SQLite: the manifest's ``lines_md5`` of the lines the export wrote,
     the same digest computed from the member (a bundle written before it was recorded), and the target's rows
     written as lines by SQLite: all equal."""
     import json
@@ -107,7 +107,7 @@ def test_the_digest_the_export_records_is_the_one_the_target_database_computes(
     export_bundle(instance(src), bundle)
     import_bundle(instance(dst), bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    key = "row_hash" if vendor == "postgres" else "lines_md5"
+    key = "lines_md5" if vendor == "sqlite" else "row_hash"
     recorded = {n: e[key] for n, e in manifest["tables"].items() if key in e}
     assert "articles" in recorded and recorded["articles"]["rows"] == manifest["tables"]["articles"]["rows"]
     definitions = {t["name"]: verify.TableDef.from_dict(t)

@@ -122,6 +122,44 @@ def pg_row_hash_query(conn: sa.Connection, table: TableDef) -> str | None:
             f"FROM {conn.dialect.identifier_preparer.quote(table.name)}")
 
 
+#: What :func:`mysql_row_hash_query` computes (see :data:`PG_ROW_HASH`).
+MYSQL_ROW_HASH = "mysql-md5-quote-1"
+
+
+def mysql_row_hash_query(conn: sa.Connection, table: TableDef) -> str:
+    """MariaDB/MySQL's counterpart of :func:`pg_row_hash_query`: the row count and the sums (``DECIMAL``: exact) of
+    each row's MD5, read as two unsigned 64-bit halves, over ``CONCAT_WS(',', QUOTE(c1), …)``: ``QUOTE`` writes
+    every value as a quoted, escaped literal and NULL as the bare word, so the text is one row's and no other's.
+    A target whose column types write other texts (a FLOAT source, a DOUBLE target) gives other figures and is
+    compared by the Python paths: slower, never blind."""
+    quote = conn.dialect.identifier_preparer.quote
+    texts = ", ".join(f"QUOTE({quote(c.name)})" for c in table.columns)
+    return ("SELECT COUNT(*), COALESCE(SUM(CAST(CONV(LEFT(h, 16), 16, 10) AS UNSIGNED)), 0), "
+            "COALESCE(SUM(CAST(CONV(RIGHT(h, 16), 16, 10) AS UNSIGNED)), 0) "
+            f"FROM (SELECT MD5(CONCAT_WS(',', {texts})) AS h FROM {quote(table.name)}) AS hashed")
+
+
+def row_hash_query(conn: sa.Connection, table: TableDef, vendor: str) -> tuple[str, str] | None:
+    """(kind, SQL) of the database-computed digest of a table's rows on ``vendor``, or ``None`` (SQLite has no
+    hash function; a PostgreSQL table whose column types it cannot use)."""
+    if vendor == "postgres":
+        query = pg_row_hash_query(conn, table)
+        return None if query is None else (PG_ROW_HASH, query)
+    if vendor == "mysql":
+        return MYSQL_ROW_HASH, mysql_row_hash_query(conn, table)
+    return None
+
+
+def row_hash(conn: sa.Connection, table: TableDef, vendor: str) -> dict[str, Any] | None:
+    """The manifest's ``row_hash`` of a table, computed now through ``conn`` (the export's snapshot), or ``None``."""
+    found = row_hash_query(conn, table, vendor)
+    if found is None:
+        return None
+    kind, query = found
+    counted, *sums = conn.exec_driver_sql(query).one()
+    return {"kind": kind, "rows": int(counted), "sums": [str(int(total)) for total in sums]}
+
+
 class LinesDigest:
     """An order-independent digest of a table's JSON lines: the row count and the sums of each line's MD5
     read as two signed 64-bit integers (high and low half).
@@ -207,10 +245,8 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
                 progress.advance(items=count)
                 progress.check_cancelled()
         entry: dict[str, Any] = {"rows": rows, "member": member}
-        query = pg_row_hash_query(conn, table)
-        if query is not None:  # the same snapshot: the rows the lines were written from
-            counted, total = conn.exec_driver_sql(query).one()
-            entry["row_hash"] = {"kind": PG_ROW_HASH, "rows": int(counted), "sum": str(total)}
+        if (hashed := row_hash(conn, table, db.vendor)) is not None:  # the same snapshot: the lines' rows
+            entry["row_hash"] = hashed
         return entry
     floats = [i for i, column in enumerate(table.columns) if column.type in ("float", "double")]
     if masker is None and floats:  # NaN/Infinity keep the standard library's spelling (orjson writes null)
@@ -221,7 +257,7 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
                                  else [finite(v) if i in floats else v for i, v in enumerate(out)])
     member = f"tables/{table.name}.jsonl"
     rows = dropped = 0
-    digest = LinesDigest()
+    digest = LinesDigest() if db.vendor == "sqlite" else None  # the others' databases hash their rows
     with writer.open(member) as out:
         buffer: list[list[Any]] = []
         for row in db.stream_tuples(table.name, names, connection=conn):
@@ -237,7 +273,8 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
             if len(buffer) == 5000:
                 block = dumps_rows(buffer)
                 out.write(block)
-                digest.add_block(block)
+                if digest is not None:
+                    digest.add_block(block)
                 rows += 5000
                 buffer.clear()
                 progress.advance(items=5000)
@@ -247,10 +284,15 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
             progress.advance(items=len(buffer))
             block = dumps_rows(buffer)
             out.write(block)
-            digest.add_block(block)
+            if digest is not None:
+                digest.add_block(block)
     progress.advance(items=dropped)
-    return {"rows": rows, "member": member, "lines_md5": digest.to_manifest(),
-            **({"dropped_by_mask": dropped} if dropped else {})}
+    entry = {"rows": rows, "member": member, **({"dropped_by_mask": dropped} if dropped else {})}
+    if digest is not None:
+        entry["lines_md5"] = digest.to_manifest()
+    elif masker is None and (hashed := row_hash(conn, table, db.vendor)) is not None:  # masked: not the rows
+        entry["row_hash"] = hashed
+    return entry
 
 
 def _file_rows(conn: sa.Connection, db: Database) -> Iterator[Mapping[str, Any]]:

@@ -437,7 +437,7 @@ def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any],
     when it equals the bundle's side, in parallel per table; the others are left out (the Python paths compare
     them, and name what differs).
 
-    PostgreSQL: the export recorded each table's ``row_hash`` (:func:`~cairn_migrate.operations.export.pg_row_hash_query`)
+    PostgreSQL and MariaDB: the export recorded each table's ``row_hash`` (:func:`~cairn_migrate.operations.export.row_hash`)
     from the snapshot it wrote the lines from; the same query on the target hashes its rows in C, no row
     fetched.  SQLite (:func:`_sqlite_digests`): the bundle's lines' MD5s (the manifest's ``lines_md5``, or
     computed from the member) against the target's rows written as those lines by SQLite's ``json_array``.
@@ -448,29 +448,25 @@ def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any],
         found = _sqlite_digests(db, definitions, names)
         return {name: (have[0], have[1] * 2**64 + have[2]) for name, have in found.items()
                 if have == _bundle_lines_digest(bundle_dir, manifest, name)}
-    if db.vendor != "postgres":
-        return {}
-    from .export import PG_ROW_HASH, pg_row_hash_query
+    from .export import row_hash
 
     def one(name: str) -> tuple[str, tuple[int, int] | None]:
-        table = definitions[name]
         try:
             with db.engine.connect() as conn:
-                query = pg_row_hash_query(conn, table)
-                if query is None:
-                    return name, None
-                rows, total = conn.exec_driver_sql(query).one()
+                have = row_hash(conn, definitions[name], db.vendor)
                 conn.rollback()
         except Exception as exc:  # a column gone, a type changed: the Python paths compare and name it
             log.debug("%s: no server-side digest (%s)", name, exc)
             return name, None
-        return name, (int(rows), int(total))
+        if have is None or have["kind"] != manifest["tables"][name]["row_hash"]["kind"]:
+            return name, None
+        return name, (have["rows"], _combined(have["sums"]))
 
     wanted = {}
     for name in names:
         recorded = manifest["tables"][name].get("row_hash")
-        if name in definitions and isinstance(recorded, Mapping) and recorded.get("kind") == PG_ROW_HASH:
-            wanted[name] = (int(recorded["rows"]), int(recorded["sum"]))
+        if name in definitions and isinstance(recorded, Mapping) and isinstance(recorded.get("sums"), list):
+            wanted[name] = (int(recorded["rows"]), _combined(recorded["sums"]))
     results: dict[str, tuple[int, int]] = {}
     if not wanted:
         return results
@@ -479,6 +475,15 @@ def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any],
             if digest is not None and digest == wanted[name]:
                 results[name] = digest
     return results
+
+
+def _combined(sums: list[Any]) -> int:
+    """One figure of a ``row_hash``'s sums, to compare and report (each sum spaced by 2¹²⁸: the sums of 64-bit
+    halves of up to 2⁶⁴ rows cannot overlap)."""
+    total = 0
+    for value in sums:
+        total = (total << 128) + int(value)
+    return total
 
 
 def _sqlite_json_line(table: TableDef, quote: Callable[[str], str]) -> str | None:
