@@ -6,10 +6,11 @@ store (:func:`~cairn_migrate.bundle.values.comparable`): MariaDB keeps whole sec
 SQLite milliseconds, so a correct cross-vendor clone compares equal and a
 real difference does not.  A cross-vendor import's rewrite of ``directus_fields.special``
 (:func:`~cairn_migrate.bundle.drift.field_flags`) is applied to the bundle's rows too,
-and reported as expected drift.  A bundle of the target's own vendor (neutral, or a native SQLite
-file on SQLite) is compared byte for byte first: on PostgreSQL by the database itself (:func:`_server_digests`:
-it hashes its rows written as the export wrote the lines and sums the hashes, against the digest the export
-recorded of the lines; no row is fetched, tables in parallel), elsewhere (:func:`_exact_wants`): the target's rows written as
+and reported as expected drift.  A neutral bundle of the target's own vendor is compared first by the
+target's database itself (:func:`_server_digests`: PostgreSQL and
+MariaDB hash their rows with the query whose figures the export recorded from its snapshot, SQLite writes its
+rows as the export's lines for their MD5s; no row fetched, tables in parallel); where those figures differ,
+such a bundle (or a native SQLite file on SQLite) is compared byte for byte (:func:`_exact_wants`): the target's rows written as
 the export writes its lines, no value parsed or reduced, the bundle's side hashed by a second process
 for large bundles; only a table whose bytes differ takes the comparison above.  Every file's bytes are hashed in place.  With a URL,
 the running instance is asked too: ``/server/ping``, a login or token check,
