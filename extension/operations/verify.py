@@ -443,7 +443,14 @@ def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any],
     fetched.  SQLite (:func:`_sqlite_digests`): the bundle's lines' MD5s (the manifest's ``lines_md5``, or
     computed from the member) against the target's rows written as those lines by SQLite's ``json_array``.
     """
-    if manifest.get("data") == "native" or manifest["source"]["vendor"] != db.vendor:
+    native = manifest.get("native") if manifest.get("data") == "native" else None
+    if native is not None and native.get("vendor") == "sqlite" and db.vendor == "sqlite":
+        # a native SQLite bundle: its member's rows and the target's, both written as lines by SQLite
+        with _sqlite_member(member_path(bundle_dir, manifest, native["member"], field="native.member")) as member:
+            wants = _sqlite_digests(member, definitions, names)
+        return {name: (have[0], have[1] * 2**64 + have[2])
+                for name, have in _sqlite_digests(db, definitions, list(wants)).items() if have == wants[name]}
+    if native is not None or manifest["source"]["vendor"] != db.vendor:
         return {}
     if db.vendor == "sqlite":
         found = _sqlite_digests(db, definitions, names)
