@@ -6,8 +6,11 @@ store (:func:`~cairn_migrate.bundle.values.comparable`): MariaDB keeps whole sec
 SQLite milliseconds, so a correct cross-vendor clone compares equal and a
 real difference does not.  A cross-vendor import's rewrite of ``directus_fields.special``
 (:func:`~cairn_migrate.bundle.drift.field_flags`) is applied to the bundle's rows too,
-and reported as expected drift.  A bundle of the target's own vendor (neutral, or a native SQLite
-file on SQLite) is compared byte for byte first (:func:`_exact_wants`): the target's rows written as
+and reported as expected drift.  A neutral bundle of the target's own vendor is compared first by the
+target's database itself (:func:`_server_digests`: PostgreSQL and
+MariaDB hash their rows with the query whose figures the export recorded from its snapshot, SQLite writes its
+rows as the export's lines for their MD5s; no row fetched, tables in parallel); where those figures differ,
+such a bundle (or a native SQLite file on SQLite) is compared byte for byte (:func:`_exact_wants`): the target's rows written as
 the export writes its lines, no value parsed or reduced, the bundle's side hashed by a second process
 for large bundles; only a table whose bytes differ takes the comparison above.  Every file's bytes are hashed in place.  With a URL,
 the running instance is asked too: ``/server/ping``, a login or token check,
@@ -424,6 +427,146 @@ def _worker_main() -> None:
         sys.stdout.flush()
 
 
+#: Tables whose digests the target's database computes at once (one connection each): the aggregates are the
+#: server's CPU, so more than the cores it has only queue; PostgreSQL may also split one large table itself.
+SERVER_WORKERS = 2
+
+
+def _server_digests(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], definitions: Mapping[str, TableDef],
+                    names: Collection[str]) -> dict[str, tuple[int, int]]:
+    """Per table of ``names`` whose digest the database itself can compute against the bundle's: (rows, digest)
+    when it equals the bundle's side, in parallel per table; the others are left out (the Python paths compare
+    them, and name what differs).
+
+    PostgreSQL and MariaDB: the export recorded each table's ``row_hash`` (:func:`~cairn_migrate.operations.export.row_hash`)
+    from the snapshot it wrote the lines from; the same query on the target hashes its rows in C, no row
+    fetched.  SQLite (:func:`_sqlite_digests`): the bundle's lines' MD5s (the manifest's ``lines_md5``, or
+    computed from the member) against the target's rows written as those lines by SQLite's ``json_array``.
+    """
+    native = manifest.get("native") if manifest.get("data") == "native" else None
+    if native is not None and native.get("vendor") == "sqlite" and db.vendor == "sqlite":
+        # a native SQLite bundle: its member's rows and the target's, both written as lines by SQLite
+        with _sqlite_member(member_path(bundle_dir, manifest, native["member"], field="native.member")) as member:
+            wants = _sqlite_digests(member, definitions, names)
+        return {name: (have[0], have[1] * 2**64 + have[2])
+                for name, have in _sqlite_digests(db, definitions, list(wants)).items() if have == wants[name]}
+    if native is not None or manifest["source"]["vendor"] != db.vendor:
+        return {}
+    if db.vendor == "sqlite":
+        found = _sqlite_digests(db, definitions, names)
+        return {name: (have[0], have[1] * 2**64 + have[2]) for name, have in found.items()
+                if have == _bundle_lines_digest(bundle_dir, manifest, name)}
+    from .export import row_hash
+
+    def one(name: str) -> tuple[str, tuple[int, int] | None]:
+        try:
+            with db.engine.connect() as conn:
+                have = row_hash(conn, definitions[name], db.vendor)
+                conn.rollback()
+        except Exception as exc:  # a column gone, a type changed: the Python paths compare and name it
+            log.debug("%s: no server-side digest (%s)", name, exc)
+            return name, None
+        if have is None or have["kind"] != manifest["tables"][name]["row_hash"]["kind"]:
+            return name, None
+        return name, (have["rows"], _combined(have["sums"]))
+
+    wanted = {}
+    for name in names:
+        recorded = manifest["tables"][name].get("row_hash")
+        if name in definitions and isinstance(recorded, Mapping) and isinstance(recorded.get("sums"), list):
+            wanted[name] = (int(recorded["rows"]), _combined(recorded["sums"]))
+    results: dict[str, tuple[int, int]] = {}
+    if not wanted:
+        return results
+    with ThreadPoolExecutor(max_workers=min(SERVER_WORKERS, len(wanted))) as pool:
+        for name, digest in pool.map(one, list(wanted)):
+            if digest is not None and digest == wanted[name]:
+                results[name] = digest
+    return results
+
+
+def _combined(sums: list[Any]) -> int:
+    """One figure of a ``row_hash``'s sums, to compare and report (each sum spaced by 2¹²⁸: the sums of 64-bit
+    halves of up to 2⁶⁴ rows cannot overlap)."""
+    total = 0
+    for value in sums:
+        total = (total << 128) + int(value)
+    return total
+
+
+def _sqlite_json_line(table: TableDef, quote: Callable[[str], str]) -> str | None:
+    """SQLite's ``json_array(…)`` of a row that is the export's line for it, or ``None`` where a column's
+    neutral form is not its stored value (binary, decimal, dates…).  The values the export writes as SQLite
+    holds them (text, numbers, and the stored booleans and timestamps) are passed as they are, a uuid
+    lower-cased as the export's decoder does.  Where SQLite spells a value otherwise (a float's digits, an
+    escape) the bytes differ and the table is compared by the Python paths: slower, never blind."""
+    elements = []
+    for column in table.columns:
+        if fast_decoder(column.type, "sqlite") is None:
+            elements.append(quote(column.name))
+        elif column.type == "uuid":
+            elements.append(f"lower({quote(column.name)})")
+        else:
+            return None
+    return f"json_array({', '.join(elements)})"
+
+
+def _sqlite_digests(db: Database, definitions: Mapping[str, TableDef],
+                    names: Collection[str]) -> dict[str, tuple[int, int, int]]:
+    """:func:`_server_digests` on SQLite, which has no hash function: SQLite writes each row's line in C
+    (:func:`_sqlite_json_line`), Python only hashes the text it hands over (one ``md5`` per row, no row object,
+    no value decoded or encoded in Python)."""
+    from .export import LinesDigest
+
+    results: dict[str, tuple[int, int, int]] = {}
+    raw = db.engine.raw_connection()
+    try:
+        quote = db.engine.dialect.identifier_preparer.quote
+        cursor = raw.cursor()
+        for name in names:
+            table = definitions.get(name)
+            line = _sqlite_json_line(table, quote) if table is not None else None
+            if line is None:
+                continue
+            digest = LinesDigest()
+            md5, from_bytes = hashlib.md5, int.from_bytes
+            high = low = rows = 0
+            try:
+                cursor.execute(f"SELECT {line} FROM {quote(name)}")
+                while batch := cursor.fetchmany(_BATCH):
+                    for (text,) in batch:
+                        value = md5(text.encode("utf-8")).digest()
+                        high += from_bytes(value[:8], "big", signed=True)
+                        low += from_bytes(value[8:], "big", signed=True)
+                    rows += len(batch)
+            except Exception as exc:  # a blob, a column gone: the Python paths compare and name it
+                log.debug("%s: no SQLite-written lines (%s)", name, exc)
+                continue
+            digest.rows, digest.high, digest.low = rows, high, low
+            results[name] = (digest.rows, digest.high, digest.low)
+        cursor.close()
+    finally:
+        raw.close()
+    return results
+
+
+def _bundle_lines_digest(bundle_dir: Path, manifest: Mapping[str, Any], name: str) -> tuple[int, int, int]:
+    """The bundle's side of :func:`_server_digests`: the manifest's ``lines_md5`` (recorded by the export), else
+    computed from the member's lines (a bundle written before the export recorded it)."""
+    entry = manifest["tables"][name]
+    recorded = entry.get("lines_md5")
+    if isinstance(recorded, Mapping):
+        return int(recorded["rows"]), int(recorded["high"]), int(recorded["low"])
+    from .export import LinesDigest
+
+    digest = LinesDigest()
+    with member_path(bundle_dir, manifest, entry["member"], field=f"tables.{name}.member").open("rb") as fh:
+        while block := fh.read(1 << 20):
+            block += fh.readline()  # whole lines only
+            digest.add_block(block)
+    return digest.rows, digest.high, digest.low
+
+
 def _exact_match(entry: dict[str, Any], side: tuple[Callable[[], RowHash], bool], db: Database, table: TableDef,
                  expected: int) -> bool:
     """Compare the bundle's rows with the target's byte for byte; on a match fill ``entry`` (ok)."""
@@ -488,7 +631,12 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
     results = []
     worker = None
     try:
-        wants, worker = _exact_wants(db, bundle_dir, manifest, definitions, present, storage_map, reference_db)
+        # the database's own digests first (PostgreSQL): a table they prove equal needs nothing else
+        same = [n for n in manifest["load_order"] if n in present and not (n == "directus_files" and storage_map)]
+        server = {name: have for name, have in _server_digests(db, bundle_dir, manifest, definitions, same).items()
+                  if have[0] == manifest["tables"][name]["rows"]}
+        wants, worker = _exact_wants(db, bundle_dir, manifest, definitions, present - set(server), storage_map,
+                                     reference_db)
         for name in manifest["load_order"]:
             expected = manifest["tables"][name]["rows"]
             entry: dict[str, Any] = {"table": name, "expected_rows": expected}
@@ -504,6 +652,9 @@ def _verify_tables(db: Database, bundle_dir: Path, manifest: Mapping[str, Any], 
                     entry["problem"] = "row count differs" if have["rows"] != expected else "content differs"
             elif missing := sorted(set(c.name for c in table.columns) - set(db.columns(name))):
                 entry.update(rows=db.row_count(name), ok=False, problem=f"columns missing: {', '.join(missing)}")
+            elif name in server:  # the target's rows are the bundle's lines, as the database wrote them
+                rows, digest = server[name]
+                entry.update(rows=rows, hash=f"{digest:x}", expected_hash=f"{digest:x}", ok=True, compared="server")
             elif name in wants and _exact_match(entry, wants[name], db, table, expected):
                 pass  # the target's rows are the bundle's, byte for byte
             else:
