@@ -8,11 +8,19 @@ for ``promote``) is the trial's mistake, where the API that answers is not the `
   ``.env``'s database is not seen through that API), for ``content move`` and for ``promote``;
 - a wrong or non-admin ``--to-token`` is refused before the plan, and a URL that is not CairnCMS's API
   says so;
+- a real ``cairn-migrate`` process stopped by a real signal (SIGINT on the database path, SIGTERM on the
+  API path) says what it left: rolled back (exit 3), or partial and resumable (exit 4), and stops promptly;
+  a ``--transform`` that slows the articles' rows down gives the signal its moment (a marker file);
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +35,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import FIXTURES, make_instance
 from live_instance import Platform, free_port, server_env, start_server, stop_process
+
+from live_instance import CLI
 
 from cairn_migrate.cli import cli
 from cairn_migrate.instance.database import Database
@@ -186,4 +196,73 @@ def test_a_url_that_is_not_a_cairncms_api_says_so(trial: Trial) -> None:
     assert f"{elsewhere} does not serve the CairnCMS API (GET /users/me answered 404)" in err, err
     assert "validation refused" not in err
     assert requests.get(trial.url + "/server/ping", timeout=10).status_code == 200
+
+
+# --------------------------------------------------------------------------- 3. interrupts
+SLOW = """
+import os, pathlib, time
+
+def slow(collection, row, context):
+    # in the writing pass, each article row waits: the test signals the process meanwhile
+    if context.get("write") and collection == "articles":
+        pathlib.Path(os.environ["TRIAL_MARK"]).touch()
+        time.sleep(float(os.environ.get("TRIAL_SLEEP", "1")))
+    return row
+"""
+
+
+def _spawn(trial: Trial, tmp_path: Path, target: Path, *args: str, sleep: str = "1",
+           interval: str = "10") -> tuple[subprocess.Popen[str], Path]:
+    (tmp_path / "trial_slow.py").write_text(SLOW)
+    mark = tmp_path / "writing.mark"
+    env = {**os.environ, "CAIRN_MIGRATE_STATE_URL": f"sqlite:///{trial.state}", "TRIAL_MARK": str(mark),
+           "TRIAL_SLEEP": sleep, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+           "CAIRN_MIGRATE_PROGRESS_INTERVAL": interval}
+    proc = subprocess.Popen([str(CLI), "content", "move", "--from", str(trial.source), "--to", str(target),
+                             "--collection", "articles", "--transform", "trial_slow:slow", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return proc, mark
+
+
+def _signal_when_writing(proc: subprocess.Popen[str], mark: Path, sig: int) -> tuple[int, str, str, float]:
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the move never reached its writing pass"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err, time.monotonic() - sent
+
+
+def test_ctrl_c_of_a_database_move_says_the_transaction_was_rolled_back(trial: Trial, tmp_path: Path) -> None:
+    before = {t: query(trial.other, f"SELECT count(*) FROM {t}")[0][0] for t in ("articles", "authors", "tags")}
+    proc, mark = _spawn(trial, tmp_path, trial.other, "--filter", PUBLISHED)
+    code, out, err, took = _signal_when_writing(proc, mark, signal.SIGINT)
+    assert code == 3, (out, err)
+    assert "Error: interrupted: the target's transaction was rolled back, nothing was written" in err, err
+    assert took < 15
+    assert before == {t: query(trial.other, f"SELECT count(*) FROM {t}")[0][0] for t in ("articles", "authors", "tags")}
+
+
+def test_sigterm_of_an_api_move_stops_promptly_saves_the_id_map_and_says_partial(trial: Trial, tmp_path: Path) -> None:
+    drafts = '{"status": {"_eq": "draft"}}'
+    proc, mark = _spawn(trial, tmp_path, trial.served, "--filter", drafts, "--via", "api", "--to-token", TOKEN,
+                        "--batch-size", "1", sleep="3")
+    code, out, err, took = _signal_when_writing(proc, mark, signal.SIGTERM)
+    assert code == 4, (out, err)
+    assert "Error: terminated (SIGTERM): the move through the target's API stopped part-way (partial)" in err, err
+    assert "fix: run the same command again to resume" in err
+    assert took < 15, took
+    recorded = re.search(r"recorded in the ID map \((\d+) keys\)", err)
+    assert recorded and int(recorded.group(1)) > 0, err  # the collections before the articles: acknowledged, saved
+    # the same command resumes through the ID map: every draft once on the target, nothing twice
+    code, out, err = trial.run("content", "move", "--from", str(trial.source), "--to", str(trial.served),
+                               "--collection", "articles", "--filter", drafts, "--via", "api", "--to-token", TOKEN,
+                               "--json")
+    assert code == 0, (out, err)
+    assert json.loads(out)["applied"]
+    source = query(trial.source, "SELECT count(*) FROM articles WHERE status = 'draft'")[0][0]
+    assert query(trial.served, "SELECT count(*) FROM articles WHERE status = 'draft' AND slug NOT LIKE 'pg-%'")[0][0] == source
 
