@@ -11,6 +11,7 @@ for ``promote``) is the trial's mistake, where the API that answers is not the `
 - a real ``cairn-migrate`` process stopped by a real signal (SIGINT on the database path, SIGTERM on the
   API path) says what it left: rolled back (exit 3), or partial and resumable (exit 4), and stops promptly;
   a ``--transform`` that slows the articles' rows down gives the signal its moment (a marker file);
+- with stderr piped (not a terminal), a move prints plain progress lines with counts.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def test_a_url_that_is_not_a_cairncms_api_says_so(trial: Trial) -> None:
     assert requests.get(trial.url + "/server/ping", timeout=10).status_code == 200
 
 
-# --------------------------------------------------------------------------- 3. interrupts
+# --------------------------------------------------------------------------- 3. interrupts, 4. progress
 SLOW = """
 import os, pathlib, time
 
@@ -266,3 +267,11 @@ def test_sigterm_of_an_api_move_stops_promptly_saves_the_id_map_and_says_partial
     source = query(trial.source, "SELECT count(*) FROM articles WHERE status = 'draft'")[0][0]
     assert query(trial.served, "SELECT count(*) FROM articles WHERE status = 'draft' AND slug NOT LIKE 'pg-%'")[0][0] == source
 
+
+def test_with_stderr_piped_a_move_prints_plain_progress_lines_and_json_stays_clean(trial: Trial, tmp_path: Path) -> None:
+    proc, _ = _spawn(trial, tmp_path, trial.other, "--filter", PUBLISHED, "--json", sleep="0.3", interval="0.2")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, (out, err)
+    assert json.loads(out)["applied"]  # stdout is the report alone
+    lines = [line for line in err.splitlines() if line.startswith("content move: ")]
+    assert any(re.search(r"content articles \(writing\): \d+ rows: \d+/\d+ items, .*items/s", line) for line in lines), err

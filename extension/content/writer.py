@@ -317,7 +317,8 @@ class Walk:
         if self.write:
             self.sink.prepare(name, dst_def, names)
         self._in_flight = set()
-        self.progress.log(f"content {name}: {len(self.closure.rows.get(name, ()))} rows")
+        self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): "
+                          f"{len(self.closure.rows.get(name, ()))} rows")
         for batch in _batches(sorted(self.closure.rows.get(name, ()), key=_sort_key)):
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))
