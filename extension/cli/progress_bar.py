@@ -53,7 +53,7 @@ class RichProgress:
         self._enabled = enabled and sys.stderr.isatty()
         self._description = description
         #: the plain lines for a stderr that is not a terminal (:meth:`_tick`)
-        self._plain = not sys.stderr.isatty()
+        self._plain = not sys.stderr.isatty() and _is_file(sys.stderr)
         self._phase = ""
         self._done: int | None = None
         self._total: int | None = None
@@ -139,6 +139,15 @@ class RichProgress:
 
     def check_cancelled(self) -> None:
         return None
+
+
+def _is_file(stream: object) -> bool:
+    """Whether ``stream`` is a real file descriptor (a pipe, a file): an in-process capture (click's test runner, an
+    application embedding the CLI) mixes stderr into what it reads as the output, so it gets no plain lines."""
+    try:
+        return isinstance(stream.fileno(), int)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _interval() -> float:
