@@ -22,8 +22,14 @@ EXIT_CODES = """## Exit codes
 | 0 | OK, nothing to do |
 | 1 | differences or problems found (`verify`, `inspect`, `files check`, `export` that could not capture everything, or `--dry-run` with a non-empty plan) |
 | 2 | bad input or configuration: the message names the setting or option to fix |
-| 3 | failed; also any unexpected error (one line; `--traceback` shows the Python traceback), and Ctrl-C (`Error: interrupted`; an interrupted import adds that the target is incomplete and `fix: … import BUNDLE --resume`) |
-| 4 | partial: some items still failed after retries |
+| 3 | failed; also any unexpected error (one line; `--traceback` shows the Python traceback), and Ctrl-C or SIGTERM (`Error: interrupted`, `Error: terminated (SIGTERM)`; an interrupted import adds that the target is incomplete and `fix: … import BUNDLE --resume`; an interrupted `content move --via db` that its transaction was rolled back and nothing was written) |
+| 4 | partial: some items still failed after retries; also a `content move --via api` interrupted after its writes began (what the target acknowledged is in the ID map: `fix: run the same command again to resume`) |
+
+## Progress
+
+Long operations show their progress on stderr (never stdout, so `--json` stays clean): a live bar on a
+terminal; when stderr is not a terminal, one plain line at most every `CAIRN_MIGRATE_PROGRESS_INTERVAL`
+seconds (default 10): the phase, items done/total, bytes, rates and the time elapsed.
 
 ## Timeouts
 

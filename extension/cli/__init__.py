@@ -29,6 +29,7 @@ from .base import (  # noqa: F401 - EXIT_* and Context are this module's public 
     _secret_options,
     exit_with,
     handle_errors,
+    terminate_as_interrupt,
 )
 from .progress_bar import RichProgress
 from .render import render_export, render_import, render_inspect, render_verify
@@ -226,6 +227,9 @@ def serve_command(obj: Context, host: str, port: int, scheduler: bool) -> None:
     app = create_app({"CAIRN_MIGRATE_ENV": str(instance.env_path), "CAIRN_MIGRATE_SCHEDULER": scheduler})
     server = _bind(app, host, port)
     click.echo(f"cairn-migrate serving {instance.label} on http://{host}:{port}/migrate", err=True)
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a server stops at SIGTERM at once; the next start recovers jobs
     server.run()
 
 
@@ -278,8 +282,9 @@ def ops_list(as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="cairn-migrate")
+    """Console-script entry point (SIGTERM stops a verb as Ctrl-C does: :func:`~.base.terminate_as_interrupt`)."""
+    with terminate_as_interrupt():
+        cli(prog_name="cairn-migrate")
 from .install import register as _register_install  # noqa: E402
 _register_install(cli)
 

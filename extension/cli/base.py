@@ -7,10 +7,11 @@ that imports them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -78,6 +79,11 @@ def handle_errors(func: F) -> F:
             click.echo(f"Error: {stopped.message}", err=True)
             if stopped.hint:
                 click.echo(f"  fix: {stopped.hint}", err=True)
+            if kwargs.get("as_json"):  # a script reading stdout learns it too
+                click.echo(json.dumps({"error": {"code": getattr(stopped, "code", "interrupted"),
+                                                 "message": stopped.message,
+                                                 **({"hint": stopped.hint} if stopped.hint else {}),
+                                                 "exit_code": stopped.exit_code}}, indent=2))
             ctx.exit(stopped.exit_code)
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes one line
             if obj is not None and obj.traceback:
@@ -97,6 +103,33 @@ def handle_errors(func: F) -> F:
             ctx.exit(error.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled like Ctrl-C while the CLI runs: the handler raises :class:`Interrupted` in the main thread,
+    so the same cleanup runs (a rollback, or a move through the API recording what the target acknowledged) and
+    the same one-line message and exit code follow, instead of an instant, silent exit 143 while requests land.
+
+    The first SIGTERM raises; later ones are ignored while that cleanup (bounded) runs.  The previous handler is
+    restored afterwards.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_with(outcome: Outcome) -> NoReturn:

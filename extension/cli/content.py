@@ -11,6 +11,7 @@ import click
 from .. import operations
 from ..operations import CONTENT_MODES, CONTENT_VIA, OpContext
 from .base import Context, exit_with, handle_errors
+from .progress_bar import RichProgress
 
 
 def render_content(report: dict[str, Any]) -> str:
@@ -124,7 +125,8 @@ def content_move(obj: Context, source: str, from_token: str | None, target: str,
 
     Exits 0 when done or nothing to change, 1 for a dry run with changes, 2 when refused (the
     collections' fields differ, mirror above --max-delete, a required reference the target lacks),
-    4 when a move --via api stopped part-way (run it again: the ID map resumes it).
+    4 when a move --via api stopped part-way (run it again: the ID map resumes it), also when interrupted
+    (Ctrl-C or SIGTERM) after its writes began; interrupted via db, the transaction is rolled back (exit 3).
     """
     from urllib.parse import urlsplit
 
@@ -148,7 +150,9 @@ def content_move(obj: Context, source: str, from_token: str | None, target: str,
         secrets["from_token"] = from_token
     context = OpContext(instance=obj.instance, state_url=default_state_url(), open_instance=api.load_instance,
                         secrets=secrets)
-    report, outcome = operations.run("content", context, params)
+    with RichProgress("content move", enabled=not as_json) as progress:
+        context.progress = progress
+        report, outcome = operations.run("content", context, params)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render_content(report))
     exit_with(outcome)
 

@@ -6,6 +6,11 @@ and a failed connection are retried with exponential backoff and full jitter, wa
 submitted to a thread pool of ``concurrency`` workers with at most twice that many requests queued, so
 memory stays flat however many rows move; :meth:`ApiClient.wait` is the barrier that collects the
 answers and raises the first failure.
+
+An interrupt (Ctrl-C, or SIGTERM turned into one by the CLI) must stop the move promptly and still record
+what the target acknowledged: :meth:`ApiClient.abandon` cancels the queued calls, stops retries and
+backoff sleeps, waits at most :data:`STOP_GRACE` seconds for the calls already on the wire, and runs the
+``then`` of every call that was answered, so their keys reach the ID map.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ DEFAULT_BATCH = 100
 RETRIES = 6
 BASE_DELAY = 0.25
 MAX_DELAY = 30.0
+#: seconds an interrupted move waits for the requests already sent (their answers carry keys to record)
+STOP_GRACE = 15.0
+
+
+class Stopped(MigrateError):
+    """A call not sent (or not retried) because the move was interrupted."""
+
+    code = "interrupted"
 
 
 def _retry_after(response: requests.Response) -> float:
@@ -72,6 +85,7 @@ class ApiClient:
         self._slots = threading.BoundedSemaphore(2 * max(1, concurrency))
         self._futures: list[tuple[Future[Any], Callable[[Any], None] | None]] = []
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set by abandon(): no new attempt, no backoff sleep
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -84,6 +98,8 @@ class ApiClient:
         rewind = kwargs.pop("rewind", None)  # re-opens a streamed body for another try
         attempt = 0
         while True:
+            if self._stop.is_set():
+                raise Stopped(f"{method} {path} was not sent: the move was interrupted")
             if rewind is not None:
                 kwargs["files"] = rewind()
             try:
@@ -106,7 +122,8 @@ class ApiClient:
             with self._lock:
                 self.retried += 1
             attempt += 1
-            time.sleep(delay)
+            if self._stop.wait(delay):  # an interrupt ends the backoff at once
+                raise Stopped(f"{method} {path} was not retried: the move was interrupted")
 
     def _refusal(self, method: str, path: str, response: requests.Response) -> MigrateError:
         status = response.status_code
@@ -137,9 +154,12 @@ class ApiClient:
         """Every submitted call answered; their ``then`` run in order here; the first failure raised."""
         futures, self._futures = self._futures, []
         failure: BaseException | None = None
-        for future, then in futures:
+        for index, (future, then) in enumerate(futures):
             try:
                 result = future.result()
+            except KeyboardInterrupt:  # the main thread interrupted here: abandon() settles what is left
+                self._futures = futures[index:] + self._futures
+                raise
             except BaseException as exc:  # noqa: BLE001 - kept, raised after every call is settled
                 failure = failure or exc
                 continue
@@ -148,5 +168,30 @@ class ApiClient:
         if failure is not None:
             raise failure
 
+    def abandon(self, grace: float = STOP_GRACE) -> int:
+        """After an interrupt: cancel the queued calls, wait at most ``grace`` seconds for those in flight, run the
+        ``then`` of every answered one (their keys are recorded); returns how many were still unanswered."""
+        import concurrent.futures
+
+        self._stop.set()
+        futures, self._futures = self._futures, []
+        running = [f for f, _ in futures if not f.cancel()]
+        if running:
+            concurrent.futures.wait(running, timeout=grace)
+        unanswered = 0
+        for future, then in futures:
+            if future.cancelled():
+                continue
+            if not future.done():
+                unanswered += 1
+                continue
+            if future.exception() is None and then is not None:
+                try:
+                    then(future.result())
+                except Exception:  # noqa: BLE001 - recording one answer must not lose the others
+                    pass
+        return unanswered
+
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # after abandon() the calls still on the wire are not waited for again (their grace is over)
+        self._pool.shutdown(wait=not self._stop.is_set(), cancel_futures=True)

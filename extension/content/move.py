@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import InvalidInput, MigrateError
+from ..errors import Interrupted, InvalidInput, MigrateError
 from ..instance.database import Database, consistent_snapshot
 from ..instance.instance import Instance
 from ..progress import NullProgress, Progress
@@ -194,7 +194,13 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                         raise
                     failure = exc  # what the target acknowledged stays: its keys are recorded below
                     sink.settle()
-                except BaseException:  # interrupted or cancelled: record what the target acknowledged, then stop
+                except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: record what the target acknowledged, then stop
+                    if transaction is None and write:
+                        unanswered = sink.abandon()
+                        idmap.save(walk.new_map)
+                        raise _interrupted_partial(_stop_text(exc), len(walk.new_map), unanswered) from None
+                    raise
+                except BaseException:  # anything else that stops the walk: the same record, then stop
                     if transaction is None and write:
                         sink.settle()
                         idmap.save(walk.new_map)
@@ -211,12 +217,17 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                         idmap.forget(getattr(walk, "gone", []))
                     else:
                         transaction.rollback()
-            except BaseException:
+            except BaseException as exc:
                 if transaction is not None and not committed:
                     transaction.rollback()
                     if write:
                         _remove_fresh(sink)  # D3: the objects this run wrote are no row's: delete them
                         idmap.discard()  # (a state store down here leaves pending entries the next run resolves)
+                    if _unsettled(exc):
+                        raise _settled(f"{_stop_text(exc)}: the target's transaction was rolled back, nothing "
+                                       "was written") from None
+                if transaction is None and not write and _unsettled(exc):
+                    raise _settled(f"{_stop_text(exc)} while planning: nothing was written") from None
                 raise
             finally:
                 sink.close()
@@ -252,6 +263,34 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     elif write and via == "db" and walk.refused and sink.copied:
         _remove_fresh(sink)
     return report
+
+
+def _stop_text(exc: BaseException) -> str:
+    """What stopped the move: ``interrupted`` (Ctrl-C), or the message of the CLI's SIGTERM :class:`Interrupted`."""
+    return exc.message if isinstance(exc, Interrupted) else "interrupted"
+
+
+def _unsettled(exc: BaseException) -> bool:
+    """An interrupt whose message does not yet say what the move left (only :func:`_settled` ones do)."""
+    return isinstance(exc, KeyboardInterrupt) and not getattr(exc, "settled", False)
+
+
+def _settled(message: str, hint: str | None = None) -> Interrupted:
+    stopped = Interrupted(message, hint=hint)
+    stopped.settled = True  # type: ignore[attr-defined]
+    return stopped
+
+
+def _interrupted_partial(what: str, recorded: int, unanswered: int) -> Interrupted:
+    """The interrupt of a move through the API, after writes began: partial (exit 4), resumable."""
+    stopped = _settled(f"{what}: the move through the target's API stopped part-way (partial); what the "
+                          f"target acknowledged is recorded in the ID map ({recorded} keys)" + (
+                              f"; {unanswered} requests in flight were not answered in time (a re-run matches "
+                              "what they wrote)" if unanswered else ""),
+                       hint="run the same command again to resume")
+    stopped.exit_code = 4  # the project's partial (operations.Outcome.PARTIAL)
+    stopped.code = "partial"
+    return stopped
 
 
 def _remove_fresh(sink: Any) -> None:

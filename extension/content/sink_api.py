@@ -154,6 +154,13 @@ class ApiSink:
             except Exception:  # noqa: BLE001 - the first failure is already the report's
                 pass
 
+    def abandon(self) -> int:
+        """After an interrupt: send nothing more, record what the target answered within the grace, and return how
+        many requests were still unanswered (:meth:`ApiClient.abandon`)."""
+        self._updates.clear()
+        self._reuploads.clear()
+        return self.client.abandon() if self.client is not None else 0
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()

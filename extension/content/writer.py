@@ -327,7 +327,8 @@ class Walk:
         # created, so none of the per-batch lookups of target rows (existence, adoption, unique holders,
         # current values) can find anything but rows this run created, which are never matched again.
         empty = dst_conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
-        self.progress.log(f"content {name}: {len(self.closure.rows.get(name, ()))} rows")
+        self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): "
+                          f"{len(self.closure.rows.get(name, ()))} rows")
         for batch in _batches(sorted(self.closure.rows.get(name, ()), key=_sort_key)):
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))

@@ -86,8 +86,9 @@ def _involved(source: Any, params: dict[str, Any]) -> list[str]:
     return [n for n in graph.reachable(roots, None if depth is None else depth + 1) if n in tables]
 
 
-def _client(ctx: Any, p: dict[str, Any], target: Any) -> Callable[[], Any] | None:
-    """``via="api"``: what makes the target's API client (checked before any work)."""
+def _client(ctx: Any, p: dict[str, Any], target: Any, *, write: bool = False) -> Callable[[], Any] | None:
+    """``via="api"``: what makes the target's API client, checked before any planning: the token is an admin's
+    there, and (``write``) the API at the URL serves the ``.env``'s database (:mod:`.target_api`)."""
     if p["via"] != "api":
         return None
     token = ctx.secret("to_token") or p.get("to_token")
@@ -98,9 +99,18 @@ def _client(ctx: Any, p: dict[str, Any], target: Any) -> Callable[[], Any] | Non
     if not url or not _is_url(url):
         raise ConfigError(f"The target's .env {p['to']} sets no absolute PUBLIC_URL to reach its API at",
                           hint="pass the running target's URL with --to-url, or set PUBLIC_URL in its .env")
+    _check_api(p, target, url, token, write)
     from ..content.api_client import ApiClient
 
     return lambda: ApiClient(url, token, concurrency=p["concurrency"])
+
+
+def _check_api(p: dict[str, Any], target: Any, url: str, token: str, write: bool) -> None:
+    """The token checked (a dry run too: it reads only); before writing, the URL proven to be the ``.env``'s."""
+    from .target_api import check_target_api
+
+    # a target given by URL pairs nothing (its mirror is read through that API): only a .env's URL needs the proof
+    check_target_api(target, url, token, prove=write and not _is_url(p["to"]))
 
 
 def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +130,7 @@ def apply(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
 
     with _move(ctx, p) as (source, target, params, extras):
         return _read(apply_move(source, target, params, state_url=ctx.state_url, progress=ctx.progress,
-                                client=_client(ctx, p, target), **extras), extras)
+                                client=_client(ctx, p, target, write=True), **extras), extras)
 
 
 def _read(report: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:

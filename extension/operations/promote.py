@@ -61,6 +61,9 @@ class Remote:
     url: str
     token: str
     role: str  # "source" or "target", for the messages
+    #: the instance whose ``.env`` named this target (its URL its ``PUBLIC_URL``): proven to be this API's before
+    #: the first write (:func:`~cairn_migrate.operations.target_api.prove_serves`)
+    env_instance: Any = None
 
     def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> requests.Response:
         """One request; a refusal or an unreachable server becomes one line naming the fix."""
@@ -383,7 +386,7 @@ def open_target(ctx: Any, value: str, token: str | None, engine: str = "auto") -
     if not token:
         raise InvalidInput(f"The target {url} is changed through its own API: it needs an admin token",
                            hint="pass --to-token (to_token) of an admin of the target")
-    return Remote(url, token, "target")
+    return Remote(url, token, "target", env_instance=None if is_url(value) else instance)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -757,6 +760,11 @@ def _apply(ctx: Any, p: dict[str, Any], report: dict[str, Any], source: Source, 
     phases = _phases(report, source)
     report["steps_done"], report["steps_total"] = [], len(phases)
     ctx.progress.check_cancelled()  # a cancel before the first write writes nothing (not even the safety snapshot)
+    if isinstance(target, Remote) and target.env_instance is not None:  # a .env's PUBLIC_URL: is it that instance?
+        from .target_api import prove_serves
+
+        prove_serves(target.env_instance, target.url, target.token,
+                     url_option="--to (the target's URL instead of its .env), or correct PUBLIC_URL in the .env,")
     report["safety_snapshot"] = str(write_safety_snapshot(ctx, target, report, source))
 
     def begin(phase: str) -> None:
