@@ -16,7 +16,7 @@ from flask.typing import ResponseReturnValue
 from .. import operations
 from ..errors import InvalidInput
 from ..hooks.schedule import next_run, reconcile_syncs
-from ..operations.sync_profiles import WEBHOOK_HOSTS, SyncStore, validate_profile, webhook_hosts
+from ..operations.sync_profiles import WEBHOOK_HOSTS, SyncStore, validate_new_profile, validate_profile, webhook_hosts
 from ..service.app import MigrateState, get_state
 from ..service.schemas import SyncHistoryQuerySchema, SyncHistorySchema, SyncListSchema, SyncRunRequestSchema
 from ..service.service_jobs import operation_context
@@ -96,8 +96,10 @@ def add_sync() -> ResponseReturnValue:
         "422": Error
     """
     state = get_state()
-    profile = validate_profile(_body(), schema=SyncProfileRequestSchema)  # source, target: allowed paths only
-    _confine(state, profile)
+    # every problem at once: the fields (source, target: allowed paths only), the .env files, the source's collections
+    # and filter fields
+    profile = validate_new_profile(_body(), schema=SyncProfileRequestSchema,
+                                   confine=lambda sides: _confine(state, dict(sides)))
     store = _store()
     added = store.add(profile, hosts=_hosts(state))
     _reconcile(state)

@@ -259,6 +259,17 @@ def test_filters_compile_to_conditions_and_refuse_unknown_fields(tmp_path: Path)
             compile_filter(parse(bad), "articles", columns)
 
 
+def test_a_relational_filter_says_related_fields_are_not_supported_and_what_to_do() -> None:
+    """Operator trial: ``{"author": {"name": {"_eq": "x"}}}`` (Directus's filter on a related collection's field)
+    was reported as "unsupported operator name"; it names the related field and the two ways that work."""
+    with pytest.raises(InvalidInput) as caught:
+        compile_filter(parse('{"author": {"name": {"_eq": "x"}}}'), "articles", ["id", "author"])
+    assert "author.name is a field of the related collection" in caught.value.message
+    assert "filters on related collections' fields are not supported" in caught.value.message
+    assert "filter on the foreign key" in (caught.value.hint or "")
+    assert "move from the related collection" in (caught.value.hint or "")
+
+
 # --------------------------------------------------------------------------- other targets and shapes
 def _move(source: Path, target: Path, state: Path, *args: str) -> tuple[int, dict[str, Any]]:
     result = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{state}"}).invoke(

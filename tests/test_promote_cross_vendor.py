@@ -219,3 +219,36 @@ def test_the_extras_reach_the_target_and_a_flow_runs(target: Target, tmp_path: P
     assert target.get("/settings")["translation_strings"] == TRANSLATIONS
     code, output = promote(source, target, *ONLY)
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+
+
+def test_uuid_keys_from_postgresql_onto_a_running_mariadb_are_the_same_fields(
+        cairncms: Platform, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Operator trial, the API engine: the PostgreSQL fixture plus one new field onto the MariaDB fixture served
+    by real CairnCMS.  CairnCMS's own ``/schema/diff`` reports the uuid foreign keys (``char(36)`` typed
+    ``string`` on MariaDB) as ``string -> uuid``; they are the same fields: the plan lists only the new field, no
+    data loss, the promote applies it with nothing "not applied", and a second promote says no changes."""
+    from test_promote_offline import _add_subtitle
+
+    source = make_instance("postgres", tmp_path / "src", request)
+    _add_subtitle(source)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = make_instance("mariadb", tmp_path / "dst", request,
+                        extra_env={"HOST": "127.0.0.1", "PORT": port, "PUBLIC_URL": url, "LOG_STYLE": "raw"})
+    (env.parent / "package.json").write_text('{"name": "promote-target", "private": true}\n')
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'"), {"t": TOKEN})
+    server = start_server(cairncms, env.parent, url, server_env(), tmp_path / "cairncms.log")
+    try:
+        target = Target("mariadb", url, env, env.parent)
+        code, plan = promote_json(source, target, "--only", "schema", "--force", "--dry-run")
+        assert code == 1, plan
+        assert plan["schema"]["steps"] == ["+ field articles.subtitle"], plan
+        assert (plan["schema"]["data_loss"], plan["refused"]) == ([], []), plan
+        code, output = promote(source, target, "--only", "schema", "--force")
+        assert code == 0 and "not applied" not in output, output
+        assert target.get("/fields/articles/subtitle")["type"] == "string"
+        code, output = promote(source, target, "--only", "schema", "--force")
+        assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+    finally:
+        stop_process(server)

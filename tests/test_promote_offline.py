@@ -591,3 +591,33 @@ def test_a_failing_type_conversion_on_mariadb_stops_before_any_drop(tmp_path: Pa
     assert "The offline apply stopped at '~ field tags.color'" in output, output
     with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT bio FROM authors")).scalars().all() == ["kept"]
+
+
+def _add_subtitle(env: Path) -> None:
+    """The one change a dev makes on the source: ``articles.subtitle`` (a column and its ``directus_fields`` row)."""
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE articles ADD COLUMN subtitle varchar(255)"))
+        conn.execute(sa.text("INSERT INTO directus_fields (collection, field, interface, width) "
+                             "VALUES ('articles', 'subtitle', 'input', 'full')"))
+
+
+def test_uuid_keys_are_the_same_field_from_postgresql_to_mariadb(tmp_path: Path,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """Operator trial: the PostgreSQL fixture (plus one new field) promoted onto the MariaDB fixture.  A uuid
+    foreign key is ``uuid`` on PostgreSQL and ``string char(36)`` on MariaDB (CairnCMS types a ``char(36)``
+    without the ``uuid`` special as a string there): the same field, so neither a type change, nor data loss,
+    nor "not applied".  The dry run lists only the new field; the promote applies it; a second says no changes."""
+    source = make_instance("postgres", tmp_path / "src", request)
+    _add_subtitle(source)
+    target = make_instance("mariadb", tmp_path / "dst", request)
+    code, output = promote(source, str(target), "--engine", "db", "--only", "schema", "--force", "--dry-run",
+                           "--json")
+    plan = json.loads(output)
+    assert code == 1, output
+    assert plan["schema"]["steps"] == ["+ field articles.subtitle"], output
+    assert (plan["schema"]["data_loss"], plan["refused"]) == ([], []), output
+    code, output = promote(source, str(target), "--engine", "db", "--only", "schema", "--force")
+    assert code == 0, output
+    assert "not applied" not in output, output
+    code, output = promote(source, str(target), "--engine", "db", "--only", "schema", "--force")
+    assert (code, output.splitlines()[-1]) == (0, "no changes"), output

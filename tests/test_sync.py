@@ -173,6 +173,46 @@ def test_bad_profiles_are_refused_naming_the_field(sidecar: Any, pair: tuple[Cai
         "count"] == 0
 
 
+def test_a_profile_that_could_only_fail_at_run_time_is_refused_with_every_problem(
+        sidecar: Any, pair: tuple[CairnSqliteInstance, CairnSqliteInstance], tmp_path: Path) -> None:
+    """Operator trial: a filter on a field the collection lacks, a collection the source lacks and a target .env
+    that does not exist were each saved (enabled, scheduled) and failed only when run.  Each is refused at add,
+    over HTTP (422) and the CLI (exit 2), all at once even beside a schedule error, each with its fix; nothing
+    is stored."""
+    source, target = pair
+    gone = tmp_path / "gone" / ".env"  # a peer the sidecar allows, not there
+    response = sidecar.test_client().post("/migrate/syncs", headers=bearer(TOKEN), json=_profile(
+        pair, collections=["articles", "artikles"], filters={"articles": {"headline": {"_eq": "x"}}},
+        schedule={"cron": "0 3 * * *", "interval_seconds": 60}))
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    problems = error["details"]["problems"]
+    assert [p.split(":")[0] for p in problems] == ["schedule.cron", "collections", "filters.articles"], problems
+    assert "artikles is not a collection of the source (fix: name one of its collections: " in problems[1], problems
+    assert "no field 'headline'" in problems[2] and "(fix: " in problems[2], problems
+    assert all(p in error["message"] for p in problems)
+    response = sidecar.test_client().post("/migrate/syncs", headers=bearer(TOKEN), json=_profile(pair, target=str(gone)))
+    assert response.status_code == 422 and response.get_json()["error"]["details"]["problems"] == [
+        f"target: {gone} does not exist (fix: name the target instance's .env file)"], response.get_json()
+    assert sidecar.test_client().get("/migrate/syncs", headers=bearer(TOKEN)).get_json()["count"] == 0
+
+    runner = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'cli-state.db'}"})
+    result = runner.invoke(cli, ["--env", str(source.env_path), "sync", "add", "bad", "--from", str(source.env_path),
+                                 "--to", str(gone), "--collection", "articles", "--collection", "artikles",
+                                 "--filter", 'articles={"author": {"name": {"_eq": "x"}}}', "--cron", "0 3 * * *",
+                                 "--interval", "60"])
+    assert result.exit_code == 2, result.output
+    for words in ("schedule.cron: give cron or interval_seconds, not both", f"target: {gone} does not exist",
+                  "collections: artikles is not a collection of the source",
+                  "filters.articles: filter on articles.author: author.name is a field of the related collection"):
+        assert words in result.output, result.output
+    listed = runner.invoke(cli, ["--env", str(source.env_path), "sync", "list", "--json"])
+    assert json.loads(listed.output)["count"] == 0
+    missing = runner.invoke(cli, ["--env", str(source.env_path), "sync", "remove", "bad"])
+    assert missing.exit_code == 2 and "There is no sync profile 'bad'" in missing.output, missing.output
+    assert target.env_path.is_file()
+
+
 def test_profile_paths_only_where_the_operator_allows(pair: tuple[CairnSqliteInstance, CairnSqliteInstance],
                                                       tmp_path: Path) -> None:
     source, _ = pair
@@ -221,7 +261,8 @@ def test_crud_over_the_cli(pair: tuple[CairnSqliteInstance, CairnSqliteInstance]
     assert profile["filters"] == {"articles": {"status": {"_eq": "published"}}}
     assert profile["next_run"] and profile["missed"] == "skip"
 
-    duplicate = run("add", "nightly", "--from", str(source.env_path), "--to", str(target.env_path), "--collection", "x")
+    duplicate = run("add", "nightly", "--from", str(source.env_path), "--to", str(target.env_path), "--collection",
+                    "articles")
     assert duplicate.exit_code == 2 and "already a sync profile 'nightly'" in duplicate.output
     url = run("add", "remote", "--from", "https://cms.example.com", "--to", str(target.env_path), "--collection", "x")
     assert url.exit_code == 2 and "source: https://cms.example.com is a URL" in url.output
@@ -244,7 +285,7 @@ def test_crud_over_the_cli(pair: tuple[CairnSqliteInstance, CairnSqliteInstance]
     assert json.loads(run("history", "nightly", "--json").output) == {"name": "nightly", "runs": [], "count": 0}
     assert run("remove", "nightly").exit_code == 0
     missing = run("show", "nightly")
-    assert missing.exit_code == 3 and "no sync profile 'nightly'" in missing.output
+    assert missing.exit_code == 2 and "no sync profile 'nightly'" in missing.output  # bad input, not a failure
     # The profiles are the --env instance's: another instance sharing the store sees none.
     other = runner.invoke(cli, ["--env", str(target.env_path), "sync", "list", "--json"])
     assert json.loads(other.output)["count"] == 0

@@ -80,6 +80,8 @@ def test_skip_if_target_modified_reads_target_keys_through_the_id_map(pair: Pair
     assert code == 0 and report["conflicts"] == {"tags": ["2"]}, report
     assert report["steps"]["tags"]["conflicts_target"] == [str(mapped)]
     assert _sql(target, "SELECT color FROM tags WHERE id = :i", i=mapped) == [("#TARGET",)]
+    code, history = _cli(state, source, "history", "tags")  # the text says what JSON does: the row left alone
+    assert code == 0 and " ok, 1 conflict left alone " in history.splitlines()[0], history
 
     # the target edits its own tag 2 (never moved from the source); the source edits its tag 2 again
     _sql(target, "UPDATE tags SET color = '#OWN' WHERE id = 2")

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .. import operations
-from ..operations.sync_profiles import CONFLICTS, MISSED, MODES, SyncStore, due_slot, trigger_of, validate_profile
+from ..operations.sync_profiles import CONFLICTS, MISSED, MODES, SyncStore, due_slot, trigger_of, validate_new_profile
 from .base import Context, _emit, exit_with, handle_errors
 
 
@@ -76,6 +76,15 @@ def render_run(report: dict[str, Any]) -> str:
         lines.append(f"  error: {report['error'].get('message')}")
     lines.append(f"  watermark: {json.dumps(report['watermark_before'])} -> {json.dumps(report['watermark_after'])}")
     return "\n".join(lines)
+
+
+def run_outcome(run: dict[str, Any]) -> str:
+    """A recorded run's outcome in words, with the rows it left alone (``skip-if-target-modified``): ``ok`` alone
+    would read as "everything synced" when rows changed on the target were kept as they are."""
+    conflicts = sum(len(keys) for keys in (((run.get("report") or {}).get("conflicts")) or {}).values())
+    if not conflicts:
+        return str(run["outcome"])
+    return f"{run['outcome']}, {conflicts} conflict{'' if conflicts == 1 else 's'} left alone"
 
 
 def outside_http_paths(profile: dict[str, Any]) -> list[str]:
@@ -149,14 +158,15 @@ def register(cli: click.Group) -> None:
                     promote_first: bool,
                     target_token_env: str | None, mask: str | None, cron: str | None, interval_seconds: int | None,
                     zone: str, missed: str, paused: bool, alert_webhook: str | None, as_json: bool) -> None:
-        """Add sync profile NAME (exit 2 when it is not valid).
+        """Add sync profile NAME (exit 2 when it is not valid, naming every problem at once).
 
+        Checked now: the .env files exist and read, the source has each collection and each filter's fields.
         The .env paths are stored absolute; source and target must be different databases. A path outside
         CAIRN_MIGRATE_HTTP_PATHS (as this environment sets it) is added with a warning: a sidecar refuses it,
         so its scheduled runs would end invalid.
         """
         schedule = {"cron": cron, "interval_seconds": interval_seconds, "timezone": zone} if cron or interval_seconds else None
-        profile = validate_profile({
+        profile = validate_new_profile({
             "name": name, "source": source, "target": target, "collections": list(collections),
             "filters": _filters(filters), "mode": mode, "max_delete": max_delete, "conflict": conflict,
             "initial": initial, "promote_first": promote_first, "target_token_env": target_token_env, "mask": mask, "schedule": schedule,
@@ -225,8 +235,8 @@ def register(cli: click.Group) -> None:
         """The runs of sync profile NAME, newest first."""
         runs = _store(obj).history(name, limit=limit)
         _emit({"name": name, "runs": runs, "count": len(runs)}, as_json, lambda r: "\n".join(
-            f"{run['started_at']} {run['trigger']:<8} {run['outcome']:<11} slot {run['slot'] or '-'} job {run['job_id'] or '-'}"
-            for run in r["runs"]) or "no runs")
+            f"{run['started_at']} {run['trigger']:<8} {run_outcome(run):<11} slot {run['slot'] or '-'} "
+            f"job {run['job_id'] or '-'}" for run in r["runs"]) or "no runs")
 
     @sync_group.command("run")
     @click.argument("name")

@@ -107,6 +107,13 @@ def _field(name: str, ops: Any, collection: str, column: Any, convert: Callable[
         elif op in ("_null", "_nnull"):
             wants_null = bool(value) == (op == "_null")
             parts.append(column.is_(None) if wants_null else column.is_not(None))
+        elif not str(op).startswith("_"):  # {"author": {"name": {"_eq": "x"}}}: Directus's relational filter
+            raise InvalidInput(f"filter on {collection}.{name}: {name}.{op} is a field of the related collection; "
+                               "filters on related collections' fields are not supported (only the collection's "
+                               "own columns)",
+                               hint=f"filter on the foreign key itself (e.g. {{\"{name}\": {{\"_in\": [...]}}}} with "
+                               f"the related rows' keys), or move from the related collection with its own filter "
+                               f"(--collection <related> --filter '{{\"{op}\": ...}}'; its related rows come along)")
         else:
             raise InvalidInput(f"filter on {collection}.{name}: unsupported operator {op}",
                                hint=f"supported: {', '.join(OPERATORS)}")

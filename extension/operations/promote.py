@@ -471,7 +471,7 @@ def _schema_plan(target: Remote | DbTarget, snapshot: Mapping[str, Any], current
         data = response.json()["data"]
     noise = 0
     if "vendor" in mismatch:  # a snapshot keeps the vendor's spelling: drop what only that differs in
-        data["diff"], noise = drop_vendor_noise(data["diff"], snapshot)
+        data["diff"], noise = drop_vendor_noise(data["diff"], snapshot, current)
         if is_empty(data["diff"]):
             return {"changes": False, "mismatch": mismatch, "diff": None, "hash": None, "steps": [], "data_loss": [],
                     "vendor_noise": noise}
@@ -870,7 +870,7 @@ def not_applied(target: Remote | DbTarget, snapshot: Mapping[str, Any], after: M
                                ok=(200, 204))
         diff = response.json()["data"]["diff"] if response.status_code == 200 else {}
     if "vendor" in schema["mismatch"]:
-        diff = drop_vendor_noise(diff, snapshot)[0]
+        diff = drop_vendor_noise(diff, snapshot, after)[0]
     planned = set(schema["steps"])
     left = []
     for step in schema_steps(diff):

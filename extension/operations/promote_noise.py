@@ -8,8 +8,10 @@ target's, these ``E`` (edit) records are dropped from the diff, each rule for on
 
 - ``schema.data_type`` of a field: the vendor's name of the same CairnCMS ``type`` (a real change of
   type shows in ``type``);
-- ``type`` ``string`` ↔ ``uuid`` of a ``char``/``varchar(36)`` key: CairnCMS's own cast when it
-  creates a key column (reference §2.4);
+- ``type`` ``string`` ↔ ``uuid`` where either side's column is ``char``/``varchar(36)``: CairnCMS's
+  own cast when it creates a key column (reference §2.4), and the other way round a PostgreSQL
+  ``uuid`` that MariaDB/SQLite hold as ``char(36)`` and type ``string`` (a foreign key without the
+  ``uuid`` special): the same 36 characters either way, so neither a change nor a loss;
 - ``schema.max_length``, ``numeric_precision``, ``numeric_scale`` when one side has none (SQLite
   reports none, PostgreSQL none for ``uuid``) or the ``type`` has a width its vendor fixes
   (integers, floats, booleans, text, JSON); a ``string`` length or a ``decimal`` precision set on
@@ -33,14 +35,24 @@ _WIDTHS = ("max_length", "numeric_precision", "numeric_scale")
 _SAME_ACTIONS = frozenset({"RESTRICT", "NO ACTION"})
 
 
-def _field_noise(record: Mapping[str, Any], source_field: Mapping[str, Any] | None) -> bool:
-    """Whether one edit record of a field is the vendor's spelling rather than a change."""
+def _char36(field: Mapping[str, Any] | None) -> bool:
+    """Whether ``field``'s column is ``char``/``varchar(36)``: how MariaDB and SQLite hold a uuid."""
+    schema = (field or {}).get("schema") or {}
+    return schema.get("data_type") in ("char", "varchar") and schema.get("max_length") == 36
+
+
+def _field_noise(record: Mapping[str, Any], source_field: Mapping[str, Any] | None,
+                 target_field: Mapping[str, Any] | None = None) -> bool:
+    """Whether one edit record of a field is the vendor's spelling rather than a change.
+
+    ``target_field`` is the target's field as it is (the record's ``lhs`` side): a PostgreSQL ``uuid`` key
+    promoted onto MariaDB meets a ``char(36)`` typed ``string`` there, and only the target's column says so.
+    """
     path = record.get("path") or []
     lhs, rhs = record.get("lhs"), record.get("rhs")
     schema = (source_field or {}).get("schema") or {}
     if path == ["type"]:
-        return ({lhs, rhs} == {"uuid", "string"} and schema.get("data_type") in ("char", "varchar")
-                and schema.get("max_length") == 36)
+        return {lhs, rhs} == {"uuid", "string"} and (_char36(source_field) or _char36(target_field))
     if len(path) != 2 or path[0] != "schema":
         return False
     if path[1] == "data_type":
@@ -62,27 +74,32 @@ def _relation_noise(record: Mapping[str, Any]) -> bool:
     return path[1] in ("on_update", "on_delete") and {lhs, rhs} <= _SAME_ACTIONS
 
 
-def _is_noise(kind: str, record: Mapping[str, Any], source_field: Mapping[str, Any] | None) -> bool:
+def _is_noise(kind: str, record: Mapping[str, Any], source_field: Mapping[str, Any] | None,
+              target_field: Mapping[str, Any] | None = None) -> bool:
     """Only edits can be noise: a created or deleted entry, or a new key, is always a change."""
     if record.get("kind") != "E":
         return False
-    return _field_noise(record, source_field) if kind == "fields" else _relation_noise(record)
+    return _field_noise(record, source_field, target_field) if kind == "fields" else _relation_noise(record)
 
 
-def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+def drop_vendor_noise(diff: Mapping[str, Any], source: Mapping[str, Any],
+                      target: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], int]:
     """The diff without vendor noise, and how many records were dropped.
 
-    An entry keeps its remaining records; CairnCMS applies a field or relation update record by
-    record onto the target's current entry (``apply-diff.ts``), so dropping a record leaves that
-    part of the target as it is.
+    ``target`` is the target's snapshot the diff was made against (its fields' columns decide a uuid held as
+    ``char(36)`` there; without it only the source's columns are read).  An entry keeps its remaining records;
+    CairnCMS applies a field or relation update record by record onto the target's current entry
+    (``apply-diff.ts``), so dropping a record leaves that part of the target as it is.
     """
     fields = {(f["collection"], f["field"]): f for f in source.get("fields") or []}
+    current = {(f["collection"], f["field"]): f for f in (target or {}).get("fields") or []}
     dropped = 0
     kept: dict[str, Any] = {"collections": list(diff.get("collections") or []), "fields": [], "relations": []}
     for kind in ("fields", "relations"):
         for entry in diff.get(kind) or []:
-            source_field = fields.get((entry["collection"], entry["field"])) if kind == "fields" else None
-            records = [r for r in entry["diff"] if not _is_noise(kind, r, source_field)]
+            key = (entry["collection"], entry["field"])
+            source_field, target_field = (fields.get(key), current.get(key)) if kind == "fields" else (None, None)
+            records = [r for r in entry["diff"] if not _is_noise(kind, r, source_field, target_field)]
             dropped += len(entry["diff"]) - len(records)
             if records:
                 kept[kind].append({**entry, "diff": records})
@@ -143,5 +160,7 @@ def _lossy_reasons(source: Mapping[str, Any], target: Mapping[str, Any]) -> list
 
 
 def _uuid_cast(source: Mapping[str, Any], target: Mapping[str, Any]) -> bool:
-    """CairnCMS's uuid cast of a ``char``/``varchar(36)`` key (not a loss)."""
-    return _field_noise({"kind": "E", "path": ["type"], "lhs": target.get("type"), "rhs": source.get("type")}, source)
+    """A uuid as ``uuid`` on one side and ``char``/``varchar(36)`` on the other (CairnCMS's cast of keys, or
+    MariaDB/SQLite holding a PostgreSQL uuid): not a loss."""
+    return _field_noise({"kind": "E", "path": ["type"], "lhs": target.get("type"), "rhs": source.get("type")}, source,
+                        target)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -66,6 +66,12 @@ class SyncConflict(MigrateError):
     exit_code = 2
     http_status = 409
     code = "conflict"
+
+
+class SyncNotFound(NotFound):
+    """No sync profile of that name: the caller named it, so it is bad input (exit 2), not a failure; HTTP 404."""
+
+    exit_code = 2
 
 
 class SyncRunning(MigrateError):
@@ -235,21 +241,24 @@ class SyncProfileSchema(Schema):
     def _target(self, value: str, **kwargs: Any) -> None:
         refuse_url(value)
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def _consistent(self, data: Mapping[str, Any], **kwargs: Any) -> None:
+        """Every inconsistency at once, even beside a bad field (one error must not hide the next)."""
         if kwargs.get("partial"):
             return  # a change: the changed profile is validated as a whole (SyncStore.update)
+        errors: dict[str, str] = {}
         extra = sorted(set(data.get("filters") or {}) - set(data.get("collections") or []))
         if extra:
-            raise ValidationError(f"filters name collections the profile does not sync: {', '.join(extra)}", "filters")
+            errors["filters"] = f"filters name collections the profile does not sync: {', '.join(extra)}"
         if data.get("mode") == "mirror" and data.get("max_delete") is None:
-            raise ValidationError("mirror deletes target rows and needs max_delete (the most one run may delete)",
-                                  "max_delete")
+            errors["max_delete"] = "mirror deletes target rows and needs max_delete (the most one run may delete)"
         if data.get("promote_first") and not data.get("target_token_env"):
-            raise ValidationError("promote_first changes the target through its API: name the environment variable "
-                                  "holding its admin token in target_token_env", "target_token_env")
+            errors["target_token_env"] = ("promote_first changes the target through its API: name the environment "
+                                          "variable holding its admin token in target_token_env")
         if data.get("source") and data.get("source") == data.get("target"):
-            raise ValidationError("source and target are the same instance", "target")
+            errors["target"] = "source and target are the same instance"
+        if errors:
+            raise ValidationError(errors)
 
 
 def webhook_hosts(raw: str | None = None) -> set[str]:
@@ -341,6 +350,117 @@ def refuse_url(value: str) -> None:
                               "stores the token a URL would need)")
 
 
+def env_problems(data: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Whether both ``.env`` files of a new profile exist and read: the problems (each with its fix) and the
+    instances that read.  No database is opened."""
+    from pathlib import Path
+
+    from ..instance.instance import Instance
+
+    problems: list[str] = []
+    instances: dict[str, Any] = {}
+    for side in ("source", "target"):
+        value = data.get(side)
+        if not isinstance(value, str) or not value or urlsplit(value).scheme in ("http", "https"):
+            continue  # missing or a URL: the schema names it
+        path = Path(value).expanduser().resolve()
+        if not path.exists():
+            problems.append(f"{side}: {path} does not exist (fix: name the {side} instance's .env file)")
+            continue
+        try:
+            instances[side] = Instance.from_env_file(path)
+        except (MigrateError, OSError) as exc:
+            problems.append(f"{side}: {path} cannot be read: {getattr(exc, 'message', None) or exc} (fix: "
+                            f"{getattr(exc, 'hint', None) or 'make it a readable CairnCMS .env'})")
+    return problems, instances
+
+
+def instance_problems(data: Mapping[str, Any], instances: Mapping[str, Any] | None = None) -> list[str]:
+    """What of a new profile can be checked on its instances now, each problem with its fix: both ``.env`` files
+    exist and read (:func:`env_problems`, unless ``instances`` were read already), and the source's database has
+    each collection and each filter's fields (and operators).
+
+    ``data`` may be the raw profile (its schema refused something else): whatever is usable is checked, so that
+    one bad field does not hide the next.  The target's database is not opened (it may be down until the run).
+    """
+    from ..content.filter import compile_filter
+    from ..instance.database import Database
+
+    problems: list[str] = []
+    if instances is None:
+        problems, instances = env_problems(data)
+    collections = [c for c in data.get("collections") or [] if isinstance(c, str) and c]
+    filters = data.get("filters") if isinstance(data.get("filters"), Mapping) else {}
+    if "source" not in instances or not collections:
+        return problems
+    try:
+        with Database.open(instances["source"]) as db:
+            tables = set(db.table_names())
+            for collection in collections:
+                if collection not in tables:
+                    users = ", ".join(sorted(t for t in tables if not t.startswith("directus_"))) or "none"
+                    problems.append(f"collections: {collection} is not a collection of the source (fix: name one of "
+                                    f"its collections: {users})")
+            for collection, spec in filters.items():
+                if collection not in tables or collection not in collections:
+                    continue  # named above
+                if isinstance(spec, str):
+                    try:
+                        spec = json.loads(spec)
+                    except ValueError:
+                        continue  # the schema names it
+                if not isinstance(spec, Mapping):
+                    continue
+                try:
+                    compile_filter(spec, collection, db.columns(collection))
+                except InvalidInput as exc:
+                    problems.append(f"filters.{collection}: {exc.message} (fix: {exc.hint})")
+    except MigrateError as exc:
+        problems.append(f"source: its database cannot be opened to check the collections: {exc.message} (fix: "
+                        f"{exc.hint or 'make the source database reachable'})")
+    return problems
+
+
+def validate_new_profile(data: Mapping[str, Any], *, schema: type[Schema] | None = None,
+                         confine: Callable[[Mapping[str, Any]], None] | None = None) -> dict[str, Any]:
+    """A profile to add (``sync add``, ``POST /migrate/syncs``), validated as far as it can be now: its fields
+    (:func:`validate_profile`) and its instances (:func:`instance_problems`), so that a profile that could only
+    fail at run time is refused before it is stored and scheduled.
+
+    The instances are checked even when another field is bad, but never a side the schema refused (an HTTP
+    caller's path outside the allowed folders is not probed).  ``confine`` (the sidecar's peer rule) sees both
+    sides before anything in them is read; with ``confine``, only a path that is not there is named before it.
+
+    :raises InvalidInput: (exit 2, HTTP 422) every problem at once, each naming its fix (``details.problems``).
+    """
+    problems: list[str] = []
+    profile: dict[str, Any] | None = None
+    bad: set[str] = set()
+    try:
+        profile = (schema or SyncProfileSchema)().load(dict(data))
+    except ValidationError as exc:
+        problems.extend(_problem_list(exc))
+        messages = exc.normalized_messages()
+        bad = set(messages) if isinstance(messages, Mapping) else {"source", "target"}
+    candidate = profile if profile is not None else {k: v for k, v in data.items() if k not in bad}
+    if confine is None:
+        problems.extend(instance_problems(candidate))
+    elif all(isinstance(candidate.get(side), str) and candidate.get(side) for side in ("source", "target")):
+        # Over HTTP both paths passed the allowed folders: a path that is not there is named (a typo, 422); any
+        # other is judged by the peer rule (403) before anything in it is read.
+        missing = [problem for problem in env_problems(candidate)[0] if problem.endswith(".env file)")]
+        problems.extend(missing)
+        if not missing:
+            confine({"source": candidate["source"], "target": candidate["target"]})
+            problems.extend(instance_problems(candidate))
+    if problems:
+        raise InvalidInput(f"Bad sync profile: {'; '.join(problems)}",
+                           hint="cairn-migrate sync add --help (or GET /migrate/openapi.json) lists the fields",
+                           details={"problems": problems})
+    assert profile is not None
+    return profile
+
+
 def validate_profile(data: Mapping[str, Any], *, partial: bool = False,
                      schema: type[Schema] | None = None) -> dict[str, Any]:
     """The profile ``data`` describes, validated (by ``schema``, default :class:`SyncProfileSchema`).
@@ -355,6 +475,11 @@ def validate_profile(data: Mapping[str, Any], *, partial: bool = False,
 
 
 def _problems(exc: ValidationError) -> str:
+    return "; ".join(_problem_list(exc))
+
+
+def _problem_list(exc: ValidationError) -> list[str]:
+    """``field: message`` for each bad field (nested ones dotted: ``schedule.cron``)."""
     messages = exc.normalized_messages()
 
     def flat(prefix: str, value: Any) -> list[str]:
@@ -364,7 +489,7 @@ def _problems(exc: ValidationError) -> str:
         text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
         return [f"{prefix}: {text}"]
 
-    return "; ".join(flat("", messages))
+    return flat("", messages)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -496,7 +621,8 @@ class SyncStore:
             row = conn.execute(sa.select(profiles_table).where(
                 profiles_table.c.instance == self.scope, profiles_table.c.name == name)).mappings().first()
         if row is None:
-            raise NotFound(f"There is no sync profile {name!r}", hint="cairn-migrate sync list (GET /migrate/syncs) lists them")
+            raise SyncNotFound(f"There is no sync profile {name!r}",
+                               hint="cairn-migrate sync list (GET /migrate/syncs) lists them")
         return _row_profile(row)
 
     def list(self) -> list[dict[str, Any]]:
