@@ -89,7 +89,7 @@ def edge_db(pg_admin_url: str):
 
 
 def _table(name: str, columns: list[str]) -> SimpleNamespace:
-    return SimpleNamespace(name=name, columns=[SimpleNamespace(name=c) for c in columns])
+    return SimpleNamespace(name=name, columns=[SimpleNamespace(name=c) for c in columns], primary_key=["id"])
 
 
 def test_postgres_lines_hold_the_row_by_row_values(edge_db: sa.Engine) -> None:
@@ -97,7 +97,7 @@ def test_postgres_lines_hold_the_row_by_row_values(edge_db: sa.Engine) -> None:
     db = dbmod.Database(edge_db, SimpleNamespace(vendor="postgres"))  # type: ignore[arg-type]
     with edge_db.connect() as conn:
         dbmod._pg_text_loaders(conn)
-        row_by_row = dumps_rows([list(row) for row in db.stream_tuples("edge", names, connection=conn)])
+        row_by_row = dumps_rows([list(row) for row in db.stream_tuples("edge", names, connection=conn, order_by=["id"])])
         lines = _pg_json_lines(conn, _table("edge", names))  # type: ignore[arg-type]
         assert lines is not None
         fast = b"".join(lines)

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .table_schema import Column, TableDef
-from .values import SQLITE_STORED, UTC, fast_decoder, moment, stored_types
+import orjson
+
+from .values import SQLITE_STORED, UTC, fast_decoder, loads_line, moment, stored_types
 
 #: MariaDB/MySQL ``TIMESTAMP`` holds 1970-01-01 00:00:01 … 2038-01-19 03:14:07 UTC.
 _MYSQL_TIMESTAMP_RANGE = (dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC), dt.datetime(2038, 1, 19, 3, 14, 7, tzinfo=UTC))
@@ -57,6 +59,11 @@ class Check:
 def _is_json(text: Any) -> bool:
     if not isinstance(text, str):
         return True  # a parsed value: written back as JSON text
+    try:  # orjson first (the plan reads every JSON value of the bundle); what it refuses, as before
+        orjson.loads(text)
+        return True
+    except orjson.JSONDecodeError:
+        pass
     try:
         json.loads(text)
     except ValueError:
@@ -66,9 +73,17 @@ def _is_json(text: Any) -> bool:
 
 def _timestamp_checks(column: Column, target: str, *, source: str, sqlite_stored: bool) -> list[Check]:
     checks = []
+    last: list[Any] = [None, None]
+
+    def parsed(value: Any) -> dt.datetime:
+        """``moment`` of the value, parsed once for both checks that read it (the plan's hot path)."""
+        if value is not last[0]:
+            last[1] = moment(value, column.type)
+            last[0] = value
+        return last[1]
 
     def fraction(value: Any) -> int:
-        return moment(value, column.type).microsecond
+        return parsed(value).microsecond
     if target == "mysql":
         checks.append(Check("timestamp_precision", "changed", "MariaDB/MySQL keep whole seconds: the fraction is cut",
                             lambda v: fraction(v) != 0))
@@ -81,7 +96,7 @@ def _timestamp_checks(column: Column, target: str, *, source: str, sqlite_stored
         low, high = _MYSQL_TIMESTAMP_RANGE
         checks.append(Check("timestamp_range", "refused", "outside TIMESTAMP's 1970-01-01 00:00:01 to "
                             "2038-01-19 03:14:07 UTC: MariaDB/MySQL refuse it",
-                            lambda v: not low <= moment(v, "timestamp") <= high))
+                            lambda v: not low <= parsed(v) <= high))
     if sqlite_stored and target != "sqlite":
         checks.append(Check("storage_class", "changed", "SQLite TEXT values become native timestamps "
                             "(a copy back to SQLite stores them as INTEGER epoch ms)",
@@ -245,11 +260,10 @@ def count_drift(rows: Iterable[Sequence[Any]], checks: Sequence[tuple[int, list[
 
 
 def _jsonl(path: Path) -> Iterator[list[Any]]:
-    loads = json.JSONDecoder().decode
     with path.open("rb") as fh:
         for line in fh:
             if line.strip():
-                yield loads(line.decode("utf-8"))
+                yield loads_line(line)  # orjson, and the standard library for what it refuses
 
 
 def _stored_types(manifest: Mapping[str, Any]) -> frozenset[str]:

@@ -315,7 +315,8 @@ class Database:
             yield from partition
 
     def stream_tuples(
-        self, name: str, columns: Sequence[str], *, connection: sa.Connection, batch_size: int = 5000
+        self, name: str, columns: Sequence[str], *, connection: sa.Connection, batch_size: int = 5000,
+        order_by: Sequence[str] = (),
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of ``name`` as plain tuples in ``columns`` order: the export's hot path.
 
@@ -326,6 +327,8 @@ class Database:
         if self.vendor == "postgres":
             _pg_text_loaders(connection)
         query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name))
+        if order_by:  # the export's primary-key order (see operations.export._order)
+            query = query.order_by(*[sa.column(c) for c in order_by])
         result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
         for partition in result.partitions(batch_size):
             yield from partition
