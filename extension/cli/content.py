@@ -21,6 +21,10 @@ def render_content(report: dict[str, Any]) -> str:
     for name, counts in report["plan"].items():
         lines.append(f"  {name}: {counts['created']} to create, {counts['updated']} to update, "
                      f"{counts['unchanged']} unchanged, {counts['skipped']} skipped, {counts['deleted']} to delete")
+        differing = (report.get("changed_fields") or {}).get(name)
+        if differing:  # why rows are updated (or skipped): the fields that differ from the target's, and how often
+            lines.append("    fields that differ: " + ", ".join(
+                f"{field} ({count})" for field, count in sorted(differing.items(), key=lambda item: (-item[1], item[0]))))
     files = report["files"]
     if files["copy"] or files["storage"]:
         lines.append(f"  files: {files['copy']} to copy ({files['bytes']} bytes)" + "".join(

@@ -246,7 +246,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         users={"matched": len(users.mapping) - len(users.created), "unmatched": users.unmatched,
                **({"created": created["created"]} if params.get("create_users") else {})},
         transform=finisher.report(),
-        files=dict(walk.files), nulled=walk.nulled, refused=walk.refused,
+        files=dict(walk.files), nulled=walk.nulled, refused=walk.refused, changed_fields=walk.changed_fields,
         matched_on_target=walk.adopted)
     report["cascaded"] = {name: len(rows) for name, rows in walk.cascaded.items()}
     report["changes"] = has_changes(report)

@@ -112,6 +112,8 @@ class Walk:
     #: collection → target keys of rows a mirror deletes that a database cascade takes with them
     cascaded: dict[str, list[Any]] = field(default_factory=dict)
     nulled: dict[str, int] = field(default_factory=dict)
+    #: collection → field → how many rows to update (or skipped by skip-existing) differ from the target's in it
+    changed_fields: dict[str, dict[str, int]] = field(default_factory=dict)
     #: integer-keyed rows matched to an existing target row (a unique column, or a junction row's pair), per collection
     adopted: dict[str, int] = field(default_factory=dict)
     refused: list[dict[str, str]] = field(default_factory=list)
@@ -395,6 +397,10 @@ class Walk:
                 resolved[source_key] = target_key
                 claimed.add(target_key)
                 self.new_map[(name, source_key)] = target_key
+                if changed:  # which fields differ: the plan says why a row is updated (or skipped)
+                    fields = self.changed_fields.setdefault(name, {})
+                    for n in changed:
+                        fields[n] = fields.get(n, 0) + 1
                 if not changed:
                     counts["unchanged"] += 1
                 elif self.mode == "skip-existing":
