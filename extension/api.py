@@ -13,10 +13,6 @@ from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .operations.export import export_bundle
-from .operations.inspection import inspect_instance
-from .operations.restore import import_bundle, parse_storage_map
-from .operations.verify import verify_bundle
 from .instance.instance import Instance
 from .progress import Progress
 
@@ -44,6 +40,8 @@ def inspect(instance: Instance, *, check_objects: bool = True, progress: Progres
 
     :param check_objects: check every file row's bytes (slower on remote stores).
     """
+    from .operations.inspection import inspect_instance  # late: a process imports only the operation it runs
+
     return inspect_instance(instance, check_objects=check_objects, progress=progress)
 
 
@@ -61,6 +59,8 @@ def export(instance: Instance, output: Path, *, passphrase: str | None = None, k
     With ``mask`` (a built-in profile name or a YAML profile's path), every row is masked before it is
     written (:mod:`cairn_migrate.masking`); ``mask_keep_users`` keep their rows (and logins).
     """
+    from .operations.export import export_bundle  # late: a process imports only the operation it runs
+
     return export_bundle(instance, output, passphrase=passphrase, key_file=key_file, freeze=freeze,
                          freeze_guarantee=freeze_guarantee, instance_url=instance_url, native=native,
                          overwrite=overwrite, state_url=state_url, mask=mask, mask_salt=mask_salt,
@@ -71,6 +71,8 @@ def import_(instance: Instance, bundle: Path, *, dry_run: bool = False, replace:
             storage_map: Mapping[str, str] | None = None, passphrase: str | None = None, key_file: Path | None = None,
             safety_bundle: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Restore a full bundle into ``instance``; with ``dry_run`` only plan."""
+    from .operations.restore import import_bundle  # late: a process imports only the operation it runs
+
     return import_bundle(instance, bundle, dry_run=dry_run, replace=replace, resume=resume, storage_map=storage_map,
                          passphrase=passphrase, key_file=key_file, safety_bundle=safety_bundle, progress=progress)
 
@@ -79,8 +81,17 @@ def verify(instance: Instance, bundle: Path, *, storage_map: Mapping[str, str] |
            token: str | None = None, login: tuple[str, str] | None = None, passphrase: str | None = None,
            key_file: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Compare ``instance`` with ``bundle`` (rows, file bytes, optionally the live API)."""
+    from .operations.verify import verify_bundle  # late: a process imports only the operation it runs
+
     return verify_bundle(instance, bundle, storage_map=storage_map, url=url, token=token, login=login,
                          passphrase=passphrase, key_file=key_file, progress=progress)
+
+
+def parse_storage_map(pairs: Any) -> dict[str, str]:
+    """``--storage-map SRC=DST`` pairs as a mapping (the import's own parser, imported when asked)."""
+    from .operations.restore import parse_storage_map as parse
+
+    return parse(pairs)
 
 
 def import_state(engine: Callable[[], Engine], instance: Callable[[], Instance]) -> dict[str, Any]:

@@ -621,3 +621,12 @@ def test_uuid_keys_are_the_same_field_from_postgresql_to_mariadb(tmp_path: Path,
     assert "not applied" not in output, output
     code, output = promote(source, str(target), "--engine", "db", "--only", "schema", "--force")
     assert (code, output.splitlines()[-1]) == (0, "no changes"), output
+
+
+def test_the_registry_names_promotes_kinds_without_importing_promote() -> None:
+    """operations/__init__.py spells promote's kinds itself (importing promote there cost every process's
+    start-up); the two lists must stay the same."""
+    from cairn_migrate.operations import PROMOTE_KINDS
+    from cairn_migrate.operations.promote import KINDS
+
+    assert PROMOTE_KINDS == KINDS

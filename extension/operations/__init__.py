@@ -35,13 +35,15 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from ..errors import InvalidInput, MigrateError
 from .limits import DEFAULT_LIMIT, DEFAULT_WORKERS
 from ..progress import NullProgress, Progress
-from .promote import KINDS as PROMOTE_KINDS
 
 #: The built-in masking profiles (``masking/profiles.py`` BUILTIN): names, not paths, in ``mask``.
 MASK_PROFILES = ("pii-basic",)
 #: content move's modes and paths (mirrored from content/move.py and operations/content.py, kept import-cheap)
 CONTENT_MODES = ("merge", "skip-existing", "mirror")
 CONTENT_VIA = ("db", "api")
+#: promote's kinds (promote.KINDS, kept import-cheap: importing promote here cost every process ~0.5 s of start-up;
+#: tests/test_promote_offline.py checks the two agree)
+PROMOTE_KINDS = ("schema", "config", "flows", "dashboards", "presets", "settings", "translations")
 
 if TYPE_CHECKING:
     from ..instance.instance import Instance
