@@ -9,7 +9,6 @@ import click
 
 from .. import operations
 from ..operations import OpContext
-from ..operations.promote import KINDS, rows_word
 from .base import Context, exit_with, handle_errors
 
 
@@ -18,6 +17,8 @@ def render_promote(report: dict[str, Any]) -> str:
     lines = [f"promote {report['from']} -> {report['to']} ({', '.join(report['only'])})"
              + (" through its database" if report.get("engine") == "db" else "")]
     schema, config = report["schema"], report["config"]
+    from ..operations.promote import rows_word  # late: every command's start-up would import promote
+
     if schema is not None:
         lines.append("schema: " + (f"{len(schema['steps'])} changes" if schema["changes"] else "no changes"))
         lines += [f"  {step}" for step in schema["steps"]]
@@ -129,7 +130,7 @@ def register(cli: click.Group) -> None:
                   help="api: through the target's /schema and /config endpoints; db: the offline engine, through the "
                   "database of the target's .env (schema only on Directus); auto: a .env without --to-token is db.")
     @click.option("-n", "--dry-run", is_flag=True, help="Show the plan; change nothing (exit 1 when it has changes).")
-    @click.option("--only", multiple=True, type=click.Choice(list(KINDS)),
+    @click.option("--only", multiple=True, type=click.Choice(list(operations.PROMOTE_KINDS)),
                   help="Promote only this part (repeatable; default: all).")
     @click.option("--allow-data-loss", is_flag=True, help="Drop tables and columns that hold rows.")
     @click.option("--force", is_flag=True, help="Promote across vendors or versions.")

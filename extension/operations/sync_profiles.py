@@ -39,7 +39,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 from sqlalchemy.engine import Engine
 
 from ..errors import InvalidInput, MigrateError, NotFound
-from ..masking.profiles import BUILTIN_NAMES
+from . import MASK_PROFILES as _BUILTIN_PROFILES  # masking's BUILTIN_NAMES, import-cheap (test_masking checks)
 from ..service.jobs import _state_engine
 from ..service.state import create_tables
 
@@ -49,7 +49,7 @@ CONFLICTS = ("source-wins", "target-wins", "skip-if-target-modified")
 MISSED = ("run-once", "skip")
 INITIAL = ("full", "from-now")
 #: The masking profiles a sync may name: the built-in ones (a YAML profile is a path, which a stored profile avoids).
-MASK_PROFILES = BUILTIN_NAMES
+MASK_PROFILES = _BUILTIN_PROFILES
 NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 #: The sidecar's setting listing the hosts (``host`` or ``host:port``, comma-separated) an alert webhook may name
 #: besides the profile's instances' ``PUBLIC_URL``.
