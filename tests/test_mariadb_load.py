@@ -5,6 +5,7 @@ newlines, NUL bytes, ``\\N``, the word ``NULL``, emoji, binary, JSON, fractional
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -121,6 +122,27 @@ def test_literals_read_back_exactly(no_backslash_escapes: bool, tmp_path: Path, 
         assert first(f"SELECT {literal(True)}, {literal(-2**63)}") == (1, -2**63)
     with pytest.raises(ValueError, match="NaN"):
         literal(float("nan"))
+
+
+def test_a_crafted_timestamp_never_reaches_the_insert_text_unescaped(tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
+    """A bundle is untrusted: a "timestamp" with a quote in it must not end the literal and put SQL of the
+    bundle's choosing into the multi-row INSERT.  UTC text goes through unparsed only when the whole value is
+    digits and separators; anything else is parsed by the codec, which refuses it."""
+    from cairn_migrate.bundle.table_loader import mysql_row_formatter
+    from cairn_migrate.bundle.table_schema import Column, TableDef
+
+    row = mysql_row_formatter(TableDef("t", [Column("id", "integer"), Column("at", "timestamp")], ["id"]))
+    assert row([1, "2024-01-05 09:30:00.5+00"]) == "(1,'2024-01-05 09:30:00.5')"
+    crafted = "2024-01-05 0'),(2,(SELECT password FROM directus_users LIMIT 1)) -- +00"
+    with pytest.raises(ValueError):
+        row([1, crafted])
+    # and on a real server: the same row never inserts a second, injected row
+    env = make_empty_instance("mariadb", tmp_path / "db", request)
+    with Database.open(_instance(env)) as db, db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (id int PRIMARY KEY, at datetime(6))"))
+        conn.exec_driver_sql("INSERT INTO t (id, at) VALUES " + row([1, "2024-01-05T09:30:00Z"]))
+        assert conn.execute(sa.text("SELECT id, at FROM t")).all() == [(1, dt.datetime(2024, 1, 5, 9, 30))]
 
 
 @pytest.mark.parametrize("vendor", ["postgres", "mariadb"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import queue
+import re
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -160,20 +161,20 @@ def mysql_literal_maker(no_backslash_escapes: bool = False) -> Callable[[Any], s
     return literal
 
 
+#: A UTC instant as PostgreSQL writes it (``2024-01-05 09:30:00.123+00``; ISO ``T``, ``+00:00`` or ``Z`` too):
+#: only digits and separators, so the text can go between quotes as it is.
+_UTC_TEXT = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)(?:\+00(?::00)?|Z)")
+
+
 def _mysql_utc_text(value: Any) -> str | None:
-    """PostgreSQL's UTC instant text (``2024-01-05 09:30:00+00``, or ISO with ``+00:00``/``Z``) as
-    MariaDB ``TIMESTAMP`` text in the UTC session, without parsing it; ``None`` for anything else."""
-    if type(value) is not str or len(value) < 20 or value[10] not in " T":
+    """PostgreSQL's UTC instant text as MariaDB ``TIMESTAMP`` text in the UTC session, without parsing it; ``None``
+    for anything else (the codec's path then parses it, or refuses it).  The whole value must match
+    :data:`_UTC_TEXT`: a bundle is untrusted input, and this text is not escaped (a quote in a crafted
+    "timestamp" would otherwise end the literal and put SQL of the bundle's choosing into the ``INSERT``)."""
+    if type(value) is not str:
         return None
-    if value.endswith("+00"):
-        body = value[:-3]
-    elif value.endswith("+00:00"):
-        body = value[:-6]
-    elif value.endswith("Z"):
-        body = value[:-1]
-    else:
-        return None
-    return "'" + (body if value[10] == " " else body.replace("T", " ", 1)) + "'"
+    match = _UTC_TEXT.fullmatch(value)
+    return None if match is None else "'" + match[1] + " " + match[2] + "'"
 
 
 def mysql_row_formatter(table: TableDef, sqlite_stored: Collection[str] = (), *,
