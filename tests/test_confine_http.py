@@ -88,6 +88,39 @@ def test_the_other_side_needs_a_peer_listing_or_a_token(client: Any, three: dict
     assert answer.status_code == 403, answer.get_json()
 
 
+def test_an_admin_of_another_api_at_to_url_does_not_open_a_env_target(client: Any, three: dict[str, Path]) -> None:
+    """The caller names B by its .env and ``to_url`` an API of their own where their token is an admin's: the proof
+    must be asked at B's own PUBLIC_URL, never at ``to_url``.  (The attacker's API is a tiny local HTTP server that
+    answers /users/me as an admin: it stands for any server the caller controls, which is the point.)"""
+    import http.server
+    import threading
+
+    class AdminEverywhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b'{"data": {"id": "x", "role": {"admin_access": true}}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AdminEverywhere)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        attacker = f"http://127.0.0.1:{server.server_address[1]}"
+        drafts = query(three["b"], "SELECT count(*) FROM articles")[0][0]
+        answer = client.post("/migrate/ops", json=_content(three["a"], three["b"], dry_run=True, to_token="mine",
+                                                           to_url=attacker), headers=HEADERS)
+        assert answer.status_code == 403, answer.get_json()
+        assert query(three["b"], "SELECT count(*) FROM articles")[0][0] == drafts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_listed_peer_is_allowed_either_way(tmp_path: Path, three: dict[str, Path]) -> None:
     app = _app(tmp_path, three, peers=[three["b"]])
     try:

@@ -36,7 +36,8 @@ UNREADABLE = object()
 @dataclass(frozen=True)
 class Side:
     """One side of an operation: its parameter (``from``/``to``), value (a ``.env`` path or a URL), the token
-    the caller gave for it and the URL its API answers at (default: the ``.env``'s ``PUBLIC_URL``)."""
+    the caller gave for it and the URL its API answers at (default: the ``.env``'s ``PUBLIC_URL``; never the
+    place a ``.env`` side's admin proof is asked: see :func:`check`)."""
 
     field: str
     value: str
@@ -125,7 +126,9 @@ def check(own: Any, peers: Iterable[Path], sides: Sequence[Side], *, open_env: A
                         hint="an instance's admin is trusted for that instance only: run it from the sidecar of "
                         "one of those instances, or from the CLI on the host")
     for side, instance in others:
-        url = side.url or (side.value if instance is None else getattr(instance, "public_url", None))
+        # A URL side is proven at that URL; a .env side only at its own PUBLIC_URL, never at a URL the caller
+        # names (to_url): an admin of an API the caller runs would otherwise open another instance's database.
+        url = side.value if instance is None else getattr(instance, "public_url", None)
         if side.token and url and _is_url(url) and is_admin(url, side.token):
             continue
         if instance is not None and instance is not UNREADABLE:
