@@ -8,6 +8,9 @@ and the fix, and never contain secrets.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from typing import Any
 
 
@@ -125,6 +128,34 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM over a few statements that must not be cut in two (a commit and the flag saying it
+    happened; an interrupted move's record of what the target acknowledged); a signal that came meanwhile is
+    acted on at the end, as its own handler would have.  Outside the main thread (jobs, the scheduler) signals
+    never arrive, so nothing is held."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.signal(kind, lambda signum, _frame: arrived.append(signum)) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
+    if arrived:
+        handler = previous[arrived[0]]
+        if callable(handler):
+            handler(arrived[0], None)  # the CLI's SIGTERM handler, or Python's default_int_handler: both raise
+        elif handler != signal.SIG_IGN:
+            raise Interrupted()
+
 
 def first_line(text: str) -> str:
     """The first non-empty line of ``text``: driver errors append SQL and carets that do not fit one line."""

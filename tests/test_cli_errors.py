@@ -103,3 +103,21 @@ def test_damaged_bundles_say_how_to_get_a_whole_one(sqlite_instance: Path, tmp_p
         error, fix = result.output.splitlines()
         assert error.startswith("Error: ") and words in error
         assert fix == "  fix: the bundle is damaged: copy it again, or export it again from the source"
+
+
+def test_interrupts_held_over_a_commit_act_after_it() -> None:
+    """A Ctrl-C (or SIGTERM) between a commit and the flag saying it happened would roll back the record of
+    what was committed (content move's D3/D4): held there, the signal is acted on once the block is done."""
+    import os
+    import signal
+
+    from cairn_migrate.errors import interrupts_held
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("committed")
+            done.append("flag set")
+    assert done == ["committed", "flag set"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

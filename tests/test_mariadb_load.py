@@ -137,6 +137,14 @@ def test_a_crafted_timestamp_never_reaches_the_insert_text_unescaped(tmp_path: P
     crafted = "2024-01-05 0'),(2,(SELECT password FROM directus_users LIMIT 1)) -- +00"
     with pytest.raises(ValueError):
         row([1, crafted])
+    with pytest.raises(ValueError):  # ASCII digits only: other digits go to the codec, which refuses them
+        row([1, "２０２４-01-05 09:30:00+00"])
+    import decimal
+
+    literal = mysql_literal_maker()
+    for number in ("NaN", "sNaN", "Infinity", "1E+999999999"):  # bare words in SQL, or a 1 GB literal
+        with pytest.raises(ValueError, match="DECIMAL"):
+            literal(decimal.Decimal(number))
     # and on a real server: the same row never inserts a second, injected row
     env = make_empty_instance("mariadb", tmp_path / "db", request)
     with Database.open(_instance(env)) as db, db.engine.begin() as conn:

@@ -130,12 +130,18 @@ def mysql_literal_maker(no_backslash_escapes: bool = False) -> Callable[[Any], s
             raise ValueError(f"{out} cannot be stored in MySQL/MariaDB (no infinite or NaN floats)")
         return out
 
+    def decimal_text(value: decimal.Decimal) -> str:
+        # a bundle is untrusted: NaN/Infinity would go into the SQL as bare words, 1E+999999999 as a 1 GB literal
+        if not value.is_finite() or abs(value.adjusted()) > 65:
+            raise ValueError(f"{value} cannot be stored in a MySQL/MariaDB DECIMAL (65 digits at most, finite)")
+        return format(value, "f")
+
     formats: dict[type, Callable[[Any], str]] = {
         str: text,
         int: str,
         bool: lambda v: "1" if v else "0",
         float: number,
-        decimal.Decimal: lambda v: format(v, "f"),
+        decimal.Decimal: decimal_text,
         dt.datetime: lambda v: "'" + v.isoformat(" ") + "'",
         dt.date: lambda v: "'" + v.isoformat() + "'",
         dt.time: lambda v: "'" + v.isoformat() + "'",
@@ -163,7 +169,7 @@ def mysql_literal_maker(no_backslash_escapes: bool = False) -> Callable[[Any], s
 
 #: A UTC instant as PostgreSQL writes it (``2024-01-05 09:30:00.123+00``; ISO ``T``, ``+00:00`` or ``Z`` too):
 #: only digits and separators, so the text can go between quotes as it is.
-_UTC_TEXT = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)(?:\+00(?::00)?|Z)")
+_UTC_TEXT = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?)(?:\+00(?::00)?|Z)", re.ASCII)
 
 
 def _mysql_utc_text(value: Any) -> str | None:

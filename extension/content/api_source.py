@@ -641,8 +641,9 @@ def _fetch(api: SourceApi, db: Database, table: TableDef, fields: Sequence[Mappi
 
     pk = table.primary_key[0]
     codecs = [encoder(c.type, "sqlite") for c in table.columns]
-    names = ", ".join(f'"{c.name}"' for c in table.columns)
-    sql = f'INSERT OR IGNORE INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(table.columns))})'
+    quote = db.engine.dialect.identifier_preparer.quote  # the names are the remote's (its /fields): quoted, escaped
+    names = ", ".join(quote(c.name) for c in table.columns)
+    sql = f'INSERT OR IGNORE INTO {quote(table.name)} ({names}) VALUES ({", ".join("?" * len(table.columns))})'
     count = 0
     for part in _url_sized(wanted):
         batch = api.data(items_path(table.name), {"fields": "*", "limit": -1,

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import Interrupted, InvalidInput, MigrateError
+from ..errors import Interrupted, InvalidInput, MigrateError, interrupts_held
 from ..instance.database import Database, consistent_snapshot
 from ..instance.instance import Instance
 from ..progress import NullProgress, Progress
@@ -196,8 +196,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                     sink.settle()
                 except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: record what the target acknowledged, then stop
                     if transaction is None and write:
-                        unanswered = sink.abandon()
-                        idmap.save(walk.new_map)
+                        with interrupts_held():  # a second Ctrl-C must not lose the acknowledged keys' record
+                            unanswered = sink.abandon()
+                            idmap.save(walk.new_map)
                         raise _interrupted_partial(_stop_text(exc), len(walk.new_map), unanswered) from None
                     raise
                 except BaseException:  # anything else that stops the walk: the same record, then stop
@@ -211,8 +212,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                         # commit, then the entries marked committed: a stop in between leaves pending entries
                         # that the next run keeps only when the target holds what was written
                         idmap.save(walk.new_map, pending=True, digests=walk.digests)
-                        transaction.commit()
-                        committed = True  # from here on the pending entries are right: never discarded
+                        with interrupts_held():  # a signal here must not roll back what is committed (D3/D4)
+                            transaction.commit()
+                            committed = True  # from here on the pending entries are right: never discarded
                         idmap.commit()
                         idmap.forget(getattr(walk, "gone", []))
                     else:
