@@ -120,6 +120,17 @@ def _consecutive(runs: list[dict[str, Any]]) -> bool:
     return all((b - a).total_seconds() == INTERVAL for a, b in zip(slots, slots[1:]))
 
 
+def _on_grid(runs: list[dict[str, Any]]) -> bool:
+    """Slots only increase and all lie on the profile's grid (a whole number of intervals apart).
+
+    A firing late by more than an interval on a loaded machine coalesces into the latest slot
+    (the sync covers everything up to then), so gaps between slots are allowed here.
+    """
+    slots = [_slot(r) for r in runs]
+    gaps = [(b - a).total_seconds() for a, b in zip(slots, slots[1:])]
+    return all(gap > 0 and gap % INTERVAL == 0 for gap in gaps)
+
+
 def test_a_killed_sidecar_keeps_its_schedule_and_catches_up_once(
         pair: tuple[CairnSqliteInstance, CairnSqliteInstance], state_url: str, tmp_path: Path) -> None:
     sidecar = Sidecar(pair[0].env_path, state_url, tmp_path, tmp_path / "sidecar.log", peers=str(pair[1].env_path))
@@ -147,7 +158,9 @@ def test_a_killed_sidecar_keeps_its_schedule_and_catches_up_once(
         assert all(r["outcome"] == "ok" and r["trigger"] == "schedule" for r in runs), runs
         slots = [r["slot"] for r in runs]
         assert len(slots) == len(set(slots)), slots  # no slot ran twice
-        assert _consecutive(before) and _consecutive(after), slots
+        assert _on_grid(runs), slots
+        # The slots missed while no sidecar ran were caught up by at most one run, never replayed one by one.
+        assert len([r for r in runs if killed_at < _slot(r) < restarted_at]) <= 1, slots
         missed = (_slot(after[0]) - _slot(before[-1])).total_seconds() / INTERVAL
         assert missed >= 3, slots  # several slots were missed ...
         catch_up = after[0]  # ... and one run caught them up, for the latest of them, late
