@@ -40,8 +40,11 @@ Every database, storage and HTTP call has a timeout, read from the process envir
 | `CAIRN_MIGRATE_CONNECT_TIMEOUT` | 10 s | connecting: database login (PostgreSQL, MariaDB), storage and HTTP connections; and the answer to `verify --url`'s `/server/ping` and to `export --freeze`'s freeze proof |
 | `CAIRN_MIGRATE_READ_TIMEOUT` | 600 s | a server that goes silent mid-work: MariaDB reads, S3/GCS/Azure answers, `verify --url`'s answers after the ping (login, asset bytes, items); PostgreSQL: TCP keepalives and `tcp_user_timeout` (a dead server is noticed, a slow query is not cut) |
 | `CAIRN_MIGRATE_SQLITE_BUSY_TIMEOUT` | 30 s | waiting for another process's lock on a SQLite database |
+| `CAIRN_MIGRATE_HTTP_DEADLINE` | 3600 s | one request to an instance's API (a content move's source or target, the token and identity checks), from sending to the answer's last byte: a server trickling its answer never trips the read timeout |
+| `CAIRN_MIGRATE_MAX_RESPONSE_MB` | 256 | the most an instance's API answer may carry when its size is not known beforehand (JSON, a key list, an asset without `Content-Length`; an asset never past its announced length) |
 
-A server that does not answer in time is exit 3 with one line naming the host and the setting.
+A server that does not answer in time, or answers more than allowed, is exit 3 with one line naming the
+host (or URL), the limit and the setting.
 """
 
 

@@ -1,7 +1,9 @@
 """The HTTP side of a content move over the target's API: retries with backoff, a small pool, the timeouts.
 
-Every call has the project's timeouts (:mod:`cairn_migrate.instance.timeouts`).  A 429 or 5xx answer
-and a failed connection are retried with exponential backoff and full jitter, waiting at least what a
+Every call has the project's timeouts (:mod:`cairn_migrate.instance.timeouts`) and goes through
+:func:`cairn_migrate.instance.bounded_http.request`: an overall deadline per request and a ceiling on the
+answer's size, so a hostile or broken target cannot hold the move forever or fill the host's memory.  A 429
+or 5xx answer and a failed connection are retried with exponential backoff and full jitter, waiting at least what a
 ``Retry-After`` header asks; a read timeout is not retried (the server may have written).  Work is
 submitted to a thread pool of ``concurrency`` workers with at most twice that many requests queued, so
 memory stays flat however many rows move; :meth:`ApiClient.wait` is the barrier that collects the
@@ -26,6 +28,7 @@ from typing import Any
 import requests
 
 from ..errors import Forbidden, InstanceUnreachable, InvalidInput, MigrateError, Unauthorized
+from ..instance import bounded_http
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
 
 #: answers worth another try: too many requests, and the server (or a proxy in front of it) failing
@@ -89,7 +92,7 @@ class ApiClient:
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
+            self._local.session = bounded_http.session()
             self._local.session.headers["Authorization"] = f"Bearer {self.token}"
         return self._local.session
 
@@ -103,8 +106,8 @@ class ApiClient:
             if rewind is not None:
                 kwargs["files"] = rewind()
             try:
-                response = self._session().request(method, self.url + path,
-                                                   timeout=(connect_timeout(), read_timeout()), **kwargs)
+                response = bounded_http.request(self._session(), method, self.url + path,
+                                                timeout=(connect_timeout(), read_timeout()), **kwargs)
             except requests.RequestException as exc:
                 retryable = isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)) \
                     and not isinstance(exc, requests.ReadTimeout)

@@ -24,6 +24,14 @@ What is read, and how:
 * a file's bytes from ``GET /assets/<id>`` (streamed, with the project's timeouts): the source's
   storage locations are replaced by one reader of its API.
 
+The instance's admin is trusted for that instance only, never for the sidecar's host, so a hostile or broken
+remote is held to limits: every request has an overall deadline and a ceiling on its answer's size
+(:mod:`cairn_migrate.instance.bounded_http`: a body never longer than it announced, or than
+``CAIRN_MIGRATE_MAX_RESPONSE_MB``), and every loop over its answers must make progress: a keyset page may
+not hold more rows than asked for nor keys at or before the last one seen (the same page forever), a key
+lookup only the keys asked for, and no collection more rows than the instance's own count of them (asked
+first, ``aggregate[count]``, with room for rows added while it is read).
+
 Concealed values (passwords, tokens, 2FA secrets: the API answers ``**********``) become NULL; a move
 never copies them.  The ID map of a URL source is kept per its URL (scheme, host, port, path).
 """
@@ -46,6 +54,7 @@ from ..bundle.table_loader import TableLoader
 from ..bundle.table_schema import Column, ForeignKey, Index, TableDef
 from ..bundle.workdir import scratch
 from ..errors import ConfigError, InstanceUnreachable, InvalidInput, MigrateError, RemoteRefused
+from ..instance import bounded_http
 from ..instance.database import Database, open_engine
 from ..instance.instance import DatabaseConfig, Instance, LocationConfig
 from ..instance.storage import CHUNK
@@ -91,21 +100,29 @@ class SourceApi:
         self.url = url.rstrip("/")
         self.side = side
         self.option = "--from" if side == "source" else "--to"
-        self.session = requests.Session()
+        self.session = bounded_http.session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None, *, stream: bool = False) -> requests.Response:
+    def get(self, path: str, params: Mapping[str, Any] | None = None, *, stream: bool = False,
+            method: str = "GET") -> requests.Response:
+        """One request, bounded (:func:`~cairn_migrate.instance.bounded_http.request`); a refusal raises naming the
+        fix.  ``stream``: the caller reads the body (:func:`~cairn_migrate.instance.bounded_http.iter_body`)."""
         try:
-            response = self.session.get(self.url + path, params=params, stream=stream,
-                                        timeout=(connect_timeout(), read_timeout()))
+            response = bounded_http.request(self.session, method, self.url + path, params=params, stream=stream,
+                                            timeout=(connect_timeout(), read_timeout()))
         except requests.RequestException as exc:
-            raise InstanceUnreachable(f"The {self.side} {self.url} did not answer GET {path}: {exc}",
+            raise InstanceUnreachable(f"The {self.side} {self.url} did not answer {method} {path}: {exc}",
                                       hint=f"start it, or check {self.option}; "
                                       f"{timeout_hint('CAIRN_MIGRATE_READ_TIMEOUT')}") from None
         if response.status_code < 400:
             return response
         from .api_client import error_text
 
+        if stream:  # the error's text, read within the limits like any answer
+            try:
+                response._content = b"".join(bounded_http.iter_body(response, ERROR_BODY))  # type: ignore[attr-defined]
+            except MigrateError:
+                response._content = b""  # type: ignore[attr-defined]
         text = error_text(response)
         response.close()
         if response.status_code == 401:
@@ -133,6 +150,33 @@ class SourceApi:
             raise RemoteRefused(f"The token for the {self.side} {self.url} is not an administrator's",
                             hint=f"pass the static token of an admin of the {self.side} with {self.option}-token")
 
+    def misbehaves(self, path: str, what: str) -> bounded_http.RemoteLimit:
+        """The error of an answer that breaks the paging's contract (no progress, more rows than asked for)."""
+        return bounded_http.RemoteLimit(
+            f"The {self.side} {self.url} answered GET {path} with {what}: stopped reading it",
+            details={"url": self.url + path},
+            hint=f"check {self.option}: it must be the CairnCMS instance's own URL (a proxy or extension that ignores "
+            "filter, sort or limit breaks the reading), and its rows must not be bulk-inserted while they are read")
+
+    def count(self, collection: str, where: Mapping[str, Any] | None) -> int:
+        """How many rows of ``collection`` (matching ``where``) the instance says it holds (``aggregate[count]``):
+        the ceiling of what its pages may deliver."""
+        params: dict[str, Any] = {"aggregate[count]": "*"}
+        if where:
+            params["filter"] = json.dumps(dict(where))
+        data = self.data(items_path(collection), params)
+        entry = data[0] if isinstance(data, list) and data else data
+        value = entry.get("count") if isinstance(entry, dict) else None
+        if isinstance(value, dict):  # ``aggregate[count]=<field>`` spells it per field
+            value = next(iter(value.values()), None)
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise self.misbehaves(items_path(collection), f"a count that is not a number ({value!r})") from None
+        if number < 0:
+            raise self.misbehaves(items_path(collection), f"a negative count ({number})")
+        return number
+
     def pages(self, collection: str, pk: str, *, where: Mapping[str, Any] | None = None,
               limit: int = PAGE, ordered: bool = True) -> Iterator[list[dict[str, Any]]]:
         """Every row of ``collection`` (matching ``where``) in key order, a page at a time, never by offset.
@@ -141,11 +185,18 @@ class SourceApi:
         the keys after the last one seen (``filter[pk][_gt]``).  CairnCMS refuses ``_gt`` on uuid and string
         fields (``getFilterOperatorsForType``), so for those keys the key column alone is read in one streamed
         answer (``fields=<pk>&sort=<pk>&limit=-1``, parsed as it arrives) and the rows of each ``limit`` keys
-        are asked for by key (``filter[pk][_in]``): every page is an index lookup whatever its position."""
+        are asked for by key (``filter[pk][_in]``): every page is an index lookup whatever its position.
+
+        A remote that breaks this contract is stopped (:meth:`misbehaves`): a page with more than ``limit`` rows,
+        a row without its key, a key at or before the last one seen (the same page again: paging that would
+        never end), more rows in all than the instance's own count allows (:func:`_ceiling`)."""
+        path = items_path(collection)
+        ceiling = _ceiling(self.count(collection, where), limit)
         if not ordered:
-            yield from self._pages_by_keys(collection, pk, where, limit)
+            yield from self._pages_by_keys(collection, pk, where, limit, ceiling)
             return
         last: Any = None
+        total = 0
         while True:
             clauses = [dict(where)] if where else []
             if last is not None:
@@ -153,24 +204,39 @@ class SourceApi:
             params: dict[str, Any] = {"fields": "*", "sort": pk, "limit": limit}
             if clauses:
                 params["filter"] = json.dumps(clauses[0] if len(clauses) == 1 else {"_and": clauses})
-            rows = self.data(items_path(collection), params) or []
+            rows = self.data(path, params) or []
             if isinstance(rows, dict):  # a singleton answers one object
                 rows = [rows]
+            if not isinstance(rows, list) or len(rows) > limit:
+                raise self.misbehaves(path, f"{len(rows) if isinstance(rows, list) else 'no list of'} rows to "
+                                      f"limit={limit}")
+            page_keys = _keys(self, path, rows, pk)
+            if last is not None and not all(_after(k, last) for k in page_keys):
+                raise self.misbehaves(path, f"rows at or before the last key read ({last!r}) to filter[{pk}][_gt]: "
+                                      "keyset paging would never end")
+            total += len(rows)
+            if total > ceiling:
+                raise self.misbehaves(path, f"more rows than its own count allows ({ceiling})")
             if rows:
                 yield rows
             if len(rows) < limit:
                 return
-            last = rows[-1][pk]
+            last = page_keys[-1]
 
     def _pages_by_keys(self, collection: str, pk: str, where: Mapping[str, Any] | None,
-                       limit: int) -> Iterator[list[dict[str, Any]]]:
+                       limit: int, ceiling: int) -> Iterator[list[dict[str, Any]]]:
         params: dict[str, Any] = {"fields": pk, "sort": pk, "limit": -1}
         if where:
             params["filter"] = json.dumps(dict(where))
-        response = self.get(items_path(collection), params, stream=True)
+        path = items_path(collection)
+        response = self.get(path, params, stream=True)
         try:
             batch: list[Any] = []
+            listed = 0
             for key in _stream_values(response, pk):
+                listed += 1
+                if listed > ceiling:
+                    raise self.misbehaves(path, f"a key list longer than its own count allows ({ceiling})")
                 batch.append(key)
                 if len(batch) >= limit:
                     yield self._rows_of(collection, pk, batch)
@@ -187,8 +253,64 @@ class SourceApi:
         for part in _url_sized(batch):
             rows = self.data(items_path(collection), {"fields": "*", "sort": pk, "limit": len(part),
                                                       "filter": json.dumps({pk: {"_in": part}})}) or []
-            out.extend([rows] if isinstance(rows, dict) else rows)
+            out.extend(self.only(items_path(collection), [rows] if isinstance(rows, dict) else rows, pk, part))
         return out
+
+    def only(self, path: str, rows: Any, pk: str, asked: Sequence[Any]) -> list[dict[str, Any]]:
+        """``rows``, the answer to a lookup of the keys ``asked``: no more rows than keys, and none with another
+        key (a remote answering every lookup with its whole table would never let the closure settle)."""
+        if not isinstance(rows, list) or len(rows) > len(asked):
+            raise self.misbehaves(path, f"{len(rows) if isinstance(rows, list) else 'no list of'} rows to a lookup "
+                                  f"of {len(asked)} keys")
+        wanted = {str(k) for k in asked}
+        stray = [k for k in _keys(self, path, rows, pk) if str(k) not in wanted]
+        if stray:
+            raise self.misbehaves(path, f"rows it was not asked for ({', '.join(map(repr, stray[:3]))}) to a lookup "
+                                  "by key")
+        return rows
+
+
+#: the most of an error answer's body read for its message
+ERROR_BODY = 65536
+#: the longest one entry of a streamed key list may be (a key object is a few dozen bytes)
+MAX_KEY_ENTRY = 65536
+
+
+def _ceiling(count: int, limit: int) -> int:
+    """The most rows a collection's reading may deliver: the instance's own count, with room for rows added while
+    it is read (a tenth more, at least a page)."""
+    return count + max(limit, count // 10)
+
+
+def _keys(api: SourceApi, path: str, rows: list[Any], pk: str) -> list[Any]:
+    """The keys of an answer's rows; a row that is not an object with its key stops the reading."""
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or row.get(pk) is None:
+            raise api.misbehaves(path, f"a row without its key {pk!r}")
+        out.append(row[pk])
+    return out
+
+
+def _after(key: Any, last: Any) -> bool:
+    """Whether ``key`` sorts after ``last`` as the instance compares them: numbers as numbers (decimals arrive as
+    text), dates and times as their ISO text; keys of unlike kinds only have to differ."""
+    def number(value: Any) -> float | None:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    a, b = number(key), number(last)
+    if a is not None and b is not None:
+        return a > b
+    if isinstance(key, str) and isinstance(last, str):
+        return key > last
+    return key != last
 
 
 #: the longest ``filter`` a key lookup sends (its URL-encoded JSON), well under Node's 16 KB request line
@@ -214,12 +336,16 @@ def _url_sized(keys: list[Any]) -> Iterator[list[Any]]:
 
 def _stream_values(response: requests.Response, field: str) -> Iterator[Any]:
     """The ``field`` of each object of CairnCMS's ``{"data": [{…}, …]}`` answer, parsed while it streams in (one
-    object at a time: memory stays flat however many rows the answer lists)."""
+    object at a time: memory stays flat however many rows the answer lists).  The answer is read within the
+    limits (:func:`~cairn_migrate.instance.bounded_http.iter_body`); an entry longer than :data:`MAX_KEY_ENTRY`
+    is refused (parsing a never-ending one again at every chunk would cost quadratic time)."""
+    import codecs
+
     decoder = json.JSONDecoder()
-    response.encoding = "utf-8"
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buffer, started = "", False
-    for chunk in response.iter_content(65536, decode_unicode=True):
-        buffer += chunk
+    for raw in bounded_http.iter_body(response):
+        buffer += text.decode(raw)
         if not started:
             at = buffer.find("[")
             if at < 0:
@@ -232,6 +358,11 @@ def _stream_values(response: requests.Response, field: str) -> Iterator[Any]:
             try:
                 item, end = decoder.raw_decode(buffer)
             except ValueError:
+                if len(buffer) > MAX_KEY_ENTRY:
+                    raise bounded_http.RemoteLimit(
+                        f"{response.url} answered a key list whose entry is longer than {MAX_KEY_ENTRY} characters "
+                        "(a key list holds short objects): stopped reading it",
+                        hint="check the URL: it must be the CairnCMS instance's own") from None
                 break  # the object is not complete yet: read on
             yield item[field] if isinstance(item, dict) else item
             buffer = buffer[end:]
@@ -268,8 +399,8 @@ class ApiFiles:
         if file_id is None:
             return None
         try:
-            response = self.api.session.head(f"{self.api.url}/assets/{file_id}",
-                                             timeout=(connect_timeout(), read_timeout()))
+            response = bounded_http.request(self.api.session, "HEAD", f"{self.api.url}/assets/{file_id}",
+                                            timeout=(connect_timeout(), read_timeout()))
         except requests.RequestException as exc:
             raise InstanceUnreachable(f"The {self.api.side} {self.api.url} did not answer HEAD /assets/{file_id}: "
                                       f"{exc}", hint=f"start it, or check {self.api.option}") from None
@@ -282,9 +413,8 @@ class ApiFiles:
         file_id = self._id(filename_disk)
         if file_id is None:
             raise ConfigError(f"the source holds no file row for {self.storage}:{filename_disk}")
-        response = self.api.get(f"/assets/{file_id}", stream=True)
-        response.raw.decode_content = True
-        return _Body(response)
+        # never longer than it announces (or the ceiling without a length), never past the deadline
+        return bounded_http.BoundedBody(self.api.get(f"/assets/{file_id}", stream=True))
 
     def sha256(self, filename_disk: str) -> str:
         digest = hashlib.sha256()
@@ -292,25 +422,6 @@ class ApiFiles:
             while block := reader.read(CHUNK):
                 digest.update(block)
         return digest.hexdigest()
-
-
-class _Body:
-    """A streamed response body as a closable binary reader."""
-
-    def __init__(self, response: requests.Response) -> None:
-        self.response = response
-
-    def read(self, size: int = -1) -> bytes:
-        return self.response.raw.read(None if size is None or size < 0 else size)
-
-    def close(self) -> None:
-        self.response.close()
-
-    def __enter__(self) -> _Body:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 @dataclass
@@ -646,10 +757,11 @@ def _fetch(api: SourceApi, db: Database, table: TableDef, fields: Sequence[Mappi
     sql = f'INSERT OR IGNORE INTO {quote(table.name)} ({names}) VALUES ({", ".join("?" * len(table.columns))})'
     count = 0
     for part in _url_sized(wanted):
-        batch = api.data(items_path(table.name), {"fields": "*", "limit": -1,
-                                                  "filter": json.dumps({pk: {"_in": part}})})
+        path = items_path(table.name)
+        batch = api.only(path, api.data(path, {"fields": "*", "limit": -1, "filter": json.dumps({pk: {"_in": part}})})
+                         or [], pk, part)
         rows = [tuple(c(v) if c else v for c, v in zip(codecs, row))
-                for row in _rows(api, table, fields, None, page, file_ids, iter([batch or []]))]
+                for row in _rows(api, table, fields, None, page, file_ids, iter([batch]))]
         if rows:
             with db.engine.begin() as conn:
                 conn.exec_driver_sql(sql, rows)

@@ -16,7 +16,7 @@ before any write:
   (a fresh nonce per run, so no cache answers either).  The row is deleted again in a ``finally``.
 
 Both raise errors naming the URL, the ``.env``'s database and the fix; every call has the project's
-timeouts.
+timeouts, an overall deadline and a ceiling on the answer's size (:mod:`cairn_migrate.instance.bounded_http`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import requests
 import sqlalchemy as sa
 
 from ..errors import InstanceUnreachable, InvalidInput, RemoteRefused
+from ..instance import bounded_http
 from ..instance.timeouts import connect_timeout, hint as timeout_hint, read_timeout
 
 #: the bookmark title of the proof row (the nonce follows it)
@@ -38,8 +39,10 @@ COLLECTION = "directus_presets"
 
 def _get(url: str, token: str, path: str, params: dict[str, str], role: str) -> requests.Response:
     try:
-        return requests.get(url.rstrip("/") + path, params=params, headers={"Authorization": f"Bearer {token}"},
-                            timeout=(connect_timeout(), min(read_timeout(), 60.0)))
+        with bounded_http.session() as http:
+            return bounded_http.request(http, "GET", url.rstrip("/") + path, params=params,
+                                        headers={"Authorization": f"Bearer {token}"},
+                                        timeout=(connect_timeout(), min(read_timeout(), 60.0)))
     except requests.RequestException as exc:
         raise InstanceUnreachable(f"The {role}'s API at {url} did not answer GET {path}: {exc}",
                                   hint=f"start the {role}, or check the URL; {timeout_hint('CAIRN_MIGRATE_CONNECT_TIMEOUT')}") from None
