@@ -31,6 +31,16 @@ def render_content(report: dict[str, Any]) -> str:
             f"; storage {a} -> {b}" for a, b in files["storage"].items() if a != b))
     lines += [f"  {name}: {count} rows matched to existing target rows (a unique field, the pair a junction row "
               "links, or every other column equal)" for name, count in report.get("matched_on_target", {}).items()]
+    for name, resumed in (report.get("resumed") or {}).items():  # an earlier run's writes through the API, unanswered
+        lines.append(f"  {name}: an earlier run's unanswered writes: {resumed['found']} rows found on the target, "
+                     f"{resumed['not_written']} not written")
+        if resumed["uncertain"]:
+            lines.append(f"    may be on the target already, unknown (matched like new rows, else created: check for "
+                         f"duplicates): source keys {', '.join(resumed['uncertain'][:20])}"
+                         f"{' …' if len(resumed['uncertain']) > 20 else ''}")
+        if resumed["written_twice"]:
+            lines.append(f"    written twice by a retried request (left alone): target keys "
+                         f"{', '.join(resumed['written_twice'][:20])}")
     lines += [f"  {name}: {count} rows a target ON DELETE CASCADE takes with mirror's deletions (counted)"
               for name, count in (report.get("cascaded") or {}).items()]
     replaced = files.get("replaced")

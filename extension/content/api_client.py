@@ -42,6 +42,14 @@ MAX_DELAY = 30.0
 STOP_GRACE = 15.0
 
 
+class AlreadyDone(Exception):
+    """Raised by a ``before_retry`` check: the earlier attempt was applied; ``result`` is what it did."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("applied by an earlier attempt")
+        self.result = result
+
+
 class Stopped(MigrateError):
     """A call not sent (or not retried) because the move was interrupted."""
 
@@ -97,8 +105,13 @@ class ApiClient:
         return self._local.session
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """One call, retried on 429/5xx and failed connections; any other refusal raises naming the fix."""
+        """One call, retried on 429/5xx and failed connections; any other refusal raises naming the fix.
+
+        ``before_retry``: called before each retry (after the backoff); a request that may have been applied
+        although its answer was lost (a gateway's 502/504, a dropped connection) raises there what it finds
+        it did (:class:`AlreadyDone`), instead of being sent a second time."""
         rewind = kwargs.pop("rewind", None)  # re-opens a streamed body for another try
+        before_retry = kwargs.pop("before_retry", None)
         attempt = 0
         while True:
             if self._stop.is_set():
@@ -127,6 +140,8 @@ class ApiClient:
             attempt += 1
             if self._stop.wait(delay):  # an interrupt ends the backoff at once
                 raise Stopped(f"{method} {path} was not retried: the move was interrupted")
+            if before_retry is not None:
+                before_retry()
 
     def _refusal(self, method: str, path: str, response: requests.Response) -> MigrateError:
         status = response.status_code

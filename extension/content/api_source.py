@@ -88,6 +88,11 @@ def normal_url(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}{parts.path.rstrip('/')}"
 
 
+def url_scope(url: str) -> str:
+    """The ID map's identity of an instance given by URL (:attr:`ApiSource.scope`)."""
+    return hashlib.sha256(("api\n" + normal_url(url)).encode("utf-8")).hexdigest()[:32]
+
+
 def items_path(collection: str) -> str:
     return SYSTEM_PATHS.get(collection, f"/items/{collection}")
 
@@ -439,7 +444,7 @@ class ApiSource:
     @property
     def scope(self) -> str:
         """The ID map's source identity: the instance's URL (so every move from it updates the same rows)."""
-        return hashlib.sha256(("api\n" + normal_url(self.api.url)).encode("utf-8")).hexdigest()[:32]
+        return url_scope(self.api.url)
 
     def schema_snapshot(self) -> dict[str, Any]:
         return self.snapshot
@@ -621,13 +626,17 @@ def open_source(url: str, token: str | None, params: Mapping[str, Any], *,
 
 @contextmanager
 def open_target(url: str, token: str | None, collections: Iterable[str], *, progress: Progress | None = None,
-                page: int = PAGE) -> Iterator[ApiSource]:
+                page: int = PAGE, agents: Iterable[str] = ()) -> Iterator[ApiSource]:
     """A read-only mirror of the running target at ``url`` for a move ``--via api`` (no ``.env``): the rows of
     ``collections`` (what the move may reach), of the collections whose foreign keys lead to them (mirror's
     ``ON DELETE CASCADE`` count), and its files, folders, users and roles, read by keyset paging into a scratch
     SQLite database, with the target's foreign keys.  The walk reads it where it reads a target's database; its
     writes go to the target's API (:class:`~cairn_migrate.content.sink_api.ApiSink`), and it is read once,
     before the walk, as the database path reads the target once inside its transaction.
+
+    ``agents``: the ``User-Agent`` markers of write requests an earlier move sent and never saw answered; the
+    target's ``directus_activity`` rows of those requests, and its collections' ``accountability``, are mirrored
+    too, so :func:`~cairn_migrate.content.sink_api.settle_sent` finds what they created as on a ``.env`` target.
 
     :raises Unauthorized/Forbidden/InstanceUnreachable: the token, its role, the URL.
     """
@@ -660,6 +669,8 @@ def open_target(url: str, token: str | None, collections: Iterable[str], *, prog
                                                          (key.get("on_delete") or "NO ACTION").upper()))
             tables = [defs[n] for n in wanted]
             _load(api, engine, tables, by_collection, {}, page, file_ids, read, progress)
+            if agents:
+                _load_activity(api, engine, snapshot, sorted(set(agents)), progress)
             with engine.connect() as conn:
                 storages = sorted({str(s) for (s,) in conn.execute(sa.text(f'SELECT DISTINCT storage FROM "{FILES}"'))
                                    if s}) if FILES in wanted else []
@@ -670,6 +681,34 @@ def open_target(url: str, token: str | None, collections: Iterable[str], *, prog
         instance = Instance(env_path=None, folder=workdir, env={"PUBLIC_URL": api.url}, database=config,
                             locations=locations)
         yield ApiSource(instance, api, tables, f"{api.url} (API)", snapshot, file_ids, read)
+
+
+def _load_activity(api: SourceApi, engine: sa.Engine, snapshot: Mapping[str, Any], agents: list[str],
+                   progress: Progress) -> None:
+    """The target's ``create`` activity of the marked requests ``agents`` (``GET /activity``, a few markers a
+    request: each is a short ``_in`` list) and its collections' ``accountability`` (from its schema snapshot)."""
+    names = ["id", "action", "collection", "item", "user_agent"]
+    activity = TableDef("directus_activity", [Column("id", "integer", nullable=False),
+                                              *(Column(n, "string") for n in names[1:])], ["id"])
+    collections = TableDef("directus_collections", [Column("collection", "string", nullable=False),
+                                                    Column("accountability", "string")], ["collection"])
+    rows: list[list[Any]] = []
+    for start in range(0, len(agents), 40):
+        part = agents[start:start + 40]
+        found = api.data("/activity", {"fields": ",".join(names), "sort": "id", "limit": -1, "filter": json.dumps(
+            {"action": {"_eq": "create"}, "user_agent": {"_in": part}})}) or []
+        if not isinstance(found, list):
+            raise api.misbehaves("/activity", "no list of activity rows")
+        rows += [[entry.get(n) for n in names] for entry in found if isinstance(entry, dict)
+                 and entry.get("user_agent") in part]
+    kept = [[c["collection"], (c.get("meta") or {}).get("accountability")] for c in snapshot.get("collections") or []
+            if isinstance(c, dict) and c.get("collection") and c.get("meta")]
+    loader = TableLoader(engine, "sqlite", [activity, collections])
+    try:
+        loader.load(activity.name, iter(rows), {}, progress, False)
+        loader.load(collections.name, iter(kept), {}, progress, False)
+    finally:
+        loader.close()
 
 
 def _load(api: SourceApi, engine: sa.Engine, tables: Sequence[TableDef], by_collection: Mapping[str, Any],

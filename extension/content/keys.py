@@ -21,12 +21,18 @@ from ..instance.database import Database
 from ..service.state import create_tables
 
 _META = sa.MetaData()
+#: the ``state`` of an entry whose row was sent to the target's API, the answer (its target key) not yet read
+SENT = "sent"
 #: source key → target key of every row a content move wrote or adopted, per (source, target) pair and
 #: collection: integer keys as remapped, kept uuid/string keys as identity entries (source_id = target_id), so
 #: the map says which target rows are the pair's own (mirror deletes only those).  ``state`` is ``pending``
 #: (with the ``run_id`` that wrote it and the ``digest`` of the row as written) from before the target's commit
 #: until after it, NULL once committed: a later run keeps a pending entry only when the target row holds what
-#: was written (:meth:`IdMap.confirm`).
+#: was written (:meth:`IdMap.confirm`).  ``state`` ``sent`` marks an integer-keyed row a move through the target's
+#: API sent in a ``POST`` before it knew the key the target would give it (:meth:`IdMap.record_sent`): ``target_id``
+#: is empty, ``run_id`` holds the request's marker (its ``User-Agent``, which CairnCMS records in the
+#: ``directus_activity`` row of each item it creates) and ``digest`` the row's place in the request,
+#: ``<position>/<rows>``; the next run finds what the request created before writing again (:mod:`.sink_api`).
 ID_MAP = sa.Table(
     "cm_content_id_map", _META,
     sa.Column("source", sa.String(64), primary_key=True),
@@ -107,6 +113,20 @@ def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[st
     return first, target if isinstance(target, str) else ident(target)
 
 
+def sent_markers(state_url: str, scope: tuple[str, str]) -> set[str]:
+    """The markers of the write requests a pair's earlier moves sent through the target's API and never saw
+    answered (``sent`` entries, :meth:`IdMap.record_sent`): what a target given by URL must show of its activity."""
+    from ..service.jobs import _state_engine
+
+    engine = _state_engine(state_url)
+    if not sa.inspect(engine).has_table(ID_MAP.name) or "state" not in {
+            c["name"] for c in sa.inspect(engine).get_columns(ID_MAP.name)}:
+        return set()
+    with engine.connect() as conn:
+        return {str(m) for (m,) in conn.execute(sa.select(ID_MAP.c.run_id).distinct().where(
+            ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1], ID_MAP.c.state == SENT))}
+
+
 class IdMap:
     """The ID map of one (source, target) pair.
 
@@ -129,16 +149,24 @@ class IdMap:
         self.known: dict[tuple[str, str], str] = {}
         #: (collection, source_id) → digest of the row a run wrote but did not confirm committed
         self.pending: dict[tuple[str, str], str | None] = {}
+        #: (collection, source_id) → (request marker, position, rows in the request) of a row an earlier run sent
+        #: through the target's API and never saw answered (:meth:`record_sent`)
+        self.sent: dict[tuple[str, str], tuple[str, int, int]] = {}
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(ID_MAP.c.collection, ID_MAP.c.source_id, ID_MAP.c.target_id,
-                                          ID_MAP.c.state, ID_MAP.c.digest).where(
+                                          ID_MAP.c.state, ID_MAP.c.digest, ID_MAP.c.run_id).where(
                 ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
             for r in rows:
+                if r.state == SENT:
+                    position, _, size = str(r.digest or "0/0").partition("/")
+                    self.sent[(r.collection, r.source_id)] = (str(r.run_id), int(position or 0), int(size or 0))
+                    continue
                 self.known[(r.collection, r.source_id)] = r.target_id
                 if r.state == "pending":
                     self.pending[(r.collection, r.source_id)] = r.digest
         self.run_id = uuid.uuid4().hex
         self._mine: set[tuple[str, str]] = set()
+        self._requests = 0
 
     def _adopt_legacy(self, legacy: tuple[str, str]) -> None:
         """Move the rows recorded under the pair's old identity to its stable one (those it lacks)."""
@@ -155,6 +183,53 @@ class IdMap:
             if moved:
                 conn.execute(ID_MAP.insert(), moved)
             conn.execute(ID_MAP.delete().where(where))
+
+    def marker(self) -> str:
+        """A fresh marker for one write request of this run (the run's id and a counter: unique, under 64 chars)."""
+        self._requests += 1
+        return f"{self.run_id}-{self._requests}"
+
+    def record_sent(self, collection: str, marker: str, source_ids: Sequence[Any]) -> None:
+        """Before a ``POST`` of integer-keyed rows through the target's API: each row as ``sent`` with the request's
+        marker and its place in it, committed before the request leaves.  Their target keys are known only from
+        the answer; an answer never read (an interrupt, a kill, a lost connection) leaves these entries, and the
+        next run finds what the request created by its marker (:func:`cairn_migrate.content.sink_api.settle_sent`)
+        instead of creating the rows a second time.  An entry the row had (its target row is gone: it is created
+        again) is replaced."""
+        keys = [(collection, str(s)) for s in source_ids]
+        with self.engine.begin() as conn:
+            for start in range(0, len(keys), 500):
+                conn.execute(ID_MAP.delete().where(
+                    ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
+                    ID_MAP.c.collection == collection,
+                    ID_MAP.c.source_id.in_([s for _, s in keys[start:start + 500]])))
+            conn.execute(ID_MAP.insert(), [
+                {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": "",
+                 "state": SENT, "run_id": marker, "digest": f"{position}/{len(keys)}"}
+                for position, (c, s) in enumerate(keys)])
+        for key in keys:
+            self.known.pop(key, None)
+            self.pending.pop(key, None)
+
+    def resolve_sent(self, found: Mapping[tuple[str, str], str | None], *, persist: bool = True) -> None:
+        """Settle entries :meth:`record_sent` left: ``found`` maps each to the target key its request created, or
+        None (nothing created, or unknowable: forgotten, the walk decides again).  ``persist`` False (a dry run):
+        the map in memory only."""
+        if persist:
+            with self.engine.begin() as conn:
+                for (collection, source_id), target_id in found.items():
+                    where = (ID_MAP.c.source == self.scope[0]) & (ID_MAP.c.target == self.scope[1]) & \
+                        (ID_MAP.c.collection == collection) & (ID_MAP.c.source_id == source_id) & \
+                        (ID_MAP.c.state == SENT)
+                    if target_id is None:
+                        conn.execute(ID_MAP.delete().where(where))
+                    else:
+                        conn.execute(ID_MAP.update().where(where).values(target_id=str(target_id), state=None,
+                                                                         run_id=None, digest=None))
+        for key, target_id in found.items():
+            self.sent.pop(key, None)
+            if target_id is not None:
+                self.known[key] = str(target_id)
 
     def get(self, collection: str, source_id: Any) -> str | None:
         return self.known.get((collection, str(source_id)))

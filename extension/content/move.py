@@ -29,7 +29,7 @@ from . import keys
 from .closure import FILES, USERS, carry_files, compute, load_graph, primary_key
 from .filter import compile_filter, parse
 from .plan import empty_counts, has_changes, match_users, order, schema_differences
-from .sink_api import ApiSink
+from .sink_api import ApiSink, settle_sent
 from .sink_db import DbSink
 from .writer import PlanFirst, Walk
 
@@ -151,11 +151,13 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                 dconn.execution_options(isolation_level="AUTOCOMMIT")
                 transaction = None
                 sink: Any = ApiSink(dst, dconn, client() if write and client else None,
-                                    batch_size=params.get("batch_size") or 100)
+                                    batch_size=params.get("batch_size") or 100, idmap=idmap if write else None)
             else:
                 transaction = dconn.begin()
                 sink = DbSink(dst, dconn)
             try:
+                if idmap.sent:  # rows an earlier run sent through the API, unanswered: what did the target create?
+                    report["resumed"] = settle_sent(idmap, dconn, persist=write or record)
                 closure = compute(src, graph, {r: c(src) for r, c in conditions.items()}, depth, sconn)
                 # --- value transforms (transform.py): files named by asset URLs, masked emails, created users
                 from ..bundle.table_schema import reflect_tables
@@ -399,5 +401,8 @@ def apply(source: Instance, target: Instance, params: Mapping[str, Any], *, stat
     if planned["refused"] or not planned["changes"]:
         return planned | {"dry_run": False}
     (progress or NullProgress()).progress(bytes_total=planned["files"]["bytes"])
-    return run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
-               function=function, client=client, target_view=target_view)
+    report = run(source, target, params, state_url=state_url, write=True, progress=progress, bundle=bundle,
+                 function=function, client=client, target_view=target_view)
+    if planned.get("resumed"):  # the plan settled an earlier run's unanswered writes: the report says so
+        report["resumed"] = planned["resumed"]
+    return report

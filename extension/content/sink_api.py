@@ -11,6 +11,13 @@ row's metadata, the stored object then checked against the source (size + SHA-25
 rewritten, ``--transform`` applied by the walk), the same rows the database sink writes.  Requests run in the
 client's bounded pool; :meth:`ApiSink.flush` is the barrier the walk calls at the end of a collection.
 
+A ``POST`` of integer-keyed rows cannot be repeated blindly: the target numbers the rows, and an answer
+never read (an interrupt after the grace, a kill, a lost connection) leaves rows the ID map does not know.  So
+each such request carries a marker as its ``User-Agent`` (CairnCMS writes it into the ``directus_activity`` row
+of every item it creates, in the request's transaction), its rows are recorded ``sent`` with that marker before
+it leaves (:meth:`~cairn_migrate.content.keys.IdMap.record_sent`), and the next run settles them first
+(:func:`settle_sent`): the target keys the request created, read from the activity rows, or nothing created.
+
 Columns the target sets itself on this path (``date-created``/``user-created``/``date-updated``/
 ``user-updated``/``role-*`` specials; a file's ``filename_disk``, ``uploaded_by``, ``modified_*`` and
 ``filesize``) are neither sent nor compared: the API overwrites them, so comparing them would make every
@@ -19,6 +26,7 @@ re-run an update.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,8 +36,9 @@ from ..bundle.table_schema import TableDef
 from ..errors import MigrateError
 from ..instance.database import Database
 from ..instance.storage import Location
-from .api_client import DEFAULT_BATCH, ApiClient
+from .api_client import DEFAULT_BATCH, AlreadyDone, ApiClient
 from .closure import FILES, FOLDERS
+from .keys import IdMap
 from .sink_db import Done
 
 #: specials whose values CairnCMS's payload service sets on create or update
@@ -37,6 +46,88 @@ SERVER_SPECIALS = frozenset({"date-created", "user-created", "role-created", "da
                              "role-updated"})
 #: what ``/files`` sets itself (``SERVER_CONTROLLED_FIELDS``, the object's stat, the caller)
 FILES_CONTROLLED = frozenset({"filename_disk", "uploaded_by", "modified_by", "modified_on", "filesize"})
+
+
+def agent(marker: str) -> str:
+    """The ``User-Agent`` of a marked write request (CairnCMS keeps 255 characters of it in ``directus_activity``)."""
+    return f"cairn-migrate content-move {marker}"
+
+
+def settle_sent(idmap: IdMap, conn: sa.Connection, *, persist: bool = True) -> dict[str, Any]:
+    """Settle the rows an earlier move sent through the target's API without reading the answer (``sent`` entries
+    of the ID map), before this run decides anything: a request's rows are the items CairnCMS created for it, as
+    its ``directus_activity`` rows with the request's marker say (``action`` create, in creation order, which is
+    the order the rows were sent); none: the request's transaction never committed, the rows are created again.
+
+    Returns the report's ``resumed``: per collection the rows found (``found``), found not written
+    (``not_written``), rows a gateway's retry wrote twice (``written_twice``: the extra target keys, left alone),
+    and the source keys it cannot tell (``uncertain``: a collection that keeps no activity, its ``accountability``
+    NULL, or a target without a ``directus_activity`` to read): the walk then matches them like any row the map
+    does not know (a unique column, a junction pair, every column equal), else creates them, possibly a second
+    time, and the report says which.
+
+    :param conn: the target's database, or the mirror of a target given by URL (which holds the activity of the
+        marked requests: :func:`cairn_migrate.content.api_source.open_target`).
+    :param persist: False in a dry run: the entries stay for the real run.
+    """
+    if not idmap.sent:
+        return {}
+    requests_: dict[str, list[tuple[str, str, int, int]]] = {}
+    for (collection, source_id), (marker, position, size) in idmap.sent.items():
+        requests_.setdefault(marker, []).append((collection, source_id, position, size))
+    inspector = sa.inspect(conn)
+    logged = inspector.has_table("directus_activity") and inspector.has_table("directus_collections")
+    untracked: set[str] = set()  # collections whose accountability is NULL: CairnCMS writes them no activity
+    created: dict[tuple[str, str], list[str]] = {}
+    if logged:
+        untracked = {str(c) for c, a in conn.execute(sa.text(
+            "SELECT collection, accountability FROM directus_collections")) if a is None}
+        activity = sa.table("directus_activity", sa.column("id"), sa.column("action"), sa.column("collection"),
+                            sa.column("item"), sa.column("user_agent"))
+        markers = sorted(requests_)
+        for start in range(0, len(markers), 200):
+            agents = {agent(m): m for m in markers[start:start + 200]}
+            query = sa.select(activity.c.user_agent, activity.c.collection, activity.c.item).where(
+                activity.c.action == "create", activity.c.user_agent.in_(list(agents))).order_by(activity.c.id)
+            for user_agent, collection, item in conn.execute(query):
+                created.setdefault((agents[user_agent], str(collection)), []).append(str(item))
+    found: dict[tuple[str, str], str | None] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for marker, entries in requests_.items():
+        for collection, source_id, position, size in entries:
+            counts = report.setdefault(collection, {"found": 0, "not_written": 0, "written_twice": [],
+                                                    "uncertain": []})
+            items = created.get((marker, collection), [])
+            if not logged or collection in untracked or (items and (not size or len(items) % size)):
+                counts["uncertain"].append(source_id)  # no activity to read, or not the request's rows alone
+                found[(collection, source_id)] = None
+            elif not items:
+                counts["not_written"] += 1
+                found[(collection, source_id)] = None
+            else:
+                counts["found"] += 1
+                found[(collection, source_id)] = items[position]
+                if position == 0 and len(items) > size:  # a retry after a gateway's 502/504 wrote it again
+                    counts["written_twice"].extend(items[size:])
+    idmap.resolve_sent(found, persist=persist)
+    for counts in report.values():
+        counts["uncertain"].sort(key=lambda k: (len(k), k))
+        counts["written_twice"].sort(key=lambda k: (len(k), k))
+    return report
+
+
+def _created_by(client: ApiClient, collection: str, user_agent: str, rows: int) -> None:
+    """Before a marked POST is sent again: the items an earlier attempt created, from the target's
+    ``directus_activity`` (``GET /activity``, by the request's ``User-Agent``); raises :class:`AlreadyDone` with
+    their keys when the attempt was applied (a gateway answered 502/504, or the connection dropped, after
+    CairnCMS committed), so the rows are not created a second time."""
+    response = client.request("GET", "/activity", params={
+        "fields": "item", "sort": "id", "limit": -1,
+        "filter": json.dumps({"action": {"_eq": "create"}, "collection": {"_eq": collection},
+                              "user_agent": {"_eq": user_agent}})})
+    items = (response.json().get("data") or []) if response.content else []
+    if len(items) >= rows:
+        raise AlreadyDone([int(item["item"]) for item in items[:rows]])
 
 
 def path(collection: str) -> str:
@@ -57,9 +148,11 @@ class ApiSink:
     concurrent = True
 
     def __init__(self, dst: Database, conn: sa.Connection, client: ApiClient | None, *,
-                 batch_size: int = DEFAULT_BATCH) -> None:
+                 batch_size: int = DEFAULT_BATCH, idmap: IdMap | None = None) -> None:
         self.client = client
         self.batch_size = batch_size
+        #: where an integer-keyed batch is recorded ``sent`` before its POST (:meth:`IdMap.record_sent`)
+        self.idmap = idmap
         self._controlled: dict[str, set[str]] = {}
         query = sa.select(sa.column("collection"), sa.column("field"), sa.column("special")).select_from(
             sa.table("directus_fields")).where(sa.column("special").is_not(None))
@@ -90,9 +183,21 @@ class ApiSink:
         for offset, chunk in zip(range(0, len(rows), self.batch_size), _chunks(rows, self.batch_size)):
             body = [{n: v for n, v in row.items() if not (integer and n == pk)} for row in chunk]
             params = {"fields": pk, "sort": pk, "limit": -1}
+            headers: dict[str, str] = {}
+            if integer and self.idmap is not None:  # recorded before it leaves: an unread answer is found again
+                marker = self.idmap.marker()
+                self.idmap.record_sent(name, marker, [row[pk] for row in chunk])
+                headers["User-Agent"] = agent(marker)
 
-            def post(body: list[dict[str, Any]] = body) -> list[Any]:
-                response = client.request("POST", path(name), json=body, params=params)
+            def post(body: list[dict[str, Any]] = body, headers: dict[str, str] = headers) -> list[Any]:
+                check = None
+                if "User-Agent" in headers:  # before a retry: did the lost attempt create the rows already?
+                    check = lambda: _created_by(client, name, headers["User-Agent"], len(body))  # noqa: E731
+                try:
+                    response = client.request("POST", path(name), json=body, params=params, headers=headers,
+                                              before_retry=check)
+                except AlreadyDone as done_before:
+                    return list(done_before.result)
                 data = response.json()["data"] if response.content else None
                 if not isinstance(data, list) or len(data) != len(body):
                     raise MigrateError(f"The target answered POST {path(name)} without the {len(body)} created rows",

@@ -68,9 +68,21 @@ def _move(ctx: Any, p: dict[str, Any]) -> Iterator[tuple[Any, Any, dict[str, Any
                     check_distinct(source, p["to"], p.get("to_url"))
         if target is None:  # a running target given by URL (via api): a mirror of what the move may read
             view = stack.enter_context(open_target(p["to"], ctx.secret("to_token") or p.get("to_token"),
-                                                   _involved(source, params), progress=ctx.progress))
+                                                   _involved(source, params), progress=ctx.progress,
+                                                   agents=_unanswered(ctx, p["to"], source, extras)))
             target, extras["target_view"] = view.instance, view
         yield source, target, params, extras
+
+
+def _unanswered(ctx: Any, url: str, source: Any, extras: dict[str, Any]) -> set[str]:
+    """The ``User-Agent`` markers of the write requests an earlier move of this pair sent to the target at ``url``
+    without reading the answer: their activity is mirrored with the target (``sink_api.settle_sent``)."""
+    from ..content import keys
+    from ..content.api_source import url_scope
+    from ..content.sink_api import agent
+
+    origin = extras["bundle"].scope if extras.get("bundle") is not None else source
+    return {agent(m) for m in keys.sent_markers(ctx.state_url, keys.pair_identity(origin, url_scope(url)))}
 
 
 def _involved(source: Any, params: dict[str, Any]) -> list[str]:
