@@ -38,12 +38,14 @@ from cairn_migrate.testing import build_sqlite_instance
 class Recorder:
     """A local HTTP server answering ``GET /items/things`` from 7 rows as CairnCMS would (``sort``, ``limit``,
     ``filter`` with ``_gt``/``_and``; ``offset`` and ``page`` honoured too, so a reader using them would pass the
-    row check but not the parameter check), recording every query string."""
+    row check but not the parameter check), recording every query string; the ``aggregate[count]`` a reader asks
+    first (its ceiling on the rows it accepts) is answered as CairnCMS does and recorded apart, in ``counts``."""
 
     ROWS = [{"id": i, "name": f"thing {i}"} for i in (2, 3, 5, 8, 13, 21, 34)]
 
     def __init__(self, admin: bool = True, rows: list[dict[str, Any]] | None = None) -> None:
         self.queries: list[dict[str, list[str]]] = []
+        self.counts: list[dict[str, list[str]]] = []
         self.ROWS = rows or self.ROWS
         recorder = self
 
@@ -57,7 +59,8 @@ class Recorder:
                 if parts.path == "/users/me":
                     body = {"data": {"id": "u", "role": {"admin_access": admin}}}
                 else:
-                    recorder.queries.append(query)
+                    counting = "aggregate[count]" in query  # a reader's ceiling, asked first
+                    (recorder.counts if counting else recorder.queries).append(query)
                     rows = list(recorder.ROWS)
                     spec = json.loads(query["filter"][0]) if "filter" in query else {}
                     for clause in spec.get("_and", [spec]):
@@ -65,6 +68,7 @@ class Recorder:
                             rows = [r for r in rows if r["id"] > clause["id"]["_gt"]]
                         if "_in" in clause.get("id", {}):
                             rows = [r for r in rows if r["id"] in clause["id"]["_in"]]
+                    matching = len(rows)
                     rows.sort(key=lambda r: r[query.get("sort", ["id"])[0]])
                     limit = int(query.get("limit", ["100"])[0])
                     limit = len(rows) if limit == -1 else limit
@@ -72,7 +76,7 @@ class Recorder:
                     rows = rows[start:start + limit]
                     if query.get("fields") == ["id"]:
                         rows = [{"id": r["id"]} for r in rows]
-                    body = {"data": rows}
+                    body = {"data": [{"count": matching}] if counting else rows}
                 payload = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
