@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..instance.database import Database
 from ..service.state import create_tables
+from .spill import CHUNK, Spill, chunks
 
 _META = sa.MetaData()
 #: source key → target key of every row a content move wrote or adopted, per (source, target) pair and
@@ -108,14 +109,20 @@ def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[st
 
 
 class IdMap:
-    """The ID map of one (source, target) pair.
+    """The ID map of one (source, target) pair, read once from the state store into the move's
+    :class:`~cairn_migrate.content.spill.Spill` (a pair's map holds a row per row ever moved: kept in memory it
+    grew with every run) and looked up there a batch at a time.  The copy is the map as the run found it, with
+    what :meth:`confirm` and :meth:`forget` changed; :meth:`save` writes to the state store only: a run saves
+    its entries once, at its end, and never reads them back (so the copy also answers :meth:`owned_before`).
 
     :param scope: the pair's identities (:func:`~cairn_migrate.service.state.database_identity` of each side).
+    :param spill: the move's scratch database, where the map is read from during the move.
     :param legacy: the pair as earlier versions named it (``instance_scope``, tied to the host's spelling):
         its rows are moved to ``scope`` the first time, so an upgrade keeps the map.
     """
 
-    def __init__(self, state_url: str, scope: tuple[str, str], legacy: tuple[str, str] | None = None) -> None:
+    def __init__(self, state_url: str, scope: tuple[str, str], spill: Spill,
+                 legacy: tuple[str, str] | None = None) -> None:
         from ..service.jobs import _state_engine
         from ..service.state import add_missing_column
 
@@ -124,21 +131,19 @@ class IdMap:
         for name in ("state", "run_id", "digest"):
             add_missing_column(self.engine, ID_MAP, name)
         self.scope = scope
+        self.spill = spill
         if legacy is not None and legacy != scope:
             self._adopt_legacy(legacy)
-        self.known: dict[tuple[str, str], str] = {}
-        #: (collection, source_id) → digest of the row a run wrote but did not confirm committed
-        self.pending: dict[tuple[str, str], str | None] = {}
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(ID_MAP.c.collection, ID_MAP.c.source_id, ID_MAP.c.target_id,
                                           ID_MAP.c.state, ID_MAP.c.digest).where(
-                ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
-            for r in rows:
-                self.known[(r.collection, r.source_id)] = r.target_id
-                if r.state == "pending":
-                    self.pending[(r.collection, r.source_id)] = r.digest
+                ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]).execution_options(yield_per=5000))
+            spill.executemany(
+                "INSERT INTO idmap (collection, source_id, target_id, pending, digest) VALUES (?, ?, ?, ?, ?)",
+                ((r.collection, r.source_id, r.target_id, int(r.state == "pending"), r.digest) for r in rows))
+        #: entries an earlier run left pending (it stopped between its record and the target's commit)
+        self.left_pending = int(spill.execute("SELECT count(*) FROM idmap WHERE pending = 1").fetchone()[0])
         self.run_id = uuid.uuid4().hex
-        self._mine: set[tuple[str, str]] = set()
 
     def _adopt_legacy(self, legacy: tuple[str, str]) -> None:
         """Move the rows recorded under the pair's old identity to its stable one (those it lacks)."""
@@ -157,18 +162,32 @@ class IdMap:
             conn.execute(ID_MAP.delete().where(where))
 
     def get(self, collection: str, source_id: Any) -> str | None:
-        return self.known.get((collection, str(source_id)))
+        row = self.spill.execute("SELECT target_id FROM idmap WHERE collection = ? AND source_id = ?",
+                                 [collection, str(source_id)]).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_many(self, collection: str, source_ids: Iterable[Any]) -> dict[str, str]:
+        """``str(source_id) → target_id`` of those of ``source_ids`` the map knows (a query per 500)."""
+        out: dict[str, str] = {}
+        for batch in chunks({str(s) for s in source_ids}):
+            out.update(self.spill.execute(
+                f"SELECT source_id, target_id FROM idmap WHERE collection = ? AND source_id IN "
+                f"({','.join('?' * len(batch))})", [collection, *batch]).fetchall())
+        return out
 
     def is_pending(self, collection: str, source_id: Any) -> bool:
-        return (collection, str(source_id)) in self.pending
+        return self.spill.execute("SELECT 1 FROM idmap WHERE collection = ? AND source_id = ? AND pending = 1",
+                                  [collection, str(source_id)]).fetchone() is not None
 
     def confirm(self, collection: str, source_id: Any, digest: str | None) -> bool:
         """Resolve a pending entry: kept (and committed) when the target row's ``digest`` is the one written,
         else forgotten (the write it records never committed).  Returns whether it is kept."""
-        key = (collection, str(source_id))
-        if key not in self.pending:
-            return key in self.known
-        ok = digest is not None and digest == self.pending[key]
+        key = [collection, str(source_id)]
+        row = self.spill.execute("SELECT pending, digest FROM idmap WHERE collection = ? AND source_id = ?",
+                                 key).fetchone()
+        if row is None or not row[0]:
+            return row is not None
+        ok = digest is not None and digest == row[1]
         with self.engine.begin() as conn:
             where = (ID_MAP.c.source == self.scope[0]) & (ID_MAP.c.target == self.scope[1]) & \
                 (ID_MAP.c.collection == key[0]) & (ID_MAP.c.source_id == key[1])
@@ -176,56 +195,78 @@ class IdMap:
                 conn.execute(ID_MAP.update().where(where).values(state=None, run_id=None))
             else:
                 conn.execute(ID_MAP.delete().where(where))
-                self.known.pop(key, None)
-        self.pending.pop(key)
+        if ok:
+            self.spill.execute("UPDATE idmap SET pending = 0 WHERE collection = ? AND source_id = ?", key)
+        else:
+            self.spill.execute("DELETE FROM idmap WHERE collection = ? AND source_id = ?", key)
+        self.left_pending -= 1
         return ok
 
-    def owned(self, collection: str) -> dict[str, str]:
-        """source_id → target_id of the rows of ``collection`` this pair's moves wrote or adopted."""
-        return {s: t for (c, s), t in self.known.items() if c == collection}
+    def owned(self, collection: str) -> Iterator[tuple[str, str]]:
+        """``(source_id, target_id)`` of the rows of ``collection`` this pair's moves wrote or adopted, a page at
+        a time."""
+        last: list[str] = []
+        while True:
+            page = self.spill.execute(
+                "SELECT source_id, target_id FROM idmap WHERE collection = ?"
+                + (" AND source_id > ?" if last else "") + " ORDER BY source_id LIMIT ?",
+                [collection, *last, CHUNK]).fetchall()
+            if not page:
+                return
+            yield from page
+            last = [page[-1][0]]
+
+    def owned_targets(self, collection: str, targets: Iterable[Any]) -> set[Any]:
+        """Which of ``targets`` (target keys of ``collection``) the map gives a source row of this pair."""
+        wanted = {str(t): t for t in targets}
+        found: set[Any] = set()
+        for batch in chunks(wanted):
+            found.update(wanted[t] for (t,) in self.spill.execute(
+                f"SELECT target_id FROM idmap WHERE collection = ? AND target_id IN ({','.join('?' * len(batch))})",
+                [collection, *batch]))
+        return found
+
+    def owned_before(self, collection: str, source_id: Any) -> bool:
+        """Whether the map gave this pair the source row before this run."""
+        return self.spill.execute("SELECT 1 FROM idmap WHERE collection = ? AND source_id = ?",
+                                  [collection, str(source_id)]).fetchone() is not None
 
     def forget(self, entries: Iterable[tuple[str, Any]]) -> None:
         """Drop entries (rows a mirror deleted)."""
-        gone = [(c, str(s)) for c, s in entries if (c, str(s)) in self.known]
-        if not gone:
-            return
         with self.engine.begin() as conn:
-            for collection, source_id in gone:
+            for collection, source_id in entries:
                 conn.execute(ID_MAP.delete().where(
                     ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
-                    ID_MAP.c.collection == collection, ID_MAP.c.source_id == source_id))
-                self.known.pop((collection, source_id), None)
+                    ID_MAP.c.collection == collection, ID_MAP.c.source_id == str(source_id)))
+                self.spill.execute("DELETE FROM idmap WHERE collection = ? AND source_id = ?",
+                                   [collection, str(source_id)])
 
-    def save(self, entries: Mapping[tuple[str, Any], Any], *, pending: bool = False,
-             digests: Mapping[tuple[str, Any], str] | None = None) -> int:
-        """Record where source rows went (``(collection, source_id) → target_id``); returns how many changed.
+    def save(self, entries: Iterable[tuple[str, Any, Any, str | None]], *, pending: bool = False) -> int:
+        """Record where source rows went (``(collection, source_id, target_id, digest)``); returns how many changed.
 
-        ``pending``: before the target's commit, marked with this run's id and the rows' digests
-        (:meth:`commit` clears the mark after the commit)."""
-        digests = {(c, str(s)): d for (c, s), d in (digests or {}).items()}
-        changed = {(c, str(s)): str(t) for (c, s), t in entries.items()
-                   if self.known.get((c, str(s))) != str(t)}
-        if not changed:
-            return 0
+        Streamed a batch at a time, in one state-store transaction.  ``pending``: before the target's commit,
+        marked with this run's id and the rows' digests (:meth:`commit` clears the mark after the commit)."""
+        total = 0
         with self.engine.begin() as conn:
-            stale: dict[str, list[str]] = {}  # the entries replaced, deleted in batches per collection
-            for collection, source_id in changed:
-                stale.setdefault(collection, []).append(source_id)
-            for collection, source_ids in stale.items():
-                for start in range(0, len(source_ids), 500):
+            for batch in chunks(entries):
+                by_collection: dict[str, list[tuple[str, str, str | None]]] = {}
+                for collection, source_id, target_id, digest in batch:
+                    by_collection.setdefault(collection, []).append((str(source_id), str(target_id), digest))
+                for collection, items in by_collection.items():
+                    known = self.get_many(collection, (s for s, _, _ in items))
+                    changed = [(s, t, d) for s, t, d in items if known.get(s) != t]
+                    if not changed:
+                        continue
                     conn.execute(ID_MAP.delete().where(
                         ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
-                        ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_(source_ids[start:start + 500])))
-            conn.execute(ID_MAP.insert(), [
-                {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": t,
-                 "state": "pending" if pending else None, "run_id": self.run_id if pending else None,
-                 "digest": digests.get((c, s)) if pending else None}
-                for (c, s), t in changed.items()])
-        self.known.update(changed)
-        if pending:
-            self.pending.update({k: digests.get(k) for k in changed})
-            self._mine.update(changed)
-        return len(changed)
+                        ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_([s for s, _, _ in changed])))
+                    conn.execute(ID_MAP.insert(), [
+                        {"source": self.scope[0], "target": self.scope[1], "collection": collection, "source_id": s,
+                         "target_id": t, "state": "pending" if pending else None,
+                         "run_id": self.run_id if pending else None, "digest": d if pending else None}
+                        for s, t, d in changed])
+                    total += len(changed)
+        return total
 
     def commit(self) -> None:
         """The target committed: this run's pending entries are the pair's now."""
@@ -233,9 +274,6 @@ class IdMap:
             conn.execute(ID_MAP.update().where(
                 ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
                 ID_MAP.c.run_id == self.run_id).values(state=None, run_id=None))
-        for key in self._mine:
-            self.pending.pop(key, None)
-        self._mine = set()
 
     def discard(self) -> None:
         """The target rolled back: forget this run's pending entries."""
@@ -243,7 +281,3 @@ class IdMap:
             conn.execute(ID_MAP.delete().where(
                 ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
                 ID_MAP.c.run_id == self.run_id, ID_MAP.c.state == "pending"))
-        for key in self._mine:
-            self.known.pop(key, None)
-            self.pending.pop(key, None)
-        self._mine = set()
