@@ -7,6 +7,7 @@ from typing import Any
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from servers import USED, MARIADB_ADMIN_URL, MARIADB_USER, PG_ADMIN_URL, ensure_mariadb_user, probe, record, server_missing
 
 from cairn_migrate.testing import (
@@ -89,6 +90,36 @@ def make_instance(vendor: str, dest: Path, request: pytest.FixtureRequest, *, sq
         database["DB_USER"], database["DB_PASSWORD"] = MARIADB_USER
     copy_uploads(fixture, dest)
     return write_env(dest / ".env", instance_env(fixture, database, extra_env))
+
+
+def query(env: Path, sql: str, **params: Any) -> list[Any]:
+    """Run ``sql`` in the database of the instance whose ``.env`` is ``env`` (committed); its rows, if any.
+
+    The process environment is left out (``environ={}``), so only the ``.env`` names the database.
+    """
+    from cairn_migrate.instance.database import Database
+    from cairn_migrate.instance.instance import Instance
+
+    with Database.open(Instance.from_env_file(env, environ={})) as db, db.engine.begin() as conn:
+        result = conn.execute(sa.text(sql), params)
+        return list(result.all()) if result.returns_rows else []
+
+
+def populated_postgres_target(name: str, base: Path, request: pytest.FixtureRequest, url: str, token: str) -> Path:
+    """The recorded PostgreSQL instance under ``base/name``, served at ``url``, its content renamed.
+
+    Its articles, authors and tags keep their keys but get other slugs, emails and names (``pg-``/``PG ``),
+    so a move into it must renumber integer keys rather than match the source's rows; the admin's
+    static token is ``token``.
+    """
+    target = make_instance("postgres", base / name, request,
+                           extra_env={"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1], "PUBLIC_URL": url,
+                                      "LOG_STYLE": "raw"})
+    query(target, "UPDATE articles SET slug = 'pg-' || slug, title = 'PG ' || title")
+    query(target, "UPDATE authors SET email = 'pg-' || email, name = 'PG ' || name")
+    query(target, "UPDATE tags SET slug = 'pg-' || slug, name = 'PG ' || name")
+    query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=token)
+    return target
 
 
 @pytest.fixture

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_instance import COLLECTION, LiveInstance
+from live_instance import ADMIN_TOKEN, COLLECTION, LiveInstance
 from test_admin_module_browser import CHROMIUM_ARGS, OUTPUT, copy_instance, log_in, open_module
 
 HTTP_PATHS = "CAIRN_MIGRATE_HTTP_PATHS"
 PEERS = "CAIRN_MIGRATE_PEERS"
 MOVED = "moved from the source"
+THROUGH_API = "moved through the api"
 SYNCED = "synced from the source"
 PROFILE = "articles-sync"
 
@@ -191,6 +192,43 @@ def test_content_move_plans_first_then_applies(page: Any, instance: LiveInstance
         assert target_titles(instance, MOVED) == titles  # nothing more moved
     finally:
         delete_target_rows(instance, MOVED)
+
+
+def test_content_move_through_the_target_api(page: Any, instance: LiveInstance, source: Path) -> None:
+    """"Write through: its API" needs an admin token of the target, says the apply is not one transaction,
+    and the rows arrive through CairnCMS's own API: each create is in its activity log (a database write is not)."""
+    titles = [f"{THROUGH_API} {n}" for n in (1, 2)]
+    add_source_rows(source, titles)
+    try:
+        open_module(page, instance)
+        wait_for_default_target(page, "content-to", instance)
+        page.fill("[data-testid=content-from]", str(source))
+        page.check(f"[data-testid=content-collection-{COLLECTION}]")
+        page.fill("[data-testid=content-filter]", json.dumps({"title": {"_contains": THROUGH_API}}))
+        assert not page.is_visible("[data-testid=content-to-token]")  # a .env target: its database by default
+        page.select_option("[data-testid=content-via]", "api")
+        page.click("[data-testid=plan-content] button")
+        error = page.wait_for_selector("[data-testid=content-error]").inner_text()
+        assert "needs an admin token of the target" in error, error
+        page.fill("[data-testid=content-to-token]", ADMIN_TOKEN)
+        plan = show_content_plan(page)
+        assert counts(page, "content-plan", COLLECTION)["created"] == 2, plan.inner_text()
+        warning = page.inner_text("[data-testid=content-apply-warning]")
+        assert "through the API" in warning and "not one transaction" in warning, warning
+
+        page.click("[data-testid=apply-content] button")
+        done = page.wait_for_selector("[data-testid=job][data-panel=content][data-state=succeeded]", timeout=120_000)
+        job = instance.request("GET", f"/migrate/jobs/{done.get_attribute('data-job-id')}").json()
+        assert job["params"]["via"] == "api" and "to_token" not in job["params"], job["params"]  # a secret, never stored
+        assert target_titles(instance, THROUGH_API) == titles
+        ids = [str(row["id"]) for row in instance.request("GET", f"/items/{COLLECTION}", params={
+            "filter": json.dumps({"title": {"_contains": THROUGH_API}}), "fields": "id", "limit": -1}).json()["data"]]
+        activity = instance.request("GET", "/activity", params={"filter": json.dumps(
+            {"collection": {"_eq": COLLECTION}, "action": {"_eq": "create"}, "item": {"_in": ids}}), "limit": -1})
+        assert activity.status_code == 200, activity.text
+        assert sorted(a["item"] for a in activity.json()["data"]) == sorted(ids)
+    finally:
+        delete_target_rows(instance, THROUGH_API)
 
 
 @contextlib.contextmanager

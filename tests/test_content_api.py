@@ -27,7 +27,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import FIXTURES, make_instance
+from conftest import FIXTURES, populated_postgres_target, query
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from cairn_migrate.cli import cli
@@ -45,12 +45,6 @@ MOVED = ("articles", "authors", "tags", "articles_tags", "articles_translations"
 #: copies the source's values, the api path leaves them to the target, so they are not compared
 SERVER_SET = {"date_created", "date_updated", "filename_disk", "uploaded_by", "modified_on", "modified_by"}
 FLOW_MESSAGE = "content-api-flow-saw-article"
-
-
-def query(env: Path, sql: str, **params: Any) -> list[Any]:
-    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
-        result = conn.execute(sa.text(sql), params)
-        return list(result.all()) if result.returns_rows else []
 
 
 # --------------------------------------------------------------------------- a proxy that injects failures
@@ -139,17 +133,6 @@ class Targets:
         return self.move(self.by_api, "--via", "api", "--to-token", TOKEN, *args)
 
 
-def _populated_target(name: str, base: Path, request: pytest.FixtureRequest, url: str) -> Path:
-    target = make_instance("postgres", base / name, request,
-                           extra_env={"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1], "PUBLIC_URL": url,
-                                      "LOG_STYLE": "raw"})
-    query(target, "UPDATE articles SET slug = 'pg-' || slug, title = 'PG ' || title")
-    query(target, "UPDATE authors SET email = 'pg-' || email, name = 'PG ' || name")
-    query(target, "UPDATE tags SET slug = 'pg-' || slug, name = 'PG ' || name")
-    query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
-    return target
-
-
 def _flow(url: str) -> None:
     """An active flow on the target: an ``items.create`` action hook on articles that logs each key."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -172,8 +155,8 @@ def targets(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, reques
     base = tmp_path_factory.mktemp("content-api")
     source = build_sqlite_instance(FIXTURES / "sqlite", base / "src")
     url = f"http://127.0.0.1:{free_port()}"
-    by_db = _populated_target("by-db", base, request, f"http://127.0.0.1:{free_port()}")  # never booted
-    by_api = _populated_target("by-api", base, request, url)
+    by_db = populated_postgres_target("by-db", base, request, f"http://127.0.0.1:{free_port()}", TOKEN)  # never booted
+    by_api = populated_postgres_target("by-api", base, request, url, TOKEN)
     (by_api.parent / "package.json").write_text('{"name": "content-api-target", "private": true}\n')
     log = base / "cairncms.log"
     server = start_server(cairncms, by_api.parent, url, server_env(), log)

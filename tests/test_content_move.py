@@ -20,7 +20,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import FIXTURES, make_instance
+from conftest import FIXTURES, make_instance, query
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from cairn_migrate.cli import cli
@@ -57,11 +57,6 @@ class Pair:
         return response.json()["data"] if response.headers.get("content-type", "").startswith("application/json") \
             else response.content
 
-
-def query(env: Path, sql: str, **params: Any) -> list[Any]:
-    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
-        result = conn.execute(sa.text(sql), params)
-        return list(result.all()) if result.returns_rows else []
 
 
 @pytest.fixture(scope="module")

@@ -203,6 +203,7 @@ def test_pending_id_map_entries_are_kept_only_when_the_target_holds_what_was_wri
 def test_the_id_map_identity_does_not_depend_on_the_hosts_spelling(tmp_path: Path) -> None:
     """W5: localhost and 127.0.0.1 are one database; rows of the old, spelling-bound identity move over."""
     from cairn_migrate.content.keys import ID_MAP, IdMap
+    from cairn_migrate.content.spill import Spill
     from cairn_migrate.instance.instance import Instance
     from cairn_migrate.service.state import database_identity, instance_scope
 
@@ -217,10 +218,12 @@ def test_the_id_map_identity_does_not_depend_on_the_hosts_spelling(tmp_path: Pat
     assert instance_scope(by_name) != instance_scope(by_address)  # jobs keep their scope
     assert database_identity(by_name) == database_identity(by_address)
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    old = IdMap(url, ("s", instance_scope(by_name)))
-    old.save({("tags", 1): 7})
-    fresh = IdMap(url, ("s", database_identity(by_address)), legacy=("s", instance_scope(by_name)))
-    assert fresh.get("tags", 1) == "7"
+    with Spill.open() as spill:
+        old = IdMap(url, ("s", instance_scope(by_name)), spill)
+        old.save([("tags", 1, 7, None)])
+    with Spill.open() as spill:
+        fresh = IdMap(url, ("s", database_identity(by_address)), spill, legacy=("s", instance_scope(by_name)))
+        assert fresh.get("tags", 1) == "7"
     with fresh.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ID_MAP).where(
             ID_MAP.c.target == instance_scope(by_name))).scalar() == 0

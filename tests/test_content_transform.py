@@ -18,15 +18,12 @@ from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import FIXTURES, make_empty_instance, make_instance
+from conftest import FIXTURES, make_empty_instance, make_instance, query
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from cairn_migrate.cli import cli
 from cairn_migrate.content.transform import UrlRewriter
-from cairn_migrate.instance.database import Database
-from cairn_migrate.instance.instance import Instance
 from cairn_migrate.testing import build_sqlite_instance
 
 TOKEN = "content-transform-admin-token-0123456789"
@@ -38,11 +35,6 @@ INLINE = "4c1de9a0-5b7e-4f0a-9d3c-2e8f6a1b7c55"
 ARTICLE = "5a5a5a5a-0000-4000-8000-00000000a001"
 PUBLISHED = '{"status": {"_eq": "published"}}'
 
-
-def query(env: Path, sql: str, **params: Any) -> list[Any]:
-    with Database.open(Instance.from_env_file(env, environ={})) as db, db.engine.begin() as conn:
-        result = conn.execute(sa.text(sql), params)
-        return list(result.all()) if result.returns_rows else []
 
 
 def move(source: Path, target: Path, state: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, Any]:

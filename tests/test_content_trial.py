@@ -32,27 +32,19 @@ from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import FIXTURES, make_instance
+from conftest import FIXTURES, populated_postgres_target, query
 from live_instance import Platform, free_port, server_env, start_server, stop_process
 
 from live_instance import CLI
 
 from cairn_migrate.cli import cli
-from cairn_migrate.instance.database import Database
-from cairn_migrate.instance.instance import Instance
 from cairn_migrate.testing import build_sqlite_instance
 
 TOKEN = "content-trial-admin-token-0123456789"
 EDITOR_TOKEN = "content-trial-editor-token-0123456789"
 PUBLISHED = '{"status": {"_eq": "published"}}'
 
-
-def query(env: Path, sql: str, **params: Any) -> list[Any]:
-    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
-        result = conn.execute(sa.text(sql), params)
-        return list(result.all()) if result.returns_rows else []
 
 
 @dataclass
@@ -74,24 +66,14 @@ class Trial:
                         "--filter", PUBLISHED, *args)
 
 
-def _target(name: str, base: Path, request: pytest.FixtureRequest, url: str) -> Path:
-    target = make_instance("postgres", base / name, request,
-                           extra_env={"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1], "PUBLIC_URL": url,
-                                      "LOG_STYLE": "raw"})
-    query(target, "UPDATE articles SET slug = 'pg-' || slug, title = 'PG ' || title")
-    query(target, "UPDATE authors SET email = 'pg-' || email, name = 'PG ' || name")
-    query(target, "UPDATE tags SET slug = 'pg-' || slug, name = 'PG ' || name")
-    query(target, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
-    return target
-
 
 @pytest.fixture(scope="module")
 def trial(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Trial]:
     base = tmp_path_factory.mktemp("content-trial")
     source = build_sqlite_instance(FIXTURES / "sqlite", base / "src")
     url = f"http://127.0.0.1:{free_port()}"
-    served = _target("served", base, request, url)
-    other = _target("other", base, request, url)  # the same PUBLIC_URL: what a copied .env often says
+    served = populated_postgres_target("served", base, request, url, TOKEN)
+    other = populated_postgres_target("other", base, request, url, TOKEN)  # the same PUBLIC_URL: what a copied .env often says
     # a non-admin on the served target, with its own static token
     role = str(uuid.uuid4())
     query(served, "INSERT INTO directus_roles (id, name, key, icon, admin_access, app_access) "

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import make_instance
+from conftest import make_instance, query
 from live_instance import free_port
 from test_promote_extras_live import ONLY, TRANSLATIONS, source_with_extras
 
@@ -41,11 +40,6 @@ def promote(source: Path, target: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["promote", "--from", str(source), "--to", str(target), *args])
     return result.exit_code, result.output
 
-
-def query(env: Path, sql: str, **params: Any) -> list[Any]:
-    with Database.open(Instance.from_env_file(env)) as db, db.engine.begin() as conn:
-        result = conn.execute(sa.text(sql), params)
-        return [tuple(r) for r in result] if result.returns_rows else []
 
 
 def test_a_destructive_promote_is_refused_for_admins_and_undone_from_its_safety_snapshot(

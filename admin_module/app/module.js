@@ -261,7 +261,7 @@ const MigratePage = {
 		// Content moves and syncs name .env files on the sidecar's machine: the folders allowed for that, this instance's.
 		const paths = reactive({ loaded: false, allowed: [], env: null, envOutside: false, error: '' });
 		const collections = ref([]); // this instance's user collections (its own GET /collections)
-		const contentForm = reactive({ from: '', fromToken: '', to: '', collections: {}, filter: '', depth: '', mode: 'merge', maxDelete: '', mask: '' });
+		const contentForm = reactive({ from: '', fromToken: '', to: '', via: 'db', toToken: '', collections: {}, filter: '', depth: '', mode: 'merge', maxDelete: '', mask: '' });
 		const contentPlan = ref(null);
 		const contentError = ref('');
 		const syncs = ref([]);
@@ -601,12 +601,18 @@ const MigratePage = {
 
 		const picked = (selection) => collections.value.filter((name) => selection[name]);
 
+		/* How a content move writes: a URL target only through its API, a .env target as chosen. */
+		const contentVia = () => (/^https?:\/\//i.test(contentForm.to.trim()) ? 'api' : contentForm.via);
+
 		/* content's parameters from the form, or {error} naming the field to fix. */
 		function contentParams(dryRun) {
 			const from = contentForm.from.trim();
 			const to = contentForm.to.trim();
-			if (!from || !to) return { error: 'Fill in the source (a running instance\u2019s URL with an admin token of it, an instance\u2019s .env or an export --full bundle) and the target .env.' };
+			if (!from || !to) return { error: 'Fill in the source (a running instance\u2019s URL with an admin token of it, an instance\u2019s .env or an export --full bundle) and the target (an instance\u2019s .env or a running instance\u2019s URL).' };
 			if (/^https?:\/\//i.test(from) && !contentForm.fromToken.trim()) return { error: 'A source given by URL is read through its API: type an admin token of it.' };
+			/* A target given by URL can only be written through its API; a .env target either way (the "Write through" choice). */
+			const via = contentVia();
+			if (via === 'api' && !contentForm.toToken.trim()) return { error: 'Writing through the target\u2019s API needs an admin token of the target: type one beside "Write through".' };
 			const chosen = picked(contentForm.collections);
 			if (!chosen.length) return { error: 'Tick at least one collection to move.' };
 			const filter = parseJsonField(contentForm.filter, 'The filter');
@@ -615,13 +621,14 @@ const MigratePage = {
 			const maxDelete = wholeNumber(contentForm.maxDelete);
 			if (Number.isNaN(depth)) return { error: 'Depth must be a whole number (empty: follow every relation).' };
 			if (Number.isNaN(maxDelete)) return { error: 'Max delete must be a whole number.' };
-			const params = { from, to, collections: chosen, mode: contentForm.mode, dry_run: dryRun };
+			const params = { from, to, collections: chosen, mode: contentForm.mode, via, dry_run: dryRun };
 			if (filter.value) params.filter = filter.value;
 			if (depth !== undefined) params.depth = depth;
 			if (maxDelete !== undefined) params.max_delete = maxDelete;
 			if (contentForm.mask.trim()) params.mask = contentForm.mask.trim();
 			/* A URL source's admin token: a secret parameter (the sidecar keeps it in memory only) that also proves the caller may read it. */
 			if (/^https?:\/\//i.test(from)) params.from_token = contentForm.fromToken.trim();
+			if (via === 'api') params.to_token = contentForm.toToken.trim();
 			return { params };
 		}
 
@@ -1060,7 +1067,16 @@ const MigratePage = {
 						style: `${css.input} min-width: 260px;`, autocomplete: 'off', 'data-testid': 'content-from-token',
 						onInput: (e) => { contentForm.fromToken = e.target.value; clearContentPlan(); } }),
 					field(contentForm.to, (v) => { contentForm.to = v; clearContentPlan(); }, { testid: 'content-to', width: 380,
-						placeholder: 'Target: an instance\u2019s .env (default: this instance\u2019s)' }),
+						placeholder: 'Target: an instance\u2019s .env (default: this instance\u2019s) or a running instance\u2019s URL' }),
+				]),
+				h('div', { style: css.row }, [
+					labelled('Write through', select(contentVia(), [['db', 'its database (one transaction, fast)'], ['api', 'its API (validation, permissions, hooks and flows run)']],
+						(v) => { contentForm.via = v; clearContentPlan(); }, 'content-via')),
+					contentVia() === 'api'
+						? h('input', { type: 'password', placeholder: 'An admin token of the target', value: contentForm.toToken,
+							style: `${css.input} min-width: 260px;`, autocomplete: 'off', 'data-testid': 'content-to-token',
+							onInput: (e) => { contentForm.toToken = e.target.value; clearContentPlan(); } })
+						: null,
 				]),
 				collectionPicker(contentForm.collections, 'content', clearContentPlan),
 				h('div', { style: css.row }, [
@@ -1083,7 +1099,9 @@ const MigratePage = {
 						contentPlan.value.refused.length
 							? null
 							: (contentPlan.value.changes
-								? h(VNotice, { type: 'warning' }, () => `Read the plan. Applying it writes into ${contentPlan.value.to} in one transaction.`)
+								? h(VNotice, { type: 'warning', 'data-testid': 'content-apply-warning' }, () => (contentPlan.value.via === 'api'
+									? `Read the plan. Applying it writes through the API of ${contentPlan.value.to} batch by batch (its validation, permissions, hooks and flows run): not one transaction; a failure keeps the rows written so far, and applying again resumes.`
+									: `Read the plan. Applying it writes into ${contentPlan.value.to} in one transaction.`))
 								: h(VNotice, { type: 'success', 'data-testid': 'content-no-changes' }, () => 'No changes: the target already holds these rows.')),
 						contentTable(contentPlan.value, 'content-plan'),
 						button('Apply', applyContent, { busy: 'content', testid: 'apply-content',

@@ -751,13 +751,14 @@ def _missing_roots(api: SourceApi, instance: Instance, defs: Mapping[str, TableD
     from . import keys as key_rules
     from .closure import compute
     from .move import condition, source_graph
+    from .spill import Spill
 
     with Database.open(instance) as db:
         graph = source_graph(db, roots)
         for _round in range(100):
             fetched = 0
-            with db.engine.connect() as conn:
-                closure = compute(db, graph, {r: condition(spec, r)(db) for r in roots}, depth, conn)
+            with db.engine.connect() as conn, Spill.open() as spill:
+                closure = compute(db, graph, {r: condition(spec, r)(db) for r in roots}, depth, conn, spill)
                 for root in roots:
                     pk, missing = graph.keys[root], set()
                     for link in graph.links:

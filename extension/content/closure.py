@@ -14,8 +14,8 @@ is the many-to-any link of a junction.  So:
 - ``directus_users`` are never moved: references to them are matched by email on the target;
 - ``directus_files`` come with their ``directus_folders`` (parents first) and their bytes.
 
-Rows are collected as key sets per collection, level by level up to ``depth``; rows are read in
-batches of keys, never a whole table.
+Rows are collected as key sets per collection (on disk, :mod:`.spill`), level by level up to ``depth``;
+rows are read in batches of keys, never a whole table.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from ..instance.database import Database
 from . import keys as keys_
+from .spill import KeySet, Spill
 
 USERS, FILES, FOLDERS = "directus_users", "directus_files", "directus_folders"
 #: System collections a move may write (the others are never content of a move).
@@ -167,69 +168,75 @@ def _batches(values: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
 
 @dataclass
 class Closure:
-    """The keys of the rows a move reads, per collection, and the depth each collection was reached at."""
+    """The keys of the rows a move reads, per collection (on disk: :class:`~cairn_migrate.content.spill.KeySet`,
+    so a move of a million rows holds no million keys), and the depth each collection was reached at.  The
+    users the rows name stay in memory: they are as many as the source has users, not as the move has rows."""
 
-    rows: dict[str, set[Any]] = field(default_factory=dict)
+    spill: Spill
+    rows: dict[str, KeySet] = field(default_factory=dict)
     depth: dict[str, int] = field(default_factory=dict)
     users: set[Any] = field(default_factory=set)
 
-    def add(self, collection: str, keys: Iterable[Any], level: int) -> set[Any]:
-        have = self.rows.setdefault(collection, set())
+    def add(self, collection: str, keys: Iterable[Any], level: int) -> int:
+        """Add ``keys`` reached at ``level``; returns how many were new."""
+        have = self.rows.setdefault(collection, self.spill.keyset(collection))
         self.depth.setdefault(collection, level)
-        new = {k for k in keys if k not in have}
-        have |= new
-        return new
+        return have.add(keys, level)
 
 
 def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[bool]], depth: int | None,
-            conn: sa.Connection) -> Closure:
+            conn: sa.Connection, spill: Spill) -> Closure:
     """The closure from the rows of ``roots`` (collection → filter condition), ``depth`` levels deep.
 
-    ``conn`` is one read transaction of the source (a consistent snapshot).
+    ``conn`` is one read transaction of the source (a consistent snapshot).  Level by level, the keys first
+    reached at the previous level (the frontier) are read back from ``spill`` in batches and what they link
+    to is added there: neither the frontier nor what it finds is ever a whole set in memory.
     """
-    closure = Closure()
-    frontier: dict[str, set[Any]] = {}
+    closure = Closure(spill)
+    size = lookup_size(db)
+    frontier: list[str] = []
     for collection, condition in roots.items():
         pk = graph.keys[collection]
         query = sa.select(sa.column(pk)).select_from(sa.table(collection)).where(condition)
-        keys = {graph.key(collection, v) for v in conn.execute(query).scalars()}
-        frontier[collection] = closure.add(collection, keys, 0)
+        result = conn.execute(query.execution_options(yield_per=BATCH))
+        if closure.add(collection, (graph.key(collection, v) for v in result.scalars()), 0):
+            frontier.append(collection)
     level = 0
-    while any(frontier.values()) and (depth is None or level < depth):
+    while frontier and (depth is None or level < depth):
         level += 1
-        found: dict[str, set[Any]] = {}
-        for collection, keys in frontier.items():
-            if not keys:
-                continue
+        for collection in frontier:
+            keys = closure.rows[collection]
             for link in graph.outgoing(collection):
-                for target, values in _referenced(db, conn, graph, collection, link, keys):
+                for target, values in _referenced(db, conn, graph, collection, link, keys.batches(size, level - 1)):
                     if target == USERS:
                         closure.users |= values
                     elif target in graph.keys and movable(target):
-                        found.setdefault(target, set()).update(values)
+                        closure.add(target, values, level)
             for link in graph.incoming(collection):
                 if link.many not in graph.keys or not movable(link.many):
                     continue
                 child_pk = graph.keys[link.many]
-                for batch in _batches(sorted(keys), lookup_size(db)):
+                for batch in keys.batches(size, level - 1):
                     query = (sa.select(sa.column(child_pk)).select_from(sa.table(link.many))
                              .where(keys_.in_(db, link.many, link.field, batch)))
-                    found.setdefault(link.many, set()).update(graph.key(link.many, v) for v in conn.execute(query).scalars())
-        frontier = {name: closure.add(name, values, level) for name, values in found.items()}
+                    closure.add(link.many, (graph.key(link.many, v) for v in conn.execute(query).scalars()), level)
+        frontier = [name for name, keys in closure.rows.items() if keys.count(level)]
     # Users named by rows outside the last level, and folders of the files (always, parents first).
     for collection in list(closure.rows):
         for link in graph.outgoing(collection):
             if link.one == USERS:
-                for _, values in _referenced(db, conn, graph, collection, link, closure.rows[collection]):
+                for _, values in _referenced(db, conn, graph, collection, link, closure.rows[collection].batches(size)):
                     closure.users |= values
     if closure.rows.get(FILES) and FOLDERS in graph.keys:
-        folders: set[Any] = set()
-        for _, values in _referenced(db, conn, graph, FILES, Link(FILES, "folder", FOLDERS), closure.rows[FILES]):
+        folders: set[Any] = set()  # as many as the source has folders
+        for _, values in _referenced(db, conn, graph, FILES, Link(FILES, "folder", FOLDERS),
+                                     closure.rows[FILES].batches(size)):
             folders |= values
         pending = set(folders)
         while pending:  # the parent chain
             parents: set[Any] = set()
-            for _, values in _referenced(db, conn, graph, FOLDERS, Link(FOLDERS, "parent", FOLDERS), pending):
+            for _, values in _referenced(db, conn, graph, FOLDERS, Link(FOLDERS, "parent", FOLDERS),
+                                         _batches(sorted(pending), size)):
                 parents |= values
             pending = parents - folders
             folders |= parents
@@ -238,10 +245,10 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
 
 
 def _referenced(db: Database, conn: sa.Connection, graph: Graph, collection: str, link: Link,
-                keys: Iterable[Any]) -> Iterator[tuple[str, set[Any]]]:
-    """``(collection, keys)`` the ``link`` column of the rows ``keys`` of ``collection`` names."""
+                batches: Iterable[list[Any]]) -> Iterator[tuple[str, set[Any]]]:
+    """``(collection, keys)`` the ``link`` column of the rows of ``collection`` names, per batch of their keys."""
     pk = graph.keys[collection]
-    for batch in _batches(sorted(keys), lookup_size(db)):
+    for batch in batches:
         where = keys_.in_(db, collection, pk, batch)
         if link.m2a:
             if not link.collection_field:
@@ -266,12 +273,16 @@ def _referenced(db: Database, conn: sa.Connection, graph: Graph, collection: str
 # --- value transforms (transform.py): files that asset URLs in text name -------------------------------
 def carry_files(db: Database, graph: Graph, closure: Closure, ids: Iterable[Any], conn: sa.Connection) -> set[Any]:
     """Add the files ``ids`` (asset URLs in the closure's text name them) with their users and folders; returns the new ones."""
-    new = closure.add(FILES, {graph.key(FILES, i) for i in ids}, 1)
+    wanted = {graph.key(FILES, i) for i in ids}
+    held = closure.rows[FILES].having(wanted) if FILES in closure.rows else set()
+    new = wanted - held
+    closure.add(FILES, new, 1)
     if not new:
         return new
+    size = lookup_size(db)
     for link in graph.outgoing(FILES):
         if link.one == USERS:
-            for _, values in _referenced(db, conn, graph, FILES, link, new):
+            for _, values in _referenced(db, conn, graph, FILES, link, _batches(sorted(new), size)):
                 closure.users |= values
     if FOLDERS in graph.keys:
         folders: set[Any] = set()
@@ -279,9 +290,9 @@ def carry_files(db: Database, graph: Graph, closure: Closure, ids: Iterable[Any]
         link = Link(FILES, "folder", FOLDERS)
         while pending:
             found: set[Any] = set()
-            for _, values in _referenced(db, conn, graph, link.many, link, pending):
+            for _, values in _referenced(db, conn, graph, link.many, link, _batches(sorted(pending), size)):
                 found |= values
-            pending = found - folders - closure.rows.get(FOLDERS, set())
+            pending = found - folders - (closure.rows[FOLDERS].having(found) if FOLDERS in closure.rows else set())
             folders |= found
             link = Link(FOLDERS, "parent", FOLDERS)
         closure.add(FOLDERS, folders, closure.depth.get(FILES, 1) + 1)

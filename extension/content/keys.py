@@ -10,15 +10,17 @@ creating them again.
 from __future__ import annotations
 
 import hashlib
-import json
+import re
+from json.encoder import encode_basestring_ascii as _escape
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..instance.database import Database
 from ..service.state import create_tables
+from .spill import CHUNK, Spill, chunks
 
 _META = sa.MetaData()
 #: the ``state`` of an entry whose row was sent to the target's API, the answer (its target key) not yet read
@@ -79,8 +81,35 @@ def in_(db: Database, table: str, name: str, items: Sequence[Any]) -> sa.ColumnE
         from sqlalchemy.dialects.postgresql import ARRAY
 
         kind = db.table(table).c[name].type
+        literal = _array_literal(kind, items)
+        if literal is not None:  # uuid and integer keys: the array as one text value the server reads as the array
+            # untyped (psycopg sends a str as "unknown"), so ``CAST($1 AS uuid[])`` types the parameter itself and the
+            # plan gets a constant array it hashes; typed as text, the cast is a function call per row and the
+            # lookup of 20 000 keys in an unindexed column becomes quadratic (20 s and more at 20k articles)
+            bound = sa.bindparam(None, literal, type_=sa.types.NullType())
+            return column(db, table, name) == sa.any_(sa.cast(bound, ARRAY(kind)))
         return column(db, table, name) == sa.any_(sa.bindparam(None, values(db, table, name, items), type_=ARRAY(kind)))
     return column(db, table, name).in_(values(db, table, name, items))
+
+
+def _array_literal(kind: Any, items: Sequence[Any]) -> str | None:
+    """``items`` as a PostgreSQL array literal (``{1,2,3}``) for a uuid or integer column, else None.
+
+    psycopg adapts a list parameter element by element in Python (``ListDumper``): with 500 to 20 000 keys per
+    lookup that, and building a ``uuid.UUID`` per key for it, was about a fifth of a content move's CPU.  One
+    string is dumped at once and the server parses it; each key is checked to be a uuid or an integer first,
+    so the literal holds nothing else (no quote, comma or brace can reach it); a key that is not (a uuid's hex
+    digits and hyphens) gets None, and the element-wise path raises for it as before."""
+    if getattr(kind, "as_uuid", False):
+        literal = "{" + ",".join([str(i) for i in items]) + "}"
+        return literal if _UUID_ARRAY.fullmatch(literal) else None
+    if isinstance(kind, sa.Integer):
+        return "{" + ",".join([str(int(i)) for i in items]) + "}"
+    return None
+
+
+#: a literal of uuid-looking elements only (the server still checks each is a uuid)
+_UUID_ARRAY = re.compile(r"\{(?:[0-9a-fA-F-]{32,36}(?:,[0-9a-fA-F-]{32,36})*)?\}")
 
 
 def equals(db: Database, table: str, name: str, item: Any) -> sa.ColumnElement[bool]:
@@ -94,8 +123,14 @@ def is_integer(db: Database, table: str, name: str) -> bool:
 
 
 def row_digest(values: Mapping[str, Any]) -> str:
-    """A digest of a row as written (its columns' comparable values), to recognise it on the target later."""
-    text = json.dumps(sorted((k, repr(v)) for k, v in values.items()))
+    """A digest of a row as written (its columns' comparable values), to recognise it on the target later.
+
+    The SHA-256 of ``json.dumps(sorted((name, repr(value)), ...))``, spelled out with the C string escaper
+    rather than through ``json.dumps`` (whose generic encoder was a quarter of the digest's cost, computed once
+    per written row): the text is the same byte for byte, so digests stored as pending by earlier versions
+    still compare equal (``test_row_digest_is_the_json_dumps_form`` checks it)."""
+    text = "[" + ", ".join(["[%s, %s]" % (_escape(k), _escape(r))
+                            for k, r in sorted([(k, repr(v)) for k, v in values.items()])]) + "]"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -113,6 +148,19 @@ def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[st
     return first, target if isinstance(target, str) else ident(target)
 
 
+def _insert_many(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """``rows`` (every column of :data:`ID_MAP`, in order) into the map with the driver's own ``executemany``.
+
+    A move records one entry per row it wrote (300 000 at 100k articles); SQLAlchemy's ``insert()`` builds a
+    parameter dictionary per entry through its compiler, which cost more than the store's own insert."""
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"  # SQLite; psycopg and PyMySQL take %s
+    columns = ", ".join(conn.dialect.identifier_preparer.quote(c.name) for c in ID_MAP.columns)
+    conn.exec_driver_sql(f"INSERT INTO {ID_MAP.name} ({columns}) VALUES ({', '.join([mark] * len(ID_MAP.columns))})",
+                         rows)
+
+
 def sent_markers(state_url: str, scope: tuple[str, str]) -> set[str]:
     """The markers of the write requests a pair's earlier moves sent through the target's API and never saw
     answered (``sent`` entries, :meth:`IdMap.record_sent`): what a target given by URL must show of its activity."""
@@ -128,14 +176,20 @@ def sent_markers(state_url: str, scope: tuple[str, str]) -> set[str]:
 
 
 class IdMap:
-    """The ID map of one (source, target) pair.
+    """The ID map of one (source, target) pair, read once from the state store into the move's
+    :class:`~cairn_migrate.content.spill.Spill` (a pair's map holds a row per row ever moved: kept in memory it
+    grew with every run) and looked up there a batch at a time.  The copy is the map as the run found it, with
+    what :meth:`confirm` and :meth:`forget` changed; :meth:`save` writes to the state store only: a run saves
+    its entries once, at its end, and never reads them back (so the copy also answers :meth:`owned_before`).
 
     :param scope: the pair's identities (:func:`~cairn_migrate.service.state.database_identity` of each side).
+    :param spill: the move's scratch database, where the map is read from during the move.
     :param legacy: the pair as earlier versions named it (``instance_scope``, tied to the host's spelling):
         its rows are moved to ``scope`` the first time, so an upgrade keeps the map.
     """
 
-    def __init__(self, state_url: str, scope: tuple[str, str], legacy: tuple[str, str] | None = None) -> None:
+    def __init__(self, state_url: str, scope: tuple[str, str], spill: Spill,
+                 legacy: tuple[str, str] | None = None) -> None:
         from ..service.jobs import _state_engine
         from ..service.state import add_missing_column
 
@@ -144,28 +198,33 @@ class IdMap:
         for name in ("state", "run_id", "digest"):
             add_missing_column(self.engine, ID_MAP, name)
         self.scope = scope
+        self.spill = spill
         if legacy is not None and legacy != scope:
             self._adopt_legacy(legacy)
-        self.known: dict[tuple[str, str], str] = {}
-        #: (collection, source_id) → digest of the row a run wrote but did not confirm committed
-        self.pending: dict[tuple[str, str], str | None] = {}
         #: (collection, source_id) → (request marker, position, rows in the request) of a row an earlier run sent
-        #: through the target's API and never saw answered (:meth:`record_sent`)
+        #: through the target's API and never saw answered (:meth:`record_sent`): few, kept in memory, never in the
+        #: spilled map (their target keys are not known)
         self.sent: dict[tuple[str, str], tuple[str, int, int]] = {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(ID_MAP.c.collection, ID_MAP.c.source_id, ID_MAP.c.target_id,
-                                          ID_MAP.c.state, ID_MAP.c.digest, ID_MAP.c.run_id).where(
-                ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]))
+        sent = self.sent
+
+        def entries(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
             for r in rows:
                 if r.state == SENT:
                     position, _, size = str(r.digest or "0/0").partition("/")
-                    self.sent[(r.collection, r.source_id)] = (str(r.run_id), int(position or 0), int(size or 0))
+                    sent[(r.collection, r.source_id)] = (str(r.run_id), int(position or 0), int(size or 0))
                     continue
-                self.known[(r.collection, r.source_id)] = r.target_id
-                if r.state == "pending":
-                    self.pending[(r.collection, r.source_id)] = r.digest
+                yield (r.collection, r.source_id, r.target_id, int(r.state == "pending"), r.digest)
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(ID_MAP.c.collection, ID_MAP.c.source_id, ID_MAP.c.target_id,
+                                          ID_MAP.c.state, ID_MAP.c.digest, ID_MAP.c.run_id).where(
+                ID_MAP.c.source == scope[0], ID_MAP.c.target == scope[1]).execution_options(yield_per=5000))
+            spill.executemany(
+                "INSERT INTO idmap (collection, source_id, target_id, pending, digest) VALUES (?, ?, ?, ?, ?)",
+                entries(rows))
+        #: entries an earlier run left pending (it stopped between its record and the target's commit)
+        self.left_pending = int(spill.execute("SELECT count(*) FROM idmap WHERE pending = 1").fetchone()[0])
         self.run_id = uuid.uuid4().hex
-        self._mine: set[tuple[str, str]] = set()
         self._requests = 0
 
     def _adopt_legacy(self, legacy: tuple[str, str]) -> None:
@@ -194,8 +253,8 @@ class IdMap:
         marker and its place in it, committed before the request leaves.  Their target keys are known only from
         the answer; an answer never read (an interrupt, a kill, a lost connection) leaves these entries, and the
         next run finds what the request created by its marker (:func:`cairn_migrate.content.sink_api.settle_sent`)
-        instead of creating the rows a second time.  An entry the row had (its target row is gone: it is created
-        again) is replaced."""
+        instead of creating the rows a second time.  An entry the row had in the store (its target row is gone: it
+        is created again) is replaced there; the run's scratch copy keeps the map as the run found it."""
         keys = [(collection, str(s)) for s in source_ids]
         with self.engine.begin() as conn:
             for start in range(0, len(keys), 500):
@@ -207,9 +266,6 @@ class IdMap:
                 {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": "",
                  "state": SENT, "run_id": marker, "digest": f"{position}/{len(keys)}"}
                 for position, (c, s) in enumerate(keys)])
-        for key in keys:
-            self.known.pop(key, None)
-            self.pending.pop(key, None)
 
     def resolve_sent(self, found: Mapping[tuple[str, str], str | None], *, persist: bool = True) -> None:
         """Settle entries :meth:`record_sent` left: ``found`` maps each to the target key its request created, or
@@ -228,22 +284,38 @@ class IdMap:
                                                                          run_id=None, digest=None))
         for key, target_id in found.items():
             self.sent.pop(key, None)
-            if target_id is not None:
-                self.known[key] = str(target_id)
+            if target_id is not None:  # the map's from now on, as if the run had found it so
+                self.spill.execute("DELETE FROM idmap WHERE collection = ? AND source_id = ?", list(key))
+                self.spill.execute("INSERT INTO idmap (collection, source_id, target_id, pending, digest) "
+                                   "VALUES (?, ?, ?, 0, NULL)", [key[0], key[1], str(target_id)])
 
     def get(self, collection: str, source_id: Any) -> str | None:
-        return self.known.get((collection, str(source_id)))
+        row = self.spill.execute("SELECT target_id FROM idmap WHERE collection = ? AND source_id = ?",
+                                 [collection, str(source_id)]).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_many(self, collection: str, source_ids: Iterable[Any]) -> dict[str, str]:
+        """``str(source_id) → target_id`` of those of ``source_ids`` the map knows (a query per 500)."""
+        out: dict[str, str] = {}
+        for batch in chunks({str(s) for s in source_ids}):
+            out.update(self.spill.execute(
+                f"SELECT source_id, target_id FROM idmap WHERE collection = ? AND source_id IN "
+                f"({','.join('?' * len(batch))})", [collection, *batch]).fetchall())
+        return out
 
     def is_pending(self, collection: str, source_id: Any) -> bool:
-        return (collection, str(source_id)) in self.pending
+        return self.spill.execute("SELECT 1 FROM idmap WHERE collection = ? AND source_id = ? AND pending = 1",
+                                  [collection, str(source_id)]).fetchone() is not None
 
     def confirm(self, collection: str, source_id: Any, digest: str | None) -> bool:
         """Resolve a pending entry: kept (and committed) when the target row's ``digest`` is the one written,
         else forgotten (the write it records never committed).  Returns whether it is kept."""
-        key = (collection, str(source_id))
-        if key not in self.pending:
-            return key in self.known
-        ok = digest is not None and digest == self.pending[key]
+        key = [collection, str(source_id)]
+        row = self.spill.execute("SELECT pending, digest FROM idmap WHERE collection = ? AND source_id = ?",
+                                 key).fetchone()
+        if row is None or not row[0]:
+            return row is not None
+        ok = digest is not None and digest == row[1]
         with self.engine.begin() as conn:
             where = (ID_MAP.c.source == self.scope[0]) & (ID_MAP.c.target == self.scope[1]) & \
                 (ID_MAP.c.collection == key[0]) & (ID_MAP.c.source_id == key[1])
@@ -251,56 +323,78 @@ class IdMap:
                 conn.execute(ID_MAP.update().where(where).values(state=None, run_id=None))
             else:
                 conn.execute(ID_MAP.delete().where(where))
-                self.known.pop(key, None)
-        self.pending.pop(key)
+        if ok:
+            self.spill.execute("UPDATE idmap SET pending = 0 WHERE collection = ? AND source_id = ?", key)
+        else:
+            self.spill.execute("DELETE FROM idmap WHERE collection = ? AND source_id = ?", key)
+        self.left_pending -= 1
         return ok
 
-    def owned(self, collection: str) -> dict[str, str]:
-        """source_id → target_id of the rows of ``collection`` this pair's moves wrote or adopted."""
-        return {s: t for (c, s), t in self.known.items() if c == collection}
+    def owned(self, collection: str) -> Iterator[tuple[str, str]]:
+        """``(source_id, target_id)`` of the rows of ``collection`` this pair's moves wrote or adopted, a page at
+        a time."""
+        last: list[str] = []
+        while True:
+            page = self.spill.execute(
+                "SELECT source_id, target_id FROM idmap WHERE collection = ?"
+                + (" AND source_id > ?" if last else "") + " ORDER BY source_id LIMIT ?",
+                [collection, *last, CHUNK]).fetchall()
+            if not page:
+                return
+            yield from page
+            last = [page[-1][0]]
+
+    def owned_targets(self, collection: str, targets: Iterable[Any]) -> set[Any]:
+        """Which of ``targets`` (target keys of ``collection``) the map gives a source row of this pair."""
+        wanted = {str(t): t for t in targets}
+        found: set[Any] = set()
+        for batch in chunks(wanted):
+            found.update(wanted[t] for (t,) in self.spill.execute(
+                f"SELECT target_id FROM idmap WHERE collection = ? AND target_id IN ({','.join('?' * len(batch))})",
+                [collection, *batch]))
+        return found
+
+    def owned_before(self, collection: str, source_id: Any) -> bool:
+        """Whether the map gave this pair the source row before this run."""
+        return self.spill.execute("SELECT 1 FROM idmap WHERE collection = ? AND source_id = ?",
+                                  [collection, str(source_id)]).fetchone() is not None
 
     def forget(self, entries: Iterable[tuple[str, Any]]) -> None:
         """Drop entries (rows a mirror deleted)."""
-        gone = [(c, str(s)) for c, s in entries if (c, str(s)) in self.known]
-        if not gone:
-            return
         with self.engine.begin() as conn:
-            for collection, source_id in gone:
+            for collection, source_id in entries:
                 conn.execute(ID_MAP.delete().where(
                     ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
-                    ID_MAP.c.collection == collection, ID_MAP.c.source_id == source_id))
-                self.known.pop((collection, source_id), None)
+                    ID_MAP.c.collection == collection, ID_MAP.c.source_id == str(source_id)))
+                self.spill.execute("DELETE FROM idmap WHERE collection = ? AND source_id = ?",
+                                   [collection, str(source_id)])
 
-    def save(self, entries: Mapping[tuple[str, Any], Any], *, pending: bool = False,
-             digests: Mapping[tuple[str, Any], str] | None = None) -> int:
-        """Record where source rows went (``(collection, source_id) → target_id``); returns how many changed.
+    def save(self, entries: Iterable[tuple[str, Any, Any, str | None]], *, pending: bool = False) -> int:
+        """Record where source rows went (``(collection, source_id, target_id, digest)``); returns how many changed.
 
-        ``pending``: before the target's commit, marked with this run's id and the rows' digests
-        (:meth:`commit` clears the mark after the commit)."""
-        digests = {(c, str(s)): d for (c, s), d in (digests or {}).items()}
-        changed = {(c, str(s)): str(t) for (c, s), t in entries.items()
-                   if self.known.get((c, str(s))) != str(t)}
-        if not changed:
-            return 0
+        Streamed a batch at a time, in one state-store transaction.  ``pending``: before the target's commit,
+        marked with this run's id and the rows' digests (:meth:`commit` clears the mark after the commit)."""
+        total = 0
         with self.engine.begin() as conn:
-            stale: dict[str, list[str]] = {}  # the entries replaced, deleted in batches per collection
-            for collection, source_id in changed:
-                stale.setdefault(collection, []).append(source_id)
-            for collection, source_ids in stale.items():
-                for start in range(0, len(source_ids), 500):
+            for batch in chunks(entries):
+                by_collection: dict[str, list[tuple[str, str, str | None]]] = {}
+                for collection, source_id, target_id, digest in batch:
+                    by_collection.setdefault(collection, []).append((str(source_id), str(target_id), digest))
+                for collection, items in by_collection.items():
+                    known = self.get_many(collection, (s for s, _, _ in items))
+                    changed = [(s, t, d) for s, t, d in items if known.get(s) != t]
+                    if not changed:
+                        continue
+                    # one DELETE per batch: the store may hold an entry the scratch copy does not (saved
+                    # earlier in this run), so what is replaced is not only what the copy knew
                     conn.execute(ID_MAP.delete().where(
                         ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
-                        ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_(source_ids[start:start + 500])))
-            conn.execute(ID_MAP.insert(), [
-                {"source": self.scope[0], "target": self.scope[1], "collection": c, "source_id": s, "target_id": t,
-                 "state": "pending" if pending else None, "run_id": self.run_id if pending else None,
-                 "digest": digests.get((c, s)) if pending else None}
-                for (c, s), t in changed.items()])
-        self.known.update(changed)
-        if pending:
-            self.pending.update({k: digests.get(k) for k in changed})
-            self._mine.update(changed)
-        return len(changed)
+                        ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_([s for s, _, _ in changed])))
+                    state, run_id = ("pending", self.run_id) if pending else (None, None)
+                    _insert_many(conn, [(self.scope[0], self.scope[1], collection, s, t, state, run_id,
+                                         d if pending else None) for s, t, d in changed])
+                    total += len(changed)
+        return total
 
     def commit(self) -> None:
         """The target committed: this run's pending entries are the pair's now."""
@@ -308,9 +402,6 @@ class IdMap:
             conn.execute(ID_MAP.update().where(
                 ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
                 ID_MAP.c.run_id == self.run_id).values(state=None, run_id=None))
-        for key in self._mine:
-            self.pending.pop(key, None)
-        self._mine = set()
 
     def discard(self) -> None:
         """The target rolled back: forget this run's pending entries."""
@@ -318,7 +409,3 @@ class IdMap:
             conn.execute(ID_MAP.delete().where(
                 ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
                 ID_MAP.c.run_id == self.run_id, ID_MAP.c.state == "pending"))
-        for key in self._mine:
-            self.known.pop(key, None)
-            self.pending.pop(key, None)
-        self._mine = set()

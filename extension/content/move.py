@@ -31,6 +31,7 @@ from .filter import compile_filter, parse
 from .plan import empty_counts, has_changes, match_users, order, schema_differences
 from .sink_api import ApiSink, settle_sent
 from .sink_db import DbSink
+from .spill import Spill
 from .writer import PlanFirst, Walk
 
 def condition(spec: Mapping[str, Any] | None, root: str) -> Callable[[Database], sa.ColumnElement[bool]]:
@@ -99,6 +100,9 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         target_view: Any = None) -> dict[str, Any]:
     """Plan (``write=False``) or apply the move ``params`` describe; returns the report.
 
+    What the move learns per row (the closure, target keys, the ID map, what it writes) is kept in a scratch
+    SQLite file for this run (:mod:`.spill`), removed when it returns: memory does not grow with the rows.
+
     :param bundle: a :class:`~cairn_migrate.content.bundle_source.BundleSource` when ``source`` is its scratch copy.
     :param function: the operator's ``--transform`` function (:mod:`.transform`).
     :param client: makes the :class:`~cairn_migrate.content.api_client.ApiClient` of ``via="api"`` (asked only
@@ -106,6 +110,15 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     :param target_view: a :class:`~cairn_migrate.content.api_source.ApiSource` when ``target`` is the scratch
         mirror of a target given by URL (``via="api"``): its identity, snapshot and bytes are the running target's.
     """
+    with Spill.open() as spill:
+        return _run(source, target, params, state_url=state_url, write=write, progress=progress, bundle=bundle,
+                    function=function, client=client, record=record, one_pass=one_pass, target_view=target_view,
+                    spill=spill)
+
+
+def _run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_url: str, write: bool,
+         progress: Progress | None, bundle: Any, function: Any, client: Callable[[], Any] | None, record: bool,
+         one_pass: bool, target_view: Any, spill: Spill) -> dict[str, Any]:
     progress = progress or NullProgress()
     via = params.get("via") or "db"
     roots = list(dict.fromkeys(params["collections"]))
@@ -138,7 +151,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
         conditions = {root: condition(spec, root) for root in roots}
         origin = bundle.scope if bundle is not None else source
         ending = target_view.scope if target_view is not None else target
-        idmap = keys.IdMap(state_url, keys.pair_identity(origin, ending),
+        idmap = keys.IdMap(state_url, keys.pair_identity(origin, ending), spill,
                            legacy=keys.pair_identity(origin, target, legacy=True) if target_view is None else None)
         walks: list[Walk] = []
         finisher = _finisher(src, source, target, params, bundle, function, lambda: walks[0])
@@ -158,7 +171,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             try:
                 if idmap.sent:  # rows an earlier run sent through the API, unanswered: what did the target create?
                     report["resumed"] = settle_sent(idmap, dconn, persist=write or record)
-                closure = compute(src, graph, {r: c(src) for r, c in conditions.items()}, depth, sconn)
+                closure = compute(src, graph, {r: c(src) for r, c in conditions.items()}, depth, sconn, spill)
                 # --- value transforms (transform.py): files named by asset URLs, masked emails, created users
                 from ..bundle.table_schema import reflect_tables
                 from .transform import asset_files
@@ -178,6 +191,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                                          sink=sink if write else None) \
                     if params.get("create_users") else {"created": []}
                 walk = Walk(src, dst, source, target, graph, closure, users, idmap, mode, write, progress, sink=sink,
+                            spill=spill,
                             finisher=finisher, source_files=bundle.files if bundle is not None else None,
                             target_files=target_view.files if target_view is not None else None)
                 walks.append(walk)
@@ -200,20 +214,20 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
                     if transaction is None and write:
                         with interrupts_held():  # a second Ctrl-C must not lose the acknowledged keys' record
                             unanswered = sink.abandon()
-                            idmap.save(walk.new_map)
-                        raise _interrupted_partial(_stop_text(exc), len(walk.new_map), unanswered) from None
+                            idmap.save(walk.written.entries())
+                        raise _interrupted_partial(_stop_text(exc), len(walk.written), unanswered) from None
                     raise
                 except BaseException:  # anything else that stops the walk: the same record, then stop
                     if transaction is None and write:
                         sink.settle()
-                        idmap.save(walk.new_map)
+                        idmap.save(walk.written.entries())
                     raise
                 if transaction is not None:
                     if write and not walk.refused:
                         # D4: the map entries first, as pending (this run's id, the rows' digests), then the
                         # commit, then the entries marked committed: a stop in between leaves pending entries
                         # that the next run keeps only when the target holds what was written
-                        idmap.save(walk.new_map, pending=True, digests=walk.digests)
+                        idmap.save(walk.written.entries(), pending=True)
                         with interrupts_held():  # a signal here must not roll back what is committed (D3/D4)
                             transaction.commit()
                             committed = True  # from here on the pending entries are right: never discarded
@@ -239,7 +253,7 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
             report["api"] = {"url": getattr(sink.client, "url", None), "retried": getattr(sink.client, "retried", 0),
                              "files_uploaded": len(sink.uploaded)}
             if failure is not None or walk.refused:
-                idmap.save(walk.new_map)
+                idmap.save(walk.written.entries())
                 report["partial"] = True
                 what = str(failure) if isinstance(failure, MigrateError) else f"{type(failure).__name__}: {failure}"
                 report["failed"] = [{"message": what if failure else "refused after writes began",
@@ -256,10 +270,10 @@ def run(source: Instance, target: Instance, params: Mapping[str, Any], *, state_
     report["changes"] = has_changes(report)
     if write and not walk.refused and not report["partial"]:
         if via == "api":
-            idmap.save(walk.new_map)
+            idmap.save(walk.written.entries())
         report["applied"] = report["changes"]
     elif record and not walk.refused and not report["changes"]:
-        idmap.save(walk.new_map)  # nothing to write: the rows the target already holds (adopted) are the pair's now
+        idmap.save(walk.written.entries())  # nothing to write: the rows the target already holds (adopted) are the pair's now
     if committed:
         removed, kept = _remove_replaced(walk, idmap)
         if removed or kept:  # the objects updated file rows stopped pointing at (kept: not ours, files check lists them)
@@ -315,7 +329,7 @@ def _remove_replaced(walk: Walk, idmap: Any) -> tuple[int, int]:
     for _storage, old_storage, old_name, file_id in walk.replaced:
         if not old_name or not old_storage:
             continue
-        if file_id.lower() not in walk.owned_before.get(FILES, set()):
+        if not idmap.owned_before(FILES, file_id.lower()):
             kept += 1
             continue
         try:
@@ -330,7 +344,9 @@ def _walk(walk: Walk, graph: Any, closure: Any, sconn: sa.Connection, dconn: sa.
           conditions: Mapping[str, Callable[[Database], sa.ColumnElement[bool]]], mode: str, max_delete: int | None,
           roots: list[str], write: bool) -> None:
     """Every collection parents first, then mirror's deletions (refused without consent or above the ceiling)."""
-    for name in order(graph, closure.rows):
+    names = order(graph, closure.rows)
+    walk.reflect_targets(names)
+    for name in names:
         try:
             walk.collection(name, sconn, dconn)
         except sa.exc.DBAPIError as exc:

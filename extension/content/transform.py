@@ -291,9 +291,11 @@ class Finisher:
         return out
 
 
-def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Iterable[Any]], graph: Any,
+def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], graph: Any,
                 kinds_of: Callable[[str], Mapping[str, str]], urls: UrlRewriter) -> set[str]:
     """The ids of source files that asset URLs in the closure's text and JSON columns name (the source has them).
+
+    ``closure_rows``: the closure's :class:`~cairn_migrate.content.spill.KeySet` per collection.
 
     Read in key batches, only the text/JSON columns; the caller adds the files to the closure so their
     rows and bytes move with the rows whose text shows them.
@@ -310,9 +312,7 @@ def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Iterab
         if not columns:
             continue
         pk = graph.keys[name]
-        ordered = sorted(wanted, key=lambda v: (0, v) if isinstance(v, int) else (1, str(v)))
-        for start in range(0, len(ordered), BATCH):
-            batch = ordered[start:start + BATCH]
+        for batch in wanted.batches(BATCH):
             query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name)).where(
                 keys.in_(src, name, pk, batch))
             for values in conn.execute(query).all():

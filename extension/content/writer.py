@@ -35,6 +35,9 @@ from ..progress import NullProgress, Progress
 from . import keys
 from .closure import BATCH, FILES, Closure, Graph, Link, USERS
 from .plan import Users, empty_counts
+from .spill import KeyMap, New as _New, Spill, Written
+#: a closure row the walk has not given a target key yet (its collection comes later, or it is in this batch)
+_UNRESOLVED = object()
 
 
 def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) -> list[dict[str, Any]]:
@@ -53,18 +56,6 @@ def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) 
 
 class PlanFirst(Exception):
     """A one-pass database move met a refusal or files: rolled back, it is planned first instead."""
-
-
-class _New:
-    """The target key of a row the plan would create (the target numbers it only when written)."""
-
-    __slots__ = ("source",)
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-
-    def __repr__(self) -> str:
-        return f"<new {self.source}>"
 
 
 def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
@@ -99,14 +90,9 @@ class Walk:
     progress: Progress = field(default_factory=NullProgress)
     #: writes the decisions (a DbSink or an ApiSink); its ``controlled`` columns are neither compared nor written
     sink: Any = None
+    #: the move's scratch database (:mod:`.spill`): what the walk knows per row lives there, not in memory
+    spill: Spill | None = None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: collection → source key → target key (a :class:`_New` in a plan)
-    resolved: dict[str, dict[Any, Any]] = field(default_factory=dict)
-    #: (collection, source key) → target key of every row the move wrote or adopted (integer keys remapped, kept
-    #: keys as identity entries), saved to the ID map as pending before the commit and confirmed after it
-    new_map: dict[tuple[str, Any], Any] = field(default_factory=dict)
-    #: (collection, source key) → digest of the row as the target holds it after this run (keys.row_digest)
-    digests: dict[tuple[str, Any], str] = field(default_factory=dict)
     #: (target storage, old storage, old filename_disk, file id) of objects an updated file row stopped pointing at
     replaced: list[tuple[str, Any, Any, str]] = field(default_factory=list)
     #: collection → target keys of rows a mirror deletes that a database cascade takes with them
@@ -121,11 +107,10 @@ class Walk:
     #: source keys of rows created in the collection being walked whose write may still be in flight
     _in_flight: set[Any] = field(default_factory=set)
     _exists: dict[tuple[str, Any], bool] = field(default_factory=dict)
-    #: collection → target keys this run gave a source row (created, adopted or matched): never adopted again,
-    #: so two equal source rows in different batches stay two target rows
-    _claimed: dict[str, set[Any]] = field(default_factory=dict)
-    #: collection → target keys the ID map gave this pair's source rows before this run (read once per collection)
-    _owned: dict[str, set[int]] = field(default_factory=dict)
+    #: referenced collection → the batch's references the closure carries → their target key (or _UNRESOLVED)
+    _moved: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    #: (referenced collection, str(source key)) → the ID map's target key (None: unknown), for the batch at hand
+    _mapped: dict[tuple[str, str], Any] = field(default_factory=dict)
     _defs: dict[tuple[str, str], TableDef] = field(default_factory=dict)
     _locations: dict[tuple[str, str], Location] = field(default_factory=dict)
     # --- value transforms (content/transform.py) --------------------------------------------------------
@@ -139,13 +124,42 @@ class Walk:
 
     # ------------------------------------------------------------------ helpers
     def __post_init__(self) -> None:
-        #: collection → source keys (lower-cased text) the ID map gave this pair before this run
-        self.owned_before: dict[str, set[str]] = {FILES: {s.lower() for s in self.idmap.owned(FILES)}}
+        assert self.spill is not None
+        #: collection → source key → target key (a :class:`_New` in a plan), on disk
+        self._resolved: dict[str, KeyMap] = {}
+        #: (collection, source key) → target key of every row the move wrote or adopted (integer keys remapped, kept
+        #: keys as identity entries) and the digest of the row as the target holds it after this run
+        #: (keys.row_digest): saved to the ID map as pending before the commit and confirmed after it
+        self.written = Written(self.spill)
         self.gone: list[tuple[str, str]] = []
+        #: the target's tables, read before the first write (:meth:`reflect_targets`)
+        self._dst_tables: list[str] | None = None
         #: whether the closure follows the roots' one-to-many children (a depth of at least 1)
         self.children_followed = True
         #: writing without a plan first (the database path): a refusal stops the walk (PlanFirst)
         self.one_pass = False
+
+    def resolved(self, name: str) -> KeyMap:
+        """Source key → target key of the rows of ``name`` the walk has settled (a :class:`_New` in a plan).
+
+        A row's target key is what every later reference to it is rewritten to, so it is kept for the whole
+        walk; for a move of many rows that is the largest thing the walk knows, hence on disk (:mod:`.spill`)."""
+        if name not in self._resolved:
+            self._resolved[name] = self.spill.keymap(name)  # type: ignore[union-attr]
+        return self._resolved[name]
+
+    def reflect_targets(self, names: Iterable[str]) -> None:
+        """Read the target's definitions now, before the first write: the walked collections ``names`` and every
+        collection a reference may name.  Reflection uses connections of its own, and on SQLite a write
+        transaction that outgrows its page cache locks the whole file: a table first reflected after a few MB
+        of writes waited the busy timeout and failed the move ("database is locked")."""
+        self._dst_tables = self.dst.table_names()
+        held = set(self._dst_tables)
+        for name in names:
+            self._def(self.dst, "dst", name)
+        for name in self.graph.keys:
+            if name in held:
+                self.dst.table(name)
 
     def _def(self, db: Database, side: str, name: str) -> TableDef:
         if (side, name) not in self._defs:
@@ -173,30 +187,41 @@ class Walk:
     def _outside_target(self, one: str, value: Any) -> Any:
         """The target key of a row the move does not carry (beyond the depth), or None when the target lacks it."""
         if one in self.graph.integer:
-            mapped = self.idmap.get(one, value)
+            mapped = self._mapped.get((one, str(value))) if (one, str(value)) in self._mapped else \
+                self.idmap.get(one, value)
             if mapped is None:
                 return None
             mapped = int(mapped)
             return mapped if self._exists.get((one, mapped)) else None
         return value if self._exists.get((one, value)) else None
 
-    def _prefetch_outside(self, conn: sa.Connection, collection: str, links: list[Link],
-                          rows: list[dict[str, Any]]) -> None:
-        wanted: dict[str, set[Any]] = {}
+    def _prefetch(self, conn: sa.Connection, collection: str, links: list[Link], rows: list[dict[str, Any]]) -> None:
+        """What the batch's references need, looked up once per batch (the closure, the walk's target keys and
+        the ID map are on disk: a query per reference would cost more than the rest of the walk): which
+        references the closure carries and their target keys (``_moved``), and for the others whether the target
+        has the row (``_exists``, through the ID map for integer keys)."""
+        refs: dict[str, set[Any]] = {}
         for link in links:
             for row in rows:
                 one, ref = self._reference(link, row)
-                moved = ref in self.closure.rows.get(one or "", ()) and one != collection  # self-references: see _rewrite
-                if one is None or ref is None or one == USERS or moved:
-                    continue
-                if one in self.graph.integer:
-                    mapped = self.idmap.get(one, ref)
-                    if mapped is not None:
-                        wanted.setdefault(one, set()).add(int(mapped))
-                else:
-                    wanted.setdefault(one, set()).add(ref)
+                if one is not None and ref is not None and one != USERS:
+                    refs.setdefault(one, set()).add(ref)
+        self._moved, self._mapped = {}, {}
+        wanted: dict[str, set[Any]] = {}
+        for one, found in refs.items():
+            carried = self.closure.rows[one].having(found) if one in self.closure.rows else set()
+            targets = self.resolved(one).get_many(carried) if carried else {}
+            self._moved[one] = {ref: targets.get(ref, _UNRESOLVED) for ref in carried}
+            outside = found if one == collection else found - carried  # self-references: see _rewrite
+            if one in self.graph.integer:
+                mapped = self.idmap.get_many(one, outside)
+                self._mapped.update({(one, str(ref)): mapped.get(str(ref)) for ref in outside})
+                wanted[one] = {int(m) for m in mapped.values()}
+            else:
+                wanted[one] = outside
         for one, candidates in wanted.items():
-            self._target_exists(conn, one, candidates)
+            if candidates:
+                self._target_exists(conn, one, candidates)
 
     def _reference(self, link: Link, row: Mapping[str, Any]) -> tuple[str | None, Any]:
         """``(collection, key)`` the link's column of ``row`` names (None when empty or unknown)."""
@@ -222,17 +247,20 @@ class Walk:
         one, ref = self._reference(link, row)
         if one is None:
             return
+        moved = self._moved.get(one, {})
         if one == USERS:
             target = self.users.target(ref)
-        elif ref in self.closure.rows.get(one, ()):
-            if one == collection and (ref not in self.resolved.get(one, {}) or ref in self._in_flight):
+        elif ref in moved:
+            if one == collection and (moved[ref] is _UNRESOLVED or ref in self._in_flight):
                 target = self._outside_target(one, ref)  # a row of this collection the target already has
                 if target is None:
                     deferred.append((source_key, link.field, ref))  # a new row not written yet: set after the rows
                     row[link.field] = None
                     return
+            elif moved[ref] is _UNRESOLVED:
+                raise KeyError(ref)  # a carried row of a collection not walked yet (a cycle: see plan.order)
             else:
-                target = self.resolved[one][ref]
+                target = moved[ref]
         else:
             target = self._outside_target(one, ref)
         if target is None:
@@ -319,24 +347,24 @@ class Walk:
         nullable = {c.name: c.nullable for c in columns}
         links = [link for link in self.graph.outgoing(name) if link.field in names]
         counts = self.counts.setdefault(name, empty_counts())
-        resolved = self.resolved.setdefault(name, {})
+        resolved = self.resolved(name)
         deferred: list[tuple[Any, str, Any]] = []
         if self.write:
             self.sink.prepare(name, dst_def, names)
         self._in_flight = set()
-        claimed = self._claimed.setdefault(name, set())
         # A collection the target holds no rows of (looked at once, before its first batch): every row is
         # created, so none of the per-batch lookups of target rows (existence, adoption, unique holders,
         # current values) can find anything but rows this run created, which are never matched again.
         empty = dst_conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
         self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): "
                           f"{len(self.closure.rows.get(name, ()))} rows")
-        for batch in _batches(sorted(self.closure.rows.get(name, ()), key=_sort_key)):
+        for batch in self.closure.rows[name].batches(BATCH) if name in self.closure.rows else ():
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))
             rows = []
             for raw in src_conn.execute(query).mappings():
                 rows.append({n: decode_src[n](raw[n]) for n in names})
+            self._exists.clear()  # what the target holds, for this batch only (kept, it grew with the rows)
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
             # target keys
@@ -344,7 +372,8 @@ class Walk:
             if empty:
                 target_keys = {self.graph.key(name, r[pk]): None for r in rows}
             elif integer:
-                mapped = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows}
+                known = self.idmap.get_many(name, (r[pk] for r in rows))
+                mapped = {self.graph.key(name, r[pk]): known.get(str(r[pk])) for r in rows}
                 self._target_exists(dst_conn, name, [int(v) for v in mapped.values() if v is not None])
                 target_keys = {k: (int(v) if v is not None and self._exists.get((name, int(v))) else None)
                                for k, v in mapped.items()}
@@ -356,7 +385,7 @@ class Walk:
                 self._unique_conflicts(dst_conn, name, pk, dst_def, rows, target_keys)
             existing_rows = {} if empty else self._target_rows(dst_conn, name, pk, names, decode_dst,
                                                                [v for v in target_keys.values() if v is not None])
-            self._prefetch_outside(dst_conn, name, links, rows)
+            self._prefetch(dst_conn, name, links, rows)
             storages = {}
             for row in rows:
                 source_key = self.graph.key(name, row[pk])
@@ -371,6 +400,9 @@ class Walk:
                 existing_rows.update(self._target_rows(dst_conn, name, pk, names, decode_dst, [
                     v for v in target_keys.values() if v is not None and v not in existing_rows]))
             created: list[tuple[Any, dict[str, Any]]] = []
+            settled: list[tuple[Any, Any]] = []  # this batch's target keys, to resolved and the ID map's entries
+            planned: list[tuple[Any, Any]] = []  # rows the plan would create (_New)
+            digests: list[tuple[Any, str]] = []
             for row in rows:
                 source_key = self.graph.key(name, row[pk])
                 target_key = target_keys[source_key]
@@ -389,14 +421,12 @@ class Walk:
                 if current is None:
                     counts["created"] += 1
                     if not self.write:
-                        resolved[source_key] = _New(source_key)
+                        planned.append((source_key, _New(source_key)))
                     else:
                         created.append((source_key, {n: row[n] for n in written}))
-                        self.digests[(name, source_key)] = self._digest(pk, kinds, {n: row[n] for n in written})
+                        digests.append((source_key, self._digest(pk, kinds, {n: row[n] for n in written})))
                     continue
-                resolved[source_key] = target_key
-                claimed.add(target_key)
-                self.new_map[(name, source_key)] = target_key
+                settled.append((source_key, target_key))
                 if changed:  # which fields differ: the plan says why a row is updated (or skipped)
                     fields = self.changed_fields.setdefault(name, {})
                     for n in changed:
@@ -411,38 +441,40 @@ class Walk:
                         self.sink.update(name, pk, target_key, {n: row[n] for n in changed})
                 skipped = bool(changed) and self.mode == "skip-existing"  # the target keeps its row as it is
                 after = {n: (row[n] if n in changed and not skipped else current[n]) for n in written}
-                self.digests[(name, source_key)] = self._digest(pk, kinds, after)
+                digests.append((source_key, self._digest(pk, kinds, after)))
+            resolved.set_many(planned + settled)
+            digest_of = dict(digests)
+            self.written.add(name, ((s, t, digest_of.get(s)) for s, t in settled))
             if created:
-                self._create(name, pk, integer, created)
+                self._create(name, pk, integer, created, digest_of)
             self.progress.advance(items=len(rows))
             self.progress.check_cancelled()
         if self.write:
             self.sink.flush()  # every row of the collection has its target key now
         self._in_flight = set()
-        for source_key, column, ref in deferred:  # self-references, now that every row of the collection has its key
-            target = resolved.get(ref)
-            if self.write and target is not None:
-                self.sink.set_later(name, pk, resolved[source_key], column, target)
+        for chunk in _batches(deferred):  # self-references, now that every row of the collection has its key
+            known = resolved.get_many({k for source_key, _, ref in chunk for k in (source_key, ref)})
+            for source_key, column, ref in chunk:
+                target = known.get(ref)
+                if self.write and target is not None:
+                    self.sink.set_later(name, pk, known[source_key], column, target)
         if self.write and deferred:
             self.sink.flush()
 
-    def _create(self, name: str, pk: str, integer: bool, created: list[tuple[Any, dict[str, Any]]]) -> None:
+    def _create(self, name: str, pk: str, integer: bool, created: list[tuple[Any, dict[str, Any]]],
+                digests: Mapping[Any, str]) -> None:
         """Hand new rows to the sink; their target keys are recorded when it reports them (at once for SQL,
         when the request returns for the API)."""
         sources = [source_key for source_key, _ in created]
-        resolved = self.resolved[name]
-        claimed = self._claimed.setdefault(name, set())
+        resolved = self.resolved(name)
 
         def done(made: list[Any], offset: int = 0) -> None:
-            for source_key, target_key in zip(sources[offset:], made):
-                resolved[source_key] = target_key
-                if integer:
-                    claimed.add(target_key)
-                self.new_map[(name, source_key)] = target_key  # kept keys too: identity entries (ownership)
+            pairs = list(zip(sources[offset:], made))
+            resolved.set_many(pairs)
+            self.written.add(name, ((s, t, digests.get(s)) for s, t in pairs))  # kept keys too: identity entries
 
         if not integer:  # kept keys are known now; the rows may still be in flight
-            for source_key in sources:
-                resolved[source_key] = source_key
+            resolved.set_many((source_key, source_key) for source_key in sources)
         if self.sink.concurrent:
             self._in_flight.update(sources)
         self.sink.create(name, pk, integer, [row for _, row in created], done)
@@ -453,13 +485,13 @@ class Walk:
         kept = self.finisher.rows(name, pk, kinds, rows)
         dropped = {self.graph.key(name, r[pk]) for r in rows} - {self.graph.key(name, r[pk]) for r in kept}
         if dropped:
-            self.closure.rows[name] -= dropped
+            self.closure.rows[name].discard(dropped)
             self.counts.setdefault(name, empty_counts())["skipped"] += len(dropped)
         return kept
 
     def file_target(self, source_id: str) -> str | None:
         """The target id of a moved file (its source id while planning a new one); None: the move does not carry it."""
-        target = self.resolved.get(FILES, {}).get(source_id)
+        target = self.resolved(FILES).get(source_id)
         if target is None:
             return None
         return str(target.source if isinstance(target, _New) else target)
@@ -468,7 +500,7 @@ class Walk:
                target_keys: dict[Any, Any]) -> None:
         """Integer-keyed rows the ID map does not know take the target row holding the same value of a unique
         column (``authors.email``), so the move neither duplicates it nor breaks the unique index."""
-        taken = {v for v in target_keys.values() if v is not None} | self._claimed.get(name, set())
+        taken = {v for v in target_keys.values() if v is not None}
         for index in dst_def.indexes:
             if not index.unique or len(index.columns) != 1 or index.columns[0] == pk:
                 continue
@@ -478,7 +510,9 @@ class Walk:
             for batch in _batches(sorted(pending, key=_sort_key)):
                 query = sa.select(sa.column(pk), sa.column(column)).select_from(sa.table(name)).where(
                     keys.in_(self.dst, name, column, batch))
-                for target_key, found in conn.execute(query).all():
+                holders = conn.execute(query).all()
+                taken |= self._claimed(name, (int(t) for t, _ in holders))
+                for target_key, found in holders:
                     source_key = pending.get(found)
                     target_key = int(target_key)
                     if source_key is not None and target_key not in taken and target_keys[source_key] is None:
@@ -486,6 +520,11 @@ class Walk:
                         taken.add(target_key)
                         self._exists[(name, target_key)] = True
                         self.adopted[name] = self.adopted.get(name, 0) + 1
+
+    def _claimed(self, name: str, targets: Iterable[Any]) -> set[Any]:
+        """Which of ``targets`` this run already gave a source row of ``name`` (created, adopted or matched): never
+        adopted again, so two equal source rows in different batches stay two target rows."""
+        return self.resolved(name).targets_having(targets)
 
     def _digest(self, pk: str, kinds: Mapping[str, Any], values: Mapping[str, Any]) -> str:
         """The digest of a row as the target holds it (its written columns but the key, comparable forms)."""
@@ -498,7 +537,7 @@ class Walk:
         """ID map entries an earlier run left pending (it stopped between its own record and the target's
         commit): kept when the target row holds what that run wrote, else forgotten (it never committed).
         ``empty``: the target holds no row of ``name``, so every pending entry of it is forgotten unread."""
-        if not self.idmap.pending:
+        if not self.idmap.left_pending:
             return  # the usual case: nothing left pending by an earlier run
         todo = {self.graph.key(name, r[pk]): self.idmap.get(name, r[pk]) for r in rows
                 if self.idmap.is_pending(name, r[pk])}
@@ -511,15 +550,7 @@ class Walk:
             key = int(target) if name in self.graph.integer else self.graph.key(name, target)
             current = found.get(key)
             digest = self._digest(pk, kinds, {n: current[n] for n in written}) if current is not None else None
-            if not self.idmap.confirm(name, source_key, digest) and name in self._owned and target is not None:
-                self._owned[name].discard(key)  # forgotten: its target row is no longer the pair's
-
-    def _owned_targets_before(self, name: str) -> set[int]:
-        """The target keys the ID map gives this pair's rows of ``name`` (integer keys), read once per collection
-        rather than per batch (``IdMap.owned`` walks the whole map)."""
-        if name not in self._owned:
-            self._owned[name] = {int(t) for t in self.idmap.owned(name).values()}
-        return self._owned[name]
+            self.idmap.confirm(name, source_key, digest)  # forgotten: its target row is no longer the pair's
 
     def _adopt_equal(self, conn: sa.Connection, name: str, pk: str, names: list[str],
                      decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
@@ -537,8 +568,6 @@ class Walk:
             return
         # the most selective column narrows the target's candidates (a comment's article, not its author's name)
         probe = max(eligible, key=lambda n: (len({r[n] for r in pending}), -eligible.index(n)))
-        taken = {v for v in target_keys.values() if v is not None} | self._owned_targets_before(name) | \
-            self._claimed.get(name, set())
         candidates: dict[Any, dict[str, Any]] = {}
         for batch in _batches(sorted({r[probe] for r in pending}, key=_sort_key)):
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
@@ -547,6 +576,8 @@ class Walk:
                 candidates[int(raw[pk])] = {n: decode[n](raw[n]) for n in names}
         if not candidates:
             return
+        taken = {v for v in target_keys.values() if v is not None} | self.idmap.owned_targets(name, candidates) | \
+            self._claimed(name, candidates)
         vendor = self.dst.vendor
 
         def signature(values: Mapping[str, Any]) -> Any:
@@ -584,7 +615,7 @@ class Walk:
         """New junction rows (m2m, translations, m2a) take the target's row linking the same two rows,
         so a target that already has the link (a clone, an earlier import) keeps one row per link."""
         pairs = {(link.field, link.junction) for link in self.graph.outgoing(name) if link.junction}
-        taken = {v for v in target_keys.values() if v is not None} | self._claimed.get(name, set())
+        taken = {v for v in target_keys.values() if v is not None}
         for first, second in sorted(pairs):
             wanted: dict[tuple[str, str], Any] = {}
             for row in rows:
@@ -599,7 +630,9 @@ class Walk:
             for batch in _batches(firsts):
                 query = sa.select(sa.column(pk), sa.column(first), sa.column(second)).select_from(sa.table(name)).where(
                     keys.in_(self.dst, name, first, batch))
-                for target_key, a, b in conn.execute(query).all():
+                links = conn.execute(query).all()
+                taken |= self._claimed(name, (int(t) for t, _, _ in links))
+                for target_key, a, b in links:
                     source_key = wanted.get((str(a).lower(), str(b).lower()))
                     target_key = int(target_key)
                     if source_key is not None and target_keys[source_key] is None and target_key not in taken:
@@ -664,10 +697,9 @@ class Walk:
         not own is refused."""
         doomed: dict[str, list[Any]] = {}
         self.gone: list[tuple[str, str]] = []
-        roots_done: dict[str, set[Any]] = {}
+        roots_done: list[str] = []
         for root, condition in roots.items():
-            carried = set(self.resolved.get(root, {}))
-            owned = {s: t for s, t in self.idmap.owned(root).items() if self.graph.key(root, s) not in carried}
+            owned = self._not_carried(root)
             # a source row that still exists but left the filter: only when its target row is in the mirror's
             # scope (matches the filter there too), so rows moved by another filter are not swept up
             still = self._source_has(src_conn, root, list(owned))
@@ -676,15 +708,14 @@ class Walk:
                                            where=condition(self.dst))
             doomed[root] = sorted(targets, key=_sort_key)
             self.gone += [(root, s) for s, t in owned.items() if self._target_key(root, t) in targets]
-            kept = {v for v in self.resolved.get(root, {}).values() if not isinstance(v, _New)}
-            roots_done[root] = kept  # a deleted root's children: as the target's foreign keys say (cascades counted)
-        for root, parents in roots_done.items():
+            roots_done.append(root)  # a deleted root's children: as the target's foreign keys say (cascades counted)
+        for root in roots_done:
+            parents = self.resolved(root)  # the roots this run kept: target keys it settled
             for link in self.graph.incoming(root):
                 child = link.many
                 if child not in self.graph.keys or not self.children_followed or link.m2a or not parents:
                     continue
-                carried = set(self.resolved.get(child, {}))
-                owned = {s: t for s, t in self.idmap.owned(child).items() if self.graph.key(child, s) not in carried}
+                owned = self._not_carried(child)
                 targets = self._owned_targets(conn, child, owned, link.field, parents)
                 if not targets:
                     continue
@@ -696,13 +727,23 @@ class Walk:
             self.counts.setdefault(name, empty_counts())["deleted"] = len(rows)
         return {name: rows for name, rows in doomed.items() if rows}
 
+    def _not_carried(self, name: str) -> dict[str, str]:
+        """``source_id → target_id`` of the ID map's rows of ``name`` this run did not carry (mirror's candidates),
+        the map read a page at a time against the walk's settled keys."""
+        out: dict[str, str] = {}
+        resolved = self.resolved(name)
+        for page in _batches(self.idmap.owned(name)):
+            carried = resolved.get_many(self.graph.key(name, s) for s, _ in page)
+            out.update((s, t) for s, t in page if self.graph.key(name, s) not in carried)
+        return out
+
     def _target_key(self, name: str, value: Any) -> Any:
         return int(value) if name in self.graph.integer else self.graph.key(name, value)
 
     def _owned_targets(self, conn: sa.Connection, name: str, owned: Mapping[str, str], field: str | None = None,
-                       parents: set[Any] | None = None, where: sa.ColumnElement[bool] | None = None) -> set[Any]:
-        """Which of ``owned``'s target rows the target still has (with ``field``, pointing into ``parents``;
-        with ``where``, matching it)."""
+                       parents: KeyMap | None = None, where: sa.ColumnElement[bool] | None = None) -> set[Any]:
+        """Which of ``owned``'s target rows the target still has (with ``field``, pointing at a row ``parents``
+        settled; with ``where``, matching it)."""
         pk = self.graph.keys[name]
         wanted = sorted({self._target_key(name, t) for t in owned.values()}, key=_sort_key)
         found: set[Any] = set()
@@ -711,14 +752,16 @@ class Walk:
             condition = keys.in_(self.dst, name, pk, batch)
             if where is not None:
                 condition = sa.and_(condition, where)
-            for raw in conn.execute(sa.select(*columns).select_from(sa.table(name)).where(condition)).all():
-                if field is None:
-                    found.add(self.graph.key(name, raw[0]))
-                    continue
-                parent = raw[1]
-                one = next((link.one for link in self.graph.outgoing(name) if link.field == field), None)
-                if parent is not None and one in self.graph.keys and self.graph.key(one, parent) in (parents or set()):
-                    found.add(self.graph.key(name, raw[0]))
+            held = conn.execute(sa.select(*columns).select_from(sa.table(name)).where(condition)).all()
+            if field is None:
+                found.update(self.graph.key(name, raw[0]) for raw in held)
+                continue
+            one = next((link.one for link in self.graph.outgoing(name) if link.field == field), None)
+            if one not in self.graph.keys or parents is None:
+                continue
+            kept = parents.targets_having(self.graph.key(one, raw[1]) for raw in held if raw[1] is not None)
+            found.update(self.graph.key(name, raw[0]) for raw in held
+                         if raw[1] is not None and self.graph.key(one, raw[1]) in kept)
         return found
 
     def _cascades(self, conn: sa.Connection, doomed: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
@@ -726,7 +769,7 @@ class Walk:
         a row the ID map does not own is refused (the mirror would destroy what it did not write)."""
         inspector = sa.inspect(conn)
         cascading: list[tuple[str, str, str, str]] = []  # (child, column, parent, parent column)
-        for table in self.dst.table_names():
+        for table in self._dst_tables or self.dst.table_names():
             try:
                 fks = _foreign_keys(conn, inspector, self.dst.vendor, table)
             except sa.exc.SQLAlchemyError:
@@ -763,8 +806,7 @@ class Walk:
                         nxt.setdefault(child, set()).add(key)
             todo = nxt
         for child, rows in out.items():
-            owned = {self._target_key(child, t) if child in self.graph.keys else str(t)
-                     for t in self.idmap.owned(child).values()}
+            owned = self.idmap.owned_targets(child, rows)
             foreign = sorted((r for r in rows if r not in owned), key=_sort_key)
             if foreign:
                 self.refuse(f"mirror's deletions would cascade (ON DELETE CASCADE) to {len(foreign)} {child} rows "
