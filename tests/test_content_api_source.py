@@ -24,9 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from click.testing import CliRunner
-from conftest import FIXTURES
+from conftest import FIXTURES, populated_postgres_target, query
 from live_instance import Platform, free_port, server_env, start_server, stop_process
-from test_content_api import MOVED, PUBLISHED, TOKEN, _populated_target, query, target_state
+from test_content_api import MOVED, PUBLISHED, TOKEN, target_state
 
 from cairn_migrate.cli import cli
 from cairn_migrate.content.api_source import SourceApi
@@ -180,10 +180,10 @@ def live(cairncms: Platform, tmp_path_factory: pytest.TempPathFactory, request: 
                                    extra_env={"HOST": "127.0.0.1", "PORT": source_url.rsplit(":", 1)[1],
                                               "PUBLIC_URL": source_url, "LOG_STYLE": "raw"})
     query(source, "UPDATE directus_users SET token = :t WHERE email = 'admin@example.com'", t=TOKEN)
-    target = _populated_target("target", base, request, target_url)
-    reference = _populated_target("reference", base, request, f"http://127.0.0.1:{free_port()}")  # never booted
+    target = populated_postgres_target("target", base, request, target_url, TOKEN)
+    reference = populated_postgres_target("reference", base, request, f"http://127.0.0.1:{free_port()}", TOKEN)  # never booted
     by_url_url = f"http://127.0.0.1:{free_port()}"
-    by_url = _populated_target("by-url", base, request, by_url_url)  # written through its API, named by URL only
+    by_url = populated_postgres_target("by-url", base, request, by_url_url, TOKEN)  # written through its API, named by URL only
     servers = []
     try:
         for env, url in ((source, source_url), (target, target_url), (by_url, by_url_url)):
