@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,19 @@ def test_content_move_names_the_option_whose_path_is_wrong(sqlite_instance: Path
     code, output = run(str(folder), str(sqlite_instance))
     assert code == 2 and f"--from {folder} is a folder" in output and "manifest.json" in output, output
     assert "--env" not in output
+
+
+def test_ctrl_c_with_traceback_prints_it_and_still_exits_3(sqlite_instance: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial's Ctrl-C of a move run with ``--traceback`` printed click's "Aborted!" and exited 1 (which means
+    "differences found"), with no traceback: now the traceback, then the usual one line and exit 3."""
+    (tmp_path / "trial_ctrl_c.py").write_text("def stop(collection, row, context):\n    raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = tmp_path / "dst"
+    shutil.copytree(sqlite_instance.parent, target)
+    result = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}).invoke(
+        cli, ["--traceback", "content", "move", "--from", str(sqlite_instance), "--to", str(target / ".env"),
+              "--collection", "articles", "--transform", "trial_ctrl_c:stop"])
+    assert result.exit_code == 3, result.output
+    assert "Traceback (most recent call last)" in result.output and "Error: interrupted" in result.output
+    assert "Aborted!" not in result.output
