@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -284,7 +285,26 @@ def ops_list(as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point (SIGTERM stops a verb as Ctrl-C does: :func:`~.base.terminate_as_interrupt`)."""
     with terminate_as_interrupt():
-        cli(prog_name="cairn-migrate")
+        try:
+            cli(prog_name="cairn-migrate")
+        except SystemExit as exc:
+            _leave_calls_on_the_wire(exc.code)
+            raise
+
+
+def _leave_calls_on_the_wire(code: object) -> None:
+    """Exit now when an interrupted ``content move --via api`` left requests on the wire.
+
+    The move has recorded what the target acknowledged and said so (exit 4); a batch the target takes longer than
+    the grace to answer would otherwise keep the process alive until it is answered (Python joins the request
+    pool's threads at exit: the trial's Ctrl-C printed its message and then held the prompt until CairnCMS
+    answered).  The module is looked up, not imported: a verb that never loaded it has nothing on the wire.
+    """
+    client = sys.modules.get("cairn_migrate.content.api_client")
+    if client is not None and client.calls_on_the_wire():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 from .install import register as _register_install  # noqa: E402
 _register_install(cli)
 

@@ -73,8 +73,10 @@ def handle_errors(func: F) -> F:
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own exits and usage errors
         except KeyboardInterrupt as exc:  # Ctrl-C: failed (3), never click's "Aborted!" with 1 (= differences)
-            if obj is not None and obj.traceback:
-                raise
+            if obj is not None and obj.traceback:  # the traceback asked for, then the same message and exit code
+                import traceback
+
+                traceback.print_exc()
             stopped = exc if isinstance(exc, Interrupted) else Interrupted()
             click.echo(f"Error: {stopped.message}", err=True)
             if stopped.hint:

@@ -79,12 +79,15 @@ def render_run(report: dict[str, Any]) -> str:
 
 
 def run_outcome(run: dict[str, Any]) -> str:
-    """A recorded run's outcome in words, with the rows it left alone (``skip-if-target-modified``): ``ok`` alone
-    would read as "everything synced" when rows changed on the target were kept as they are."""
+    """A recorded run's outcome in words, marked ``(dry run)`` for one, with the rows it left alone
+    (``skip-if-target-modified``): ``ok`` alone would read as "everything synced" when rows changed on the target
+    were kept as they are."""
     conflicts = sum(len(keys) for keys in (((run.get("report") or {}).get("conflicts")) or {}).values())
+    # a dry run's "ok" read as a real run's in the trial's history: it changed nothing and moved no watermark
+    text = f"{run['outcome']} (dry run)" if run.get("dry_run") else str(run["outcome"])
     if not conflicts:
-        return str(run["outcome"])
-    return f"{run['outcome']}, {conflicts} conflict{'' if conflicts == 1 else 's'} left alone"
+        return text
+    return f"{text}, {conflicts} conflict{'' if conflicts == 1 else 's'} left alone"
 
 
 def outside_http_paths(profile: dict[str, Any]) -> list[str]:
