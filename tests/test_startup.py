@@ -93,3 +93,20 @@ def test_a_sqlite_clone_loads_no_other_vendor_and_no_http(native: bool, tmp_path
         assert "sqlalchemy.dialects.sqlite" in modules, verb  # it did open the database
         if verb != "export":  # export writes the YAML schema snapshot; the others read no YAML
             assert "yaml" not in modules, verb
+
+
+def test_the_import_marker_keeps_its_column_types_with_the_mysql_dialect_loaded_late() -> None:
+    """The marker's ``tables`` column: LONGTEXT on MySQL/MariaDB (TEXT stops at 64 KiB), TEXT elsewhere, as before
+    the MySQL dialect was imported only for MySQL."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    from cairn_migrate.bundle import import_marker
+
+    def ddl(dialect: sa.Dialect) -> str:
+        text = str(sa.schema.CreateTable(import_marker._marker).compile(dialect=dialect))
+        return next(line.strip() for line in text.splitlines() if line.strip().startswith("tables "))
+
+    assert ddl(mysql.dialect()) == "tables LONGTEXT NOT NULL,"
+    assert ddl(postgresql.dialect()) == "tables TEXT NOT NULL,"
+    assert ddl(sqlite.dialect()) == "tables TEXT NOT NULL,"

@@ -54,7 +54,7 @@ class _LongText(sa.types.TypeDecorator[str]):
             from sqlalchemy.dialects import mysql
 
             return dialect.type_descriptor(mysql.LONGTEXT())
-        return dialect.type_descriptor(sa.Text())
+        return super().load_dialect_impl(dialect)
 
 
 _metadata = sa.MetaData()
