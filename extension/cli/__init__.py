@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .. import api, operations
+from .. import operations
 from .base import (  # noqa: F401 - EXIT_* and Context are this module's public names too
     EXIT_DIFFERENCES,
     EXIT_FAILED,
@@ -171,6 +171,8 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safe
     not set, by name (CairnCMS does not start without KEY and SECRET).
     With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
     """
+    from .. import api
+
     params = {"path": bundle, "dry_run": dry_run, "replace": replace, "resume": resume,
               "storage_map": api.parse_storage_map(storage_map), "key_file": key_file, "safety_bundle": safety_bundle}
     context = obj.operation(secrets={"passphrase": _passphrase(passphrase_file)})
@@ -204,6 +206,8 @@ def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url:
 
     if login and ":" not in login:
         raise ConfigError("--login must be EMAIL:PASSWORD")
+    from .. import api
+
     params = {"path": bundle, "storage_map": api.parse_storage_map(storage_map), "url": url, "key_file": key_file}
     context = obj.operation(secrets={"token": token, "login": login, "passphrase": _passphrase(passphrase_file)})
     with RichProgress("verifying", enabled=not as_json) as progress:

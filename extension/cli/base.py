@@ -17,7 +17,6 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .. import api
 from ..errors import Interrupted, MigrateError, first_line, unexpected
 from ..operations import OpContext, Outcome
 from ..progress import Progress
@@ -36,6 +35,8 @@ class Context:
         self.traceback = traceback
 
     def instance(self) -> Any:
+        from .. import api  # with the instance model, SQLAlchemy: imported by a verb that reads an instance, not by --help
+
         return api.load_instance(self.env)
 
     def operation(self, progress: Progress | None = None, *, scripts: str | None = None,
@@ -46,6 +47,7 @@ class Context:
         the state store is the process's (``CAIRN_MIGRATE_STATE_URL`` or the default),
         resolved here once; bundles are paths.
         """
+        from .. import api
         from ..service.state import default_state_url
 
         instance = self.instance()

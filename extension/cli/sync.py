@@ -14,11 +14,13 @@ from typing import Any
 import click
 
 from .. import operations
-from ..operations.sync_profiles import CONFLICTS, MISSED, MODES, SyncStore, due_slot, trigger_of, validate_new_profile
+from ..operations import SYNC_CONFLICTS as CONFLICTS, SYNC_MISSED as MISSED, SYNC_MODES as MODES
 from .base import Context, _emit, exit_with, handle_errors
 
 
-def _store(obj: Context) -> SyncStore:
+def _store(obj: Context) -> Any:
+    """The state store's sync profiles (imported here, when a sync verb runs: not at the CLI's start-up)."""
+    from ..operations.sync_profiles import SyncStore
     from ..service.state import default_state_url, instance_scope
 
     return SyncStore(default_state_url(), instance_scope(obj.instance()))
@@ -26,6 +28,8 @@ def _store(obj: Context) -> SyncStore:
 
 def _next_run(profile: dict[str, Any]) -> str | None:
     from datetime import datetime, timezone
+
+    from ..operations.sync_profiles import trigger_of
 
     trigger = trigger_of(profile, profile["anchor"])
     if trigger is None or not profile["enabled"]:
@@ -36,6 +40,8 @@ def _next_run(profile: dict[str, Any]) -> str | None:
 
 
 def _describe(profile: dict[str, Any]) -> dict[str, Any]:
+    from ..operations.sync_profiles import due_slot
+
     return {**profile, "next_run": _next_run(profile), "due_slot": due_slot(profile, profile["anchor"])}
 
 
@@ -169,6 +175,8 @@ def register(cli: click.Group) -> None:
         so its scheduled runs would end invalid.
         """
         schedule = {"cron": cron, "interval_seconds": interval_seconds, "timezone": zone} if cron or interval_seconds else None
+        from ..operations.sync_profiles import validate_new_profile
+
         profile = validate_new_profile({
             "name": name, "source": source, "target": target, "collections": list(collections),
             "filters": _filters(filters), "mode": mode, "max_delete": max_delete, "conflict": conflict,
