@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,40 @@ def test_interrupts_held_over_a_commit_act_after_it() -> None:
             done.append("flag set")
     assert done == ["committed", "flag set"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_content_move_names_the_option_whose_path_is_wrong(sqlite_instance: Path, tmp_path: Path) -> None:
+    """The trial's ``--to missing/.env`` said "fix: pass --env with the path of the instance's .env file" (an option
+    the move has no use for), and a folder given for ``--from``/``--to`` said "point --env at the .env file itself".
+    Each now names ``--from`` or ``--to``, and the .env inside the folder when there is one."""
+    folder = sqlite_instance.parent
+
+    def run(source: str, target: str) -> tuple[int, str]:
+        result = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}).invoke(
+            cli, ["content", "move", "--from", source, "--to", target, "--collection", "articles"])
+        return result.exit_code, result.output
+
+    code, output = run(str(sqlite_instance), str(tmp_path / "missing" / ".env"))
+    assert code == 2 and f"--to {tmp_path / 'missing' / '.env'} does not exist" in output, output
+    assert "--env" not in output
+    code, output = run(str(sqlite_instance), str(folder))
+    assert code == 2 and f"--to {folder} is a folder" in output and f"--to {folder / '.env'}" in output, output
+    code, output = run(str(folder), str(sqlite_instance))
+    assert code == 2 and f"--from {folder} is a folder" in output and "manifest.json" in output, output
+    assert "--env" not in output
+
+
+def test_ctrl_c_with_traceback_prints_it_and_still_exits_3(sqlite_instance: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial's Ctrl-C of a move run with ``--traceback`` printed click's "Aborted!" and exited 1 (which means
+    "differences found"), with no traceback: now the traceback, then the usual one line and exit 3."""
+    (tmp_path / "trial_ctrl_c.py").write_text("def stop(collection, row, context):\n    raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = tmp_path / "dst"
+    shutil.copytree(sqlite_instance.parent, target)
+    result = CliRunner(env={"CAIRN_MIGRATE_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}).invoke(
+        cli, ["--traceback", "content", "move", "--from", str(sqlite_instance), "--to", str(target / ".env"),
+              "--collection", "articles", "--transform", "trial_ctrl_c:stop"])
+    assert result.exit_code == 3, result.output
+    assert "Traceback (most recent call last)" in result.output and "Error: interrupted" in result.output
+    assert "Aborted!" not in result.output

@@ -241,6 +241,21 @@ def test_a_second_run_from_the_url_changes_nothing(live: Live) -> None:
     assert counts == {t: query(live.target, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
 
 
+def test_a_masked_move_from_a_url_checks_the_profile_against_the_sources_structure_and_needs_a_salt(
+        live: Live) -> None:
+    """The trial's ``--mask pii-basic`` from a URL was refused: the profile was checked against the collections read
+    into the scratch copy only, which never hold ``directus_sessions``/``directus_activity`` (pii-basic names them).
+    Now it is checked against every collection the source's API describes; and, the URL carrying no SECRET, it
+    needs ``--mask-salt`` (the README's rule), refused before anything is read otherwise."""
+    counts = {t: query(live.target, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+    code, _, output = live.from_url("--mask", "pii-basic", "--dry-run")
+    assert code == 2 and "--mask-salt" in output and "SECRET" in output, output
+    code, report, output = live.from_url("--mask", "pii-basic", "--mask-salt", "pepper", "--dry-run")
+    assert code in (0, 1), output
+    assert report["transform"]["mask"] == {"profile": "pii-basic", "origin": "built-in", "salt": "given"}, report
+    assert counts == {t: query(live.target, f"SELECT count(*) FROM {t}")[0][0] for t in MOVED}
+
+
 def test_over_http_a_url_source_needs_a_token_its_api_accepts_as_an_admins(live: Live) -> None:
     """``POST /migrate/ops`` op content (what the admin module sends) with the sidecar's own instance as the
     target: the URL source is allowed only with a token the source's own API accepts as an administrator's

@@ -8,6 +8,8 @@ row and a 20 000-key lookup over an unindexed foreign key (CairnCMS indexes none
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import hashlib
 import json
@@ -18,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from cairn_migrate.content import keys
+from cairn_migrate.content.spill import Spill
 from cairn_migrate.instance.database import Database
 from cairn_migrate.instance.instance import Instance
 
@@ -76,16 +79,21 @@ def test_id_map_records_pending_entries_then_commits_and_replaces_them(vendor: s
     scope = ("src-db", "dst-db")
     maps: list[keys.IdMap] = []
     request.addfinalizer(lambda: [m.engine.dispose() for m in maps])  # before the database is dropped
-    first = keys.IdMap(url, scope)
-    maps.append(first)
-    entries = {("comments", i): 1000 + i for i in range(1200)} | {("articles", "a'b"): "a'b"}
-    assert first.save(entries, pending=True, digests={("comments", 1): "d1"}) == 1201
-    assert first.is_pending("comments", 1)
-    first.commit()
-    again = keys.IdMap(url, scope)
-    maps.append(again)
-    assert not again.pending and again.get("comments", 1199) == "2199" and again.get("articles", "a'b") == "a'b"
-    assert again.save({("comments", 5): 7, ("comments", 5000): 8}) == 2  # one replaced, one new
-    third = keys.IdMap(url, scope)
-    maps.append(third)
-    assert third.get("comments", 5) == "7" and third.get("comments", 5000) == "8" and len(third.owned("comments")) == 1201
+    with contextlib.ExitStack() as stack:
+        def run() -> keys.IdMap:  # each run reads the map into its own scratch database
+            idmap = keys.IdMap(url, scope, stack.enter_context(Spill.open()))
+            maps.append(idmap)
+            return idmap
+
+        first = run()
+        entries = [("comments", i, 1000 + i, "d1" if i == 1 else None) for i in range(1200)] + \
+            [("articles", "a'b", "a'b", None)]
+        assert first.save(entries, pending=True) == 1201
+        first.commit()
+        again = run()
+        assert not again.is_pending("comments", 1)
+        assert again.get("comments", 1199) == "2199" and again.get("articles", "a'b") == "a'b"
+        assert again.save([("comments", 5, 7, None), ("comments", 5000, 8, None)]) == 2  # one replaced, one new
+        third = run()
+        assert third.get("comments", 5) == "7" and third.get("comments", 5000) == "8"
+        assert len(list(third.owned("comments"))) == 1201

@@ -437,3 +437,24 @@ def test_create_users_never_grants_an_administrator_role(tmp_path: Path) -> None
     assert entry["email"] == "admin@example.com" and entry["role"] is None and "administrator" in entry["note"]
     assert query(target, "SELECT status, role, password FROM directus_users WHERE email = 'admin@example.com'") == [
         ("suspended", None, None)]
+
+
+def test_a_masked_move_from_a_bundle_without_a_salt_is_refused_before_anything_is_written(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A bundle carries no SECRET: without --mask-salt the key would come from the public profile alone, and anyone
+    holding the target could test guesses against its fakes.  The trial found the move accepted it (the report's
+    salt said "guessable"); the README says such a source needs the salt: refused (exit 2), naming --mask-salt."""
+    source = build_sqlite_instance(FIXTURES / "sqlite", tmp_path / "src")
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(cli, ["--env", str(source), "export", "--full", "-o", str(bundle)])
+    assert result.exit_code == 0, result.output
+    target = make_instance("sqlite", tmp_path / "dst", request)
+    query(target, "DELETE FROM article_comments")
+    before = query(target, "SELECT count(*) FROM article_comments")[0][0]
+    code, output = move(bundle, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED,
+                        "--mask", "pii-basic", env={"CAIRN_MIGRATE_MASK_SALT": ""})
+    assert code == 2 and "--mask-salt" in json.dumps(output), output
+    assert query(target, "SELECT count(*) FROM article_comments")[0][0] == before
+    code, report = move(bundle, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED,
+                        "--mask", "pii-basic", "--mask-salt", "pepper", "--dry-run")
+    assert code == 1 and report["transform"]["mask"]["salt"] == "given", report

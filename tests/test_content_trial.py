@@ -261,3 +261,51 @@ def test_with_stderr_piped_a_move_prints_plain_progress_lines_and_json_stays_cle
     assert json.loads(out)["applied"]  # stdout is the report alone
     lines = [line for line in err.splitlines() if line.startswith("content move: ")]
     assert any(re.search(r"content articles \(writing\): \d+ rows: \d+/\d+ items, .*items/s", line) for line in lines), err
+
+
+def test_ctrl_c_of_an_api_move_whose_batch_the_target_holds_exits_once_the_grace_is_over(
+        trial: Trial, tmp_path: Path) -> None:
+    """The trial's Ctrl-C of a 5000-article move through the API printed "stopped part-way (partial)" after the
+    grace and then held the prompt until CairnCMS answered the batches still on the wire (Python joins the
+    request pool's threads at exit; up to CAIRN_MIGRATE_READ_TIMEOUT).  Here a blocking flow on the served
+    target (a filter on ``items.create`` of articles whose operation sleeps 90 s: real CairnCMS, holding the
+    request) keeps the first article's POST on the wire; the process must exit with its message, at the grace."""
+    from cairn_migrate.content.api_client import STOP_GRACE
+
+    held = '{"status": {"_eq": "held"}}'
+    for n in (1, 2, 3):
+        query(trial.source, "INSERT INTO articles (id, status, title, slug, author, body) SELECT :id, 'held', "
+                            "'Held ' || title, 'held-' || slug, author, body FROM articles WHERE slug = :s",
+              id=str(uuid.uuid4()), s=f"article-{n}")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    flow = requests.post(f"{trial.url}/flows", headers=headers, timeout=30, json={
+        "name": "trial: hold article creates", "status": "active", "trigger": "event", "accountability": "all",
+        "options": {"type": "filter", "scope": ["items.create"], "collections": ["articles"]}}).json()["data"]["id"]
+    operation = requests.post(f"{trial.url}/operations", headers=headers, timeout=30, json={
+        "name": "sleep", "key": "sleep", "type": "sleep", "position_x": 19, "position_y": 1,
+        "options": {"milliseconds": 90000}, "flow": flow}).json()["data"]["id"]
+    assert requests.patch(f"{trial.url}/flows/{flow}", headers=headers, timeout=30,
+                          json={"operation": operation}).status_code == 200
+    proc = None
+    try:
+        proc, mark = _spawn(trial, tmp_path, trial.served, "--filter", held, "--via", "api", "--to-token", TOKEN,
+                            "--batch-size", "1", sleep="0")
+        deadline = time.monotonic() + 120
+        while not mark.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the move never reached its writing pass"
+            time.sleep(0.05)
+        time.sleep(3)  # the first article's POST is on the wire, held by the flow
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)  # the old code: held until the flow's 90 s were over
+        took = time.monotonic() - sent
+        print(f"SIGINT with a held batch: exit {proc.returncode} {took:.2f} s after the signal")
+        assert proc.returncode == 4, (out, err)
+        assert "requests in flight were not answered in time" in err, err
+        assert took < STOP_GRACE + 10, took
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        requests.delete(f"{trial.url}/flows/{flow}", headers=headers, timeout=30)

@@ -283,6 +283,11 @@ def test_crud_over_the_cli(pair: tuple[CairnSqliteInstance, CairnSqliteInstance]
     assert json.loads(run("resume", "nightly", "--json").output)["enabled"] is True
     assert "every 900s" in run("show", "nightly").output
     assert json.loads(run("history", "nightly", "--json").output) == {"name": "nightly", "runs": [], "count": 0}
+    # the trial: a dry run read "ok" in the text history, like a run that synced; it says what it was
+    run("run", "nightly", "--dry-run")  # this pair's outcome does not matter here: only how the history says it
+    run("run", "nightly")
+    dry, real = reversed(run("history", "nightly").output.splitlines())
+    assert " (dry run)" in dry and " (dry run)" not in real, (dry, real)
     assert run("remove", "nightly").exit_code == 0
     missing = run("show", "nightly")
     assert missing.exit_code == 2 and "no sync profile 'nightly'" in missing.output  # bad input, not a failure

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
 from ..instance.database import Database
 from ..errors import MigrateError
@@ -41,6 +40,23 @@ STEPS = ("replace", "tables", "restore", "files", "constraints")
 #: The fix every report of an incomplete target names.
 RESUME_FIX = "cairn-migrate import BUNDLE --resume (with the bundle of the interrupted import)"
 
+
+
+class _LongText(sa.types.TypeDecorator[str]):
+    """TEXT, LONGTEXT on MySQL/MariaDB (whose TEXT stops at 64 KiB): the MySQL dialect is imported only there,
+    so a process on SQLite or PostgreSQL never loads it (start-up: ``tests/test_startup.py``)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "mysql":
+            from sqlalchemy.dialects import mysql
+
+            return dialect.type_descriptor(mysql.LONGTEXT())
+        return super().load_dialect_impl(dialect)
+
+
 _metadata = sa.MetaData()
 _marker = sa.Table(
     TABLE,
@@ -49,7 +65,7 @@ _marker = sa.Table(
     sa.Column("bundle_id", sa.String(64), nullable=False),
     sa.Column("step", sa.String(16), nullable=False),
     sa.Column("current_table", sa.String(255), nullable=True),
-    sa.Column("tables", sa.Text().with_variant(mysql.LONGTEXT(), "mysql"), nullable=False),
+    sa.Column("tables", _LongText(), nullable=False),
     sa.Column("started_at", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )

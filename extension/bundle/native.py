@@ -13,6 +13,7 @@ fast path stays fast end to end.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import math
 import os
 import signal
@@ -20,7 +21,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -177,6 +178,86 @@ def _sqlite_copy(source_path: str | Path, target_path: str | Path) -> None:
     finally:
         target.close()
         source.close()
+
+
+#: What a bundle's SQLite database may hold besides the manifest's tables: SQLite's own (``sqlite_sequence``,
+#: ``sqlite_stat1``…) and CairnCMS's tables and indexes.  Triggers and views are refused: CairnCMS's migrations
+#: create none on SQLite, and a trigger in an untrusted file would run inside the target on the first write
+#: (our marker, a storage remap, then CairnCMS's own writes).
+_SQLITE_REFUSED = ("trigger", "view")
+
+
+def check_sqlite_file(path: Path, tables: Collection[str], *, member: str) -> None:
+    """Refuse a bundle's SQLite database that is damaged or holds more than the bundle's tables.
+
+    The file is untrusted (anyone may hand over a bundle; its SHA-256 only proves it is the one the
+    manifest lists): it is opened read-only with ``trusted_schema`` off, and must pass
+    ``PRAGMA quick_check`` (every page, b-tree and record well formed: a page copy of a damaged file
+    would give the target a damaged database; the full ``integrity_check`` also cross-checks every index
+    entry against its table, for what verify's digests catch), hold no trigger or view, and hold every
+    table the manifest lists (others may be there: a page copy carries the source's ``DB_EXCLUDE_TABLES``).
+
+    :raises BundleError: naming the member and what is wrong with it (rule ``bad_sqlite``).
+    """
+    from .bundle import BundleError
+
+    def bad(message: str) -> BundleError:
+        return BundleError(f"{member}: {message}", rule="bad_sqlite", member=member,
+                           hint="the bundle's SQLite database is not what an export writes: export it again from the source")
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise bad(f"cannot be opened as a SQLite database ({exc})") from None
+    try:
+        conn.execute("PRAGMA trusted_schema = OFF")
+        found = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if found != ["ok"]:
+            raise bad(f"damaged: {'; '.join(map(str, found))}")
+        extra = conn.execute("SELECT type, name FROM sqlite_master WHERE type IN (?, ?) ORDER BY name",
+                             _SQLITE_REFUSED).fetchall()
+        if extra:
+            raise bad("holds " + ", ".join(f"{kind} {name!r}" for kind, name in extra[:5])
+                      + ", which CairnCMS never creates (refused: it would run inside the target)")
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                 if not row[0].startswith("sqlite_")}
+    except sqlite3.DatabaseError as exc:
+        raise bad(f"cannot be read as a SQLite database ({exc})") from None
+    finally:
+        conn.close()
+    missing = sorted(set(tables) - names)
+    if missing:
+        raise bad(f"lacks the manifest's table(s) {', '.join(missing[:5])}")
+
+
+#: The header fields a page copy (the backup API) writes in its destination itself: the file change counter
+#: (bytes 24-27), the schema cookie (40-43), version-valid-for (92-95) and the library version (96-99)
+#: (https://www.sqlite.org/fileformat.html, "The Database Header").
+_COPY_COUNTERS = ((24, 28), (40, 44), (92, 100))
+
+
+def pages_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a SQLite database file with the counters a page copy rewrites zeroed, or None when the file
+    alone is not the database (a write-ahead log or hot journal beside it holds pages).
+
+    Two files with equal digests hold the same pages, so the same tables, rows and indexes: a native SQLite
+    import ends with a page copy of the bundle's database into the target, so verify proves a target untouched
+    since that import by this digest alone (any later write changes a page), and compares rows only when it
+    differs.
+    """
+    for suffix in ("-wal", "-journal"):
+        beside = Path(f"{os.fspath(path)}{suffix}")
+        if beside.exists() and beside.stat().st_size:
+            return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        header = bytearray(fh.read(100))
+        for start, end in _COPY_COUNTERS:
+            header[start:end] = bytes(end - start)
+        digest.update(header)
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextmanager

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 
@@ -354,8 +353,16 @@ def _compile_sqlite_json(type_: Any, compiler: Any, **kw: Any) -> str:
 
 
 def native_type(column: Column, vendor: str, *, unsigned: bool = False) -> sa.types.TypeEngine[Any]:
-    """The native type CairnCMS on ``vendor`` uses for a neutral column."""
+    """The native type CairnCMS on ``vendor`` uses for a neutral column.
+
+    The vendor's SQLAlchemy dialect is imported here, for that vendor only: a process that never touches
+    PostgreSQL or MySQL does not pay for loading their dialects (start-up: ``tests/test_startup.py``).
+    """
     t = column.type
+    if vendor == "postgres":
+        from sqlalchemy.dialects import postgresql
+    elif vendor == "mysql":
+        from sqlalchemy.dialects import mysql
     if t == "uuid":
         return postgresql.UUID(as_uuid=False) if vendor == "postgres" else sa.CHAR(36)
     if t == "string":

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
-from .. import api, operations
+from .. import operations
 from .base import (  # noqa: F401 - EXIT_* and Context are this module's public names too
     EXIT_DIFFERENCES,
     EXIT_FAILED,
@@ -170,6 +171,8 @@ def import_command(obj: Context, bundle: str, dry_run: bool, replace: bool, safe
     not set, by name (CairnCMS does not start without KEY and SECRET).
     With --dry-run, exits 1 when the plan has changes and 0 when there is nothing to do.
     """
+    from .. import api
+
     params = {"path": bundle, "dry_run": dry_run, "replace": replace, "resume": resume,
               "storage_map": api.parse_storage_map(storage_map), "key_file": key_file, "safety_bundle": safety_bundle}
     context = obj.operation(secrets={"passphrase": _passphrase(passphrase_file)})
@@ -203,6 +206,8 @@ def verify_command(obj: Context, bundle: str, storage_map: tuple[str, ...], url:
 
     if login and ":" not in login:
         raise ConfigError("--login must be EMAIL:PASSWORD")
+    from .. import api
+
     params = {"path": bundle, "storage_map": api.parse_storage_map(storage_map), "url": url, "key_file": key_file}
     context = obj.operation(secrets={"token": token, "login": login, "passphrase": _passphrase(passphrase_file)})
     with RichProgress("verifying", enabled=not as_json) as progress:
@@ -284,7 +289,26 @@ def ops_list(as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point (SIGTERM stops a verb as Ctrl-C does: :func:`~.base.terminate_as_interrupt`)."""
     with terminate_as_interrupt():
-        cli(prog_name="cairn-migrate")
+        try:
+            cli(prog_name="cairn-migrate")
+        except SystemExit as exc:
+            _leave_calls_on_the_wire(exc.code)
+            raise
+
+
+def _leave_calls_on_the_wire(code: object) -> None:
+    """Exit now when an interrupted ``content move --via api`` left requests on the wire.
+
+    The move has recorded what the target acknowledged and said so (exit 4); a batch the target takes longer than
+    the grace to answer would otherwise keep the process alive until it is answered (Python joins the request
+    pool's threads at exit: the trial's Ctrl-C printed its message and then held the prompt until CairnCMS
+    answered).  The module is looked up, not imported: a verb that never loaded it has nothing on the wire.
+    """
+    client = sys.modules.get("cairn_migrate.content.api_client")
+    if client is not None and client.calls_on_the_wire():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 from .install import register as _register_install  # noqa: E402
 _register_install(cli)
 

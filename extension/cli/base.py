@@ -17,7 +17,6 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .. import api
 from ..errors import Interrupted, MigrateError, first_line, unexpected
 from ..operations import OpContext, Outcome
 from ..progress import Progress
@@ -36,6 +35,8 @@ class Context:
         self.traceback = traceback
 
     def instance(self) -> Any:
+        from .. import api  # with the instance model, SQLAlchemy: imported by a verb that reads an instance, not by --help
+
         return api.load_instance(self.env)
 
     def operation(self, progress: Progress | None = None, *, scripts: str | None = None,
@@ -46,6 +47,7 @@ class Context:
         the state store is the process's (``CAIRN_MIGRATE_STATE_URL`` or the default),
         resolved here once; bundles are paths.
         """
+        from .. import api
         from ..service.state import default_state_url
 
         instance = self.instance()
@@ -73,8 +75,10 @@ def handle_errors(func: F) -> F:
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own exits and usage errors
         except KeyboardInterrupt as exc:  # Ctrl-C: failed (3), never click's "Aborted!" with 1 (= differences)
-            if obj is not None and obj.traceback:
-                raise
+            if obj is not None and obj.traceback:  # the traceback asked for, then the same message and exit code
+                import traceback
+
+                traceback.print_exc()
             stopped = exc if isinstance(exc, Interrupted) else Interrupted()
             click.echo(f"Error: {stopped.message}", err=True)
             if stopped.hint:

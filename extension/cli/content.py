@@ -151,6 +151,7 @@ def content_move(obj: Context, source: str, from_token: str | None, target: str,
         raise InvalidInput(f"--from {source} does not exist",
                            hint="name the source's .env, an export --full bundle, or a running instance's URL "
                            "with --from-token")
+    _check_paths(source, target)
     params = {"from": source, "to": target, "collections": list(collections), "filter": filter_, "depth": depth,
               "mode": mode, "max_delete": max_delete, "via": via, "to_url": to_url, "concurrency": concurrency,
               "batch_size": batch_size, "dry_run": dry_run, "rewrite_urls": not no_rewrite_urls, "mask": mask,
@@ -169,6 +170,30 @@ def content_move(obj: Context, source: str, from_token: str | None, target: str,
         report, outcome = operations.run("content", context, params)
     click.echo(json.dumps(report, indent=2, default=str) if as_json else render_content(report))
     exit_with(outcome)
+
+
+def _check_paths(source: str, target: str) -> None:
+    """Name the option whose path is wrong: the instance loader's own message says ``--env`` (the trial's
+    ``--to missing/.env`` read "fix: pass --env with the path of the instance's .env file").
+
+    :raises InvalidInput: ``--to`` missing, or a folder; ``--from`` a folder that is not a bundle.
+    """
+    from urllib.parse import urlsplit
+
+    from ..errors import InvalidInput
+
+    if urlsplit(target).scheme not in ("http", "https") and not os.path.exists(target):
+        raise InvalidInput(f"--to {target} does not exist",
+                           hint="name the target's .env (or, with --via api, a running instance's URL)")
+    for option, value in (("--from", source), ("--to", target)):
+        if not os.path.isdir(value) or (option == "--from" and os.path.isfile(os.path.join(value, "manifest.json"))):
+            continue
+        inside = os.path.join(value, ".env")
+        what = "an instance's .env" + (" or an export --full bundle (it holds no manifest.json)" if option == "--from"
+                                       else "")
+        raise InvalidInput(f"{option} {value} is a folder, not {what}",
+                           hint=f"name the .env file itself: {option} {inside}" if os.path.isfile(inside)
+                           else f"name the instance's .env file with {option}")
 
 
 def register(cli: click.Group) -> None:

@@ -16,40 +16,39 @@ import sys
 import threading
 import time
 from types import TracebackType
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    ProgressColumn,
-    Task,
-)
-from rich.text import Text
+from typing import Any
 
 
-class _RateColumn(ProgressColumn):
-    """Items per second, and bytes per second when bytes are counted."""
+def _live_bar(description: str) -> tuple[Any, Any, Any]:
+    """rich's live bar on stderr, its task and console: imported only for a terminal, where it shows (rich is
+    ~50 ms of a process's start-up, and a process writing to a pipe or a file never draws a bar)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        if elapsed <= 0:
-            return Text("")
-        rate = f"{task.completed / elapsed:,.0f}/s"
-        size = task.fields.get("bytes_raw", 0)
-        if size:
-            rate += f" {_human(int(size / elapsed))}/s"
-        return Text(rate, style="progress.data.speed")
+    class RateColumn(ProgressColumn):
+        """Items per second, and bytes per second when bytes are counted."""
+
+        def render(self, task: Task) -> Text:
+            elapsed = task.elapsed or 0.0
+            if elapsed <= 0:
+                return Text("")
+            rate = f"{task.completed / elapsed:,.0f}/s"
+            size = task.fields.get("bytes_raw", 0)
+            if size:
+                rate += f" {_human(int(size / elapsed))}/s"
+            return Text(rate, style="progress.data.speed")
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[bytes]}"),
+                   RateColumn(), TimeElapsedColumn(), console=console, transient=True)
+    return bar, bar.add_task(description, total=None, bytes="", bytes_raw=0), console
 
 
 class RichProgress:
     """Progress on stderr; silent when disabled or not a terminal."""
 
     def __init__(self, description: str, *, enabled: bool = True) -> None:
-        self._console = Console(stderr=True)
         self._enabled = enabled and sys.stderr.isatty()
         self._description = description
         #: the plain lines for a stderr that is not a terminal (:meth:`_tick`)
@@ -60,22 +59,12 @@ class RichProgress:
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[bytes]}"),
-            _RateColumn(),
-            TimeElapsedColumn(),
-            console=self._console,
-            disable=not self._enabled,
-            transient=True,
-        )
-        self._task: TaskID = self._bar.add_task(description, total=None, bytes="", bytes_raw=0)
+        self._bar, self._task, self._console = _live_bar(description) if self._enabled else (None, None, None)
         self._bytes = 0
 
     def __enter__(self) -> RichProgress:
-        self._bar.start()
+        if self._bar is not None:
+            self._bar.start()
         self._started = time.monotonic()
         if self._plain:
             self._ticker = threading.Thread(target=self._tick, name="cli-progress", daemon=True)
@@ -84,7 +73,8 @@ class RichProgress:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
-        self._bar.stop()
+        if self._bar is not None:
+            self._bar.stop()
 
     def _tick(self) -> None:
         """Every interval, one line on stderr once the operation reported anything (a timer, so a phase that
@@ -125,16 +115,18 @@ class RichProgress:
             self._done = items_done
         if items_total is not None:
             self._total = items_total
-        self._bar.update(self._task, completed=items_done, total=items_total, bytes=_human(self._bytes), bytes_raw=self._bytes)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=items_done, total=items_total, bytes=_human(self._bytes), bytes_raw=self._bytes)
 
     def advance(self, items: int = 0, bytes: int = 0) -> None:
         self._bytes += bytes
         self._done = (self._done or 0) + items
-        self._bar.update(self._task, advance=items, bytes=_human(self._bytes), bytes_raw=self._bytes)
+        if self._bar is not None:
+            self._bar.update(self._task, advance=items, bytes=_human(self._bytes), bytes_raw=self._bytes)
 
     def log(self, message: str) -> None:
         self._phase = message  # the plain line's phase
-        if self._enabled:
+        if self._console is not None:
             self._console.log(message)
 
     def check_cancelled(self) -> None:

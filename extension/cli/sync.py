@@ -14,11 +14,13 @@ from typing import Any
 import click
 
 from .. import operations
-from ..operations.sync_profiles import CONFLICTS, MISSED, MODES, SyncStore, due_slot, trigger_of, validate_new_profile
+from ..operations import SYNC_CONFLICTS as CONFLICTS, SYNC_MISSED as MISSED, SYNC_MODES as MODES
 from .base import Context, _emit, exit_with, handle_errors
 
 
-def _store(obj: Context) -> SyncStore:
+def _store(obj: Context) -> Any:
+    """The state store's sync profiles (imported here, when a sync verb runs: not at the CLI's start-up)."""
+    from ..operations.sync_profiles import SyncStore
     from ..service.state import default_state_url, instance_scope
 
     return SyncStore(default_state_url(), instance_scope(obj.instance()))
@@ -26,6 +28,8 @@ def _store(obj: Context) -> SyncStore:
 
 def _next_run(profile: dict[str, Any]) -> str | None:
     from datetime import datetime, timezone
+
+    from ..operations.sync_profiles import trigger_of
 
     trigger = trigger_of(profile, profile["anchor"])
     if trigger is None or not profile["enabled"]:
@@ -36,6 +40,8 @@ def _next_run(profile: dict[str, Any]) -> str | None:
 
 
 def _describe(profile: dict[str, Any]) -> dict[str, Any]:
+    from ..operations.sync_profiles import due_slot
+
     return {**profile, "next_run": _next_run(profile), "due_slot": due_slot(profile, profile["anchor"])}
 
 
@@ -79,12 +85,15 @@ def render_run(report: dict[str, Any]) -> str:
 
 
 def run_outcome(run: dict[str, Any]) -> str:
-    """A recorded run's outcome in words, with the rows it left alone (``skip-if-target-modified``): ``ok`` alone
-    would read as "everything synced" when rows changed on the target were kept as they are."""
+    """A recorded run's outcome in words, marked ``(dry run)`` for one, with the rows it left alone
+    (``skip-if-target-modified``): ``ok`` alone would read as "everything synced" when rows changed on the target
+    were kept as they are."""
     conflicts = sum(len(keys) for keys in (((run.get("report") or {}).get("conflicts")) or {}).values())
+    # a dry run's "ok" read as a real run's in the trial's history: it changed nothing and moved no watermark
+    text = f"{run['outcome']} (dry run)" if run.get("dry_run") else str(run["outcome"])
     if not conflicts:
-        return str(run["outcome"])
-    return f"{run['outcome']}, {conflicts} conflict{'' if conflicts == 1 else 's'} left alone"
+        return text
+    return f"{text}, {conflicts} conflict{'' if conflicts == 1 else 's'} left alone"
 
 
 def outside_http_paths(profile: dict[str, Any]) -> list[str]:
@@ -166,6 +175,8 @@ def register(cli: click.Group) -> None:
         so its scheduled runs would end invalid.
         """
         schedule = {"cron": cron, "interval_seconds": interval_seconds, "timezone": zone} if cron or interval_seconds else None
+        from ..operations.sync_profiles import validate_new_profile
+
         profile = validate_new_profile({
             "name": name, "source": source, "target": target, "collections": list(collections),
             "filters": _filters(filters), "mode": mode, "max_delete": max_delete, "conflict": conflict,

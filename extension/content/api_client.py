@@ -40,6 +40,15 @@ BASE_DELAY = 0.25
 MAX_DELAY = 30.0
 #: seconds an interrupted move waits for the requests already sent (their answers carry keys to record)
 STOP_GRACE = 15.0
+#: calls an interrupted move stopped waiting for, still on the wire (see :func:`calls_on_the_wire`)
+_LINGERING: list[Future[Any]] = []
+
+
+def calls_on_the_wire() -> bool:
+    """Whether a call an interrupted move gave up on is still running.  Its worker thread would hold the process's
+    exit until the target answers (Python joins a pool's threads at exit; up to ``CAIRN_MIGRATE_READ_TIMEOUT``),
+    long after the move said it stopped: the CLI exits without them (``cli.main``)."""
+    return any(not future.done() for future in _LINGERING)
 
 
 class AlreadyDone(Exception):
@@ -202,6 +211,7 @@ class ApiClient:
                 continue
             if not future.done():
                 unanswered += 1
+                _LINGERING.append(future)
                 continue
             if future.exception() is None and then is not None:
                 try:

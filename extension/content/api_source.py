@@ -435,6 +435,7 @@ class ApiSource:
 
     instance: Instance
     api: SourceApi
+    #: a source: every collection its API describes (what ``--mask`` is checked against); a target: those read
     tables: list[TableDef]
     label: str
     snapshot: dict[str, Any]
@@ -621,7 +622,9 @@ def open_source(url: str, token: str | None, params: Mapping[str, Any], *,
         instance = Instance(env_path=None, folder=workdir, env={"PUBLIC_URL": api.url}, database=config, locations=())
         if spec and restricted:
             _missing_roots(api, instance, defs, roots, spec, depth, by_collection, page, file_ids, read)
-        yield ApiSource(instance, api, tables, f"{api.url} (API)", snapshot, file_ids, read)
+        # every collection the API describes, not only those loaded: a masking profile is checked against the
+        # source's whole structure (pii-basic names directus_sessions and directus_activity, which no move reads)
+        yield ApiSource(instance, api, list(defs.values()), f"{api.url} (API)", snapshot, file_ids, read)
 
 
 @contextmanager

@@ -86,6 +86,14 @@ def _finisher(src: Database, source: Instance, target: Instance, params: Mapping
     if params.get("mask"):
         from ..masking import prepare
 
+        if not params.get("mask_salt") and not source.secret:
+            # a key derived from the (public) profile alone lets anyone holding the target test guesses against
+            # its fakes: the README's "a bundle or URL source has no SECRET, so --mask needs --mask-salt"
+            raise InvalidInput("--mask needs --mask-salt here: the source has no SECRET to derive the masking key "
+                               "from (a bundle or a running instance's URL never carries one), and a key derived from the profile "
+                               "alone would let anyone test guesses against the fakes",
+                               hint="pass --mask-salt SALT (or set CAIRN_MIGRATE_MASK_SALT); the salt an export "
+                               "--full --mask used gives the same fakes")
         tables = bundle.tables if bundle is not None else reflect_tables(src.engine, src.table_names(), src.vendor)
         finisher.mask = prepare(params["mask"], tables, salt=params.get("mask_salt"), secret=source.secret)
     if params.get("rewrite_urls", True):

@@ -11,9 +11,10 @@ names only and never put a value in a report.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .instance import Instance
+if TYPE_CHECKING:  # annotations only: cli/render.py imports describe() without the instance model (SQLAlchemy)
+    from .instance import Instance
 
 #: What CairnCMS's ``start`` refuses to run without (reference §6.4).
 REQUIRED = ("KEY", "SECRET")

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -42,8 +42,9 @@ from ..instance.storage import Location, open_location
 from ..bundle.table_schema import TableDef, load_order, reflect_tables
 from ..bundle.values import SQLITE_STORED, dumps_row, dumps_rows, fast_decoder, finite
 from ..bundle.workdir import scratch
-from ..masking import MaskProfile, Profile, ProfileError, prepare, row_masker
-from ..masking import load as load_profile
+
+if TYPE_CHECKING:  # masking (and its YAML and marshmallow) is imported only by an export that masks
+    from ..masking import MaskProfile, Profile
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,11 @@ def _export_table(conn: sa.Connection, db: Database, table: TableDef, writer: Bu
     reaches the bundle), and a row the profile drops is not written."""
     names = [column.name for column in table.columns]
     converting = [(i, codec) for i, column in enumerate(table.columns) if (codec := fast_decoder(column.type, db.vendor))]
-    masker = row_masker(mask, table.name, names) if mask is not None else None
+    masker = None
+    if mask is not None:
+        from ..masking import row_masker
+
+        masker = row_masker(mask, table.name, names)
     lines = _pg_json_lines(conn, table) if db.vendor == "postgres" and mask is None and not converting else None
     if lines is not None:
         member = f"tables/{table.name}.jsonl"
@@ -547,6 +552,8 @@ def export_bundle(
         if native:
             raise ConfigError("--native cannot be masked: the vendor's own dump holds the rows as they are",
                               hint="drop --native to export a masked bundle (rows are masked one by one)")
+        from ..masking import Profile, load as load_profile
+
         profile = mask if isinstance(mask, Profile) else load_profile(mask)
     elif mask_salt is not None or mask_keep_users:
         raise ConfigError("--mask-salt and --mask-keep-user need --mask", hint="add --mask PROFILE (e.g. pii-basic), "
@@ -696,6 +703,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
             by_name = {t.name: t for t in tables}
             masking = None
             if mask is not None:
+                from ..masking import prepare
+
                 masking = prepare(mask, tables, salt=mask_salt, secret=instance.secret, keep_users=mask_keep_users)
             with writer.open("schema/tables.json") as out:
                 out.write(json.dumps([by_name[n].to_dict() for n in order], indent=1).encode())
@@ -714,6 +723,8 @@ def _capture(instance: Instance, bundle_dir: Path, *, native: bool, workers: int
                         table_entries[name] = _export_table(conn, db, by_name[name], writer, progress, masking)
                     if masking is not None and masking.keep_users - masking.kept:
                         missing = ", ".join(sorted(masking.keep_users - masking.kept))
+                        from ..masking import ProfileError
+
                         raise ProfileError(f"--mask-keep-user {missing}: no such user (directus_users.email)",
                                            hint="name the email of an existing user, or drop --mask-keep-user")
                 file_count, file_bytes, used_set = _spool_file_rows(conn, db, spool)

@@ -20,14 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FreezeNotEnforced, Unauthorized
 from ..instance import timeouts
 from ..instance.instance import Instance
 from ..service.signature import shared_secret, sign, verify
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def ask_hook(instance: Instance, freeze_id: str, url: str | None = None) -> dict
             hint=f"run install-extension and restart the instance, {_SKIP_HINT}",
         )
     path = PROOF_PATH.format(freeze_id=freeze_id)
+    import requests  # here, not at the top: only an export with --freeze speaks HTTP (start-up, tests/test_startup.py)
+
     # A short answer, like verify's /server/ping: CAIRN_MIGRATE_CONNECT_TIMEOUT bounds connecting and the answer.
     connect = timeouts.connect_timeout()
     try:

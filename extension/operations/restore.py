@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -461,8 +462,10 @@ def import_bundle(
         with Database.open(instance, create=True) as db, contextlib.ExitStack() as stack:
             fast = manifest.get("data") == "native" and manifest["native"]["vendor"] == db.vendor
             source_db = None
+            pristine: Path | None = None  # a native SQLite bundle's database, checked, in scratch
             if manifest.get("data") == "native" and not fast:  # a native SQLite bundle into another vendor
-                member = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member")
+                member = _checked_sqlite(member_path(bundle_dir, manifest, manifest["native"]["member"],
+                                                     field="native.member"), workdir, manifest)
                 config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(member)))
                 source_db = stack.enter_context(Database(open_engine(config), config))
             loader = TableLoader(db.engine, db.vendor, ordered, sqlite_stored=stored_types(manifest),
@@ -493,7 +496,8 @@ def import_bundle(
                     dump = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member",
                                        directory=True)  # PostgreSQL's directory format: a folder of members
                     if db.vendor == "sqlite":  # the backup replaces the whole file: restore a copy holding the marker
-                        dump = _staged_sqlite(dump, workdir, marker, storage_map, manifest["load_order"])
+                        pristine = _checked_sqlite(dump, workdir, manifest)
+                        dump = _staged_sqlite(pristine, workdir, marker, storage_map, manifest["load_order"])
                     native_tools.restore(instance.database, dump)
                     loader = TableLoader(db.engine, db.vendor, ordered)
                     if db.vendor != "sqlite":
@@ -532,7 +536,11 @@ def import_bundle(
                 problems = [] if fast else loader.finish()
                 if problems:
                     raise ImportFailed("foreign keys broken after loading: " + "; ".join(problems[:5]))
-                import_marker.finish(db)
+                if fast and db.vendor == "sqlite" and not storage_map:
+                    loader.close()
+                    _finish_sqlite_copy(db, marker, bundle_dir, manifest, workdir, pristine)
+                else:
+                    import_marker.finish(db)
             except BaseException as exc:
                 rolled_back = target_was_empty and not resume and not isinstance(exc, KeyboardInterrupt)
                 if rolled_back:
@@ -588,6 +596,44 @@ def _remap_storage(db: Database, storage_map: Mapping[str, str]) -> None:
             conn.execute(sa.update(files).where(files.c.storage == old).values(storage=new))
 
 
+def _checked_sqlite(member: Path, workdir: Path, manifest: Mapping[str, Any]) -> Path:
+    """A copy in this run's scratch folder of a native bundle's SQLite database, checked
+    (:func:`~cairn_migrate.bundle.native.check_sqlite_file`: whole, no trigger or view, the manifest's tables).
+
+    The copy, not the member, is what the import reads and restores from: a bundle folder may change
+    while the import runs, the private scratch copy does not.
+    """
+    pristine = workdir / "bundle.db"
+    if not pristine.exists():
+        shutil.copyfile(member, pristine)  # a file copy (the kernel's): the bundle's file is a whole database, no journal
+        try:
+            native_tools.check_sqlite_file(pristine, manifest["load_order"], member=str(manifest["native"]["member"]))
+        except BaseException:
+            pristine.unlink(missing_ok=True)
+            raise
+    return pristine
+
+
+def _finish_sqlite_copy(db: Database, marker: import_marker.Marker, bundle_dir: Path, manifest: Mapping[str, Any],
+                        workdir: Path, pristine: Path | None) -> None:
+    """The last step of a native SQLite import: the bundle's database copied over the target once more, page
+    for page, which removes the marker with the rest of the staged copy.
+
+    The target then holds the bundle's pages exactly, so ``verify`` proves it untouched since by one digest of
+    the file (:func:`~cairn_migrate.bundle.native.pages_digest`) instead of reading every row.  When a table
+    changed since the restore (someone wrote to the target meanwhile), the copy would undo that write: the
+    marker is dropped instead, as on the other vendors, and verify compares rows.
+    """
+    if import_marker.changed_tables(db, marker):
+        import_marker.finish(db)
+        return
+    if pristine is None:  # a resumed import past its restore step: the database is copied and checked again
+        member = member_path(bundle_dir, manifest, manifest["native"]["member"], field="native.member")
+        pristine = _checked_sqlite(member, workdir, manifest)
+    db.engine.dispose()  # no pooled connection holds the file while the copy replaces its pages
+    native_tools.restore(db.config, pristine)
+
+
 def _staged_sqlite(dump: Path, workdir: Path, marker: import_marker.Marker, storage_map: Mapping[str, str],
                    names: Sequence[str]) -> Path:
     """A scratch copy of the bundle's SQLite database, remapped, holding the marker with its tables' fingerprints.
@@ -598,7 +644,7 @@ def _staged_sqlite(dump: Path, workdir: Path, marker: import_marker.Marker, stor
     """
     staged = workdir / "restore.db"
     config = DatabaseConfig("sqlite3", "sqlite", sa.engine.URL.create("sqlite", database=str(staged)))
-    native_tools.restore(config, dump)
+    shutil.copyfile(dump, staged)  # the checked copy, in scratch: a file copy, no page-by-page read
     with Database(open_engine(config), config) as copy:
         _remap_storage(copy, storage_map)
         marker.tables.update(import_marker.fingerprints(copy, names))

@@ -39,14 +39,13 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 from sqlalchemy.engine import Engine
 
 from ..errors import InvalidInput, MigrateError, NotFound
+from . import SYNC_CONFLICTS, SYNC_MISSED, SYNC_MODES
 from . import MASK_PROFILES as _BUILTIN_PROFILES  # masking's BUILTIN_NAMES, import-cheap (test_masking checks)
 from ..service.jobs import _state_engine
 from ..service.state import create_tables
 
 #: The content operation's modes (its ``--mode``).
-MODES = ("merge", "skip-existing", "mirror")
-CONFLICTS = ("source-wins", "target-wins", "skip-if-target-modified")
-MISSED = ("run-once", "skip")
+MODES, CONFLICTS, MISSED = SYNC_MODES, SYNC_CONFLICTS, SYNC_MISSED  # defined in the registry, import-cheap
 INITIAL = ("full", "from-now")
 #: The masking profiles a sync may name: the built-in ones (a YAML profile is a path, which a stored profile avoids).
 MASK_PROFILES = _BUILTIN_PROFILES
