@@ -266,3 +266,38 @@ def test_the_target_api_client_and_the_token_check_keep_the_deadline(
         assert outcome, "the call did not stop within 30 s"
         assert isinstance(outcome[0], RemoteLimit) and "did not finish within 2 s" in str(outcome[0]), outcome
         assert time.monotonic() - started < 10
+
+
+def test_the_confinement_check_and_promote_keep_the_deadline(hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTP the caller names the URL whose admin the confinement asks (``confine.is_admin``) and a promote's
+    source: a server trickling its status line would hold a sidecar worker for as long as it liked, each
+    read in time.  The check answers "not proven" and promote stops naming the deadline, within seconds."""
+    from cairn_migrate.instance.bounded_http import RemoteLimit
+    from cairn_migrate.operations.confine import is_admin
+    from cairn_migrate.operations.promote import Remote
+
+    monkeypatch.setenv("CAIRN_MIGRATE_HTTP_DEADLINE", "2")
+    monkeypatch.setenv("CAIRN_MIGRATE_READ_TIMEOUT", "30")
+    hostile.mode = "trickle-headers"
+    for call, expect in ((lambda: is_admin(hostile.url, TOKEN), False),
+                         (lambda: Remote(hostile.url, TOKEN, "source").call("GET", "/users/me"), RemoteLimit)):
+        outcome: list[Any] = []
+        started = time.monotonic()
+
+        def run(call: Any = call, outcome: list[Any] = outcome) -> None:
+            try:
+                outcome.append(call())
+            except Exception as exc:  # noqa: BLE001 - the outcome is asserted below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(40)
+        assert outcome, "the call did not stop within 40 s"
+        if expect is False:
+            assert outcome[0] is False, outcome
+        else:
+            assert isinstance(outcome[0], expect) and "did not finish within 2 s" in str(outcome[0]), outcome
+        assert time.monotonic() - started < 10
+    hostile.mode = "honest"
+    assert is_admin(hostile.url, TOKEN) is True  # an honest admin answer is still proof

@@ -188,8 +188,12 @@ def _too_large(method: str, url: str, limit: int, why: str) -> RemoteLimit:
                        f"(now {limit / 1048576:g})")
 
 
-def request(http: requests.Session, method: str, url: str, *, stream: bool = False, **kwargs: Any) -> requests.Response:
+def request(http: requests.Session, method: str, url: str, *, stream: bool = False, within: float | None = None,
+            **kwargs: Any) -> requests.Response:
     """``http.request`` under the deadline (:func:`deadline`) and the size ceiling (:func:`max_response`).
+
+    ``within``: a shorter deadline for a request that must be quick whatever the setting (a token check
+    on a URL an HTTP caller names holds a sidecar worker while it waits).
 
     Without ``stream`` the whole answer is read here (at most the ceiling, or its announced length) and the
     response is returned complete (``.content``, ``.json()``).  With ``stream`` the caller reads the body
@@ -199,7 +203,7 @@ def request(http: requests.Session, method: str, url: str, *, stream: bool = Fal
     :raises RemoteLimit: the deadline passed, or the answer is larger than allowed.
     :raises requests.RequestException: as ``requests`` does otherwise.
     """
-    watch = Watch(deadline())
+    watch = Watch(deadline() if within is None else min(deadline(), within))
     _current.watch = watch
     try:
         response = http.request(method, url, stream=True, **kwargs)

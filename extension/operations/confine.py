@@ -72,16 +72,23 @@ def peer_paths(raw: Any) -> list[Path]:
 
 
 def is_admin(url: str, token: str) -> bool:
-    """Whether ``token`` is an administrator's on the running instance at ``url`` (its own answer)."""
+    """Whether ``token`` is an administrator's on the running instance at ``url`` (its own answer).
+
+    ``url`` is the HTTP caller's: the answer is bounded (:mod:`~cairn_migrate.instance.bounded_http`: at most
+    60 s in all, a body of at most the size ceiling), so a server that trickles or floods cannot hold a
+    sidecar worker or fill its memory; any failure is "not proven"."""
     import requests
 
+    from ..instance import bounded_http
     from ..instance.timeouts import connect_timeout, read_timeout
 
     try:
-        response = requests.get(url.rstrip("/") + "/users/me", params={"fields": "role.admin_access"},
-                                headers={"Authorization": f"Bearer {token}"},
-                                timeout=(connect_timeout(), min(read_timeout(), 30.0)))
-    except requests.RequestException:
+        with bounded_http.session() as http:
+            response = bounded_http.request(http, "GET", url.rstrip("/") + "/users/me", within=60.0,
+                                            params={"fields": "role.admin_access"},
+                                            headers={"Authorization": f"Bearer {token}"},
+                                            timeout=(connect_timeout(), min(read_timeout(), 30.0)))
+    except (requests.RequestException, bounded_http.RemoteLimit):
         return False
     if response.status_code != 200:
         return False

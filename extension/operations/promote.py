@@ -37,6 +37,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from ..errors import first_line, ConfigError, InstanceUnreachable, InvalidInput, MigrateError, RemoteRefused
+from ..instance import bounded_http
 from ..instance.timeouts import CONNECT_ENV, READ_ENV, connect_timeout, hint as timeout_hint, read_timeout
 from .promote_noise import drop_vendor_noise, is_empty, type_drift
 
@@ -69,8 +70,9 @@ class Remote:
         """One request; a refusal or an unreachable server becomes one line naming the fix."""
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
         try:
-            response = requests.request(method, self.url.rstrip("/") + path, headers=headers,
-                                        timeout=(connect_timeout(), read_timeout()), **kwargs)
+            with bounded_http.session() as http:  # bounded: the source may be a URL an HTTP caller names
+                response = bounded_http.request(http, method, self.url.rstrip("/") + path, headers=headers,
+                                                timeout=(connect_timeout(), read_timeout()), **kwargs)
         except requests.Timeout as exc:
             raise InstanceUnreachable(f"The {self.role} {self.url} did not answer {method} {path} in time: {exc}",
                                       hint=timeout_hint(CONNECT_ENV, READ_ENV)) from None
