@@ -118,8 +118,9 @@ def _translate(exc: Exception, config: DatabaseConfig) -> Exception:
     )
 
 
-def _server_connect_args(vendor: str) -> dict[str, Any]:
-    """Driver arguments for PostgreSQL/MariaDB: the timeouts of :mod:`.timeouts`, and sessions in UTC.
+def _server_connect_args(vendor: str, plain: bool = False) -> dict[str, Any]:
+    """Driver arguments for PostgreSQL/MariaDB: the timeouts of :mod:`.timeouts`, sessions in UTC, and no
+    TLS when the instance sets none (``plain``: :class:`~.instance.DatabaseConfig`).
 
     UTC because MariaDB converts TIMESTAMP values to and from the session zone
     and PostgreSQL renders timestamptz in it.  libpq's ``connect_timeout``
@@ -130,9 +131,10 @@ def _server_connect_args(vendor: str) -> dict[str, Any]:
     if vendor == "postgres":
         return {"connect_timeout": max(2, math.ceil(connect)), "options": "-c timezone=UTC",
                 "keepalives": 1, "keepalives_idle": min(60, math.ceil(read)), "keepalives_interval": 10,
-                "keepalives_count": 3, "tcp_user_timeout": math.ceil(read * 1000)}
+                "keepalives_count": 3, "tcp_user_timeout": math.ceil(read * 1000),
+                **({"sslmode": "disable"} if plain else {})}
     return {"connect_timeout": connect, "read_timeout": connect, "write_timeout": read,
-            "init_command": "SET time_zone = '+00:00'"}
+            "init_command": "SET time_zone = '+00:00'", **({"ssl_disabled": True} if plain else {})}
 
 
 def _mysql_read_timeout(dbapi_connection: Any, _record: Any) -> None:
@@ -170,7 +172,7 @@ def open_engine(instance: Instance | DatabaseConfig, *, check: bool = True, crea
         kwargs["connect_args"] = {"timeout": timeouts.sqlite_busy_timeout()}
     else:
         kwargs["pool_pre_ping"] = True
-        kwargs["connect_args"] = _server_connect_args(config.vendor)
+        kwargs["connect_args"] = _server_connect_args(config.vendor, config.plain)
     try:
         engine = sa.create_engine(config.url, **kwargs)
     except NoSuchModuleError as exc:  # pragma: no cover - drivers are dependencies
