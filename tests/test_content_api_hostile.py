@@ -251,21 +251,27 @@ def test_the_target_api_client_and_the_token_check_keep_the_deadline(
     hostile.mode = "trickle-headers"
     for call in (lambda: check_token(hostile.url, TOKEN),
                  lambda: ApiClient(hostile.url, TOKEN, retries=0).request("GET", "/users/me")):
-        outcome: list[Any] = []
-        started = time.monotonic()
+        outcome, seconds = _bounded(call)
+        assert isinstance(outcome, RemoteLimit) and "did not finish within 2 s" in str(outcome), outcome
+        assert seconds < 10
 
-        def run(call: Any = call, outcome: list[Any] = outcome) -> None:
-            try:
-                outcome.append(call())
-            except Exception as exc:  # noqa: BLE001 - the outcome is asserted below
-                outcome.append(exc)
 
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        worker.join(30)
-        assert outcome, "the call did not stop within 30 s"
-        assert isinstance(outcome[0], RemoteLimit) and "did not finish within 2 s" in str(outcome[0]), outcome
-        assert time.monotonic() - started < 10
+def _bounded(call: Any, limit: float = 40.0) -> tuple[Any, float]:
+    """``call()`` in a thread: what it returned or raised, and the seconds it took (it must end within ``limit``)."""
+    outcome: list[Any] = []
+    started = time.monotonic()
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # noqa: BLE001 - the outcome is asserted by the caller
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert outcome, f"the call did not stop within {limit:g} s"
+    return outcome[0], time.monotonic() - started
 
 
 def test_the_confinement_check_and_promote_keep_the_deadline(hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,25 +285,10 @@ def test_the_confinement_check_and_promote_keep_the_deadline(hostile: Hostile, m
     monkeypatch.setenv("CAIRN_MIGRATE_HTTP_DEADLINE", "2")
     monkeypatch.setenv("CAIRN_MIGRATE_READ_TIMEOUT", "30")
     hostile.mode = "trickle-headers"
-    for call, expect in ((lambda: is_admin(hostile.url, TOKEN), False),
-                         (lambda: Remote(hostile.url, TOKEN, "source").call("GET", "/users/me"), RemoteLimit)):
-        outcome: list[Any] = []
-        started = time.monotonic()
-
-        def run(call: Any = call, outcome: list[Any] = outcome) -> None:
-            try:
-                outcome.append(call())
-            except Exception as exc:  # noqa: BLE001 - the outcome is asserted below
-                outcome.append(exc)
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        worker.join(40)
-        assert outcome, "the call did not stop within 40 s"
-        if expect is False:
-            assert outcome[0] is False, outcome
-        else:
-            assert isinstance(outcome[0], expect) and "did not finish within 2 s" in str(outcome[0]), outcome
-        assert time.monotonic() - started < 10
+    outcome, seconds = _bounded(lambda: is_admin(hostile.url, TOKEN))
+    assert outcome is False and seconds < 10, (outcome, seconds)
+    outcome, seconds = _bounded(lambda: Remote(hostile.url, TOKEN, "source").call("GET", "/users/me"))
+    assert isinstance(outcome, RemoteLimit) and "did not finish within 2 s" in str(outcome), outcome
+    assert seconds < 10
     hostile.mode = "honest"
     assert is_admin(hostile.url, TOKEN) is True  # an honest admin answer is still proof
