@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from ..instance.database import Database
 from . import keys as keys_
-from .spill import KeySet, Spill
+from .spill import KeySet, Spill, chunks
 
 USERS, FILES, FOLDERS = "directus_users", "directus_files", "directus_folders"
 #: System collections a move may write (the others are never content of a move).
@@ -155,15 +155,8 @@ def primary_key(db: Database, collection: str) -> str:
     return pk[0]
 
 
-def _batches(values: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for value in values:
-        batch.append(value)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    return chunks(items, size)
 
 
 @dataclass

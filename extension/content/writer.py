@@ -35,7 +35,7 @@ from ..progress import NullProgress, Progress
 from . import keys
 from .closure import BATCH, FILES, Closure, Graph, Link, USERS
 from .plan import Users, empty_counts
-from .spill import KeyMap, New as _New, Spill, Written
+from .spill import KeyMap, New as _New, Spill, Written, chunks
 #: a closure row the walk has not given a target key yet (its collection comes later, or it is in this batch)
 _UNRESOLVED = object()
 
@@ -59,14 +59,7 @@ class PlanFirst(Exception):
 
 
 def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return chunks(items, size)
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
