@@ -11,7 +11,7 @@ typed on PostgreSQL, whose driver casts each parameter; as stored elsewhere).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,6 +51,28 @@ def parse(value: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(value) or None
 
 
+class _AnyField(Collection[str]):
+    """Every name is a field: the filter's shape checked before the collections' columns are known."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def check_shape(value: str | Mapping[str, Any] | None) -> None:
+    """Refuse a filter that no collection could take (not JSON, an unknown operator, a value of the wrong
+    shape) before any work starts: over HTTP a move is a job, and a job that can only fail is no answer.
+
+    :raises InvalidInput: as :func:`parse` and :func:`compile_filter` would, naming the problem.
+    """
+    compile_filter(parse(value), "the collections", _AnyField())
+
+
 def compile_filter(spec: Mapping[str, Any] | None, collection: str, columns: Collection[str],
                    column: Callable[[str], sa.ColumnElement[Any]] = sa.column,
                    value: Callable[[str, Any], Any] = lambda name, v: v) -> sa.ColumnElement[bool]:
@@ -63,7 +85,7 @@ def compile_filter(spec: Mapping[str, Any] | None, collection: str, columns: Col
     """
     if not spec:
         return sa.true()
-    return _node(spec, collection, set(columns), column, value)
+    return _node(spec, collection, columns if isinstance(columns, _AnyField) else set(columns), column, value)
 
 
 def _node(spec: Any, collection: str, columns: set[str], column: Any, value: Any) -> sa.ColumnElement[bool]:

@@ -242,9 +242,14 @@ class _FilterField(fields.Field):
     """A Directus-style filter: a JSON object, or its text (the CLI's ``--filter``)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if value is None or isinstance(value, (dict, str)):
+        if value is None:
             return value
-        raise ValidationError("a JSON object (or its text)")
+        if not isinstance(value, (dict, str)):
+            raise ValidationError("a JSON object (or its text)")
+        from ..content.filter import check_shape
+
+        check_shape(value)  # InvalidInput (its own message and fix): no collection could take it, so no job starts
+        return value
 
 
 class ContentMoveParams(Schema):
