@@ -41,6 +41,24 @@ def _record_servers(request: pytest.FixtureRequest) -> Iterator[None]:
             record(server)
 
 
+@pytest.fixture(autouse=True)
+def _standard_signals() -> Iterator[None]:
+    """Each test starts with Python's own Ctrl-C handler and SIGTERM's default, neither blocked.
+
+    Processes a test starts inherit an ignored signal or a blocked mask (not a Python handler): once any earlier
+    code left SIGINT ignored or blocked in this process, every later Ctrl-C test's ``cairn-migrate`` child ran
+    on through its SIGINT (the whole-suite run failed them; alone they passed).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """How many tests talked to each real server (for the closing notes)."""
     if USED:
