@@ -425,8 +425,11 @@ def test_post_migrate_ops_plans_at_once_and_runs_the_move_as_a_job(tmp_path: Pat
                                                                                 "dry_run": True}}, headers=headers)
         assert outside.status_code == 422  # a path outside CAIRN_MIGRATE_HTTP_PATHS
         jobs = len(client.get("/migrate/jobs", headers=headers).get_json()["jobs"])
-        for bad, named in (("{bad", "is not JSON"), ({"status": {"_like": "x"}}, "unsupported operator _like")):
-            refused = client.post("/migrate/ops", json={"op": "content", "params": {**params, "filter": bad}},
+        for bad, named in (({"filter": "{bad"}, "is not JSON"),
+                           ({"filter": {"status": {"_like": "x"}}}, "unsupported operator _like"),
+                           ({"collections": ["artcles"]}, "artcles is not a user collection of the source"),
+                           ({"filter": {"colour": {"_eq": "x"}}}, "colour")):
+            refused = client.post("/migrate/ops", json={"op": "content", "params": {**params, **bad}},
                                   headers=headers)  # an apply: refused at once, not a job that can only fail
             assert refused.status_code == 422 and named in refused.get_json()["error"]["message"], refused.get_json()
         assert len(client.get("/migrate/jobs", headers=headers).get_json()["jobs"]) == jobs

@@ -218,6 +218,8 @@ class OpContext:
             else:
                 self.path(schema_field.data_key or name, params[name])  # the caller's name: "from", not "from_"
         self.check_instances(op, params)  # the paths are allowed: now whether the caller may name those instances
+        if op.precheck is not None:
+            op.precheck(self, dict(params))
 
     def safety_bundle(self, params: Mapping[str, Any]) -> Path | None:
         """Where ``import --replace`` writes its safety bundle (None: the default beside the state store)."""
@@ -278,6 +280,11 @@ class Operation:
     http: bool = True
     #: ``(ctx, params) → [confine.Side]``: the instances the operation reads or writes (:meth:`OpContext.confine`)
     sides: Callable[[OpContext, dict[str, Any]], list[Any]] | None = None
+    #: ``(ctx, params) → None``: cheap checks of the parameters against the instances they name, raising
+    #: :class:`~cairn_migrate.errors.InvalidInput`; run before a job starts (:meth:`OpContext.check_host_paths`),
+    #: so a request that could only fail is answered 422, not 202 and a failed job.  The CLI needs none: its
+    #: run fails at once with the same error.
+    precheck: Callable[[OpContext, dict[str, Any]], None] | None = None
 
     @property
     def schema(self) -> type[Schema]:
@@ -576,6 +583,12 @@ def _content_move_plan(ctx: OpContext, p: dict[str, Any]) -> Report:
     return plan(ctx, p)
 
 
+def _content_precheck(ctx: OpContext, p: dict[str, Any]) -> None:
+    from .content import precheck
+
+    precheck(ctx, p)
+
+
 def _content_outcome(report: Report, planned: bool) -> Outcome:
     """Partial (exit 4: the API path stopped after some writes); refused: invalid (exit 2, the plan printed);
     a dry run with changes: differences (exit 1)."""
@@ -675,7 +688,7 @@ register(Operation("promote", "Promote the structure (schema, roles and permissi
                    sides=_promote_sides))
 register(Operation("content", "Move rows of collections, with their related rows, files and bytes, to another instance.",
                    "ContentMoveParams", _content_move, _content_outcome, plan=_content_move_plan, cli="content move",
-                   sides=_content_sides))
+                   sides=_content_sides, precheck=_content_precheck))
 register(Operation("sync_run", "Run a sync profile once: optionally promote, then move the content changed since its "
                    "watermark.", "SyncRunParams", _sync_run, _sync_outcome, plan=_sync_plan, cli="sync run",
                    sides=_sync_sides))

@@ -125,6 +125,24 @@ def _check_api(p: dict[str, Any], target: Any, url: str, token: str, write: bool
     check_target_api(target, url, token, prove=write and not _is_url(p["to"]))
 
 
+def precheck(ctx: Any, p: dict[str, Any]) -> None:
+    """Before a job starts: the named collections are the source's, and the filter's fields theirs (a source
+    given by its ``.env``; a URL or a bundle is read only by the run, which says the same)."""
+    from ..content.bundle_source import is_bundle_path
+    from ..content.filter import parse
+    from ..content.move import condition, source_graph
+    from ..instance.database import Database
+
+    if _is_url(p["from_"]) or is_bundle_path(str(ctx.path("from_", p["from_"]))):
+        return
+    roots = list(dict.fromkeys(p["collections"]))
+    with Database.open(ctx.other_instance(p["from_"])) as src:
+        source_graph(src, roots)
+        spec = parse(p.get("filter"))
+        for root in roots:
+            condition(spec, root)(src)
+
+
 def plan(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
     """The move's plan: per collection created/updated/unchanged/skipped/deleted, users, files; writes nothing."""
     from ..content.move import plan as plan_move
