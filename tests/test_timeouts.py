@@ -128,6 +128,62 @@ def test_verify_live_ping_to_a_silent_instance_fails_within_the_connect_timeout(
     assert "CAIRN_MIGRATE_CONNECT_TIMEOUT" in info.value.hint
 
 
+@pytest.fixture
+def trickling_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose every answer is an HTTP status line sent one byte every 0.3 s: each read
+    returns well within any read timeout, so only an overall deadline ends the request."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"x" * 400:
+                if stop.wait(0.3):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_verify_url_and_a_sync_alert_are_cut_at_the_deadline_by_a_trickling_server(
+        trickling_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verify --url`` and a sync's failure webhook go through the bounded HTTP calls the content move uses:
+    a server that answers one byte at a time (never idle long enough for a read timeout) is cut."""
+    from cairn_migrate.instance.bounded_http import RemoteLimit
+    from cairn_migrate.operations import sync as sync_module
+    from cairn_migrate.operations.verify import live_checks
+
+    monkeypatch.setenv("CAIRN_MIGRATE_CONNECT_TIMEOUT", "5")
+    monkeypatch.setenv("CAIRN_MIGRATE_HTTP_DEADLINE", "2")
+    url = f"http://127.0.0.1:{trickling_port}"
+    started = time.monotonic()
+    with pytest.raises(RemoteLimit) as info:
+        live_checks(url, {"load_order": [], "tables": {}})
+    assert time.monotonic() - started < 8  # the 2 s deadline, not 400 bytes × 0.3 s
+    assert info.value.message.startswith(f"GET {url}/server/ping did not finish within 2 s")
+    assert "CAIRN_MIGRATE_HTTP_DEADLINE" in info.value.hint
+    started = time.monotonic()
+    assert sync_module.send_alert(url + "/hook", {"steps": {}}) == {
+        "url": url + "/hook", "error": "alert failed (too slow or too large an answer)"}
+    assert time.monotonic() - started < 8
+
+
 def test_freeze_proof_from_a_silent_instance_fails_within_the_connect_timeout(
         silent_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The freeze proof is a short signed answer, like the ping: ``CAIRN_MIGRATE_CONNECT_TIMEOUT`` bounds it."""

@@ -645,14 +645,19 @@ def send_alert(url: str, report: Mapping[str, Any]) -> dict[str, Any]:
     """
     import requests
 
+    from ..instance import bounded_http
     from ..instance.timeouts import connect_timeout, read_timeout
 
     body = {"event": "cairn-migrate.sync.failed", **_summary({**report, "steps": report.get("steps", {})})}
-    try:
-        response = requests.post(url, json=body, timeout=(connect_timeout(), min(30.0, read_timeout())),
-                                 allow_redirects=False)
+    read = min(30.0, read_timeout())
+    try:  # bounded: a receiver that trickles its answer holds the run's worker no longer than a minute
+        with bounded_http.session() as http:
+            response = bounded_http.request(http, "POST", url, json=body, timeout=(connect_timeout(), read),
+                                            allow_redirects=False, within=connect_timeout() + read)
     except requests.RequestException:
         return {"url": url, "error": "alert failed (unreachable)"}
+    except bounded_http.RemoteLimit:
+        return {"url": url, "error": "alert failed (too slow or too large an answer)"}
     if response.status_code >= 300:
         return {"url": url, "status": response.status_code, "error": f"alert failed (status {response.status_code})"}
     return {"url": url, "status": response.status_code}

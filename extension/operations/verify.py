@@ -786,6 +786,8 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
     """
     import requests
 
+    from ..instance import bounded_http
+
     base = url.rstrip("/")
     checks: list[dict[str, Any]] = []
 
@@ -793,7 +795,8 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
         checks.append({"check": name, "ok": ok, "detail": detail})
 
     try:
-        _ask(base, manifest, record, token=token, login=login, bundle_dir=bundle_dir, timeout=timeout)
+        with bounded_http.session() as http:
+            _ask(http, base, manifest, record, token=token, login=login, bundle_dir=bundle_dir, timeout=timeout)
     except requests.RequestException as exc:
         where = str(exc.request.url) if exc.request is not None else f"{base}/server/ping"
         method = exc.request.method if exc.request is not None else "GET"
@@ -805,7 +808,7 @@ def live_checks(url: str, manifest: Mapping[str, Any], *, token: str | None = No
     return checks
 
 
-def _ask(base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, str], None], *, token: str | None,
+def _ask(http: Any, base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, str], None], *, token: str | None,
          login: tuple[str, str] | None, bundle_dir: Path | None, timeout: float | tuple[float, float] | None) -> None:
     """The requests of :func:`live_checks`, in order; a ping that fails ends them."""
     import requests
@@ -814,8 +817,12 @@ def _ask(base: str, manifest: Mapping[str, Any], record: Callable[[str, bool, st
     ping_timeout = timeout or (connect, connect)
     work_timeout = timeout or (connect, timeouts.read_timeout())
 
+    from ..instance import bounded_http
+
     def call(method: str, path: str, **kwargs: Any) -> requests.Response:
-        return requests.request(method, f"{base}{path}", timeout=kwargs.pop("timeout", work_timeout), **kwargs)
+        """Under the deadline and size ceiling every call to an instance has (:mod:`..instance.bounded_http`)."""
+        return bounded_http.request(http, method, f"{base}{path}", timeout=kwargs.pop("timeout", work_timeout),
+                                    **kwargs)
 
     response = call("GET", "/server/ping", timeout=ping_timeout)
     pong = response.status_code == 200 and response.text.strip() == "pong"
