@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from .. import operations
+from ..errors import InvalidInput
 from ..operations import SYNC_CONFLICTS as CONFLICTS, SYNC_MISSED as MISSED, SYNC_MODES as MODES
 from .base import Context, _emit, exit_with, handle_errors
 
@@ -115,8 +116,6 @@ def outside_http_paths(profile: dict[str, Any]) -> list[str]:
 
 
 def _filters(values: tuple[str, ...]) -> dict[str, str]:
-    from ..errors import InvalidInput
-
     out = {}
     for value in values:
         collection, sep, spec = value.partition("=")
@@ -175,14 +174,17 @@ def register(cli: click.Group) -> None:
         so its scheduled runs would end invalid.
         """
         schedule = {"cron": cron, "interval_seconds": interval_seconds, "timezone": zone} if cron or interval_seconds else None
-        from ..operations.sync_profiles import validate_new_profile
+        from ..operations.sync_profiles import for_cli, validate_new_profile
 
-        profile = validate_new_profile({
-            "name": name, "source": source, "target": target, "collections": list(collections),
-            "filters": _filters(filters), "mode": mode, "max_delete": max_delete, "conflict": conflict,
-            "initial": initial, "promote_first": promote_first, "target_token_env": target_token_env, "mask": mask, "schedule": schedule,
-            "missed": missed, "enabled": not paused, "alert_webhook": alert_webhook})
-        added = _describe(_store(obj).add(profile))
+        try:
+            profile = validate_new_profile({
+                "name": name, "source": source, "target": target, "collections": list(collections),
+                "filters": _filters(filters), "mode": mode, "max_delete": max_delete, "conflict": conflict,
+                "initial": initial, "promote_first": promote_first, "target_token_env": target_token_env, "mask": mask,
+                "schedule": schedule, "missed": missed, "enabled": not paused, "alert_webhook": alert_webhook})
+            added = _describe(_store(obj).add(profile))
+        except InvalidInput as exc:
+            raise for_cli(exc) from None
         added["warnings"] = outside_http_paths(added)
         _emit(added, as_json, lambda p: "\n".join([render_profile(p), *(f"warning: {w}" for w in p["warnings"])]))
 

@@ -491,6 +491,35 @@ def _problem_list(exc: ValidationError) -> list[str]:
     return flat("", messages)
 
 
+#: ``sync add``'s option for each profile field, so its errors name what the operator typed
+CLI_OPTIONS = {"name": "NAME", "source": "--from", "target": "--to", "collections": "--collection",
+               "filters": "--filter", "mode": "--mode", "max_delete": "--max-delete", "conflict": "--conflict",
+               "initial": "--initial", "promote_first": "--promote-first", "target_token_env": "--target-token-env",
+               "mask": "--mask", "schedule": "--cron/--interval", "schedule.cron": "--cron",
+               "schedule.interval_seconds": "--interval", "schedule.timezone": "--timezone", "missed": "--missed",
+               "enabled": "--paused", "alert_webhook": "--alert-webhook"}
+
+
+def for_cli(exc: InvalidInput) -> InvalidInput:
+    """The same refusal with each problem led by the CLI option rather than the profile field (``--from: …``,
+    ``--filter articles=…: …``): the HTTP API's callers send fields, the CLI's type options."""
+    def label(problem: str) -> str:
+        field, sep, rest = problem.partition(": ")
+        if not sep:
+            return problem
+        if field.startswith("filters."):
+            return f"--filter {field.removeprefix('filters.')}=…: {rest}"
+        return f"{CLI_OPTIONS[field]}: {rest}" if field in CLI_OPTIONS else problem
+
+    head = "Bad sync profile: "
+    if not exc.message.startswith(head):
+        return exc
+    problems = (exc.details or {}).get("problems") if isinstance(exc.details, Mapping) else None
+    labelled = [label(p) for p in problems] if problems else [label(exc.message.removeprefix(head))]
+    return InvalidInput(head + "; ".join(labelled), hint="cairn-migrate sync add --help lists the options",
+                        details={**(exc.details or {}), "problems": labelled} if problems else exc.details)
+
+
 # --------------------------------------------------------------------------- schedule
 def trigger_of(profile: Mapping[str, Any], anchor: str) -> Any | None:
     """The APScheduler trigger of a profile's schedule (None: no schedule).
