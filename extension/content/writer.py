@@ -337,6 +337,7 @@ class Walk:
         decode_src = {c.name: decoder(source_columns[c.name].type) for c in columns}
         decode_dst = {c.name: decoder(c.type) for c in columns}
         kinds = {c.name: c.type for c in columns}
+        digest = self._digester(pk, kinds, written)
         nullable = {c.name: c.nullable for c in columns}
         links = [link for link in self.graph.outgoing(name) if link.field in names]
         counts = self.counts.setdefault(name, empty_counts())
@@ -417,7 +418,7 @@ class Walk:
                         planned.append((source_key, _New(source_key)))
                     else:
                         created.append((source_key, {n: row[n] for n in written}))
-                        digests.append((source_key, self._digest(pk, kinds, {n: row[n] for n in written})))
+                        digests.append((source_key, digest(row)))
                     continue
                 settled.append((source_key, target_key))
                 if changed:  # which fields differ: the plan says why a row is updated (or skipped)
@@ -434,7 +435,7 @@ class Walk:
                         self.sink.update(name, pk, target_key, {n: row[n] for n in changed})
                 skipped = bool(changed) and self.mode == "skip-existing"  # the target keeps its row as it is
                 after = {n: (row[n] if n in changed and not skipped else current[n]) for n in written}
-                digests.append((source_key, self._digest(pk, kinds, after)))
+                digests.append((source_key, digest(after)))
             resolved.set_many(planned + settled)
             digest_of = dict(digests)
             self.written.add(name, ((s, t, digest_of.get(s)) for s, t in settled))
@@ -519,10 +520,9 @@ class Walk:
         adopted again, so two equal source rows in different batches stay two target rows."""
         return self.resolved(name).targets_having(targets)
 
-    def _digest(self, pk: str, kinds: Mapping[str, Any], values: Mapping[str, Any]) -> str:
+    def _digester(self, pk: str, kinds: Mapping[str, Any], written: Iterable[str]) -> keys.RowDigest:
         """The digest of a row as the target holds it (its written columns but the key, comparable forms)."""
-        return keys.row_digest({n: comparable(v, kinds[n], self.dst.vendor) for n, v in values.items()
-                                if n != pk and not isinstance(v, _New)})
+        return keys.RowDigest([n for n in written if n != pk], kinds, self.dst.vendor, absent=_New)
 
     def _settle_pending(self, conn: sa.Connection, name: str, pk: str, names: list[str],
                         decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
@@ -542,7 +542,7 @@ class Walk:
         for source_key, target in todo.items():
             key = int(target) if name in self.graph.integer else self.graph.key(name, target)
             current = found.get(key)
-            digest = self._digest(pk, kinds, {n: current[n] for n in written}) if current is not None else None
+            digest = self._digester(pk, kinds, written)(current) if current is not None else None
             self.idmap.confirm(name, source_key, digest)  # forgotten: its target row is no longer the pair's
 
     def _adopt_equal(self, conn: sa.Connection, name: str, pk: str, names: list[str],
