@@ -458,3 +458,35 @@ def test_a_masked_move_from_a_bundle_without_a_salt_is_refused_before_anything_i
     code, report = move(bundle, target, tmp_path / "state.db", "--collection", "articles", "--filter", PUBLISHED,
                         "--mask", "pii-basic", "--mask-salt", "pepper", "--dry-run")
     assert code == 1 and report["transform"]["mask"]["salt"] == "given", report
+
+
+def test_the_files_asset_urls_name_are_found_however_the_text_spells_them(
+        vendor_instance: tuple[str, Path]) -> None:
+    """The source database only returns the rows whose text may name an asset (``asset_files``): an upper-case
+    URL, a JSON text with escaped slashes and one whose letters are ``\\u`` escapes are all still found, on
+    each vendor, and a row without any is not read."""
+    from cairn_migrate.bundle.table_schema import reflect_tables
+    from cairn_migrate.content.move import source_graph
+    from cairn_migrate.content.spill import Spill
+    from cairn_migrate.content.transform import asset_files
+    from cairn_migrate.instance.database import Database
+    from cairn_migrate.instance.instance import Instance
+
+    vendor, env = vendor_instance
+    ids = [r[0] for r in query(env, "SELECT id FROM articles ORDER BY id")][:4]
+    png, pdf, txt = [str(r[0]).lower() for r in query(env, "SELECT id FROM directus_files ORDER BY id")][:3]
+    assert len(ids) == 4
+    texts = [("body", f"see {OLD.upper()}/ASSETS/{png.upper()}?w=1", None),
+             ("seo", None, json.dumps({"image": f"{OLD}/assets/{pdf}"}).replace("/", "\\/")),
+             ("seo", None, '{"i": "/cms/\\u0061ssets/' + txt + '"}'),
+             ("body", "no links here, only text about assets", None)]
+    for article, (_, body, seo) in zip(ids, texts):
+        query(env, "UPDATE articles SET body = :b, seo = :s WHERE id = :i", b=body, s=seo, i=article)
+    urls = UrlRewriter(OLD, "https://new.example.com", lambda i: None)
+    with Database.open(Instance.from_env_file(env)) as src, src.engine.connect() as conn, Spill.open() as spill:
+        graph = source_graph(src, ["articles"])
+        wanted = spill.keyset("articles")
+        wanted.add([graph.key("articles", i) for i in ids], 0)
+        kinds = {c.name: c.type for c in reflect_tables(src.engine, ["articles"], src.vendor)[0].columns}
+        found = asset_files(src, conn, {"articles": wanted}, graph, lambda n: kinds, urls)
+    assert found == {png, pdf, txt}, (vendor, found)

@@ -291,14 +291,25 @@ class Finisher:
         return out
 
 
+def _may_name_asset(column: str, kind: str) -> sa.ColumnElement[bool]:
+    """A condition true of every value in which :meth:`UrlRewriter.asset_ids` can find an asset URL (and of some
+    others): a text holds ``/assets/`` in any case; a JSON text holds ``assets`` in any case (its slashes may be
+    escaped) or a ``\\u`` escape (which could spell any letter).  The same test the Python side makes first."""
+    text = sa.cast(sa.column(column), sa.Text) if kind == JSON_TYPE else sa.column(column)
+    if kind == JSON_TYPE:
+        return sa.or_(sa.func.lower(text).contains("assets", autoescape=True), text.contains("\\u", autoescape=True))
+    return sa.func.lower(text).contains("/assets/", autoescape=True)
+
+
 def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], graph: Any,
                 kinds_of: Callable[[str], Mapping[str, str]], urls: UrlRewriter) -> set[str]:
     """The ids of source files that asset URLs in the closure's text and JSON columns name (the source has them).
 
     ``closure_rows``: the closure's :class:`~cairn_migrate.content.spill.KeySet` per collection.
 
-    Read in key batches, only the text/JSON columns; the caller adds the files to the closure so their
-    rows and bytes move with the rows whose text shows them.
+    Read in key batches, only the text/JSON columns of the rows that may name an asset (:func:`_may_name_asset`:
+    the source database skips the rest, most rows of most moves, without sending them); the caller adds the
+    files to the closure so their rows and bytes move with the rows whose text shows them.
     """
     from . import keys
     from .closure import BATCH, FILES
@@ -314,7 +325,7 @@ def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], 
         pk = graph.keys[name]
         for batch in wanted.batches(BATCH):
             query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name)).where(
-                keys.in_(src, name, pk, batch))
+                keys.in_(src, name, pk, batch), sa.or_(*[_may_name_asset(c, kinds[c]) for c in columns]))
             for values in conn.execute(query).all():
                 for column, value in zip(columns, values):
                     if value is not None:
