@@ -236,7 +236,8 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=2000, metavar="N",
                         help="after the api move, POST N plain new articles straight to the same CairnCMS (no "
                              "cairn-migrate): the server's own write ceiling for the api path (0: skip)")
-    parser.add_argument("--profile", metavar="SVG", help="record the db move with py-spy into this flame graph")
+    parser.add_argument("--profile", metavar="SVG", help="record the db move with py-spy into this flame graph (SVG; "
+                        "a .txt name: collapsed stacks, one line per stack)")
     parser.add_argument("--out", default="content.json", help="the results file's name in bench/results/")
     parser.add_argument("--admin-url", default=os.environ.get("CAIRN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
@@ -263,8 +264,8 @@ def main() -> None:
                 made.append(db_name)
                 plan_s, _, planned = timed([*move, "--to", str(db_env), "--dry-run"], env=state)
                 assert planned.returncode == 1, planned.stdout + planned.stderr
-                spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-o", args.profile, "--"] \
-                    if args.profile else []
+                spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-o", args.profile,
+                       *(["--format", "raw"] if args.profile.endswith(".txt") else []), "--"] if args.profile else []
                 seconds, rss, done = timed([*spy, *move, "--to", str(db_env)], env=state)
                 assert done.returncode == 0, done.stdout + done.stderr
                 report = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("\n{") + 1:] if spy else done.stdout)[0]
