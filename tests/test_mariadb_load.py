@@ -173,3 +173,38 @@ def test_export_writes_rows_in_primary_key_order(vendor: str, tmp_path: Path, re
     assert len(keys) == 2000
     assert keys == sorted(keys)
     assert manifest["tables"]["shuffled"].get("order") == "primary key"
+
+
+@pytest.mark.mariadb
+def test_the_export_reads_mariadb_instants_as_text_into_the_same_neutral_form(mariadb_instance: Path) -> None:
+    """``stream_tuples`` has PyMySQL hand DATETIME and TIMESTAMP out as MariaDB's text (its converter was two fifths
+    of an export): the neutral values are exactly those of the ``datetime`` objects it built before, at every
+    fractional precision, a zero date still refused, and the connection's converters restored afterwards."""
+    from cairn_migrate.bundle.values import decoder, fast_decoder
+
+    db = Database.open(_instance(mariadb_instance))
+    values = ["2024-01-05 09:30:00", "2024-01-05 09:30:00.5", "1999-12-31 23:59:59.123456", "2038-01-01 00:00:00.000100"]
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE cm_instants (id INT PRIMARY KEY, ts TIMESTAMP(6) NULL, "
+                                 "dt0 DATETIME NULL, dt3 DATETIME(3) NULL)"))
+            conn.execute(sa.text("INSERT INTO cm_instants VALUES (:i, :v, :v, :v)"),
+                         [{"i": i, "v": v} for i, v in enumerate(values)] + [{"i": 99, "v": None}])
+        kinds = ["timestamp", "datetime", "datetime"]
+        with db.engine.connect() as conn:
+            objects = conn.execute(sa.text("SELECT ts, dt0, dt3 FROM cm_instants ORDER BY id")).all()
+            expected = [[None if v is None else decoder(k)(v) for k, v in zip(kinds, row)] for row in objects]
+            assert isinstance(objects[0][0], dt.datetime)
+            texts = list(db.stream_tuples("cm_instants", ["ts", "dt0", "dt3"], connection=conn, order_by=["id"]))
+            assert all(type(v) is str for row in texts[:-1] for v in row)
+            got = [[fast_decoder(k, "mysql")(v) for k, v in zip(kinds, row)] for row in texts]  # type: ignore[misc]
+            assert got == expected, (got, expected)
+            assert got[2] == ["1999-12-31T23:59:59.123456+00:00", "1999-12-31T23:59:59", "1999-12-31T23:59:59.123000"]
+            again = conn.execute(sa.text("SELECT ts FROM cm_instants WHERE id = 0")).scalar_one()
+            assert isinstance(again, dt.datetime)  # the connection's own converters are back
+        with pytest.raises(ValueError):
+            fast_decoder("datetime", "mysql")("0000-00-00 00:00:00")  # type: ignore[misc]
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS cm_instants"))
+        db.close()

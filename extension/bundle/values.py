@@ -247,7 +247,29 @@ def fast_decoder(column_type: str, vendor: str) -> Codec | None:
         return None
     if vendor == "sqlite" and column_type in SQLITE_STORED:
         return None
+    if vendor == "mysql" and column_type in _MYSQL_TEXT:
+        return _nullable(_MYSQL_TEXT[column_type])
     return decoder(column_type)
+
+
+def _mysql_timestamp(value: Any) -> str:
+    """MariaDB's text of a ``TIMESTAMP`` (``2024-01-05 09:30:00[.fff]``, the session in UTC) → the neutral text
+    :func:`_timestamp_text` gives its ``datetime``: parsed by the C ``fromisoformat`` (which refuses what
+    ``datetime`` would, a zero date), written back by ``isoformat``."""
+    if type(value) is not str:
+        return _timestamp_text(value)
+    return dt.datetime.fromisoformat(value).isoformat() + "+00:00"
+
+
+def _mysql_datetime(value: Any) -> str:
+    """MariaDB's text of a ``DATETIME`` → the neutral text of its naive ``datetime``."""
+    if type(value) is not str:
+        return _naive(value).isoformat()
+    return dt.datetime.fromisoformat(value).isoformat()
+
+
+#: MariaDB's instants as the text :meth:`~cairn_migrate.instance.database.Database.stream_tuples` hands out
+_MYSQL_TEXT: dict[str, Codec] = {"timestamp": _mysql_timestamp, "datetime": _mysql_datetime}
 
 
 def _epoch_ms(value: str) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,14 +326,21 @@ class Database:
         (json, uuid, timestamps, numeric, dates) arrive as that text, so no
         Python object is built and taken apart again for each of them.
         """
+        restore = None
         if self.vendor == "postgres":
             _pg_text_loaders(connection)
+        elif self.vendor == "mysql":
+            restore = _mysql_text_instants(connection)
         query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name))
         if order_by:  # the export's primary-key order (see operations.export._order)
             query = query.order_by(*[sa.column(c) for c in order_by])
-        result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-        for partition in result.partitions(batch_size):
-            yield from partition
+        try:
+            result = connection.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+            for partition in result.partitions(batch_size):
+                yield from partition
+        finally:
+            if restore is not None:
+                restore()
 
     # Platform ---------------------------------------------------------------
     def platform(self) -> Platform:
@@ -367,6 +374,21 @@ def _pg_text_loaders(connection: sa.Connection) -> None:
     adapters = connection.connection.driver_connection.adapters  # type: ignore[union-attr]
     for type_name in _PG_TEXT_TYPES:
         adapters.register_loader(type_name, TextLoader)
+
+
+def _mysql_text_instants(connection: sa.Connection) -> Callable[[], None]:
+    """Have PyMySQL hand ``DATETIME`` and ``TIMESTAMP`` values out as MariaDB's text (this connection, until the
+    returned function is called): its converter (a regex and a ``datetime`` per value, in Python) and ours back to
+    text were two fifths of a MariaDB export; :func:`~cairn_migrate.bundle.values.fast_decoder` reads the text."""
+    from pymysql.constants import FIELD_TYPE
+
+    raw = connection.connection.driver_connection
+    before = raw.decoders  # type: ignore[union-attr]
+    raw.decoders = {k: v for k, v in before.items() if k not in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP)}  # type: ignore[union-attr]
+
+    def restore() -> None:
+        raw.decoders = before  # type: ignore[union-attr]
+    return restore
 
 
 @contextlib.contextmanager
