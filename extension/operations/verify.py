@@ -530,15 +530,15 @@ def _sqlite_digests(db: Database, definitions: Mapping[str, TableDef],
             if line is None:
                 continue
             digest = LinesDigest()
-            md5, from_bytes = hashlib.md5, int.from_bytes
+            md5, halves = hashlib.md5, LinesDigest.halves
             high = low = rows = 0
             try:
                 cursor.execute(f"SELECT {line} FROM {quote(name)}")
                 while batch := cursor.fetchmany(_BATCH):
                     for (text,) in batch:
-                        value = md5(text.encode("utf-8")).digest()
-                        high += from_bytes(value[:8], "big", signed=True)
-                        low += from_bytes(value[8:], "big", signed=True)
+                        first, second = halves(md5(text.encode("utf-8")).digest())
+                        high += first
+                        low += second
                     rows += len(batch)
             except Exception as exc:  # a blob, a column gone: the Python paths compare and name it
                 log.debug("%s: no SQLite-written lines (%s)", name, exc)
