@@ -223,7 +223,8 @@ def machine() -> dict[str, Any]:
     postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(int(memory) / 1048576, 1),
             "python": platform.python_version(), "postgres_client": postgres, "cairncms": "1.0.0-beta.4",
-            "note": "one shared 2-core machine: PostgreSQL, CairnCMS and the tool on the same cores, other work running"}
+            "note": "PostgreSQL, CairnCMS and the tool on the same cores; load_average: the 1-minute load at the start",
+            "load_average": os.getloadavg()[0]}
 
 
 def main() -> None:
