@@ -121,3 +121,36 @@ def test_id_map_records_pending_entries_then_commits_and_replaces_them(vendor: s
         third = run()
         assert third.get("comments", 5) == "7" and third.get("comments", 5000) == "8"
         assert len(list(third.owned("comments"))) == 1201
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgres"])
+def test_the_closure_follows_a_roots_links_through_its_condition(vendor: str, request: pytest.FixtureRequest) -> None:
+    """The first level of the closure reads what a root's rows link to through the root's own condition, in one
+    query per link: a self-reference (the same table inside and outside the subquery) and a foreign key of
+    another type than the key it names (looked up with key lists instead) give the closure the key lists gave."""
+    from conftest import query
+
+    from cairn_migrate.content.closure import Graph, Link, compute
+    from cairn_migrate.content.move import condition
+
+    env = request.getfixturevalue(f"{vendor}_instance")
+    note_key = "text" if vendor == "sqlite" else "integer"  # SQLite: a text column naming integer keys
+    query(env, "CREATE TABLE cm_nodes (id integer PRIMARY KEY, parent integer, label varchar(10))")
+    query(env, f"CREATE TABLE cm_notes (id integer PRIMARY KEY, node {note_key}, body varchar(10))")
+    for row in ((1, None, "a"), (2, 1, "b"), (3, 1, "a"), (4, 2, "z"), (5, None, "z"), (6, 5, "a2")):
+        query(env, "INSERT INTO cm_nodes (id, parent, label) VALUES (:i, :p, :l)", i=row[0], p=row[1], l=row[2])
+    for row in ((1, 3), (2, 5), (3, 4)):
+        query(env, "INSERT INTO cm_notes (id, node, body) VALUES (:i, :n, 'x')", i=row[0],
+              n=str(row[1]) if vendor == "sqlite" else row[1])
+    graph = Graph([Link("cm_nodes", "parent", "cm_nodes", one_field="children"),
+                   Link("cm_notes", "node", "cm_nodes", one_field="notes")],
+                  keys={"cm_nodes": "id", "cm_notes": "id"}, integer={"cm_nodes", "cm_notes"})
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn, Spill.open() as spill:
+        where = {"cm_nodes": condition({"label": {"_eq": "a"}}, "cm_nodes")(db)}
+        shallow = compute(db, graph, where, 1, conn, spill)
+        assert set(shallow.rows["cm_nodes"].batches(100).__next__()) == {1, 2, 3}
+        assert list(shallow.rows["cm_notes"].batches(100)) == [[1]]
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn, Spill.open() as spill:
+        deep = compute(db, graph, {"cm_nodes": condition({"label": {"_eq": "a"}}, "cm_nodes")(db)}, None, conn, spill)
+        assert [k for b in deep.rows["cm_nodes"].batches(100) for k in b] == [1, 2, 3, 4]
+        assert [k for b in deep.rows["cm_notes"].batches(100) for k in b] == [1, 3]
