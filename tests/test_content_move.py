@@ -427,7 +427,8 @@ def test_post_migrate_ops_plans_at_once_and_runs_the_move_as_a_job(tmp_path: Pat
         jobs = len(client.get("/migrate/jobs", headers=headers).get_json()["jobs"])
         for bad, named in (({"filter": "{bad"}, "is not JSON"),
                            ({"filter": {"status": {"_like": "x"}}}, "unsupported operator _like"),
-                           ({"collections": ["artcles"]}, "artcles is not a user collection of the source"),
+                           ({"collections": ["artcles"]}, "artcles is not a user collection of the source (its collections: "
+                            "article_comments, articles,"),
                            ({"filter": {"colour": {"_eq": "x"}}}, "colour")):
             refused = client.post("/migrate/ops", json={"op": "content", "params": {**params, **bad}},
                                   headers=headers)  # an apply: refused at once, not a job that can only fail

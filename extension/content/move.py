@@ -60,8 +60,10 @@ def source_graph(src: Database, roots: list[str]) -> Any:
     tables = set(src.table_names())
     for root in roots:
         if root not in tables or root.startswith("directus_"):
-            raise InvalidInput(f"{root} is not a user collection of the source",
-                               hint="name a collection of the source with --collection (not a directus_* table)")
+            users = ", ".join(sorted(t for t in tables if not t.startswith("directus_"))) or "none"
+            raise InvalidInput(f"{root} is not a user collection of the source (its collections: {users})",
+                               hint="name one of them (the CLI's --collection, the API's 'collections'); "
+                               "directus_* tables move only with the rows that reference them")
     linked = {c for link in graph.links for c in (link.many, link.one, *link.allowed) if c}
     for name in sorted((linked | set(roots)) & tables - {USERS}):
         try:
