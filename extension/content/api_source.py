@@ -609,9 +609,10 @@ def open_source(url: str, token: str | None, params: Mapping[str, Any], *,
         try:
             for root in roots:
                 if root.startswith("directus_") or root not in defs:
-                    raise InvalidInput(f"{root} is not a user collection of the source {api.url}",
-                                       hint="name a collection of the source with --collection (not a directus_* "
-                                       "table)")
+                    users = ", ".join(sorted(n for n in defs if not n.startswith("directus_"))) or "none"
+                    raise InvalidInput(f"{root} is not a user collection of the source {api.url} (its collections: "
+                                       f"{users})", hint="name one of them (the CLI's --collection, the API's "
+                                       "'collections'); directus_* tables move only with the rows that reference them")
             wanted = [n for n in graph.reachable(roots, None if depth is None else depth + 1) if n in defs]
             wanted = [n for n in dict.fromkeys([*wanted, FILES, FOLDERS, USERS, ROLES]) if n in defs]
             tables = [defs[n] for n in wanted]
