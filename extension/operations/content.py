@@ -133,8 +133,14 @@ def precheck(ctx: Any, p: dict[str, Any]) -> None:
     from ..content.move import condition, source_graph
     from ..instance.database import Database
 
-    if _is_url(p["from_"]) or is_bundle_path(str(ctx.path("from_", p["from_"]))):
+    if _is_url(p["from_"]):
         return
+    path = ctx.path("from_", p["from_"])
+    try:
+        if path.is_dir() or is_bundle_path(str(path)):
+            return  # a bundle (or a snapshot folder): the run reads it
+    except InvalidInput:
+        pass  # a file with another suffix: read as a .env, as the run does
     roots = list(dict.fromkeys(p["collections"]))
     with Database.open(ctx.other_instance(p["from_"])) as src:
         source_graph(src, roots)
