@@ -6,11 +6,12 @@ wedged database, a firewall that drops after the handshake, or a load balancer w
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,10 @@ from cairn_migrate.instance.storage import open_location
 from cairn_migrate.instance.timeouts import connect_timeout
 
 
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that accepts every connection and never answers."""
+@contextlib.contextmanager
+def _listener(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A port on 127.0.0.1 whose every accepted connection goes to ``handle(conn, stop)`` in a thread of its own;
+    the connections are closed and the threads told to stop when the block ends."""
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     stop = threading.Event()
@@ -36,18 +38,29 @@ def silent_port() -> Iterator[int]:
         server.settimeout(0.2)
         while not stop.is_set():
             try:
-                accepted.append(server.accept()[0])
+                conn = server.accept()[0]
             except OSError:
                 continue
+            accepted.append(conn)
+            threading.Thread(target=handle, args=(conn, stop), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    server.close()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts every connection and never answers."""
+    with _listener(lambda conn, stop: None) as port:
+        yield port
 
 
 @pytest.mark.parametrize("client", ["mysql", "pg"])
@@ -132,33 +145,17 @@ def test_verify_live_ping_to_a_silent_instance_fails_within_the_connect_timeout(
 def trickling_port() -> Iterator[int]:
     """A port on 127.0.0.1 whose every answer is an HTTP status line sent one byte every 0.3 s: each read
     returns well within any read timeout, so only an overall deadline ends the request."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"x" * 400:
-                if stop.wait(0.3):
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"x" * 400:
+            if stop.wait(0.3):
+                return
             try:
-                threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+                conn.sendall(bytes([byte]))
             except OSError:
-                continue
+                return
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
+    with _listener(trickle) as port:
+        yield port
 
 
 def test_verify_url_and_a_sync_alert_are_cut_at_the_deadline_by_a_trickling_server(
