@@ -30,10 +30,9 @@ _SCHEMA = """
 CREATE TABLE closure (collection TEXT NOT NULL, key NOT NULL, level INTEGER NOT NULL,
                       PRIMARY KEY (collection, key)) WITHOUT ROWID;
 CREATE TABLE resolved (collection TEXT NOT NULL, source NOT NULL, target, new INTEGER NOT NULL DEFAULT 0,
+                       written INTEGER NOT NULL DEFAULT 0, digest TEXT,
                        PRIMARY KEY (collection, source)) WITHOUT ROWID;
 CREATE INDEX resolved_target ON resolved (collection, target);
-CREATE TABLE written (collection TEXT NOT NULL, source NOT NULL, target, digest TEXT,
-                      PRIMARY KEY (collection, source)) WITHOUT ROWID;
 CREATE TABLE idmap (collection TEXT NOT NULL, source_id TEXT NOT NULL, target_id TEXT NOT NULL,
                     pending INTEGER NOT NULL DEFAULT 0, digest TEXT, PRIMARY KEY (collection, source_id)) WITHOUT ROWID;
 CREATE INDEX idmap_target ON idmap (collection, target_id);
@@ -192,10 +191,20 @@ class KeyMap:
         return New(source) if new else target
 
     def set_many(self, pairs: Iterable[tuple[Any, Any]]) -> None:
+        """Settle ``(source, target)`` pairs (a :class:`New` target: a row the plan would create)."""
         self.spill.executemany(
             "INSERT INTO resolved (collection, source, target, new) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (collection, source) DO UPDATE SET target = excluded.target, new = excluded.new",
             ((self.collection, s, None if isinstance(t, New) else t, int(isinstance(t, New))) for s, t in pairs))
+
+    def record(self, rows: Iterable[tuple[Any, Any, str | None]]) -> None:
+        """Settle ``(source, target, digest)`` of rows the target gave a key (written or adopted) and mark them for
+        the ID map (:class:`Written`): one write per row, where a settle and a separate record were two."""
+        self.spill.executemany(
+            "INSERT INTO resolved (collection, source, target, new, written, digest) VALUES (?, ?, ?, 0, 1, ?) "
+            "ON CONFLICT (collection, source) DO UPDATE SET target = excluded.target, new = 0, written = 1, "
+            "digest = excluded.digest",
+            ((self.collection, s, t, d) for s, t, d in rows))
 
     def __setitem__(self, source: Any, target: Any) -> None:
         self.set_many([(source, target)])
@@ -246,15 +255,15 @@ class KeyMap:
 
 class Written:
     """What the walk wrote or adopted, for the ID map (:meth:`~cairn_migrate.content.keys.IdMap.save`): per
-    (collection, source key) the target key the target gave it and the digest of the row as written."""
+    (collection, source key) the target key the target gave it and the digest of the row as written.  These are
+    the ``resolved`` rows :meth:`KeyMap.record` marked (a row the target acknowledged is always a settled one)."""
 
     def __init__(self, spill: Spill) -> None:
         self.spill = spill
 
     def add(self, collection: str, rows: Iterable[tuple[Any, Any, str | None]]) -> None:
         """``(source key, target key, digest)`` of rows the target gave a key (a later entry replaces one)."""
-        self.spill.executemany("INSERT OR REPLACE INTO written (collection, source, target, digest) VALUES (?, ?, ?, ?)",
-                               ((collection, s, t, d) for s, t, d in rows))
+        KeyMap(self.spill, collection).record(rows)
 
     def entries(self) -> Iterator[tuple[str, Any, Any, str | None]]:
         """``(collection, source key, target key, digest)`` of every row the target gave a key, a page at a time."""
@@ -262,7 +271,7 @@ class Written:
         while True:
             after = " AND (collection, source) > (?, ?)" if last else ""
             page = self.spill.execute(
-                f"SELECT collection, source, target, digest FROM written WHERE 1 = 1{after} "
+                f"SELECT collection, source, target, digest FROM resolved WHERE written = 1{after} "
                 "ORDER BY collection, source LIMIT ?", [*last, CHUNK]).fetchall()
             if not page:
                 return
@@ -270,4 +279,4 @@ class Written:
             last = page[-1][:2]
 
     def __len__(self) -> int:
-        return int(self.spill.execute("SELECT count(*) FROM written").fetchone()[0])
+        return int(self.spill.execute("SELECT count(*) FROM resolved WHERE written = 1").fetchone()[0])

@@ -202,8 +202,11 @@ class Walk:
         self._moved, self._mapped = {}, {}
         wanted: dict[str, set[Any]] = {}
         for one, found in refs.items():
-            carried = self.closure.rows[one].having(found) if one in self.closure.rows else set()
-            targets = self.resolved(one).get_many(carried) if carried else {}
+            # a settled row is a carried one: the closure is asked only about the rest (not walked yet, or not moved)
+            moved = self.closure.rows.get(one)
+            targets = self.resolved(one).get_many(found) if moved is not None else {}
+            rest = found - targets.keys()
+            carried = targets.keys() | (moved.having(rest) if rest and moved is not None else set())
             self._moved[one] = {ref: targets.get(ref, _UNRESOLVED) for ref in carried}
             outside = found if one == collection else found - carried  # self-references: see _rewrite
             if one in self.graph.integer:
@@ -436,9 +439,9 @@ class Walk:
                 skipped = bool(changed) and self.mode == "skip-existing"  # the target keeps its row as it is
                 after = {n: (row[n] if n in changed and not skipped else current[n]) for n in written}
                 digests.append((source_key, digest(after)))
-            resolved.set_many(planned + settled)
             digest_of = dict(digests)
-            self.written.add(name, ((s, t, digest_of.get(s)) for s, t in settled))
+            resolved.set_many(planned)
+            resolved.record((s, t, digest_of.get(s)) for s, t in settled)  # settled, and for the ID map
             if created:
                 self._create(name, pk, integer, created, digest_of)
             self.progress.advance(items=len(rows))
@@ -463,11 +466,10 @@ class Walk:
         resolved = self.resolved(name)
 
         def done(made: list[Any], offset: int = 0) -> None:
-            pairs = list(zip(sources[offset:], made))
-            resolved.set_many(pairs)
-            self.written.add(name, ((s, t, digests.get(s)) for s, t in pairs))  # kept keys too: identity entries
+            # settled and recorded for the ID map in one write; kept keys too (identity entries)
+            resolved.record((s, t, digests.get(s)) for s, t in zip(sources[offset:], made))
 
-        if not integer:  # kept keys are known now; the rows may still be in flight
+        if not integer and self.sink.concurrent:  # kept keys are known now; the rows may still be in flight
             resolved.set_many((source_key, source_key) for source_key in sources)
         if self.sink.concurrent:
             self._in_flight.update(sources)
