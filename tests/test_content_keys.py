@@ -154,3 +154,28 @@ def test_the_closure_follows_a_roots_links_through_its_condition(vendor: str, re
         deep = compute(db, graph, {"cm_nodes": condition({"label": {"_eq": "a"}}, "cm_nodes")(db)}, None, conn, spill)
         assert [k for b in deep.rows["cm_nodes"].batches(100) for k in b] == [1, 2, 3, 4]
         assert [k for b in deep.rows["cm_notes"].batches(100) for k in b] == [1, 3]
+
+
+def test_a_first_save_of_a_collection_inserts_at_once_and_a_concurrent_one_is_refused(tmp_path: Path) -> None:
+    """A collection the pair's map held nothing of is inserted without looking up what to replace; a second
+    save of it in the same run still replaces; and two runs of one pair that both started from an empty map
+    cannot both record a source row: the second's save (before its target commits) is refused, by name."""
+    from cairn_migrate.errors import MigrateError
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    scope = ("src-db", "dst-db")
+    with Spill.open() as one_spill, Spill.open() as other_spill:
+        one, other = keys.IdMap(url, scope, one_spill), keys.IdMap(url, scope, other_spill)  # both see no entries
+        try:
+            assert one.save([("comments", i, 100 + i, f"d{i}") for i in range(700)], pending=True) == 700
+            assert one.save([("comments", 3, 9, "again")], pending=True) == 1  # this run saved it: replaced
+            one.commit()
+            with pytest.raises(MigrateError, match="Another move of the same source and target .* comments"):
+                other.save([("comments", 3, 555, "theirs")], pending=True)
+            with keys.IdMap(url, scope, other_spill).engine.connect() as conn:
+                stored = dict(conn.execute(sa.select(keys.ID_MAP.c.source_id, keys.ID_MAP.c.target_id)).all())
+            assert len(stored) == 700 and stored["3"] == "9" and stored["699"] == "799"  # the first run's, whole
+        finally:
+            one.engine.dispose()
+            other.engine.dispose()
+

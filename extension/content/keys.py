@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..errors import MigrateError
 from ..instance.database import Database
 from ..service.state import create_tables
 from .spill import CHUNK, Spill, chunks
@@ -230,9 +231,14 @@ class IdMap:
         #: spilled map (their target keys are not known)
         self.sent: dict[tuple[str, str], tuple[str, int, int]] = {}
         sent = self.sent
+        #: collections the store may hold entries of for this pair (read now, or saved by this run): only their
+        #: entries need looking up and replacing when saved; the others' are inserted as they are (:meth:`save`)
+        self._held: set[str] = set()
+        held = self._held
 
         def entries(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
             for r in rows:
+                held.add(r.collection)
                 if r.state == SENT:
                     position, _, size = str(r.digest or "0/0").partition("/")
                     sent[(r.collection, r.source_id)] = (str(r.run_id), int(position or 0), int(size or 0))
@@ -280,6 +286,7 @@ class IdMap:
         instead of creating the rows a second time.  An entry the row had in the store (its target row is gone: it
         is created again) is replaced there; the run's scratch copy keeps the map as the run found it."""
         keys = [(collection, str(s)) for s in source_ids]
+        self._held.add(collection)
         with self.engine.begin() as conn:
             for start in range(0, len(keys), 500):
                 conn.execute(ID_MAP.delete().where(
@@ -397,26 +404,45 @@ class IdMap:
         """Record where source rows went (``(collection, source_id, target_id, digest)``); returns how many changed.
 
         Streamed a batch at a time, in one state-store transaction.  ``pending``: before the target's commit,
-        marked with this run's id and the rows' digests (:meth:`commit` clears the mark after the commit)."""
+        marked with this run's id and the rows' digests (:meth:`commit` clears the mark after the commit).
+
+        A collection the pair's map held nothing of when the run began, and this run has not saved yet (every
+        collection of a first move), has nothing to compare or replace: its entries are inserted as they are.  A
+        concurrent save of the same pair would then collide with the map's key: refused, and as this is the save
+        before the target's commit (``pending``), the move is rolled back; other saves always replace."""
         total = 0
+        fresh: set[str] = set()  # collections inserted without a lookup, in this call
         with self.engine.begin() as conn:
             for batch in chunks(entries):
                 by_collection: dict[str, list[tuple[str, str, str | None]]] = {}
                 for collection, source_id, target_id, digest in batch:
                     by_collection.setdefault(collection, []).append((str(source_id), str(target_id), digest))
                 for collection, items in by_collection.items():
-                    known = self.get_many(collection, (s for s, _, _ in items))
-                    changed = [(s, t, d) for s, t, d in items if known.get(s) != t]
-                    if not changed:
-                        continue
-                    # one DELETE per batch: the store may hold an entry the scratch copy does not (saved
-                    # earlier in this run), so what is replaced is not only what the copy knew
-                    conn.execute(ID_MAP.delete().where(
-                        ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
-                        ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_([s for s, _, _ in changed])))
+                    if pending and (collection in fresh or collection not in self._held):
+                        fresh.add(collection)
+                        self._held.add(collection)
+                        changed = items
+                    else:
+                        self._held.add(collection)
+                        known = self.get_many(collection, (s for s, _, _ in items))
+                        changed = [(s, t, d) for s, t, d in items if known.get(s) != t]
+                        if not changed:
+                            continue
+                        # one DELETE per batch: the store may hold an entry the scratch copy does not (saved
+                        # earlier in this run), so what is replaced is not only what the copy knew
+                        conn.execute(ID_MAP.delete().where(
+                            ID_MAP.c.source == self.scope[0], ID_MAP.c.target == self.scope[1],
+                            ID_MAP.c.collection == collection, ID_MAP.c.source_id.in_([s for s, _, _ in changed])))
                     state, run_id = ("pending", self.run_id) if pending else (None, None)
-                    _insert_many(conn, [(self.scope[0], self.scope[1], collection, s, t, state, run_id,
-                                         d if pending else None) for s, t, d in changed])
+                    try:
+                        _insert_many(conn, [(self.scope[0], self.scope[1], collection, s, t, state, run_id,
+                                             d if pending else None) for s, t, d in changed])
+                    except sa.exc.IntegrityError:
+                        if collection not in fresh:
+                            raise
+                        raise MigrateError(f"Another move of the same source and target saved ID map entries of "
+                                           f"{collection} while this one ran; this move was rolled back",
+                                           hint="run one move of a pair at a time, then run this one again") from None
                     total += len(changed)
         return total
 
