@@ -179,3 +179,23 @@ def test_a_first_save_of_a_collection_inserts_at_once_and_a_concurrent_one_is_re
             one.engine.dispose()
             other.engine.dispose()
 
+
+def test_row_decoder_gives_each_columns_decoder_value() -> None:
+    """The generated row decoder gives what each column's own decoder gives, for every type, NULLs and values of
+    another type than the column's (SQLite's type affinity), whatever the column's name."""
+    from cairn_migrate.bundle.values import decoder, row_decoder
+
+    columns = [("id", "integer"), ("big", "bigint"), ("title", "string"), ("body", "text"), ("key", "uuid"),
+               ("doc", "json"), ("flag", "boolean"), ("at", "timestamp"), ("day", "date"), ("price", "decimal"),
+               ("odd 'name\"\n", "string"), ("k0", "float")]
+    names, kinds = [n for n, _ in columns], [k for _, k in columns]
+    decode = row_decoder(names, kinds)
+    rows = [
+        (1, 2**40, "t", "b", uuid.UUID(int=7), {"a": [1]}, True,
+         datetime.datetime(2024, 1, 5, 9, 30, tzinfo=datetime.timezone.utc), datetime.date(2024, 1, 5), "1.50", "x", 1.5),
+        ("12", "13", 14, b"bytes", "ABCDEF01-0000-0000-0000-000000000000", '{"b": 2}', 0, "2024-01-05 09:30:00",
+         "2024-01-05", 2, True, "2.5"),
+        (None,) * len(columns),
+    ]
+    for row in rows:
+        assert decode(row) == {n: decoder(k)(v) for n, k, v in zip(names, kinds, row)}

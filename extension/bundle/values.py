@@ -31,7 +31,7 @@ import decimal
 import json
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -238,6 +238,35 @@ def stored_types(manifest: Mapping[str, Any]) -> frozenset[str]:
 def decoder(column_type: str, vendor: str | None = None) -> Codec:
     """Native value → neutral JSON value, for one column type (any vendor unless ``vendor`` is given)."""
     return _nullable(_DECODERS[column_type])
+
+
+#: types whose decoder gives a value of exactly this Python type back unchanged (:func:`row_decoder` skips the call)
+_PASSES = {"string": str, "text": str, "integer": int, "bigint": int}
+
+
+def row_decoder(names: Sequence[str], column_types: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """A row of ``names`` as the driver returned it (a tuple in that order) → ``{name: neutral value}``: what
+    ``{n: decoder(t)(v) ...}`` gives, as one generated function per table.
+
+    A content move decodes every row it reads; the generic way called two functions per value (the NULL wrapper
+    and the codec), which was a twentieth of a 100k-article move.  Here ``None`` and values of a type the codec
+    would hand back unchanged (:data:`_PASSES`) are tested inline and only the rest call their codec.  The
+    names are bound as constants of the function, never written into its source."""
+    scope: dict[str, Any] = {}
+    values, items = [], []
+    for i, (name, kind) in enumerate(zip(names, column_types)):
+        scope[f"k{i}"], scope[f"d{i}"] = name, _DECODERS[kind]
+        if kind in _PASSES:
+            scope[f"t{i}"] = _PASSES[kind]
+            items.append(f"k{i}: v{i} if v{i} is None or type(v{i}) is t{i} else d{i}(v{i})")
+        else:
+            items.append(f"k{i}: None if v{i} is None else d{i}(v{i})")
+        values.append(f"v{i}")
+    if not values:
+        return lambda row: {}
+    source = f"def decode(row):\n    {', '.join(values)}, = row\n    return {{{', '.join(items)}}}\n"
+    exec(source, scope)  # noqa: S102 - generated from the fixed templates above, no caller text in it
+    return scope["decode"]  # type: ignore[no-any-return]
 
 
 def fast_decoder(column_type: str, vendor: str) -> Codec | None:

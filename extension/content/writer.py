@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..bundle.table_schema import TableDef, reflect_tables
-from ..bundle.values import comparable, decoder
+from ..bundle.values import comparable, decoder, row_decoder
 from ..errors import MigrateError
 from ..instance.database import Database
 from ..instance.instance import Instance
@@ -337,7 +337,7 @@ class Walk:
         names = [c.name for c in columns]
         controlled = self.sink.controlled(name) - {pk}
         written = [n for n in names if n not in controlled]
-        decode_src = {c.name: decoder(source_columns[c.name].type) for c in columns}
+        decode_row = row_decoder(names, [source_columns[n].type for n in names])
         decode_dst = {c.name: decoder(c.type) for c in columns}
         kinds = {c.name: c.type for c in columns}
         digest = self._digester(pk, kinds, written)
@@ -358,9 +358,7 @@ class Walk:
         for batch in self.closure.rows[name].batches(BATCH) if name in self.closure.rows else ():
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))
-            rows = []
-            for raw in src_conn.execute(query).mappings():
-                rows.append({n: decode_src[n](raw[n]) for n in names})
+            rows = [decode_row(raw) for raw in src_conn.execute(query)]
             self._exists.clear()  # what the target holds, for this batch only (kept, it grew with the rows)
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
