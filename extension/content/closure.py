@@ -280,9 +280,9 @@ def _referenced(db: Database, conn: sa.Connection, graph: Graph, collection: str
             query = (sa.select(sa.column(link.field)).select_from(sa.table(collection))
                      .where(where, sa.column(link.field).is_not(None)).distinct())
             if link.one == USERS:
-                yield USERS, {str(v).lower() for v in conn.execute(query).scalars()}
+                yield USERS, {str(v).lower() for v in conn.execute(query).scalars().all()}
             elif link.one in graph.keys:
-                yield link.one, {graph.key(link.one, v) for v in conn.execute(query).scalars()}
+                yield link.one, {graph.key(link.one, v) for v in conn.execute(query).scalars().all()}
 
 
 # --- value transforms (transform.py): files that asset URLs in text name -------------------------------

@@ -67,7 +67,7 @@ class DbSink:
             if sequence is not None:  # PostgreSQL: the batch's keys drawn from the column's own sequence, one COPY
                 made = sorted(int(k) for k in self.conn.execute(sa.text(
                     "SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"), {"s": sequence, "n": len(rows)}
-                ).scalars())
+                ).scalars().all())
                 self._copy(name, [{**v, pk: k} for v, k in zip(values, made)])
                 done(made)
                 return

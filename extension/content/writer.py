@@ -358,7 +358,7 @@ class Walk:
         for batch in self.closure.rows[name].batches(BATCH) if name in self.closure.rows else ():
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))
-            rows = [decode_row(raw) for raw in src_conn.execute(query)]
+            rows = [decode_row(raw) for raw in src_conn.execute(query).all()]  # one fetch: not a call per row
             self._exists.clear()  # what the target holds, for this batch only (kept, it grew with the rows)
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
