@@ -146,16 +146,13 @@ class RowDigest:
 
         #: values of this type are left out (a plan's placeholder for a row not created yet)
         self.absent = absent
-        self.columns = [(name, _escape(name), comparer(kinds[name], vendor)) for name in sorted(set(names))]
+        #: per column (sorted): its name, the text before its value (``[<escaped name>, ``), its comparer
+        self.columns = [(name, f"[{_escape(name)}, ", comparer(kinds[name], vendor)) for name in sorted(set(names))]
 
     def __call__(self, row: Mapping[str, Any]) -> str:
-        absent = self.absent
-        parts = []
-        for name, escaped, compare in self.columns:
-            value = row[name]
-            if absent is not None and isinstance(value, absent):
-                continue
-            parts.append("[%s, %s]" % (escaped, _escape(repr(value if compare is None else compare(value)))))
+        absent = self.absent  # (the placeholder type has no subclasses: ``type(v) is`` is the isinstance test)
+        parts = [head + _escape(repr(value if compare is None else compare(value))) + "]"
+                 for name, head, compare in self.columns if type(value := row[name]) is not absent]
         return hashlib.sha256(("[" + ", ".join(parts) + "]").encode("utf-8")).hexdigest()
 
 
