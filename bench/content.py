@@ -14,6 +14,8 @@ unchanged):
 * ``db``: ``cairn-migrate content move --via db`` (one process: plan, then one target transaction);
 * ``api``: the same move ``--via api`` into a running CairnCMS 1.0.0-beta.4 on the second target
   (``--concurrency``, ``--batch-size``): validation, hooks, activity and revision rows included;
+  ``--target-flows off`` sets the target's flows inactive first: the recorded instance has one that runs
+  on every new article (an ``exec`` script in CairnCMS's sandbox, then a ``log``), the server's work, not ours;
 * ``api_replay`` (``--replay N``): after the api move, N plain new articles POSTed straight to the same CairnCMS
   (no cairn-migrate, same batch size and concurrency): the server's own ceiling for any api path;
 * ``url``: ``content move --from URL --from-token T`` into a third target by its database: the source read
@@ -234,6 +236,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--paths", default="db,api,native",
                         help="which of db, api, url, native to run (comma-separated; native is always run for the ratio)")
+    parser.add_argument("--target-flows", choices=("on", "off"), default="on",
+                        help="the api target's flows: on, as recorded (its 'Log new articles' flow runs a script and "
+                             "writes a log per created article, in the server), or off (set inactive first)")
     parser.add_argument("--replay", type=int, default=2000, metavar="N",
                         help="after the api move, POST N plain new articles straight to the same CairnCMS (no "
                              "cairn-migrate): the server's own write ceiling for the api path (0: skip)")
@@ -281,6 +286,11 @@ def main() -> None:
                 api_name, api_env = instance(admin, base / "api", {"HOST": "127.0.0.1", "PORT": url.rsplit(":", 1)[1],
                                                                    "PUBLIC_URL": url, "LOG_STYLE": "raw"})
                 made.append(api_name)
+                if args.target_flows == "off":  # the recorded instance's flow runs a script and a log per new article
+                    db = engine(admin, api_name)
+                    with db.begin() as conn:
+                        conn.execute(sa.text("UPDATE directus_flows SET status = 'inactive'"))
+                    db.dispose()
                 (api_env.parent / "package.json").write_text('{"name": "bench-content", "private": true}\n')
                 server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
                 try:
@@ -304,7 +314,8 @@ def main() -> None:
                 results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
                                   "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
                                   "second_run_seconds": round(again_s, 2), "cairncms_cpu_seconds": server_cpu,
-                                  "our_cpu_seconds": client_cpu, "target_rows": api_rows}
+                                  "our_cpu_seconds": client_cpu, "target_rows": api_rows,
+                                  "target_flows": args.target_flows}
                 if args.replay:
                     results["api_replay"] = replay
                     results["api"]["x_replay"] = round(results["api"]["items_per_s"] / replay["items_per_s"], 2)
