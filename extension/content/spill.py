@@ -261,10 +261,6 @@ class Written:
     def __init__(self, spill: Spill) -> None:
         self.spill = spill
 
-    def add(self, collection: str, rows: Iterable[tuple[Any, Any, str | None]]) -> None:
-        """``(source key, target key, digest)`` of rows the target gave a key (a later entry replaces one)."""
-        KeyMap(self.spill, collection).record(rows)
-
     def entries(self) -> Iterator[tuple[str, Any, Any, str | None]]:
         """``(collection, source key, target key, digest)`` of every row the target gave a key, a page at a time."""
         last: tuple[Any, ...] = ()
