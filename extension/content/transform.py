@@ -307,13 +307,15 @@ def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], 
 
     ``closure_rows``: the closure's :class:`~cairn_migrate.content.spill.KeySet` per collection.
 
-    Read in key batches, only the text/JSON columns of the rows that may name an asset (:func:`_may_name_asset`:
-    the source database skips the rest, most rows of most moves, without sending them); the caller adds the
-    files to the closure so their rows and bytes move with the rows whose text shows them.
+    Read in key batches as large as the closure's lookups, only the text/JSON columns of the rows that may name
+    an asset (:func:`_may_name_asset`: the source database skips the rest, most rows of most moves, without
+    sending them); the caller adds the files to the closure so their rows and bytes move with the rows whose
+    text shows them.
     """
     from . import keys
-    from .closure import BATCH, FILES
+    from .closure import BATCH, FILES, lookup_size
 
+    size = lookup_size(src)  # keys per scan: the rows sent back are only those that may name an asset
     found: set[str] = set()
     for name, wanted in closure_rows.items():
         if name.startswith("directus_") or name not in graph.keys:
@@ -323,7 +325,7 @@ def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], 
         if not columns:
             continue
         pk = graph.keys[name]
-        for batch in wanted.batches(BATCH):
+        for batch in wanted.batches(size):
             query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name)).where(
                 keys.in_(src, name, pk, batch), sa.or_(*[_may_name_asset(c, kinds[c]) for c in columns]))
             for values in conn.execute(query).all():
