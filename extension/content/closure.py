@@ -223,8 +223,8 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
                 else:
                     wheres = (keys_.in_(db, link.many, link.field, batch) for batch in keys.batches(size, level - 1))
                 for where in wheres:
-                    found = conn.execute(children.where(where)).scalars()
-                    closure.add(link.many, (graph.key(link.many, v) for v in found), level)
+                    found = conn.execute(children.where(where)).scalars().partitions(BATCH)  # a fetch per batch
+                    closure.add(link.many, (graph.key(link.many, v) for part in found for v in part), level)
         frontier = [name for name, keys in closure.rows.items() if keys.count(level)]
     # Users named by rows outside the last level, and folders of the files (always, parents first).
     for collection in list(closure.rows):

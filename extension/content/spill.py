@@ -229,10 +229,9 @@ class KeyMap:
         """The entries of ``sources`` that exist (one query per :data:`CHUNK` keys)."""
         out: dict[Any, Any] = {}
         for batch in chunks(set(sources)):
-            for source, target, new in self.spill.execute(
-                    f"SELECT source, target, new FROM resolved WHERE collection = ? AND source IN "
-                    f"({_marks(len(batch))})", [self.collection, *batch]):
-                out[source] = self._value(source, target, new)
+            out.update((source, New(source) if new else target) for source, target, new in self.spill.execute(
+                f"SELECT source, target, new FROM resolved WHERE collection = ? AND source IN "
+                f"({_marks(len(batch))})", [self.collection, *batch]))
         return out
 
     def targets_having(self, targets: Iterable[Any]) -> set[Any]:
