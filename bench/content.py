@@ -149,6 +149,22 @@ def url_source(admin_url: str, base: Path, source_env: Path, source_url: str, st
             "target_rows": counts(admin_url, name)}
 
 
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until ``url`` answers (the process ``proc`` started), or fail."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited ({proc.returncode})")
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
 def counts(admin_url: str, name: str) -> dict[str, int]:
     db = engine(admin_url, name)
     with db.connect() as conn:
@@ -239,6 +255,9 @@ def main() -> None:
     parser.add_argument("--target-flows", choices=("on", "off"), default="on",
                         help="the api target's flows: on, as recorded (its 'Log new articles' flow runs a script and "
                              "writes a log per created article, in the server), or off (set inactive first)")
+    parser.add_argument("--target-extension", choices=("on", "off"), default="off",
+                        help="on: the api target runs as deployed, with cairn-migrate's extension installed "
+                             "(install-extension) and its sidecar serving: the hook reports each write to it")
     parser.add_argument("--replay", type=int, default=2000, metavar="N",
                         help="after the api move, POST N plain new articles straight to the same CairnCMS (no "
                              "cairn-migrate): the server's own write ceiling for the api path (0: skip)")
@@ -292,13 +311,25 @@ def main() -> None:
                         conn.execute(sa.text("UPDATE directus_flows SET status = 'inactive'"))
                     db.dispose()
                 (api_env.parent / "package.json").write_text('{"name": "bench-content", "private": true}\n')
+                sidecar = None
+                if args.target_extension == "on":  # as deployed: the hook reports every write to the sidecar
+                    sidecar_port = free_port()
+                    subprocess.run([CLI, "--env", str(api_env), "install-extension", "--sidecar-url",
+                                    f"http://127.0.0.1:{sidecar_port}"], env=state, check=True, capture_output=True,
+                                   timeout=300)
+                    sidecar = subprocess.Popen([CLI, "--env", str(api_env), "serve", "--host", "127.0.0.1", "--port",
+                                                str(sidecar_port)], env=state, start_new_session=True,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    wait_http(f"http://127.0.0.1:{sidecar_port}/migrate/health", sidecar)
                 server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
                 try:
                     server_cpu = session_cpu(server.pid)
+                    sidecar_cpu = session_cpu(sidecar.pid) if sidecar else 0.0
                     seconds, rss, done = timed([*move, "--to", str(api_env), "--via", "api", "--to-token", TOKEN,
                                                 "--concurrency", str(args.concurrency), "--batch-size",
                                                 str(args.batch_size)], env=state)
                     server_cpu = round(session_cpu(server.pid) - server_cpu, 2)
+                    sidecar_cpu = round(session_cpu(sidecar.pid) - sidecar_cpu, 2) if sidecar else None
                     client_cpu = LAST_CPU[0]
                     assert done.returncode == 0, done.stdout + done.stderr
                     report = json.loads(done.stdout)
@@ -311,11 +342,13 @@ def main() -> None:
                                               args.concurrency)
                 finally:
                     stop_process(server)
+                    stop_process(sidecar)
                 results["api"] = {"seconds": round(seconds, 2), "rows": written, "items_per_s": round(written / seconds),
                                   "peak_rss_mib": rss and round(rss / 1024), "retried": report["api"]["retried"],
                                   "second_run_seconds": round(again_s, 2), "cairncms_cpu_seconds": server_cpu,
                                   "our_cpu_seconds": client_cpu, "target_rows": api_rows,
-                                  "target_flows": args.target_flows}
+                                  "target_flows": args.target_flows, "target_extension": args.target_extension,
+                                  **({"sidecar_cpu_seconds": sidecar_cpu} if sidecar else {})}
                 if args.replay:
                     results["api_replay"] = replay
                     results["api"]["x_replay"] = round(results["api"]["items_per_s"] / replay["items_per_s"], 2)

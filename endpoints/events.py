@@ -24,6 +24,8 @@ from .signed import signed_required
 
 #: How many events the ring keeps.
 MAX_EVENTS = 500
+#: How many events one request may carry (the hook sends at most 100 at a time).
+MAX_BATCH = 200
 _KEY = "cairn_migrate_events"
 _create_lock = threading.Lock()
 
@@ -72,20 +74,47 @@ def _clean(body: Any) -> dict[str, Any]:
 @bp.post("/events")
 @signed_required
 def post_event() -> ResponseReturnValue:
-    """Record a change the instance's hook reports (signed with the shared secret).
+    """Record the changes the instance's hook reports (signed with the shared secret).
     ---
     post:
-      summary: Report an instance event (hook only, HMAC-signed)
+      summary: Report instance events (hook only, HMAC-signed)
       description: >-
         Signed with X-Cairn-Migrate-Timestamp and X-Cairn-Migrate-Signature
         (HMAC-SHA256 with the secret in EXTENSIONS_PATH/.cairn-migrate.json); tokens are not accepted.
+        The body is one event, or {"events": [...]} with up to 200 of them: the hook batches what
+        the instance writes (one event per run of the same change, up to 100 keys each) and sends a
+        batch at most every 250 ms, so a bulk write costs a request per batch, not per item.
+      requestBody:
+        content:
+          application/json:
+            schema:
+              oneOf:
+                - $ref: "#/components/schemas/InstanceEventSchema"
+                - type: object
+                  required: [events]
+                  properties:
+                    events:
+                      type: array
+                      maxItems: 200
+                      items: {$ref: "#/components/schemas/InstanceEventSchema"}
       responses:
         "202":
-          description: Recorded.
+          description: Recorded (the ids the events were given).
         "401":
           $ref: "#/components/responses/Error"
+        "422":
+          $ref: "#/components/responses/Error"
     """
-    record = _ring().add(_clean(request.get_json(silent=True)))
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and "events" in body:
+        events = body["events"]
+        if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
+            raise InvalidInput(f"'events' must be a list of 1 to {MAX_BATCH} events",
+                               hint="send fewer events per request")
+        cleaned = [_clean(event) for event in events]  # all checked before any is recorded
+        ids = [_ring().add(event)["id"] for event in cleaned]
+        return {"ok": True, "ids": ids}, 202
+    record = _ring().add(_clean(body))
     return {"ok": True, "id": record["id"]}, 202
 
 

@@ -190,3 +190,24 @@ def test_freeze_export_without_the_extension_writes_nothing(cairn_instance: Cair
     assert refused.value.exit_code == 2 and "install-extension" in refused.value.hint
     assert not (tmp_path / "bundle").exists()
     assert freeze_state(state_url, scope=SCOPE) == {"active": False}
+
+
+def test_a_batch_of_events_is_recorded_in_order(client: Any, installed: str, admin_token: str) -> None:
+    batch = {"events": [{"event": "items.create", "collection": "articles", "keys": [1, 2, 3]},
+                        {"event": "items.update", "collection": "articles", "keys": [2]}]}
+    response = _post(client, batch)
+    assert response.status_code == 202, response.get_json()
+    assert len(response.get_json()["ids"]) == 2
+    listed = client.get("/migrate/events?limit=2", headers=bearer(admin_token)).get_json()["data"]
+    assert [(e["event"], e["keys"]) for e in listed] == [("items.update", [2]), ("items.create", [1, 2, 3])]
+
+
+@pytest.mark.parametrize("events", [[], "items.create", [{"event": "items.create"}] * 201,
+                                    [{"event": "items.create"}, {"keys": [1]}]],
+                         ids=["empty", "not-a-list", "too-many", "one-without-a-name"])
+def test_a_bad_batch_is_refused_whole(client: Any, installed: str, admin_token: str, events: Any) -> None:
+    before = client.get("/migrate/events?limit=500", headers=bearer(admin_token)).get_json()["data"]
+    response = _post(client, {"events": events})
+    assert response.status_code == 422, response.get_json()
+    after = client.get("/migrate/events?limit=500", headers=bearer(admin_token)).get_json()["data"]
+    assert after == before  # nothing of it recorded

@@ -113,6 +113,26 @@ def test_item_changes_reach_the_sidecar(cms_instance: LiveInstance) -> None:
     raise AssertionError("no items.create event")
 
 
+def test_a_bulk_write_reaches_the_sidecar_as_a_few_batched_events(cms_instance: LiveInstance) -> None:
+    """A createMany of 150 items is reported as a couple of events of up to 100 keys (the hook batches), not 150
+    requests: every key arrives."""
+    created = cms_instance.request("POST", f"/items/{COLLECTION}", json=[{"title": f"bulk {i}"} for i in range(150)],
+                                   params={"fields": "id"})
+    assert created.status_code == 200, created.text
+    keys = {row["id"] for row in created.json()["data"]}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        events = cms_instance.request("GET", "/migrate/events", params={"limit": 500}).json()["data"]
+        ours = [e for e in events if e["event"] == "items.create" and e["collection"] == COLLECTION
+                and keys & set(e["keys"])]
+        if keys <= {k for e in ours for k in e["keys"]}:
+            assert len(ours) <= 3, [len(e["keys"]) for e in ours]
+            assert all(len(e["keys"]) <= 100 for e in ours)
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not every created key reached the sidecar: {len(keys)} created")
+
+
 def test_unsigned_events_are_refused_by_the_sidecar(cms_instance: LiveInstance) -> None:
     response = cms_instance.sidecar_request("POST", "/migrate/events", json={"event": "items.create"})
     assert response.status_code == 401

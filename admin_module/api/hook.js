@@ -17,13 +17,20 @@
  *
  * Notifications: files.upload and items.create|update|delete are posted to POST /migrate/events,
  * signed, fire-and-forget with a 1 s timeout; failures are logged at debug level and never touch
- * the instance's own request.
+ * the instance's own request.  They are batched: queued, one event per run of the same change
+ * (a createMany of 100 items is one items.create with 100 keys), and sent at most every FLUSH_MS
+ * as one request ({events: [...]}), one request in flight.  One request per item cost the server
+ * about 0.5 ms of CPU per item and the sidecar a request each: a fifth of a bulk write's rate.
  */
 const { readConfig, request, signedHeaders, verifySignature } = require('./sidecar.js');
 
 const CACHE_MS = 1500;
 const FREEZE_TIMEOUT_MS = 800;
 const EVENT_TIMEOUT_MS = 1000;
+const FLUSH_MS = 250; // the longest an event waits for its batch
+const BATCH_EVENTS = 100; // events per request (the sidecar takes up to 200)
+const EVENT_KEYS = 100; // keys per event (the sidecar keeps up to 100)
+const QUEUE_EVENTS = 1000; // events waiting at most: beyond it the oldest are dropped (a feed, not a ledger)
 const WRITE_METHODS = new Set(['POST', 'PATCH', 'PUT', 'DELETE']);
 const PROOF_PATH = '/migrate/freeze-proof/';
 
@@ -128,14 +135,55 @@ module.exports = function registerHook({ filter, action, init }, context) {
 		});
 	});
 
-	function notify(event, body) {
+	let queue = [];
+	let timer = null;
+	let sending = false;
+	let dropped = 0;
+
+	// Send the queue, one request at a time; what comes meanwhile waits for the next.
+	function flush() {
+		timer = null;
+		if (sending || queue.length === 0) return;
 		const config = readConfig(env);
-		if (!config.secret) return; // not installed by install-extension: nothing to sign with
-		request(config, 'POST', '/migrate/events', { event, at: new Date().toISOString(), ...body }, EVENT_TIMEOUT_MS)
+		if (!config.secret) {
+			queue = []; // not installed by install-extension: nothing to sign with
+			return;
+		}
+		const events = queue.splice(0, BATCH_EVENTS);
+		sending = true;
+		request(config, 'POST', '/migrate/events', { events }, EVENT_TIMEOUT_MS)
 			.then(({ status }) => {
-				if (status >= 300) logger.debug(`cairn-migrate: sidecar answered ${status} to ${event}`);
+				if (status >= 300) logger.debug(`cairn-migrate: sidecar answered ${status} to ${events.length} events`);
 			})
-			.catch((error) => logger.debug(`cairn-migrate: could not notify the sidecar of ${event}: ${error.message}`));
+			.catch((error) => logger.debug(`cairn-migrate: could not notify the sidecar of ${events.length} events: ${error.message}`))
+			.finally(() => {
+				sending = false;
+				if (dropped) {
+					logger.debug(`cairn-migrate: ${dropped} events dropped (the sidecar was slower than the writes)`);
+					dropped = 0;
+				}
+				if (queue.length) schedule(queue.length >= BATCH_EVENTS ? 0 : FLUSH_MS);
+			});
+	}
+
+	function schedule(ms) {
+		if (timer && ms > 0) return;
+		if (timer) clearTimeout(timer); // a full batch goes now
+		timer = setTimeout(flush, ms);
+		if (timer.unref) timer.unref(); // never what keeps the instance's process alive
+	}
+
+	function notify(event, body) {
+		const last = queue[queue.length - 1];
+		// the same change of the same collection by the same user: one event with the keys of all
+		if (last && !body.file && !last.file && last.event === event && last.collection === body.collection
+			&& last.user === body.user && last.keys.length + body.keys.length <= EVENT_KEYS) {
+			last.keys.push(...body.keys);
+		} else {
+			queue.push({ event, at: new Date().toISOString(), ...body, keys: [...body.keys] });
+			if (queue.length > QUEUE_EVENTS) dropped += queue.splice(0, queue.length - QUEUE_EVENTS).length;
+		}
+		schedule(queue.length >= BATCH_EVENTS ? 0 : FLUSH_MS);
 	}
 
 	const user = (ctx) => (ctx && ctx.accountability && ctx.accountability.user) || null;

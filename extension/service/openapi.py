@@ -33,6 +33,7 @@ COMPONENT_SCHEMAS = (
     schemas.JobListSchema,
     schemas.HealthSchema,
     schemas.InspectSchema,
+    schemas.InstanceEventSchema,
 )
 
 _ERROR_RESPONSE = {"content": {"application/json": {"schema": "ErrorSchema"}}}

@@ -100,6 +100,18 @@ class HealthSchema(Schema):
     instance = fields.Nested(HealthInstanceSchema, required=True)
 
 
+class InstanceEventSchema(Schema):
+    """A change the instance's hook reports (``POST /migrate/events``): kept in memory as a recent-activity feed."""
+
+    event = fields.String(required=True, metadata={"description": "items.create, items.update, items.delete or "
+                                                                  "files.upload"})
+    at = fields.String(allow_none=True, metadata={"description": "when the instance saw it (ISO 8601)"})
+    collection = fields.String(allow_none=True)
+    keys = fields.List(fields.Raw(), metadata={"description": "the changed items' keys (up to 100 kept)"})
+    user = fields.String(allow_none=True, metadata={"description": "the user who wrote, when known"})
+    file = fields.Dict(allow_none=True, metadata={"description": "an upload's storage, names, type and size"})
+
+
 class HttpPathsSchema(Schema):
     """``GET /migrate/paths``: where an admin may name files on the sidecar's machine (CAIRN_MIGRATE_HTTP_PATHS)."""
 
