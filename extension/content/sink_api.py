@@ -169,7 +169,7 @@ class ApiSink:
     def controlled(self, name: str) -> frozenset[str]:
         return frozenset(self._controlled.get(name, set())) | (FILES_CONTROLLED if name == FILES else frozenset())
 
-    def prepare(self, name: str, dst_def: TableDef, names: list[str]) -> None:
+    def prepare(self, name: str, dst_def: TableDef, names: list[str], *, rows: int = 0) -> None:
         """Nothing to prepare: values travel in their neutral JSON form."""
 
     # ------------------------------------------------------------------ rows

@@ -1,11 +1,18 @@
 """The direct database writer of a content move: rows through one target transaction, bytes to its storage.
 
 The walk (:mod:`cairn_migrate.content.writer`) decides; a *sink* writes.  This one writes the
-finished rows with SQL on the target connection the caller commits or rolls back: new rows in one ``COPY``
-per batch on PostgreSQL (integer keys drawn first from the column's own sequence, one ``nextval`` query per
-batch); elsewhere kept (uuid/string) keys in one ``executemany`` per batch and integer-keyed rows one
-``INSERT … RETURNING`` each; updates per row, deletions per key batch; a file's bytes are copied to the target's storage location and
-verified (size + SHA-256) before its row is written.
+finished rows with SQL on the target connection the caller commits or rolls back: new rows through a ``COPY``
+on PostgreSQL, kept open across a collection's batches so the server loads rows while the walk prepares the
+next ones (integer keys drawn first from the column's own sequence: a block at a time for a collection the
+target held no rows of, else one ``nextval`` query per batch); elsewhere kept (uuid/string) keys in one
+``executemany`` per batch and integer-keyed rows one ``INSERT … RETURNING`` each; updates per row, deletions
+per key batch; a file's bytes are copied to the target's storage location and verified (size + SHA-256)
+before its row is written.
+
+The open ``COPY`` holds the connection: any other statement on it (a lookup, an update, a ``nextval``, the
+commit) finishes it first (a SQLAlchemy event on the connection), and a rollback abandons it.  A row the
+server refuses is raised when the ``COPY`` finishes, at the latest when its collection's rows are done
+(:meth:`DbSink.flush`), naming the collection.
 """
 
 from __future__ import annotations
@@ -26,6 +33,22 @@ from .closure import USERS
 
 #: receives the target keys of created rows in the order the rows were given, from the row at ``offset`` on
 Done = Callable[..., None]
+#: integer keys drawn from a sequence at once for a collection the target held no rows of (at most its rows)
+KEY_BLOCK = 20000
+
+
+class _Stream:
+    """An open ``COPY … FROM STDIN`` of one collection's columns on the raw driver connection."""
+
+    def __init__(self, raw: Any, name: str, columns: list[str]) -> None:
+        from psycopg import sql
+
+        self.name, self.columns = name, columns
+        self.statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns)).as_string(raw)
+        self.cursor = raw.cursor()
+        self.context = self.cursor.copy(self.statement)  # a context manager around the Copy it gives
+        self.copy = self.context.__enter__()
 
 
 class DbSink:
@@ -44,14 +67,25 @@ class DbSink:
         self._sequences: dict[tuple[str, str], str | None] = {}
         #: (location, name) of every object this run wrote: always a name no committed row points at
         self.written: list[tuple[Location, str]] = []
+        self._stream: _Stream | None = None
+        #: per collection the target held no rows of: keys drawn and not yet given, and how many rows may follow
+        self._pool: dict[str, list[int]] = {}
+        self._expected: dict[str, int] = {}
+        if dst.vendor == "postgres":  # every other statement on the connection first finishes an open COPY
+            sa.event.listen(conn, "before_cursor_execute", self._before_statement)
+            sa.event.listen(conn, "commit", self._before_statement)
+            sa.event.listen(conn, "rollback", self._abandon)
 
     def controlled(self, name: str) -> frozenset[str]:
         """Columns the target sets itself on this path (none: SQL writes every column)."""
         return frozenset()
 
-    def prepare(self, name: str, dst_def: TableDef, names: list[str]) -> None:
+    def prepare(self, name: str, dst_def: TableDef, names: list[str], *, rows: int = 0) -> None:
+        """Set up ``name``'s writes; ``rows``: the target held no row of it, and at most this many are created
+        (its integer keys may then be drawn a block at a time)."""
         by_name = {c.name: c for c in dst_def.columns}
         self._encoders[name] = {n: encoder(by_name[n].type, self.dst.vendor) for n in names}
+        self._expected[name] = rows
 
     def _encoded(self, name: str, row: Mapping[str, Any]) -> dict[str, Any]:
         codecs = self._encoders[name]
@@ -64,10 +98,8 @@ class DbSink:
         if integer:  # the target numbers each row
             values = [{n: v for n, v in self._encoded(name, row).items() if n != pk} for row in rows]
             sequence = self._sequence(name, pk)
-            if sequence is not None:  # PostgreSQL: the batch's keys drawn from the column's own sequence, one COPY
-                made = sorted(int(k) for k in self.conn.execute(sa.text(
-                    "SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"), {"s": sequence, "n": len(rows)}
-                ).scalars().all())
+            if sequence is not None:  # PostgreSQL: the keys drawn from the column's own sequence, then COPY
+                made = self._keys(name, sequence, len(rows))
                 self._copy(name, [{**v, pk: k} for v, k in zip(values, made)])
                 done(made)
                 return
@@ -81,24 +113,75 @@ class DbSink:
             self.conn.execute(sa.insert(table), encoded)
         done([row[pk] for row in rows])
 
+    def _keys(self, name: str, sequence: str, n: int) -> list[int]:
+        """``n`` new keys from ``sequence``, ascending: drawn per batch, or for a collection the target held no
+        rows of a block at a time (at most as many as its rows still to come), so the ``COPY`` stays open
+        between batches.  Keys drawn and not used are gaps in the sequence, as a rolled-back insert leaves."""
+        pool = self._pool.setdefault(name, [])
+        if len(pool) < n:
+            want = max(n - len(pool), min(KEY_BLOCK, self._expected.get(name, 0)))
+            pool.extend(sorted(int(k) for k in self.conn.execute(sa.text(
+                "SELECT nextval(CAST(:s AS regclass)) FROM generate_series(1, :n)"), {"s": sequence, "n": want}
+            ).scalars().all()))
+        made, self._pool[name] = pool[:n], pool[n:]
+        self._expected[name] = max(0, self._expected.get(name, 0) - n)
+        return made
+
     def _copy(self, name: str, rows: list[dict[str, Any]]) -> None:
-        """New rows on PostgreSQL with ``COPY … FROM STDIN`` on the transaction's own connection: several
-        times cheaper than an ``INSERT`` per row for the server and for us (no statement per row to bind).
-        The values are the ones the ``INSERT`` took (its columns are untyped, so the driver adapted them
-        the same way); a refused row (a constraint) is raised as the ``INSERT``'s error would be."""
+        """New rows on PostgreSQL through ``COPY … FROM STDIN`` on the transaction's own connection: several
+        times cheaper than an ``INSERT`` per row for the server and for us (no statement per row to bind), and
+        kept open for the collection's next batch, so the server loads while the walk works.  The values are
+        the ones the ``INSERT`` took (its columns are untyped, so the driver adapted them the same way)."""
         import psycopg
-        from psycopg import sql
 
         columns = list(rows[0])
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-        raw = self.conn.connection.driver_connection
+        stream = self._stream
+        if stream is not None and (stream.name, stream.columns) != (name, columns):
+            self._finish()
+            stream = None
         try:
-            with raw.cursor() as cursor, cursor.copy(statement) as copy:
-                for row in rows:
-                    copy.write_row([row[c] for c in columns])
+            if stream is None:
+                stream = self._stream = _Stream(self.conn.connection.driver_connection, name, columns)
+            write = stream.copy.write_row
+            for row in rows:
+                write([row[c] for c in columns])
         except psycopg.Error as exc:
-            raise sa.exc.DBAPIError(statement.as_string(raw), None, exc) from exc
+            self._stream = None
+            raise self._refused(stream.statement if stream else name, exc) from exc
+
+    def _finish(self) -> None:
+        """End the open ``COPY``: the server has taken every row of it, or raises the row it refused."""
+        import psycopg
+
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            stream.context.__exit__(None, None, None)
+        except psycopg.Error as exc:
+            raise self._refused(stream.statement, exc) from exc
+        finally:
+            stream.cursor.close()
+
+    @staticmethod
+    def _refused(statement: str, exc: Exception) -> sa.exc.DBAPIError:
+        """The server's refusal as the ``INSERT``'s would be raised (the walk names the collection)."""
+        return sa.exc.DBAPIError(statement, None, exc)  # type: ignore[arg-type]
+
+    def _before_statement(self, *_args: Any) -> None:
+        self._finish()
+
+    def _abandon(self, *_args: Any) -> None:
+        """A rollback: the open ``COPY`` is failed, so the connection can roll back (its rows go with it)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            stream.context.__exit__(MigrateError, MigrateError("rolled back"), None)
+        except Exception:  # noqa: BLE001 - the COPY fails as asked; the rollback that follows is what counts
+            pass
+        finally:
+            stream.cursor.close()
 
     def _sequence(self, name: str, pk: str) -> str | None:
         """The sequence numbering ``name.pk`` on a PostgreSQL target (serial or identity), else None."""
@@ -143,10 +226,17 @@ class DbSink:
         self.copied.append(str(row["id"]))
 
     def flush(self) -> None:
-        """Every write so far is done (SQL statements are synchronous)."""
+        """Every write so far is done: the open ``COPY`` finished (other SQL statements are synchronous)."""
+        self._finish()
 
     def delete(self, name: str, pk: str, batch: Iterable[Any]) -> None:
         self.conn.execute(sa.delete(sa.table(name)).where(keys.in_(self.dst, name, pk, list(batch))))
 
     def close(self) -> None:
-        """Nothing to release: the caller owns the transaction."""
+        """An open ``COPY`` is abandoned (the caller owns the transaction, and rolls it back) and the events
+        removed."""
+        self._abandon()
+        if self.dst.vendor == "postgres":
+            sa.event.remove(self.conn, "before_cursor_execute", self._before_statement)
+            sa.event.remove(self.conn, "commit", self._before_statement)
+            sa.event.remove(self.conn, "rollback", self._abandon)

@@ -346,13 +346,14 @@ class Walk:
         counts = self.counts.setdefault(name, empty_counts())
         resolved = self.resolved(name)
         deferred: list[tuple[Any, str, Any]] = []
-        if self.write:
-            self.sink.prepare(name, dst_def, names)
         self._in_flight = set()
         # A collection the target holds no rows of (looked at once, before its first batch): every row is
         # created, so none of the per-batch lookups of target rows (existence, adoption, unique holders,
         # current values) can find anything but rows this run created, which are never matched again.
         empty = dst_conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
+        if self.write:
+            self.sink.prepare(name, dst_def, names, rows=len(self.closure.rows[name]) if empty and name in
+                              self.closure.rows else 0)
         self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): "
                           f"{len(self.closure.rows.get(name, ()))} rows")
         for batch in self.closure.rows[name].batches(BATCH) if name in self.closure.rows else ():
