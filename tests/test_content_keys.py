@@ -199,3 +199,37 @@ def test_row_decoder_gives_each_columns_decoder_value() -> None:
     ]
     for row in rows:
         assert decode(row) == {n: decoder(k)(v) for n, k, v in zip(names, kinds, row)}
+
+
+def test_read_ahead_reads_the_next_item_while_the_caller_works_and_waits_for_it_on_a_stop() -> None:
+    """The walk's source reads (writer.read_ahead): answers in order, the next read already running while the
+    caller works on one, a read's error raised to the caller, and a stop returns only once no read runs."""
+    import threading
+    import time
+
+    from cairn_migrate.content.writer import read_ahead
+
+    started: list[int] = []
+    running = threading.Event()
+
+    def read(item: int) -> int:
+        started.append(item)
+        running.set()
+        time.sleep(0.05)
+        running.clear()
+        if item == 99:
+            raise ValueError("refused")
+        return item * 10
+
+    seen = []
+    for answer in read_ahead(read, iter([1, 2, 3])):
+        time.sleep(0.1)  # the caller's work: the next read has started meanwhile
+        seen.append((answer, list(started)))
+    assert seen == [(10, [1, 2]), (20, [1, 2, 3]), (30, [1, 2, 3])]
+    with pytest.raises(ValueError, match="refused"):
+        list(read_ahead(read, iter([1, 99, 3])))
+    reads = read_ahead(read, iter([1, 2, 3]))
+    assert next(reads) == 10
+    reads.close()  # the caller stops while 2 is being read
+    assert not running.is_set()
+    assert list(read_ahead(read, iter([]))) == []

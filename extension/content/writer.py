@@ -54,6 +54,30 @@ def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) 
     return list(grouped.values())
 
 
+def read_ahead(read: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]:
+    """``read(item)`` of each of ``items`` in order, the next one read in a thread while the caller works on
+    this one: the source's answer to a batch's query (its rows' read, a wait on the server) overlaps the walk's
+    work on the batch before.  ``read`` owns its connection meanwhile (the walk does not use the source's
+    while it writes a collection); ``items`` is advanced in the caller's thread only.  A stop waits for the read
+    in flight, so the connection is never closed under it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = next(items, None)
+    if first is None:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="cairn-migrate-read") as pool:
+        pending = pool.submit(read, first)
+        try:
+            while pending is not None:
+                done = pending.result()
+                following = next(items, None)
+                pending = pool.submit(read, following) if following is not None else None
+                yield done
+        finally:
+            if pending is not None:
+                pending.cancel() or pending.exception()  # a read in flight ends before the connection may close
+
+
 class PlanFirst(Exception):
     """A one-pass database move met a refusal or files: rolled back, it is planned first instead."""
 
@@ -356,10 +380,14 @@ class Walk:
                               self.closure.rows else 0)
         self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): "
                           f"{len(self.closure.rows.get(name, ()))} rows")
-        for batch in self.closure.rows[name].batches(BATCH) if name in self.closure.rows else ():
+        def read(batch: list[Any]) -> list[Any]:
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))
-            rows = [decode_row(raw) for raw in src_conn.execute(query).all()]  # one fetch: not a call per row
+            return src_conn.execute(query).all()  # one fetch: not a call per row
+
+        batches = self.closure.rows[name].batches(BATCH) if name in self.closure.rows else iter(())
+        for raws in read_ahead(read, batches):
+            rows = [decode_row(raw) for raw in raws]
             self._exists.clear()  # what the target holds, for this batch only (kept, it grew with the rows)
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
