@@ -87,16 +87,7 @@ def post_event() -> ResponseReturnValue:
       requestBody:
         content:
           application/json:
-            schema:
-              oneOf:
-                - $ref: "#/components/schemas/InstanceEventSchema"
-                - type: object
-                  required: [events]
-                  properties:
-                    events:
-                      type: array
-                      maxItems: 200
-                      items: {$ref: "#/components/schemas/InstanceEventSchema"}
+            schema: InstanceEventsSchema
       responses:
         "202":
           description: Recorded (the ids the events were given).

@@ -41,6 +41,8 @@ NOT_PATHS = {
     "op": "an operation's name (its parameters are checked by test_every_host_path_parameter_of_an_operation_…)",
     "name": "a sync profile's name", "collections": "collection names",
     "target_token_env": "the name of an environment variable", "alert_webhook": "a URL",
+    "event": "an instance event's name", "at": "a timestamp", "collection": "a collection name",
+    "user": "a user id",
 }
 
 

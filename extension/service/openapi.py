@@ -34,6 +34,7 @@ COMPONENT_SCHEMAS = (
     schemas.HealthSchema,
     schemas.InspectSchema,
     schemas.InstanceEventSchema,
+    schemas.InstanceEventsSchema,
 )
 
 _ERROR_RESPONSE = {"content": {"application/json": {"schema": "ErrorSchema"}}}

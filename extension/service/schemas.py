@@ -112,6 +112,14 @@ class InstanceEventSchema(Schema):
     file = fields.Dict(allow_none=True, metadata={"description": "an upload's storage, names, type and size"})
 
 
+class InstanceEventsSchema(InstanceEventSchema):
+    """The body of ``POST /migrate/events``: one event (as hooks installed before batching send), or ``events``."""
+
+    event = fields.String(metadata={"description": "one event's name (or send 'events')"})
+    events = fields.List(fields.Nested(InstanceEventSchema), validate=validate.Length(min=1, max=200),
+                         metadata={"description": "up to 200 events, recorded in order (all checked first)"})
+
+
 class HttpPathsSchema(Schema):
     """``GET /migrate/paths``: where an admin may name files on the sidecar's machine (CAIRN_MIGRATE_HTTP_PATHS)."""
 
