@@ -146,7 +146,7 @@ class DbSink:
             for row in rows:
                 write([row[c] for c in columns])
         except psycopg.Error as exc:
-            self._stream = None
+            self._abandon()  # the COPY is failed, so the connection can roll back
             raise self._refused(stream.statement if stream else name, exc) from exc
 
     def _finish(self) -> None:
