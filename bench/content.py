@@ -48,7 +48,14 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from live_instance import CAIRNCMS, free_port, server_env, start_server, stop_process  # noqa: E402
+from live_instance import (  # noqa: E402
+    CAIRNCMS,
+    free_port,
+    server_env,
+    start_server,
+    stop_process,
+    wait_until_up,
+)
 
 from cairn_migrate.testing import (  # noqa: E402
     copy_uploads,
@@ -147,22 +154,6 @@ def url_source(admin_url: str, base: Path, source_env: Path, source_url: str, st
             "rows_read_through_api": read, "second_run_seconds": round(again_s, 2),
             "read_alone": alone,
             "target_rows": counts(admin_url, name)}
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Until ``url`` answers (the process ``proc`` started), or fail."""
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited ({proc.returncode})")
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 def counts(admin_url: str, name: str) -> dict[str, int]:
@@ -317,10 +308,12 @@ def main() -> None:
                     subprocess.run([CLI, "--env", str(api_env), "install-extension", "--sidecar-url",
                                     f"http://127.0.0.1:{sidecar_port}"], env=state, check=True, capture_output=True,
                                    timeout=300)
-                    sidecar = subprocess.Popen([CLI, "--env", str(api_env), "serve", "--host", "127.0.0.1", "--port",
-                                                str(sidecar_port)], env=state, start_new_session=True,
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    wait_http(f"http://127.0.0.1:{sidecar_port}/migrate/health", sidecar)
+                    sidecar_log = base / "sidecar.log"
+                    with sidecar_log.open("wb") as log:
+                        sidecar = subprocess.Popen([CLI, "--env", str(api_env), "serve", "--host", "127.0.0.1",
+                                                    "--port", str(sidecar_port)], env=state, start_new_session=True,
+                                                   stdout=log, stderr=subprocess.STDOUT)
+                    wait_until_up(f"http://127.0.0.1:{sidecar_port}/migrate/health", 60, sidecar, sidecar_log)
                 server = start_server(CAIRNCMS, api_env.parent, url, server_env(), base / "cairncms.log")
                 try:
                     server_cpu = session_cpu(server.pid)

@@ -18,16 +18,16 @@ from flask import current_app, request
 from flask.typing import ResponseReturnValue
 
 from ..errors import InvalidInput
+from ..service.schemas import InstanceEventsSchema
 from . import bp
 from .auth import admin_required
 from .signed import signed_required
 
 #: How many events the ring keeps.
 MAX_EVENTS = 500
-#: How many events one request may carry (the hook sends at most 100 at a time).
-MAX_BATCH = 200
 _KEY = "cairn_migrate_events"
 _create_lock = threading.Lock()
+_BODY = InstanceEventsSchema()
 
 
 class EventRing:
@@ -57,17 +57,16 @@ def _ring() -> EventRing:
         return ring  # type: ignore[no-any-return]
 
 
-def _clean(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict) or not isinstance(body.get("event"), str) or not body["event"]:
-        raise InvalidInput("An event needs a JSON object with an 'event' name")
-    keys = body.get("keys")
+def _clip(event: dict[str, Any]) -> dict[str, Any]:
+    """A loaded event cut to what the ring keeps: the feed is bounded in count and in size."""
+    keys = event.get("keys") or []
     return {
-        "event": body["event"][:100],
-        "at": str(body.get("at") or "")[:40] or None,
-        "collection": body.get("collection") if isinstance(body.get("collection"), str) else None,
-        "keys": [k for k in keys if isinstance(k, (str, int))][:100] if isinstance(keys, list) else [],
-        "user": body.get("user") if isinstance(body.get("user"), str) else None,
-        "file": body.get("file") if isinstance(body.get("file"), dict) else None,
+        "event": event["event"][:100],
+        "at": (event.get("at") or "")[:40] or None,
+        "collection": event.get("collection"),
+        "keys": [k for k in keys if isinstance(k, (str, int))][:100],
+        "user": event.get("user"),
+        "file": event.get("file"),
     }
 
 
@@ -96,16 +95,11 @@ def post_event() -> ResponseReturnValue:
         "422":
           $ref: "#/components/responses/Error"
     """
-    body = request.get_json(silent=True)
-    if isinstance(body, dict) and "events" in body:
-        events = body["events"]
-        if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
-            raise InvalidInput(f"'events' must be a list of 1 to {MAX_BATCH} events",
-                               hint="send fewer events per request")
-        cleaned = [_clean(event) for event in events]  # all checked before any is recorded
-        ids = [_ring().add(event)["id"] for event in cleaned]
+    body = _BODY.load(request.get_json(silent=True))  # a ValidationError answers 422 with its details
+    if "events" in body:  # every event checked by the load, before any is recorded
+        ids = [_ring().add(_clip(event))["id"] for event in body["events"]]
         return {"ok": True, "ids": ids}, 202
-    record = _ring().add(_clean(body))
+    record = _ring().add(_clip(body))
     return {"ok": True, "id": record["id"]}, 202
 
 

@@ -71,7 +71,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_until_up(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until ``url`` answers 200 (the server ``proc`` started, writing to ``log``), or fail with the log's tail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -101,7 +102,7 @@ def start_server(platform: Platform, folder: Path, url: str, env: dict[str, str]
         proc = subprocess.Popen(platform.command("start", folder), cwd=folder, stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     try:
-        _wait(url + "/server/ping", 120, proc, log)
+        wait_until_up(url + "/server/ping", 120, proc, log)
     except BaseException:
         stop_process(proc)
         raise
@@ -149,7 +150,7 @@ class LiveInstance:
                 [str(CLI), "--env", str(self.folder / ".env"), "serve", "--host", "127.0.0.1", "--port", str(self.sidecar_port)],
                 stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
             )
-        _wait(self.sidecar_url + "/migrate/health", 30, self.sidecar, log)
+        wait_until_up(self.sidecar_url + "/migrate/health", 30, self.sidecar, log)
 
     def stop_sidecar(self) -> None:
         stop_process(self.sidecar)

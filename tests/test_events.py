@@ -193,18 +193,26 @@ def test_freeze_export_without_the_extension_writes_nothing(cairn_instance: Cair
 
 
 def test_a_batch_of_events_is_recorded_in_order(client: Any, installed: str, admin_token: str) -> None:
-    batch = {"events": [{"event": "items.create", "collection": "articles", "keys": [1, 2, 3]},
+    batch = {"events": [{"event": "items.create", "collection": "articles", "keys": [1, 2, 3], "newer": "x"},
                         {"event": "items.update", "collection": "articles", "keys": [2]}]}
     response = _post(client, batch)
     assert response.status_code == 202, response.get_json()
     assert len(response.get_json()["ids"]) == 2
     listed = client.get("/migrate/events?limit=2", headers=bearer(admin_token)).get_json()["data"]
     assert [(e["event"], e["keys"]) for e in listed] == [("items.update", [2]), ("items.create", [1, 2, 3])]
+    assert "newer" not in listed[1]  # a field a newer hook sends is left out of the feed, not refused
+
+
+def test_a_body_with_neither_an_event_nor_events_is_refused(client: Any, installed: str) -> None:
+    response = _post(client, {"collection": "articles"})
+    assert response.status_code == 422
+    assert "'events'" in str(response.get_json())
 
 
 @pytest.mark.parametrize("events", [[], "items.create", [{"event": "items.create"}] * 201,
-                                    [{"event": "items.create"}, {"keys": [1]}]],
-                         ids=["empty", "not-a-list", "too-many", "one-without-a-name"])
+                                    [{"event": "items.create"}, {"keys": [1]}],
+                                    [{"event": "items.create"}, {"event": "items.update", "collection": 5}]],
+                         ids=["empty", "not-a-list", "too-many", "one-without-a-name", "a-collection-not-text"])
 def test_a_bad_batch_is_refused_whole(client: Any, installed: str, admin_token: str, events: Any) -> None:
     before = client.get("/migrate/events?limit=500", headers=bearer(admin_token)).get_json()["data"]
     response = _post(client, {"events": events})

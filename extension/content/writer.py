@@ -375,11 +375,10 @@ class Walk:
         # created, so none of the per-batch lookups of target rows (existence, adoption, unique holders,
         # current values) can find anything but rows this run created, which are never matched again.
         empty = dst_conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
+        total = len(self.closure.rows[name]) if name in self.closure.rows else 0  # a count on the spill: once
         if self.write:
-            self.sink.prepare(name, dst_def, names, rows=len(self.closure.rows[name]) if empty and name in
-                              self.closure.rows else 0)
-        self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): "
-                          f"{len(self.closure.rows.get(name, ()))} rows")
+            self.sink.prepare(name, dst_def, names, rows=total if empty else 0)
+        self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): {total} rows")
         def read(batch: list[Any]) -> list[Any]:
             query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, fields, post_dump, validate
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, post_dump, validate, validates_schema
 
 from .jobs import JOB_STATES
 
@@ -101,10 +101,15 @@ class HealthSchema(Schema):
 
 
 class InstanceEventSchema(Schema):
-    """A change the instance's hook reports (``POST /migrate/events``): kept in memory as a recent-activity feed."""
+    """A change the instance's hook reports (``POST /migrate/events``): kept in memory as a recent-activity feed.
 
-    event = fields.String(required=True, metadata={"description": "items.create, items.update, items.delete or "
-                                                                  "files.upload"})
+    The route loads the body with this schema, so what the OpenAPI document publishes is what is checked."""
+
+    class Meta:
+        unknown = EXCLUDE  # a newer hook may send more: kept out of the feed, not refused
+
+    event = fields.String(required=True, validate=validate.Length(min=1), metadata={
+        "description": "items.create, items.update, items.delete or files.upload"})
     at = fields.String(allow_none=True, metadata={"description": "when the instance saw it (ISO 8601)"})
     collection = fields.String(allow_none=True)
     keys = fields.List(fields.Raw(), metadata={"description": "the changed items' keys (up to 100 kept)"})
@@ -112,12 +117,23 @@ class InstanceEventSchema(Schema):
     file = fields.Dict(allow_none=True, metadata={"description": "an upload's storage, names, type and size"})
 
 
+#: The most events one ``POST /migrate/events`` may carry (the hook sends at most 100 at a time).
+MAX_EVENT_BATCH = 200
+
+
 class InstanceEventsSchema(InstanceEventSchema):
     """The body of ``POST /migrate/events``: one event (as hooks installed before batching send), or ``events``."""
 
-    event = fields.String(metadata={"description": "one event's name (or send 'events')"})
-    events = fields.List(fields.Nested(InstanceEventSchema), validate=validate.Length(min=1, max=200),
-                         metadata={"description": "up to 200 events, recorded in order (all checked first)"})
+    event = fields.String(validate=validate.Length(min=1), metadata={
+        "description": "one event's name (or send 'events')"})
+    events = fields.List(fields.Nested(InstanceEventSchema), validate=validate.Length(min=1, max=MAX_EVENT_BATCH),
+                         metadata={"description": f"up to {MAX_EVENT_BATCH} events, recorded in order "
+                                                  "(all checked first)"})
+
+    @validates_schema
+    def _one_or_many(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "event" not in data and "events" not in data:
+            raise ValidationError("send one event (an 'event' name) or 'events', a list of them")
 
 
 class HttpPathsSchema(Schema):
