@@ -356,13 +356,18 @@ def _walk(walk: Walk, graph: Any, closure: Any, sconn: sa.Connection, dconn: sa.
     """Every collection parents first, then mirror's deletions (refused without consent or above the ceiling)."""
     names = order(graph, closure.rows)
     walk.reflect_targets(names)
-    for name in names:
+    walk.note_empty(dconn, names)
+    for name in [*names, None]:
         try:
-            walk.collection(name, sconn, dconn)
+            if name is not None:
+                walk.collection(name, sconn, dconn)
+            elif write and walk.sink.via == "db":
+                walk.sink.flush()  # the last rows written (a COPY's refusal named here, not at the commit)
         except sa.exc.DBAPIError as exc:
             if not write or walk.sink.via != "db":
                 raise
-            raise MigrateError(f"The target refused a write to {name}: {str(exc.orig).splitlines()[0]}; "
+            refused = getattr(exc, "collection", None) or name  # a COPY's refusal may come after its collection
+            raise MigrateError(f"The target refused a write to {refused}: {str(exc.orig).splitlines()[0]}; "
                                "the transaction was rolled back, nothing was written",
                                hint="cairn-migrate content move --dry-run shows the plan; align the "
                                "target's rows or structure and run again") from None
