@@ -82,6 +82,10 @@ class PlanFirst(Exception):
     """A one-pass database move met a refusal or files: rolled back, it is planned first instead."""
 
 
+#: how many target keys of collections the move never writes :meth:`Walk._forget_exists` keeps across batches
+EXISTS_KEPT = 50000
+
+
 def _batches(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
     return chunks(items, size)
 
@@ -155,14 +159,20 @@ class Walk:
         self.children_followed = True
         #: writing without a plan first (the database path): a refusal stops the walk (PlanFirst)
         self.one_pass = False
+        #: collection → whether the target held no rows of it before the walk wrote anything (:meth:`note_empty`)
+        self._empty: dict[str, bool] = {}
 
     def resolved(self, name: str) -> KeyMap:
         """Source key → target key of the rows of ``name`` the walk has settled (a :class:`_New` in a plan).
 
         A row's target key is what every later reference to it is rewritten to, so it is kept for the whole
-        walk; for a move of many rows that is the largest thing the walk knows, hence on disk (:mod:`.spill`)."""
+        walk; for a move of many rows that is the largest thing the walk knows, hence on disk (:mod:`.spill`),
+        and for a collection the carried rows reference also in memory, within the spill's bound: every batch
+        of its children looks its keys up again."""
         if name not in self._resolved:
-            self._resolved[name] = self.spill.keymap(name)  # type: ignore[union-attr]
+            referenced = {one for link in self.graph.links if link.many in self.closure.rows
+                          for one in ((link.one,) if link.one else link.allowed)}
+            self._resolved[name] = self.spill.keymap(name, remember=name in referenced)  # type: ignore[union-attr]
         return self._resolved[name]
 
     def reflect_targets(self, names: Iterable[str]) -> None:
@@ -177,6 +187,23 @@ class Walk:
         for name in self.graph.keys:
             if name in held:
                 self.dst.table(name)
+
+    def note_empty(self, conn: sa.Connection, names: Iterable[str]) -> None:
+        """Which of the walked collections ``names`` the target holds no rows of, asked once before the first write
+        of a database move, so no collection's walk starts with a statement on the target's connection (which
+        would first end the ``COPY`` still loading the previous collection, :mod:`.sink_db`).  A collection is
+        only written in its own walk, so the answer holds until then; ``directus_users`` (``--create-users``
+        writes it earlier) and the API path (the target's own hooks and flows may write anywhere) ask when
+        their walk starts."""
+        if self.sink is None or self.sink.via != "db":
+            return
+        for name in names:
+            if name != USERS:
+                self._empty[name] = self._target_empty(conn, name)
+
+    @staticmethod
+    def _target_empty(conn: sa.Connection, name: str) -> bool:
+        return conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
 
     def _def(self, db: Database, side: str, name: str) -> TableDef:
         if (side, name) not in self._defs:
@@ -199,6 +226,17 @@ class Walk:
                     keys.in_(self.dst, collection, pk, batch))).scalars()}
             for c in batch:
                 self._exists[(collection, c)] = c in found
+
+    def _forget_exists(self) -> None:
+        """What the target holds is known for one batch (it grows with the rows the walk writes), except for the
+        collections this move never writes (the languages its translations name): kept across batches, up to
+        :data:`EXISTS_KEPT` keys, so their lookups (each a statement that ends an open ``COPY`` first) are not
+        repeated batch after batch."""
+        carried = self.closure.rows
+        if len(self._exists) > EXISTS_KEPT:
+            self._exists.clear()
+        elif self._exists:
+            self._exists = {k: v for k, v in self._exists.items() if k[0] not in carried and k[0] != USERS}
 
     # ------------------------------------------------------------------ references
     def _outside_target(self, one: str, value: Any) -> Any:
@@ -374,7 +412,7 @@ class Walk:
         # A collection the target holds no rows of (looked at once, before its first batch): every row is
         # created, so none of the per-batch lookups of target rows (existence, adoption, unique holders,
         # current values) can find anything but rows this run created, which are never matched again.
-        empty = dst_conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first() is None
+        empty = self._empty.pop(name) if name in self._empty else self._target_empty(dst_conn, name)
         total = len(self.closure.rows[name]) if name in self.closure.rows else 0  # a count on the spill: once
         if self.write:
             self.sink.prepare(name, dst_def, names, rows=total if empty else 0)
@@ -387,7 +425,7 @@ class Walk:
         batches = self.closure.rows[name].batches(BATCH) if name in self.closure.rows else iter(())
         for raws in read_ahead(read, batches):
             rows = [decode_row(raw) for raw in raws]
-            self._exists.clear()  # what the target holds, for this batch only (kept, it grew with the rows)
+            self._forget_exists()
             if self.finisher is not None and self.finisher.active:  # the one value step: mask, URLs, --transform
                 rows = self._finish(name, pk, {n: source_columns[n].type for n in names}, rows)
             # target keys
@@ -472,8 +510,8 @@ class Walk:
                 self._create(name, pk, integer, created, digest_of)
             self.progress.advance(items=len(rows))
             self.progress.check_cancelled()
-        if self.write:
-            self.sink.flush()  # every row of the collection has its target key now
+        if self.write and self.sink.concurrent:
+            self.sink.flush()  # every row of the collection has its target key now (the database sink: already)
         self._in_flight = set()
         for chunk in _batches(deferred):  # self-references, now that every row of the collection has its key
             known = resolved.get_many({k for source_key, _, ref in chunk for k in (source_key, ref)})
@@ -570,8 +608,9 @@ class Walk:
         for source_key, target in todo.items():
             key = int(target) if name in self.graph.integer else self.graph.key(name, target)
             current = found.get(key)
-            digest = self._digester(pk, kinds, written)(current) if current is not None else None
-            self.idmap.confirm(name, source_key, digest)  # forgotten: its target row is no longer the pair's
+            digester = self._digester(pk, kinds, written)
+            matches = (lambda stored, row=current: digester.matches(row, stored)) if current is not None else None
+            self.idmap.confirm(name, source_key, matches)  # forgotten: its target row is no longer the pair's
 
     def _adopt_equal(self, conn: sa.Connection, name: str, pk: str, names: list[str],
                      decode: Mapping[str, Callable[[Any], Any]], kinds: Mapping[str, Any], written: list[str],
