@@ -25,6 +25,9 @@ from typing import Any
 CACHE_KIB = 16384
 #: keys per statement (SQLite's default limit is 32 766 bound parameters; batches stay well under it)
 CHUNK = 500
+#: target keys of referenced collections also kept in memory (:class:`KeyMap`), at most this many per move:
+#: ~200 bytes each, so at most ~40 MB whatever the size of the move
+MEMO_ENTRIES = 200_000
 
 _SCHEMA = """
 CREATE TABLE closure (collection TEXT NOT NULL, key NOT NULL, level INTEGER NOT NULL,
@@ -32,7 +35,6 @@ CREATE TABLE closure (collection TEXT NOT NULL, key NOT NULL, level INTEGER NOT 
 CREATE TABLE resolved (collection TEXT NOT NULL, source NOT NULL, target, new INTEGER NOT NULL DEFAULT 0,
                        written INTEGER NOT NULL DEFAULT 0, digest TEXT,
                        PRIMARY KEY (collection, source)) WITHOUT ROWID;
-CREATE INDEX resolved_target ON resolved (collection, target);
 CREATE TABLE idmap (collection TEXT NOT NULL, source_id TEXT NOT NULL, target_id TEXT NOT NULL,
                     pending INTEGER NOT NULL DEFAULT 0, digest TEXT, PRIMARY KEY (collection, source_id)) WITHOUT ROWID;
 CREATE INDEX idmap_target ON idmap (collection, target_id);
@@ -67,6 +69,8 @@ class Spill:
         self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.db.execute("PRAGMA temp_store=FILE")
         self.db.executescript(_SCHEMA)
+        #: room left in memory for :class:`KeyMap` entries (:data:`MEMO_ENTRIES` per move)
+        self.memo_room = MEMO_ENTRIES
 
     @classmethod
     @contextmanager
@@ -96,8 +100,8 @@ class Spill:
     def keyset(self, collection: str) -> KeySet:
         return KeySet(self, collection)
 
-    def keymap(self, collection: str) -> KeyMap:
-        return KeyMap(self, collection)
+    def keymap(self, collection: str, *, remember: bool = False) -> KeyMap:
+        return KeyMap(self, collection, remember=remember)
 
 
 class KeySet:
@@ -181,10 +185,35 @@ class New:
 
 class KeyMap:
     """Source key → target key of one collection (the walk's ``resolved``): a dict on disk.  A :class:`New`
-    value is stored as a flag and given back as ``New(source)``."""
+    value is stored as a flag and given back as ``New(source)``.
 
-    def __init__(self, spill: Spill, collection: str) -> None:
+    ``remember``: a collection other rows reference (the authors and articles of the comments), whose entries
+    every batch of its children looks up again: what it settles is also kept in memory, up to the move's
+    :data:`MEMO_ENTRIES` (the rest only on disk), and :meth:`get_many` asks the disk only for what that
+    lacks.  Every write goes through :meth:`set_many` or :meth:`record`, which update both."""
+
+    def __init__(self, spill: Spill, collection: str, *, remember: bool = False) -> None:
         self.spill, self.collection = spill, collection
+        #: source key → (target, new) of entries also held in memory (None: this map keeps none there)
+        self.memo: dict[Any, tuple[Any, int]] | None = {} if remember else None
+        #: the memo holds every entry: it started when the disk held none, and has never run out of room
+        self.complete = remember and not self
+
+    def _remember(self, entries: list[tuple[Any, Any, int]]) -> None:
+        """Entries just written, into the memo: those it holds are updated, new ones while there is room."""
+        memo = self.memo
+        if memo is None:
+            return
+        room = self.spill.memo_room
+        for source, target, new in entries:
+            if source in memo:
+                memo[source] = (target, new)
+            elif room > 0:
+                room -= 1
+                memo[source] = (target, new)
+            else:
+                self.complete = False  # from here on a miss asks the disk
+        self.spill.memo_room = room
 
     @staticmethod
     def _value(source: Any, target: Any, new: int) -> Any:
@@ -192,19 +221,24 @@ class KeyMap:
 
     def set_many(self, pairs: Iterable[tuple[Any, Any]]) -> None:
         """Settle ``(source, target)`` pairs (a :class:`New` target: a row the plan would create)."""
+        entries = [(s, None if isinstance(t, New) else t, int(isinstance(t, New))) for s, t in pairs]
         self.spill.executemany(
             "INSERT INTO resolved (collection, source, target, new) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (collection, source) DO UPDATE SET target = excluded.target, new = excluded.new",
-            ((self.collection, s, None if isinstance(t, New) else t, int(isinstance(t, New))) for s, t in pairs))
+            ((self.collection, *entry) for entry in entries))
+        self._remember(entries)
 
     def record(self, rows: Iterable[tuple[Any, Any, str | None]]) -> None:
         """Settle ``(source, target, digest)`` of rows the target gave a key (written or adopted) and mark them for
         the ID map (:class:`Written`): one write per row, where a settle and a separate record were two."""
+        rows = list(rows)
         self.spill.executemany(
             "INSERT INTO resolved (collection, source, target, new, written, digest) VALUES (?, ?, ?, 0, 1, ?) "
             "ON CONFLICT (collection, source) DO UPDATE SET target = excluded.target, new = 0, written = 1, "
             "digest = excluded.digest",
             ((self.collection, s, t, d) for s, t, d in rows))
+        if self.memo is not None:
+            self._remember([(s, t, 0) for s, t, _ in rows])
 
     def __setitem__(self, source: Any, target: Any) -> None:
         self.set_many([(source, target)])
@@ -228,14 +262,27 @@ class KeyMap:
     def get_many(self, sources: Iterable[Any]) -> dict[Any, Any]:
         """The entries of ``sources`` that exist (one query per :data:`CHUNK` keys)."""
         out: dict[Any, Any] = {}
-        for batch in chunks(set(sources)):
+        wanted = set(sources)
+        memo = self.memo
+        if memo:
+            for source in wanted:
+                if (hit := memo.get(source)) is not None:
+                    out[source] = New(source) if hit[1] else hit[0]
+            if self.complete:  # a miss is no entry
+                return out
+            wanted -= out.keys()
+        for batch in chunks(wanted):
             out.update((source, New(source) if new else target) for source, target, new in self.spill.execute(
                 f"SELECT source, target, new FROM resolved WHERE collection = ? AND source IN "
                 f"({_marks(len(batch))})", [self.collection, *batch]))
         return out
 
     def targets_having(self, targets: Iterable[Any]) -> set[Any]:
-        """Which of ``targets`` a source key of this collection was given (created, adopted or matched)."""
+        """Which of ``targets`` a source key of this collection was given (created, adopted or matched).
+
+        Asked only of targets that held rows before the move (adoption, mirror), so the index on targets is
+        built at the first question, not kept up to date through every settled row of every move."""
+        self.spill.execute("CREATE INDEX IF NOT EXISTS resolved_target ON resolved (collection, target)")
         found: set[Any] = set()
         for batch in chunks(set(targets)):
             found.update(t for (t,) in self.spill.execute(
