@@ -42,7 +42,10 @@ _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 #: What may follow a URL's base: the end of the URL (a path, query, fragment, quote, bracket, space or the end).
 _END = r"(?=[/?#\s\"'<>)\]\\,;]|$)"
 #: the part every asset URL the pattern finds holds (a cheap test before the full pattern)
-_ASSETS = re.compile("/assets/", re.IGNORECASE)
+#: the gate before the asset pattern: ASCII letters in any case, as CairnCMS's router (Express) matches its
+#: routes (its case-blind JavaScript regex folds no other letter to these: "/aſſets/" is no asset URL), and as
+#: the source database's prefilter (:func:`_may_name_asset`) folds them
+_ASSETS = re.compile("/assets/", re.IGNORECASE | re.ASCII)
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 RowFunction = Callable[[str, dict[str, Any], Mapping[str, Any]], "dict[str, Any] | None"]
@@ -291,14 +294,19 @@ class Finisher:
         return out
 
 
-def _may_name_asset(column: str, kind: str) -> sa.ColumnElement[bool]:
+def _may_name_asset(column: str, kind: str, vendor: str) -> sa.ColumnElement[bool]:
     """A condition true of every value in which :meth:`UrlRewriter.asset_ids` can find an asset URL (and of some
     others): a text holds ``/assets/`` in any case; a JSON text holds ``assets`` in any case (its slashes may be
-    escaped) or a ``\\u`` escape (which could spell any letter).  The same test the Python side makes first."""
-    text = sa.cast(sa.column(column), sa.Text) if kind == JSON_TYPE else sa.column(column)
+    escaped) or a ``\\u`` escape (which could spell any letter).  The same test the Python side makes first.
+
+    On PostgreSQL the text is lowered under the ``C`` collation: ASCII letters only, which is all ``/assets/``
+    has (and all :data:`_ASSETS` folds), and several times cheaper for the server than the database's own
+    collation (a scan of 100k 1 KB articles: 0.57 s against 0.16 s)."""
+    text = sa.cast(sa.column(column), sa.Text) if kind == JSON_TYPE or vendor == "postgres" else sa.column(column)
+    folded = sa.func.lower(text.collate("C") if vendor == "postgres" else text)  # (a text cast takes a collation)
     if kind == JSON_TYPE:
-        return sa.or_(sa.func.lower(text).contains("assets", autoescape=True), text.contains("\\u", autoescape=True))
-    return sa.func.lower(text).contains("/assets/", autoescape=True)
+        return sa.or_(folded.contains("assets", autoescape=True), text.contains("\\u", autoescape=True))
+    return folded.contains("/assets/", autoescape=True)
 
 
 def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], graph: Any,
@@ -327,7 +335,7 @@ def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], 
         pk = graph.keys[name]
         for batch in wanted.batches(size):
             query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name)).where(
-                keys.in_(src, name, pk, batch), sa.or_(*[_may_name_asset(c, kinds[c]) for c in columns]))
+                keys.in_(src, name, pk, batch), sa.or_(*[_may_name_asset(c, kinds[c], src.vendor) for c in columns]))
             for values in conn.execute(query).all():
                 for column, value in zip(columns, values):
                     if value is not None:
