@@ -13,7 +13,7 @@ import hashlib
 import re
 from json.encoder import encode_basestring_ascii as _escape
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,10 +136,15 @@ def row_digest(values: Mapping[str, Any]) -> str:
 
 
 class RowDigest:
-    """:func:`row_digest` of one collection's written columns, set up once per collection: the columns sorted
-    and their names escaped once, and :func:`~cairn_migrate.bundle.values.comparable` called only for the types
-    it changes (every created row is digested, so the per-value work is the cost).  The same text, and so the
-    same digest, as :func:`row_digest` of the comparable values (``test_row_digest_of_a_collection``)."""
+    """The digest of a row of one collection as written (its written columns' comparable values), to recognise
+    it on the target after a stop between the ID map's record and the target's commit (:meth:`IdMap.confirm`).
+
+    Every written row is digested and almost none is ever compared, so the digest is built for cost: the
+    ``repr`` of the tuple of the row's values (one call into C) after the sorted column names, SHA-256,
+    ``"2:"`` and 62 hex digits (the map's column holds 64).  Digests stored by earlier versions (64 hex digits,
+    :func:`row_digest`'s text) are still compared in their own form (:meth:`matches`).  Set up once per
+    collection: the columns sorted, :func:`~cairn_migrate.bundle.values.comparable` called only for the types
+    it changes."""
 
     def __init__(self, names: Iterable[str], kinds: Mapping[str, str], vendor: str, *, absent: type | None = None):
         from ..bundle.values import comparer
@@ -148,12 +153,26 @@ class RowDigest:
         self.absent = absent
         #: per column (sorted): its name, the text before its value (``[<escaped name>, ``), its comparer
         self.columns = [(name, f"[{_escape(name)}, ", comparer(kinds[name], vendor)) for name in sorted(set(names))]
+        self._head = repr(tuple(name for name, _, _ in self.columns)).encode("utf-8")
 
     def __call__(self, row: Mapping[str, Any]) -> str:
         absent = self.absent  # (the placeholder type has no subclasses: ``type(v) is`` is the isinstance test)
+        values = tuple([... if type(value := row[name]) is absent else value if compare is None else compare(value)
+                        for name, _, compare in self.columns])  # Ellipsis: no database value reprs as it
+        digest = hashlib.sha256(self._head)
+        digest.update(repr(values).encode("utf-8", "surrogatepass"))
+        return "2:" + digest.hexdigest()[:62]
+
+    def v1(self, row: Mapping[str, Any]) -> str:
+        """:func:`row_digest` of the row's comparable values: the form earlier versions stored."""
+        absent = self.absent
         parts = [head + _escape(repr(value if compare is None else compare(value))) + "]"
                  for name, head, compare in self.columns if type(value := row[name]) is not absent]
         return hashlib.sha256(("[" + ", ".join(parts) + "]").encode("utf-8")).hexdigest()
+
+    def matches(self, row: Mapping[str, Any], stored: str) -> bool:
+        """Whether ``stored`` (either form) is the digest of ``row``."""
+        return stored == (self(row) if stored.startswith("2:") else self.v1(row))
 
 
 def pair_identity(source: Any, target: Any, *, legacy: bool = False) -> tuple[str, str]:
@@ -335,15 +354,16 @@ class IdMap:
         return self.spill.execute("SELECT 1 FROM idmap WHERE collection = ? AND source_id = ? AND pending = 1",
                                   [collection, str(source_id)]).fetchone() is not None
 
-    def confirm(self, collection: str, source_id: Any, digest: str | None) -> bool:
-        """Resolve a pending entry: kept (and committed) when the target row's ``digest`` is the one written,
-        else forgotten (the write it records never committed).  Returns whether it is kept."""
+    def confirm(self, collection: str, source_id: Any, matches: Callable[[str], bool] | None) -> bool:
+        """Resolve a pending entry: kept (and committed) when the stored digest ``matches`` the target row (None:
+        the target lacks the row), else forgotten (the write it records never committed).  Returns whether it
+        is kept."""
         key = [collection, str(source_id)]
         row = self.spill.execute("SELECT pending, digest FROM idmap WHERE collection = ? AND source_id = ?",
                                  key).fetchone()
         if row is None or not row[0]:
             return row is not None
-        ok = digest is not None and digest == row[1]
+        ok = matches is not None and row[1] is not None and matches(row[1])
         with self.engine.begin() as conn:
             where = (ID_MAP.c.source == self.scope[0]) & (ID_MAP.c.target == self.scope[1]) & \
                 (ID_MAP.c.collection == key[0]) & (ID_MAP.c.source_id == key[1])
