@@ -61,18 +61,28 @@ def test_a_collection_the_target_lacks_gets_its_keys_in_blocks_without_gaps(tmp_
     assert again.exit_code == 0 and json.loads(again.output)["changes"] is False, again.output
 
 
+@pytest.mark.parametrize("table", ["article_comments", "articles"])
 def test_a_row_refused_in_the_middle_of_a_copy_rolls_the_whole_move_back(tmp_path: Path,
-                                                                          request: pytest.FixtureRequest) -> None:
+                                                                          request: pytest.FixtureRequest,
+                                                                          table: str) -> None:
+    """The loader reports a refusal after the walk has moved on (an article's, while the next collection is
+    walked): the message names the collection the refused row belongs to, and nothing stays."""
     source, target = _instances(tmp_path, request)
+    if table == "articles":
+        title = query(source, "SELECT title FROM articles WHERE status = 'published' ORDER BY id DESC LIMIT 1")[0][0]
+        test, word = "NEW.title = " + "'" + title.replace("'", "''") + "'", "article"
+        query(target, "DELETE FROM articles WHERE title = :t", t=title)
+    else:
+        test, word = "NEW.text = 'comment 777'", "comment"
     query(target, "CREATE FUNCTION no_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                  "IF NEW.text = 'comment 777' THEN RAISE EXCEPTION 'poisoned comment'; END IF; RETURN NEW; END $$")
-    query(target, "CREATE TRIGGER no_poison BEFORE INSERT ON article_comments FOR EACH ROW EXECUTE FUNCTION no_poison()")
+                  f"IF {test} THEN RAISE EXCEPTION 'poisoned {word}'; END IF; RETURN NEW; END $$")
+    query(target, f"CREATE TRIGGER no_poison BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION no_poison()")
     counts = {t: query(target, f"SELECT count(*) FROM {t}")[0][0]
               for t in ("articles", "authors", "article_comments", "articles_translations")}
     state = tmp_path / "state.db"
     result = _move(source, target, state)
     assert result.exit_code == 3, result.output
-    assert "refused a write to article_comments: poisoned comment" in result.output, result.output
+    assert f"refused a write to {table}: poisoned {word}" in result.output, result.output
     assert "rolled back" in result.output
     assert counts == {t: query(target, f"SELECT count(*) FROM {t}")[0][0] for t in counts}
     with sa.create_engine(f"sqlite:///{state}").connect() as conn:

@@ -15,6 +15,7 @@ import json
 import tracemalloc
 import uuid
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -84,3 +85,28 @@ def test_a_content_moves_peak_memory_does_not_grow_with_its_rows(tmp_path: Path)
     assert large - small < PER_ROW_BYTES * extra, (
         f"the move's peak grew by {(large - small) / extra:.0f} bytes per moved row "
         f"({small} → {large} bytes for {small_rows} → {large_rows} rows)")
+
+
+def test_a_key_map_past_the_memory_bound_answers_from_disk(monkeypatch: Any) -> None:
+    """The target keys of a referenced collection are kept in memory only up to the move's bound; past it every
+    lookup still finds every entry (the rest from the scratch file), and an update reaches both."""
+    from cairn_migrate.content import spill as spill_module
+    from cairn_migrate.content.spill import New, Spill
+
+    monkeypatch.setattr(spill_module, "MEMO_ENTRIES", 100)
+    with Spill.open() as spill:
+        authors = spill.keymap("authors", remember=True)
+        authors.record((i, 1000 + i, None) for i in range(60))
+        assert authors.complete and len(authors.memo or {}) == 60
+        assert authors.get_many([5, 59, 60]) == {5: 1005, 59: 1059}  # 60 is no entry: the memo says so alone
+        articles = spill.keymap("articles", remember=True)
+        articles.set_many((f"a{i}", New(f"a{i}")) for i in range(50))  # 40 fit, 10 only on disk
+        assert not articles.complete and spill.memo_room == 0
+        found = articles.get_many([f"a{i}" for i in range(50)] + ["nope"])
+        assert set(found) == {f"a{i}" for i in range(50)} and all(isinstance(v, New) for v in found.values())
+        articles.record((f"a{i}", f"a{i}", None) for i in range(50))  # created: the placeholders settle
+        assert articles.get_many(["a0", "a49"]) == {"a0": "a0", "a49": "a49"}
+        authors.record([(5, 2005, None)])
+        assert authors.get_many([5]) == {5: 2005}
+        fresh = Spill.keymap(spill, "authors", remember=True)  # started with entries on disk: never answers alone
+        assert not fresh.complete and fresh.get_many([1, 5]) == {1: 1001, 5: 2005}
