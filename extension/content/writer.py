@@ -231,9 +231,10 @@ class Walk:
         """What the target holds is known for one batch (it grows with the rows the walk writes), except for the
         collections this move never writes (the languages its translations name): kept across batches, up to
         :data:`EXISTS_KEPT` keys, so their lookups (each a statement that ends an open ``COPY`` first) are not
-        repeated batch after batch."""
+        repeated batch after batch.  The database path only: through the API the target's own flows may write
+        anywhere while the move runs."""
         carried = self.closure.rows
-        if len(self._exists) > EXISTS_KEPT:
+        if len(self._exists) > EXISTS_KEPT or self.sink is None or self.sink.via != "db":
             self._exists.clear()
         elif self._exists:
             self._exists = {k: v for k, v in self._exists.items() if k[0] not in carried and k[0] != USERS}
