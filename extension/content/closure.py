@@ -188,10 +188,14 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
     closure = Closure(spill)
     size = lookup_size(db)
     frontier: list[str] = []
+    #: (collection, level) → the one-to-many links (field, parent) through which every key first reached there
+    #: came; None: some came another way (a root's filter, a many-to-one reference)
+    came: dict[tuple[str, int], set[tuple[str, str]] | None] = {}
     for collection, condition in roots.items():
         pk = graph.keys[collection]
         query = sa.select(sa.column(pk)).select_from(sa.table(collection)).where(condition)
         result = conn.execute(query.execution_options(yield_per=BATCH))
+        came[(collection, 0)] = None
         if closure.add(collection, (graph.key(collection, v) for v in result.scalars()), 0):
             frontier.append(collection)
     level = 0
@@ -204,12 +208,18 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
             # read back from the spill (and, for a child table without an index on its foreign key, one scan
             # per list: 200 per child table at 100k articles on SQLite and MariaDB, 5 on PostgreSQL).
             scope = roots.get(collection) if level == 1 else None
+            routes = came.get((collection, level - 1))
             for link in graph.outgoing(collection):
+                if routes == {(link.field, link.one)}:
+                    # every key here was found as a child of a parent the closure holds, through this very
+                    # column: it names those parents again (the comments' article: 100k keys read for nothing)
+                    continue
                 for target, values in _referenced(db, conn, graph, collection, link, keys.batches(size, level - 1),
                                                   scope=scope):
                     if target == USERS:
                         closure.users |= values
                     elif target in graph.keys and movable(target):
+                        came[(target, level)] = None
                         closure.add(target, values, level)
             for link in graph.incoming(collection):
                 if link.many not in graph.keys or not movable(link.many):
@@ -222,6 +232,9 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
                         .correlate(None))]  # its own FROM even when the child is the same table (a self-reference)
                 else:
                     wheres = (keys_.in_(db, link.many, link.field, batch) for batch in keys.batches(size, level - 1))
+                way = came.setdefault((link.many, level), set())
+                if way is not None:
+                    way.add((link.field, collection))
                 for where in wheres:
                     found = conn.execute(children.where(where)).scalars().partitions(BATCH)  # a fetch per batch
                     closure.add(link.many, (graph.key(link.many, v) for part in found for v in part), level)
