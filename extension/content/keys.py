@@ -193,13 +193,22 @@ def _insert_many(conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
     """``rows`` (every column of :data:`ID_MAP`, in order) into the map with the driver's own ``executemany``.
 
     A move records one entry per row it wrote (300 000 at 100k articles); SQLAlchemy's ``insert()`` builds a
-    parameter dictionary per entry through its compiler, which cost more than the store's own insert."""
+    parameter dictionary per entry through its compiler, which cost more than the store's own insert.  A SQLite
+    store takes them as statements of many rows: its driver's ``executemany`` steps once per row and lets go of
+    the interpreter's lock at each step (:meth:`~cairn_migrate.content.spill.Spill.executemany`)."""
     if not rows:
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"  # SQLite; psycopg and PyMySQL take %s
     columns = ", ".join(conn.dialect.identifier_preparer.quote(c.name) for c in ID_MAP.columns)
-    conn.exec_driver_sql(f"INSERT INTO {ID_MAP.name} ({columns}) VALUES ({', '.join([mark] * len(ID_MAP.columns))})",
-                         rows)
+    row = f"({', '.join([mark] * len(ID_MAP.columns))})"
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(f"INSERT INTO {ID_MAP.name} ({columns}) VALUES {row}", rows)
+        return
+    per = 999 // len(ID_MAP.columns)  # within the oldest SQLite's limit on bound values
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        conn.exec_driver_sql(f"INSERT INTO {ID_MAP.name} ({columns}) VALUES {', '.join([row] * len(chunk))}",
+                             tuple(v for entry in chunk for v in entry))
 
 
 def sent_markers(state_url: str, scope: tuple[str, str]) -> set[str]:
