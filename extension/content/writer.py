@@ -606,10 +606,10 @@ class Walk:
         found = {} if empty else self._target_rows(conn, name, pk, names, decode,
                                                    [int(t) if name in self.graph.integer else self.graph.key(name, t)
                                                     for t in todo.values() if t is not None])
+        digester = self._digester(pk, kinds, written)
         for source_key, target in todo.items():
             key = int(target) if name in self.graph.integer else self.graph.key(name, target)
             current = found.get(key)
-            digester = self._digester(pk, kinds, written)
             matches = (lambda stored, row=current: digester.matches(row, stored)) if current is not None else None
             self.idmap.confirm(name, source_key, matches)  # forgotten: its target row is no longer the pair's
 
