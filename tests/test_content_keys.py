@@ -15,6 +15,7 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -282,3 +283,53 @@ def test_read_ahead_reads_the_next_item_while_the_caller_works_and_waits_for_it_
     reads.close()  # the caller stops while 2 is being read
     assert not running.is_set()
     assert list(read_ahead(read, iter([]))) == []
+
+
+def test_a_walks_entries_go_into_a_sqlite_store_in_sql_as_they_would_a_batch_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite state store takes the walk's entries (``Written``) in SQL from the scratch database: the store ends
+    as the batch-at-a-time save leaves it (a collection new to the pair inserted, a held one's changed entries
+    replaced and the rest left alone, pending with the run and digests), and a concurrent first save of the same
+    pair is still refused by name."""
+    from cairn_migrate.content.spill import Written
+    from cairn_migrate.errors import MigrateError
+
+    scope = ("src-db", "dst-db")
+
+    def stored(url: str) -> list[tuple[Any, ...]]:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT collection, source_id, target_id, state, run_id IS NOT NULL, digest "
+                                        "FROM cm_content_id_map ORDER BY collection, source_id")).all()
+        engine.dispose()
+        return [tuple(r) for r in rows]
+
+    results = []
+    for in_sql in (True, False):
+        url = f"sqlite:///{tmp_path / f'state-{in_sql}.db'}"
+        with contextlib.ExitStack() as stack:
+            if not in_sql:
+                stack.enter_context(monkeypatch.context()).setattr(keys.IdMap, "_store_file", lambda self: None)
+            first = keys.IdMap(url, scope, stack.enter_context(Spill.open()))
+            first.spill.keymap("comments").record((i, 100 + i, f"d{i}") for i in range(10))
+            assert first.save(Written(first.spill), pending=True) == 10
+            first.commit()
+            again = keys.IdMap(url, scope, stack.enter_context(Spill.open()))
+            again.spill.keymap("comments").record([(i, 100 + i if i < 5 else 200 + i, f"e{i}") for i in range(12)])
+            again.spill.keymap("articles").record([("a'b", "a'b", "x"), ("c", "c", None)])
+            total = again.save(Written(again.spill), pending=True)
+            rival = keys.IdMap(url, ("src-db", "other"), stack.enter_context(Spill.open()))
+            late = keys.IdMap(url, ("src-db", "other"), stack.enter_context(Spill.open()))  # both see no entries
+            rival.spill.keymap("tags").record([(1, 2, None)])
+            late.spill.keymap("tags").record([(1, 3, None)])
+            rival.save(Written(rival.spill), pending=True)
+            with pytest.raises(MigrateError, match="Another move of the same source and target .* tags"):
+                late.save(Written(late.spill), pending=True)
+            for idmap in (first, again, rival, late):
+                idmap.engine.dispose()
+        results.append((total, stored(url)))
+    (total, rows), (expected_total, expected_rows) = results
+    assert total == expected_total == 9  # 5 changed, 2 new comments, 2 articles
+    assert rows == expected_rows
+    assert ("comments", "7", "207", "pending", 1, "e7") in rows and ("comments", "2", "102", "pending", 1, "d2") in rows
+    assert ("articles", "a'b", "a'b", "pending", 1, "x") in rows and ("tags", "1", "2", "pending", 1, None) in rows

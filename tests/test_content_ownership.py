@@ -174,6 +174,11 @@ def test_same_size_new_bytes_are_copied_when_the_file_row_changed(tmp_path: Path
     assert code == 0 and report["files"]["copy"] == 0 and not report["changes"], report
 
 
+#: entries of the ID map still pending: written by a run never recorded committed
+UNSETTLED = ("SELECT count(*) FROM cm_content_id_map WHERE state = 'pending' "
+             "AND run_id NOT IN (SELECT run_id FROM cm_content_id_map_runs)")
+
+
 def test_pending_id_map_entries_are_kept_only_when_the_target_holds_what_was_written(tmp_path: Path) -> None:
     """D4: entries are recorded pending before the target's commit; a later run keeps them when the target row
     is what the run wrote (it committed), and forgets them when not (it never committed)."""
@@ -184,9 +189,11 @@ def test_pending_id_map_entries_are_kept_only_when_the_target_holds_what_was_wri
     assert code == 0 and report["plan"]["tags"]["created"] == 2, report
     store = sa.create_engine(f"sqlite:///{state}")
     with store.begin() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM cm_content_id_map WHERE state IS NOT NULL")).scalar() == 0
-        # as if the run had stopped after the target's commit, before marking its entries committed …
+        assert conn.execute(sa.text(UNSETTLED)).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM cm_content_id_map_runs")).scalar() == 1  # one row per run
+        # as if the run had stopped after the target's commit, before recording it committed …
         conn.execute(sa.text("UPDATE cm_content_id_map SET state = 'pending', run_id = 'r' WHERE collection = 'tags'"))
+        assert conn.execute(sa.text(UNSETTLED)).scalar() == 2
     # … and as if B's write had never committed: the target's own row now has B's key
     b_target = query(dst, "SELECT id FROM tags WHERE slug = 'b'")[0][0]
     query(dst, "UPDATE tags SET name = 'Target''s own', slug = 'target-own' WHERE id = :i", i=b_target)
@@ -196,7 +203,7 @@ def test_pending_id_map_entries_are_kept_only_when_the_target_holds_what_was_wri
     assert query(dst, "SELECT name FROM tags WHERE id = :i", i=b_target)[0][0] == "Target's own"  # never taken
     assert query(dst, "SELECT count(*) FROM tags WHERE slug IN ('a', 'b')")[0][0] == 2  # no duplicate of A
     with store.begin() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM cm_content_id_map WHERE state IS NOT NULL")).scalar() == 0
+        assert conn.execute(sa.text(UNSETTLED)).scalar() == 0
     store.dispose()
 
 

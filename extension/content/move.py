@@ -224,20 +224,20 @@ def _run(source: Instance, target: Instance, params: Mapping[str, Any], *, state
                     if transaction is None and write:
                         with interrupts_held():  # a second Ctrl-C must not lose the acknowledged keys' record
                             unanswered = sink.abandon()
-                            idmap.save(walk.written.entries())
+                            idmap.save(walk.written)
                         raise _interrupted_partial(_stop_text(exc), len(walk.written), unanswered) from None
                     raise
                 except BaseException:  # anything else that stops the walk: the same record, then stop
                     if transaction is None and write:
                         sink.settle()
-                        idmap.save(walk.written.entries())
+                        idmap.save(walk.written)
                     raise
                 if transaction is not None:
                     if write and not walk.refused:
                         # D4: the map entries first, as pending (this run's id, the rows' digests), then the
                         # commit, then the entries marked committed: a stop in between leaves pending entries
                         # that the next run keeps only when the target holds what was written
-                        idmap.save(walk.written.entries(), pending=True)
+                        idmap.save(walk.written, pending=True)
                         with interrupts_held():  # a signal here must not roll back what is committed (D3/D4)
                             transaction.commit()
                             committed = True  # from here on the pending entries are right: never discarded
@@ -263,7 +263,7 @@ def _run(source: Instance, target: Instance, params: Mapping[str, Any], *, state
             report["api"] = {"url": getattr(sink.client, "url", None), "retried": getattr(sink.client, "retried", 0),
                              "files_uploaded": len(sink.uploaded)}
             if failure is not None or walk.refused:
-                idmap.save(walk.written.entries())
+                idmap.save(walk.written)
                 report["partial"] = True
                 what = str(failure) if isinstance(failure, MigrateError) else f"{type(failure).__name__}: {failure}"
                 report["failed"] = [{"message": what if failure else "refused after writes began",
@@ -280,10 +280,10 @@ def _run(source: Instance, target: Instance, params: Mapping[str, Any], *, state
     report["changes"] = has_changes(report)
     if write and not walk.refused and not report["partial"]:
         if via == "api":
-            idmap.save(walk.written.entries())
+            idmap.save(walk.written)
         report["applied"] = report["changes"]
     elif record and not walk.refused and not report["changes"]:
-        idmap.save(walk.written.entries())  # nothing to write: the rows the target already holds (adopted) are the pair's now
+        idmap.save(walk.written)  # nothing to write: the rows the target already holds (adopted) are the pair's now
     if committed:
         removed, kept = _remove_replaced(walk, idmap)
         if removed or kept:  # the objects updated file rows stopped pointing at (kept: not ours, files check lists them)
