@@ -15,6 +15,7 @@ so ``ORDER BY`` gives the order :func:`sorted` gave the sets before.
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -105,9 +106,17 @@ class Spill:
         assert found is not None, sql
         head, row, tail = found.groups()
         per = max(1, min(CHUNK, self.max_variables // row.count("?")))
+        batches = chunks(rows, per)
+        first = next(batches, None)
+        if first is None:
+            return
+        second = next(batches, None)
+        if second is None:  # one statement is its own transaction: no BEGIN and COMMIT, each another wait
+            self.db.execute(head + ",".join([row] * len(first)) + tail, [v for values in first for v in values])
+            return
         self.db.execute("BEGIN")
         try:
-            for batch in chunks(rows, per):
+            for batch in itertools.chain((first, second), batches):
                 self.db.execute(head + ",".join([row] * len(batch)) + tail, [v for values in batch for v in values])
         except BaseException:
             self.db.execute("ROLLBACK")
