@@ -251,13 +251,13 @@ def test_row_decoder_gives_each_columns_decoder_value() -> None:
         assert decode(row) == {n: decoder(k)(v) for n, k, v in zip(names, kinds, row)}
 
 
-def test_read_ahead_reads_the_next_item_while_the_caller_works_and_waits_for_it_on_a_stop() -> None:
-    """The walk's source reads (writer.read_ahead): answers in order, the next read already running while the
-    caller works on one, a read's error raised to the caller, and a stop returns only once no read runs."""
+def test_read_ahead_reads_the_next_items_while_the_caller_works_and_waits_for_them_on_a_stop() -> None:
+    """The walk's source reads (writer.read_ahead): answers in order, the next READ_AHEAD reads already run while
+    the caller works on one, a read's error raised to the caller, and a stop returns only once no read runs."""
     import threading
     import time
 
-    from cairn_migrate.content.writer import read_ahead
+    from cairn_migrate.content.writer import READ_AHEAD, read_ahead
 
     started: list[int] = []
     running = threading.Event()
@@ -272,10 +272,12 @@ def test_read_ahead_reads_the_next_item_while_the_caller_works_and_waits_for_it_
         return item * 10
 
     seen = []
-    for answer in read_ahead(read, iter([1, 2, 3])):
-        time.sleep(0.1)  # the caller's work: the next read has started meanwhile
-        seen.append((answer, list(started)))
-    assert seen == [(10, [1, 2]), (20, [1, 2, 3]), (30, [1, 2, 3])]
+    for answer in read_ahead(read, iter([1, 2, 3, 4, 5])):
+        assert max(started) <= answer // 10 + READ_AHEAD  # never more than that many ahead
+        time.sleep(0.25)  # the caller's work: the next reads have run meanwhile
+        seen.append((answer, max(started)))
+    assert READ_AHEAD >= 1 and seen == [(10 * k, min(k + READ_AHEAD, 5)) for k in range(1, 6)]
+    assert started == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="refused"):
         list(read_ahead(read, iter([1, 99, 3])))
     reads = read_ahead(read, iter([1, 2, 3]))

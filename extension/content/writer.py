@@ -62,20 +62,25 @@ def read_ahead(read: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any
     in flight, so the connection is never closed under it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    first = next(items, None)
-    if first is None:
-        return
+    from collections import deque
+
     with ThreadPoolExecutor(1, thread_name_prefix="cairn-migrate-read") as pool:
-        pending = pool.submit(read, first)
+        pending: deque[Any] = deque()
         try:
-            while pending is not None:
-                done = pending.result()
-                following = next(items, None)
-                pending = pool.submit(read, following) if following is not None else None
-                yield done
+            while True:
+                # the reads of the next READ_AHEAD batches are in flight while the caller works on this one
+                while len(pending) <= READ_AHEAD and (item := next(items, None)) is not None:
+                    pending.append(pool.submit(read, item))
+                if not pending:
+                    return
+                yield pending.popleft().result()
         finally:
-            if pending is not None:
-                pending.cancel() or pending.exception()  # a read in flight ends before the connection may close
+            for future in pending:
+                future.cancel() or future.exception()  # a read in flight ends before the connection may close
+
+
+#: batches :func:`read_ahead` reads ahead of the one the walk works on
+READ_AHEAD = 2
 
 
 class PlanFirst(Exception):
