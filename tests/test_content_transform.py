@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
 from click.testing import CliRunner
 from conftest import FIXTURES, make_empty_instance, make_instance, query
 from live_instance import Platform, free_port, server_env, start_server, stop_process
@@ -466,6 +467,7 @@ def test_the_files_asset_urls_name_are_found_however_the_text_spells_them(
     URL, a JSON text with escaped slashes and one whose letters are ``\\u`` escapes are all still found, on
     each vendor, and a row without any is not read (nor a look-alike spelled with a long s)."""
     from cairn_migrate.bundle.table_schema import reflect_tables
+    from cairn_migrate.content.closure import Closure
     from cairn_migrate.content.move import source_graph
     from cairn_migrate.content.spill import Spill
     from cairn_migrate.content.transform import asset_files
@@ -485,11 +487,51 @@ def test_the_files_asset_urls_name_are_found_however_the_text_spells_them(
     urls = UrlRewriter(OLD, "https://new.example.com", lambda i: None)
     with Database.open(Instance.from_env_file(env)) as src, src.engine.connect() as conn, Spill.open() as spill:
         graph = source_graph(src, ["articles"])
-        wanted = spill.keyset("articles")
-        wanted.add([graph.key("articles", i) for i in ids], 0)
+        closure = Closure(spill)
+        closure.add("articles", [graph.key("articles", i) for i in ids], 0)
         kinds = {c.name: c.type for c in reflect_tables(src.engine, ["articles"], src.vendor)[0].columns}
-        found = asset_files(src, conn, {"articles": wanted}, graph, lambda n: kinds, urls)
+        found = asset_files(src, conn, closure, graph, lambda n: kinds, urls)
     assert found == {png, pdf, txt}, (vendor, found)
     # a long s is no "s" to CairnCMS's router (Express folds ASCII letters only), nor to PostgreSQL's prefilter
     assert urls.asset_ids(f"{OLD}/a\u017f\u017fets/{png}", "text") == set()
     assert urls.asset_ids(f"{OLD}/aSSets/{png}", "text") == {png}
+
+
+def test_the_asset_scan_reads_the_rows_the_closure_found_through_its_conditions(
+        vendor_instance: tuple[str, Path]) -> None:
+    """The asset-URL scan reads a root's rows through the move's filter and its children's through their foreign
+    key into it (no key lists: a scan the server does at once), and finds what key lists find: the files the
+    carried rows name, none of a row the filter leaves out, on each vendor."""
+    from cairn_migrate.bundle.table_schema import reflect_tables
+    from cairn_migrate.content.closure import compute
+    from cairn_migrate.content.move import condition, source_graph
+    from cairn_migrate.content.spill import Spill
+    from cairn_migrate.content.transform import asset_files
+    from cairn_migrate.instance.database import Database
+    from cairn_migrate.instance.instance import Instance
+
+    vendor, env = vendor_instance
+    png, pdf, txt = [str(r[0]).lower() for r in query(env, "SELECT id FROM directus_files ORDER BY id")][:3]
+    published = query(env, "SELECT id FROM articles WHERE status = 'published' ORDER BY id")[0][0]
+    draft = query(env, "SELECT id FROM articles WHERE status <> 'published' ORDER BY id")[0][0]
+    query(env, "UPDATE articles SET body = :b WHERE id = :i", b=f"see {OLD}/assets/{png}", i=published)
+    query(env, "UPDATE articles SET body = :b WHERE id = :i", b=f"see {OLD}/assets/{pdf}", i=draft)  # not moved
+    query(env, "UPDATE article_comments SET text = :t WHERE article = :a", t=f"{OLD}/assets/{txt}", a=published)
+    query(env, "UPDATE article_comments SET text = :t WHERE article = :a", t=f"{OLD}/assets/{pdf}", a=draft)
+    assert query(env, "SELECT count(*) FROM article_comments WHERE article = :a", a=published)[0][0] >= 1
+    urls = UrlRewriter(OLD, "https://new.example.com", lambda i: None)
+    with Database.open(Instance.from_env_file(env)) as src, src.engine.connect() as conn, Spill.open() as spill:
+        graph = source_graph(src, ["articles"])
+        where = condition(json.loads(PUBLISHED), "articles")(src)
+        closure = compute(src, graph, {"articles": where}, 1, conn, spill)
+        assert closure.scopes[("articles", 0)] == [where] and closure.scopes[("article_comments", 1)]
+        tables = {t.name: t for t in reflect_tables(src.engine, sorted(closure.rows), src.vendor)}
+        kinds_of = lambda n: {c.name: c.type for c in tables[n].columns}  # noqa: E731
+        read: list[str] = []
+        sa.event.listen(conn, "before_cursor_execute", lambda *a: read.append(" ".join(a[2].split())))
+        through_conditions = asset_files(src, conn, closure, graph, kinds_of, urls)
+        scans = [q for q in read if " FROM articles " in q or " FROM article_comments " in q]
+        assert len(scans) == 3 and all(re.search(r"WHERE .*\bstatus\s*=", q) for q in scans), scans
+        closure.scopes.clear()  # as if every key had come another way: key lists
+        through_keys = asset_files(src, conn, closure, graph, kinds_of, urls)
+    assert through_conditions == through_keys == {png, txt}, (vendor, through_conditions, through_keys)

@@ -169,12 +169,36 @@ class Closure:
     rows: dict[str, KeySet] = field(default_factory=dict)
     depth: dict[str, int] = field(default_factory=dict)
     users: set[Any] = field(default_factory=set)
+    #: collection → the levels keys of it were added at
+    levels: dict[str, set[int]] = field(default_factory=dict)
+    #: (collection, level) → conditions on the source whose rows together are every key first reached at that
+    #: level (and maybe keys of lower levels: all in the closure); None when some came another way (a key list,
+    #: a reference).  A later scan of those rows (the asset-URL scan, :func:`~.transform.asset_files`) reads
+    #: them through the condition, a scan the server does without a lookup per key.
+    scopes: dict[tuple[str, int], list[sa.ColumnElement[bool]] | None] = field(default_factory=dict)
 
-    def add(self, collection: str, keys: Iterable[Any], level: int) -> int:
-        """Add ``keys`` reached at ``level``; returns how many were new."""
+    def add(self, collection: str, keys: Iterable[Any], level: int, *,
+            where: sa.ColumnElement[bool] | None = None) -> int:
+        """Add ``keys`` reached at ``level``; returns how many were new.  ``where``: a condition on the source
+        whose rows are exactly ``keys``."""
         have = self.rows.setdefault(collection, self.spill.keyset(collection))
         self.depth.setdefault(collection, level)
+        self.levels.setdefault(collection, set()).add(level)
+        known = self.scopes.get((collection, level), [])
+        self.scopes[(collection, level)] = None if where is None or known is None else [*known, where]
         return have.add(keys, level)
+
+    def scans(self, db: Database, collection: str, size: int) -> Iterator[sa.ColumnElement[bool]]:
+        """Conditions on the source whose rows together are the closure's rows of ``collection``: a level's
+        :attr:`scopes` where known, else its keys, ``size`` to a condition."""
+        pk = None
+        for level in sorted(self.levels.get(collection, ())):
+            scopes = self.scopes.get((collection, level))
+            if scopes:
+                yield from scopes
+                continue
+            pk = pk or primary_key(db, collection)
+            yield from (keys_.in_(db, collection, pk, batch) for batch in self.rows[collection].batches(size, level))
 
 
 def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[bool]], depth: int | None,
@@ -196,7 +220,7 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
         query = sa.select(sa.column(pk)).select_from(sa.table(collection)).where(condition)
         result = conn.execute(query.execution_options(yield_per=BATCH))
         came[(collection, 0)] = None
-        if closure.add(collection, (graph.key(collection, v) for v in result.scalars()), 0):
+        if closure.add(collection, (graph.key(collection, v) for v in result.scalars()), 0, where=condition):
             frontier.append(collection)
     level = 0
     while frontier and (depth is None or level < depth):
@@ -226,7 +250,8 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
                     continue
                 child_pk = graph.keys[link.many]
                 children = (sa.select(sa.column(child_pk)).select_from(sa.table(link.many)))
-                if scope is not None and _same_type(db, link.many, link.field, collection, graph.keys[collection]):
+                scoped = scope is not None and _same_type(db, link.many, link.field, collection, graph.keys[collection])
+                if scoped:
                     wheres: Iterable[sa.ColumnElement[bool]] = [sa.column(link.field).in_(
                         sa.select(sa.column(graph.keys[collection])).select_from(sa.table(collection)).where(scope)
                         .correlate(None))]  # its own FROM even when the child is the same table (a self-reference)
@@ -237,7 +262,8 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
                     way.add((link.field, collection))
                 for where in wheres:
                     found = conn.execute(children.where(where)).scalars().partitions(BATCH)  # a fetch per batch
-                    closure.add(link.many, (graph.key(link.many, v) for part in found for v in part), level)
+                    closure.add(link.many, (graph.key(link.many, v) for part in found for v in part), level,
+                                where=where if scoped else None)
         frontier = [name for name, keys in closure.rows.items() if keys.count(level)]
     # Users named by rows outside the last level, and folders of the files (always, parents first).
     for collection in list(closure.rows):

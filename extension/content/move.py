@@ -189,7 +189,7 @@ def _run(source: Instance, target: Instance, params: Mapping[str, Any], *, state
 
                 defs = {t.name: t for t in reflect_tables(src.engine, sorted(closure.rows), src.vendor)}
                 if finisher.urls is not None and (depth is None or depth >= 1) and FILES in graph.keys:
-                    named = asset_files(src, sconn, closure.rows, graph,
+                    named = asset_files(src, sconn, closure, graph,
                                         lambda n: {c.name: c.type for c in defs[n].columns}, finisher.urls)
                     if carry_files(src, graph, closure, named, sconn):
                         defs.update({t.name: t for t in reflect_tables(

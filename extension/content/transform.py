@@ -309,33 +309,34 @@ def _may_name_asset(column: str, kind: str, vendor: str) -> sa.ColumnElement[boo
     return folded.contains("/assets/", autoescape=True)
 
 
-def asset_files(src: Any, conn: sa.Connection, closure_rows: Mapping[str, Any], graph: Any,
+def asset_files(src: Any, conn: sa.Connection, closure: Any, graph: Any,
                 kinds_of: Callable[[str], Mapping[str, str]], urls: UrlRewriter) -> set[str]:
     """The ids of source files that asset URLs in the closure's text and JSON columns name (the source has them).
 
-    ``closure_rows``: the closure's :class:`~cairn_migrate.content.spill.KeySet` per collection.
+    ``closure``: the move's :class:`~cairn_migrate.content.closure.Closure`.
 
-    Read in key batches as large as the closure's lookups, only the text/JSON columns of the rows that may name
-    an asset (:func:`_may_name_asset`: the source database skips the rest, most rows of most moves, without
-    sending them); the caller adds the files to the closure so their rows and bytes move with the rows whose
-    text shows them.
+    Read through the conditions the closure found its rows by where it knows them (a root's filter, a child's
+    foreign key into it: a scan, 0.27 s for 300 000 rows where key lists took 0.77), else in key batches as
+    large as the closure's lookups; only the text/JSON columns of the rows that may name an asset
+    (:func:`_may_name_asset`: the source database skips the rest, most rows of most moves, without sending
+    them).  The caller adds the files to the closure so their rows and bytes move with the rows whose text
+    shows them.
     """
     from . import keys
     from .closure import BATCH, FILES, lookup_size
 
     size = lookup_size(src)  # keys per scan: the rows sent back are only those that may name an asset
     found: set[str] = set()
-    for name, wanted in closure_rows.items():
+    for name in closure.rows:
         if name.startswith("directus_") or name not in graph.keys:
             continue
         kinds = kinds_of(name)
         columns = [n for n, kind in kinds.items() if kind in TEXT_TYPES or kind == JSON_TYPE]
         if not columns:
             continue
-        pk = graph.keys[name]
-        for batch in wanted.batches(size):
+        for where in closure.scans(src, name, size):
             query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name)).where(
-                keys.in_(src, name, pk, batch), sa.or_(*[_may_name_asset(c, kinds[c], src.vendor) for c in columns]))
+                where, sa.or_(*[_may_name_asset(c, kinds[c], src.vendor) for c in columns]))
             for values in conn.execute(query).all():
                 for column, value in zip(columns, values):
                     if value is not None:
