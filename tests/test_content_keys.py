@@ -335,3 +335,20 @@ def test_a_walks_entries_go_into_a_sqlite_store_in_sql_as_they_would_a_batch_at_
     assert rows == expected_rows
     assert ("comments", "7", "207", "pending", 1, "e7") in rows and ("comments", "2", "102", "pending", 1, "d2") in rows
     assert ("articles", "a'b", "a'b", "pending", 1, "x") in rows and ("tags", "1", "2", "pending", 1, None) in rows
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgres", "mariadb"])
+def test_keys_are_read_as_the_text_a_move_keys_rows_by(vendor: str, request: pytest.FixtureRequest) -> None:
+    """A PostgreSQL uuid is read as its text (no ``uuid.UUID`` built and turned back into text per value), the
+    same lower-case text ``Graph.key`` gives of what the driver returns; other columns and vendors as they are."""
+    from cairn_migrate.instance.instance import Instance
+
+    env = request.getfixturevalue(f"{vendor}_instance")
+    with Database.open(Instance.from_env_file(env)) as db, db.engine.connect() as conn:
+        read = conn.execute(sa.select(keys.selected(db, "articles", "id"), keys.selected(db, "articles", "author"))
+                            .select_from(sa.table("articles")).order_by(sa.column("id"))).all()
+        plain = conn.execute(sa.select(sa.column("id"), sa.column("author")).select_from(sa.table("articles"))
+                             .order_by(sa.column("id"))).all()
+    assert read and all(isinstance(key, str) and key == str(raw).lower() for (key, _), (raw, _) in zip(read, plain))
+    assert [author for _, author in read] == [author for _, author in plain]
+    assert ("CAST" in str(keys.selected(db, "articles", "id"))) == (vendor == "postgres")

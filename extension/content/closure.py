@@ -217,7 +217,7 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
     came: dict[tuple[str, int], set[tuple[str, str]] | None] = {}
     for collection, condition in roots.items():
         pk = graph.keys[collection]
-        query = sa.select(sa.column(pk)).select_from(sa.table(collection)).where(condition)
+        query = sa.select(keys_.selected(db, collection, pk)).select_from(sa.table(collection)).where(condition)
         result = conn.execute(query.execution_options(yield_per=BATCH))
         came[(collection, 0)] = None
         if closure.add(collection, (graph.key(collection, v) for v in result.scalars()), 0, where=condition):
@@ -249,7 +249,7 @@ def compute(db: Database, graph: Graph, roots: Mapping[str, sa.ColumnElement[boo
                 if link.many not in graph.keys or not movable(link.many):
                     continue
                 child_pk = graph.keys[link.many]
-                children = (sa.select(sa.column(child_pk)).select_from(sa.table(link.many)))
+                children = (sa.select(keys_.selected(db, link.many, child_pk)).select_from(sa.table(link.many)))
                 scoped = scope is not None and _same_type(db, link.many, link.field, collection, graph.keys[collection])
                 if scoped:
                     wheres: Iterable[sa.ColumnElement[bool]] = [sa.column(link.field).in_(
@@ -316,7 +316,7 @@ def _referenced(db: Database, conn: sa.Connection, graph: Graph, collection: str
             yield from grouped.items()
         else:
             assert link.one is not None
-            query = (sa.select(sa.column(link.field)).select_from(sa.table(collection))
+            query = (sa.select(keys_.selected(db, collection, link.field)).select_from(sa.table(collection))
                      .where(where, sa.column(link.field).is_not(None)).distinct())
             if link.one == USERS:
                 yield USERS, {str(v).lower() for v in conn.execute(query).scalars().all()}

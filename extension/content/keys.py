@@ -71,6 +71,15 @@ def column(db: Database, table: str, name: str) -> sa.ColumnClause[Any]:
     return sa.column(name)
 
 
+def selected(db: Database, table: str, name: str) -> sa.ColumnElement[Any]:
+    """``name`` of ``table`` to read: a PostgreSQL uuid as its text (lower-case, as ``str`` of a ``uuid.UUID``
+    spells it, which is the key's form in a move).  The driver builds a ``uuid.UUID`` of each one and the move
+    turns it back into text: 1.3 µs a value, 400 000 values at 100k articles, all under the interpreter's lock."""
+    if db.vendor == "postgres" and getattr(db.table(table).c[name].type, "as_uuid", False):
+        return sa.cast(sa.column(name), sa.Text).label(name)
+    return sa.column(name)
+
+
 def values(db: Database, table: str, name: str, items: Iterable[Any]) -> list[Any]:
     """``items`` as the driver wants them for ``table.name``: ``uuid.UUID`` for PostgreSQL's uuid type."""
     reflected = db.table(table).c[name]

@@ -424,7 +424,7 @@ class Walk:
             self.sink.prepare(name, dst_def, names, rows=total if empty else 0)
         self.progress.log(f"content {name} ({'writing' if self.write else 'planning'}): {total} rows")
         def read(batch: list[Any]) -> list[Any]:
-            query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(name)).where(
+            query = sa.select(*[keys.selected(self.src, name, n) for n in names]).select_from(sa.table(name)).where(
                 keys.in_(self.src, name, pk, batch))
             return src_conn.execute(query).all()  # one fetch: not a call per row
 
