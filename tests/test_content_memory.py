@@ -24,7 +24,9 @@ from conftest import FIXTURES
 from cairn_migrate.cli import cli
 from cairn_migrate.testing import build_sqlite_instance
 
-SMALL, LARGE = 800, 2400  # articles; each has a translation and a comment (integer keys) and one of 10 authors
+#: articles; each has a translation and a comment (integer keys) and one of 10 authors.  The small move is already
+#: large enough to fill the walk's read-ahead (writer.READ_AHEAD batches of 500 rows beside the one at work)
+SMALL, LARGE = 1600, 4800
 #: the Python heap a moved row may add to the move's peak: a fifth of what the move holding its bookkeeping in
 #: memory cost here (~1.6 KB a row, measured with this test), above what the on-disk move's bounded caches
 #: (statements, a batch's rows and lookups) still add while they fill (~50-150 B a row between these sizes)
@@ -74,7 +76,14 @@ def peak_of_move(folder: Path, articles: int) -> tuple[int, int]:
     return peak - base, created
 
 
-def test_a_content_moves_peak_memory_does_not_grow_with_its_rows(tmp_path: Path) -> None:
+def test_a_content_moves_peak_memory_does_not_grow_with_its_rows(tmp_path: Path, monkeypatch: Any) -> None:
+    """The move's bounded buffers (the target keys kept in memory, the settled rows gathered for one write) are
+    set small here, so they are full in both moves: at these sizes they would still be filling, a growth that
+    stops at their bound (~40 MB and ~0.6 MB), not one per row (the reads ahead: see SMALL)."""
+    from cairn_migrate.content import spill as spill_module
+
+    monkeypatch.setattr(spill_module, "MEMO_ENTRIES", 200)
+    monkeypatch.setattr(spill_module, "RECORD_ROWS", 200)
     peak_of_move(tmp_path / "warm", 20)  # imports and caches of the first move in this process: not the rows'
     small, small_rows = peak_of_move(tmp_path / "small", SMALL)
     large, large_rows = peak_of_move(tmp_path / "large", LARGE)
@@ -110,3 +119,25 @@ def test_a_key_map_past_the_memory_bound_answers_from_disk(monkeypatch: Any) -> 
         assert authors.get_many([5]) == {5: 2005}
         fresh = Spill.keymap(spill, "authors", remember=True)  # started with entries on disk: never answers alone
         assert not fresh.complete and fresh.get_many([1, 5]) == {1: 1001, 5: 2005}
+
+
+def test_settled_rows_are_written_a_bounded_gathering_at_a_time_and_read_back_at_once(monkeypatch: Any) -> None:
+    """``KeyMap.record`` gathers settled rows and writes them RECORD_ROWS at a time (one statement each, not one
+    per batch of the walk), never holds more than that, and every read of the map sees them at once."""
+    from cairn_migrate.content import spill as spill_module
+    from cairn_migrate.content.spill import Spill, Written
+
+    monkeypatch.setattr(spill_module, "RECORD_ROWS", 1000)
+    with Spill.open() as spill:
+        statements: list[str] = []
+        spill.db.set_trace_callback(lambda sql: statements.append(sql) if "INTO resolved" in sql else None)
+        comments = spill.keymap("comments")
+        for start in range(0, 4500, 500):  # nine batches of the walk
+            comments.record((i, 10_000 + i, f"d{i}") for i in range(start, start + 500))
+            assert len(spill._records) < 1000
+        assert len(statements) == 4  # 1000 rows each; the last 500 still gathered
+        assert comments.get_many([4499, 0, 77777]) == {4499: 14499, 0: 10000}  # read back, the gathered included
+        assert len(statements) == 5 and not spill._records
+        authors = spill.keymap("authors")
+        authors.record([(1, 2, None)])
+        assert len(Written(spill)) == 4501 and authors[1] == 2

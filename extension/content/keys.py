@@ -529,6 +529,7 @@ class IdMap:
         changed = (" LEFT JOIN idmap i ON i.collection = r.collection AND i.source_id = CAST(r.source AS TEXT) "
                    "WHERE r.written = 1 AND r.collection = ? AND i.target_id IS NOT CAST(r.target AS TEXT)")
         total = 0
+        self.spill.flush()
         db.execute("ATTACH DATABASE ? AS store", [store])
         try:
             collections = [c for (c,) in db.execute("SELECT DISTINCT collection FROM resolved WHERE written = 1")]
