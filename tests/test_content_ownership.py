@@ -204,6 +204,11 @@ def test_pending_id_map_entries_are_kept_only_when_the_target_holds_what_was_wri
     assert query(dst, "SELECT count(*) FROM tags WHERE slug IN ('a', 'b')")[0][0] == 2  # no duplicate of A
     with store.begin() as conn:
         assert conn.execute(sa.text(UNSETTLED)).scalar() == 0
+        runs = conn.execute(sa.text("SELECT count(*) FROM cm_content_id_map_runs")).scalar()
+    code, report = move(src, dst, state, "--collection", "tags", "--filter", flt)
+    assert code == 0 and not report["changes"], report
+    with store.begin() as conn:  # a run that saved nothing pending records no run
+        assert conn.execute(sa.text("SELECT count(*) FROM cm_content_id_map_runs")).scalar() == runs
     store.dispose()
 
 

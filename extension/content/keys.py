@@ -306,6 +306,8 @@ class IdMap:
         self.left_pending = int(spill.execute("SELECT count(*) FROM idmap WHERE pending = 1").fetchone()[0])
         self.run_id = uuid.uuid4().hex
         self._requests = 0
+        #: entries :meth:`save` recorded pending in this run (what :meth:`commit` has to mark)
+        self._pending_saved = 0
 
     def _adopt_legacy(self, legacy: tuple[str, str]) -> None:
         """Move the rows recorded under the pair's old identity to its stable one (those it lacks)."""
@@ -473,7 +475,9 @@ class IdMap:
         if isinstance(entries, Written):
             store = self._store_file()
             if store is not None:
-                return self._save_in_sql(store, pending)
+                saved = self._save_in_sql(store, pending)
+                self._pending_saved += saved if pending else 0
+                return saved
             entries = entries.entries()
         total = 0
         fresh: set[str] = set()  # collections inserted without a lookup, in this call
@@ -509,6 +513,7 @@ class IdMap:
                                            f"{collection} while this one ran; this move was rolled back",
                                            hint="run one move of a pair at a time, then run this one again") from None
                     total += len(changed)
+        self._pending_saved += total if pending else 0
         return total
 
     def _save_in_sql(self, store: str, pending: bool) -> int:
@@ -561,9 +566,12 @@ class IdMap:
         return total
 
     def commit(self) -> None:
-        """The target committed: this run's pending entries are the pair's now (one row in :data:`RUNS`)."""
+        """The target committed: this run's pending entries are the pair's now (one row in :data:`RUNS`; none
+        for a run that saved no pending entry, such as a scheduled sync's run that found nothing to change)."""
         import datetime
 
+        if not self._pending_saved:
+            return
         with self.engine.begin() as conn:
             conn.execute(RUNS.insert().values(run_id=self.run_id, source=self.scope[0], target=self.scope[1],
                                               committed_on=datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)))
