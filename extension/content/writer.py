@@ -54,15 +54,19 @@ def _foreign_keys(conn: sa.Connection, inspector: Any, vendor: str, table: str) 
     return list(grouped.values())
 
 
-def read_ahead(read: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]:
-    """``read(item)`` of each of ``items`` in order, the next one read in a thread while the caller works on
-    this one: the source's answer to a batch's query (its rows' read, a wait on the server) overlaps the walk's
-    work on the batch before.  ``read`` owns its connection meanwhile (the walk does not use the source's
-    while it writes a collection); ``items`` is advanced in the caller's thread only.  A stop waits for the read
-    in flight, so the connection is never closed under it."""
-    from concurrent.futures import ThreadPoolExecutor
+#: batches :func:`read_ahead` reads ahead of the one the walk works on
+READ_AHEAD = 2
 
+
+def read_ahead(read: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]:
+    """``read(item)`` of each of ``items`` in order, the next :data:`READ_AHEAD` read in a thread, one after
+    another, while the caller works on this one: the source's answers to the batches' queries (their rows'
+    read, a wait on the server) overlap the walk's work on the batch before, and a batch the walk finishes
+    quickly does not leave it waiting.  ``read`` owns its connection meanwhile (the walk does not use the
+    source's while it writes a collection); ``items`` is advanced in the caller's thread only.  A stop waits for
+    the read in flight, so the connection is never closed under it."""
     from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="cairn-migrate-read") as pool:
         pending: deque[Any] = deque()
@@ -77,10 +81,6 @@ def read_ahead(read: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any
         finally:
             for future in pending:
                 future.cancel() or future.exception()  # a read in flight ends before the connection may close
-
-
-#: batches :func:`read_ahead` reads ahead of the one the walk works on
-READ_AHEAD = 2
 
 
 class PlanFirst(Exception):
