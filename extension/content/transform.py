@@ -337,7 +337,8 @@ def asset_files(src: Any, conn: sa.Connection, closure: Any, graph: Any,
         for where in closure.scans(src, name, size):
             query = sa.select(*[sa.column(c) for c in columns]).select_from(sa.table(name)).where(
                 where, sa.or_(*[_may_name_asset(c, kinds[c], src.vendor) for c in columns]))
-            for values in conn.execute(query).all():
+            # streamed: a condition's scan may answer every row of a table (each body naming an asset)
+            for values in conn.execute(query.execution_options(yield_per=BATCH)):
                 for column, value in zip(columns, values):
                     if value is not None:
                         if isinstance(value, (bytes, bytearray)):
